@@ -1,0 +1,205 @@
+#include <string.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/pipeline0/pull.h>
+#include <nng/protocol/pipeline0/push.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+
+#include "sp_error.h"
+#include "sp_nng.h"
+
+int
+sp_nng_err(int rv)
+{
+	switch (rv) {
+	case 0:
+		return SP_OK;
+	case NNG_ETIMEDOUT:
+		return SP_ETIMEDOUT;
+	case NNG_ECLOSED:
+	case NNG_ECONNRESET:
+	case NNG_ECONNREFUSED:
+	case NNG_ECONNSHUT:
+		return SP_ECLOSED;
+	case NNG_ENOMEM:
+		return SP_ENOMEM;
+	case NNG_EINVAL:
+	case NNG_EADDRINVAL:
+		return SP_EINVAL;
+	default:
+		return SP_ENNG;
+	}
+}
+
+static int
+open_fail(nng_socket *s, int rv)
+{
+	nng_close(*s);
+	return sp_nng_err(rv);
+}
+
+int
+sp_nng_req_open(nng_socket *s, const char *url, int timeout_ms, int resend_ms)
+{
+	int rv = nng_req0_open(s);
+	if (rv)
+		return sp_nng_err(rv);
+	if ((rv = nng_socket_set_ms(*s, NNG_OPT_RECVTIMEO, timeout_ms)) ||
+	    (rv = nng_socket_set_ms(*s, NNG_OPT_SENDTIMEO, timeout_ms)) ||
+	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMINT, 20)) ||
+	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, 1000)) ||
+	    (resend_ms > 0 && (rv = nng_socket_set_ms(*s, NNG_OPT_REQ_RESENDTIME, resend_ms))) ||
+	    (rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_large() + 64)) ||
+	    (rv = nng_dial(*s, url, NULL, NNG_FLAG_NONBLOCK)))
+		return open_fail(s, rv);
+	return SP_OK;
+}
+
+int
+sp_nng_rep_listen(nng_socket *s, const char *url)
+{
+	int rv = nng_rep0_open(s);
+	if (rv)
+		return sp_nng_err(rv);
+	if ((rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_large() + 64)) ||
+	    (rv = nng_listen(*s, url, NULL, 0)))
+		return open_fail(s, rv);
+	return SP_OK;
+}
+
+int
+sp_nng_push_open(nng_socket *s, const char *url, int send_timeout_ms)
+{
+	int rv = nng_push0_open(s);
+	if (rv)
+		return sp_nng_err(rv);
+	if ((rv = nng_socket_set_ms(*s, NNG_OPT_SENDTIMEO, send_timeout_ms)) ||
+	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMINT, 20)) ||
+	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, 1000)) ||
+	    (rv = nng_dial(*s, url, NULL, NNG_FLAG_NONBLOCK)))
+		return open_fail(s, rv);
+	return SP_OK;
+}
+
+int
+sp_nng_pull_listen(nng_socket *s, const char *url)
+{
+	int rv = nng_pull0_open(s);
+	if (rv)
+		return sp_nng_err(rv);
+	if ((rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_large() + 64)) ||
+	    (rv = nng_listen(*s, url, NULL, 0)))
+		return open_fail(s, rv);
+	return SP_OK;
+}
+
+int
+sp_nng_msg_from_frame(const sp_frame *f, nng_msg **out)
+{
+	static __thread msgpack_sbuffer sb;
+	sb.size = 0;
+	int rc = sp_frame_pack(f, &sb);
+	if (rc)
+		return rc;
+	nng_msg *m;
+	int rv = nng_msg_alloc(&m, 0);
+	if (rv)
+		return sp_nng_err(rv);
+	if ((rv = nng_msg_append(m, sb.data, sb.size))) {
+		nng_msg_free(m);
+		return sp_nng_err(rv);
+	}
+	*out = m;
+	return SP_OK;
+}
+
+int
+sp_nng_msg_decode(nng_msg *m, sp_frame *f)
+{
+	return sp_frame_decode(nng_msg_body(m), nng_msg_len(m), f);
+}
+
+/* One send-then-receive exchange on its own context; the aio carries the timeout. */
+static int
+ctx_exchange(nng_socket s, nng_msg **m)
+{
+	nng_ctx ctx;
+	nng_aio *aio;
+	nng_duration t = NNG_DURATION_DEFAULT;
+	int rv;
+
+	nng_socket_get_ms(s, NNG_OPT_RECVTIMEO, &t);
+	if ((rv = nng_aio_alloc(&aio, NULL, NULL)))
+		return rv;
+	if ((rv = nng_ctx_open(&ctx, s))) {
+		nng_aio_free(aio);
+		return rv;
+	}
+	nng_aio_set_timeout(aio, t);
+	nng_aio_set_msg(aio, *m);
+	nng_ctx_send(ctx, aio);
+	nng_aio_wait(aio);
+	if ((rv = nng_aio_result(aio)) == 0) {
+		*m = NULL; /* the send took it */
+		nng_ctx_recv(ctx, aio);
+		nng_aio_wait(aio);
+		if ((rv = nng_aio_result(aio)) == 0)
+			*m = nng_aio_get_msg(aio);
+	}
+	nng_ctx_close(ctx);
+	nng_aio_free(aio);
+	return rv;
+}
+
+int
+sp_nng_call(nng_socket s, const sp_frame *req, nng_msg **rep_msg, sp_frame *rep)
+{
+	nng_msg *m = NULL;
+	int rc;
+
+	if ((rc = sp_nng_msg_from_frame(req, &m)))
+		return rc;
+	int rv = ctx_exchange(s, &m);
+	if (rv) {
+		if (m)
+			nng_msg_free(m);
+		return sp_nng_err(rv);
+	}
+	if ((rc = sp_nng_msg_decode(m, rep))) {
+		nng_msg_free(m);
+		return rc;
+	}
+	*rep_msg = m;
+	if (rep->type == SP_T_ERROR) {
+		int64_t code = sp_frame_i64(rep, SP_F_CODE);
+		return code < 0 ? (int)code : SP_EPROTO;
+	}
+	return SP_OK;
+}
+
+int
+sp_nng_send_frame(nng_socket s, const sp_frame *f)
+{
+	nng_msg *m;
+	int rc = sp_nng_msg_from_frame(f, &m);
+	if (rc)
+		return rc;
+	int rv = nng_sendmsg(s, m, 0);
+	if (rv) {
+		nng_msg_free(m);
+		return sp_nng_err(rv);
+	}
+	return SP_OK;
+}
+
+int
+sp_nng_send_error(nng_socket s, uint64_t id, bool has_id, int code, const char *reason)
+{
+	sp_frame f;
+	sp_frame_init(&f, SP_T_ERROR, id, has_id);
+	sp_frame_set_i64(&f, SP_F_CODE, code);
+	if (reason)
+		sp_frame_set_str(&f, SP_F_REASON, strlen(reason) > 256 ? "" : reason);
+	return sp_nng_send_frame(s, &f);
+}

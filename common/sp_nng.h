@@ -1,0 +1,54 @@
+/*
+ * NNG helpers: sockets that carry one sp_frame (msgpack map, no length prefix) per message.
+ *
+ * Requests use REQ/REP with a context per call, so many threads can share one socket, a
+ * receive timeout, and REQ's own resend after `resend_ms` (servers must therefore treat
+ * every request as idempotent). Delivery between servers uses PUSH/PULL.
+ */
+#ifndef SP_NNG_H
+#define SP_NNG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <nng/nng.h>
+
+#include "sp_frame.h"
+
+/* Maps an nng error to SP_ETIMEDOUT, SP_ECLOSED, SP_ENOMEM or SP_ENNG. */
+int sp_nng_err(int nng_rv);
+
+/* Opens a REQ socket dialling `url` (asynchronously: the dial is retried in the
+ * background until the peer listens). timeout_ms bounds each sp_nng_call; resend_ms is
+ * REQ's resend interval (0: nng default, 60 s). */
+int sp_nng_req_open(nng_socket *s, const char *url, int timeout_ms, int resend_ms);
+
+/* Opens a REP socket listening on `url`. */
+int sp_nng_rep_listen(nng_socket *s, const char *url);
+
+/* Opens a PUSH socket dialling `url` / a PULL socket listening on `url`. send_timeout_ms
+ * bounds a push when no peer is connected (the message is dropped after it). */
+int sp_nng_push_open(nng_socket *s, const char *url, int send_timeout_ms);
+int sp_nng_pull_listen(nng_socket *s, const char *url);
+
+/* Packs `f` into a new message. On SP_OK the caller owns *out (nng_msg_free, or give it to
+ * nng_sendmsg / nng_aio_set_msg). */
+int sp_nng_msg_from_frame(const sp_frame *f, nng_msg **out);
+
+/* Decodes a received message. On SP_OK `f`'s values point into `m`: keep `m` until done
+ * with `f`, then sp_frame_fini(f) and nng_msg_free(m). `m` stays owned by the caller. */
+int sp_nng_msg_decode(nng_msg *m, sp_frame *f);
+
+/* Synchronous request. On SP_OK *rep_msg (caller frees with nng_msg_free after
+ * sp_frame_fini(rep)) holds the reply and `rep` is decoded from it. If the reply is an
+ * ERROR frame, its code is returned (and the reply is still handed over). Transport
+ * failures return SP_ETIMEDOUT / SP_ENNG etc. with nothing to free. */
+int sp_nng_call(nng_socket s, const sp_frame *req, nng_msg **rep_msg, sp_frame *rep);
+
+/* Sends one frame on a socket (PUSH, or REP in reply). */
+int sp_nng_send_frame(nng_socket s, const sp_frame *f);
+
+/* Builds and sends ERROR{code, reason} on `s` with the request id of the request. */
+int sp_nng_send_error(nng_socket s, uint64_t id, bool has_id, int code, const char *reason);
+
+#endif
