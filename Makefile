@@ -31,10 +31,12 @@ endif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lnng -lpthread -lm
 
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-strict-aliasing \
-           -I. -Icommon $(PKG_CFLAGS) $(SAN) -MMD -MP
-LDFLAGS += $(SAN)
+# OPT and SAN are set by the asan/fuzz targets; CFLAGS/LDFLAGS from the environment or the
+# command line are appended, never replace the project's flags.
+OPT     ?= -O2 -g
+SP_CFLAGS = $(OPT) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-strict-aliasing \
+           -I. -Icommon $(PKG_CFLAGS) $(SAN) -MMD -MP $(CFLAGS)
+SP_LDFLAGS = $(SAN) $(LDFLAGS)
 
 TIERS    := connsrv router inboxsrv keysrv
 LIBDIRS  := common client client/signal connsrv router inboxsrv keysrv bench
@@ -70,7 +72,7 @@ all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(SP_CFLAGS) -c $< -o $@
 
 $(COMMON_LIB): $(call obj,$(call dir_lib,common))
 	@mkdir -p $(dir $@)
@@ -90,24 +92,24 @@ $(foreach d,connsrv router inboxsrv keysrv bench,$(if $(call dir_lib,$(d)),$(eva
 define tier_bin_rule
 $(BIN)/$(1): $(call obj,$(1)/main.c) $(ALL_LIBS)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(LDFLAGS) -o $$@ $$(call obj,$(1)/main.c) $(ALL_LIBS) $$(PKG_LIBS)
+	$$(CC) $$(SP_LDFLAGS) -o $$@ $$(call obj,$(1)/main.c) $(ALL_LIBS) $$(PKG_LIBS)
 endef
 $(foreach t,$(TIERS),$(if $(wildcard $(t)/main.c),$(eval $(call tier_bin_rule,$(t)))))
 
 define named_bin_rule
 $(BIN)/$(patsubst %_main.c,%,$(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(LDFLAGS) -o $$@ $$(call obj,$(1)) $(ALL_LIBS) $$(PKG_LIBS)
+	$$(CC) $$(SP_LDFLAGS) -o $$@ $$(call obj,$(1)) $(ALL_LIBS) $$(PKG_LIBS)
 endef
 $(foreach m,$(NAMED_MAINS),$(eval $(call named_bin_rule,$(m))))
 
 $(BUILD)/tests/%: tests/unit/%.c $(call obj,$(TEST_HELPERS)) $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/lib $(LDFLAGS) -o $@ $< $(call obj,$(TEST_HELPERS)) $(ALL_LIBS) $(PKG_LIBS)
+	$(CC) $(SP_CFLAGS) -Itests/lib $(SP_LDFLAGS) -o $@ $< $(call obj,$(TEST_HELPERS)) $(ALL_LIBS) $(PKG_LIBS)
 
 $(BUILD)/tests/%: tests/integration/%.c $(call obj,$(TEST_HELPERS)) $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Itests/lib $(LDFLAGS) -o $@ $< $(call obj,$(TEST_HELPERS)) $(ALL_LIBS) $(PKG_LIBS)
+	$(CC) $(SP_CFLAGS) -Itests/lib $(SP_LDFLAGS) -o $@ $< $(call obj,$(TEST_HELPERS)) $(ALL_LIBS) $(PKG_LIBS)
 
 # Everything the test runner needs, built in one (parallelisable) step.
 unit: $(BINS) $(UNIT_TESTS) $(ITESTS)
@@ -119,18 +121,18 @@ test:
 asan:
 	$(MAKE) BUILD=build-asan BIN=build-asan/bin \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-		CFLAGS="-O1 -g" test
+		OPT="-O1 -g" test
 
 # Fuzz targets: every library source rebuilt with clang's coverage instrumentation.
 fuzz-build: $(FUZZERS)
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(PKG_LIBS)
+	$(CC) $(SP_CFLAGS) -fsanitize=fuzzer $(SP_LDFLAGS) -o $@ $< $(ALL_LIBS) $(PKG_LIBS)
 
 fuzz:
 	$(MAKE) BUILD=build-fuzz BIN=build-fuzz/bin CC=clang \
 		SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all" \
-		CFLAGS="-O1 -g" fuzz-build
+		OPT="-O1 -g" fuzz-build
 	FUZZ_SECONDS=$(FUZZ_SECONDS) SP_BUILD=build-fuzz tests/fuzz/run.sh
 
 bench: all
