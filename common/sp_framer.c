@@ -41,11 +41,11 @@ sp_framer_consume(struct evbuffer *in, size_t consumed)
 int
 sp_framer_write(struct evbuffer *out, const sp_frame *f)
 {
-	/* One scratch buffer per thread: frames are packed then copied, never kept. */
-	static __thread msgpack_sbuffer sb;
-	sb.size = 0;
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
 	int rc = sp_frame_pack_prefixed(f, &sb);
-	if (rc)
-		return rc;
-	return evbuffer_add(out, sb.data, sb.size) ? SP_ENOMEM : SP_OK;
+	if (rc == SP_OK && evbuffer_add(out, sb.data, sb.size))
+		rc = SP_ENOMEM;
+	msgpack_sbuffer_destroy(&sb);
+	return rc;
 }

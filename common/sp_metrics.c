@@ -200,7 +200,8 @@ on_metrics(struct evhttp_request *req, void *arg)
 }
 
 int
-sp_metrics_http_start(struct event_base *base, const char *addr, int port, int *bound_port)
+sp_metrics_http_start(struct event_base *base, const char *addr, int port, int *bound_port,
+		      struct evhttp **http_out)
 {
 	struct evhttp *http = evhttp_new(base);
 	if (!http)
@@ -220,6 +221,7 @@ sp_metrics_http_start(struct event_base *base, const char *addr, int port, int *
 		if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_INET)
 			*bound_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
 	}
+	*http_out = http;
 	return SP_OK;
 }
 
@@ -237,12 +239,14 @@ sp_metrics_http_thread(const char *addr, int port, int *bound_port)
 	pthread_t t;
 	if (!base)
 		return SP_ENOMEM;
-	int rc = sp_metrics_http_start(base, addr, port, bound_port);
+	struct evhttp *http;
+	int rc = sp_metrics_http_start(base, addr, port, bound_port, &http);
 	if (rc) {
 		event_base_free(base);
 		return rc;
 	}
 	if (pthread_create(&t, NULL, metrics_thread, base)) {
+		evhttp_free(http);
 		event_base_free(base);
 		return SP_ENOMEM;
 	}

@@ -36,9 +36,13 @@ int64_t sp_metric_value(const sp_metric *m);
 /* Appends the exposition text of every metric to `out`. */
 int sp_metrics_render(struct evbuffer *out);
 
+struct evhttp;
+
 /* Serves GET /metrics on addr:port from `base`'s loop (port 0: pick one; the chosen port is
- * returned in *bound_port when non-NULL). */
-int sp_metrics_http_start(struct event_base *base, const char *addr, int port, int *bound_port);
+ * returned in *bound_port when non-NULL). On SP_OK *http is the server, which the caller
+ * frees with evhttp_free before freeing `base`. */
+int sp_metrics_http_start(struct event_base *base, const char *addr, int port, int *bound_port,
+			  struct evhttp **http);
 
 /* The same on a thread of its own with its own event base, for servers without a libevent
  * loop. The thread runs until the process exits. */

@@ -97,21 +97,20 @@ sp_nng_pull_listen(nng_socket *s, const char *url)
 int
 sp_nng_msg_from_frame(const sp_frame *f, nng_msg **out)
 {
-	static __thread msgpack_sbuffer sb;
-	sb.size = 0;
-	int rc = sp_frame_pack(f, &sb);
-	if (rc)
-		return rc;
+	msgpack_sbuffer sb;
 	nng_msg *m;
-	int rv = nng_msg_alloc(&m, 0);
-	if (rv)
-		return sp_nng_err(rv);
-	if ((rv = nng_msg_append(m, sb.data, sb.size))) {
-		nng_msg_free(m);
-		return sp_nng_err(rv);
+	msgpack_sbuffer_init(&sb);
+	int rc = sp_frame_pack(f, &sb);
+	if (rc == SP_OK) {
+		int rv = nng_msg_alloc(&m, 0);
+		if (!rv && (rv = nng_msg_append(m, sb.data, sb.size)))
+			nng_msg_free(m);
+		rc = sp_nng_err(rv);
 	}
-	*out = m;
-	return SP_OK;
+	msgpack_sbuffer_destroy(&sb);
+	if (rc == SP_OK)
+		*out = m;
+	return rc;
 }
 
 int

@@ -115,7 +115,8 @@ START_TEST(test_metrics_http)
 
 	struct event_base *base = event_base_new();
 	int port = 0;
-	ck_assert_int_eq(sp_metrics_http_start(base, "127.0.0.1", 0, &port), SP_OK);
+	struct evhttp *http;
+	ck_assert_int_eq(sp_metrics_http_start(base, "127.0.0.1", 0, &port, &http), SP_OK);
 	ck_assert_int_gt(port, 0);
 	struct evhttp_connection *conn = evhttp_connection_base_new(base, NULL, "127.0.0.1", (ev_uint16_t)port);
 	struct evhttp_request *req = evhttp_request_new(on_http_done, base);
@@ -133,6 +134,7 @@ START_TEST(test_metrics_http)
 	char *first = strstr(http_body, "# TYPE sp_test_things_total");
 	ck_assert_ptr_null(strstr(first + 1, "# TYPE sp_test_things_total"));
 	evhttp_connection_free(conn);
+	evhttp_free(http);
 	event_base_free(base);
 }
 END_TEST
