@@ -18,7 +18,7 @@ PKGS := libevent libevent_openssl libevent_pthreads openssl libsodium hiredis ms
 
 # Install missing Debian packages once, before anything is compiled.
 ifeq ($(filter clean format,$(MAKECMDGOALS)),)
-DEPS_OK := $(shell pkg-config --exists $(PKGS) && test -f /usr/include/nng/nng.h && command -v redis-server >/dev/null && echo yes)
+DEPS_OK := $(shell pkg-config --exists $(PKGS) && test -f /usr/include/nng/nng.h && test -f /usr/include/uthash.h && command -v redis-server >/dev/null && echo yes)
 ifneq ($(DEPS_OK),yes)
 $(info Missing build dependencies: running scripts/deps.sh)
 DEPS_RUN := $(shell scripts/deps.sh >&2; echo $$?)

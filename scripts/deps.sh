@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
   build-essential pkg-config clang libclang-rt-14-dev
   libevent-dev libssl-dev openssl libsodium-dev libhiredis-dev libnng-dev
-  libmsgpack-dev check liblmdb-dev lmdb-utils libsqlite3-dev libinih-dev libjansson-dev
+  libmsgpack-dev check liblmdb-dev lmdb-utils libsqlite3-dev libinih-dev libjansson-dev uthash-dev
   redis-server redis-tools curl procps iproute2 gnuplot-nox python3
 )
 
