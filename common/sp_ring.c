@@ -31,17 +31,16 @@ ring_hash(const void *p, size_t len)
 	return h;
 }
 
-static const sp_ring *sort_ring;
-
 /* Ties (equal hashes) are ordered by member name so that the order of `members` as given
  * never matters. */
 static int
-point_cmp(const void *a, const void *b)
+point_cmp(const void *a, const void *b, void *ring)
 {
 	const point *x = a, *y = b;
+	const sp_ring *r = ring;
 	if (x->hash != y->hash)
 		return x->hash < y->hash ? -1 : 1;
-	return strcmp(sort_ring->names[x->member], sort_ring->names[y->member]);
+	return strcmp(r->names[x->member], r->names[y->member]);
 }
 
 void
@@ -91,9 +90,7 @@ sp_ring_new(uint64_t epoch, const char *const *members, size_t n, unsigned vnode
 			r->npoints++;
 		}
 	}
-	sort_ring = r;
-	qsort(r->points, r->npoints, sizeof(point), point_cmp);
-	sort_ring = NULL;
+	qsort_r(r->points, r->npoints, sizeof(point), point_cmp, r);
 	*out = r;
 	return SP_OK;
 fail:

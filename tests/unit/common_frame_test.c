@@ -377,9 +377,9 @@ START_TEST(test_size_limits)
 	sp_frame_set_i64(&f, SP_F_CODE, SP_EINVAL);
 	ck_assert_int_eq(sp_frame_pack(&f, &sb), SP_OK);
 	sb.size = 0;
-	sp_frame_init(&f, SP_T_DELIVER, 0, false);
+	sp_frame_init(&f, SP_T_SEND_GROUP, 0, false);
 	fill(&f, false, 1, 0);
-	sp_frame_set_bin(&f, SP_F_ENV, big, 65536);
+	sp_frame_set_bin(&f, SP_F_BODY, big, 65536);
 	ck_assert_int_eq(sp_frame_pack(&f, &sb), SP_ETOOBIG);
 	ck_assert_uint_eq(sb.size, 0);
 	/* ... a media chunk can. */

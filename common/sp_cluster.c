@@ -1,0 +1,484 @@
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/pubsub0/sub.h>
+
+#include "sp_cluster.h"
+#include "sp_error.h"
+#include "sp_log.h"
+#include "sp_nng.h"
+#include "sp_time.h"
+
+/* How long one request to the router may take, and how often the thread looks at its stop
+ * flag while waiting for published maps. */
+#define CALL_TIMEOUT_MS 1000
+#define SUB_POLL_MS 100
+
+static const char *const role_names[] = {NULL, "connsrv", "inbox", "keysrv"};
+
+const char *
+sp_cluster_role_name(int role)
+{
+	if (role >= SP_ROLE_CONNSRV && role <= SP_ROLE_KEYSRV)
+		return role_names[role];
+	return "?";
+}
+
+int
+sp_cluster_role_parse(const char *name)
+{
+	for (int r = SP_ROLE_CONNSRV; r <= SP_ROLE_KEYSRV; r++)
+		if (strcmp(name, role_names[r]) == 0)
+			return r;
+	return -1;
+}
+
+struct sp_cluster_map {
+	atomic_uint refs;
+	uint64_t epoch;
+	size_t n;
+	sp_cluster_member *members;
+	char *strings; /* every member's strings, NUL-terminated, one block */
+	sp_ring *ring;
+	size_t *ring_member; /* ring index -> index in members */
+};
+
+static void
+map_free(sp_cluster_map *m)
+{
+	sp_ring_free(m->ring);
+	free(m->ring_member);
+	free(m->members);
+	free(m->strings);
+	free(m);
+}
+
+sp_cluster_map *
+sp_cluster_map_hold(sp_cluster_map *m)
+{
+	if (m)
+		atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+	return m;
+}
+
+void
+sp_cluster_map_put(sp_cluster_map *m)
+{
+	if (m && atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
+		map_free(m);
+}
+
+/* Copies a string value (no NUL inside) to *pos and advances it. */
+static int
+copy_str(const sp_frame *rec, sp_field fld, char **pos, const char **out)
+{
+	sp_bin b = sp_frame_bin(rec, fld);
+	if (b.len && memchr(b.p, '\0', b.len))
+		return SP_EPROTO;
+	if (b.len)
+		memcpy(*pos, b.p, b.len);
+	(*pos)[b.len] = '\0';
+	*out = *pos;
+	*pos += b.len + 1;
+	return SP_OK;
+}
+
+int
+sp_cluster_map_from_frame(const sp_frame *f, sp_cluster_map **out)
+{
+	if (f->type != SP_T_MAP)
+		return SP_EBADTYPE;
+	const sp_val *v = sp_frame_get(f, SP_F_MEMBERS);
+	size_t n = v ? v->rs.n : 0;
+	const char **inbox_names = NULL;
+	int rc = SP_ENOMEM;
+
+	sp_cluster_map *m = calloc(1, sizeof(*m));
+	if (!m)
+		return SP_ENOMEM;
+	atomic_init(&m->refs, 1);
+	m->epoch = sp_frame_u64(f, SP_F_EPOCH);
+	m->n = n;
+	size_t bytes = 1;
+	for (size_t i = 0; i < n; i++) {
+		const sp_frame *r = &v->rs.v[i];
+		bytes += sp_frame_bin(r, SP_F_NAME).len + sp_frame_bin(r, SP_F_ADDR).len +
+			 sp_frame_bin(r, SP_F_HOST).len + 3;
+	}
+	m->members = calloc(n ? n : 1, sizeof(*m->members));
+	m->strings = malloc(bytes);
+	m->ring_member = calloc(n ? n : 1, sizeof(*m->ring_member));
+	inbox_names = calloc(n ? n : 1, sizeof(*inbox_names));
+	if (!m->members || !m->strings || !m->ring_member || !inbox_names)
+		goto fail;
+
+	rc = SP_EPROTO;
+	char *pos = m->strings;
+	size_t ninbox = 0;
+	for (size_t i = 0; i < n; i++) {
+		const sp_frame *r = &v->rs.v[i];
+		sp_cluster_member *mb = &m->members[i];
+		uint64_t role = sp_frame_u64(r, SP_F_ROLE), port = sp_frame_u64(r, SP_F_PORT);
+		uint64_t shard = sp_frame_u64(r, SP_F_SHARD);
+		if (role > INT_MAX || port > 65535 || shard > UINT32_MAX)
+			goto fail;
+		if (copy_str(r, SP_F_NAME, &pos, &mb->name) || copy_str(r, SP_F_ADDR, &pos, &mb->addr) ||
+		    copy_str(r, SP_F_HOST, &pos, &mb->host))
+			goto fail;
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(m->members[j].name, mb->name) == 0)
+				goto fail;
+		mb->role = (int)role;
+		mb->port = (uint16_t)port;
+		mb->shard = (uint32_t)shard;
+		mb->healthy = sp_frame_u64(r, SP_F_HEALTHY) != 0;
+		mb->draining = sp_frame_u64(r, SP_F_DRAINING) != 0;
+		mb->conns = sp_frame_u64(r, SP_F_CONNS);
+		if (mb->role == SP_ROLE_INBOX) {
+			m->ring_member[ninbox] = i;
+			inbox_names[ninbox++] = mb->name;
+		}
+	}
+	rc = sp_ring_new(m->epoch, inbox_names, ninbox, SP_RING_DEFAULT_VNODES, &m->ring);
+	if (rc == SP_EINVAL)
+		rc = SP_EPROTO;
+	if (rc)
+		goto fail;
+	free(inbox_names);
+	*out = m;
+	return SP_OK;
+fail:
+	free(inbox_names);
+	map_free(m);
+	return rc;
+}
+
+uint64_t
+sp_cluster_map_epoch(const sp_cluster_map *m)
+{
+	return m->epoch;
+}
+
+size_t
+sp_cluster_map_count(const sp_cluster_map *m)
+{
+	return m->n;
+}
+
+const sp_cluster_member *
+sp_cluster_map_member(const sp_cluster_map *m, size_t i)
+{
+	return i < m->n ? &m->members[i] : NULL;
+}
+
+const sp_cluster_member *
+sp_cluster_map_find(const sp_cluster_map *m, const char *name)
+{
+	for (size_t i = 0; i < m->n; i++)
+		if (strcmp(m->members[i].name, name) == 0)
+			return &m->members[i];
+	return NULL;
+}
+
+const sp_ring *
+sp_cluster_map_ring(const sp_cluster_map *m)
+{
+	return m->ring;
+}
+
+const sp_cluster_member *
+sp_cluster_map_shard_for(const sp_cluster_map *m, uint64_t device_id)
+{
+	int owner, replica;
+	if (sp_ring_lookup_u64(m->ring, device_id, &owner, &replica))
+		return NULL;
+	return &m->members[m->ring_member[owner]];
+}
+
+const sp_cluster_member *
+sp_cluster_map_shard_for_key(const sp_cluster_map *m, const void *key, size_t len)
+{
+	int owner, replica;
+	if (sp_ring_lookup(m->ring, key, len, &owner, &replica))
+		return NULL;
+	return &m->members[m->ring_member[owner]];
+}
+
+struct sp_cluster {
+	char *name; /* NULL: observer */
+	int role;
+	nng_socket req, sub;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* signalled when a map is installed */
+	sp_cluster_map *map; /* under lock */
+	void (*cb)(void *);  /* under lock */
+	void *cb_arg;
+	_Atomic uint64_t conns;
+	atomic_bool stop;
+	/* Cluster thread only: what was last logged, so that a state is logged once. */
+	bool router_down;
+	bool refused;
+	bool stale; /* the router offered an older epoch than the installed one */
+};
+
+/* Installs a MAP whose epoch is newer than the current one; anything else is ignored. */
+static void
+install(sp_cluster *c, const sp_frame *f)
+{
+	sp_cluster_map *m, *old;
+	uint64_t cur;
+
+	if (f->type != SP_T_MAP)
+		return;
+	pthread_mutex_lock(&c->lock);
+	cur = c->map ? c->map->epoch : 0;
+	pthread_mutex_unlock(&c->lock);
+	uint64_t epoch = sp_frame_u64(f, SP_F_EPOCH);
+	if (cur && epoch <= cur) {
+		/* Only a router that lost its state file while its clock went back does this. */
+		if (epoch < cur && !c->stale)
+			sp_warn("cluster: the router offers map epoch %llu, older than the installed %llu: "
+				"ignored until its epoch passes it",
+				(unsigned long long)epoch, (unsigned long long)cur);
+		c->stale = epoch < cur;
+		return;
+	}
+	int rc = sp_cluster_map_from_frame(f, &m);
+	if (rc) {
+		sp_warn("cluster: ignoring a map from the router: %s", sp_strerror(rc));
+		return;
+	}
+	/* Only this thread installs, so the epoch read above is still the current one. */
+	pthread_mutex_lock(&c->lock);
+	old = c->map;
+	c->map = m;
+	c->stale = false;
+	void (*cb)(void *) = c->cb;
+	void *arg = c->cb_arg;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+	sp_cluster_map_put(old);
+	sp_debug("cluster: map epoch %llu installed (%zu members)", (unsigned long long)m->epoch, m->n);
+	if (cb)
+		cb(arg);
+}
+
+/* One request to the router; installs the MAP it answers with. Returns SP_OK, the code of
+ * an ERROR reply, or a transport error. */
+static int
+call_router(sp_cluster *c, const sp_frame *q)
+{
+	nng_msg *msg = NULL;
+	sp_frame r;
+	int rc = sp_nng_call(c->req, q, &msg, &r);
+	if (!msg)
+		return rc;
+	if (rc == SP_OK)
+		install(c, &r);
+	else if (!c->refused)
+		sp_warn("cluster: the router refused %s from '%s': %s", sp_frame_type_name(q->type),
+			c->name ? c->name : "(observer)", sp_strerror(rc));
+	sp_frame_fini(&r);
+	nng_msg_free(msg);
+	return rc;
+}
+
+/* A heartbeat (or, for an observer or a member the router does not know, a MAP_GET). */
+static void
+poll_router(sp_cluster *c)
+{
+	sp_frame q;
+	int rc = SP_EINVAL;
+
+	if (c->name) {
+		sp_frame_init(&q, SP_T_HEARTBEAT, 0, false);
+		sp_frame_set_str(&q, SP_F_NAME, c->name);
+		sp_frame_set_u64(&q, SP_F_ROLE, (uint64_t)c->role);
+		sp_frame_set_u64(&q, SP_F_CONNS, atomic_load(&c->conns));
+		rc = call_router(c, &q);
+		c->refused = rc != SP_OK && rc != SP_ETIMEDOUT && rc != SP_ECLOSED && rc != SP_ENNG;
+	}
+	if (!c->name || c->refused) {
+		sp_frame_init(&q, SP_T_MAP_GET, 0, false);
+		rc = call_router(c, &q);
+	}
+	bool down = rc == SP_ETIMEDOUT || rc == SP_ECLOSED || rc == SP_ENNG;
+	if (down && !c->router_down && !atomic_load(&c->stop)) {
+		pthread_mutex_lock(&c->lock);
+		uint64_t epoch = c->map ? c->map->epoch : 0;
+		pthread_mutex_unlock(&c->lock);
+		if (epoch)
+			sp_warn("cluster: router unreachable (%s); keeping map epoch %llu",
+				sp_strerror(rc), (unsigned long long)epoch);
+		else
+			sp_warn("cluster: router unreachable (%s); no map yet", sp_strerror(rc));
+	} else if (!down && c->router_down) {
+		sp_info("cluster: router reachable again");
+	}
+	c->router_down = down;
+}
+
+static uint64_t
+mono_ms(void)
+{
+	return sp_mono_ns() / 1000000;
+}
+
+static void *
+cluster_thread(void *arg)
+{
+	sp_cluster *c = arg;
+	uint64_t next = 0;
+
+	while (!atomic_load(&c->stop)) {
+		uint64_t now = mono_ms();
+		if (now >= next) {
+			/* From the start of the call: a timed-out call does not stretch the period. */
+			poll_router(c);
+			next = now + SP_CLUSTER_HEARTBEAT_MS;
+			continue;
+		}
+		nng_msg *msg;
+		int rv = nng_recvmsg(c->sub, &msg, 0);
+		if (rv == NNG_ECLOSED)
+			break;
+		if (rv)
+			continue;
+		sp_frame f;
+		if (sp_nng_msg_decode(msg, &f) == SP_OK) {
+			install(c, &f);
+			sp_frame_fini(&f);
+		}
+		nng_msg_free(msg);
+	}
+	return NULL;
+}
+
+static int
+sub_open(nng_socket *s, const char *url)
+{
+	int rv = nng_sub0_open(s);
+	if (rv)
+		return sp_nng_err(rv);
+	if ((rv = nng_socket_set(*s, NNG_OPT_SUB_SUBSCRIBE, "", 0)) ||
+	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECVTIMEO, SUB_POLL_MS)) ||
+	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMINT, 20)) ||
+	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, 1000)) ||
+	    (rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_small() + 64)) ||
+	    (rv = nng_dial(*s, url, NULL, NNG_FLAG_NONBLOCK))) {
+		nng_close(*s);
+		return sp_nng_err(rv);
+	}
+	return SP_OK;
+}
+
+int
+sp_cluster_start(const char *router_url, const char *pub_url, const char *self_name, int self_role,
+		 sp_cluster **out)
+{
+	int rc;
+	if (!router_url || !pub_url ||
+	    (self_name && (!self_name[0] || strlen(self_name) > sp_field_def_get(SP_F_NAME)->max)))
+		return SP_EINVAL;
+	sp_cluster *c = calloc(1, sizeof(*c));
+	if (!c)
+		return SP_ENOMEM;
+	c->role = self_role;
+	if (self_name && !(c->name = strdup(self_name))) {
+		free(c);
+		return SP_ENOMEM;
+	}
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	if ((rc = sp_nng_req_open(&c->req, router_url, CALL_TIMEOUT_MS, 0)))
+		goto fail;
+	if ((rc = sub_open(&c->sub, pub_url))) {
+		nng_close(c->req);
+		goto fail;
+	}
+	if (pthread_create(&c->thread, NULL, cluster_thread, c)) {
+		nng_close(c->req);
+		nng_close(c->sub);
+		rc = SP_ENOMEM;
+		goto fail;
+	}
+	*out = c;
+	return SP_OK;
+fail:
+	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->lock);
+	free(c->name);
+	free(c);
+	return rc;
+}
+
+int
+sp_cluster_wait_map(sp_cluster *c, int timeout_ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += timeout_ms / 1000;
+	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&c->lock);
+	while (!c->map)
+		if (pthread_cond_timedwait(&c->cond, &c->lock, &ts))
+			break;
+	int rc = c->map ? SP_OK : SP_ETIMEDOUT;
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+void
+sp_cluster_set_conns(sp_cluster *c, uint64_t conns)
+{
+	atomic_store(&c->conns, conns);
+}
+
+void
+sp_cluster_on_change(sp_cluster *c, void (*cb)(void *arg), void *arg)
+{
+	pthread_mutex_lock(&c->lock);
+	c->cb = cb;
+	c->cb_arg = arg;
+	pthread_mutex_unlock(&c->lock);
+}
+
+sp_cluster_map *
+sp_cluster_map_get(sp_cluster *c)
+{
+	pthread_mutex_lock(&c->lock);
+	sp_cluster_map *m = sp_cluster_map_hold(c->map);
+	pthread_mutex_unlock(&c->lock);
+	return m;
+}
+
+void
+sp_cluster_stop(sp_cluster *c)
+{
+	if (!c)
+		return;
+	atomic_store(&c->stop, true);
+	/* Closing aborts a request in flight, so the thread sees the flag at once. */
+	nng_close(c->req);
+	nng_close(c->sub);
+	pthread_join(c->thread, NULL);
+	sp_cluster_map_put(c->map);
+	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->lock);
+	free(c->name);
+	free(c);
+}

@@ -1,0 +1,196 @@
+/*
+ * connsrv's shared state: the server (one per worker process) and the sessions it holds.
+ * Everything here runs on the worker's single libevent loop thread; NNG and Redis results
+ * are handed back to that thread before they touch a session.
+ */
+#ifndef CS_INTERNAL_H
+#define CS_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <nng/nng.h>
+#include <openssl/ssl.h>
+#include <uthash.h>
+
+#include "connsrv/routes.h"
+#include "connsrv/rpc.h"
+#include "sp_cluster.h"
+#include "sp_frame.h"
+#include "sp_metrics.h"
+
+#define CS_NONCE_LEN 32
+#define CS_MAX_INFLIGHT 64      /* server calls in flight per session before reading pauses */
+#define CS_PROTO_VERSION 1
+
+/* Envelope types (DELIVER etype). 1..9 are client ciphertexts (Signal message types),
+ * 10.. are made by the server. */
+#define CS_ETYPE_RECEIPT_DELIVERED 10
+#define CS_ETYPE_RECEIPT_READ 11
+
+typedef struct cs_cfg {
+	char *name;         /* cluster member name, e.g. connsrv-0 */
+	char *listen;       /* host:port of the TLS listener */
+	char *cert, *key;   /* PEM files */
+	bool tls12;
+	char *pull;         /* NNG url to listen on for DELIVER/KICK (worker index added to port) */
+	char *advertise;    /* the url peers dial for it, when it differs (0.0.0.0 listeners) */
+	char *router, *router_pub;
+	char *redis;        /* host:port */
+	long long workers, worker; /* worker: index of this process */
+	long long max_conns;
+	long long idle_timeout_ms;
+	long long rpc_timeout_ms;
+	long long window;           /* DELIVERs written and not yet ACKed */
+	long long out_pause_bytes;  /* stop delivering while the socket holds more */
+	long long out_max_bytes;    /* disconnect a client that lets replies pile up past this */
+	long long send_rate, send_burst;
+	long long route_ttl_s;
+	long long check_interval_ms;
+	long long check_per_tick;
+	long long devcache_ms;
+	char *metrics_addr;
+	long long metrics_port;
+	long long drain_timeout_ms;
+} cs_cfg;
+
+typedef enum {
+	CS_ST_HELLO,      /* waiting for HELLO (or registration frames) */
+	CS_ST_CHALLENGED, /* CHALLENGE sent, waiting for AUTH */
+	CS_ST_AUTHING,    /* AUTH being checked */
+	CS_ST_READY,      /* logged in */
+} cs_state;
+
+typedef struct cs_server cs_server;
+
+typedef struct cs_session {
+	cs_server *srv;
+	struct bufferevent *bev;
+	int refs;     /* the connection itself, plus one per callback that holds it */
+	bool closing; /* closed or closing: no more frames in or out */
+	bool flush_close; /* close once the output buffer has drained */
+	cs_state st;
+	uint8_t nonce[CS_NONCE_LEN];
+	uint64_t user, device, conn_epoch;
+	char peer[64];
+	unsigned inflight;
+	bool read_paused;
+	/* Delivery (deliver.c): seqs written to the client, and the client's cumulative ACK. */
+	uint64_t sent_seq, acked_seq;
+	bool fetching, refetch, queue_empty_sent, checking;
+	/* SEND token bucket. */
+	double tokens;
+	uint64_t tokens_ms;
+	uint64_t last_seen_ms;
+	UT_hash_handle hh; /* srv->by_device, once logged in */
+	struct cs_session *prev, *next; /* srv->sessions */
+} cs_session;
+
+typedef struct cs_devcache cs_devcache;
+
+struct cs_server {
+	cs_cfg cfg;
+	struct event_base *base;
+	SSL_CTX *tls;
+	struct evconnlistener *listener;
+	cs_rpc *rpc;
+	cs_routes *routes;
+	sp_cluster *cluster;
+	cs_devcache *devcache;
+	char pull_url[256];   /* what peers dial (routes carry it) */
+	char pull_listen[256];
+	nng_socket pull;
+	nng_aio *pull_aio;
+	struct event *pull_ev;
+	void *pull_q_head, *pull_q_tail; /* received messages waiting for the loop */
+	void *pull_lock;
+	cs_session *sessions;  /* all connections */
+	cs_session *by_device; /* logged-in sessions by device id */
+	cs_session *check_cursor;
+	uint64_t nconns;
+	bool draining;
+	struct event *check_ev, *refresh_ev, *sig_hup, *sig_term, *sig_int, *drain_ev;
+	uint64_t drain_deadline_ms;
+	struct evhttp *metrics_http;
+	struct {
+		sp_metric *conns, *accepts, *rejects, *logins, *login_fail, *kicks, *frames_in,
+			*frames_out, *sends, *sent_latency, *deliveries, *delivered_rt, *drains,
+			*gap_fetches, *checks, *errors, *acks, *receipts, *rpc_latency, *redis_latency,
+			*rate_limited, *malformed, *slow_pauses;
+	} m;
+};
+
+/* session.c */
+void cs_session_ref(cs_session *s);
+void cs_session_unref(cs_session *s);
+/* Queues `f` to the client (with the session's framing). A client whose output has piled
+ * up past out_max_bytes is disconnected instead. Returns SP_OK or an error. */
+int cs_session_send(cs_session *s, const sp_frame *f);
+/* Sends ERROR{code, reason[, msg_id]} echoing request id `id`. */
+void cs_session_error(cs_session *s, uint64_t id, bool has_id, int code, const char *reason,
+		      const uint8_t *msg_id);
+/* Closes now (after a best-effort flush of what is queued when `flush` is set). Safe to
+ * call from any callback: the memory goes when the last reference does. */
+void cs_session_close(cs_session *s, bool flush);
+/* Counts a server call made for the session: the session stays alive until _end, and
+ * reading pauses while CS_MAX_INFLIGHT are outstanding. */
+void cs_session_call_begin(cs_session *s);
+void cs_session_call_end(cs_session *s);
+bool cs_session_output_full(const cs_session *s);
+int cs_server_accept_start(cs_server *srv);
+
+/* auth.c */
+void cs_auth_hello(cs_session *s, const sp_frame *f);
+void cs_auth_auth(cs_session *s, const sp_frame *f);
+/* KICK from a peer connsrv (or our own login elsewhere in this worker). */
+void cs_auth_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);
+void cs_auth_logout(cs_session *s);
+/* Route value of this session: "<pull url>|<conn_epoch>". */
+void cs_auth_route_value(const cs_session *s, char *buf, size_t cap);
+
+/* deliver.c */
+int cs_deliver_start(cs_server *srv);
+void cs_deliver_stop(cs_server *srv);
+/* Login done: drain the inbox after last_seq. */
+void cs_deliver_login(cs_session *s, uint64_t last_seq);
+/* A DELIVER frame for one of our devices (from a peer or from ourselves). */
+void cs_deliver_push(cs_server *srv, const sp_frame *f);
+void cs_deliver_ack(cs_session *s, const sp_frame *f);
+/* The client's socket drained: delivery may resume. */
+void cs_deliver_writable(cs_session *s);
+/* After appends: tell the connsrvs holding `devices` (seqs[i] is devices[i]'s) about the
+ * new entry. `entry` is the DELIVER frame without SEQ/DEVICE/CONN_EPOCH. */
+void cs_deliver_notify(cs_server *srv, const sp_frame *entry, const uint64_t *devices,
+		       const uint64_t *seqs, size_t n);
+/* NNG url of the inbox shard that owns `device` / of the blob id / of keysrv, copied into
+ * buf (the cluster map may change under us). SP_OK or SP_EUNAVAIL when the map has none. */
+int cs_shard_url(cs_server *srv, uint64_t device, char *buf, size_t cap);
+int cs_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *buf, size_t cap);
+int cs_keysrv_url(cs_server *srv, char *buf, size_t cap);
+
+/* send.c */
+void cs_send_one(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
+void cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
+void cs_send_read(cs_session *s, const sp_frame *f);
+/* Queues a receipt envelope from (user, device) to every device of `to_user`. */
+void cs_send_receipt(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64_t to_user,
+		     unsigned etype, const sp_bin *msg_ids, uint32_t n);
+
+/* proxy.c: keysrv and media frames. */
+bool cs_proxy_allowed_before_login(unsigned type);
+bool cs_proxy_handles(unsigned type);
+void cs_proxy(cs_session *s, const sp_frame *f);
+
+/* devcache.c: device lists of users (from keysrv), cached for a short time. */
+typedef void (*cs_devices_cb)(void *arg, int rc, const uint64_t *devices, size_t n);
+int cs_devcache_new(cs_server *srv, cs_devcache **out);
+void cs_devcache_free(cs_devcache *c);
+/* Calls cb (now or later) with the devices of `user`; `fresh` bypasses the cache. */
+void cs_devcache_get(cs_server *srv, uint64_t user, bool fresh, cs_devices_cb cb, void *arg);
+void cs_devcache_forget(cs_server *srv, uint64_t user);
+
+#endif

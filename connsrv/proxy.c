@@ -1,0 +1,194 @@
+/*
+ * Key, account, group and media frames are not handled here: they are forwarded to keysrv
+ * (with the authenticated identity and the client address attached, whatever the client
+ * put there) or to the inbox shard that owns the blob, and the reply comes back with the
+ * client's request id.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "connsrv/internal.h"
+#include "sp_error.h"
+#include "sp_log.h"
+
+static const unsigned before_login[] = {SP_T_REGISTER, SP_T_VERIFY, SP_T_LINK_REQUEST,
+					SP_T_LINK_STATUS};
+static const unsigned after_login[] = {
+	SP_T_LINK_LOOKUP, SP_T_LINK_CONFIRM, SP_T_DEVICES_GET, SP_T_REMOVE_DEVICE, SP_T_KEYS_UPLOAD,
+	SP_T_KEYS_STATUS, SP_T_BUNDLE_GET,   SP_T_GROUP_CREATE, SP_T_GROUP_ADD,     SP_T_GROUP_REMOVE,
+	SP_T_GROUP_LEAVE, SP_T_GROUP_ADMIN,  SP_T_GROUP_INFO,   SP_T_MEDIA_PUT,     SP_T_MEDIA_DONE,
+	SP_T_MEDIA_GET};
+
+static bool
+in(const unsigned *set, size_t n, unsigned t)
+{
+	for (size_t i = 0; i < n; i++)
+		if (set[i] == t)
+			return true;
+	return false;
+}
+
+bool
+cs_proxy_allowed_before_login(unsigned type)
+{
+	return in(before_login, sizeof(before_login) / sizeof(before_login[0]), type);
+}
+
+bool
+cs_proxy_handles(unsigned type)
+{
+	return cs_proxy_allowed_before_login(type) ||
+	       in(after_login, sizeof(after_login) / sizeof(after_login[0]), type);
+}
+
+typedef struct proxy_op {
+	cs_session *s;
+	uint64_t id;
+	bool has_id;
+	unsigned type;
+	uint64_t device; /* REMOVE_DEVICE */
+} proxy_op;
+
+static void
+unset(sp_frame *f, sp_field fld)
+{
+	int slot = sp_frame_slot(f->type, fld);
+	if (slot >= 0)
+		f->present &= ~(1u << slot);
+}
+
+static void
+purge_done(void *arg, int rc, const sp_frame *reply)
+{
+	(void)reply;
+	uint64_t *device = arg;
+	if (rc)
+		sp_warn("purge of removed device %llu failed: %s", (unsigned long long)*device,
+			sp_strerror(rc));
+	free(device);
+}
+
+/* A removed device loses its queue at once and, if connected here, its connection. */
+static void
+after_remove(cs_server *srv, uint64_t user, uint64_t device)
+{
+	char url[256];
+	uint64_t *arg = malloc(sizeof(*arg));
+	cs_devcache_forget(srv, user);
+	if (arg && cs_shard_url(srv, device, url, sizeof(url)) == SP_OK) {
+		*arg = device;
+		sp_frame q;
+		sp_frame_init(&q, SP_T_PURGE, 0, false);
+		sp_frame_set_u64(&q, SP_F_DEVICE, device);
+		if (cs_rpc_call(srv->rpc, url, &q, purge_done, arg) == SP_OK)
+			arg = NULL;
+	}
+	free(arg);
+	cs_session *s;
+	HASH_FIND(hh, srv->by_device, &device, sizeof(device), s);
+	if (s)
+		cs_auth_kick(srv, device, s->conn_epoch);
+}
+
+static void
+on_reply(void *arg, int rc, const sp_frame *reply)
+{
+	proxy_op *op = arg;
+	cs_session *s = op->s;
+	if (!reply) {
+		cs_session_error(s, op->id, op->has_id, rc == SP_ETIMEDOUT ? SP_EUNAVAIL : rc,
+				 "service unavailable, retry", NULL);
+	} else if (reply->type == SP_T_BLOB_DATA) {
+		sp_frame d;
+		sp_frame_init(&d, SP_T_MEDIA_DATA, op->id, op->has_id);
+		sp_bin id = sp_frame_bin(reply, SP_F_BLOB_ID), bytes = sp_frame_bin(reply, SP_F_BYTES);
+		sp_frame_set_bin(&d, SP_F_BLOB_ID, id.p, id.len);
+		sp_frame_set_u64(&d, SP_F_OFFSET, sp_frame_u64(reply, SP_F_OFFSET));
+		sp_frame_set_bin(&d, SP_F_BYTES, bytes.p, bytes.len);
+		sp_frame_set_u64(&d, SP_F_SIZE, sp_frame_u64(reply, SP_F_SIZE));
+		cs_session_send(s, &d);
+	} else {
+		sp_frame r = *reply;
+		r.id = op->id;
+		r.has_id = op->has_id;
+		r.zone = NULL;
+		cs_session_send(s, &r);
+		if (rc == SP_OK && reply->type == SP_T_DEVICE_REMOVED)
+			after_remove(s->srv, sp_frame_u64(reply, SP_F_USER), sp_frame_u64(reply, SP_F_DEVICE));
+		else if (rc == SP_OK && reply->type == SP_T_VERIFIED)
+			cs_devcache_forget(s->srv, sp_frame_u64(reply, SP_F_USER));
+	}
+	cs_session_call_end(s);
+	free(op);
+}
+
+void
+cs_proxy(cs_session *s, const sp_frame *f)
+{
+	cs_server *srv = s->srv;
+	char url[256];
+	sp_frame q = *f;
+	int rc;
+
+	q.zone = NULL; /* arrays stay owned by f */
+	q.has_id = false;
+	switch (f->type) {
+	case SP_T_MEDIA_PUT:
+	case SP_T_MEDIA_DONE:
+	case SP_T_MEDIA_GET: {
+		sp_bin id = sp_frame_bin(f, SP_F_BLOB_ID);
+		rc = cs_blob_url(srv, id.p, id.len, url, sizeof(url));
+		sp_frame_init(&q, f->type == SP_T_MEDIA_PUT    ? SP_T_BLOB_PUT
+				  : f->type == SP_T_MEDIA_DONE ? SP_T_BLOB_DONE
+							       : SP_T_BLOB_GET,
+			      0, false);
+		static const sp_field media[] = {SP_F_BLOB_ID, SP_F_OFFSET, SP_F_BYTES, SP_F_SIZE,
+						 SP_F_SHA256,  SP_F_DEVICES, SP_F_LEN};
+		for (size_t i = 0; i < sizeof(media) / sizeof(media[0]); i++) {
+			const sp_val *v = sp_frame_get(f, media[i]);
+			int slot = sp_frame_slot(q.type, media[i]);
+			if (v && slot >= 0) {
+				q.v[slot] = *v;
+				q.present |= 1u << slot;
+			}
+		}
+		if (f->type == SP_T_MEDIA_GET)
+			sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
+		break;
+	}
+	default:
+		rc = cs_keysrv_url(srv, url, sizeof(url));
+		unset(&q, SP_F_AUTH_USER);
+		unset(&q, SP_F_AUTH_DEVICE);
+		unset(&q, SP_F_SOURCE);
+		if (s->st == CS_ST_READY) {
+			sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
+			sp_frame_set_u64(&q, SP_F_AUTH_DEVICE, s->device);
+		}
+		/* The address without the port: rate limits are per client host. */
+		char host[64];
+		snprintf(host, sizeof(host), "%s", s->peer);
+		char *colon = strrchr(host, ':');
+		if (colon)
+			*colon = '\0';
+		sp_frame_set_str(&q, SP_F_SOURCE, host);
+		break;
+	}
+	proxy_op *op = malloc(sizeof(*op));
+	if (rc || !op) {
+		free(op);
+		cs_session_error(s, f->id, f->has_id, rc ? rc : SP_ENOMEM, "service unavailable, retry",
+				 NULL);
+		return;
+	}
+	op->s = s;
+	op->id = f->id;
+	op->has_id = f->has_id;
+	op->type = f->type;
+	cs_session_call_begin(s);
+	if ((rc = cs_rpc_call(srv->rpc, url, &q, on_reply, op))) {
+		cs_session_error(s, f->id, f->has_id, rc, "bad request", NULL);
+		cs_session_call_end(s);
+		free(op);
+	}
+}

@@ -1,0 +1,263 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "connsrv/routes.h"
+#include "sp_error.h"
+#include "sp_log.h"
+
+/* Only the holder of the route may drop or extend it: a newer login elsewhere wins. */
+static const char cad_script[] =
+	"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+static const char cae_script[] =
+	"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) "
+	"end return 0";
+
+struct cs_routes {
+	struct event_base *base;
+	redisAsyncContext *ac;
+	bool connected;
+	char host[256];
+	int port;
+	int ttl_s;
+	struct event *retry;
+};
+
+static void connect_now(cs_routes *r);
+
+static void
+on_retry(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	connect_now(arg);
+}
+
+static void
+schedule_retry(cs_routes *r)
+{
+	struct timeval tv = {0, 500 * 1000};
+	evtimer_add(r->retry, &tv);
+}
+
+static void
+on_connect(const redisAsyncContext *ac, int status)
+{
+	cs_routes *r = ac->data;
+	if (status != REDIS_OK) {
+		sp_warn("redis %s:%d: connect failed: %s", r->host, r->port, ac->errstr);
+		r->ac = NULL; /* hiredis frees the context after this callback */
+		schedule_retry(r);
+		return;
+	}
+	r->connected = true;
+	sp_info("redis %s:%d connected", r->host, r->port);
+}
+
+static void
+on_disconnect(const redisAsyncContext *ac, int status)
+{
+	cs_routes *r = ac->data;
+	r->connected = false;
+	r->ac = NULL;
+	if (status != REDIS_OK)
+		sp_warn("redis %s:%d: disconnected: %s", r->host, r->port, ac->errstr);
+	if (r->retry)
+		schedule_retry(r);
+}
+
+static void
+connect_now(cs_routes *r)
+{
+	redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
+	if (!ac || ac->err) {
+		sp_warn("redis %s:%d: %s", r->host, r->port, ac ? ac->errstr : "out of memory");
+		if (ac)
+			redisAsyncFree(ac);
+		schedule_retry(r);
+		return;
+	}
+	ac->data = r;
+	redisLibeventAttach(ac, r->base);
+	redisAsyncSetConnectCallback(ac, on_connect);
+	redisAsyncSetDisconnectCallback(ac, on_disconnect);
+	r->ac = ac;
+}
+
+int
+cs_routes_new(struct event_base *base, const char *addr, int ttl_s, cs_routes **out)
+{
+	const char *colon = strrchr(addr, ':');
+	if (!colon)
+		return SP_ECONFIG;
+	cs_routes *r = calloc(1, sizeof(*r));
+	if (!r)
+		return SP_ENOMEM;
+	size_t n = (size_t)(colon - addr);
+	if (n >= sizeof(r->host)) {
+		free(r);
+		return SP_ECONFIG;
+	}
+	memcpy(r->host, addr, n);
+	r->port = atoi(colon + 1);
+	r->base = base;
+	r->ttl_s = ttl_s;
+	r->retry = evtimer_new(base, on_retry, r);
+	if (!r->retry) {
+		free(r);
+		return SP_ENOMEM;
+	}
+	connect_now(r);
+	*out = r;
+	return SP_OK;
+}
+
+void
+cs_routes_free(cs_routes *r)
+{
+	if (!r)
+		return;
+	event_free(r->retry);
+	r->retry = NULL;
+	if (r->ac)
+		redisAsyncFree(r->ac); /* pending callbacks run with a NULL reply */
+	free(r);
+}
+
+bool
+cs_routes_connected(const cs_routes *r)
+{
+	return r->connected;
+}
+
+typedef struct claim_op {
+	cs_route_claim_cb cb;
+	void *arg;
+} claim_op;
+
+static void
+on_claim(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	(void)ac;
+	claim_op *op = privdata;
+	redisReply *rep = reply;
+	if (!rep || rep->type == REDIS_REPLY_ERROR)
+		op->cb(op->arg, SP_EREDIS, NULL);
+	else if (rep->type == REDIS_REPLY_STRING)
+		op->cb(op->arg, SP_OK, rep->str);
+	else
+		op->cb(op->arg, SP_OK, "");
+	free(op);
+}
+
+int
+cs_routes_claim(cs_routes *r, uint64_t device, const char *value, cs_route_claim_cb cb, void *arg)
+{
+	if (!r->connected)
+		return SP_EREDIS;
+	claim_op *op = malloc(sizeof(*op));
+	if (!op)
+		return SP_ENOMEM;
+	op->cb = cb;
+	op->arg = arg;
+	char key[32];
+	snprintf(key, sizeof(key), "r:%llu", (unsigned long long)device);
+	if (redisAsyncCommand(r->ac, on_claim, op, "SET %s %s EX %d GET", key, value, r->ttl_s) !=
+	    REDIS_OK) {
+		free(op);
+		return SP_EREDIS;
+	}
+	return SP_OK;
+}
+
+void
+cs_routes_release(cs_routes *r, uint64_t device, const char *value)
+{
+	if (!r->connected)
+		return;
+	char key[32];
+	snprintf(key, sizeof(key), "r:%llu", (unsigned long long)device);
+	redisAsyncCommand(r->ac, NULL, NULL, "EVAL %s 1 %s %s", cad_script, key, value);
+}
+
+void
+cs_routes_refresh(cs_routes *r, uint64_t device, const char *value)
+{
+	if (!r->connected)
+		return;
+	char key[32];
+	snprintf(key, sizeof(key), "r:%llu", (unsigned long long)device);
+	redisAsyncCommand(r->ac, NULL, NULL, "EVAL %s 1 %s %s %d", cae_script, key, value, r->ttl_s);
+}
+
+typedef struct lookup_op {
+	cs_route_lookup_cb cb;
+	void *arg;
+	size_t n;
+} lookup_op;
+
+static void
+on_lookup(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	(void)ac;
+	lookup_op *op = privdata;
+	redisReply *rep = reply;
+	if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != op->n) {
+		op->cb(op->arg, SP_EREDIS, NULL, 0);
+		free(op);
+		return;
+	}
+	const char **vals = calloc(op->n, sizeof(char *));
+	if (!vals) {
+		op->cb(op->arg, SP_ENOMEM, NULL, 0);
+		free(op);
+		return;
+	}
+	for (size_t i = 0; i < op->n; i++)
+		vals[i] = rep->element[i]->type == REDIS_REPLY_STRING ? rep->element[i]->str : NULL;
+	op->cb(op->arg, SP_OK, vals, op->n);
+	free(vals);
+	free(op);
+}
+
+int
+cs_routes_lookup(cs_routes *r, const uint64_t *devices, size_t n, cs_route_lookup_cb cb, void *arg)
+{
+	if (!r->connected)
+		return SP_EREDIS;
+	if (n == 0 || n > 10000)
+		return SP_EINVAL;
+	lookup_op *op = malloc(sizeof(*op));
+	const char **argv = calloc(n + 1, sizeof(char *));
+	size_t *lens = calloc(n + 1, sizeof(size_t));
+	char *keys = malloc(n * 24);
+	int rc = SP_ENOMEM;
+	if (!op || !argv || !lens || !keys)
+		goto out;
+	argv[0] = "MGET";
+	lens[0] = 4;
+	for (size_t i = 0; i < n; i++) {
+		char *k = keys + i * 24;
+		lens[i + 1] = (size_t)snprintf(k, 24, "r:%llu", (unsigned long long)devices[i]);
+		argv[i + 1] = k;
+	}
+	op->cb = cb;
+	op->arg = arg;
+	op->n = n;
+	if (redisAsyncCommandArgv(r->ac, on_lookup, op, (int)n + 1, argv, lens) != REDIS_OK) {
+		rc = SP_EREDIS;
+		goto out;
+	}
+	op = NULL;
+	rc = SP_OK;
+out:
+	free(op);
+	free(argv);
+	free(lens);
+	free(keys);
+	return rc;
+}

@@ -1,0 +1,257 @@
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uthash.h>
+
+#include "rpc.h"
+#include "sp_error.h"
+#include "sp_log.h"
+#include "sp_nng.h"
+#include "sp_time.h"
+
+typedef struct peer {
+	char url[256];
+	nng_socket sock;
+	bool push;
+	UT_hash_handle hh;
+} peer;
+
+typedef struct call {
+	cs_rpc *rpc;
+	nng_aio *aio;
+	nng_ctx ctx;
+	bool sent;
+	int rv;
+	nng_msg *reply;
+	cs_rpc_cb cb;
+	void *arg;
+	struct call *next; /* completion queue */
+	struct call *prev_live, *next_live;
+} call;
+
+struct cs_rpc {
+	struct event_base *base;
+	struct event *notify;
+	int timeout_ms;
+	peer *peers; /* by url, one table for both kinds (a url is either REQ or PUSH) */
+	pthread_mutex_t lock;
+	call *done_head, *done_tail; /* completed on NNG threads, waiting for the loop */
+	call *live;                  /* every call not yet handed back (loop thread only) */
+	unsigned inflight;
+};
+
+static void
+complete(call *c)
+{
+	cs_rpc *r = c->rpc;
+	pthread_mutex_lock(&r->lock);
+	c->next = NULL;
+	if (r->done_tail)
+		r->done_tail->next = c;
+	else
+		r->done_head = c;
+	r->done_tail = c;
+	pthread_mutex_unlock(&r->lock);
+	event_active(r->notify, EV_READ, 0);
+}
+
+/* NNG thread: send finished -> receive; receive finished -> hand over to the loop. */
+static void
+on_aio(void *arg)
+{
+	call *c = arg;
+	int rv = nng_aio_result(c->aio);
+	if (!c->sent) {
+		c->sent = true;
+		if (rv) {
+			nng_msg_free(nng_aio_get_msg(c->aio));
+			c->rv = rv;
+			complete(c);
+			return;
+		}
+		nng_ctx_recv(c->ctx, c->aio);
+		return;
+	}
+	c->rv = rv;
+	if (!rv)
+		c->reply = nng_aio_get_msg(c->aio);
+	complete(c);
+}
+
+static void
+call_free(call *c)
+{
+	nng_ctx_close(c->ctx);
+	nng_aio_free(c->aio);
+	if (c->reply)
+		nng_msg_free(c->reply);
+	free(c);
+}
+
+static void
+finish(cs_rpc *r, call *c)
+{
+	sp_frame f;
+	int rc;
+	if (c->prev_live)
+		c->prev_live->next_live = c->next_live;
+	else
+		r->live = c->next_live;
+	if (c->next_live)
+		c->next_live->prev_live = c->prev_live;
+	r->inflight--;
+	if (c->rv) {
+		c->cb(c->arg, sp_nng_err(c->rv), NULL);
+	} else if ((rc = sp_nng_msg_decode(c->reply, &f))) {
+		c->cb(c->arg, rc, NULL);
+	} else {
+		rc = SP_OK;
+		if (f.type == SP_T_ERROR) {
+			int64_t code = sp_frame_i64(&f, SP_F_CODE);
+			rc = code < 0 ? (int)code : SP_EPROTO;
+		}
+		c->cb(c->arg, rc, &f);
+		sp_frame_fini(&f);
+	}
+	call_free(c);
+}
+
+static void
+on_notify(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	cs_rpc *r = arg;
+	pthread_mutex_lock(&r->lock);
+	call *c = r->done_head;
+	r->done_head = r->done_tail = NULL;
+	pthread_mutex_unlock(&r->lock);
+	while (c) {
+		call *next = c->next;
+		finish(r, c);
+		c = next;
+	}
+}
+
+int
+cs_rpc_new(struct event_base *base, int timeout_ms, cs_rpc **out)
+{
+	cs_rpc *r = calloc(1, sizeof(*r));
+	if (!r)
+		return SP_ENOMEM;
+	r->base = base;
+	r->timeout_ms = timeout_ms;
+	pthread_mutex_init(&r->lock, NULL);
+	r->notify = event_new(base, -1, 0, on_notify, r);
+	if (!r->notify) {
+		free(r);
+		return SP_ENOMEM;
+	}
+	*out = r;
+	return SP_OK;
+}
+
+void
+cs_rpc_free(cs_rpc *r)
+{
+	if (!r)
+		return;
+	/* Stop every aio (their callbacks queue completions), then deliver them. */
+	for (call *c = r->live; c; c = c->next_live)
+		nng_aio_stop(c->aio);
+	on_notify(-1, 0, r);
+	peer *p, *tmp;
+	HASH_ITER(hh, r->peers, p, tmp) {
+		HASH_DEL(r->peers, p);
+		nng_close(p->sock);
+		free(p);
+	}
+	event_free(r->notify);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
+
+static peer *
+get_peer(cs_rpc *r, const char *url, bool push)
+{
+	peer *p;
+	HASH_FIND_STR(r->peers, url, p);
+	if (p)
+		return p->push == push ? p : NULL;
+	if (strlen(url) >= sizeof(p->url) || !(p = calloc(1, sizeof(*p))))
+		return NULL;
+	strcpy(p->url, url);
+	p->push = push;
+	int rc = push ? sp_nng_push_open(&p->sock, url, 100)
+		      : sp_nng_req_open(&p->sock, url, r->timeout_ms, r->timeout_ms / 3 + 1);
+	if (rc) {
+		sp_warn("cannot open %s socket to %s: %s", push ? "push" : "req", url, sp_strerror(rc));
+		free(p);
+		return NULL;
+	}
+	HASH_ADD_STR(r->peers, url, p);
+	return p;
+}
+
+int
+cs_rpc_call(cs_rpc *r, const char *url, const sp_frame *req, cs_rpc_cb cb, void *arg)
+{
+	peer *p = get_peer(r, url, false);
+	if (!p)
+		return SP_EUNAVAIL;
+	nng_msg *m;
+	int rc = sp_nng_msg_from_frame(req, &m);
+	if (rc)
+		return rc;
+	call *c = calloc(1, sizeof(*c));
+	if (!c) {
+		nng_msg_free(m);
+		return SP_ENOMEM;
+	}
+	c->rpc = r;
+	c->cb = cb;
+	c->arg = arg;
+	int rv = nng_aio_alloc(&c->aio, on_aio, c);
+	if (!rv && (rv = nng_ctx_open(&c->ctx, p->sock)))
+		nng_aio_free(c->aio);
+	if (rv) {
+		nng_msg_free(m);
+		free(c);
+		return sp_nng_err(rv);
+	}
+	nng_aio_set_timeout(c->aio, r->timeout_ms);
+	nng_aio_set_msg(c->aio, m);
+	c->next_live = r->live;
+	if (r->live)
+		r->live->prev_live = c;
+	r->live = c;
+	r->inflight++;
+	nng_ctx_send(c->ctx, c->aio);
+	return SP_OK;
+}
+
+int
+cs_rpc_push(cs_rpc *r, const char *url, const sp_frame *f)
+{
+	peer *p = get_peer(r, url, true);
+	if (!p)
+		return SP_EUNAVAIL;
+	nng_msg *m;
+	int rc = sp_nng_msg_from_frame(f, &m);
+	if (rc)
+		return rc;
+	/* Non-blocking: a full queue or absent peer drops the frame (gap repair fetches it). */
+	int rv = nng_sendmsg(p->sock, m, NNG_FLAG_NONBLOCK);
+	if (rv) {
+		nng_msg_free(m);
+		return sp_nng_err(rv);
+	}
+	return SP_OK;
+}
+
+unsigned
+cs_rpc_inflight(const cs_rpc *r)
+{
+	return r->inflight;
+}

@@ -1,0 +1,43 @@
+/*
+ * Asynchronous NNG requests from a libevent loop. Requests run on NNG's threads; their
+ * completions are queued and handed to the caller's callback on the loop thread, so
+ * callbacks never race with the rest of connsrv.
+ */
+#ifndef CS_RPC_H
+#define CS_RPC_H
+
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <nng/nng.h>
+
+#include "sp_frame.h"
+
+typedef struct cs_rpc cs_rpc;
+
+/* Called on the loop thread. rc is SP_OK with `reply` decoded, the code of an ERROR reply
+ * (reply then holds the ERROR frame), or a transport error (reply NULL). `reply` and the
+ * memory it points into are valid only during the call. */
+typedef void (*cs_rpc_cb)(void *arg, int rc, const sp_frame *reply);
+
+/* Creates the dispatcher on `base`. timeout_ms bounds every request. */
+int cs_rpc_new(struct event_base *base, int timeout_ms, cs_rpc **out);
+
+/* Cancels requests in flight (their callbacks run with SP_ECLOSED before this returns),
+ * closes every cached socket and frees the dispatcher. */
+void cs_rpc_free(cs_rpc *r);
+
+/* Sends `req` to the REP peer at `url` (a REQ socket per url, opened on first use and
+ * kept). `req` is packed before this returns (its borrowed values may go away after).
+ * On SP_OK the callback runs exactly once, later; on error it never runs. */
+int cs_rpc_call(cs_rpc *r, const char *url, const sp_frame *req, cs_rpc_cb cb, void *arg);
+
+/* Fire-and-forget push of `f` to the PULL peer at `url` (a PUSH socket per url). A peer
+ * that is down makes the frame be dropped after a short send timeout; callers never rely on
+ * a push arriving. */
+int cs_rpc_push(cs_rpc *r, const char *url, const sp_frame *f);
+
+/* Requests in flight (for drain and metrics). */
+unsigned cs_rpc_inflight(const cs_rpc *r);
+
+#endif

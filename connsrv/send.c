@@ -1,0 +1,613 @@
+/*
+ * SEND (1:1), SEND_GROUP and READ, and the receipts the server makes. A SEND is answered
+ * SENT only when every per-device append is durable on its shard; any failure is an ERROR
+ * for that msg_id and the client retries with the same msg_id (the shard dedups). The
+ * sender is always the authenticated device: nothing in the client's frame says who sends.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "connsrv/internal.h"
+#include "sp_error.h"
+#include "sp_log.h"
+#include "sp_time.h"
+
+typedef struct send_op {
+	cs_session *s;
+	unsigned type;
+	uint64_t id;
+	bool has_id;
+	uint8_t *raw; /* owned copy of the client's frame; `f` points into it */
+	sp_frame f;
+	uint8_t msg_id[16];
+	uint64_t to_user, group, server_ts, t0;
+	bool refreshed;
+	int lists_pending;
+	uint64_t *to_devs, *self_devs;
+	size_t nto, nself;
+	size_t n; /* targets */
+	uint64_t *devices, *seqs;
+	int pending, rc;
+	unsigned refused;
+} send_op;
+
+static void
+op_free(send_op *op)
+{
+	sp_frame_fini(&op->f);
+	free(op->raw);
+	free(op->to_devs);
+	free(op->self_devs);
+	free(op->devices);
+	free(op);
+}
+
+static void
+op_fail(send_op *op, int rc, const char *reason)
+{
+	cs_session_error(op->s, op->id, op->has_id, rc, reason, op->msg_id);
+	cs_session_call_end(op->s);
+	op_free(op);
+}
+
+static send_op *
+op_new(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	send_op *op = calloc(1, sizeof(*op));
+	if (!op)
+		return NULL;
+	if (!(op->raw = malloc(len ? len : 1)) ||
+	    (memcpy(op->raw, raw, len), sp_frame_decode(op->raw, len, &op->f) != SP_OK)) {
+		free(op->raw);
+		free(op);
+		return NULL;
+	}
+	op->s = s;
+	op->type = f->type;
+	op->id = f->id;
+	op->has_id = f->has_id;
+	memcpy(op->msg_id, sp_frame_bin(f, SP_F_MSG_ID).p, 16);
+	op->server_ts = sp_time_ms();
+	op->t0 = sp_mono_ns();
+	cs_session_call_begin(s);
+	return op;
+}
+
+static void
+answer_sent(send_op *op)
+{
+	cs_session *s = op->s;
+	sp_frame ok;
+	sp_frame_init(&ok, SP_T_SENT, op->id, op->has_id);
+	sp_frame_set_bin(&ok, SP_F_MSG_ID, op->msg_id, 16);
+	sp_frame_set_u64(&ok, SP_F_SERVER_TS, op->server_ts);
+	cs_session_send(s, &ok);
+	sp_metric_inc(s->srv->m.sends);
+	sp_metric_observe(s->srv->m.sent_latency, (double)(sp_mono_ns() - op->t0) / 1e9);
+}
+
+/* A DELIVER template for target i (seq/device/epoch are filled per recipient). */
+static void
+entry_for(const send_op *op, size_t i, sp_frame *d)
+{
+	const cs_session *s = op->s;
+	sp_frame_init(d, SP_T_DELIVER, 0, false);
+	sp_frame_set_u64(d, SP_F_SEQ, 0);
+	sp_frame_set_bin(d, SP_F_MSG_ID, op->msg_id, 16);
+	sp_frame_set_u64(d, SP_F_FROM_USER, s->user);
+	sp_frame_set_u64(d, SP_F_FROM_DEVICE, s->device);
+	sp_frame_set_u64(d, SP_F_SERVER_TS, op->server_ts);
+	if (op->type == SP_T_SEND) {
+		const sp_frame *it = &sp_frame_get(&op->f, SP_F_ITEMS)->rs.v[i];
+		sp_bin ct = sp_frame_bin(it, SP_F_CT);
+		sp_frame_set_u64(d, SP_F_ETYPE, sp_frame_u64(it, SP_F_ETYPE));
+		sp_frame_set_bin(d, SP_F_ENV, ct.p, ct.len);
+		return;
+	}
+	sp_bin body = sp_frame_bin(&op->f, SP_F_BODY);
+	sp_frame_set_u64(d, SP_F_ETYPE, sp_frame_u64(&op->f, SP_F_ETYPE));
+	sp_frame_set_bin(d, SP_F_ENV, body.p, body.len);
+	sp_frame_set_u64(d, SP_F_GROUP, op->group);
+	const sp_val *items = sp_frame_get(&op->f, SP_F_ITEMS);
+	for (uint32_t k = 0; items && k < items->rs.n; k++) {
+		if (sp_frame_u64(&items->rs.v[k], SP_F_DEVICE) == op->devices[i]) {
+			sp_bin ct = sp_frame_bin(&items->rs.v[k], SP_F_CT);
+			sp_frame_set_bin(d, SP_F_CT, ct.p, ct.len);
+		}
+	}
+}
+
+static void
+appends_done(send_op *op)
+{
+	cs_session *s = op->s;
+	if (op->rc) {
+		op_fail(op, op->rc, op->rc == SP_EFULL ? "recipient queue full" : "not stored, retry");
+		return;
+	}
+	if (op->refused)
+		sp_warn("group message from device %llu: %u member devices refused (queue full)",
+			(unsigned long long)s->device, op->refused);
+	answer_sent(op);
+	for (size_t i = 0; i < op->n; i++) {
+		if (!op->seqs[i])
+			continue;
+		sp_frame d;
+		entry_for(op, i, &d);
+		cs_deliver_notify(s->srv, &d, &op->devices[i], &op->seqs[i], 1);
+	}
+	cs_session_call_end(s);
+	op_free(op);
+}
+
+typedef struct append_ctx {
+	send_op *op;
+	size_t first, count; /* targets covered by this call */
+} append_ctx;
+
+static void
+on_appended(void *arg, int rc, const sp_frame *reply)
+{
+	append_ctx *a = arg;
+	send_op *op = a->op;
+	if (rc == SP_OK && reply->type == SP_T_APPENDED) {
+		op->seqs[a->first] = sp_frame_u64(reply, SP_F_SEQ);
+	} else if (rc == SP_OK && reply->type == SP_T_APPENDED_BATCH) {
+		const sp_val *v = sp_frame_get(reply, SP_F_SEQ_LIST);
+		if (!v || v->us.n != a->count) {
+			rc = SP_EPROTO;
+		} else {
+			for (size_t k = 0; k < a->count; k++) {
+				op->seqs[a->first + k] = v->us.v[k];
+				op->refused += v->us.v[k] == 0;
+			}
+		}
+	} else if (rc == SP_OK) {
+		rc = SP_EPROTO;
+	}
+	if (rc && !op->rc)
+		op->rc = rc;
+	free(a);
+	if (--op->pending == 0)
+		appends_done(op);
+}
+
+static int
+call_append(send_op *op, const char *url, const sp_frame *q, size_t first, size_t count)
+{
+	append_ctx *a = malloc(sizeof(*a));
+	if (!a)
+		return SP_ENOMEM;
+	a->op = op;
+	a->first = first;
+	a->count = count;
+	op->pending++;
+	int rc = cs_rpc_call(op->s->srv->rpc, url, q, on_appended, a);
+	if (rc) {
+		op->pending--;
+		free(a);
+	}
+	return rc;
+}
+
+/* 1:1: one APPEND per device, all in flight at once. */
+static void
+start_appends_one(send_op *op)
+{
+	cs_session *s = op->s;
+	const sp_val *items = sp_frame_get(&op->f, SP_F_ITEMS);
+	op->n = items->rs.n;
+	op->devices = calloc(2 * op->n, sizeof(uint64_t));
+	if (!op->devices) {
+		op_fail(op, SP_ENOMEM, NULL);
+		return;
+	}
+	op->seqs = op->devices + op->n;
+	op->pending = 1; /* held until every call is issued */
+	for (size_t i = 0; i < op->n && !op->rc; i++) {
+		const sp_frame *it = &items->rs.v[i];
+		char url[256];
+		op->devices[i] = sp_frame_u64(it, SP_F_DEVICE);
+		sp_bin ct = sp_frame_bin(it, SP_F_CT);
+		sp_frame q;
+		sp_frame_init(&q, SP_T_APPEND, 0, false);
+		sp_frame_set_u64(&q, SP_F_DEVICE, op->devices[i]);
+		sp_frame_set_bin(&q, SP_F_MSG_ID, op->msg_id, 16);
+		sp_frame_set_u64(&q, SP_F_FROM_USER, s->user);
+		sp_frame_set_u64(&q, SP_F_FROM_DEVICE, s->device);
+		sp_frame_set_u64(&q, SP_F_SERVER_TS, op->server_ts);
+		sp_frame_set_u64(&q, SP_F_ETYPE, sp_frame_u64(it, SP_F_ETYPE));
+		sp_frame_set_bin(&q, SP_F_ENV, ct.p, ct.len);
+		int rc = cs_shard_url(s->srv, op->devices[i], url, sizeof(url));
+		if (rc == SP_OK)
+			rc = call_append(op, url, &q, i, 1);
+		if (rc)
+			op->rc = rc;
+	}
+	if (--op->pending == 0)
+		appends_done(op);
+}
+
+/* Sorted, duplicate-free copy check: SP_OK if `a` has no repeated device. */
+static int
+cmp_u64(const void *x, const void *y)
+{
+	uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+	return a < b ? -1 : a > b;
+}
+
+static bool
+contains(const uint64_t *v, size_t n, uint64_t x)
+{
+	for (size_t i = 0; i < n; i++)
+		if (v[i] == x)
+			return true;
+	return false;
+}
+
+static void check_devices(send_op *op);
+
+static void
+on_device_list(void *arg, int rc, const uint64_t *devs, size_t n)
+{
+	/* arg is the op with the low bit telling which list this is. */
+	uintptr_t p = (uintptr_t)arg;
+	send_op *op = (send_op *)(p & ~(uintptr_t)1);
+	bool self = p & 1;
+	if (rc == SP_OK) {
+		uint64_t *copy = malloc((n ? n : 1) * sizeof(uint64_t));
+		if (!copy) {
+			rc = SP_ENOMEM;
+		} else {
+			memcpy(copy, devs, n * sizeof(uint64_t));
+			if (self) {
+				free(op->self_devs);
+				op->self_devs = copy;
+				op->nself = n;
+			} else {
+				free(op->to_devs);
+				op->to_devs = copy;
+				op->nto = n;
+			}
+		}
+	}
+	if (rc && !op->rc)
+		op->rc = rc;
+	if (--op->lists_pending > 0)
+		return;
+	if (op->rc) {
+		op_fail(op, op->rc == SP_ENOTFOUND ? SP_ENOTFOUND : op->rc,
+			op->rc == SP_ENOTFOUND ? "no such user" : "device list unavailable, retry");
+		return;
+	}
+	check_devices(op);
+}
+
+static void
+get_lists(send_op *op, bool fresh)
+{
+	cs_session *s = op->s;
+	op->lists_pending = op->to_user == s->user ? 1 : 2;
+	op->rc = SP_OK;
+	if (op->to_user != s->user)
+		cs_devcache_get(s->srv, op->to_user, fresh, on_device_list, op);
+	cs_devcache_get(s->srv, s->user, fresh, on_device_list, (void *)((uintptr_t)op | 1));
+}
+
+/* The items must name exactly the recipient's devices plus the sender's other devices. */
+static void
+check_devices(send_op *op)
+{
+	cs_session *s = op->s;
+	const sp_val *items = sp_frame_get(&op->f, SP_F_ITEMS);
+	size_t n = items->rs.n;
+	uint64_t expect[2 * 8 + 2], missing[16], extra[64];
+	size_t ne = 0, nm = 0, nx = 0;
+	for (size_t i = 0; i < op->nto && ne < 8; i++)
+		expect[ne++] = op->to_devs[i];
+	for (size_t i = 0; i < op->nself && ne < 16; i++)
+		if (op->self_devs[i] != s->device && !contains(expect, ne, op->self_devs[i]))
+			expect[ne++] = op->self_devs[i];
+	uint64_t got[64];
+	for (size_t i = 0; i < n && i < 64; i++)
+		got[i] = sp_frame_u64(&items->rs.v[i], SP_F_DEVICE);
+	for (size_t i = 0; i < ne; i++)
+		if (!contains(got, n, expect[i]))
+			missing[nm++] = expect[i];
+	for (size_t i = 0; i < n && nx < 64; i++)
+		if (!contains(expect, ne, got[i]))
+			extra[nx++] = got[i];
+	if (nm == 0 && nx == 0) {
+		start_appends_one(op);
+		return;
+	}
+	if (!op->refreshed) {
+		/* The cache may be stale (a device was just added or removed): ask keysrv. */
+		op->refreshed = true;
+		get_lists(op, true);
+		return;
+	}
+	sp_frame m;
+	sp_frame_init(&m, SP_T_MISMATCHED_DEVICES, op->id, op->has_id);
+	sp_frame_set_bin(&m, SP_F_MSG_ID, op->msg_id, 16);
+	sp_frame_set_u64s(&m, SP_F_MISSING, missing, (uint32_t)nm);
+	sp_frame_set_u64s(&m, SP_F_EXTRA, extra, (uint32_t)nx);
+	cs_session_send(s, &m);
+	cs_session_call_end(s);
+	op_free(op);
+}
+
+void
+cs_send_one(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	const sp_val *items = sp_frame_get(f, SP_F_ITEMS);
+	const uint8_t *msg_id = sp_frame_bin(f, SP_F_MSG_ID).p;
+	if (items->rs.n == 0 || items->rs.n > 64) {
+		cs_session_error(s, f->id, f->has_id, SP_EFIELDLEN, "items: 1 to 64 devices", msg_id);
+		return;
+	}
+	uint64_t devs[64];
+	for (uint32_t i = 0; i < items->rs.n; i++)
+		devs[i] = sp_frame_u64(&items->rs.v[i], SP_F_DEVICE);
+	qsort(devs, items->rs.n, sizeof(uint64_t), cmp_u64);
+	for (uint32_t i = 1; i < items->rs.n; i++) {
+		if (devs[i] == devs[i - 1]) {
+			cs_session_error(s, f->id, f->has_id, SP_EINVAL, "a device appears twice", msg_id);
+			return;
+		}
+	}
+	send_op *op = op_new(s, f, raw, len);
+	if (!op) {
+		cs_session_error(s, f->id, f->has_id, SP_ENOMEM, NULL, msg_id);
+		return;
+	}
+	op->to_user = sp_frame_u64(f, SP_F_TO_USER);
+	get_lists(op, false);
+}
+
+/* ---- groups ---- */
+
+static void
+on_group_devices(void *arg, int rc, const sp_frame *reply)
+{
+	send_op *op = arg;
+	cs_session *s = op->s;
+	if (rc) {
+		op_fail(op, rc, rc == SP_EPERM ? "not a member of this group" : "group unavailable, retry");
+		return;
+	}
+	const sp_val *v = sp_frame_get(reply, SP_F_DEVICES);
+	size_t n = v ? v->us.n : 0;
+	op->devices = calloc(2 * (n ? n : 1), sizeof(uint64_t));
+	if (!op->devices) {
+		op_fail(op, SP_ENOMEM, NULL);
+		return;
+	}
+	op->seqs = op->devices + (n ? n : 1);
+	for (size_t i = 0; i < n; i++)
+		if (v->us.v[i] != s->device)
+			op->devices[op->n++] = v->us.v[i];
+	const sp_val *items = sp_frame_get(&op->f, SP_F_ITEMS);
+	for (uint32_t k = 0; items && k < items->rs.n; k++) {
+		if (!contains(op->devices, op->n, sp_frame_u64(&items->rs.v[k], SP_F_DEVICE))) {
+			op_fail(op, SP_EMISMATCH, "an item names a device outside the group");
+			return;
+		}
+	}
+	/* Sort targets by shard so each shard gets one batch (the body stored once there). */
+	char (*urls)[256] = calloc(op->n ? op->n : 1, 256);
+	sp_frame *targets = calloc(op->n ? op->n : 1, sizeof(sp_frame));
+	if (!urls || !targets) {
+		free(urls);
+		free(targets);
+		op_fail(op, SP_ENOMEM, NULL);
+		return;
+	}
+	for (size_t i = 0; i < op->n && !op->rc; i++)
+		op->rc = cs_shard_url(s->srv, op->devices[i], urls[i], 256);
+	for (size_t i = 1; i < op->n; i++) { /* insertion sort by url, small n per shard count */
+		for (size_t j = i; j > 0 && strcmp(urls[j - 1], urls[j]) > 0; j--) {
+			char t[256];
+			memcpy(t, urls[j], 256);
+			memcpy(urls[j], urls[j - 1], 256);
+			memcpy(urls[j - 1], t, 256);
+			uint64_t d = op->devices[j];
+			op->devices[j] = op->devices[j - 1];
+			op->devices[j - 1] = d;
+		}
+	}
+	sp_bin body = sp_frame_bin(&op->f, SP_F_BODY);
+	op->pending = 1;
+	for (size_t i = 0; i < op->n && !op->rc;) {
+		size_t j = i;
+		while (j < op->n && strcmp(urls[j], urls[i]) == 0 && j - i < 5120)
+			j++;
+		for (size_t k = i; k < j; k++) {
+			sp_frame_init(&targets[k], SP_T_APPEND_TARGET, 0, false);
+			sp_frame_set_u64(&targets[k], SP_F_DEVICE, op->devices[k]);
+			for (uint32_t m = 0; items && m < items->rs.n; m++) {
+				if (sp_frame_u64(&items->rs.v[m], SP_F_DEVICE) == op->devices[k]) {
+					sp_bin ct = sp_frame_bin(&items->rs.v[m], SP_F_CT);
+					sp_frame_set_bin(&targets[k], SP_F_CT, ct.p, ct.len);
+				}
+			}
+		}
+		sp_frame q;
+		sp_frame_init(&q, SP_T_APPEND_BATCH, 0, false);
+		sp_frame_set_bin(&q, SP_F_MSG_ID, op->msg_id, 16);
+		sp_frame_set_u64(&q, SP_F_FROM_USER, s->user);
+		sp_frame_set_u64(&q, SP_F_FROM_DEVICE, s->device);
+		sp_frame_set_u64(&q, SP_F_SERVER_TS, op->server_ts);
+		sp_frame_set_u64(&q, SP_F_ETYPE, sp_frame_u64(&op->f, SP_F_ETYPE));
+		sp_frame_set_bin(&q, SP_F_BODY, body.p, body.len);
+		sp_frame_set_u64(&q, SP_F_GROUP, op->group);
+		sp_frame_set_recs(&q, SP_F_TARGETS, &targets[i], (uint32_t)(j - i));
+		int rc = call_append(op, urls[i], &q, i, j - i);
+		if (rc)
+			op->rc = rc;
+		i = j;
+	}
+	free(urls);
+	free(targets);
+	if (--op->pending == 0)
+		appends_done(op);
+}
+
+void
+cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	const uint8_t *msg_id = sp_frame_bin(f, SP_F_MSG_ID).p;
+	send_op *op = op_new(s, f, raw, len);
+	char url[256];
+	if (!op) {
+		cs_session_error(s, f->id, f->has_id, SP_ENOMEM, NULL, msg_id);
+		return;
+	}
+	op->group = sp_frame_u64(f, SP_F_GROUP);
+	sp_frame q;
+	sp_frame_init(&q, SP_T_GROUP_DEVICES, 0, false);
+	sp_frame_set_u64(&q, SP_F_GROUP, op->group);
+	sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
+	int rc = cs_keysrv_url(s->srv, url, sizeof(url));
+	if (rc == SP_OK)
+		rc = cs_rpc_call(s->srv->rpc, url, &q, on_group_devices, op);
+	if (rc)
+		op_fail(op, SP_EUNAVAIL, "group unavailable, retry");
+}
+
+/* ---- receipts ---- */
+
+typedef struct receipt_op {
+	cs_server *srv;
+	uint64_t from_user, to_user, server_ts;
+	unsigned etype;
+	uint8_t msg_id[16];
+	msgpack_sbuffer env;
+} receipt_op;
+
+typedef struct receipt_append {
+	receipt_op *op;
+	uint64_t device;
+	int *pending;
+} receipt_append;
+
+static void
+receipt_release(receipt_op *op, int *pending)
+{
+	if (--*pending > 0)
+		return;
+	msgpack_sbuffer_destroy(&op->env);
+	free(pending);
+	free(op);
+}
+
+static void
+on_receipt_appended(void *arg, int rc, const sp_frame *reply)
+{
+	receipt_append *a = arg;
+	receipt_op *op = a->op;
+	if (rc == SP_OK) {
+		uint64_t seq = sp_frame_u64(reply, SP_F_SEQ);
+		sp_frame d;
+		sp_frame_init(&d, SP_T_DELIVER, 0, false);
+		sp_frame_set_u64(&d, SP_F_SEQ, 0);
+		sp_frame_set_bin(&d, SP_F_MSG_ID, op->msg_id, 16);
+		sp_frame_set_u64(&d, SP_F_FROM_USER, op->from_user);
+		sp_frame_set_u64(&d, SP_F_FROM_DEVICE, 0);
+		sp_frame_set_u64(&d, SP_F_SERVER_TS, op->server_ts);
+		sp_frame_set_u64(&d, SP_F_ETYPE, op->etype);
+		sp_frame_set_bin(&d, SP_F_ENV, op->env.data, op->env.size);
+		cs_deliver_notify(op->srv, &d, &a->device, &seq, 1);
+		sp_metric_inc(op->srv->m.receipts);
+	} else {
+		/* Soft: the receipt is lost to this sender (the message itself was delivered). */
+		sp_warn("receipt to device %llu not stored: %s", (unsigned long long)a->device,
+			sp_strerror(rc));
+	}
+	receipt_release(op, a->pending);
+	free(a);
+}
+
+static void
+on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
+{
+	receipt_op *op = arg;
+	int *pending = malloc(sizeof(int));
+	if (rc || !pending) {
+		free(pending);
+		msgpack_sbuffer_destroy(&op->env);
+		free(op);
+		return;
+	}
+	*pending = 1;
+	for (size_t i = 0; i < n; i++) {
+		char url[256];
+		receipt_append *a = malloc(sizeof(*a));
+		if (!a || cs_shard_url(op->srv, devs[i], url, sizeof(url))) {
+			free(a);
+			continue;
+		}
+		a->op = op;
+		a->device = devs[i];
+		a->pending = pending;
+		sp_frame q;
+		sp_frame_init(&q, SP_T_APPEND, 0, false);
+		sp_frame_set_u64(&q, SP_F_DEVICE, devs[i]);
+		sp_frame_set_bin(&q, SP_F_MSG_ID, op->msg_id, 16);
+		sp_frame_set_u64(&q, SP_F_FROM_USER, op->from_user);
+		sp_frame_set_u64(&q, SP_F_FROM_DEVICE, 0);
+		sp_frame_set_u64(&q, SP_F_SERVER_TS, op->server_ts);
+		sp_frame_set_u64(&q, SP_F_ETYPE, op->etype);
+		sp_frame_set_bin(&q, SP_F_ENV, op->env.data, op->env.size);
+		(*pending)++;
+		if (cs_rpc_call(op->srv->rpc, url, &q, on_receipt_appended, a) != SP_OK) {
+			(*pending)--;
+			free(a);
+		}
+	}
+	receipt_release(op, pending);
+}
+
+void
+cs_send_receipt(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64_t to_user,
+		unsigned etype, const sp_bin *msg_ids, uint32_t n)
+{
+	if (n == 0)
+		return;
+	receipt_op *op = calloc(1, sizeof(*op));
+	if (!op)
+		return;
+	op->srv = srv;
+	op->from_user = from_user;
+	op->to_user = to_user;
+	op->etype = etype;
+	op->server_ts = sp_time_ms();
+	msgpack_sbuffer_init(&op->env);
+	sp_frame r;
+	sp_frame_init(&r, SP_T_RECEIPT, 0, false);
+	sp_frame_set_u64(&r, SP_F_KIND, etype);
+	sp_frame_set_bins(&r, SP_F_MSG_IDS, msg_ids, n);
+	sp_frame_set_u64(&r, SP_F_FROM_USER, from_user);
+	sp_frame_set_u64(&r, SP_F_FROM_DEVICE, from_device);
+	if (sp_frame_pack(&r, &op->env) != SP_OK) {
+		msgpack_sbuffer_destroy(&op->env);
+		free(op);
+		return;
+	}
+	/* A deterministic id: the same receipt made twice (an ACK retried) is stored once. */
+	crypto_generichash(op->msg_id, 16, (const uint8_t *)op->env.data, op->env.size, NULL, 0);
+	cs_devcache_get(srv, to_user, false, on_receipt_devices, op);
+}
+
+void
+cs_send_read(cs_session *s, const sp_frame *f)
+{
+	const sp_val *ids = sp_frame_get(f, SP_F_MSG_IDS);
+	cs_send_receipt(s->srv, s->user, s->device, sp_frame_u64(f, SP_F_TO_USER), CS_ETYPE_RECEIPT_READ,
+			ids->bs.v, ids->bs.n);
+	sp_frame ok;
+	sp_frame_init(&ok, SP_T_OK, f->id, f->has_id);
+	cs_session_send(s, &ok);
+}

@@ -1,0 +1,422 @@
+/*
+ * Client connections: TLS accept, the frame loop, dispatch by login state, bounded
+ * buffers, and deferred close (a session is freed only when its last reference goes, never
+ * inside the callback that closes it).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent_ssl.h>
+
+#include "connsrv/internal.h"
+#include "sp_error.h"
+#include "sp_framer.h"
+#include "sp_log.h"
+#include "sp_time.h"
+
+static void session_free(cs_session *s)
+{
+	free(s);
+}
+
+void
+cs_session_ref(cs_session *s)
+{
+	s->refs++;
+}
+
+void
+cs_session_unref(cs_session *s)
+{
+	if (--s->refs == 0)
+		session_free(s);
+}
+
+bool
+cs_session_output_full(const cs_session *s)
+{
+	return s->closing || evbuffer_get_length(bufferevent_get_output(s->bev)) >=
+				     (size_t)s->srv->cfg.out_pause_bytes;
+}
+
+static void
+detach(cs_session *s)
+{
+	cs_server *srv = s->srv;
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		srv->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	if (srv->check_cursor == s)
+		srv->check_cursor = s->next;
+	s->prev = s->next = NULL;
+}
+
+void
+cs_session_close(cs_session *s, bool flush)
+{
+	if (s->closing) {
+		if (!flush && s->flush_close && s->bev) {
+			bufferevent_free(s->bev);
+			s->bev = NULL;
+			cs_session_unref(s);
+		}
+		return;
+	}
+	s->closing = true;
+	cs_server *srv = s->srv;
+	if (s->st == CS_ST_READY)
+		cs_auth_logout(s);
+	detach(s);
+	srv->nconns--;
+	sp_metric_gauge_add(srv->m.conns, -1);
+	sp_cluster_set_conns(srv->cluster, srv->nconns);
+	if (flush && evbuffer_get_length(bufferevent_get_output(s->bev)) > 0) {
+		/* Let the queued ERROR/KICKED/DRAIN reach the client; on_write frees it. */
+		struct timeval limit = {5, 0};
+		s->flush_close = true;
+		bufferevent_disable(s->bev, EV_READ);
+		bufferevent_set_timeouts(s->bev, NULL, &limit);
+		return;
+	}
+	bufferevent_free(s->bev);
+	s->bev = NULL;
+	cs_session_unref(s);
+}
+
+int
+cs_session_send(cs_session *s, const sp_frame *f)
+{
+	if (s->closing)
+		return SP_ECLOSED;
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	if (evbuffer_get_length(out) > (size_t)s->srv->cfg.out_max_bytes) {
+		/* Redis-style: a client that does not read its replies is cut off. */
+		sp_warn("%s: output buffer over %lld bytes, disconnecting", s->peer,
+			s->srv->cfg.out_max_bytes);
+		cs_session_close(s, false);
+		return SP_EFULL;
+	}
+	int rc = sp_framer_write(out, f);
+	if (rc == SP_OK)
+		sp_metric_inc(s->srv->m.frames_out);
+	return rc;
+}
+
+void
+cs_session_error(cs_session *s, uint64_t id, bool has_id, int code, const char *reason,
+		 const uint8_t *msg_id)
+{
+	sp_frame e;
+	sp_frame_init(&e, SP_T_ERROR, id, has_id);
+	sp_frame_set_i64(&e, SP_F_CODE, code);
+	sp_frame_set_str(&e, SP_F_REASON, reason ? reason : sp_strerror(code));
+	if (msg_id)
+		sp_frame_set_bin(&e, SP_F_MSG_ID, msg_id, 16);
+	sp_metric_inc(s->srv->m.errors);
+	cs_session_send(s, &e);
+}
+
+void
+cs_session_call_begin(cs_session *s)
+{
+	cs_session_ref(s);
+	if (++s->inflight >= CS_MAX_INFLIGHT && !s->read_paused && !s->closing) {
+		s->read_paused = true;
+		bufferevent_disable(s->bev, EV_READ);
+	}
+}
+
+static void process_input(cs_session *s);
+
+void
+cs_session_call_end(cs_session *s)
+{
+	s->inflight--;
+	if (s->read_paused && s->inflight < CS_MAX_INFLIGHT / 2 && !s->closing) {
+		s->read_paused = false;
+		bufferevent_enable(s->bev, EV_READ);
+		/* Frames may already be buffered: handle them without waiting for more bytes.
+		 * The call's own reference keeps the session alive meanwhile. */
+		process_input(s);
+	}
+	cs_session_unref(s);
+}
+
+/* Token bucket for SEND/SEND_GROUP/READ; returns 0 or the ms to wait. */
+static uint64_t
+rate_take(cs_session *s)
+{
+	cs_cfg *c = &s->srv->cfg;
+	uint64_t now = sp_time_ms();
+	s->tokens += (double)(now - s->tokens_ms) * (double)c->send_rate / 1000.0;
+	if (s->tokens > (double)c->send_burst)
+		s->tokens = (double)c->send_burst;
+	s->tokens_ms = now;
+	if (s->tokens >= 1.0) {
+		s->tokens -= 1.0;
+		return 0;
+	}
+	return (uint64_t)((1.0 - s->tokens) * 1000.0 / (double)c->send_rate) + 1;
+}
+
+static void
+dispatch_ready(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	switch (f->type) {
+	case SP_T_PING: {
+		sp_frame p;
+		sp_frame_init(&p, SP_T_PONG, f->id, f->has_id);
+		cs_session_send(s, &p);
+		return;
+	}
+	case SP_T_PONG:
+		return;
+	case SP_T_SEND:
+	case SP_T_SEND_GROUP:
+	case SP_T_READ: {
+		uint64_t wait = rate_take(s);
+		if (wait) {
+			sp_frame e;
+			sp_frame_init(&e, SP_T_ERROR, f->id, f->has_id);
+			sp_frame_set_i64(&e, SP_F_CODE, SP_ERATELIMIT);
+			sp_frame_set_str(&e, SP_F_REASON, "rate_limited");
+			sp_frame_set_u64(&e, SP_F_RETRY_AFTER, wait);
+			if (sp_frame_has(f, SP_F_MSG_ID))
+				sp_frame_set_bin(&e, SP_F_MSG_ID, sp_frame_bin(f, SP_F_MSG_ID).p, 16);
+			sp_metric_inc(s->srv->m.rate_limited);
+			cs_session_send(s, &e);
+			return;
+		}
+		if (f->type == SP_T_SEND)
+			cs_send_one(s, f, raw, len);
+		else if (f->type == SP_T_SEND_GROUP)
+			cs_send_group(s, f, raw, len);
+		else
+			cs_send_read(s, f);
+		return;
+	}
+	case SP_T_ACK:
+		cs_deliver_ack(s, f);
+		return;
+	default:
+		break;
+	}
+	if (cs_proxy_handles(f->type)) {
+		cs_proxy(s, f);
+		return;
+	}
+	cs_session_error(s, f->id, f->has_id, SP_EPROTO, "frame not accepted from a client", NULL);
+}
+
+static void
+dispatch(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	s->last_seen_ms = sp_time_ms();
+	if (s->st == CS_ST_READY) {
+		dispatch_ready(s, f, raw, len);
+		return;
+	}
+	if (f->type == SP_T_PING) {
+		sp_frame p;
+		sp_frame_init(&p, SP_T_PONG, f->id, f->has_id);
+		cs_session_send(s, &p);
+		return;
+	}
+	if (f->type == SP_T_HELLO && s->st == CS_ST_HELLO) {
+		cs_auth_hello(s, f);
+		return;
+	}
+	if (f->type == SP_T_AUTH && s->st == CS_ST_CHALLENGED) {
+		cs_auth_auth(s, f);
+		return;
+	}
+	if (cs_proxy_allowed_before_login(f->type)) {
+		cs_proxy(s, f);
+		return;
+	}
+	cs_session_error(s, f->id, f->has_id, SP_EAUTH, "log in first (HELLO, AUTH)", NULL);
+	if (s->st == CS_ST_AUTHING)
+		return;
+	cs_session_close(s, true);
+}
+
+static void
+process_input(cs_session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	while (!s->closing && !s->read_paused) {
+		sp_frame f;
+		size_t used;
+		int rc = sp_framer_next(in, sp_frame_limit_large(), &f, &used);
+		if (rc == SP_EAGAIN)
+			return;
+		if (rc != SP_OK) {
+			/* The stream cannot be trusted after a bad frame: answer and close. */
+			sp_metric_inc(s->srv->m.malformed);
+			sp_info("%s: malformed frame: %s", s->peer, sp_strerror(rc));
+			cs_session_error(s, 0, false, rc, sp_strerror(rc), NULL);
+			cs_session_close(s, true);
+			return;
+		}
+		sp_metric_inc(s->srv->m.frames_in);
+		const uint8_t *raw = evbuffer_pullup(in, (ev_ssize_t)used) + 4;
+		dispatch(s, &f, raw, used - 4);
+		sp_frame_fini(&f);
+		if (s->closing && !s->bev)
+			return;
+		sp_framer_consume(in, used);
+	}
+}
+
+static void
+on_read(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	cs_session *s = arg;
+	cs_session_ref(s);
+	process_input(s);
+	cs_session_unref(s);
+}
+
+static void
+on_write(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	cs_session *s = arg;
+	if (s->flush_close) {
+		bufferevent_free(s->bev);
+		s->bev = NULL;
+		cs_session_unref(s);
+		return;
+	}
+	cs_deliver_writable(s);
+}
+
+static void
+on_event(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	cs_session *s = arg;
+	if (what & BEV_EVENT_CONNECTED)
+		return;
+	if (s->flush_close) {
+		bufferevent_free(s->bev);
+		s->bev = NULL;
+		cs_session_unref(s);
+		return;
+	}
+	if (what & BEV_EVENT_TIMEOUT)
+		sp_debug("%s: idle timeout", s->peer);
+	else if (what & BEV_EVENT_ERROR)
+		sp_debug("%s: connection error", s->peer);
+	cs_session_close(s, false);
+}
+
+static void
+on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+	(void)l;
+	(void)salen;
+	cs_server *srv = arg;
+	sp_metric_inc(srv->m.accepts);
+	if (srv->draining || (long long)srv->nconns >= srv->cfg.max_conns) {
+		sp_metric_inc(srv->m.rejects);
+		evutil_closesocket(fd);
+		return;
+	}
+	SSL *ssl = SSL_new(srv->tls);
+	cs_session *s = calloc(1, sizeof(*s));
+	if (!ssl || !s) {
+		SSL_free(ssl);
+		free(s);
+		evutil_closesocket(fd);
+		return;
+	}
+	s->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+						BEV_OPT_CLOSE_ON_FREE);
+	if (!s->bev) {
+		SSL_free(ssl);
+		free(s);
+		evutil_closesocket(fd);
+		return;
+	}
+	/* Clients that vanish without close_notify are normal on mobile networks. */
+	bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	s->srv = srv;
+	s->refs = 1;
+	s->st = CS_ST_HELLO;
+	s->tokens = (double)srv->cfg.send_burst;
+	s->tokens_ms = s->last_seen_ms = sp_time_ms();
+	char host[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+	if (sa->sa_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)sa;
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		port = ntohs(in->sin_port);
+	} else if (sa->sa_family == AF_INET6) {
+		struct sockaddr_in6 *in = (struct sockaddr_in6 *)sa;
+		inet_ntop(AF_INET6, &in->sin6_addr, host, sizeof(host));
+		port = ntohs(in->sin6_port);
+	}
+	snprintf(s->peer, sizeof(s->peer), "%s:%d", host, port);
+	struct timeval idle = {srv->cfg.idle_timeout_ms / 1000, (srv->cfg.idle_timeout_ms % 1000) * 1000};
+	bufferevent_set_timeouts(s->bev, &idle, NULL);
+	/* Reading stops while a whole maximum frame is buffered and not yet handled. */
+	bufferevent_setwatermark(s->bev, EV_READ, 0, sp_frame_limit_large() + 4);
+	bufferevent_setwatermark(s->bev, EV_WRITE, (size_t)srv->cfg.out_pause_bytes / 2, 0);
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	s->next = srv->sessions;
+	if (srv->sessions)
+		srv->sessions->prev = s;
+	srv->sessions = s;
+	srv->nconns++;
+	sp_metric_gauge_add(srv->m.conns, 1);
+	sp_cluster_set_conns(srv->cluster, srv->nconns);
+}
+
+static void
+on_accept_error(struct evconnlistener *l, void *arg)
+{
+	(void)l;
+	(void)arg;
+	/* EMFILE and friends: keep the listener; the next accept may succeed. */
+	sp_warn("accept failed: %s", strerror(errno));
+}
+
+int
+cs_server_accept_start(cs_server *srv)
+{
+	char host[256];
+	const char *colon = strrchr(srv->cfg.listen, ':');
+	if (!colon || (size_t)(colon - srv->cfg.listen) >= sizeof(host))
+		return SP_ECONFIG;
+	memcpy(host, srv->cfg.listen, (size_t)(colon - srv->cfg.listen));
+	host[colon - srv->cfg.listen] = '\0';
+	struct sockaddr_storage ss;
+	int sslen = sizeof(ss);
+	char spec[300];
+	snprintf(spec, sizeof(spec), "%s:%s", host, colon + 1);
+	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen))
+		return SP_ECONFIG;
+	/* SO_REUSEPORT: several worker processes share the port, the kernel spreads accepts. */
+	srv->listener = evconnlistener_new_bind(
+		srv->base, on_accept, srv,
+		LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
+		4096, (struct sockaddr *)&ss, sslen);
+	if (!srv->listener)
+		return SP_EIO;
+	evconnlistener_set_error_cb(srv->listener, on_accept_error);
+	return SP_OK;
+}

@@ -1,0 +1,254 @@
+/* The router's HTTP side (evhttp on the router loop): client bootstrap (/where), the map
+ * as JSON, draining, health and metrics. Answers are JSON except /metrics. */
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+
+#include "internal.h"
+#include "sp_cluster.h"
+#include "sp_error.h"
+#include "sp_log.h"
+
+struct router_http {
+	router *r;
+	struct evhttp *http;
+};
+
+/* Sends `body` (a new reference, consumed) as the JSON answer. */
+static void
+send_json(struct evhttp_request *req, int code, const char *reason, json_t *body)
+{
+	char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	json_decref(body);
+	struct evbuffer *out = evbuffer_new();
+	if (!text || !out) {
+		free(text);
+		if (out)
+			evbuffer_free(out);
+		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
+		return;
+	}
+	evbuffer_add(out, text, strlen(text));
+	evbuffer_add(out, "\n", 1);
+	free(text);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "application/json");
+	evhttp_send_reply(req, code, reason, out);
+	evbuffer_free(out);
+}
+
+static void
+send_err(struct evhttp_request *req, int code, const char *reason, const char *msg)
+{
+	send_json(req, code, reason, json_pack("{s:s}", "error", msg));
+}
+
+static bool
+method_is(struct evhttp_request *req, enum evhttp_cmd_type want)
+{
+	if (evhttp_request_get_command(req) == want)
+		return true;
+	send_err(req, 405, "Method Not Allowed",
+		 want == EVHTTP_REQ_GET ? "use GET" : "use POST");
+	return false;
+}
+
+static void
+on_where(struct evhttp_request *req, void *arg)
+{
+	router *r = arg;
+	if (!method_is(req, EVHTTP_REQ_GET))
+		return;
+	const router_member *mb = router_map_where(r->map);
+	if (!mb) {
+		sp_metric_inc(r->m_where_none);
+		send_err(req, 503, "Service Unavailable", "no healthy connsrv");
+		return;
+	}
+	sp_metric_inc(r->m_where_ok);
+	send_json(req, 200, "OK",
+		  json_pack("{s:s, s:i, s:s}", "host", mb->host, "port", (int)mb->port, "name",
+			    mb->name));
+}
+
+static json_t *
+member_json(const router_member *mb, uint64_t now_ms)
+{
+	json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:I}", "name", mb->name, "role",
+			      sp_cluster_role_name(mb->role), "addr", mb->addr, "healthy", mb->healthy,
+			      "conns", (json_int_t)mb->conns);
+	if (!o)
+		return NULL;
+	if (mb->role == SP_ROLE_CONNSRV) {
+		json_object_set_new(o, "host", json_string(mb->host));
+		json_object_set_new(o, "port", json_integer(mb->port));
+		json_object_set_new(o, "draining", json_boolean(mb->draining));
+	}
+	if (mb->role == SP_ROLE_INBOX)
+		json_object_set_new(o, "shard", json_integer(mb->shard));
+	if (mb->last_hb)
+		json_object_set_new(o, "last_heartbeat_ms_ago",
+				    json_integer((json_int_t)(now_ms - mb->last_hb)));
+	return o;
+}
+
+static void
+on_map(struct evhttp_request *req, void *arg)
+{
+	router *r = arg;
+	if (!method_is(req, EVHTTP_REQ_GET))
+		return;
+	json_t *members = json_array();
+	uint64_t now = router_now_ms();
+	for (size_t i = 0; members && i < router_map_count(r->map); i++)
+		if (json_array_append_new(members, member_json(router_map_member(r->map, i), now)))
+			break;
+	send_json(req, 200, "OK",
+		  json_pack("{s:I, s:o}", "epoch", (json_int_t)router_map_epoch(r->map), "members",
+			    members));
+}
+
+static void
+set_draining(struct evhttp_request *req, router *r, bool draining)
+{
+	struct evkeyvalq q;
+	bool changed;
+
+	if (!method_is(req, EVHTTP_REQ_POST))
+		return;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+	TAILQ_INIT(&q);
+	if (!query || evhttp_parse_query_str(query, &q)) {
+		send_err(req, 400, "Bad Request", "expected ?name=MEMBER");
+		return;
+	}
+	const char *name = evhttp_find_header(&q, "name");
+	int rc = name ? router_map_set_draining(r->map, name, draining, &changed) : SP_EINVAL;
+	if (!name) {
+		send_err(req, 400, "Bad Request", "expected ?name=MEMBER");
+	} else if (rc == SP_ENOTFOUND) {
+		/* The name is not echoed: it is client text, maybe not even UTF-8. */
+		send_err(req, 404, "Not Found", "no member of that name");
+	} else if (rc) {
+		send_err(req, 400, "Bad Request", "not a connsrv: only a connsrv drains");
+	} else {
+		if (changed) {
+			sp_info("%s %s by admin request (epoch %llu)", name,
+				draining ? "draining" : "no longer draining",
+				(unsigned long long)router_map_epoch(r->map));
+			router_changed(r);
+		}
+		send_json(req, 200, "OK",
+			  json_pack("{s:s, s:b, s:I}", "name", name, "draining", draining, "epoch",
+				    (json_int_t)router_map_epoch(r->map)));
+	}
+	evhttp_clear_headers(&q);
+}
+
+static void
+on_drain(struct evhttp_request *req, void *arg)
+{
+	set_draining(req, arg, true);
+}
+
+static void
+on_undrain(struct evhttp_request *req, void *arg)
+{
+	set_draining(req, arg, false);
+}
+
+static void
+on_health(struct evhttp_request *req, void *arg)
+{
+	router *r = arg;
+	if (!method_is(req, EVHTTP_REQ_GET))
+		return;
+	send_json(req, 200, "OK",
+		  json_pack("{s:s, s:I}", "status", "ok", "epoch",
+			    (json_int_t)router_map_epoch(r->map)));
+}
+
+static void
+on_metrics(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	if (!method_is(req, EVHTTP_REQ_GET))
+		return;
+	struct evbuffer *out = evbuffer_new();
+	if (!out) {
+		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
+		return;
+	}
+	sp_metrics_render(out);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+			  "text/plain; version=0.0.4");
+	evhttp_send_reply(req, HTTP_OK, "OK", out);
+	evbuffer_free(out);
+}
+
+static void
+on_other(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	send_err(req, 404, "Not Found",
+		 "try /where, /map, /health, /metrics, POST /drain?name= or /undrain?name=");
+}
+
+int
+router_http_start(router *r, const char *addr, int port, router_http **out, int *bound_port)
+{
+	router_http *h = calloc(1, sizeof(*h));
+	if (!h)
+		return SP_ENOMEM;
+	h->r = r;
+	if (!(h->http = evhttp_new(r->base))) {
+		free(h);
+		return SP_ENOMEM;
+	}
+	evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+	evhttp_set_max_headers_size(h->http, 8192);
+	evhttp_set_max_body_size(h->http, 4096);
+	evhttp_set_timeout(h->http, 30);
+	evhttp_set_cb(h->http, "/where", on_where, r);
+	evhttp_set_cb(h->http, "/map", on_map, r);
+	evhttp_set_cb(h->http, "/drain", on_drain, r);
+	evhttp_set_cb(h->http, "/undrain", on_undrain, r);
+	evhttp_set_cb(h->http, "/health", on_health, r);
+	evhttp_set_cb(h->http, "/metrics", on_metrics, r);
+	evhttp_set_gencb(h->http, on_other, r);
+	struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(h->http, addr, (ev_uint16_t)port);
+	if (!bs) {
+		sp_error("cannot listen for HTTP on %s:%d", addr, port);
+		router_http_free(h);
+		return SP_EIO;
+	}
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	*bound_port = port;
+	if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET)
+			*bound_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+		else if (ss.ss_family == AF_INET6)
+			*bound_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	}
+	*out = h;
+	return SP_OK;
+}
+
+void
+router_http_free(router_http *h)
+{
+	if (!h)
+		return;
+	if (h->http)
+		evhttp_free(h->http);
+	free(h);
+}

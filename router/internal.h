@@ -1,0 +1,67 @@
+/* The router process: one libevent loop thread owns the map, the NNG sockets (polled
+ * through their file descriptors) and the HTTP endpoints, so nothing here takes a lock. */
+#ifndef ROUTER_INTERNAL_H
+#define ROUTER_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "map.h"
+#include "sp_metrics.h"
+
+struct event_base;
+struct event;
+typedef struct router_server router_server;
+typedef struct router_http router_http;
+
+typedef struct router_config {
+	const char *cluster_file;
+	const char *state_file; /* NULL: cluster_file + ".state" */
+	const char *listen_url;
+	const char *publish_url;
+	const char *http_addr;
+	int http_port; /* 0: any free port */
+	uint64_t heartbeat_timeout_ms;
+} router_config;
+
+typedef struct router {
+	router_map *map;
+	char *state_path;
+	struct event_base *base;
+	struct event *tick;
+	struct event *sigint, *sigterm;
+	router_server *server;
+	router_http *http;
+	int http_port; /* as bound */
+	uint64_t timeout_ms;
+	sp_metric *m_members[4][2]; /* [role][healthy] */
+	sp_metric *m_draining, *m_epoch, *m_heartbeats, *m_publishes, *m_where_ok, *m_where_none;
+} router;
+
+/* Monotonic milliseconds: the clock of heartbeat health. */
+uint64_t router_now_ms(void);
+
+/* After the map changed (epoch bumped): saves the state file (before anyone can see the
+ * new epoch), publishes the MAP and updates the gauges. */
+void router_changed(router *r);
+
+/* Sets up everything from `cfg`; on SP_ECONFIG `err` says why. On SP_OK *out is the
+ * caller's: router_run, then router_free. */
+int router_new(const router_config *cfg, router **out, char *err, size_t errlen);
+
+/* Runs the loop until SIGINT/SIGTERM. */
+int router_run(router *r);
+void router_free(router *r);
+
+/* NNG side (server.c): REP for MAP_GET/HEARTBEAT, PUB for map changes. */
+int router_server_start(router *r, const char *listen_url, const char *publish_url,
+			router_server **out);
+int router_server_publish(router_server *s, const router_map *m);
+void router_server_free(router_server *s);
+
+/* HTTP side (http.c): /where, /map, /drain, /undrain, /health, /metrics. *bound_port is
+ * the port actually bound (useful with port 0). */
+int router_http_start(router *r, const char *addr, int port, router_http **out, int *bound_port);
+void router_http_free(router_http *h);
+
+#endif

@@ -1,0 +1,77 @@
+/* router: the cluster's control plane (docs/ROUTER.md). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "internal.h"
+#include "sp_config.h"
+#include "sp_error.h"
+#include "sp_log.h"
+
+int
+main(int argc, char **argv)
+{
+	char *cluster_file, *state_file, *listen_url, *publish_url, *http_addr, *log_level;
+	long long http_port, timeout;
+	bool log_json;
+	char err[512];
+	const sp_config_opt opts[] = {
+		{"cluster-file", SP_CT_STR, &cluster_file, NULL,
+		 "INI file with one [name] section per member (role, addr, client, shard)", 0, 0},
+		{"state-file", SP_CT_STR, &state_file, NULL,
+		 "where the epoch and draining names persist (default: CLUSTER-FILE.state)", 0, 0},
+		{"listen", SP_CT_STR, &listen_url, "tcp://127.0.0.1:7201",
+		 "NNG REP address for MAP_GET and HEARTBEAT", 0, 0},
+		{"publish", SP_CT_STR, &publish_url, "tcp://127.0.0.1:7202",
+		 "NNG PUB address for map changes", 0, 0},
+		{"http-addr", SP_CT_STR, &http_addr, "127.0.0.1",
+		 "HTTP address for /where, /map, /drain, /metrics", 0, 0},
+		{"http-port", SP_CT_INT, &http_port, "7200", "HTTP port (0: any free port)", 0, 65535},
+		{"heartbeat-timeout", SP_CT_INT, &timeout, "3000",
+		 "ms without a heartbeat before a member is unhealthy (members beat every 1000)", 1500,
+		 3600000},
+		{"log-level", SP_CT_STR, &log_level, "info", "debug, info, warn or error", 0, 0},
+		{"log-json", SP_CT_BOOL, &log_json, "false", "log JSON lines", 0, 0},
+		{NULL, 0, NULL, NULL, NULL, 0, 0},
+	};
+
+	sp_log_init("router", SP_LOG_INFO, false);
+	int rc = sp_config_load("router", "Sealpost router: cluster map, health, client bootstrap.",
+				opts, argc, argv, NULL, 0, NULL, err, sizeof(err));
+	if (rc == SP_CONFIG_HELP)
+		return 0;
+	if (rc) {
+		fprintf(stderr, "router: %s\n", err);
+		return 2;
+	}
+	int level = sp_log_level_parse(log_level);
+	if (level < 0 || !cluster_file) {
+		fprintf(stderr, "router: %s\n",
+			level < 0 ? "log-level: expected debug, info, warn or error"
+				  : "cluster-file is required (see --help)");
+		sp_config_free(opts);
+		return 2;
+	}
+	sp_log_init("router", (sp_log_level)level, log_json);
+	signal(SIGPIPE, SIG_IGN);
+
+	router_config cfg = {
+		.cluster_file = cluster_file,
+		.state_file = state_file,
+		.listen_url = listen_url,
+		.publish_url = publish_url,
+		.http_addr = http_addr,
+		.http_port = (int)http_port,
+		.heartbeat_timeout_ms = (uint64_t)timeout,
+	};
+	router *r;
+	if ((rc = router_new(&cfg, &r, err, sizeof(err)))) {
+		sp_error("%s", err[0] ? err : sp_strerror(rc));
+		sp_config_free(opts);
+		return rc == SP_ECONFIG ? 2 : 1;
+	}
+	rc = router_run(r);
+	router_free(r);
+	sp_config_free(opts);
+	return rc ? 1 : 0;
+}

@@ -1,0 +1,92 @@
+/*
+ * The router's cluster map: members from the cluster file, their health (by heartbeat),
+ * draining flags and the epoch. Pure state: no I/O except loading the cluster file and
+ * loading/saving the state file; every function takes the current time so tests drive it
+ * with their own clock. Not thread-safe: the router uses it from its one loop thread.
+ *
+ * Epoch: every change of health or draining sets epoch = max(epoch + 1, wall-clock ms).
+ * The state file keeps the last epoch (and the draining names) across restarts, and the
+ * wall clock keeps epochs ahead of the previous run's even if that file is lost.
+ */
+#ifndef ROUTER_MAP_H
+#define ROUTER_MAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+
+/* Names are section names, which inih truncates at 49 bytes: longer ones are refused. */
+#define ROUTER_NAME_MAX 48
+#define ROUTER_MAX_MEMBERS 256
+
+typedef struct router_member {
+	char name[ROUTER_NAME_MAX + 1];
+	int role; /* SP_ROLE_* */
+	char addr[256];
+	char host[256]; /* connsrv: client listener; "" otherwise */
+	uint16_t port;
+	uint32_t shard; /* inbox only */
+	bool healthy;
+	bool draining;   /* connsrv only */
+	uint64_t conns;  /* as last heartbeated */
+	uint64_t placed; /* clients sent here by /where since that heartbeat */
+	uint64_t last_hb; /* ms (caller's clock) of the last heartbeat; 0: never */
+} router_member;
+
+typedef struct router_map router_map;
+
+/* Loads a cluster file (INI: one section per member; keys role, addr, client, shard).
+ * router_map_parse does the same from text, `src` naming it in messages. Every member
+ * starts unhealthy, epoch 0 (see router_map_state_load). On SP_ECONFIG `err` holds a
+ * one-line message. On SP_OK *out is the caller's (router_map_free). */
+int router_map_load(const char *path, router_map **out, char *err, size_t errlen);
+int router_map_parse(const char *text, const char *src, router_map **out, char *err,
+		     size_t errlen);
+void router_map_free(router_map *m);
+
+/* Heartbeat timeout in ms (default 3000). */
+void router_map_set_timeout(router_map *m, uint64_t ms);
+
+/* The wall clock used for epochs (default sp_time_ms); tests pass their own. */
+void router_map_set_wall_clock(router_map *m, uint64_t (*wall_ms)(void));
+
+uint64_t router_map_epoch(const router_map *m);
+size_t router_map_count(const router_map *m);
+const router_member *router_map_member(const router_map *m, size_t i);
+const router_member *router_map_find(const router_map *m, const char *name);
+
+/* Loads the state file if it exists (a missing one is a first start) and sets the epoch
+ * past every epoch the previous run can have published: max(saved + 1, wall clock).
+ * Draining names not in the cluster file are dropped with a warning. SP_ECONFIG with
+ * `err` set when the file is unreadable or malformed. */
+int router_map_state_load(router_map *m, const char *path, char *err, size_t errlen);
+
+/* Writes the epoch and draining names to `path` atomically (temporary file, fsync,
+ * rename, fsync of the directory). SP_OK or SP_EIO. */
+int router_map_state_save(const router_map *m, const char *path);
+
+/* A heartbeat from `name`. SP_OK, SP_ENOTFOUND (no such member) or SP_EINVAL (the member
+ * has another role). *changed is set when the member became healthy (epoch bumped). */
+int router_map_heartbeat(router_map *m, const char *name, int role, uint64_t conns,
+			 uint64_t now_ms, bool *changed);
+
+/* Marks unhealthy every healthy member silent for the timeout. Returns true when
+ * something changed (epoch bumped once). */
+bool router_map_tick(router_map *m, uint64_t now_ms);
+
+/* Sets a connsrv's draining flag. SP_OK (*changed when it flipped, epoch bumped),
+ * SP_ENOTFOUND, or SP_EINVAL for a member that is not a connsrv. */
+int router_map_set_draining(router_map *m, const char *name, bool draining, bool *changed);
+
+/* The healthy, non-draining connsrv with the fewest connections (counting the clients
+ * already sent to it since its last heartbeat, so a burst spreads out; ties go to the
+ * first in the cluster file), or NULL. Counts the placement. */
+const router_member *router_map_where(router_map *m);
+
+/* Appends the MAP frame (with request id `id` when has_id) to `sb`. SP_OK or the codec's
+ * error (SP_ETOOBIG: the map does not fit in one frame). */
+int router_map_pack(const router_map *m, uint64_t id, bool has_id, msgpack_sbuffer *sb);
+
+#endif

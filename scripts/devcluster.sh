@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# Sealpost dev cluster on loopback: Redis, router, keysrv, 3 inbox shards, 2 connsrvs,
+# with fresh dev TLS certificates (a dev CA the client trusts).
+#
+#   scripts/devcluster.sh up|down|status|logs [NAME]|restart NAME|otp PHONE|env
+#
+# State lives in $SP_DEVCLUSTER_DIR (default .devcluster/): env (shell-sourceable),
+# pids/<name>.pid, logs/, data/, certs/. Ports start at $SP_PORT_BASE (default 17000).
+# `down` stops exactly the processes recorded in pids/. Tests run their own cluster by
+# setting SP_DEVCLUSTER_DIR and SP_PORT_BASE.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=${SP_DEVCLUSTER_DIR:-$root/.devcluster}
+base=${SP_PORT_BASE:-17000}
+bin=${SP_BIN:-$root/bin}
+[[ "$bin" = /* ]] || bin=$root/$bin
+names=(redis router keysrv inbox-0 inbox-1 inbox-2 connsrv-0 connsrv-1)
+
+die() { echo "devcluster: $*" >&2; exit 1; }
+
+port_redis=$base
+port_router_http=$((base + 1)) port_router_rep=$((base + 2)) port_router_pub=$((base + 3))
+port_keysrv=$((base + 10))
+inbox_port() { echo $((base + 20 + $1)); }
+inbox_metrics() { echo $((base + 30 + $1)); }
+conn_client() { echo $((base + 40 + $1)); }
+conn_pull() { echo $((base + 50 + 10 * $1)); }
+conn_metrics() { echo $((base + 80 + 10 * $1)); }
+
+pidfile() { echo "$dir/pids/$1.pid"; }
+alive() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+
+ensure_built() {
+	"$root/scripts/deps.sh"
+	local missing=0
+	for b in router keysrv inboxsrv connsrv; do [ -x "$bin/$b" ] || missing=1; done
+	if [ $missing = 1 ]; then
+		[ "$bin" = "$root/bin" ] || die "binaries missing in $bin"
+		make -C "$root" -j2 all >&2
+	fi
+}
+
+make_certs() {
+	local c=$dir/certs
+	[ -f "$c/server.pem" ] && return 0
+	mkdir -p "$c"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+		-subj "/CN=Sealpost dev CA" -keyout "$c/ca.key" -out "$c/ca.pem" 2>/dev/null
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+		-keyout "$c/server.key" -out "$c/server.csr" 2>/dev/null
+	printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$c/san.ext"
+	openssl x509 -req -in "$c/server.csr" -CA "$c/ca.pem" -CAkey "$c/ca.key" -CAcreateserial \
+		-days 30 -extfile "$c/san.ext" -out "$c/server.pem" 2>/dev/null
+	rm -f "$c/server.csr" "$c/san.ext"
+}
+
+write_config() {
+	mkdir -p "$dir/pids" "$dir/logs" "$dir/data"
+	local cf=$dir/cluster.ini
+	{
+		echo "[keysrv]"; echo "role = keysrv"; echo "addr = tcp://127.0.0.1:$port_keysrv"
+		for i in 0 1 2; do
+			echo "[inbox-$i]"; echo "role = inbox"; echo "addr = tcp://127.0.0.1:$(inbox_port $i)"; echo "shard = $i"
+		done
+		for i in 0 1; do
+			echo "[connsrv-$i]"; echo "role = connsrv"; echo "addr = tcp://127.0.0.1:$(conn_pull $i)"
+			echo "client = 127.0.0.1:$(conn_client $i)"
+		done
+	} >"$cf"
+	cat >"$dir/env" <<ENV
+# source this file: . $dir/env
+export SEALPOST_ROUTER=127.0.0.1:$port_router_http
+export SEALPOST_CA=$dir/certs/ca.pem
+export SEALPOST_DEVCLUSTER=$dir
+export SEALPOST_LOGS=$dir/logs
+export SEALPOST_DATA=$dir/data
+export SEALPOST_REDIS=127.0.0.1:$port_redis
+export SEALPOST_CONNSRV_0=127.0.0.1:$(conn_client 0)
+export SEALPOST_CONNSRV_1=127.0.0.1:$(conn_client 1)
+export SEALPOST_KEYSRV=tcp://127.0.0.1:$port_keysrv
+export SEALPOST_INBOX_0=tcp://127.0.0.1:$(inbox_port 0)
+export SEALPOST_INBOX_1=tcp://127.0.0.1:$(inbox_port 1)
+export SEALPOST_INBOX_2=tcp://127.0.0.1:$(inbox_port 2)
+export SEALPOST_OTP_DIR=$dir/data/keysrv/otp
+ENV
+}
+
+# The command line of one process, by name.
+cmdline() {
+	local router="--router tcp://127.0.0.1:$port_router_rep --router-pub tcp://127.0.0.1:$port_router_pub"
+	case $1 in
+	redis) echo "redis-server --port $port_redis --bind 127.0.0.1 --save '' --appendonly no --dir $dir/data" ;;
+	router) echo "$bin/router --cluster-file $dir/cluster.ini --listen tcp://127.0.0.1:$port_router_rep --publish tcp://127.0.0.1:$port_router_pub --http-port $port_router_http" ;;
+	keysrv) echo "$bin/keysrv --data-dir $dir/data/keysrv --listen tcp://127.0.0.1:$port_keysrv --metrics-port -1 --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name keysrv" ;;
+	inbox-*) local i=${1#inbox-}
+		echo "$bin/inboxsrv --data-dir $dir/data/inbox-$i --listen tcp://127.0.0.1:$(inbox_port $i) --shard $i --map-size 1G --metrics-port $(inbox_metrics $i) $router --name inbox-$i" ;;
+	connsrv-*) local i=${1#connsrv-}
+		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tcp://127.0.0.1:$(conn_pull $i) --redis 127.0.0.1:$port_redis --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router" ;;
+	*) die "unknown process '$1' (one of: ${names[*]})" ;;
+	esac
+}
+
+start_one() {
+	local name=$1
+	alive "$name" && { echo "$name already running (pid $(cat "$(pidfile "$name")"))"; return 0; }
+	local cmd; cmd=$(cmdline "$name")
+	eval "setsid $cmd" >>"$dir/logs/$name.log" 2>&1 </dev/null &
+	echo $! >"$(pidfile "$name")"
+}
+
+wait_port() { # host port seconds
+	local i
+	for ((i = 0; i < $3 * 10; i++)); do
+		(exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+wait_healthy() {
+	local i n
+	for ((i = 0; i < 300; i++)); do
+		n=$(curl -sf "http://127.0.0.1:$port_router_http/map" 2>/dev/null |
+			jq '[.members[] | select(.healthy)] | length' 2>/dev/null || echo 0)
+		[ "$n" = 6 ] && return 0
+		for name in "${names[@]}"; do
+			alive "$name" || { echo "devcluster: $name exited; last lines of its log:" >&2
+				tail -n 20 "$dir/logs/$name.log" >&2; return 1; }
+		done
+		sleep 0.1
+	done
+	echo "devcluster: not all members became healthy in 30 s" >&2
+	return 1
+}
+
+cmd_up() {
+	ensure_built
+	write_config
+	make_certs
+	start_one redis
+	wait_port 127.0.0.1 "$port_redis" 10 || die "redis did not start (see $dir/logs/redis.log)"
+	start_one router
+	wait_port 127.0.0.1 "$port_router_http" 10 || die "router did not start (see $dir/logs/router.log)"
+	for n in keysrv inbox-0 inbox-1 inbox-2 connsrv-0 connsrv-1; do start_one "$n"; done
+	wait_healthy || exit 1
+	for i in 0 1; do wait_port 127.0.0.1 "$(conn_client $i)" 10 || die "connsrv-$i is not listening"; done
+	cat <<MSG
+Sealpost dev cluster is up (state in $dir).
+  . $dir/env
+  bin/sealpost --home /tmp/alice register +15550001
+  scripts/devcluster.sh otp +15550001
+Router http://127.0.0.1:$port_router_http (/where, /map, /metrics); connsrvs on 127.0.0.1:$(conn_client 0) and :$(conn_client 1).
+MSG
+}
+
+cmd_down() {
+	[ -d "$dir/pids" ] || { echo "devcluster: nothing running"; return 0; }
+	local name f pid
+	for name in connsrv-1 connsrv-0 inbox-2 inbox-1 inbox-0 keysrv router redis; do
+		f=$(pidfile "$name")
+		[ -f "$f" ] || continue
+		pid=$(cat "$f")
+		if kill -0 "$pid" 2>/dev/null; then
+			kill -TERM "$pid" 2>/dev/null || true
+			for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+			kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+		fi
+		rm -f "$f"
+	done
+	echo "devcluster: stopped"
+}
+
+cmd_status() {
+	local name
+	for name in "${names[@]}"; do
+		if alive "$name"; then echo "$name running (pid $(cat "$(pidfile "$name")"))"; else echo "$name stopped"; fi
+	done
+	curl -sf "http://127.0.0.1:$port_router_http/map" 2>/dev/null | jq -r '.members[] | "  \(.name) healthy=\(.healthy) draining=\(.draining)"' 2>/dev/null || true
+}
+
+case ${1:-} in
+up) cmd_up ;;
+down) cmd_down ;;
+status) cmd_status ;;
+logs) if [ -n "${2:-}" ]; then tail -n 100 -f "$dir/logs/$2.log"; else tail -n 20 "$dir"/logs/*.log; fi ;;
+restart) [ -n "${2:-}" ] || die "restart NAME"; cmdline "$2" >/dev/null
+	f=$(pidfile "$2"); if alive "$2"; then kill -TERM "$(cat "$f")"; sleep 0.5; fi; rm -f "$f"; start_one "$2" ;;
+otp) [ -n "${2:-}" ] || die "otp PHONE"; f="$dir/data/keysrv/otp/$2"
+	[ -f "$f" ] || die "no code for $2 (register it first)"; cat "$f"; echo ;;
+env) cat "$dir/env" ;;
+*) echo "usage: $0 up|down|status|logs [NAME]|restart NAME|otp PHONE|env" >&2; exit 2 ;;
+esac

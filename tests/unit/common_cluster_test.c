@@ -1,0 +1,349 @@
+/* Cluster-map client: snapshots from MAP frames (validation, ring, refcounts) and the
+ * member thread against a fake router in this process (heartbeats, published maps, stale
+ * epochs ignored, the last map kept while the router is away). */
+#include <check.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/pubsub0/pub.h>
+
+#include "sp_cluster.h"
+#include "sp_error.h"
+#include "sp_nng.h"
+
+typedef struct mdef {
+	const char *name;
+	int role;
+	const char *addr;
+	uint64_t port, shard;
+} mdef;
+
+static const mdef three[] = {
+	{"inbox-0", SP_ROLE_INBOX, "tcp://h:1", 0, 0},
+	{"connsrv-0", SP_ROLE_CONNSRV, "tcp://h:2", 7443, 0},
+	{"inbox-1", SP_ROLE_INBOX, "tcp://h:3", 0, 1},
+};
+
+/* Fills a MAP frame (records in `recs`, at least n). */
+static void
+build_map(sp_frame *f, sp_frame *recs, const mdef *d, size_t n, uint64_t epoch)
+{
+	for (size_t i = 0; i < n; i++) {
+		sp_frame_init(&recs[i], SP_T_MEMBER, 0, false);
+		sp_frame_set_str(&recs[i], SP_F_NAME, d[i].name);
+		sp_frame_set_u64(&recs[i], SP_F_ROLE, (uint64_t)d[i].role);
+		sp_frame_set_str(&recs[i], SP_F_ADDR, d[i].addr);
+		if (d[i].port) {
+			sp_frame_set_str(&recs[i], SP_F_HOST, "127.0.0.1");
+			sp_frame_set_u64(&recs[i], SP_F_PORT, d[i].port);
+		}
+		sp_frame_set_u64(&recs[i], SP_F_SHARD, d[i].shard);
+		sp_frame_set_bool(&recs[i], SP_F_HEALTHY, i % 2 == 0);
+	}
+	sp_frame_init(f, SP_T_MAP, 0, false);
+	sp_frame_set_u64(f, SP_F_EPOCH, epoch);
+	sp_frame_set_recs(f, SP_F_MEMBERS, recs, (uint32_t)n);
+}
+
+START_TEST(test_snapshot)
+{
+	sp_frame f, recs[3];
+	sp_cluster_map *m;
+	build_map(&f, recs, three, 3, 42);
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &m), SP_OK);
+	ck_assert(sp_cluster_map_epoch(m) == 42);
+	ck_assert_uint_eq(sp_cluster_map_count(m), 3);
+	const sp_cluster_member *c = sp_cluster_map_find(m, "connsrv-0");
+	ck_assert_int_eq(c->role, SP_ROLE_CONNSRV);
+	ck_assert_str_eq(c->host, "127.0.0.1");
+	ck_assert_uint_eq(c->port, 7443);
+	ck_assert(!c->healthy && !c->draining);
+	ck_assert_ptr_eq(sp_cluster_map_member(m, 1), c);
+	ck_assert_ptr_null(sp_cluster_map_member(m, 3));
+	ck_assert_ptr_null(sp_cluster_map_find(m, "nope"));
+
+	/* Shard ownership is the ring over inbox names, whatever their order or health. */
+	const char *names[] = {"inbox-1", "inbox-0"};
+	sp_ring *r;
+	ck_assert_int_eq(sp_ring_new(42, names, 2, SP_RING_DEFAULT_VNODES, &r), SP_OK);
+	ck_assert(sp_ring_epoch(sp_cluster_map_ring(m)) == 42);
+	for (uint64_t d = 0; d < 5000; d++) {
+		int o, rep;
+		sp_ring_lookup_u64(r, d, &o, &rep);
+		ck_assert_str_eq(sp_cluster_map_shard_for(m, d)->name, sp_ring_member(r, o));
+		char key[16];
+		int len = snprintf(key, sizeof(key), "blob%llu", (unsigned long long)d);
+		sp_ring_lookup(r, key, (size_t)len, &o, &rep);
+		ck_assert_str_eq(sp_cluster_map_shard_for_key(m, key, (size_t)len)->name,
+				 sp_ring_member(r, o));
+	}
+	sp_ring_free(r);
+
+	/* A held reference outlives the first put. */
+	sp_cluster_map *h = sp_cluster_map_hold(m);
+	sp_cluster_map_put(m);
+	ck_assert_str_eq(sp_cluster_map_find(h, "inbox-0")->name, "inbox-0");
+	sp_cluster_map_put(h);
+	sp_cluster_map_put(NULL);
+
+	/* Without inbox members there is no owner. */
+	build_map(&f, recs, three + 1, 1, 1);
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &m), SP_OK);
+	ck_assert_ptr_null(sp_cluster_map_shard_for(m, 7));
+	ck_assert_ptr_null(sp_cluster_map_shard_for_key(m, "k", 1));
+	sp_cluster_map_put(m);
+}
+END_TEST
+
+START_TEST(test_snapshot_rejects)
+{
+	sp_frame f, recs[3];
+	sp_cluster_map *m = NULL;
+	mdef d[3];
+	memcpy(d, three, sizeof(d));
+	d[2].name = "inbox-0";
+	build_map(&f, recs, d, 3, 5);
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &m), SP_EPROTO);
+	memcpy(d, three, sizeof(d));
+	d[1].port = 70000;
+	build_map(&f, recs, d, 3, 5);
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &m), SP_EPROTO);
+	build_map(&f, recs, three, 3, 5);
+	static const char nul_name[] = {'a', 0, 'b'};
+	sp_frame_set_bin(&recs[0], SP_F_NAME, nul_name, 3);
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &m), SP_EPROTO);
+	sp_frame_init(&f, SP_T_PING, 0, false);
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &m), SP_EBADTYPE);
+	ck_assert_ptr_null(m);
+	ck_assert_int_eq(sp_cluster_role_parse("inbox"), SP_ROLE_INBOX);
+	ck_assert_int_eq(sp_cluster_role_parse("router"), -1);
+	ck_assert_str_eq(sp_cluster_role_name(SP_ROLE_KEYSRV), "keysrv");
+	ck_assert_str_eq(sp_cluster_role_name(9), "?");
+}
+END_TEST
+
+/* The fake router: answers HEARTBEAT (or MAP_GET) with a MAP of epoch `reply_epoch`, or
+ * refuses heartbeats when `refuse` is set, and records what it saw. */
+static struct {
+	char rep_url[96], pub_url[96];
+	nng_socket rep, pub;
+	pthread_t thread;
+	atomic_bool stop;
+	_Atomic uint64_t reply_epoch, last_conns, heartbeats, map_gets;
+	atomic_bool refuse;
+} fr;
+
+static void *
+fake_router(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&fr.stop)) {
+		nng_msg *m;
+		if (nng_recvmsg(fr.rep, &m, 0))
+			continue;
+		sp_frame q, f, recs[3];
+		if (sp_nng_msg_decode(m, &q) == SP_OK) {
+			if (q.type == SP_T_HEARTBEAT && atomic_load(&fr.refuse)) {
+				sp_nng_send_error(fr.rep, q.id, q.has_id, SP_ENOTFOUND, "who?");
+			} else {
+				if (q.type == SP_T_HEARTBEAT) {
+					atomic_store(&fr.last_conns, sp_frame_u64(&q, SP_F_CONNS));
+					atomic_fetch_add(&fr.heartbeats, 1);
+				} else {
+					atomic_fetch_add(&fr.map_gets, 1);
+				}
+				build_map(&f, recs, three, 3, atomic_load(&fr.reply_epoch));
+				f.id = q.id;
+				f.has_id = q.has_id;
+				sp_nng_send_frame(fr.rep, &f);
+			}
+			sp_frame_fini(&q);
+		}
+		nng_msg_free(m);
+	}
+	return NULL;
+}
+
+static void
+fake_start(void)
+{
+	ck_assert_int_eq(sp_nng_rep_listen(&fr.rep, fr.rep_url), SP_OK);
+	nng_socket_set_ms(fr.rep, NNG_OPT_RECVTIMEO, 50);
+	ck_assert_int_eq(nng_pub0_open(&fr.pub), 0);
+	ck_assert_int_eq(nng_listen(fr.pub, fr.pub_url, NULL, 0), 0);
+	atomic_store(&fr.stop, false);
+	pthread_create(&fr.thread, NULL, fake_router, NULL);
+}
+
+static void
+fake_stop(void)
+{
+	atomic_store(&fr.stop, true);
+	pthread_join(fr.thread, NULL);
+	nng_close(fr.rep);
+	nng_close(fr.pub);
+	unlink(fr.rep_url + strlen("ipc://"));
+	unlink(fr.pub_url + strlen("ipc://"));
+}
+
+static void
+fake_publish(uint64_t epoch)
+{
+	sp_frame f, recs[3];
+	build_map(&f, recs, three, 3, epoch);
+	ck_assert_int_eq(sp_nng_send_frame(fr.pub, &f), SP_OK);
+}
+
+/* Epochs seen by the on_change callback, in order. */
+static struct {
+	pthread_mutex_t lock;
+	uint64_t epochs[64];
+	int n;
+} seen = {PTHREAD_MUTEX_INITIALIZER, {0}, 0};
+
+static void
+on_change(void *arg)
+{
+	sp_cluster_map *m = sp_cluster_map_get(arg);
+	pthread_mutex_lock(&seen.lock);
+	if (seen.n < 64)
+		seen.epochs[seen.n++] = sp_cluster_map_epoch(m);
+	pthread_mutex_unlock(&seen.lock);
+	sp_cluster_map_put(m);
+}
+
+static uint64_t
+current_epoch(sp_cluster *c)
+{
+	sp_cluster_map *m = sp_cluster_map_get(c);
+	uint64_t e = m ? sp_cluster_map_epoch(m) : 0;
+	sp_cluster_map_put(m);
+	return e;
+}
+
+/* Publishes `epoch` until the client has it (a subscriber may still be connecting), for at
+ * most ~10 s. */
+static bool
+publish_until_seen(sp_cluster *c, uint64_t epoch)
+{
+	for (int i = 0; i < 100; i++) {
+		fake_publish(epoch);
+		usleep(100 * 1000);
+		if (current_epoch(c) == epoch)
+			return true;
+	}
+	return false;
+}
+
+START_TEST(test_member_thread)
+{
+	snprintf(fr.rep_url, sizeof(fr.rep_url), "ipc:///tmp/sp-cluster-test-rep-%d", (int)getpid());
+	snprintf(fr.pub_url, sizeof(fr.pub_url), "ipc:///tmp/sp-cluster-test-pub-%d", (int)getpid());
+	sp_cluster *c;
+
+	char longname[80];
+	memset(longname, 'x', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	ck_assert_int_eq(sp_cluster_start(fr.rep_url, fr.pub_url, longname, SP_ROLE_CONNSRV, &c),
+			 SP_EINVAL);
+	ck_assert_int_eq(sp_cluster_start(fr.rep_url, fr.pub_url, "", SP_ROLE_CONNSRV, &c), SP_EINVAL);
+
+	/* No router yet: no map, and the wait says so. */
+	ck_assert_int_eq(sp_cluster_start(fr.rep_url, fr.pub_url, "connsrv-0", SP_ROLE_CONNSRV, &c),
+			 SP_OK);
+	sp_cluster_on_change(c, on_change, c);
+	sp_cluster_set_conns(c, 17);
+	ck_assert_int_eq(sp_cluster_wait_map(c, 300), SP_ETIMEDOUT);
+	ck_assert_ptr_null(sp_cluster_map_get(c));
+
+	/* The router comes up: the heartbeat's answer installs the first map. */
+	atomic_store(&fr.reply_epoch, 10);
+	fake_start();
+	ck_assert_int_eq(sp_cluster_wait_map(c, 10000), SP_OK);
+	ck_assert(current_epoch(c) == 10);
+	ck_assert(atomic_load(&fr.heartbeats) >= 1);
+	/* The first heartbeat may have been queued before set_conns; a later one carries it. */
+	for (int i = 0; i < 50 && atomic_load(&fr.last_conns) != 17; i++)
+		usleep(100 * 1000);
+	ck_assert(atomic_load(&fr.last_conns) == 17);
+
+	/* Published maps are installed; an older epoch is ignored. */
+	ck_assert(publish_until_seen(c, 20));
+	fake_publish(15);
+	ck_assert(publish_until_seen(c, 25));
+	pthread_mutex_lock(&seen.lock);
+	ck_assert_int_eq(seen.n, 3);
+	ck_assert(seen.epochs[0] == 10 && seen.epochs[1] == 20 && seen.epochs[2] == 25);
+	pthread_mutex_unlock(&seen.lock);
+
+	/* The router goes away: the map stays through failed heartbeats. */
+	fake_stop();
+	sp_cluster_map *held = sp_cluster_map_get(c);
+	sleep(3);
+	ck_assert(current_epoch(c) == 25);
+	ck_assert_int_eq(sp_cluster_map_shard_for(held, 1)->role, SP_ROLE_INBOX);
+	sp_cluster_map_put(held);
+
+	/* It comes back with a newer epoch: picked up by the next heartbeat. */
+	uint64_t hb = atomic_load(&fr.heartbeats);
+	atomic_store(&fr.reply_epoch, 30);
+	fake_start();
+	for (int i = 0; i < 100 && current_epoch(c) != 30; i++)
+		usleep(100 * 1000);
+	ck_assert(current_epoch(c) == 30);
+	ck_assert(atomic_load(&fr.heartbeats) > hb);
+
+	/* A router that does not know this member still serves it the map (MAP_GET). */
+	atomic_store(&fr.refuse, true);
+	atomic_store(&fr.reply_epoch, 31);
+	for (int i = 0; i < 100 && current_epoch(c) != 31; i++)
+		usleep(100 * 1000);
+	ck_assert(current_epoch(c) == 31);
+	ck_assert(atomic_load(&fr.map_gets) >= 1);
+	sp_cluster_stop(c);
+	fake_stop();
+}
+END_TEST
+
+START_TEST(test_observer)
+{
+	snprintf(fr.rep_url, sizeof(fr.rep_url), "ipc:///tmp/sp-cluster-test-orep-%d", (int)getpid());
+	snprintf(fr.pub_url, sizeof(fr.pub_url), "ipc:///tmp/sp-cluster-test-opub-%d", (int)getpid());
+	atomic_store(&fr.refuse, false);
+	atomic_store(&fr.reply_epoch, 7);
+	atomic_store(&fr.heartbeats, 0);
+	atomic_store(&fr.map_gets, 0);
+	fake_start();
+	sp_cluster *c;
+	ck_assert_int_eq(sp_cluster_start(fr.rep_url, fr.pub_url, NULL, 0, &c), SP_OK);
+	ck_assert_int_eq(sp_cluster_wait_map(c, 10000), SP_OK);
+	ck_assert(current_epoch(c) == 7);
+	ck_assert(atomic_load(&fr.heartbeats) == 0);
+	ck_assert(atomic_load(&fr.map_gets) >= 1);
+	sp_cluster_stop(c);
+	fake_stop();
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("cluster");
+	TCase *tc = tcase_create("cluster");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_snapshot);
+	tcase_add_test(tc, test_snapshot_rejects);
+	tcase_add_test(tc, test_member_thread);
+	tcase_add_test(tc, test_observer);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

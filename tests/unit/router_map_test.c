@@ -1,0 +1,354 @@
+/* Router map: cluster-file parsing and its errors, health by heartbeat with an injected
+ * clock, epoch bumps, state persistence, the /where choice, and the MAP frame. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "router/map.h"
+#include "sp_cluster.h"
+#include "sp_error.h"
+
+static const char *good =
+	"[inbox-0]\n"
+	"role = inbox\n"
+	"addr = tcp://127.0.0.1:7401      ; NNG address others use to reach it\n"
+	"shard = 0\n"
+	"[inbox-1]\n"
+	"role = inbox\n"
+	"addr = tcp://127.0.0.1:7402\n"
+	"shard = 1\n"
+	"[keysrv]\n"
+	"role = keysrv\n"
+	"addr = tcp://127.0.0.1:7301\n"
+	"[connsrv-0]\n"
+	"role = connsrv\n"
+	"addr = tcp://127.0.0.1:7501\n"
+	"client = 127.0.0.1:7443          ; its TLS listener\n"
+	"[connsrv-1]\n"
+	"role = connsrv\n"
+	"addr = tcp://127.0.0.1:7502\n"
+	"client = 127.0.0.1:7444\n"
+	"[connsrv-2]\n"
+	"role = connsrv\n"
+	"addr = tcp://127.0.0.1:7503\n"
+	"client = [::1]:7445\n";
+
+static uint64_t
+zero_clock(void)
+{
+	return 0;
+}
+
+static uint64_t wall_now;
+
+static uint64_t
+fake_wall(void)
+{
+	return wall_now;
+}
+
+/* A parsed `good` map with epoch 1 and a wall clock that never leads. */
+static router_map *
+good_map(void)
+{
+	router_map *m;
+	char err[256];
+	ck_assert_int_eq(router_map_parse(good, "good.ini", &m, err, sizeof(err)), SP_OK);
+	router_map_set_wall_clock(m, zero_clock);
+	ck_assert_int_eq(router_map_state_load(m, "/nonexistent-dir/state", err, sizeof(err)), SP_OK);
+	ck_assert(router_map_epoch(m) == 1);
+	return m;
+}
+
+START_TEST(test_parse_good)
+{
+	router_map *m = good_map();
+	ck_assert_uint_eq(router_map_count(m), 6);
+	const router_member *a = router_map_find(m, "inbox-1");
+	ck_assert_ptr_nonnull(a);
+	ck_assert_int_eq(a->role, SP_ROLE_INBOX);
+	ck_assert_str_eq(a->addr, "tcp://127.0.0.1:7402");
+	ck_assert_uint_eq(a->shard, 1);
+	ck_assert(!a->healthy);
+	const router_member *c = router_map_find(m, "connsrv-0");
+	ck_assert_str_eq(c->addr, "tcp://127.0.0.1:7501"); /* inline comment stripped */
+	ck_assert_str_eq(c->host, "127.0.0.1");
+	ck_assert_uint_eq(c->port, 7443);
+	c = router_map_find(m, "connsrv-2");
+	ck_assert_str_eq(c->host, "::1");
+	ck_assert_uint_eq(c->port, 7445);
+	ck_assert_ptr_null(router_map_find(m, "nope"));
+	router_map_free(m);
+}
+END_TEST
+
+static const struct {
+	const char *text, *msg;
+} bad[] = {
+	{"", "no members"},
+	{"role = keysrv\n", "key 'role' outside a member section"},
+	{"[a]\nrole = bogus\naddr = tcp://x:1\n", "[a]: unknown role 'bogus'"},
+	{"[a]\nrole = keysrv\naddr = tcp://x:1\ncolour = red\n", "[a]: unknown key 'colour'"},
+	{"[a]\nrole = keysrv\n", "[a]: missing 'addr'"},
+	{"[a]\naddr = tcp://x:1\n", "[a]: missing 'role'"},
+	{"[a]\nrole = keysrv\nrole = inbox\naddr = tcp://x:1\n", "[a]: key 'role' given twice"},
+	{"[a]\nrole = keysrv\naddr = x:1\n", "[a]: addr 'x:1' is not an NNG address"},
+	{"[c]\nrole = connsrv\naddr = tcp://x:1\n", "[c]: a connsrv needs 'client'"},
+	{"[c]\nrole = connsrv\naddr = tcp://x:1\nclient = 127.0.0.1\n", "client '127.0.0.1' is not host:port"},
+	{"[c]\nrole = connsrv\naddr = tcp://x:1\nclient = h:70000\n", "client 'h:70000' is not host:port"},
+	{"[k]\nrole = keysrv\naddr = tcp://x:1\nclient = h:1\n", "[k]: 'client' is only for a connsrv"},
+	{"[i]\nrole = inbox\naddr = tcp://x:1\n", "[i]: an inbox needs 'shard'"},
+	{"[i]\nrole = inbox\naddr = tcp://x:1\nshard = -1\n", "shard '-1' is not a number"},
+	{"[k]\nrole = keysrv\naddr = tcp://x:1\nshard = 0\n", "[k]: 'shard' is only for an inbox"},
+	{"[a]\nrole = keysrv\naddr = tcp://x:1\n[b]\nrole = keysrv\naddr = tcp://x:2\n[a]\nrole = keysrv\n",
+	 "section [a] appears twice"},
+	{"[a]\nrole = keysrv\naddr = tcp://x:1\n[b]\nrole = keysrv\naddr = tcp://x:1\n",
+	 "[b]: addr tcp://x:1 is also [a]'s"},
+	{"[i]\nrole = inbox\naddr = tcp://x:1\nshard = 3\n[j]\nrole = inbox\naddr = tcp://x:2\nshard = 3\n",
+	 "[j]: shard number is also [i]'s"},
+	{"[c]\nrole = connsrv\naddr = tcp://x:1\nclient = h:1\n[d]\nrole = connsrv\naddr = tcp://x:2\n"
+	 "client = h:1\n",
+	 "[d]: client address is also [c]'s"},
+	{"[a b]\nrole = keysrv\naddr = tcp://x:1\n", "member name [a b] may only use"},
+	{"[a\nrole = keysrv\n", "t.ini:1: syntax error"},
+	{"[aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]\nrole = keysrv\n",
+	 "is too long"},
+};
+
+START_TEST(test_parse_bad)
+{
+	router_map *m = NULL;
+	char err[256];
+	err[0] = '\0';
+	int rc = router_map_parse(bad[_i].text, "t.ini", &m, err, sizeof(err));
+	ck_assert_int_eq(rc, SP_ECONFIG);
+	ck_assert_ptr_null(m);
+	ck_assert_msg(strstr(err, bad[_i].msg) != NULL, "case %d: error '%s' lacks '%s'", _i, err,
+		      bad[_i].msg);
+	ck_assert_msg(strncmp(err, "t.ini", 5) == 0, "error '%s' does not name the file", err);
+}
+END_TEST
+
+START_TEST(test_load_file)
+{
+	char dir[] = "/tmp/sp-router-map-XXXXXX", path[128], err[256];
+	router_map *m;
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/cluster.ini", dir);
+	ck_assert_int_eq(router_map_load(path, &m, err, sizeof(err)), SP_ECONFIG);
+	ck_assert_msg(strstr(err, "cannot read") != NULL, "%s", err);
+	FILE *f = fopen(path, "w");
+	fputs(good, f);
+	fclose(f);
+	ck_assert_int_eq(router_map_load(path, &m, err, sizeof(err)), SP_OK);
+	ck_assert_uint_eq(router_map_count(m), 6);
+	router_map_free(m);
+	unlink(path);
+	rmdir(dir);
+}
+END_TEST
+
+START_TEST(test_health_and_epoch)
+{
+	router_map *m = good_map();
+	bool changed;
+	router_map_set_timeout(m, 3000);
+
+	/* Heartbeats from strangers or under another role change nothing. */
+	ck_assert_int_eq(router_map_heartbeat(m, "ghost", SP_ROLE_INBOX, 0, 1000, &changed), SP_ENOTFOUND);
+	ck_assert_int_eq(router_map_heartbeat(m, "inbox-0", SP_ROLE_CONNSRV, 0, 1000, &changed), SP_EINVAL);
+	ck_assert(!changed);
+	ck_assert(router_map_epoch(m) == 1);
+
+	/* First heartbeat: healthy, one bump. More heartbeats: no bump. */
+	ck_assert_int_eq(router_map_heartbeat(m, "inbox-0", SP_ROLE_INBOX, 0, 1000, &changed), SP_OK);
+	ck_assert(changed);
+	ck_assert(router_map_find(m, "inbox-0")->healthy);
+	ck_assert(router_map_epoch(m) == 2);
+	ck_assert_int_eq(router_map_heartbeat(m, "inbox-0", SP_ROLE_INBOX, 0, 2000, &changed), SP_OK);
+	ck_assert(!changed);
+	ck_assert_int_eq(router_map_heartbeat(m, "connsrv-0", SP_ROLE_CONNSRV, 42, 2000, &changed), SP_OK);
+	ck_assert(changed);
+	ck_assert_uint_eq(router_map_find(m, "connsrv-0")->conns, 42);
+	ck_assert(router_map_epoch(m) == 3);
+
+	/* Silent for less than the timeout: still healthy. */
+	ck_assert(!router_map_tick(m, 4999));
+	ck_assert(router_map_epoch(m) == 3);
+	/* Both silent for the timeout: unhealthy together, one bump. */
+	ck_assert(router_map_tick(m, 5000));
+	ck_assert(!router_map_find(m, "inbox-0")->healthy);
+	ck_assert(!router_map_find(m, "connsrv-0")->healthy);
+	ck_assert(router_map_epoch(m) == 4);
+	ck_assert(!router_map_tick(m, 9000));
+	ck_assert(router_map_epoch(m) == 4);
+
+	/* Back: healthy again, bump. */
+	ck_assert_int_eq(router_map_heartbeat(m, "inbox-0", SP_ROLE_INBOX, 0, 9500, &changed), SP_OK);
+	ck_assert(changed && router_map_epoch(m) == 5);
+
+	/* Draining: only a connsrv, only a flip bumps. */
+	ck_assert_int_eq(router_map_set_draining(m, "inbox-0", true, &changed), SP_EINVAL);
+	ck_assert_int_eq(router_map_set_draining(m, "ghost", true, &changed), SP_ENOTFOUND);
+	ck_assert_int_eq(router_map_set_draining(m, "connsrv-1", true, &changed), SP_OK);
+	ck_assert(changed && router_map_epoch(m) == 6);
+	ck_assert_int_eq(router_map_set_draining(m, "connsrv-1", true, &changed), SP_OK);
+	ck_assert(!changed && router_map_epoch(m) == 6);
+	router_map_free(m);
+}
+END_TEST
+
+START_TEST(test_epoch_follows_wall_clock)
+{
+	router_map *m = good_map();
+	bool changed;
+	wall_now = 1000000;
+	router_map_set_wall_clock(m, fake_wall);
+	router_map_set_draining(m, "connsrv-0", true, &changed);
+	ck_assert(router_map_epoch(m) == 1000000);
+	/* Faster than the clock: still strictly increasing. */
+	router_map_set_draining(m, "connsrv-0", false, &changed);
+	ck_assert(router_map_epoch(m) == 1000001);
+	/* A clock that went back never takes the epoch back. */
+	wall_now = 5;
+	router_map_set_draining(m, "connsrv-0", true, &changed);
+	ck_assert(router_map_epoch(m) == 1000002);
+	router_map_free(m);
+}
+END_TEST
+
+START_TEST(test_state_persists)
+{
+	char dir[] = "/tmp/sp-router-state-XXXXXX", path[128], err[256];
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/cluster.ini.state", dir);
+	router_map *m = good_map();
+	bool changed;
+	for (int i = 0; i < 5; i++)
+		router_map_set_draining(m, "connsrv-1", i % 2 == 0, &changed);
+	ck_assert(router_map_epoch(m) == 6);
+	ck_assert_int_eq(router_map_state_save(m, path), SP_OK);
+	router_map_free(m);
+
+	/* A restart: epoch past the saved one, draining kept, nothing healthy yet. */
+	char e2[256];
+	ck_assert_int_eq(router_map_parse(good, "good.ini", &m, e2, sizeof(e2)), SP_OK);
+	router_map_set_wall_clock(m, zero_clock);
+	ck_assert_int_eq(router_map_state_load(m, path, err, sizeof(err)), SP_OK);
+	ck_assert(router_map_epoch(m) == 7);
+	ck_assert(router_map_find(m, "connsrv-1")->draining);
+	ck_assert(!router_map_find(m, "connsrv-0")->draining);
+	router_map_free(m);
+
+	/* Unknown names are dropped; garbage is an error naming the line. */
+	FILE *f = fopen(path, "w");
+	fputs("# c\nepoch 99\ndraining ghost\ndraining inbox-0\n", f);
+	fclose(f);
+	m = good_map();
+	ck_assert_int_eq(router_map_state_load(m, path, err, sizeof(err)), SP_OK);
+	ck_assert(router_map_epoch(m) == 100);
+	ck_assert(!router_map_find(m, "inbox-0")->draining);
+	f = fopen(path, "w");
+	fputs("epoch 99\nepoch x\n", f);
+	fclose(f);
+	ck_assert_int_eq(router_map_state_load(m, path, err, sizeof(err)), SP_ECONFIG);
+	ck_assert_msg(strstr(err, ":2: malformed state line") != NULL, "%s", err);
+	router_map_free(m);
+	unlink(path);
+	rmdir(dir);
+}
+END_TEST
+
+START_TEST(test_where)
+{
+	router_map *m = good_map();
+	bool changed;
+	ck_assert_ptr_null(router_map_where(m)); /* nobody healthy */
+	router_map_heartbeat(m, "connsrv-0", SP_ROLE_CONNSRV, 10, 100, &changed);
+	router_map_heartbeat(m, "connsrv-1", SP_ROLE_CONNSRV, 5, 100, &changed);
+	router_map_heartbeat(m, "connsrv-2", SP_ROLE_CONNSRV, 7, 100, &changed);
+	/* Fewest connections, counting the clients it was already given: 5, 6, then 7 ties
+	 * with connsrv-2 and the earlier one wins, then connsrv-2. */
+	ck_assert_str_eq(router_map_where(m)->name, "connsrv-1");
+	ck_assert_str_eq(router_map_where(m)->name, "connsrv-1");
+	ck_assert_str_eq(router_map_where(m)->name, "connsrv-1");
+	ck_assert_str_eq(router_map_where(m)->name, "connsrv-2");
+	/* A heartbeat replaces the estimate with the real count. */
+	router_map_heartbeat(m, "connsrv-1", SP_ROLE_CONNSRV, 1, 200, &changed);
+	ck_assert_str_eq(router_map_where(m)->name, "connsrv-1");
+	/* Draining and unhealthy ones are skipped. */
+	router_map_set_draining(m, "connsrv-1", true, &changed);
+	ck_assert_str_eq(router_map_where(m)->name, "connsrv-2");
+	router_map_heartbeat(m, "connsrv-0", SP_ROLE_CONNSRV, 10, 3000, &changed);
+	router_map_tick(m, 3300); /* connsrv-1 and -2 silent since 200 */
+	ck_assert_str_eq(router_map_where(m)->name, "connsrv-0");
+	router_map_set_draining(m, "connsrv-0", true, &changed);
+	ck_assert_ptr_null(router_map_where(m));
+	router_map_free(m);
+}
+END_TEST
+
+START_TEST(test_map_frame)
+{
+	router_map *m = good_map();
+	bool changed;
+	router_map_heartbeat(m, "connsrv-0", SP_ROLE_CONNSRV, 9, 100, &changed);
+	router_map_set_draining(m, "connsrv-0", true, &changed);
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	ck_assert_int_eq(router_map_pack(m, 77, true, &sb), SP_OK);
+	sp_frame f;
+	ck_assert_int_eq(sp_frame_decode((const uint8_t *)sb.data, sb.size, &f), SP_OK);
+	ck_assert_int_eq(f.type, SP_T_MAP);
+	ck_assert(f.has_id && f.id == 77);
+	sp_cluster_map *cm;
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &cm), SP_OK);
+	ck_assert(sp_cluster_map_epoch(cm) == router_map_epoch(m));
+	ck_assert_uint_eq(sp_cluster_map_count(cm), 6);
+	const sp_cluster_member *c = sp_cluster_map_find(cm, "connsrv-0");
+	ck_assert(c->healthy && c->draining);
+	ck_assert_uint_eq(c->conns, 9);
+	ck_assert_str_eq(c->host, "127.0.0.1");
+	ck_assert_uint_eq(c->port, 7443);
+	const sp_cluster_member *i1 = sp_cluster_map_find(cm, "inbox-1");
+	ck_assert(!i1->healthy && !i1->draining);
+	ck_assert_uint_eq(i1->shard, 1);
+	ck_assert_str_eq(i1->host, "");
+	/* The ring holds the two inbox shards, healthy or not. */
+	ck_assert_uint_eq(sp_ring_size(sp_cluster_map_ring(cm)), 2);
+	int seen[2] = {0, 0};
+	for (uint64_t d = 1; d < 200; d++) {
+		const sp_cluster_member *s = sp_cluster_map_shard_for(cm, d);
+		ck_assert_int_eq(s->role, SP_ROLE_INBOX);
+		seen[s->shard]++;
+	}
+	ck_assert(seen[0] > 0 && seen[1] > 0);
+	sp_cluster_map_put(cm);
+	sp_frame_fini(&f);
+	msgpack_sbuffer_destroy(&sb);
+	router_map_free(m);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite *s = suite_create("router_map");
+	TCase *tc = tcase_create("map");
+	tcase_add_test(tc, test_parse_good);
+	tcase_add_loop_test(tc, test_parse_bad, 0, (int)(sizeof(bad) / sizeof(bad[0])));
+	tcase_add_test(tc, test_load_file);
+	tcase_add_test(tc, test_health_and_epoch);
+	tcase_add_test(tc, test_epoch_follows_wall_clock);
+	tcase_add_test(tc, test_state_persists);
+	tcase_add_test(tc, test_where);
+	tcase_add_test(tc, test_map_frame);
+	suite_add_tcase(s, tc);
+	SRunner *sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
