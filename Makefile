@@ -68,6 +68,8 @@ TEST_HELPERS := $(call dir_srcs,tests/lib)
 FUZZERS     := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/*_fuzz.c))
 
 .PHONY: all test unit asan fuzz fuzz-build clean format bench
+# Keep objects of test helpers (they are intermediate to make otherwise).
+.SECONDARY:
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
