@@ -12,7 +12,7 @@
 	X(SP_ETOOBIG, -5, "frame or field too large")                       \
 	X(SP_ETRUNC, -6, "truncated input")                                 \
 	X(SP_ETRAILING, -7, "trailing bytes after frame")                   \
-	X(SP_EMALFORMED, -8, "malformed msgpack")                           \
+	X(SP_EMALFORMED, -8, "malformed input")                           \
 	X(SP_EBADTYPE, -9, "unknown frame type")                            \
 	X(SP_EFIELDTYPE, -10, "field has the wrong type")                   \
 	X(SP_EMISSING, -11, "required field missing")                       \
