@@ -104,7 +104,8 @@ start_one() {
 	local name=$1
 	alive "$name" && { echo "$name already running (pid $(cat "$(pidfile "$name")"))"; return 0; }
 	local cmd; cmd=$(cmdline "$name")
-	eval "setsid $cmd" >>"$dir/logs/$name.log" 2>&1 </dev/null &
+	# exec: the recorded pid is the server itself, so `down` and tests signal it directly.
+	bash -c "exec $cmd" >>"$dir/logs/$name.log" 2>&1 </dev/null &
 	echo $! >"$(pidfile "$name")"
 }
 

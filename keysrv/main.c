@@ -1,0 +1,175 @@
+/* keysrv: accounts, devices, prekeys and groups over NNG req/rep (see docs/KEYSRV.md). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "keysrv/server.h"
+#include "sp_cluster.h"
+#include "sp_config.h"
+#include "sp_error.h"
+#include "sp_log.h"
+#include "sp_metrics.h"
+#include "sp_time.h"
+
+#define SWEEP_INTERVAL_S 60
+#define SWEEP_MAX 10000
+
+static const char summary[] =
+    "Sealpost key server: accounts, devices, prekeys and groups (NNG req/rep).";
+
+int
+main(int argc, char **argv)
+{
+	char *data_dir, *listen, *otp_sender, *otp_dir, *webhook_url, *metrics_addr, *log_level;
+	char *name, *router, *router_pub;
+	size_t map_size;
+	long long workers, otp_ttl, otp_attempts, link_ttl, low_water, metrics_port, webhook_timeout;
+	long long rp_burst, rp_rate, rs_burst, rs_rate, rb_burst, rb_rate, rl_burst, rl_rate, rl_keys;
+	bool log_json;
+	const sp_config_opt opts[] = {
+		{"data-dir", SP_CT_STR, &data_dir, "keysrv-data", "LMDB directory (created if missing)", 0, 0},
+		{"listen", SP_CT_STR, &listen, "tcp://127.0.0.1:7301", "NNG URL to serve requests on", 0, 0},
+		{"map-size", SP_CT_SIZE, &map_size, "1G", "LMDB map size (the store's maximum size)", 1 << 20,
+		    1LL << 40},
+		{"workers", SP_CT_INT, &workers, "4", "request worker threads", 1, 64},
+		{"otp-sender", SP_CT_STR, &otp_sender, "dev", "how codes are sent: dev or webhook", 0, 0},
+		{"otp-dir", SP_CT_STR, &otp_dir, NULL,
+		    "dev sender: directory of <phone> code files [default: DATA-DIR/otp]", 0, 0},
+		{"otp-webhook-url", SP_CT_STR, &webhook_url, NULL,
+		    "webhook sender: http:// URL that receives {\"phone\",\"code\"} as JSON", 0, 0},
+		{"otp-webhook-timeout-ms", SP_CT_INT, &webhook_timeout, "5000", "webhook request timeout",
+		    100, 60000},
+		{"otp-ttl", SP_CT_INT, &otp_ttl, "600", "seconds a registration code stays valid", 1, 86400},
+		{"otp-attempts", SP_CT_INT, &otp_attempts, "5", "wrong guesses allowed per code", 1, 20},
+		{"link-ttl", SP_CT_INT, &link_ttl, "600", "seconds a device-link code stays valid", 1, 86400},
+		{"prekey-low-water", SP_CT_INT, &low_water, "20",
+		    "devices with fewer one-time prekeys are told to refill", 0, 1000},
+		{"rate-phone-burst", SP_CT_INT, &rp_burst, "3", "REGISTER per phone: burst", 1, 1000000},
+		{"rate-phone-per-min", SP_CT_INT, &rp_rate, "1", "REGISTER per phone: refill per minute", 1,
+		    1000000},
+		{"rate-source-burst", SP_CT_INT, &rs_burst, "30",
+		    "unauthenticated requests per client address: burst", 1, 1000000},
+		{"rate-source-per-min", SP_CT_INT, &rs_rate, "30",
+		    "unauthenticated requests per client address: refill per minute", 1, 1000000},
+		{"rate-bundle-burst", SP_CT_INT, &rb_burst, "300", "BUNDLE_GET per user: burst", 1, 1000000},
+		{"rate-bundle-per-min", SP_CT_INT, &rb_rate, "600", "BUNDLE_GET per user: refill per minute",
+		    1, 1000000},
+		{"rate-link-burst", SP_CT_INT, &rl_burst, "10", "LINK_LOOKUP/CONFIRM per user: burst", 1,
+		    1000000},
+		{"rate-link-per-min", SP_CT_INT, &rl_rate, "10",
+		    "LINK_LOOKUP/CONFIRM per user: refill per minute", 1, 1000000},
+		{"rate-max-keys", SP_CT_INT, &rl_keys, "100000", "rate-limit buckets kept per limit", 16,
+		    10000000},
+		{"metrics-addr", SP_CT_STR, &metrics_addr, "127.0.0.1", "address of the /metrics endpoint", 0,
+		    0},
+		{"metrics-port", SP_CT_INT, &metrics_port, "0", "port of /metrics (0: any free port, -1: off)",
+		    -1, 65535},
+		{"name", SP_CT_STR, &name, "keysrv", "cluster member name (as in the router's cluster file)",
+		    0, 0},
+		{"router", SP_CT_STR, &router, NULL,
+		    "router REP url; when set, keysrv heartbeats the router as a cluster member", 0, 0},
+		{"router-pub", SP_CT_STR, &router_pub, NULL, "router PUB url (with --router)", 0, 0},
+		{"log-level", SP_CT_STR, &log_level, "info", "debug, info, warn or error", 0, 0},
+		{"log-json", SP_CT_BOOL, &log_json, NULL, "log JSON lines", 0, 0},
+		{NULL, 0, NULL, NULL, NULL, 0, 0},
+	};
+	char err[512], otp_default[4096];
+	keys_ctx *ctx = NULL;
+	keys_server *srv = NULL;
+	sp_cluster *cluster = NULL;
+	int status = 1, rc;
+
+	sp_log_init("keysrv", SP_LOG_INFO, false);
+	rc = sp_config_load("keysrv", summary, opts, argc, argv, NULL, 0, NULL, err, sizeof(err));
+	if (rc == SP_CONFIG_HELP) {
+		sp_config_free(opts);
+		return 0;
+	}
+	if (rc) {
+		fprintf(stderr, "keysrv: %s\n", err);
+		sp_config_free(opts);
+		return 2;
+	}
+	int level = sp_log_level_parse(log_level);
+	if (level < 0) {
+		fprintf(stderr, "keysrv: log-level: expected debug, info, warn or error\n");
+		sp_config_free(opts);
+		return 2;
+	}
+	sp_log_init("keysrv", (sp_log_level)level, log_json);
+	snprintf(otp_default, sizeof(otp_default), "%s/otp", data_dir);
+
+	/* Signals are taken synchronously by the main thread; every other thread inherits
+	 * the blocked mask. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	keys_ctx_cfg cfg = {
+		.data_dir = data_dir,
+		.map_size = map_size,
+		.otp = {otp_sender, otp_dir ? otp_dir : otp_default, webhook_url, (int)webhook_timeout, 1024},
+		.keys = {(uint64_t)otp_ttl * 1000, (unsigned)otp_attempts, (uint64_t)link_ttl * 1000,
+		    (unsigned)low_water},
+		.rate_phone = {(unsigned)rp_burst, (unsigned)rp_rate},
+		.rate_source = {(unsigned)rs_burst, (unsigned)rs_rate},
+		.rate_bundle = {(unsigned)rb_burst, (unsigned)rb_rate},
+		.rate_link = {(unsigned)rl_burst, (unsigned)rl_rate},
+		.rate_max_keys = (size_t)rl_keys,
+	};
+	if ((rc = keys_ctx_open(&ctx, &cfg))) {
+		sp_error("keysrv: start-up failed: %s", sp_strerror(rc));
+		goto out;
+	}
+	int mport = -1;
+	if (metrics_port >= 0 &&
+	    (rc = sp_metrics_http_thread(metrics_addr, (int)metrics_port, &mport))) {
+		sp_error("keysrv: metrics on %s:%lld: %s", metrics_addr, metrics_port, sp_strerror(rc));
+		goto out;
+	}
+	if ((rc = keys_server_start(&srv, ctx, listen, (unsigned)workers)))
+		goto out;
+	/* Optional: keysrv serves without the router; heartbeats only make its health
+	 * visible in the cluster map. */
+	if (router && *router) {
+		if (!router_pub || !*router_pub) {
+			sp_error("keysrv: --router needs --router-pub");
+			goto out;
+		}
+		if ((rc = sp_cluster_start(router, router_pub, name, SP_ROLE_KEYSRV, &cluster))) {
+			sp_error("keysrv: cluster membership: %s", sp_strerror(rc));
+			goto out;
+		}
+	}
+	sp_info("keysrv ready listen=%s data-dir=%s otp-sender=%s metrics-port=%d workers=%lld", listen,
+	    data_dir, otp_sender, mport, workers);
+
+	uint64_t next_sweep = sp_mono_ns() / 1000000000ULL;
+	for (;;) {
+		struct timespec ts = {1, 0};
+		int sig = sigtimedwait(&sigs, NULL, &ts);
+		if (sig == SIGTERM || sig == SIGINT) {
+			sp_info("keysrv: signal %d, shutting down", sig);
+			break;
+		}
+		uint64_t now = sp_mono_ns() / 1000000000ULL;
+		if (now >= next_sweep) {
+			unsigned n = 0;
+			if (keys_store_sweep(ctx->store, sp_time_ms(), SWEEP_MAX, &n) == SP_OK && n)
+				sp_debug("keysrv: swept %u expired codes", n);
+			next_sweep = now + SWEEP_INTERVAL_S;
+		}
+	}
+	status = 0;
+out:
+	sp_cluster_stop(cluster);
+	keys_server_stop(srv);
+	keys_ctx_close(ctx);
+	sp_config_free(opts);
+	return status;
+}

@@ -1,0 +1,34 @@
+/*
+ * Delivery of one-time registration codes, behind one interface:
+ *   dev      logs "otp <phone> <code>" and writes the code to <otp-dir>/<phone>
+ *            (temp file + rename, so a reader never sees half a code);
+ *   webhook  POSTs {"phone":"...","code":"..."} to an http:// URL from a thread of its
+ *            own (libevent evhttp client, bounded timeout), so a slow receiver never
+ *            holds a request worker. Failures are logged and counted, never retried: the
+ *            user asks for a new code.
+ */
+#ifndef KEYS_OTP_SENDER_H
+#define KEYS_OTP_SENDER_H
+
+typedef struct keys_otp_sender keys_otp_sender;
+
+typedef struct keys_otp_sender_cfg {
+	const char *mode;        /* "dev" or "webhook" */
+	const char *dir;         /* dev: directory for code files (created if missing) */
+	const char *url;         /* webhook: http://host[:port]/path */
+	int timeout_ms;          /* webhook: per request */
+	unsigned queue_max;      /* webhook: codes waiting to be posted */
+} keys_otp_sender_cfg;
+
+/* On SP_OK the caller owns *out (keys_otp_sender_free). SP_ECONFIG for an unknown mode,
+ * a missing dir/url or a URL that is not http://host[:port][/path]. */
+int keys_otp_sender_new(keys_otp_sender **out, const keys_otp_sender_cfg *cfg);
+
+/* Stops the webhook thread (dropping codes not yet posted) and frees the sender. */
+void keys_otp_sender_free(keys_otp_sender *s);
+
+/* Sends (dev) or queues (webhook) one code. phone is a validated E.164 string, code six
+ * digits. Returns SP_OK, SP_EIO (dev write failed) or SP_EFULL (webhook queue full). */
+int keys_otp_send(keys_otp_sender *s, const char *phone, const char *code);
+
+#endif

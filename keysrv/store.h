@@ -1,0 +1,177 @@
+/*
+ * keysrv's LMDB store: the environment, its named databases and the record codecs.
+ *
+ * Databases (keys big-endian so that a prefix scan lists one owner's entries in order):
+ *   meta     "secret" -> 32 random bytes (keys OTP and link-code hashes)
+ *   phones   E.164 string -> user id (8)
+ *   users    user (8) -> keys_user
+ *   devices  device (8) -> keys_device (kept as a tombstone after removal so an id is
+ *            never reused)
+ *   opks     device (8) || opk id (4) -> 33-byte one-time prekey
+ *   otps     E.164 string -> keys_otp
+ *   links    keyed hash of the link code (32) -> keys_link
+ *   groups   group (8) -> keys_group
+ *   members  group (8) || user (8) -> flags (1)
+ *
+ * Every call takes the caller's transaction; values read are copied into the records, so
+ * nothing returned points into the map. Write transactions are serialized by LMDB, and a
+ * commit is durable (fsync) before it returns.
+ */
+#ifndef KEYS_STORE_H
+#define KEYS_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lmdb.h>
+
+#define KEYS_PHONE_MAX 16     /* '+' and at most 15 digits */
+#define KEYS_MAX_DEVICES 5    /* the primary and at most 4 linked devices */
+#define KEYS_PUSH_MAX 512
+#define KEYS_GROUP_NAME_MAX 128
+#define KEYS_PUB_LEN 33
+#define KEYS_AUTH_LEN 32
+#define KEYS_SIG_LEN 64
+#define KEYS_HASH_LEN 32
+
+typedef enum {
+	KDB_META,
+	KDB_PHONES,
+	KDB_USERS,
+	KDB_DEVICES,
+	KDB_OPKS,
+	KDB_OTPS,
+	KDB_LINKS,
+	KDB_GROUPS,
+	KDB_MEMBERS,
+	KDB__COUNT
+} keys_db;
+
+typedef struct keys_store keys_store;
+
+typedef struct keys_user {
+	uint64_t id;
+	uint64_t primary;
+	uint64_t created_ms;
+	char phone[KEYS_PHONE_MAX + 1];
+	uint8_t ndevices; /* live devices, the primary first */
+	uint64_t devices[KEYS_MAX_DEVICES];
+} keys_user;
+
+#define KEYS_DEV_PRIMARY 0x1
+#define KEYS_DEV_REVOKED 0x2
+#define KEYS_DEV_HAS_SPK 0x4
+
+typedef struct keys_device {
+	uint64_t id;
+	uint64_t user;
+	uint8_t flags;
+	uint32_t reg_id;
+	uint64_t created_ms;
+	uint8_t ik[KEYS_PUB_LEN];
+	uint8_t auth_key[KEYS_AUTH_LEN];
+	uint32_t spk_id;
+	uint8_t spk[KEYS_PUB_LEN];
+	uint8_t spk_sig[KEYS_SIG_LEN];
+	uint32_t opk_count; /* one-time prekeys stored for this device */
+	uint16_t push_len;
+	char push[KEYS_PUSH_MAX + 1];
+} keys_device;
+
+#define KEYS_OTP_PENDING 0
+#define KEYS_OTP_USED 1
+
+/* A one-time code: only its keyed hash is stored. Once used, the record remembers the
+ * result (and a hash of the keys it was used with) so that a resent VERIFY is answered
+ * the same, until the record expires. */
+typedef struct keys_otp {
+	uint8_t hash[KEYS_HASH_LEN];
+	uint64_t expires_ms;
+	uint8_t attempts_left;
+	uint8_t state;
+	uint64_t user, device;
+	uint8_t keys_hash[KEYS_HASH_LEN];
+} keys_otp;
+
+#define KEYS_LINK_PENDING 0
+#define KEYS_LINK_CONFIRMED 1
+
+typedef struct keys_link {
+	uint8_t state;
+	uint64_t expires_ms;
+	uint8_t ik[KEYS_PUB_LEN];
+	uint8_t auth_key[KEYS_AUTH_LEN];
+	uint32_t reg_id;
+	bool has_spk;
+	uint32_t spk_id;
+	uint8_t spk[KEYS_PUB_LEN];
+	uint8_t spk_sig[KEYS_SIG_LEN];
+	uint16_t push_len;
+	char push[KEYS_PUSH_MAX + 1];
+	uint64_t user, device; /* once confirmed */
+} keys_link;
+
+typedef struct keys_group {
+	uint64_t id;
+	uint64_t epoch;
+	uint64_t created_ms;
+	uint32_t nmembers;
+	uint32_t nadmins;
+	char name[KEYS_GROUP_NAME_MAX + 1];
+} keys_group;
+
+#define KEYS_MEMBER_ADMIN 0x1
+
+/* Opens (creating if needed) the store in directory `dir` with a map of `map_size`
+ * bytes, and creates the server secret on first use. On SP_OK the caller owns *out
+ * (keys_store_close). SP_ESTORE on any LMDB failure (logged). */
+int keys_store_open(keys_store **out, const char *dir, size_t map_size);
+void keys_store_close(keys_store *s);
+
+/* The 32-byte server secret (valid until close). */
+const uint8_t *keys_store_secret(const keys_store *s);
+
+/* Transactions. A read transaction is ended with keys_store_abort. Commit returns SP_OK,
+ * SP_EFULL (map full) or SP_ESTORE; the transaction is gone either way. */
+int keys_store_begin(keys_store *s, bool write, MDB_txn **txn);
+int keys_store_commit(MDB_txn *txn);
+void keys_store_abort(MDB_txn *txn);
+
+MDB_dbi keys_store_dbi(const keys_store *s, keys_db db);
+
+/* Maps an LMDB return code to SP_OK, SP_ENOTFOUND, SP_EEXIST, SP_EFULL or SP_ESTORE. */
+int keys_store_err(int mdb_rc);
+
+/* Raw access: get copies at most `cap` bytes into buf and sets *len (SP_ENOTFOUND if
+ * absent). put with MDB_NOOVERWRITE returns SP_EEXIST for an existing key. */
+int keys_store_get(keys_store *s, MDB_txn *txn, keys_db db, const void *key, size_t klen,
+    void *buf, size_t cap, size_t *len);
+int keys_store_put(keys_store *s, MDB_txn *txn, keys_db db, const void *key, size_t klen,
+    const void *val, size_t vlen, unsigned flags);
+int keys_store_del(keys_store *s, MDB_txn *txn, keys_db db, const void *key, size_t klen);
+
+/* Records. get returns SP_ENOTFOUND if absent and SP_ESTORE for an undecodable value. */
+int keys_user_get(keys_store *s, MDB_txn *txn, uint64_t id, keys_user *u);
+int keys_user_put(keys_store *s, MDB_txn *txn, const keys_user *u);
+int keys_user_by_phone(keys_store *s, MDB_txn *txn, const char *phone, uint64_t *user);
+int keys_device_get(keys_store *s, MDB_txn *txn, uint64_t id, keys_device *d);
+int keys_device_put(keys_store *s, MDB_txn *txn, const keys_device *d);
+int keys_otp_get(keys_store *s, MDB_txn *txn, const char *phone, keys_otp *o);
+int keys_otp_put(keys_store *s, MDB_txn *txn, const char *phone, const keys_otp *o);
+int keys_link_get(keys_store *s, MDB_txn *txn, const uint8_t key[KEYS_HASH_LEN], keys_link *l);
+int keys_link_put(keys_store *s, MDB_txn *txn, const uint8_t key[KEYS_HASH_LEN], const keys_link *l);
+int keys_group_get(keys_store *s, MDB_txn *txn, uint64_t id, keys_group *g);
+int keys_group_put(keys_store *s, MDB_txn *txn, const keys_group *g);
+
+/* A fresh random id that is non-zero and not a key of `db` (users, devices, groups). */
+int keys_store_new_id(keys_store *s, MDB_txn *txn, keys_db db, uint64_t *id);
+
+/* Deletes expired OTP and link records (at most `max` of each); returns how many. */
+int keys_store_sweep(keys_store *s, uint64_t now_ms, unsigned max, unsigned *deleted);
+
+/* Big-endian helpers for keys. */
+void keys_be64(uint8_t out[8], uint64_t v);
+uint64_t keys_rd_be64(const uint8_t in[8]);
+
+#endif
