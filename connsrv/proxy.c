@@ -14,7 +14,7 @@
 static const unsigned before_login[] = {SP_T_REGISTER, SP_T_VERIFY, SP_T_LINK_REQUEST,
 					SP_T_LINK_STATUS};
 static const unsigned after_login[] = {
-	SP_T_LINK_LOOKUP, SP_T_LINK_CONFIRM, SP_T_DEVICES_GET, SP_T_REMOVE_DEVICE, SP_T_KEYS_UPLOAD,
+	SP_T_LINK_LOOKUP, SP_T_LINK_CONFIRM, SP_T_DEVICES_GET, SP_T_USER_LOOKUP, SP_T_REMOVE_DEVICE, SP_T_KEYS_UPLOAD,
 	SP_T_KEYS_STATUS, SP_T_BUNDLE_GET,   SP_T_GROUP_CREATE, SP_T_GROUP_ADD,     SP_T_GROUP_REMOVE,
 	SP_T_GROUP_LEAVE, SP_T_GROUP_ADMIN,  SP_T_GROUP_INFO,   SP_T_MEDIA_PUT,     SP_T_MEDIA_DONE,
 	SP_T_MEDIA_GET};
@@ -115,8 +115,14 @@ on_reply(void *arg, int rc, const sp_frame *reply)
 		cs_session_send(s, &r);
 		if (rc == SP_OK && reply->type == SP_T_DEVICE_REMOVED)
 			after_remove(s->srv, sp_frame_u64(reply, SP_F_USER), sp_frame_u64(reply, SP_F_DEVICE));
-		else if (rc == SP_OK && reply->type == SP_T_VERIFIED)
-			cs_devcache_forget(s->srv, sp_frame_u64(reply, SP_F_USER));
+		else if (rc == SP_OK && reply->type == SP_T_VERIFIED) {
+			/* Registering again revokes the account's old devices: drop their queues. */
+			const sp_val *old = sp_frame_get(reply, SP_F_DEVICES);
+			uint64_t user = sp_frame_u64(reply, SP_F_USER);
+			cs_devcache_forget(s->srv, user);
+			for (uint32_t i = 0; old && i < old->us.n; i++)
+				after_remove(s->srv, user, old->us.v[i]);
+		}
 	}
 	cs_session_call_end(s);
 	free(op);

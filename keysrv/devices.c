@@ -1,7 +1,9 @@
+#include <stdio.h>
 #include <string.h>
 
 #include <sodium.h>
 
+#include "keysrv/accounts.h"
 #include "keysrv/devices.h"
 #include "keysrv/prekeys.h"
 #include "sp_error.h"
@@ -258,5 +260,33 @@ keys_devices_auth_key(keys_req *r)
 	sp_frame_set_bin(&r->out, SP_F_IDENTITY_KEY, d->ik, KEYS_PUB_LEN);
 	if (d->push_len)
 		sp_frame_set_bin(&r->out, SP_F_PUSH_TOKEN, d->push, d->push_len);
+	return SP_OK;
+}
+
+int
+keys_devices_lookup(keys_req *r)
+{
+	keys_store *s = r->ctx->store;
+	char phone[KEYS_PHONE_MAX + 1], key[32];
+	MDB_txn *txn;
+	uint64_t user;
+	int rc;
+
+	if (sp_frame_str(r->in, SP_F_PHONE, phone, sizeof(phone)) || !keys_phone_valid(phone))
+		return keys_fail(r, SP_EINVAL, "phone must be E.164 (+ and 8-15 digits)");
+	/* Lookups share the bundle budget: both reveal who is on the service. */
+	snprintf(key, sizeof(key), "lookup:%llu", (unsigned long long)r->user);
+	if ((rc = keys_rate_take(r, r->ctx->rl_bundle, key, "lookup")))
+		return rc;
+	if ((rc = keys_store_begin(s, false, &txn)))
+		return rc;
+	rc = keys_user_by_phone(s, txn, phone, &user);
+	keys_store_abort(txn);
+	if (rc)
+		return rc == SP_ENOTFOUND ? keys_fail(r, rc, "no account with that phone number") : rc;
+	keys_reply_init(r, SP_T_USER_FOUND);
+	sp_frame_set_bin(&r->out, SP_F_PHONE, sp_frame_bin(r->in, SP_F_PHONE).p,
+			 sp_frame_bin(r->in, SP_F_PHONE).len);
+	sp_frame_set_u64(&r->out, SP_F_USER, user);
 	return SP_OK;
 }

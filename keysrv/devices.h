@@ -45,4 +45,7 @@ int keys_devices_get(keys_req *r);
 int keys_devices_remove(keys_req *r);
 int keys_devices_auth_key(keys_req *r);
 
+/* USER_LOOKUP {phone} -> USER_FOUND {phone, user}; SP_ENOTFOUND for no account. */
+int keys_devices_lookup(keys_req *r);
+
 #endif

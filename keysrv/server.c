@@ -126,6 +126,7 @@ static const route routes[] = {
 	{SP_T_LINK_CONFIRM, AUTH_DEVICE, keys_links_confirm},
 	{SP_T_LINK_STATUS, AUTH_NONE, keys_links_status},
 	{SP_T_DEVICES_GET, AUTH_OPTIONAL, keys_devices_get},
+	{SP_T_USER_LOOKUP, AUTH_DEVICE, keys_devices_lookup},
 	{SP_T_REMOVE_DEVICE, AUTH_DEVICE, keys_devices_remove},
 	{SP_T_KEYS_UPLOAD, AUTH_DEVICE, keys_prekeys_upload},
 	{SP_T_KEYS_STATUS, AUTH_DEVICE, keys_prekeys_status},

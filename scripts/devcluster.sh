@@ -27,6 +27,17 @@ conn_client() { echo $((base + 40 + $1)); }
 conn_pull() { echo $((base + 50 + 10 * $1)); }
 conn_metrics() { echo $((base + 80 + 10 * $1)); }
 
+# The port that answers once a process is serving.
+port_of() {
+	case $1 in
+	redis) echo "$port_redis" ;;
+	router) echo "$port_router_http" ;;
+	keysrv) echo "$port_keysrv" ;;
+	inbox-*) inbox_port "${1#inbox-}" ;;
+	connsrv-*) conn_client "${1#connsrv-}" ;;
+	esac
+}
+
 pidfile() { echo "$dir/pids/$1.pid"; }
 alive() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
 
@@ -105,7 +116,9 @@ start_one() {
 	alive "$name" && { echo "$name already running (pid $(cat "$(pidfile "$name")"))"; return 0; }
 	local cmd; cmd=$(cmdline "$name")
 	# exec: the recorded pid is the server itself, so `down` and tests signal it directly.
-	bash -c "exec $cmd" >>"$dir/logs/$name.log" 2>&1 </dev/null &
+	# setsid: a session of its own, so the caller's process group (a test runner that
+	# kills its children's group, a terminal's Ctrl-C) does not take the server down.
+	setsid bash -c "exec $cmd" >>"$dir/logs/$name.log" 2>&1 </dev/null &
 	echo $! >"$(pidfile "$name")"
 }
 
@@ -185,7 +198,8 @@ down) cmd_down ;;
 status) cmd_status ;;
 logs) if [ -n "${2:-}" ]; then tail -n 100 -f "$dir/logs/$2.log"; else tail -n 20 "$dir"/logs/*.log; fi ;;
 restart) [ -n "${2:-}" ] || die "restart NAME"; cmdline "$2" >/dev/null
-	f=$(pidfile "$2"); if alive "$2"; then kill -TERM "$(cat "$f")"; sleep 0.5; fi; rm -f "$f"; start_one "$2" ;;
+	f=$(pidfile "$2"); if alive "$2"; then kill -TERM "$(cat "$f")"; sleep 0.5; fi; rm -f "$f"; start_one "$2"
+	wait_port 127.0.0.1 "$(port_of "$2")" 30 || die "$2 did not come back (see $dir/logs/$2.log)" ;;
 otp) [ -n "${2:-}" ] || die "otp PHONE"; f="$dir/data/keysrv/otp/$2"
 	[ -f "$f" ] || die "no code for $2 (register it first)"; cat "$f"; echo ;;
 env) cat "$dir/env" ;;

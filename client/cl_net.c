@@ -1,0 +1,327 @@
+/*
+ * The connection: router bootstrap or a fixed connsrv, login, reconnect with exponential
+ * backoff and full jitter, request/reply matching by request id, and a queue for the
+ * DELIVERs that arrive while a reply is awaited (they are processed, in order, by the
+ * receive loop; nothing is ACKed before it is stored).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "client/cl_internal.h"
+#include "sp_error.h"
+#include "sp_time.h"
+
+#define CL_REPLY_TIMEOUT_MS 20000
+
+uint64_t
+cl_backoff_ms(unsigned attempt, uint64_t base, uint64_t cap)
+{
+	uint64_t ceil = base;
+	for (unsigned i = 0; i < attempt && ceil < cap; i++)
+		ceil *= 2;
+	if (ceil > cap)
+		ceil = cap;
+	if (ceil > UINT32_MAX - 1)
+		ceil = UINT32_MAX - 1;
+	return randombytes_uniform((uint32_t)ceil + 1);
+}
+
+void
+cl_sleep_ms(uint64_t ms)
+{
+	struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+void
+cl_deliver_free(cl_deliver *d)
+{
+	if (!d)
+		return;
+	free(d->env);
+	free(d->ct);
+	free(d);
+}
+
+void
+cl_disconnect(sealpost *sp)
+{
+	spc_conn_close(sp->conn);
+	sp->conn = NULL;
+	sp->logged_in = false;
+	sp->queue_empty = false;
+	/* Unprocessed DELIVERs were not ACKed: the server sends them again. */
+	while (sp->dq_head) {
+		cl_deliver *d = sp->dq_head;
+		sp->dq_head = d->next;
+		cl_deliver_free(d);
+	}
+	sp->dq_tail = NULL;
+}
+
+static int
+split_hostport(const char *s, char *host, size_t cap, int *port)
+{
+	const char *colon = strrchr(s, ':');
+	if (!colon || colon == s || (size_t)(colon - s) >= cap)
+		return SP_EINVAL;
+	memcpy(host, s, (size_t)(colon - s));
+	host[colon - s] = '\0';
+	char *end;
+	long p = strtol(colon + 1, &end, 10);
+	if (*end || p <= 0 || p > 65535)
+		return SP_EINVAL;
+	*port = (int)p;
+	return SP_OK;
+}
+
+static int
+connect_once(sealpost *sp)
+{
+	char host[256], err[512] = "";
+	int port = 0, rc;
+	if (!sp->cfg.ca)
+		return cl_fail(sp, SP_EINVAL, SEALPOST_ERR_USAGE, "no CA file: use --ca or SEALPOST_CA");
+	if (sp->cfg.server) {
+		if (split_hostport(sp->cfg.server, host, sizeof(host), &port))
+			return cl_fail(sp, SP_EINVAL, SEALPOST_ERR_USAGE, "--server must be HOST:PORT, got '%s'",
+				       sp->cfg.server);
+	} else if (sp->cfg.router) {
+		if ((rc = spc_bootstrap(sp->cfg.router, host, sizeof(host), &port, err, sizeof(err))))
+			return cl_fail(sp, rc == SP_EINVAL ? SP_EINVAL : SP_EUNAVAIL,
+				       rc == SP_EINVAL ? SEALPOST_ERR_USAGE : SEALPOST_ERR_NET, "%s", err);
+	} else {
+		return cl_fail(sp, SP_EINVAL, SEALPOST_ERR_USAGE,
+			       "no server: use --server, --router or SEALPOST_ROUTER");
+	}
+	if ((rc = spc_conn_open(host, port, sp->cfg.ca, 5000, &sp->conn, err, sizeof(err))))
+		return cl_fail(sp, rc == SP_ENOMEM ? rc : SP_ECLOSED, SEALPOST_ERR_NET, "%s", err);
+	sp->queue_empty = false;
+	if (!cl_registered(sp))
+		return SP_OK;
+	rc = spc_conn_login(sp->conn, sp->user, sp->device, sp->auth_sk, sp->last_seq, NULL);
+	if (rc) {
+		int cls = cl_class_of(rc) == SEALPOST_ERR_NET ? SEALPOST_ERR_NET : SEALPOST_ERR_SERVER;
+		cl_disconnect(sp);
+		return cl_fail(sp, rc, cls, "login to %s:%d: %s", host, port, sp_strerror(rc));
+	}
+	sp->logged_in = true;
+	/* What we stored before may not have reached the server as an ACK. */
+	if (sp->last_seq && (rc = cl_ack(sp, sp->last_seq)))
+		return rc;
+	return SP_OK;
+}
+
+int
+cl_connect(sealpost *sp, int attempts)
+{
+	if (sp->conn)
+		return SP_OK;
+	uint64_t base = sp->cfg.backoff_base_ms > 0 ? (uint64_t)sp->cfg.backoff_base_ms : 200;
+	uint64_t cap = sp->cfg.backoff_cap_ms > 0 ? (uint64_t)sp->cfg.backoff_cap_ms : 10000;
+	for (unsigned attempt = 0;; attempt++) {
+		int rc = connect_once(sp);
+		if (rc == SP_OK || sp->errclass != SEALPOST_ERR_NET)
+			return rc;
+		if (attempts >= 0 && attempt + 1 >= (unsigned)attempts)
+			return rc;
+		cl_sleep_ms(cl_backoff_ms(attempt, base, cap));
+	}
+}
+
+/* Network-level failure: the connection is dropped and the error recorded. */
+static int
+net_fail(sealpost *sp, int rc, const char *what)
+{
+	cl_disconnect(sp);
+	if (cl_class_of(rc) != SEALPOST_ERR_NET)
+		rc = SP_EPROTO;
+	return cl_fail(sp, rc == SP_EPROTO ? SP_ECLOSED : rc, SEALPOST_ERR_NET, "%s: %s", what,
+		       sp_strerror(rc));
+}
+
+static int
+enqueue(sealpost *sp, const sp_frame *f)
+{
+	cl_deliver *d = calloc(1, sizeof(*d));
+	if (!d)
+		return SP_ENOMEM;
+	sp_bin env = sp_frame_bin(f, SP_F_ENV), ct = sp_frame_bin(f, SP_F_CT);
+	d->seq = sp_frame_u64(f, SP_F_SEQ);
+	d->from_user = sp_frame_u64(f, SP_F_FROM_USER);
+	d->from_device = sp_frame_u64(f, SP_F_FROM_DEVICE);
+	d->server_ts = sp_frame_u64(f, SP_F_SERVER_TS);
+	d->etype = sp_frame_u64(f, SP_F_ETYPE);
+	d->group = sp_frame_u64(f, SP_F_GROUP);
+	memcpy(d->msg_id, sp_frame_bin(f, SP_F_MSG_ID).p, 16);
+	if (!(d->env = malloc(env.len ? env.len : 1)) || (ct.len && !(d->ct = malloc(ct.len)))) {
+		cl_deliver_free(d);
+		return SP_ENOMEM;
+	}
+	memcpy(d->env, env.p, env.len);
+	d->env_len = env.len;
+	if (ct.len)
+		memcpy(d->ct, ct.p, ct.len);
+	d->ct_len = ct.len;
+	if (sp->dq_tail)
+		sp->dq_tail->next = d;
+	else
+		sp->dq_head = d;
+	sp->dq_tail = d;
+	return SP_OK;
+}
+
+/* Frames the server sends unprompted. Returns 1 if f was consumed (and finalised), 0 if
+ * the caller should look at it, or an error (connection dropped). */
+static int
+unprompted(sealpost *sp, sp_frame *f)
+{
+	int rc = 1;
+	switch (f->type) {
+	case SP_T_DELIVER:
+		if (enqueue(sp, f))
+			rc = SP_ENOMEM;
+		break;
+	case SP_T_QUEUE_EMPTY:
+		sp->queue_empty = true;
+		break;
+	case SP_T_PONG:
+		break;
+	case SP_T_KICKED:
+	case SP_T_DRAIN:
+		sp_frame_fini(f);
+		return net_fail(sp, SP_ECLOSED, f->type == SP_T_KICKED ? "kicked (logged in elsewhere)"
+									 : "server draining");
+	default:
+		return 0;
+	}
+	sp_frame_fini(f);
+	return rc;
+}
+
+int
+cl_call(sealpost *sp, sp_frame *q, sp_frame *r)
+{
+	if (!sp->conn)
+		return cl_fail(sp, SP_ECLOSED, SEALPOST_ERR_NET, "not connected");
+	q->has_id = true;
+	q->id = ++sp->next_id;
+	int rc = spc_conn_send(sp->conn, q);
+	if (rc)
+		return net_fail(sp, rc, sp_frame_type_name(q->type));
+	uint64_t deadline = sp_time_ms() + CL_REPLY_TIMEOUT_MS;
+	for (;;) {
+		uint64_t now = sp_time_ms();
+		if (now >= deadline)
+			return net_fail(sp, SP_ETIMEDOUT, sp_frame_type_name(q->type));
+		rc = spc_conn_recv(sp->conn, (int)(deadline - now), r);
+		if (rc)
+			return net_fail(sp, rc, sp_frame_type_name(q->type));
+		if ((rc = unprompted(sp, r)) < 0)
+			return rc;
+		if (rc == 1)
+			continue;
+		if (!r->has_id || r->id != q->id) {
+			if (r->type == SP_T_ERROR && !r->has_id) {
+				char reason[257] = "";
+				sp_frame_str(r, SP_F_REASON, reason, sizeof(reason));
+				rc = (int)sp_frame_i64(r, SP_F_CODE);
+				sp_frame_fini(r);
+				cl_disconnect(sp);
+				return cl_fail(sp, rc < 0 ? rc : SP_EPROTO, SEALPOST_ERR_SERVER,
+					       "server error: %s", reason[0] ? reason : sp_strerror(rc));
+			}
+			sp_frame_fini(r); /* a late reply to a request we gave up on */
+			continue;
+		}
+		if (r->type == SP_T_ERROR) {
+			char reason[257] = "";
+			sp_frame_str(r, SP_F_REASON, reason, sizeof(reason));
+			rc = (int)sp_frame_i64(r, SP_F_CODE);
+			if (rc >= 0)
+				rc = SP_EPROTO;
+			uint64_t retry = sp_frame_u64(r, SP_F_RETRY_AFTER);
+			sp_frame_fini(r);
+			cl_fail(sp, rc, SEALPOST_ERR_SERVER, "%s refused: %s%s%s", sp_frame_type_name(q->type),
+				sp_strerror(rc), reason[0] ? ": " : "", reason);
+			if (rc == SP_ERATELIMIT && retry)
+				cl_sleep_ms(retry < 5000 ? retry : 5000);
+			return rc;
+		}
+		if (sp_frame_slot(r->type, SP_F_REFILL) >= 0 && sp_frame_u64(r, SP_F_REFILL))
+			sp->refill = true;
+		return SP_OK;
+	}
+}
+
+int
+cl_call_want(sealpost *sp, sp_frame *q, unsigned want, sp_frame *r)
+{
+	int rc = cl_call(sp, q, r);
+	if (rc)
+		return rc;
+	if (r->type != want) {
+		unsigned got = r->type;
+		sp_frame_fini(r);
+		return cl_fail(sp, SP_EPROTO, SEALPOST_ERR_SERVER, "expected %s, got %s", sp_frame_type_name(want),
+			       sp_frame_type_name(got));
+	}
+	return SP_OK;
+}
+
+int
+cl_next_deliver(sealpost *sp, int timeout_ms, cl_deliver **out)
+{
+	if (sp->dq_head) {
+		*out = sp->dq_head;
+		sp->dq_head = (*out)->next;
+		if (!sp->dq_head)
+			sp->dq_tail = NULL;
+		(*out)->next = NULL;
+		return SP_OK;
+	}
+	if (!sp->conn)
+		return cl_fail(sp, SP_ECLOSED, SEALPOST_ERR_NET, "not connected");
+	uint64_t deadline = sp_time_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+	bool was_empty = sp->queue_empty;
+	for (;;) {
+		uint64_t now = sp_time_ms();
+		sp_frame f;
+		int rc = spc_conn_recv(sp->conn, now < deadline ? (int)(deadline - now) : 0, &f);
+		if (rc == SP_ETIMEDOUT)
+			return SP_ETIMEDOUT;
+		if (rc)
+			return net_fail(sp, rc, "receive");
+		if ((rc = unprompted(sp, &f)) < 0)
+			return rc;
+		if (rc == 0) {
+			sp_frame_fini(&f); /* a stray reply or a soft ERROR (e.g. to an ACK) */
+			continue;
+		}
+		if (sp->dq_head) {
+			*out = sp->dq_head;
+			sp->dq_head = NULL;
+			sp->dq_tail = NULL;
+			return SP_OK;
+		}
+		if (sp->queue_empty && !was_empty)
+			return SP_EAGAIN; /* let the caller notice QUEUE_EMPTY */
+	}
+}
+
+int
+cl_ack(sealpost *sp, uint64_t upto)
+{
+	if (!sp->conn)
+		return cl_fail(sp, SP_ECLOSED, SEALPOST_ERR_NET, "not connected");
+	sp_frame q;
+	sp_frame_init(&q, SP_T_ACK, 0, false);
+	sp_frame_set_u64(&q, SP_F_UPTO_SEQ, upto);
+	int rc = spc_conn_send(sp->conn, &q);
+	return rc ? net_fail(sp, rc, "ACK") : SP_OK;
+}

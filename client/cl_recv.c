@@ -1,0 +1,842 @@
+/*
+ * Receiving: decrypt, store (committed), and only then ACK. A DELIVER already in the
+ * dedup table (a crash between commit and ACK) is ACKed and dropped; one that fails to
+ * decrypt is recorded as refused and ACKed (it can never succeed later). Messages carry
+ * the sender device's per-conversation sequence number: they are reported in order, a
+ * gap is held back for gap_hold_ms, then what follows it is surfaced anyway. Also READ
+ * receipts, status and history.
+ */
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "client/cl_internal.h"
+#include "client/signal/sig_proto.h"
+#include "sp_error.h"
+#include "sp_time.h"
+
+enum { ST_QUEUED = 0, ST_SENT = 1, ST_DELIVERED = 2, ST_READ = 3 };
+
+static const char *
+status_name(int s)
+{
+	return s >= ST_READ ? "read" : s == ST_DELIVERED ? "delivered" : s == ST_SENT ? "sent" : "queued";
+}
+
+static uint64_t
+hold_ms(const sealpost *sp)
+{
+	return sp->cfg.gap_hold_ms > 0 ? (uint64_t)sp->cfg.gap_hold_ms : 2000;
+}
+
+/* ---- ordering ---- */
+
+static int
+surface(sealpost *sp, int64_t row)
+{
+	sqlite3_stmt *st;
+	int rc = cl_prep(sp, &st, "UPDATE messages SET surfaced = (SELECT IFNULL(MAX(surfaced), 0) + 1 FROM messages),"
+				  " held_since = 0 WHERE id = ?");
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, row);
+	rc = sqlite3_step(st) == SQLITE_DONE ? SP_OK : SP_ESTORE;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static int
+set_next(sealpost *sp, const char *conv, uint64_t fu, uint64_t fd, uint64_t next)
+{
+	sqlite3_stmt *st;
+	int rc = cl_prep(sp, &st, "INSERT OR REPLACE INTO conv_in(conv, from_user, from_device, next_seq) VALUES(?, ?, ?, ?)");
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)fu);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)fd);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)next);
+	rc = sqlite3_step(st) == SQLITE_DONE ? SP_OK : SP_ESTORE;
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int
+cl_order_admit(sealpost *sp, const char *conv, uint64_t fu, uint64_t fd, uint64_t seq, int64_t row)
+{
+	sqlite3_stmt *st;
+	uint64_t next = 1;
+	int rc = cl_prep(sp, &st, "SELECT next_seq FROM conv_in WHERE conv = ? AND from_user = ? AND from_device = ?");
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)fu);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)fd);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		next = (uint64_t)sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	if (seq < next) /* late: its gap was already surfaced past it */
+		return surface(sp, row);
+	if (seq > next) {
+		if ((rc = cl_prep(sp, &st, "UPDATE messages SET surfaced = 0, held_since = ? WHERE id = ?")))
+			return rc;
+		sqlite3_bind_int64(st, 1, (sqlite3_int64)sp_time_ms());
+		sqlite3_bind_int64(st, 2, row);
+		rc = sqlite3_step(st) == SQLITE_DONE ? SP_OK : SP_ESTORE;
+		sqlite3_finalize(st);
+		return rc;
+	}
+	if ((rc = surface(sp, row)))
+		return rc;
+	next++;
+	/* Held messages that now follow in order. */
+	if ((rc = cl_prep(sp, &st, "SELECT id FROM messages WHERE surfaced = 0 AND conv = ? AND from_user = ?"
+				   " AND from_device = ? AND conv_seq = ? LIMIT 1")))
+		return rc;
+	for (;;) {
+		sqlite3_reset(st);
+		sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)fu);
+		sqlite3_bind_int64(st, 3, (sqlite3_int64)fd);
+		sqlite3_bind_int64(st, 4, (sqlite3_int64)next);
+		if (sqlite3_step(st) != SQLITE_ROW)
+			break;
+		int64_t id = sqlite3_column_int64(st, 0);
+		sqlite3_reset(st);
+		if ((rc = surface(sp, id)))
+			break;
+		next++;
+	}
+	sqlite3_finalize(st);
+	return rc ? rc : set_next(sp, conv, fu, fd, next);
+}
+
+int
+cl_order_expire(sealpost *sp, uint64_t now, uint64_t *next_ms)
+{
+	sqlite3_stmt *st, *rows = NULL;
+	*next_ms = 0;
+	int rc = cl_prep(sp, &st, "SELECT conv, from_user, from_device, MIN(held_since) FROM messages"
+				  " WHERE surfaced = 0 GROUP BY conv, from_user, from_device");
+	if (rc)
+		return rc;
+	if ((rc = cl_prep(sp, &rows, "SELECT id, conv_seq FROM messages WHERE surfaced = 0 AND conv = ?"
+				     " AND from_user = ? AND from_device = ? ORDER BY conv_seq"))) {
+		sqlite3_finalize(st);
+		return rc;
+	}
+	while (rc == SP_OK && sqlite3_step(st) == SQLITE_ROW) {
+		uint64_t since = (uint64_t)sqlite3_column_int64(st, 3), due = since + hold_ms(sp);
+		if (due > now) {
+			if (!*next_ms || due < *next_ms)
+				*next_ms = due;
+			continue;
+		}
+		const char *conv = (const char *)sqlite3_column_text(st, 0);
+		uint64_t fu = (uint64_t)sqlite3_column_int64(st, 1), fd = (uint64_t)sqlite3_column_int64(st, 2), last = 0;
+		sqlite3_reset(rows);
+		sqlite3_bind_text(rows, 1, conv, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int64(rows, 2, (sqlite3_int64)fu);
+		sqlite3_bind_int64(rows, 3, (sqlite3_int64)fd);
+		int64_t ids[256];
+		size_t n = 0;
+		while (n < 256 && sqlite3_step(rows) == SQLITE_ROW) {
+			ids[n++] = sqlite3_column_int64(rows, 0);
+			last = (uint64_t)sqlite3_column_int64(rows, 1);
+		}
+		sqlite3_reset(rows);
+		for (size_t i = 0; i < n && rc == SP_OK; i++)
+			rc = surface(sp, ids[i]);
+		if (rc == SP_OK)
+			rc = set_next(sp, conv, fu, fd, last + 1);
+	}
+	sqlite3_finalize(st);
+	sqlite3_finalize(rows);
+	return rc;
+}
+
+/* ---- reporting ---- */
+
+static int
+report_rows(sealpost *sp, sqlite3_stmt *st, bool history, sealpost_event_cb cb, void *arg);
+
+int
+cl_report_pending(sealpost *sp, sealpost_event_cb cb, void *arg)
+{
+	if (!cb)
+		return SP_OK;
+	sqlite3_stmt *st;
+	int rc = cl_prep(sp, &st, "SELECT id, msg_id, conv, outgoing, from_user, from_device, from_phone, conv_seq,"
+				  " server_ts, kind, text, media_path, media_name, media_mime, media_size, media_err"
+				  " FROM messages WHERE surfaced > 0 AND reported = 0 ORDER BY surfaced");
+	if (rc)
+		return rc;
+	return report_rows(sp, st, false, cb, arg);
+}
+
+static int status_of(sealpost *sp, const uint8_t msg_id[16], int *st_out, uint64_t *ts);
+
+/* Reports each row of st (finalized here); outside history marks them reported. */
+static int
+report_rows(sealpost *sp, sqlite3_stmt *st, bool history, sealpost_event_cb cb, void *arg)
+{
+	sqlite3_stmt *mark = NULL;
+	int rc = history ? SP_OK : cl_prep(sp, &mark, "UPDATE messages SET reported = 1 WHERE id = ?");
+	while (rc == SP_OK && sqlite3_step(st) == SQLITE_ROW) {
+		char conv[160], from[48], hex[33];
+		const char *phone = (const char *)sqlite3_column_text(st, 6);
+		sealpost_event ev = {.type = SEALPOST_EV_MESSAGE};
+		cl_conv_display(sp, (const char *)sqlite3_column_text(st, 2), conv, sizeof(conv));
+		ev.outgoing = sqlite3_column_int(st, 3);
+		ev.from_user = (uint64_t)sqlite3_column_int64(st, 4);
+		ev.from_device = (uint64_t)sqlite3_column_int64(st, 5);
+		if (phone && *phone)
+			snprintf(from, sizeof(from), "%s", phone);
+		else
+			cl_user_display(sp, ev.from_user, from, sizeof(from));
+		if (sqlite3_column_bytes(st, 1) == 16)
+			cl_hex(sqlite3_column_blob(st, 1), 16, hex);
+		else
+			hex[0] = '\0';
+		ev.conv = conv;
+		ev.from = from;
+		ev.msg_id = hex;
+		ev.group = conv[0] == '@' ? strtoull((const char *)sqlite3_column_text(st, 2) + 2, NULL, 10) : 0;
+		ev.conv_seq = (uint64_t)sqlite3_column_int64(st, 7);
+		ev.server_ts = (uint64_t)sqlite3_column_int64(st, 8);
+		if (sqlite3_column_int(st, 9) == CL_K_TEXT) {
+			ev.text = (const char *)sqlite3_column_text(st, 10);
+			if (!ev.text)
+				ev.text = "";
+		} else {
+			ev.media_path = (const char *)sqlite3_column_text(st, 11);
+			ev.media_name = (const char *)sqlite3_column_text(st, 12);
+			ev.media_mime = (const char *)sqlite3_column_text(st, 13);
+			ev.media_size = (uint64_t)sqlite3_column_int64(st, 14);
+			ev.media_error = sqlite3_column_int(st, 15);
+		}
+		int s = 0;
+		if (history && ev.outgoing && sqlite3_column_bytes(st, 1) == 16 &&
+		    status_of(sp, sqlite3_column_blob(st, 1), &s, NULL) == SP_OK)
+			ev.status = status_name(s);
+		cb(&ev, arg);
+		if (mark) {
+			sqlite3_reset(mark);
+			sqlite3_bind_int64(mark, 1, sqlite3_column_int64(st, 0));
+			if (sqlite3_step(mark) != SQLITE_DONE)
+				rc = cl_fail(sp, SP_ESTORE, SEALPOST_ERR_OTHER, "store: %s", sqlite3_errmsg(sp->db));
+		}
+	}
+	sqlite3_finalize(st);
+	sqlite3_finalize(mark);
+	return rc;
+}
+
+/* ---- processing one DELIVER ---- */
+
+static int
+dedup_seen(sealpost *sp, uint64_t fu, uint64_t fd, const uint8_t msg_id[16], bool *seen)
+{
+	sqlite3_stmt *st;
+	int rc = cl_prep(sp, &st, "SELECT 1 FROM dedup WHERE from_user = ? AND from_device = ? AND msg_id = ?");
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)fu);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)fd);
+	sqlite3_bind_blob(st, 3, msg_id, 16, SQLITE_STATIC);
+	*seen = sqlite3_step(st) == SQLITE_ROW;
+	sqlite3_finalize(st);
+	return SP_OK;
+}
+
+/* Inside a transaction: the dedup row and our inbox position. */
+static int
+record_seen(sealpost *sp, const cl_deliver *d)
+{
+	sqlite3_stmt *st;
+	int rc = cl_prep(sp, &st, "INSERT OR IGNORE INTO dedup(from_user, from_device, msg_id, ts) VALUES(?, ?, ?, ?)");
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)d->from_user);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)d->from_device);
+	sqlite3_bind_blob(st, 3, d->msg_id, 16, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)sp_time_ms());
+	rc = sqlite3_step(st) == SQLITE_DONE ? SP_OK : SP_ESTORE;
+	sqlite3_finalize(st);
+	if (rc == SP_OK && d->seq > sp->last_seq)
+		rc = cl_meta_set_u64(sp, "last_seq", d->seq);
+	return rc;
+}
+
+/* After the commit: ACK and remember the position. */
+static int
+acked(sealpost *sp, const cl_deliver *d)
+{
+	if (d->seq > sp->last_seq)
+		sp->last_seq = d->seq;
+	return cl_ack(sp, d->seq);
+}
+
+static int
+process_receipt(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg)
+{
+	sp_frame f;
+	int rc = sp_frame_decode(d->env, d->env_len, &f);
+	bool ok = rc == SP_OK && f.type == SP_T_RECEIPT;
+	int status = d->etype == CL_ET_RECEIPT_READ ? ST_READ : ST_DELIVERED;
+	const sp_val *ids = ok ? sp_frame_get(&f, SP_F_MSG_IDS) : NULL;
+	uint64_t fu = ok ? sp_frame_u64(&f, SP_F_FROM_USER) : 0, fd = ok ? sp_frame_u64(&f, SP_F_FROM_DEVICE) : 0;
+	if (rc == SP_OK && !ok)
+		sp_frame_fini(&f);
+	sqlite3_stmt *up = NULL;
+	char **hex = NULL;
+	uint32_t n = ids ? ids->bs.n : 0, nrep = 0;
+	if (n && !(hex = calloc(n, sizeof(char *)))) {
+		sp_frame_fini(&f);
+		return cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
+	}
+	/* A receipt we cannot parse is only recorded and ACKed. */
+	if ((rc = cl_begin(sp)) ||
+	    (rc = cl_prep(sp, &up, "INSERT INTO recipients(msg_id, user, device, status)"
+				   " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM outbox WHERE msg_id = ?1)"
+				   " ON CONFLICT(msg_id, user, device) DO UPDATE SET status = MAX(status, ?4)")))
+		goto out;
+	for (uint32_t i = 0; i < n && rc == SP_OK; i++) {
+		sqlite3_reset(up);
+		sqlite3_bind_blob(up, 1, ids->bs.v[i].p, 16, SQLITE_STATIC);
+		sqlite3_bind_int64(up, 2, (sqlite3_int64)fu);
+		sqlite3_bind_int64(up, 3, (sqlite3_int64)fd);
+		sqlite3_bind_int(up, 4, status);
+		if (sqlite3_step(up) != SQLITE_DONE)
+			rc = cl_fail(sp, SP_ESTORE, SEALPOST_ERR_OTHER, "store: %s", sqlite3_errmsg(sp->db));
+		/* Only receipts for what this device sent are reported (our other devices' ACKs
+		 * of self-fan-out copies make receipts too). */
+		if (sqlite3_changes(sp->db) > 0 && (hex[nrep] = malloc(33)))
+			cl_hex(ids->bs.v[i].p, 16, hex[nrep++]);
+	}
+	if (rc == SP_OK && (rc = record_seen(sp, d)) == SP_OK)
+		rc = cl_commit(sp);
+out:
+	sqlite3_finalize(up);
+	if (rc)
+		cl_rollback(sp);
+	if (rc == SP_OK)
+		rc = acked(sp, d);
+	if (rc == SP_OK && cb && nrep) {
+		char from[48];
+		cl_user_display(sp, fu, from, sizeof(from));
+		sealpost_event ev = {.type = SEALPOST_EV_RECEIPT, .from = from, .from_user = fu, .from_device = fd,
+				     .receipt_kind = status == ST_READ ? SEALPOST_RECEIPT_READ : SEALPOST_RECEIPT_DELIVERED,
+				     .msg_ids = (const char *const *)hex, .n_msg_ids = nrep, .msg_id = hex[0]};
+		cb(&ev, arg);
+	}
+	for (uint32_t i = 0; hex && i < n; i++)
+		free(hex[i]);
+	free(hex);
+	if (ok)
+		sp_frame_fini(&f);
+	return rc;
+}
+
+/* A DELIVER that cannot be read: remembered (so a redelivery is dropped), ACKed, reported. */
+static int
+refuse(sealpost *sp, const cl_deliver *d, int why, sealpost_event_cb cb, void *arg)
+{
+	int rc;
+	if ((rc = cl_begin(sp)) || (rc = cl_sig_save(sp)) || (rc = record_seen(sp, d)) || (rc = cl_commit(sp))) {
+		cl_rollback(sp);
+		return rc;
+	}
+	if ((rc = acked(sp, d)))
+		return rc;
+	if (cb) {
+		char from[48], hex[33];
+		cl_user_display(sp, d->from_user, from, sizeof(from));
+		cl_hex(d->msg_id, 16, hex);
+		sealpost_event ev = {.type = SEALPOST_EV_UNDECRYPTABLE, .from = from, .from_user = d->from_user,
+				     .from_device = d->from_device, .group = d->group, .msg_id = hex, .error = why,
+				     .server_ts = d->server_ts};
+		cb(&ev, arg);
+	}
+	return SP_OK;
+}
+
+static int
+decrypt_pairwise(sealpost *sp, const char *peer, int type, const uint8_t *msg, size_t len, uint8_t **pt,
+		 size_t *ptlen)
+{
+	int stype = type == CL_ET_PREKEY ? SIG_MSG_PREKEY : type == CL_ET_WHISPER ? SIG_MSG_WHISPER : -1;
+	if (stype < 0)
+		return SP_EPROTO;
+	int rc = sig_store_decrypt(sp->sig, peer, stype, msg, len, pt, ptlen);
+	if (rc == SP_EIDENTITY && stype == SIG_MSG_PREKEY) {
+		/* The sender's identity changed (reinstall): accept it like a "security code
+		 * changed" notice, then decrypt. */
+		sig_prekey_msg m;
+		if (sig_proto_prekey_decode(msg, len, &m) == SP_OK &&
+		    sig_store_trust_identity(sp->sig, peer, m.identity_key) == SP_OK)
+			rc = sig_store_decrypt(sp->sig, peer, stype, msg, len, pt, ptlen);
+	}
+	return rc;
+}
+
+/* Decrypts a DELIVER into its plaintext envelope (*pt caller frees). */
+static int
+decrypt(sealpost *sp, const cl_deliver *d, uint8_t **pt, size_t *ptlen)
+{
+	char peer[48];
+	int rc;
+	cl_peer_name(d->from_user, d->from_device, peer);
+	if (!d->group)
+		return decrypt_pairwise(sp, peer, (int)d->etype, d->env, d->env_len, pt, ptlen);
+	if (d->etype != CL_ET_SENDERKEY)
+		return SP_EPROTO;
+	char gname[32];
+	snprintf(gname, sizeof(gname), "g%" PRIu64, d->group);
+	if (d->ct_len > 1) {
+		/* Our copy of the sender's key, sent pairwise with this message. */
+		uint8_t *skpt;
+		size_t sklen;
+		cl_env e;
+		if ((rc = decrypt_pairwise(sp, peer, d->ct[0], d->ct + 1, d->ct_len - 1, &skpt, &sklen)))
+			return rc;
+		rc = cl_env_decode(skpt, sklen, &e);
+		if (rc == SP_OK && (e.kind != CL_K_SKDM || e.group != d->group))
+			rc = SP_EMALFORMED;
+		if (rc == SP_OK)
+			rc = sig_store_sk_process(sp->sig, gname, peer, e.skdm, e.skdm_len);
+		if (rc == SP_OK && e.gname_len) {
+			char name[129];
+			memcpy(name, e.gname, e.gname_len);
+			name[e.gname_len] = '\0';
+			rc = cl_group_seen(sp, d->group, name);
+		}
+		sodium_memzero(skpt, sklen);
+		free(skpt);
+		if (rc)
+			return rc;
+	}
+	return sig_store_sk_decrypt(sp->sig, gname, peer, d->env, d->env_len, pt, ptlen);
+}
+
+/* A file name safe to use in the media directory. */
+static void
+safe_name(const char *in, char *out, size_t cap)
+{
+	size_t k = 0;
+	for (size_t i = 0; in[i] && k + 1 < cap; i++) {
+		char c = in[i];
+		out[k++] = isalnum((unsigned char)c) || c == '.' || c == '-' || c == '_' ? c : '_';
+	}
+	out[k] = '\0';
+	if (!k || out[0] == '.')
+		snprintf(out, cap, "file");
+}
+
+/* Downloads and decrypts a media message; network failures are returned (no ACK), a bad
+ * blob is recorded in *media_err. */
+static int
+fetch_media(sealpost *sp, const cl_deliver *d, const cl_media *m, char *path, size_t cap, int *media_err)
+{
+	char hex[33], enc[4096], name[80];
+	cl_hex(d->msg_id, 16, hex);
+	snprintf(enc, sizeof(enc), "%s/media/in-%s.enc", sp->cfg.home, hex);
+	safe_name(m->name, name, sizeof(name));
+	snprintf(path, cap, "%s/media/%.8s-%s", sp->cfg.home, hex, name);
+	*media_err = 0;
+	int rc = cl_media_download(sp, m, enc);
+	if (rc && sp->errclass == SEALPOST_ERR_NET)
+		return rc;
+	if (rc == SP_OK)
+		rc = cl_media_decrypt_file(enc, path, m);
+	unlink(enc);
+	if (rc) {
+		*media_err = rc;
+		path[0] = '\0';
+	}
+	return SP_OK;
+}
+
+static int
+store_message(sealpost *sp, const cl_deliver *d, const cl_env *e, const char *conv, const char *media_path,
+	      int media_err)
+{
+	sqlite3_stmt *st = NULL, *ct = NULL;
+	char phone[33] = "";
+	int rc;
+	if (e->phone_len)
+		memcpy(phone, e->phone, e->phone_len);
+	phone[e->phone_len] = '\0';
+	if ((rc = cl_begin(sp)))
+		return rc;
+	if (phone[0] == '+' && d->from_user != sp->user) {
+		/* Learn the sender's phone unless that phone is already someone's contact. */
+		if ((rc = cl_prep(sp, &ct, "INSERT OR IGNORE INTO contacts(phone, user) VALUES(?, ?)")))
+			goto out;
+		sqlite3_bind_text(ct, 1, phone, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(ct, 2, (sqlite3_int64)d->from_user);
+		sqlite3_step(ct);
+	}
+	if (d->group && (rc = cl_group_seen(sp, d->group, NULL)))
+		goto out;
+	if ((rc = cl_prep(sp, &st, "INSERT INTO messages(msg_id, conv, outgoing, from_user, from_device, from_phone,"
+				   " conv_seq, server_ts, kind, text, media_path, media_name, media_mime, media_size,"
+				   " media_err, surfaced) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0)")))
+		goto out;
+	sqlite3_bind_blob(st, 1, d->msg_id, 16, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, conv, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 3, d->from_user == sp->user);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)d->from_user);
+	sqlite3_bind_int64(st, 5, (sqlite3_int64)d->from_device);
+	sqlite3_bind_text(st, 6, phone, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 7, (sqlite3_int64)e->seq);
+	sqlite3_bind_int64(st, 8, (sqlite3_int64)d->server_ts);
+	sqlite3_bind_int(st, 9, (int)e->kind);
+	if (e->kind == CL_K_TEXT) {
+		sqlite3_bind_text(st, 10, e->text, (int)e->text_len, SQLITE_STATIC);
+	} else {
+		if (media_path && *media_path)
+			sqlite3_bind_text(st, 11, media_path, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 12, e->media.name, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 13, e->media.mime, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 14, (sqlite3_int64)e->media.plain_size);
+	}
+	sqlite3_bind_int(st, 15, media_err);
+	if (sqlite3_step(st) != SQLITE_DONE) {
+		rc = cl_fail(sp, SP_ESTORE, SEALPOST_ERR_OTHER, "store: %s", sqlite3_errmsg(sp->db));
+		goto out;
+	}
+	if ((rc = cl_order_admit(sp, conv, d->from_user, d->from_device, e->seq, sqlite3_last_insert_rowid(sp->db))) ||
+	    (rc = record_seen(sp, d)) || (rc = cl_sig_save(sp)))
+		goto out;
+	rc = cl_commit(sp);
+out:
+	sqlite3_finalize(st);
+	sqlite3_finalize(ct);
+	if (rc)
+		cl_rollback(sp);
+	return rc;
+}
+
+static int
+process(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg)
+{
+	if (d->etype == CL_ET_RECEIPT_DELIVERED || d->etype == CL_ET_RECEIPT_READ)
+		return d->from_device == 0 ? process_receipt(sp, d, cb, arg) : refuse(sp, d, SP_EPROTO, cb, arg);
+	bool seen;
+	int rc;
+	if ((rc = dedup_seen(sp, d->from_user, d->from_device, d->msg_id, &seen)))
+		return rc;
+	if (seen)
+		return acked(sp, d);
+	uint8_t *pt = NULL;
+	size_t ptlen = 0;
+	if ((rc = decrypt(sp, d, &pt, &ptlen))) {
+		/* The Signal state is unchanged by a failed decrypt; drop anything else. */
+		cl_sig_reload(sp);
+		return refuse(sp, d, rc, cb, arg);
+	}
+	cl_env e;
+	char conv[48], media_path[4096] = "";
+	int media_err = 0;
+	rc = cl_env_decode(pt, ptlen, &e);
+	if (rc == SP_OK && d->group && e.group != d->group)
+		rc = SP_EMALFORMED; /* a body re-sent into another group */
+	if (rc == SP_OK && !d->group && (e.group || (d->from_user == sp->user && !e.to)))
+		rc = SP_EMALFORMED;
+	if (rc == SP_OK && e.kind == CL_K_SKDM)
+		rc = SP_EPROTO; /* distributions only travel inside a group send */
+	if (rc) {
+		sodium_memzero(pt, ptlen);
+		free(pt);
+		return refuse(sp, d, rc, cb, arg);
+	}
+	cl_conv_key(conv, sizeof(conv), d->group != 0,
+		    d->group ? d->group : d->from_user == sp->user ? e.to : d->from_user);
+	if (e.kind == CL_K_MEDIA && (rc = fetch_media(sp, d, &e.media, media_path, sizeof(media_path), &media_err))) {
+		sodium_memzero(pt, ptlen);
+		free(pt);
+		cl_sig_reload(sp); /* not stored: the DELIVER comes again */
+		return rc;
+	}
+	rc = store_message(sp, d, &e, conv, media_path, media_err);
+	sodium_memzero(pt, ptlen);
+	free(pt);
+	if (rc) {
+		cl_sig_reload(sp);
+		return rc;
+	}
+	if ((rc = acked(sp, d)))
+		return rc;
+	return cl_report_pending(sp, cb, arg);
+}
+
+/* Surfaces expired gaps and reports; *next_ms the next hold deadline (0: none). */
+static int
+expire(sealpost *sp, sealpost_event_cb cb, void *arg, uint64_t *next_ms)
+{
+	int rc;
+	if ((rc = cl_begin(sp)) || (rc = cl_order_expire(sp, sp_time_ms(), next_ms)) || (rc = cl_commit(sp))) {
+		cl_rollback(sp);
+		return rc;
+	}
+	return cl_report_pending(sp, cb, arg);
+}
+
+/* The receive loop shared by recv, listen and status. */
+static int
+drain(sealpost *sp, int wait_ms, int listen, sealpost_event_cb cb, void *arg)
+{
+	int attempts = listen ? -1 : cl_attempts(sp), rc;
+	uint64_t qe_at = 0, hard_end = sp_time_ms() + 120000 + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
+	if ((rc = cl_online(sp, attempts)))
+		return rc;
+	rc = cl_outbox_flush(sp, NULL, NULL);
+	if (rc && sp->errclass == SEALPOST_ERR_NET && (rc = cl_online(sp, attempts)))
+		return rc;
+	for (;;) {
+		uint64_t next_hold = 0, now;
+		if ((rc = expire(sp, cb, arg, &next_hold)))
+			return rc;
+		now = sp_time_ms();
+		uint64_t until = now + 1000;
+		if (!listen) {
+			if (sp->queue_empty && !sp->dq_head) {
+				if (!qe_at)
+					qe_at = now;
+				uint64_t end = qe_at + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
+				if (next_hold > end)
+					end = next_hold;
+				if (now >= end)
+					return SP_OK;
+				if (end < until)
+					until = end;
+			}
+			if (now >= hard_end)
+				return cl_fail(sp, SP_ETIMEDOUT, SEALPOST_ERR_NET, "the inbox did not drain in time");
+		}
+		if (next_hold && next_hold < until)
+			until = next_hold;
+		cl_deliver *d = NULL;
+		rc = cl_next_deliver(sp, until > now ? (int)(until - now) : 0, &d);
+		if (rc == SP_OK) {
+			rc = process(sp, d, cb, arg);
+			cl_deliver_free(d);
+		}
+		if (rc == SP_OK || rc == SP_ETIMEDOUT || rc == SP_EAGAIN)
+			continue;
+		if (sp->errclass != SEALPOST_ERR_NET)
+			return rc;
+		/* Lost connection: reconnect (backoff with jitter) and carry on from last_seq. */
+		qe_at = 0;
+		if ((rc = cl_online(sp, attempts)))
+			return rc;
+	}
+}
+
+int
+sealpost_recv(sealpost *sp, int wait_ms, int listen, sealpost_event_cb cb, void *arg)
+{
+	int rc;
+	if ((rc = cl_need_account(sp)) || (rc = cl_report_pending(sp, cb, arg)))
+		return rc;
+	return drain(sp, wait_ms, listen, cb, arg);
+}
+
+/* ---- READ receipts ---- */
+
+static int
+conv_of(sealpost *sp, const char *name, char *conv, size_t cap)
+{
+	uint64_t id;
+	int rc;
+	if (name[0] == '@') {
+		if ((rc = cl_resolve_group(sp, name, &id)))
+			return rc;
+		cl_conv_key(conv, cap, true, id);
+		return SP_OK;
+	}
+	if ((rc = cl_resolve_user(sp, name, &id)))
+		return rc;
+	cl_conv_key(conv, cap, false, id);
+	return SP_OK;
+}
+
+int
+sealpost_read(sealpost *sp, const char *name)
+{
+	char conv[48];
+	int rc;
+	if ((rc = cl_need_account(sp)) || (rc = conv_of(sp, name, conv, sizeof(conv))))
+		return rc;
+	for (;;) {
+		sqlite3_stmt *st;
+		uint8_t ids[1024][16];
+		sp_bin bins[1024];
+		int64_t rows[1024];
+		uint64_t to = 0;
+		uint32_t n = 0;
+		if ((rc = cl_prep(sp, &st, "SELECT id, msg_id, from_user FROM messages WHERE conv = ? AND outgoing = 0"
+					   " AND read_sent = 0 AND surfaced > 0 ORDER BY id")))
+			return rc;
+		sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
+		while (n < 1024 && sqlite3_step(st) == SQLITE_ROW) {
+			uint64_t fu = (uint64_t)sqlite3_column_int64(st, 2);
+			if (n && fu != to)
+				continue; /* one READ per sender: the others in the next round */
+			to = fu;
+			rows[n] = sqlite3_column_int64(st, 0);
+			memcpy(ids[n], sqlite3_column_blob(st, 1), 16);
+			bins[n].p = ids[n];
+			bins[n].len = 16;
+			n++;
+		}
+		sqlite3_finalize(st);
+		if (n == 0)
+			return SP_OK;
+		if ((rc = cl_online(sp, cl_attempts(sp))))
+			return rc;
+		sp_frame q, r;
+		sp_frame_init(&q, SP_T_READ, 0, false);
+		sp_frame_set_u64(&q, SP_F_TO_USER, to);
+		sp_frame_set_bins(&q, SP_F_MSG_IDS, bins, n);
+		if ((rc = cl_call_want(sp, &q, SP_T_OK, &r)))
+			return rc;
+		sp_frame_fini(&r);
+		sqlite3_stmt *up;
+		if ((rc = cl_begin(sp)) || (rc = cl_prep(sp, &up, "UPDATE messages SET read_sent = 1 WHERE id = ?"))) {
+			cl_rollback(sp);
+			return rc;
+		}
+		for (uint32_t i = 0; i < n; i++) {
+			sqlite3_reset(up);
+			sqlite3_bind_int64(up, 1, rows[i]);
+			sqlite3_step(up);
+		}
+		sqlite3_finalize(up);
+		if ((rc = cl_commit(sp))) {
+			cl_rollback(sp);
+			return rc;
+		}
+	}
+}
+
+/* ---- status and history ---- */
+
+/* Overall status: every recipient user (other than us) at least delivered/read on one
+ * of its devices; a message only to our own devices uses those. */
+static int
+status_of(sealpost *sp, const uint8_t msg_id[16], int *out, uint64_t *ts)
+{
+	sqlite3_stmt *st;
+	int rc = cl_prep(sp, &st, "SELECT state, server_ts FROM outbox WHERE msg_id = ?");
+	if (rc)
+		return rc;
+	sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
+	int state = -1;
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		state = sqlite3_column_int(st, 0);
+		if (ts)
+			*ts = (uint64_t)sqlite3_column_int64(st, 1);
+	}
+	sqlite3_finalize(st);
+	if (state < 0)
+		return SP_ENOTFOUND;
+	if (state != 1) {
+		*out = ST_QUEUED;
+		return SP_OK;
+	}
+	if ((rc = cl_prep(sp, &st, "SELECT MIN(best) FROM (SELECT MAX(status) AS best FROM recipients WHERE msg_id = ?1"
+				   " AND (user != ?2 OR NOT EXISTS (SELECT 1 FROM recipients WHERE msg_id = ?1 AND user != ?2))"
+				   " GROUP BY user)")))
+		return rc;
+	sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)sp->user);
+	*out = ST_SENT;
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
+		*out = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	return SP_OK;
+}
+
+void
+sealpost_status_free(sealpost_status *s)
+{
+	if (!s)
+		return;
+	free(s->devices);
+	free(s);
+}
+
+int
+sealpost_status_get(sealpost *sp, const char *msg_hex, int offline, sealpost_status **out)
+{
+	uint8_t id[16];
+	int rc, overall = 0;
+	*out = NULL;
+	if ((rc = cl_need_account(sp)))
+		return rc;
+	if (cl_unhex(msg_hex, id, 16))
+		return cl_fail(sp, SP_EINVAL, SEALPOST_ERR_USAGE, "a message id is 32 hex characters");
+	if (!offline && (rc = drain(sp, 0, 0, NULL, NULL)) && sp->errclass != SEALPOST_ERR_NET)
+		return rc; /* offline is fine: the local state is shown */
+	sealpost_status *s = calloc(1, sizeof(*s));
+	if (!s)
+		return cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
+	if ((rc = status_of(sp, id, &overall, &s->server_ts))) {
+		free(s);
+		return rc == SP_ENOTFOUND ? cl_fail(sp, rc, SEALPOST_ERR_USAGE, "no message %s sent from this device", msg_hex)
+					  : rc;
+	}
+	snprintf(s->status, sizeof(s->status), "%s", status_name(overall));
+	sqlite3_stmt *st;
+	if ((rc = cl_prep(sp, &st, "SELECT user, device, status FROM recipients WHERE msg_id = ? ORDER BY user, device"))) {
+		free(s);
+		return rc;
+	}
+	sqlite3_bind_blob(st, 1, id, 16, SQLITE_STATIC);
+	size_t cap = 0;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (s->n_devices == cap) {
+			cap = cap ? 2 * cap : 8;
+			sealpost_device_status *nd = realloc(s->devices, cap * sizeof(*nd));
+			if (!nd) {
+				rc = cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
+				break;
+			}
+			s->devices = nd;
+		}
+		sealpost_device_status *d = &s->devices[s->n_devices++];
+		d->user = (uint64_t)sqlite3_column_int64(st, 0);
+		d->device = (uint64_t)sqlite3_column_int64(st, 1);
+		d->status = status_name(sqlite3_column_int(st, 2));
+	}
+	sqlite3_finalize(st);
+	if (rc) {
+		sealpost_status_free(s);
+		return rc;
+	}
+	*out = s;
+	return SP_OK;
+}
+
+int
+sealpost_history(sealpost *sp, const char *name, int limit, sealpost_event_cb cb, void *arg)
+{
+	char conv[48];
+	int rc;
+	if ((rc = cl_need_account(sp)) || (rc = conv_of(sp, name, conv, sizeof(conv))))
+		return rc;
+	sqlite3_stmt *st;
+	if ((rc = cl_prep(sp, &st, "SELECT * FROM (SELECT id, msg_id, conv, outgoing, from_user, from_device, from_phone,"
+				   " conv_seq, server_ts, kind, text, media_path, media_name, media_mime, media_size,"
+				   " media_err FROM messages WHERE conv = ? AND surfaced > 0 ORDER BY id DESC LIMIT ?)"
+				   " ORDER BY id")))
+		return rc;
+	sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, limit > 0 ? limit : 50);
+	return report_rows(sp, st, true, cb, arg);
+}

@@ -1,0 +1,201 @@
+/*
+ * libsealpost-client: the Sealpost client library (the one public header).
+ *
+ * A `sealpost` handle is one device's state in a home directory (an SQLite store in WAL
+ * mode: identity, prekeys, sessions, sender keys, contacts, messages, per-conversation
+ * sequence numbers, dedup table, outbox) plus at most one blocking TLS connection to a
+ * connsrv. Every call is synchronous; a handle is used by one thread at a time.
+ *
+ * Conversations are named like on the command line: "+15550001" (a contact's phone),
+ * "#1234" (a user id, for users without a known phone), "@NAME" or "@1234" (a group by
+ * local name or id). Message ids are 32 hex characters.
+ *
+ * Errors: functions return SEALPOST_OK (0) or a negative SP_E* code (common/sp_error.h);
+ * sealpost_errmsg() then holds one line of detail and sealpost_errclass() says whether
+ * it was a usage, network, server-refusal or crypto/identity problem.
+ */
+#ifndef SEALPOST_H
+#define SEALPOST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SEALPOST_OK 0
+
+/* Error classes (they are the CLI's exit codes). */
+enum {
+	SEALPOST_ERR_OTHER = 1,
+	SEALPOST_ERR_USAGE = 2,  /* bad argument, unknown contact or group, not registered */
+	SEALPOST_ERR_NET = 3,    /* cannot reach the cluster, connection lost */
+	SEALPOST_ERR_SERVER = 4, /* the server answered ERROR */
+	SEALPOST_ERR_CRYPTO = 5, /* undecryptable, bad signature, identity problem, damaged store */
+};
+
+typedef struct sealpost sealpost;
+
+typedef struct sealpost_config {
+	const char *home;   /* state directory (created if missing); required */
+	const char *server; /* connsrv "host:port", or NULL to ask the router */
+	const char *router; /* router HTTP "host:port" (GET /where) */
+	const char *ca;     /* CA file that signs the servers' certificates */
+	/* Connection attempts per operation before giving up (the send path then queues);
+	 * 0 means the default (3). Between attempts: exponential backoff with full jitter. */
+	int connect_attempts;
+	int backoff_base_ms; /* 0: 200 */
+	int backoff_cap_ms;  /* 0: 10000 */
+	int gap_hold_ms;     /* how long a gap in a conversation is held back; 0: 2000 */
+	/* Testing knob: cut the connection after this many uploaded media chunks (once), to
+	 * exercise resumable upload. 0: off. */
+	int test_cut_upload_after;
+} sealpost_config;
+
+/* Opens (creating if needed) the store in cfg->home. Strings are copied. On success *out
+ * is the caller's (sealpost_close). On failure *out is NULL and, if err is not NULL, a
+ * one-line reason is written there. */
+int sealpost_open(const sealpost_config *cfg, sealpost **out, char *err, size_t errlen);
+
+/* Closes the connection and the store; NULL is fine. */
+void sealpost_close(sealpost *sp);
+
+/* Detail of the last failure (never NULL) and its class (SEALPOST_ERR_*). */
+const char *sealpost_errmsg(const sealpost *sp);
+int sealpost_errclass(const sealpost *sp);
+
+/* ---- account ---- */
+
+/* Asks for a one-time code for phone (E.164); *ttl_s (if not NULL) is its lifetime. */
+int sealpost_register(sealpost *sp, const char *phone, uint64_t *ttl_s);
+
+/* Creates this device's identity, verifies the code, uploads a signed prekey and 100
+ * one-time prekeys. The home must not hold an account yet. */
+int sealpost_verify(sealpost *sp, const char *phone, const char *code);
+
+/* This device: user id, device id and phone (buffer of at least 33 bytes). */
+int sealpost_whoami(sealpost *sp, uint64_t *user, uint64_t *device, char *phone, size_t cap);
+
+/* Records phone -> user id (keysrv has no lookup by phone yet). */
+int sealpost_contact_add(sealpost *sp, const char *phone, uint64_t user);
+
+/* ---- events ---- */
+
+enum {
+	SEALPOST_EV_MESSAGE = 1,       /* text or media (see media_* fields) */
+	SEALPOST_EV_RECEIPT = 2,       /* delivered / read receipts for messages we sent */
+	SEALPOST_EV_UNDECRYPTABLE = 3, /* refused: tampered, unknown sender key, ... (error) */
+};
+enum { SEALPOST_RECEIPT_DELIVERED = 10, SEALPOST_RECEIPT_READ = 11 };
+
+typedef struct sealpost_event {
+	int type;
+	const char *conv;       /* conversation name (see above) */
+	const char *from;       /* sender's phone, or "#user" when unknown */
+	uint64_t from_user, from_device;
+	uint64_t group;         /* 0 for 1:1 */
+	const char *msg_id;     /* hex; for receipts the first id */
+	uint64_t conv_seq, server_ts;
+	int outgoing;           /* history: 1 for messages this account sent */
+	const char *status;     /* history of outgoing messages: queued|sent|delivered|read */
+	const char *text;       /* NULL for media */
+	const char *media_path; /* saved file, NULL if not media or not saved */
+	const char *media_name, *media_mime;
+	uint64_t media_size;
+	int media_error;        /* SP_EDIGEST etc. when the download failed its checks */
+	int receipt_kind;       /* SEALPOST_RECEIPT_* */
+	const char *const *msg_ids; /* receipts: every id */
+	size_t n_msg_ids;
+	int error;              /* SEALPOST_EV_UNDECRYPTABLE: the SP_E* code */
+} sealpost_event;
+
+/* Strings in an event are valid during the callback only. */
+typedef void (*sealpost_event_cb)(const sealpost_event *ev, void *arg);
+
+/* ---- messaging ---- */
+
+typedef struct sealpost_sent {
+	char msg_id[33];
+	int sent;           /* 1: SENT received; 0: queued in the outbox */
+	uint64_t server_ts; /* when sent */
+} sealpost_sent;
+
+/* Writes the message to the outbox, then sends it (and anything queued before it).
+ * Offline, it stays queued (SEALPOST_OK with out->sent = 0); the next call that
+ * connects sends it with the same msg_id. */
+int sealpost_send_text(sealpost *sp, const char *to, const char *text, sealpost_sent *out);
+
+/* Progress of an upload or download: bytes done of total. */
+typedef void (*sealpost_progress_cb)(uint64_t done, uint64_t total, void *arg);
+
+/* Encrypts the file (streaming, constant memory) into the home, uploads it in resumable
+ * chunks and sends the descriptor {blob_id, key, digest, size, mime, name}. */
+int sealpost_send_file(sealpost *sp, const char *to, const char *path, sealpost_progress_cb cb,
+		       void *arg, sealpost_sent *out);
+
+/* Connects, sends the outbox, drains the inbox (decrypt, store, then ACK) and reports
+ * events in conversation order. Returns after QUEUE_EMPTY, or when `listen` is 0 and
+ * wait_ms > 0 after wait_ms more; with `listen` set it runs until the callback's process
+ * ends, reconnecting with backoff. Events already stored but not yet reported (e.g.
+ * collected by sealpost_status) are reported first. */
+int sealpost_recv(sealpost *sp, int wait_ms, int listen, sealpost_event_cb cb, void *arg);
+
+/* Sends READ receipts for every unread incoming message of conversation conv. */
+int sealpost_read(sealpost *sp, const char *conv);
+
+typedef struct sealpost_device_status {
+	uint64_t user, device;
+	const char *status; /* sent|delivered|read */
+} sealpost_device_status;
+
+typedef struct sealpost_status {
+	char status[16]; /* queued|sent|delivered|read */
+	uint64_t server_ts;
+	sealpost_device_status *devices; /* recipient devices (including our own others) */
+	size_t n_devices;
+} sealpost_status;
+
+/* Status of one of our messages; unless offline, connects first to collect receipts.
+ * On success the caller frees *out with sealpost_status_free. */
+int sealpost_status_get(sealpost *sp, const char *msg_id, int offline, sealpost_status **out);
+void sealpost_status_free(sealpost_status *st);
+
+/* Local history of a conversation, oldest first (the last `limit`, 0 = 50). */
+int sealpost_history(sealpost *sp, const char *conv, int limit, sealpost_event_cb cb, void *arg);
+
+/* ---- groups ---- */
+
+typedef struct sealpost_group {
+	uint64_t id, epoch;
+	const char *name;
+	size_t n_members;
+	const uint64_t *members; /* user ids */
+} sealpost_group;
+typedef void (*sealpost_group_cb)(const sealpost_group *g, void *arg);
+
+/* Creates a group with us as admin and the given phones as members; *id the new group. */
+int sealpost_group_create(sealpost *sp, const char *name, const char *const *phones, size_t n,
+			  uint64_t *id);
+int sealpost_group_add(sealpost *sp, const char *group, const char *phone);
+/* Removes a member; our Sender Key is rotated before the next group message. */
+int sealpost_group_remove(sealpost *sp, const char *group, const char *phone);
+int sealpost_group_leave(sealpost *sp, const char *group);
+/* Groups known to this device (created here or seen in a message). */
+int sealpost_group_list(sealpost *sp, sealpost_group_cb cb, void *arg);
+
+/* ---- devices ---- */
+
+/* On a new device (empty home): asks for a link code, reports it through code_cb, then
+ * waits (up to wait_s seconds) until the primary confirms it; uploads prekeys. */
+typedef void (*sealpost_code_cb)(const char *code, uint64_t ttl_s, void *arg);
+int sealpost_link(sealpost *sp, int wait_s, sealpost_code_cb code_cb, void *arg);
+
+/* On the primary: shows nothing, checks the code exists and signs the new device's keys. */
+int sealpost_link_confirm(sealpost *sp, const char *code, uint64_t *device);
+
+typedef struct sealpost_device {
+	uint64_t device;
+	int primary, self;
+} sealpost_device;
+typedef void (*sealpost_device_cb)(const sealpost_device *d, void *arg);
+int sealpost_devices(sealpost *sp, sealpost_device_cb cb, void *arg);
+int sealpost_device_remove(sealpost *sp, uint64_t device);
+
+#endif

@@ -1,0 +1,486 @@
+/*
+ * sealpost: the command-line client (docs/CLIENT.md). One JSON line per result or event
+ * on stdout; errors are one line on stderr and the exit code says what kind (2 usage,
+ * 3 network, 4 server refused, 5 crypto/identity, 1 other).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "client/sealpost.h"
+#include "sp_error.h"
+
+static const char usage_text[] =
+	"usage: sealpost [--home DIR] [--server HOST:PORT | --router HOST:PORT] [--ca FILE] COMMAND\n"
+	"  register PHONE                 ask for a one-time code\n"
+	"  verify PHONE CODE              create this device's account\n"
+	"  whoami                         this device's user, device and phone\n"
+	"  contact add PHONE USER_ID      remember a contact's user id\n"
+	"  send PHONE|#USER|@GROUP TEXT   send a text (\"queued\" when offline)\n"
+	"  send-file PHONE|#USER|@GROUP PATH\n"
+	"  recv [--wait SECONDS]          drain the inbox, print events\n"
+	"  listen                         stay connected, print events as they come\n"
+	"  read PHONE|@GROUP              mark a conversation read\n"
+	"  status MSG_ID [--offline]      delivery status of a message\n"
+	"  history PHONE|@GROUP [--limit N]\n"
+	"  group create NAME PHONE...  |  group add|remove @GROUP PHONE  |  group leave @GROUP  |  group list\n"
+	"  link [--wait SECONDS]          (new device) show a code, wait for the primary\n"
+	"  link-confirm CODE              (primary) approve a new device\n"
+	"  devices  |  devices remove ID\n"
+	"Defaults from SEALPOST_HOME, SEALPOST_SERVER, SEALPOST_ROUTER, SEALPOST_CA.\n";
+
+static int
+usage(const char *why)
+{
+	if (why)
+		fprintf(stderr, "sealpost: %s\n", why);
+	fputs(usage_text, stderr);
+	return SEALPOST_ERR_USAGE;
+}
+
+static int
+fail(sealpost *sp, int rc)
+{
+	fprintf(stderr, "sealpost: %s\n", sp ? sealpost_errmsg(sp) : sp_strerror(rc));
+	fflush(stdout);
+	return sp ? sealpost_errclass(sp) : SEALPOST_ERR_OTHER;
+}
+
+static void
+emit(json_t *j)
+{
+	char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	if (s) {
+		puts(s);
+		fflush(stdout);
+		free(s);
+	}
+	json_decref(j);
+}
+
+/* 64-bit ids are JSON strings: JSON numbers lose precision beyond 2^53 in most tools. */
+static json_t *
+id_json(uint64_t v)
+{
+	char b[24];
+	snprintf(b, sizeof(b), "%" PRIu64, v);
+	return json_string(b);
+}
+
+static json_t *
+str_json(const char *s)
+{
+	json_t *j = json_string(s ? s : "");
+	return j ? j : json_stringn("?", 1); /* invalid UTF-8 */
+}
+
+static void
+on_event(const sealpost_event *ev, void *arg)
+{
+	(void)arg;
+	json_t *j = json_object();
+	if (ev->type == SEALPOST_EV_RECEIPT) {
+		json_object_set_new(j, "type", json_string("receipt"));
+		json_object_set_new(j, "kind",
+				    json_string(ev->receipt_kind == SEALPOST_RECEIPT_READ ? "read" : "delivered"));
+		json_object_set_new(j, "from", str_json(ev->from));
+		json_object_set_new(j, "device", id_json(ev->from_device));
+		json_t *ids = json_array();
+		for (size_t i = 0; i < ev->n_msg_ids; i++)
+			json_array_append_new(ids, json_string(ev->msg_ids[i]));
+		json_object_set_new(j, "msg_ids", ids);
+		emit(j);
+		return;
+	}
+	if (ev->type == SEALPOST_EV_UNDECRYPTABLE) {
+		json_object_set_new(j, "type", json_string("error"));
+		json_object_set_new(j, "from", str_json(ev->from));
+		json_object_set_new(j, "device", id_json(ev->from_device));
+		json_object_set_new(j, "msg_id", json_string(ev->msg_id));
+		json_object_set_new(j, "error", json_string(sp_errname(ev->error)));
+		emit(j);
+		return;
+	}
+	json_object_set_new(j, "type", json_string("message"));
+	json_object_set_new(j, "conv", str_json(ev->conv));
+	json_object_set_new(j, "from", str_json(ev->from));
+	json_object_set_new(j, "device", id_json(ev->from_device));
+	if (ev->group)
+		json_object_set_new(j, "group", id_json(ev->group));
+	json_object_set_new(j, "msg_id", json_string(ev->msg_id));
+	json_object_set_new(j, "conv_seq", json_integer((json_int_t)ev->conv_seq));
+	json_object_set_new(j, "server_ts", json_integer((json_int_t)ev->server_ts));
+	if (ev->outgoing)
+		json_object_set_new(j, "outgoing", json_true());
+	if (ev->status)
+		json_object_set_new(j, "status", json_string(ev->status));
+	if (ev->text) {
+		json_object_set_new(j, "text", str_json(ev->text));
+	} else {
+		json_t *m = json_object();
+		if (ev->media_path)
+			json_object_set_new(m, "path", str_json(ev->media_path));
+		json_object_set_new(m, "name", str_json(ev->media_name));
+		json_object_set_new(m, "mime", str_json(ev->media_mime));
+		json_object_set_new(m, "size", json_integer((json_int_t)ev->media_size));
+		if (ev->media_error)
+			json_object_set_new(m, "error", json_string(sp_errname(ev->media_error)));
+		json_object_set_new(j, "media", m);
+	}
+	emit(j);
+}
+
+static void
+on_progress(uint64_t done, uint64_t total, void *arg)
+{
+	(void)arg;
+	int width = 40, fill = total ? (int)(done * (uint64_t)width / total) : width;
+	fprintf(stderr, "\r[%.*s%*s] %3d%% %" PRIu64 "/%" PRIu64, fill, "########################################",
+		width - fill, "", total ? (int)(done * 100 / total) : 100, done, total);
+	if (done >= total)
+		fputc('\n', stderr);
+	fflush(stderr);
+}
+
+static int
+parse_int_opt(int argc, char **argv, int *i, const char *name, long *v)
+{
+	if (strcmp(argv[*i], name) != 0)
+		return 0;
+	if (*i + 1 >= argc)
+		return -1;
+	char *end;
+	*v = strtol(argv[++*i], &end, 10);
+	return *end || *v < 0 ? -1 : 1;
+}
+
+static int
+print_sent(sealpost *sp, int rc, const sealpost_sent *s)
+{
+	if (rc)
+		return fail(sp, rc);
+	json_t *j = json_object();
+	json_object_set_new(j, "msg_id", json_string(s->msg_id));
+	json_object_set_new(j, "status", json_string(s->sent ? "sent" : "queued"));
+	if (s->sent)
+		json_object_set_new(j, "server_ts", json_integer((json_int_t)s->server_ts));
+	else
+		json_object_set_new(j, "server_ts", json_null());
+	emit(j);
+	return 0;
+}
+
+static int
+ok_line(const char *status)
+{
+	json_t *j = json_object();
+	json_object_set_new(j, "status", json_string(status));
+	emit(j);
+	return 0;
+}
+
+static void
+on_code(const char *code, uint64_t ttl, void *arg)
+{
+	(void)arg;
+	json_t *j = json_object();
+	json_object_set_new(j, "link_code", json_string(code));
+	json_object_set_new(j, "ttl", json_integer((json_int_t)ttl));
+	emit(j);
+}
+
+static void
+on_device(const sealpost_device *d, void *arg)
+{
+	(void)arg;
+	json_t *j = json_object();
+	json_object_set_new(j, "device", id_json(d->device));
+	json_object_set_new(j, "primary", json_boolean(d->primary));
+	json_object_set_new(j, "this", json_boolean(d->self));
+	emit(j);
+}
+
+static void
+on_group(const sealpost_group *g, void *arg)
+{
+	(void)arg;
+	json_t *j = json_object(), *m = json_array();
+	json_object_set_new(j, "group", id_json(g->id));
+	json_object_set_new(j, "name", str_json(g->name));
+	json_object_set_new(j, "epoch", json_integer((json_int_t)g->epoch));
+	for (size_t i = 0; i < g->n_members; i++)
+		json_array_append_new(m, id_json(g->members[i]));
+	json_object_set_new(j, "members", m);
+	emit(j);
+}
+
+static int
+parse_id(const char *s, uint64_t *v)
+{
+	char *end;
+	if (!*s || *s == '-')
+		return -1;
+	*v = strtoull(s, &end, 10);
+	return *end || !*v ? -1 : 0;
+}
+
+static int
+cmd_group(sealpost *sp, int argc, char **argv)
+{
+	int rc;
+	if (argc < 1)
+		return usage("group needs a subcommand");
+	if (strcmp(argv[0], "create") == 0) {
+		uint64_t id;
+		if (argc < 2)
+			return usage("group create NAME PHONE...");
+		if ((rc = sealpost_group_create(sp, argv[1], (const char *const *)argv + 2, (size_t)(argc - 2), &id)))
+			return fail(sp, rc);
+		json_t *j = json_object();
+		json_object_set_new(j, "group", id_json(id));
+		json_object_set_new(j, "name", json_string(argv[1]));
+		emit(j);
+		return 0;
+	}
+	if (strcmp(argv[0], "add") == 0 || strcmp(argv[0], "remove") == 0) {
+		if (argc != 3)
+			return usage("group add|remove @GROUP PHONE");
+		rc = argv[0][0] == 'a' ? sealpost_group_add(sp, argv[1], argv[2]) : sealpost_group_remove(sp, argv[1], argv[2]);
+		return rc ? fail(sp, rc) : ok_line("ok");
+	}
+	if (strcmp(argv[0], "leave") == 0) {
+		if (argc != 2)
+			return usage("group leave @GROUP");
+		return (rc = sealpost_group_leave(sp, argv[1])) ? fail(sp, rc) : ok_line("ok");
+	}
+	if (strcmp(argv[0], "list") == 0)
+		return (rc = sealpost_group_list(sp, on_group, NULL)) ? fail(sp, rc) : 0;
+	return usage("unknown group subcommand");
+}
+
+static int
+cmd_status(sealpost *sp, int argc, char **argv)
+{
+	const char *id = NULL;
+	int offline = 0, rc;
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--offline") == 0)
+			offline = 1;
+		else if (!id)
+			id = argv[i];
+		else
+			return usage("status MSG_ID [--offline]");
+	}
+	if (!id)
+		return usage("status MSG_ID [--offline]");
+	sealpost_status *st;
+	if ((rc = sealpost_status_get(sp, id, offline, &st)))
+		return fail(sp, rc);
+	json_t *j = json_object(), *devs = json_array();
+	json_object_set_new(j, "msg_id", json_string(id));
+	json_object_set_new(j, "status", json_string(st->status));
+	json_object_set_new(j, "server_ts", st->server_ts ? json_integer((json_int_t)st->server_ts) : json_null());
+	for (size_t i = 0; i < st->n_devices; i++) {
+		json_t *d = json_object();
+		json_object_set_new(d, "user", id_json(st->devices[i].user));
+		json_object_set_new(d, "device", id_json(st->devices[i].device));
+		json_object_set_new(d, "status", json_string(st->devices[i].status));
+		json_array_append_new(devs, d);
+	}
+	json_object_set_new(j, "devices", devs);
+	sealpost_status_free(st);
+	emit(j);
+	return 0;
+}
+
+static int
+run(sealpost *sp, int argc, char **argv)
+{
+	const char *cmd = argv[0];
+	int rc;
+	argc--;
+	argv++;
+	if (strcmp(cmd, "register") == 0) {
+		uint64_t ttl = 0;
+		if (argc != 1)
+			return usage("register PHONE");
+		if ((rc = sealpost_register(sp, argv[0], &ttl)))
+			return fail(sp, rc);
+		json_t *j = json_object();
+		json_object_set_new(j, "status", json_string("code_sent"));
+		json_object_set_new(j, "phone", json_string(argv[0]));
+		json_object_set_new(j, "ttl", json_integer((json_int_t)ttl));
+		emit(j);
+		return 0;
+	}
+	if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "whoami") == 0 || strcmp(cmd, "link") == 0) {
+		if (cmd[0] == 'v') {
+			if (argc != 2)
+				return usage("verify PHONE CODE");
+			if ((rc = sealpost_verify(sp, argv[0], argv[1])))
+				return fail(sp, rc);
+		} else if (cmd[0] == 'l') {
+			long wait = 120;
+			for (int i = 0; i < argc; i++)
+				if (parse_int_opt(argc, argv, &i, "--wait", &wait) != 1)
+					return usage("link [--wait SECONDS]");
+			if ((rc = sealpost_link(sp, (int)wait, on_code, NULL)))
+				return fail(sp, rc);
+		} else if (argc) {
+			return usage("whoami takes no argument");
+		}
+		uint64_t user, device;
+		char phone[33];
+		if ((rc = sealpost_whoami(sp, &user, &device, phone, sizeof(phone))))
+			return fail(sp, rc);
+		json_t *j = json_object();
+		if (cmd[0] != 'w')
+			json_object_set_new(j, "status", json_string(cmd[0] == 'v' ? "verified" : "linked"));
+		json_object_set_new(j, "user", id_json(user));
+		json_object_set_new(j, "device", id_json(device));
+		json_object_set_new(j, "phone", json_string(phone));
+		emit(j);
+		return 0;
+	}
+	if (strcmp(cmd, "contact") == 0) {
+		uint64_t user;
+		if (argc != 3 || strcmp(argv[0], "add") != 0 || parse_id(argv[2], &user))
+			return usage("contact add PHONE USER_ID");
+		return (rc = sealpost_contact_add(sp, argv[1], user)) ? fail(sp, rc) : ok_line("ok");
+	}
+	if (strcmp(cmd, "send") == 0 || strcmp(cmd, "send-file") == 0) {
+		sealpost_sent s;
+		if (argc != 2)
+			return usage(cmd[4] ? "send-file TO PATH" : "send TO TEXT");
+		if (cmd[4])
+			rc = sealpost_send_file(sp, argv[0], argv[1], isatty(2) ? on_progress : NULL, NULL, &s);
+		else
+			rc = sealpost_send_text(sp, argv[0], argv[1], &s);
+		return print_sent(sp, rc, &s);
+	}
+	if (strcmp(cmd, "recv") == 0 || strcmp(cmd, "listen") == 0) {
+		long wait = 0;
+		int listen = cmd[0] == 'l';
+		for (int i = 0; i < argc; i++)
+			if (listen || parse_int_opt(argc, argv, &i, "--wait", &wait) != 1)
+				return usage(listen ? "listen takes no argument" : "recv [--wait SECONDS]");
+		if (wait > 86400)
+			return usage("--wait is at most 86400");
+		return (rc = sealpost_recv(sp, (int)wait * 1000, listen, on_event, NULL)) ? fail(sp, rc) : 0;
+	}
+	if (strcmp(cmd, "read") == 0) {
+		if (argc != 1)
+			return usage("read PHONE|@GROUP");
+		return (rc = sealpost_read(sp, argv[0])) ? fail(sp, rc) : ok_line("ok");
+	}
+	if (strcmp(cmd, "status") == 0)
+		return cmd_status(sp, argc, argv);
+	if (strcmp(cmd, "history") == 0) {
+		long limit = 50;
+		const char *conv = NULL;
+		for (int i = 0; i < argc; i++) {
+			int r = parse_int_opt(argc, argv, &i, "--limit", &limit);
+			if (r < 0 || (r == 0 && conv))
+				return usage("history PHONE|@GROUP [--limit N]");
+			if (r == 0)
+				conv = argv[i];
+		}
+		if (!conv)
+			return usage("history PHONE|@GROUP [--limit N]");
+		return (rc = sealpost_history(sp, conv, (int)limit, on_event, NULL)) ? fail(sp, rc) : 0;
+	}
+	if (strcmp(cmd, "group") == 0)
+		return cmd_group(sp, argc, argv);
+	if (strcmp(cmd, "link-confirm") == 0) {
+		uint64_t device = 0;
+		if (argc != 1)
+			return usage("link-confirm CODE");
+		if ((rc = sealpost_link_confirm(sp, argv[0], &device)))
+			return fail(sp, rc);
+		json_t *j = json_object();
+		json_object_set_new(j, "status", json_string("linked"));
+		json_object_set_new(j, "device", id_json(device));
+		emit(j);
+		return 0;
+	}
+	if (strcmp(cmd, "devices") == 0) {
+		uint64_t id;
+		if (argc == 0)
+			return (rc = sealpost_devices(sp, on_device, NULL)) ? fail(sp, rc) : 0;
+		if (argc != 2 || strcmp(argv[0], "remove") != 0 || parse_id(argv[1], &id))
+			return usage("devices [remove ID]");
+		if ((rc = sealpost_device_remove(sp, id)))
+			return fail(sp, rc);
+		json_t *j = json_object();
+		json_object_set_new(j, "status", json_string("removed"));
+		json_object_set_new(j, "device", id_json(id));
+		emit(j);
+		return 0;
+	}
+	return usage("unknown command");
+}
+
+static const char *
+env_or(const char *name)
+{
+	const char *v = getenv(name);
+	return v && *v ? v : NULL;
+}
+
+int
+main(int argc, char **argv)
+{
+	sealpost_config cfg = {
+		.home = env_or("SEALPOST_HOME"),
+		.server = env_or("SEALPOST_SERVER"),
+		.router = env_or("SEALPOST_ROUTER"),
+		.ca = env_or("SEALPOST_CA"),
+	};
+	const char *cut = env_or("SEALPOST_TEST_CUT_UPLOAD");
+	if (cut)
+		cfg.test_cut_upload_after = atoi(cut);
+	const char *hold = env_or("SEALPOST_GAP_HOLD_MS");
+	if (hold)
+		cfg.gap_hold_ms = atoi(hold);
+	int i = 1;
+	for (; i < argc && argv[i][0] == '-'; i++) {
+		const char **slot = strcmp(argv[i], "--home") == 0     ? &cfg.home
+				    : strcmp(argv[i], "--server") == 0 ? &cfg.server
+				    : strcmp(argv[i], "--router") == 0 ? &cfg.router
+				    : strcmp(argv[i], "--ca") == 0     ? &cfg.ca
+								       : NULL;
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			fputs(usage_text, stdout);
+			return 0;
+		}
+		if (!slot)
+			return usage("unknown option");
+		if (i + 1 >= argc)
+			return usage("option needs a value");
+		*slot = argv[++i];
+		if (slot == &cfg.server)
+			cfg.router = NULL;
+		else if (slot == &cfg.router)
+			cfg.server = NULL;
+	}
+	if (i >= argc)
+		return usage("no command");
+	sealpost *sp;
+	char err[512];
+	int rc = sealpost_open(&cfg, &sp, err, sizeof(err));
+	if (rc) {
+		fprintf(stderr, "sealpost: %s\n", err);
+		if (rc == SP_EINVAL || rc == SP_EIO)
+			return SEALPOST_ERR_USAGE;
+		/* A damaged Signal state or key in the store is an identity problem. */
+		return rc == SP_EMALFORMED || rc == SP_ETRUNC || rc == SP_ECRYPTO ? SEALPOST_ERR_CRYPTO
+												      : SEALPOST_ERR_OTHER;
+	}
+	int code = run(sp, argc - i, argv + i);
+	sealpost_close(sp);
+	return code;
+}

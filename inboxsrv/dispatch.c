@@ -1,0 +1,573 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include "dispatch.h"
+#include "internal.h"
+#include "sp_error.h"
+#include "sp_frame.h"
+#include "sp_log.h"
+#include "sp_nng.h"
+
+#define FETCH_MAX_COUNT 4096      /* = ENTRIES max_count */
+#define REPLY_SLACK 4096          /* room for the reply's own keys */
+
+struct inbox_dispatch {
+	inbox_store *store;
+	inbox_commit *commit;
+	inbox_dispatch_config cfg;
+};
+
+/* A write in flight: the request (whose frame the op borrows from) and the reply route. */
+typedef struct pending {
+	inbox_req req;
+	nng_msg *msg;
+	sp_frame f;
+	inbox_reply_fn reply;
+	void *reply_arg;
+	inbox_target one; /* the target of a single APPEND */
+	inbox_target *targets;
+} pending;
+
+int
+inbox_dispatch_new(inbox_dispatch **out, inbox_store *s, inbox_commit *c,
+		   const inbox_dispatch_config *cfg)
+{
+	inbox_dispatch *d = calloc(1, sizeof(*d));
+	if (!d)
+		return SP_ENOMEM;
+	d->store = s;
+	d->commit = c;
+	d->cfg = *cfg;
+	if (!d->cfg.fetch_default_count)
+		d->cfg.fetch_default_count = 256;
+	if (!d->cfg.fetch_default_bytes)
+		d->cfg.fetch_default_bytes = 256 * 1024;
+	*out = d;
+	return SP_OK;
+}
+
+void
+inbox_dispatch_free(inbox_dispatch *d)
+{
+	free(d);
+}
+
+/* ---- replies ---- */
+
+static nng_msg *
+error_msg(const sp_frame *req, int code)
+{
+	sp_frame f;
+	nng_msg *m = NULL;
+	sp_frame_init(&f, SP_T_ERROR, req ? req->id : 0, req && req->has_id);
+	sp_frame_set_i64(&f, SP_F_CODE, code);
+	sp_frame_set_str(&f, SP_F_REASON, sp_strerror(code));
+	if (req && req->type == SP_T_APPEND)
+		sp_frame_set_bin(&f, SP_F_MSG_ID, sp_frame_bin(req, SP_F_MSG_ID).p, INBOX_MSG_ID_LEN);
+	if (sp_nng_msg_from_frame(&f, &m) != SP_OK)
+		return NULL;
+	return m;
+}
+
+static nng_msg *
+frame_msg(const sp_frame *req, sp_frame *rep)
+{
+	nng_msg *m;
+	rep->id = req->id;
+	rep->has_id = req->has_id;
+	int rc = sp_nng_msg_from_frame(rep, &m);
+	if (rc) {
+		sp_warn("reply %s: %s", sp_frame_type_name(rep->type), sp_strerror(rc));
+		return error_msg(req, rc);
+	}
+	return m;
+}
+
+static void
+reply_error(const sp_frame *req, int code, inbox_reply_fn reply, void *arg)
+{
+	sp_metric_inc(inbox_m.bad_requests);
+	reply(arg, error_msg(req, code));
+}
+
+/* ---- writes ---- */
+
+static void
+pending_free(pending *p)
+{
+	inbox_op_fini(&p->req.op);
+	free(p->targets);
+	sp_frame_fini(&p->f);
+	nng_msg_free(p->msg);
+	free(p);
+}
+
+static nng_msg *
+write_reply(pending *p)
+{
+	const inbox_op *op = &p->req.op;
+	sp_frame rep;
+	nng_msg *m = NULL;
+
+	if (op->rc != SP_OK)
+		return error_msg(&p->f, op->rc);
+	switch (p->f.type) {
+	case SP_T_APPEND:
+		sp_frame_init(&rep, SP_T_APPENDED, 0, false);
+		sp_frame_set_u64(&rep, SP_F_SEQ, op->append.targets[0].seq);
+		if (op->append.targets[0].dup)
+			sp_frame_set_bool(&rep, SP_F_DUP, true);
+		return frame_msg(&p->f, &rep);
+	case SP_T_APPEND_BATCH: {
+		uint32_t n = op->append.ntargets;
+		uint64_t *seqs = malloc(sizeof(uint64_t) * n);
+		if (!seqs)
+			return error_msg(&p->f, SP_ENOMEM);
+		for (uint32_t i = 0; i < n; i++)
+			seqs[i] = op->append.targets[i].rc == SP_OK ? op->append.targets[i].seq : 0;
+		sp_frame_init(&rep, SP_T_APPENDED_BATCH, 0, false);
+		sp_frame_set_u64s(&rep, SP_F_SEQ_LIST, seqs, n);
+		m = frame_msg(&p->f, &rep);
+		free(seqs);
+		return m;
+	}
+	case SP_T_INBOX_ACK: {
+		uint32_t n = op->ack.nrefs;
+		sp_frame *recs = calloc(n ? n : 1, sizeof(sp_frame));
+		if (!recs)
+			return error_msg(&p->f, SP_ENOMEM);
+		for (uint32_t i = 0; i < n; i++) {
+			const inbox_ref *r = &op->ack.refs[i];
+			sp_frame_init(&recs[i], SP_T_DELIVERED_REF, 0, false);
+			sp_frame_set_u64(&recs[i], SP_F_FROM_USER, r->from_user);
+			sp_frame_set_u64(&recs[i], SP_F_FROM_DEVICE, r->from_device);
+			sp_frame_set_bin(&recs[i], SP_F_MSG_ID, r->msg_id, INBOX_MSG_ID_LEN);
+		}
+		sp_frame_init(&rep, SP_T_ACKED, 0, false);
+		sp_frame_set_recs(&rep, SP_F_DELIVERED, recs, n);
+		if (op->ack.more)
+			sp_frame_set_bool(&rep, SP_F_MORE, true);
+		m = frame_msg(&p->f, &rep);
+		free(recs);
+		return m;
+	}
+	case SP_T_PURGE:
+		sp_frame_init(&rep, SP_T_PURGED, 0, false);
+		sp_frame_set_u64(&rep, SP_F_COUNT, op->purge.removed);
+		return frame_msg(&p->f, &rep);
+	case SP_T_BLOB_PUT:
+		sp_frame_init(&rep, SP_T_BLOB_STORED, 0, false);
+		sp_frame_set_bin(&rep, SP_F_BLOB_ID, op->blob_put.blob_id, INBOX_BLOB_ID_LEN);
+		sp_frame_set_u64(&rep, SP_F_SIZE, op->blob_put.have);
+		return frame_msg(&p->f, &rep);
+	default: /* BLOB_DONE */
+		sp_frame_init(&rep, SP_T_OK, 0, false);
+		return frame_msg(&p->f, &rep);
+	}
+}
+
+static void
+write_done(inbox_req *req)
+{
+	pending *p = (pending *)req;
+	p->reply(p->reply_arg, write_reply(p));
+	pending_free(p);
+}
+
+/* An op nobody waits for (BLOB_FETCHED). */
+static void
+silent_done(inbox_req *req)
+{
+	free(req);
+}
+
+static int
+build_append(pending *p)
+{
+	const sp_frame *f = &p->f;
+	inbox_op *op = &p->req.op;
+	sp_bin body;
+
+	op->kind = INBOX_OP_APPEND;
+	memcpy(op->append.msg_id, sp_frame_bin(f, SP_F_MSG_ID).p, INBOX_MSG_ID_LEN);
+	op->append.from_user = sp_frame_u64(f, SP_F_FROM_USER);
+	op->append.from_device = sp_frame_u64(f, SP_F_FROM_DEVICE);
+	op->append.server_ts = sp_frame_u64(f, SP_F_SERVER_TS);
+	op->append.etype = sp_frame_u64(f, SP_F_ETYPE);
+	op->append.has_group = sp_frame_has(f, SP_F_GROUP);
+	op->append.group = sp_frame_u64(f, SP_F_GROUP);
+	if (f->type == SP_T_APPEND) {
+		body = sp_frame_bin(f, SP_F_ENV);
+		p->one.device = sp_frame_u64(f, SP_F_DEVICE);
+		op->append.targets = &p->one;
+		op->append.ntargets = 1;
+	} else {
+		const sp_val *v = sp_frame_get(f, SP_F_TARGETS);
+		uint32_t n = v->rs.n;
+		body = sp_frame_bin(f, SP_F_BODY);
+		if (n == 0)
+			return SP_EMISSING;
+		if (!(p->targets = calloc(n, sizeof(inbox_target))))
+			return SP_ENOMEM;
+		for (uint32_t i = 0; i < n; i++) {
+			sp_bin ct = sp_frame_bin(&v->rs.v[i], SP_F_CT);
+			p->targets[i].device = sp_frame_u64(&v->rs.v[i], SP_F_DEVICE);
+			p->targets[i].ct = ct.len ? ct.p : NULL;
+			p->targets[i].ct_len = ct.len;
+			p->req.cost += ct.len + 64;
+		}
+		op->append.targets = p->targets;
+		op->append.ntargets = n;
+		op->append.shared = true;
+	}
+	op->append.body = body.p;
+	op->append.body_len = body.len;
+	p->req.cost += body.len + 256;
+	return SP_OK;
+}
+
+static int
+build_ack(pending *p)
+{
+	const sp_frame *f = &p->f;
+	inbox_op *op = &p->req.op;
+	bool upto = sp_frame_has(f, SP_F_UPTO_SEQ), list = sp_frame_has(f, SP_F_SEQS);
+
+	if (upto == list)
+		return upto ? SP_EINVAL : SP_EMISSING;
+	op->kind = INBOX_OP_ACK;
+	op->ack.device = sp_frame_u64(f, SP_F_DEVICE);
+	op->ack.upto_seq = sp_frame_u64(f, SP_F_UPTO_SEQ);
+	if (list) {
+		const sp_val *v = sp_frame_get(f, SP_F_SEQS);
+		if (v->us.n == 0)
+			return SP_EMISSING;
+		op->ack.seqs = v->us.v;
+		op->ack.nseqs = v->us.n;
+	}
+	p->req.cost = 64 + 64 * (size_t)op->ack.nseqs;
+	return SP_OK;
+}
+
+/* BLOB_DONE: the digest is checked here, in a read txn (stored chunks never change), so
+ * the writer does not hash up to max-blob-size bytes while appends wait. */
+static int
+build_blob_done(inbox_dispatch *d, pending *p)
+{
+	const sp_frame *f = &p->f;
+	inbox_op *op = &p->req.op;
+	sp_bin sha = sp_frame_bin(f, SP_F_SHA256);
+	const sp_val *devs = sp_frame_get(f, SP_F_DEVICES);
+	uint64_t size = sp_frame_u64(f, SP_F_SIZE);
+	inbox_blob_info info;
+	uint8_t got[INBOX_SHA256_LEN];
+	MDB_txn *txn;
+	int rc;
+
+	op->kind = INBOX_OP_BLOB_DONE;
+	memcpy(op->blob_done.blob_id, sp_frame_bin(f, SP_F_BLOB_ID).p, INBOX_BLOB_ID_LEN);
+	op->blob_done.size = size;
+	memcpy(op->blob_done.sha256, sha.p, INBOX_SHA256_LEN);
+	op->blob_done.devices = devs->us.v;
+	op->blob_done.ndevices = devs->us.n;
+	p->req.cost = 128 + 8 * (size_t)devs->us.n;
+	if (size > inbox_store_cfg(d->store)->max_blob_size)
+		return SP_ETOOBIG;
+	if ((rc = inbox_store_read_begin(d->store, &txn)))
+		return rc;
+	if ((rc = inbox_store_blob_info(d->store, txn, op->blob_done.blob_id, &info)))
+		goto out;
+	if (info.done)
+		goto out; /* a retry: apply compares it with what was recorded */
+	if (info.have != size) {
+		rc = info.have < size ? SP_EGAP : SP_ERANGE;
+		goto out;
+	}
+	if ((rc = inbox_store_blob_sha256(d->store, txn, op->blob_done.blob_id, size, got)))
+		goto out;
+	if (memcmp(got, sha.p, INBOX_SHA256_LEN) != 0)
+		rc = SP_EDIGEST;
+out:
+	inbox_store_read_end(txn);
+	return rc;
+}
+
+static void
+handle_write(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply, void *arg)
+{
+	pending *p = calloc(1, sizeof(*p));
+	int rc;
+	if (!p) {
+		reply(arg, error_msg(f, SP_ENOMEM));
+		sp_frame_fini(f);
+		nng_msg_free(msg);
+		return;
+	}
+	p->msg = msg;
+	p->f = *f;
+	p->reply = reply;
+	p->reply_arg = arg;
+	p->req.done = write_done;
+	switch (f->type) {
+	case SP_T_APPEND:
+	case SP_T_APPEND_BATCH:
+		rc = build_append(p);
+		break;
+	case SP_T_INBOX_ACK:
+		rc = build_ack(p);
+		break;
+	case SP_T_PURGE:
+		p->req.op.kind = INBOX_OP_PURGE;
+		p->req.op.purge.device = sp_frame_u64(f, SP_F_DEVICE);
+		p->req.cost = 64;
+		rc = SP_OK;
+		break;
+	case SP_T_BLOB_PUT: {
+		sp_bin b = sp_frame_bin(f, SP_F_BYTES);
+		p->req.op.kind = INBOX_OP_BLOB_PUT;
+		memcpy(p->req.op.blob_put.blob_id, sp_frame_bin(f, SP_F_BLOB_ID).p, INBOX_BLOB_ID_LEN);
+		p->req.op.blob_put.offset = sp_frame_u64(f, SP_F_OFFSET);
+		p->req.op.blob_put.bytes = b.p;
+		p->req.op.blob_put.len = b.len;
+		p->req.cost = b.len + 128;
+		rc = SP_OK;
+		break;
+	}
+	default: /* BLOB_DONE */
+		rc = build_blob_done(d, p);
+		break;
+	}
+	if (rc) {
+		reply_error(&p->f, rc, reply, arg);
+		pending_free(p);
+		return;
+	}
+	inbox_commit_submit(d->commit, &p->req);
+}
+
+/* ---- reads ---- */
+
+static nng_msg *
+do_fetch(inbox_dispatch *d, const sp_frame *f)
+{
+	uint64_t device = sp_frame_u64(f, SP_F_DEVICE), after = sp_frame_u64(f, SP_F_AFTER_SEQ);
+	uint64_t want = sp_frame_u64(f, SP_F_MAX_COUNT), bytes = sp_frame_u64(f, SP_F_MAX_BYTES);
+	size_t cap = sp_frame_limit_large() - REPLY_SLACK;
+	inbox_entry *ents = NULL;
+	sp_frame *recs = NULL, rep;
+	nng_msg *m = NULL;
+	MDB_txn *txn;
+	bool more;
+	int n, rc;
+
+	if (want == 0)
+		want = d->cfg.fetch_default_count;
+	if (want > FETCH_MAX_COUNT)
+		want = FETCH_MAX_COUNT;
+	if (bytes == 0)
+		bytes = d->cfg.fetch_default_bytes;
+	if (bytes > cap)
+		bytes = cap;
+	ents = malloc(sizeof(*ents) * want);
+	recs = calloc(want, sizeof(*recs));
+	if (!ents || !recs) {
+		m = error_msg(f, SP_ENOMEM);
+		goto out;
+	}
+	if ((rc = inbox_store_read_begin(d->store, &txn))) {
+		m = error_msg(f, rc);
+		goto out;
+	}
+	n = inbox_store_fetch(d->store, txn, device, after, (uint32_t)want, (size_t)bytes, ents, &more);
+	if (n < 0) {
+		m = error_msg(f, n);
+		inbox_store_read_end(txn);
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		const inbox_entry *e = &ents[i];
+		sp_frame_init(&recs[i], SP_T_ENTRY, 0, false);
+		sp_frame_set_u64(&recs[i], SP_F_SEQ, e->seq);
+		sp_frame_set_bin(&recs[i], SP_F_MSG_ID, e->msg_id, INBOX_MSG_ID_LEN);
+		sp_frame_set_u64(&recs[i], SP_F_FROM_USER, e->from_user);
+		sp_frame_set_u64(&recs[i], SP_F_FROM_DEVICE, e->from_device);
+		sp_frame_set_u64(&recs[i], SP_F_SERVER_TS, e->server_ts);
+		sp_frame_set_u64(&recs[i], SP_F_ETYPE, e->etype);
+		sp_frame_set_bin(&recs[i], SP_F_ENV, e->env, e->env_len);
+		if (e->has_group)
+			sp_frame_set_u64(&recs[i], SP_F_GROUP, e->group);
+		if (e->ct)
+			sp_frame_set_bin(&recs[i], SP_F_CT, e->ct, e->ct_len);
+	}
+	sp_frame_init(&rep, SP_T_ENTRIES_R, 0, false);
+	sp_frame_set_recs(&rep, SP_F_ENTRIES, recs, (uint32_t)n);
+	sp_frame_set_bool(&rep, SP_F_MORE, more);
+	if (n > 0)
+		sp_frame_set_u64(&rep, SP_F_LAST_SEQ, ents[n - 1].seq);
+	m = frame_msg(f, &rep); /* packs while the txn still maps the values */
+	inbox_store_read_end(txn);
+	sp_metric_inc(inbox_m.fetches);
+	sp_metric_add(inbox_m.fetched, (uint64_t)n);
+out:
+	free(ents);
+	free(recs);
+	return m;
+}
+
+static nng_msg *
+do_stat(inbox_dispatch *d, const sp_frame *f)
+{
+	inbox_shard_stat ss;
+	inbox_stat st = {0};
+	MDB_txn *txn;
+	sp_frame rep;
+	int rc;
+
+	if ((rc = inbox_store_read_begin(d->store, &txn)))
+		return error_msg(f, rc);
+	rc = inbox_store_shard_stat(d->store, txn, &ss);
+	if (rc == SP_OK && sp_frame_has(f, SP_F_DEVICE))
+		rc = inbox_store_stat(d->store, txn, sp_frame_u64(f, SP_F_DEVICE), &st);
+	inbox_store_read_end(txn);
+	if (rc)
+		return error_msg(f, rc);
+	sp_frame_init(&rep, SP_T_STAT_R, 0, false);
+	if (sp_frame_has(f, SP_F_DEVICE)) {
+		sp_frame_set_u64(&rep, SP_F_DEPTH, st.depth);
+		sp_frame_set_u64(&rep, SP_F_LAST_SEQ, st.last_seq);
+		sp_frame_set_u64(&rep, SP_F_QUEUE_BYTES, st.bytes);
+		if (st.oldest_ts)
+			sp_frame_set_u64(&rep, SP_F_OLDEST_TS, st.oldest_ts);
+	} else {
+		sp_frame_set_u64(&rep, SP_F_DEPTH, ss.entries);
+		sp_frame_set_u64(&rep, SP_F_LAST_SEQ, 0);
+	}
+	sp_frame_set_u64(&rep, SP_F_SHARD, d->cfg.shard);
+	sp_frame_set_u64(&rep, SP_F_LSN, ss.lsn);
+	sp_frame_set_u64(&rep, SP_F_COMMITS, d->commit ? inbox_commit_count(d->commit) : 0);
+	sp_frame_set_u64(&rep, SP_F_SHARD_DEPTH, ss.entries);
+	sp_metric_inc(inbox_m.stat_reqs);
+	return frame_msg(f, &rep);
+}
+
+/* Queues the note that `device` read the blob to its end. */
+static void
+note_fetched(inbox_dispatch *d, const uint8_t *blob_id, uint64_t device)
+{
+	inbox_req *r = calloc(1, sizeof(*r));
+	if (!r)
+		return; /* the blob then lives until its TTL */
+	r->op.kind = INBOX_OP_BLOB_FETCHED;
+	memcpy(r->op.blob_fetched.blob_id, blob_id, INBOX_BLOB_ID_LEN);
+	r->op.blob_fetched.device = device;
+	r->cost = 64;
+	r->done = silent_done;
+	inbox_commit_submit(d->commit, r);
+}
+
+static nng_msg *
+do_blob_get(inbox_dispatch *d, const sp_frame *f)
+{
+	const uint8_t *id = sp_frame_bin(f, SP_F_BLOB_ID).p;
+	uint64_t off = sp_frame_u64(f, SP_F_OFFSET), len = sp_frame_u64(f, SP_F_LEN);
+	size_t cap = sp_frame_limit_large() - REPLY_SLACK;
+	inbox_blob_info info;
+	uint8_t *buf = NULL;
+	bool listed = false;
+	nng_msg *m = NULL;
+	MDB_txn *txn;
+	sp_frame rep;
+	long n;
+	int rc;
+
+	if (len > cap)
+		len = cap;
+	if ((rc = inbox_store_read_begin(d->store, &txn)))
+		return error_msg(f, rc);
+	if ((rc = inbox_store_blob_info(d->store, txn, id, &info)))
+		goto fail;
+	if (!info.done) {
+		rc = SP_ESTATE;
+		goto fail;
+	}
+	if (off > info.size) {
+		rc = SP_ERANGE;
+		goto fail;
+	}
+	if (len > info.size - off)
+		len = info.size - off;
+	if (!(buf = malloc(len ? len : 1))) {
+		rc = SP_ENOMEM;
+		goto fail;
+	}
+	if ((n = inbox_store_blob_read(d->store, txn, id, off, buf, len)) < 0) {
+		rc = (int)n;
+		goto fail;
+	}
+	if (sp_frame_has(f, SP_F_DEVICE) && off + (uint64_t)n == info.size) {
+		uint64_t dev = sp_frame_u64(f, SP_F_DEVICE);
+		for (uint32_t i = 0; i < info.ndevices && !listed; i++)
+			listed = inbox_le64_get(info.devices + 8 * i) == dev;
+	}
+	inbox_store_read_end(txn);
+	sp_frame_init(&rep, SP_T_BLOB_DATA, 0, false);
+	sp_frame_set_bin(&rep, SP_F_BLOB_ID, id, INBOX_BLOB_ID_LEN);
+	sp_frame_set_u64(&rep, SP_F_OFFSET, off);
+	sp_frame_set_bin(&rep, SP_F_BYTES, buf, (size_t)n);
+	sp_frame_set_u64(&rep, SP_F_SIZE, info.size);
+	m = frame_msg(f, &rep);
+	free(buf);
+	sp_metric_inc(inbox_m.blob_gets);
+	if (listed)
+		note_fetched(d, id, sp_frame_u64(f, SP_F_DEVICE));
+	return m;
+fail:
+	inbox_store_read_end(txn);
+	free(buf);
+	return error_msg(f, rc);
+}
+
+void
+inbox_dispatch_handle(inbox_dispatch *d, nng_msg *msg, inbox_reply_fn reply, void *arg)
+{
+	sp_frame f, rep;
+	nng_msg *out = NULL;
+	int rc = sp_nng_msg_decode(msg, &f);
+
+	if (rc) {
+		reply_error(NULL, rc, reply, arg);
+		nng_msg_free(msg);
+		return;
+	}
+	switch (f.type) {
+	case SP_T_APPEND:
+	case SP_T_APPEND_BATCH:
+	case SP_T_INBOX_ACK:
+	case SP_T_PURGE:
+	case SP_T_BLOB_PUT:
+	case SP_T_BLOB_DONE:
+		handle_write(d, msg, &f, reply, arg); /* takes msg and f */
+		return;
+	case SP_T_FETCH:
+		out = do_fetch(d, &f);
+		break;
+	case SP_T_STAT:
+		out = do_stat(d, &f);
+		break;
+	case SP_T_BLOB_GET:
+		out = do_blob_get(d, &f);
+		break;
+	case SP_T_PING:
+		sp_frame_init(&rep, SP_T_PONG, 0, false);
+		out = frame_msg(&f, &rep);
+		break;
+	default:
+		reply_error(&f, SP_EBADTYPE, reply, arg);
+		sp_frame_fini(&f);
+		nng_msg_free(msg);
+		return;
+	}
+	reply(arg, out);
+	sp_frame_fini(&f);
+	nng_msg_free(msg);
+}

@@ -1,0 +1,116 @@
+/* Names shared by the files of inboxsrv, not by other tiers. */
+#ifndef INBOX_INTERNAL_H
+#define INBOX_INTERNAL_H
+
+#include <stdint.h>
+#include <string.h>
+
+#include <lmdb.h>
+
+#include "sp_metrics.h"
+#include "store.h"
+
+/* Process-wide metrics (metrics.c). Every pointer may be NULL (not initialised, as in unit
+ * tests): sp_metric_* updates then do nothing. */
+#define INBOX_BATCH_BUCKETS 6
+typedef struct inbox_metrics {
+	sp_metric *commits, *ops, *op_errors, *appends, *append_dups, *append_full, *store_full;
+	sp_metric *acks, *acked, *purged, *fetches, *fetched, *stat_reqs, *bad_requests;
+	sp_metric *ttl_expired, *ttl_dedup, *blob_expired, *blob_deleted, *blob_puts, *blob_bytes;
+	sp_metric *blob_gets, *commit_seconds, *sync_seconds, *request_seconds;
+	sp_metric *batch[INBOX_BATCH_BUCKETS];
+	sp_metric *lsn, *entries, *blobs, *map_used, *disk_low;
+} inbox_metrics;
+
+extern inbox_metrics inbox_m;
+
+/* Registers the metrics; call once at start-up. */
+void inbox_metrics_init(void);
+
+/* Counts a commit of `ops` ops in the batch-size buckets. */
+void inbox_metrics_batch(uint32_t ops);
+
+/* The LMDB databases of a shard. Keys are big-endian so they sort numerically; values
+ * are little-endian fixed layouts described where they are written. */
+struct inbox_store {
+	inbox_store_config cfg;
+	char *dir;
+	MDB_env *env;
+	MDB_dbi meta; /* "lsn", "next_body", "entries", "dedups" -> u64 */
+	/* Everything about one device's queue, under keys that start with the device id so
+	 * they sort together: (device, 0, seq) -> entry header + ct + envelope | body id;
+	 * (device, 1) -> {last_seq, count, bytes}. An append (a new last entry and the meta
+	 * record right after it) then dirties one leaf, not one per table. */
+	MDB_dbi q;
+	/* (from_device, msg_id, device) -> seq. Apart from q: its inserts land at random
+	 * places, and ACKs and appends of the queue should not drag its pages along. */
+	MDB_dbi dedup;
+	MDB_dbi ttl;    /* (ts, device, seq) -> {from_device, msg_id} */
+	MDB_dbi bref;   /* body id -> refcount */
+	MDB_dbi body;   /* body id -> body bytes */
+	MDB_dbi blob;   /* blob id -> blob header + devices */
+	MDB_dbi bchunk; /* (blob id, offset) -> bytes */
+	MDB_dbi bttl;   /* (created, blob id) -> "" */
+};
+
+static inline void
+inbox_be64_put(uint8_t *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+static inline uint64_t
+inbox_be64_get(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+static inline void
+inbox_le64_put(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+static inline uint64_t
+inbox_le64_get(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+static inline void
+inbox_le32_put(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+static inline uint32_t
+inbox_le32_get(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Maps an LMDB return code: MDB_MAP_FULL -> SP_EFULL, MDB_NOTFOUND -> SP_ENOTFOUND,
+ * MDB_TXN_FULL -> SP_ELIMIT, anything else -> SP_ESTORE (logged). */
+int inbox_lmdb_err(int rc, const char *what);
+
+/* Blob ops and deletion (blob.c), applied by inbox_store_apply. */
+int inbox_blob_apply_put(inbox_store *s, MDB_txn *txn, inbox_op *op);
+int inbox_blob_apply_done(inbox_store *s, MDB_txn *txn, inbox_op *op);
+int inbox_blob_apply_fetched(inbox_store *s, MDB_txn *txn, inbox_op *op);
+int inbox_blob_delete(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t created);
+
+/* Sweeps up to `limit` blobs created before `cutoff`; counts them in *n. Sets *more if
+ * the limit was hit. */
+int inbox_blob_sweep(inbox_store *s, MDB_txn *txn, uint64_t cutoff, uint32_t limit,
+		     uint64_t *n, bool *more);
+
+#endif

@@ -1,0 +1,143 @@
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+#include <nng/nng.h>
+
+#include "internal.h"
+#include "server.h"
+#include "sp_error.h"
+#include "sp_log.h"
+#include "sp_nng.h"
+#include "sp_time.h"
+
+typedef enum { CTX_RECV, CTX_WAIT, CTX_SEND } ctx_state;
+
+typedef struct srv_ctx {
+	inbox_server *srv;
+	nng_ctx ctx;
+	nng_aio *aio;
+	ctx_state state;
+	uint64_t t_recv; /* ns */
+} srv_ctx;
+
+struct inbox_server {
+	nng_socket sock;
+	inbox_dispatch *d;
+	srv_ctx *ctxs;
+	int nctx;
+	atomic_bool closing;
+};
+
+static void
+ctx_recv(srv_ctx *c)
+{
+	if (atomic_load(&c->srv->closing))
+		return;
+	c->state = CTX_RECV;
+	nng_ctx_recv(c->ctx, c->aio);
+}
+
+/* Reply route of the dispatcher: runs on this context's callback thread or on the commit
+ * completion thread. */
+static void
+ctx_reply(void *arg, nng_msg *reply)
+{
+	srv_ctx *c = arg;
+	if (!reply) {
+		ctx_recv(c);
+		return;
+	}
+	sp_metric_observe(inbox_m.request_seconds, (double)(sp_mono_ns() - c->t_recv) / 1e9);
+	c->state = CTX_SEND;
+	nng_aio_set_msg(c->aio, reply);
+	nng_ctx_send(c->ctx, c->aio);
+}
+
+static void
+ctx_cb(void *arg)
+{
+	srv_ctx *c = arg;
+	int rv = nng_aio_result(c->aio);
+
+	switch (c->state) {
+	case CTX_RECV:
+		if (rv) {
+			if (rv != NNG_ECLOSED && rv != NNG_ECANCELED)
+				ctx_recv(c);
+			return;
+		}
+		c->state = CTX_WAIT;
+		c->t_recv = sp_mono_ns();
+		inbox_dispatch_handle(c->srv->d, nng_aio_get_msg(c->aio), ctx_reply, c);
+		return;
+	case CTX_SEND:
+		if (rv) {
+			nng_msg_free(nng_aio_get_msg(c->aio));
+			if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
+				return;
+		}
+		ctx_recv(c);
+		return;
+	case CTX_WAIT:
+		return;
+	}
+}
+
+int
+inbox_server_start(inbox_server **out, const char *url, int nctx, inbox_dispatch *d)
+{
+	inbox_server *srv = calloc(1, sizeof(*srv));
+	int rc, rv;
+	if (!srv)
+		return SP_ENOMEM;
+	srv->d = d;
+	srv->nctx = nctx;
+	if (!(srv->ctxs = calloc((size_t)nctx, sizeof(srv_ctx)))) {
+		free(srv);
+		return SP_ENOMEM;
+	}
+	if ((rc = sp_nng_rep_listen(&srv->sock, url))) {
+		sp_error("listen %s: %s", url, sp_strerror(rc));
+		free(srv->ctxs);
+		free(srv);
+		return rc;
+	}
+	for (int i = 0; i < nctx; i++) {
+		srv_ctx *c = &srv->ctxs[i];
+		c->srv = srv;
+		if ((rv = nng_aio_alloc(&c->aio, ctx_cb, c)) || (rv = nng_ctx_open(&c->ctx, srv->sock))) {
+			sp_error("nng context: %s", nng_strerror(rv));
+			srv->nctx = i + (c->aio != NULL);
+			inbox_server_close(srv);
+			inbox_server_free(srv);
+			return sp_nng_err(rv);
+		}
+	}
+	for (int i = 0; i < nctx; i++)
+		ctx_recv(&srv->ctxs[i]);
+	*out = srv;
+	return SP_OK;
+}
+
+void
+inbox_server_close(inbox_server *srv)
+{
+	atomic_store(&srv->closing, true);
+	nng_close(srv->sock);
+}
+
+void
+inbox_server_free(inbox_server *srv)
+{
+	if (!srv)
+		return;
+	for (int i = 0; i < srv->nctx; i++)
+		if (srv->ctxs[i].aio)
+			nng_aio_stop(srv->ctxs[i].aio);
+	for (int i = 0; i < srv->nctx; i++)
+		if (srv->ctxs[i].aio)
+			nng_aio_free(srv->ctxs[i].aio);
+	free(srv->ctxs);
+	free(srv);
+}

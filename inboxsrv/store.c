@@ -1,0 +1,962 @@
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+#include "sp_error.h"
+#include "sp_log.h"
+#include "store.h"
+
+/* Queue entry value: header, then ct bytes, then the envelope or (shared) the body id. */
+#define Q_FLAG_GROUP 0x1
+#define Q_FLAG_SHARED 0x2
+enum {
+	QH_FLAGS = 0,       /* u32 */
+	QH_CT_LEN = 4,      /* u32 */
+	QH_ENV_LEN = 8,     /* u32: envelope or body length */
+	QH_TS = 16,         /* u64 store time */
+	QH_SERVER_TS = 24,  /* u64 */
+	QH_FROM_USER = 32,  /* u64 */
+	QH_FROM_DEVICE = 40,/* u64 */
+	QH_ETYPE = 48,      /* u64 */
+	QH_GROUP = 56,      /* u64 */
+	QH_MSG_ID = 64,     /* 16 bytes */
+	QH_SIZE = 80
+};
+
+#define ENTRY_WIRE_OVERHEAD 160 /* >= msgpack keys, numbers and headers of one ENTRY (145) */
+
+/* Key kinds of the device DB (see internal.h). */
+#define K_ENTRY 0x00
+#define K_META 0x01
+#define QKEY_LEN 17 /* device, K_ENTRY, seq */
+#define MKEY_LEN 9  /* device, K_META */
+#define DKEY_LEN 32 /* dedup DB: from_device, msg_id, device */
+
+typedef struct dev_meta {
+	uint64_t last_seq, count, bytes;
+} dev_meta;
+
+int
+inbox_lmdb_err(int rc, const char *what)
+{
+	switch (rc) {
+	case 0:
+		return SP_OK;
+	case MDB_NOTFOUND:
+		return SP_ENOTFOUND;
+	case MDB_MAP_FULL:
+		sp_warn("store: %s: map full", what);
+		return SP_EFULL;
+	case MDB_TXN_FULL:
+		return SP_ELIMIT;
+	default:
+		sp_error("store: %s: %s", what, mdb_strerror(rc));
+		return SP_ESTORE;
+	}
+}
+
+void
+inbox_op_fini(inbox_op *op)
+{
+	if (op->kind == INBOX_OP_ACK) {
+		free(op->ack.refs);
+		op->ack.refs = NULL;
+		op->ack.nrefs = 0;
+	}
+}
+
+void
+inbox_op_reset(inbox_op *op)
+{
+	inbox_op_fini(op);
+	op->lsn = 0;
+	op->ts = 0;
+	op->rc = SP_OK;
+	if (op->kind == INBOX_OP_APPEND) {
+		op->append.body_id = 0;
+		for (uint32_t i = 0; i < op->append.ntargets; i++) {
+			op->append.targets[i].seq = 0;
+			op->append.targets[i].rc = SP_OK;
+			op->append.targets[i].dup = false;
+		}
+	}
+}
+
+const inbox_store_config *
+inbox_store_cfg(const inbox_store *s)
+{
+	return &s->cfg;
+}
+
+/* ---- open / close ---- */
+
+static int
+open_dbis(inbox_store *s)
+{
+	static const struct {
+		const char *name;
+		size_t off;
+	} dbs[] = {
+		{"meta", offsetof(inbox_store, meta)},   {"q", offsetof(inbox_store, q)},
+		{"dedup", offsetof(inbox_store, dedup)}, {"ttl", offsetof(inbox_store, ttl)},
+		{"bref", offsetof(inbox_store, bref)},
+		{"body", offsetof(inbox_store, body)},   {"blob", offsetof(inbox_store, blob)},
+		{"bchunk", offsetof(inbox_store, bchunk)}, {"bttl", offsetof(inbox_store, bttl)},
+	};
+	MDB_txn *txn;
+	int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
+	if (rc)
+		return inbox_lmdb_err(rc, "begin");
+	for (size_t i = 0; i < sizeof(dbs) / sizeof(dbs[0]); i++) {
+		MDB_dbi *dbi = (MDB_dbi *)((char *)s + dbs[i].off);
+		if ((rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbi))) {
+			mdb_txn_abort(txn);
+			return inbox_lmdb_err(rc, "dbi open");
+		}
+	}
+	if ((rc = mdb_txn_commit(txn)))
+		return inbox_lmdb_err(rc, "commit");
+	return SP_OK;
+}
+
+int
+inbox_store_open(inbox_store **out, const inbox_store_config *cfg)
+{
+	inbox_store *s = calloc(1, sizeof(*s));
+	int rc, dead;
+	if (!s)
+		return SP_ENOMEM;
+	s->cfg = *cfg;
+	if (!(s->dir = strdup(cfg->dir))) {
+		free(s);
+		return SP_ENOMEM;
+	}
+	s->cfg.dir = s->dir;
+	if (mkdir(s->dir, 0700) != 0 && errno != EEXIST) {
+		sp_error("store: mkdir %s: %s", s->dir, strerror(errno));
+		rc = SP_ESTORE;
+		goto fail;
+	}
+	if ((rc = mdb_env_create(&s->env))) {
+		rc = inbox_lmdb_err(rc, "env create");
+		goto fail;
+	}
+	/* NOTLS: read txns are begun and ended on nng's worker threads. Default (synchronous)
+	 * commits: an acknowledged append is on disk. */
+	if ((rc = mdb_env_set_maxdbs(s->env, 16)) || (rc = mdb_env_set_mapsize(s->env, cfg->map_size)) ||
+	    (rc = mdb_env_set_maxreaders(s->env, cfg->max_readers ? cfg->max_readers : 256)) ||
+	    (rc = mdb_env_open(s->env, s->dir, MDB_NOTLS, 0600))) {
+		sp_error("store: open %s: %s", s->dir, mdb_strerror(rc));
+		rc = SP_ESTORE;
+		goto fail;
+	}
+	/* Reader slots left by a killed process would pin old pages forever. */
+	mdb_reader_check(s->env, &dead);
+	if ((rc = open_dbis(s)))
+		goto fail;
+	*out = s;
+	return SP_OK;
+fail:
+	if (s->env)
+		mdb_env_close(s->env);
+	free(s->dir);
+	free(s);
+	return rc;
+}
+
+void
+inbox_store_close(inbox_store *s)
+{
+	if (!s)
+		return;
+	mdb_env_close(s->env);
+	free(s->dir);
+	free(s);
+}
+
+int
+inbox_store_txn_begin(inbox_store *s, MDB_txn *parent, MDB_txn **txn)
+{
+	return inbox_lmdb_err(mdb_txn_begin(s->env, parent, 0, txn), "txn begin");
+}
+
+int
+inbox_store_txn_commit(MDB_txn *txn)
+{
+	return inbox_lmdb_err(mdb_txn_commit(txn), "commit");
+}
+
+void
+inbox_store_txn_abort(MDB_txn *txn)
+{
+	mdb_txn_abort(txn);
+}
+
+int
+inbox_store_read_begin(inbox_store *s, MDB_txn **txn)
+{
+	return inbox_lmdb_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, txn), "read begin");
+}
+
+void
+inbox_store_read_end(MDB_txn *txn)
+{
+	mdb_txn_abort(txn);
+}
+
+/* ---- small record helpers ---- */
+
+static int
+get_u64(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, uint64_t *v)
+{
+	MDB_val key = {klen, (void *)k}, val;
+	int rc = mdb_get(txn, dbi, &key, &val);
+	if (rc == MDB_NOTFOUND) {
+		*v = 0;
+		return SP_OK;
+	}
+	if (rc)
+		return inbox_lmdb_err(rc, "get");
+	if (val.mv_size != 8)
+		return inbox_lmdb_err(MDB_CORRUPTED, "u64 record");
+	*v = inbox_le64_get(val.mv_data);
+	return SP_OK;
+}
+
+static int
+put_u64(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, uint64_t v)
+{
+	uint8_t b[8];
+	inbox_le64_put(b, v);
+	MDB_val key = {klen, (void *)k}, val = {8, b};
+	return inbox_lmdb_err(mdb_put(txn, dbi, &key, &val, 0), "put");
+}
+
+static int
+dev_get(inbox_store *s, MDB_txn *txn, uint64_t device, dev_meta *m)
+{
+	uint8_t k[MKEY_LEN];
+	MDB_val key = {MKEY_LEN, k}, val;
+	inbox_be64_put(k, device);
+	k[8] = K_META;
+	int rc = mdb_get(txn, s->q, &key, &val);
+	memset(m, 0, sizeof(*m));
+	if (rc == MDB_NOTFOUND)
+		return SP_OK;
+	if (rc)
+		return inbox_lmdb_err(rc, "dev get");
+	if (val.mv_size != 24)
+		return inbox_lmdb_err(MDB_CORRUPTED, "dev record");
+	const uint8_t *p = val.mv_data;
+	m->last_seq = inbox_le64_get(p);
+	m->count = inbox_le64_get(p + 8);
+	m->bytes = inbox_le64_get(p + 16);
+	return SP_OK;
+}
+
+static int
+dev_put(inbox_store *s, MDB_txn *txn, uint64_t device, const dev_meta *m)
+{
+	uint8_t k[MKEY_LEN], v[24];
+	inbox_be64_put(k, device);
+	k[8] = K_META;
+	inbox_le64_put(v, m->last_seq);
+	inbox_le64_put(v + 8, m->count);
+	inbox_le64_put(v + 16, m->bytes);
+	MDB_val key = {MKEY_LEN, k}, val = {24, v};
+	return inbox_lmdb_err(mdb_put(txn, s->q, &key, &val, 0), "dev put");
+}
+
+static void
+qkey(uint8_t k[QKEY_LEN], uint64_t device, uint64_t seq)
+{
+	inbox_be64_put(k, device);
+	k[8] = K_ENTRY;
+	inbox_be64_put(k + 9, seq);
+}
+
+/* Whether `k` is the key of a queue entry of `device`. */
+static bool
+is_entry_of(const MDB_val *k, uint64_t device)
+{
+	const uint8_t *p = k->mv_data;
+	return k->mv_size == QKEY_LEN && p[8] == K_ENTRY && inbox_be64_get(p) == device;
+}
+
+static uint64_t
+key_seq(const MDB_val *k)
+{
+	return inbox_be64_get((const uint8_t *)k->mv_data + 9);
+}
+
+/* Sender first: the records of one message to all its recipient devices (a group
+ * fan-out, the per-device copies of a 1:1 message) are neighbours, written as one leaf. */
+static void
+dedup_key(uint8_t k[DKEY_LEN], uint64_t device, uint64_t from_device, const uint8_t *msg_id)
+{
+	inbox_be64_put(k, from_device);
+	memcpy(k + 8, msg_id, INBOX_MSG_ID_LEN);
+	inbox_be64_put(k + 24, device);
+}
+
+/* Adds `delta` to a shard-wide counter in the meta DB. */
+static int
+count_add(inbox_store *s, MDB_txn *txn, const char *name, int64_t delta)
+{
+	uint64_t v;
+	int rc;
+	if (delta == 0)
+		return SP_OK;
+	if ((rc = get_u64(txn, s->meta, name, strlen(name), &v)))
+		return rc;
+	v = delta < 0 && (uint64_t)-delta > v ? 0 : v + (uint64_t)delta;
+	return put_u64(txn, s->meta, name, strlen(name), v);
+}
+
+/* Drops one reference to a shared body, deleting it at zero. */
+static int
+body_unref(inbox_store *s, MDB_txn *txn, uint64_t body_id)
+{
+	uint8_t k[8];
+	uint64_t refs;
+	int rc;
+	inbox_be64_put(k, body_id);
+	if ((rc = get_u64(txn, s->bref, k, 8, &refs)))
+		return rc;
+	if (refs > 1)
+		return put_u64(txn, s->bref, k, 8, refs - 1);
+	MDB_val key = {8, k};
+	rc = mdb_del(txn, s->bref, &key, NULL);
+	if (rc && rc != MDB_NOTFOUND)
+		return inbox_lmdb_err(rc, "bref del");
+	rc = mdb_del(txn, s->body, &key, NULL);
+	if (rc && rc != MDB_NOTFOUND)
+		return inbox_lmdb_err(rc, "body del");
+	return SP_OK;
+}
+
+static int
+entry_check(const MDB_val *v)
+{
+	if (v->mv_size < QH_SIZE)
+		return SP_ESTORE;
+	const uint8_t *p = v->mv_data;
+	uint32_t flags = inbox_le32_get(p + QH_FLAGS), ct_len = inbox_le32_get(p + QH_CT_LEN);
+	size_t payload = (flags & Q_FLAG_SHARED) ? 8 : inbox_le32_get(p + QH_ENV_LEN);
+	return v->mv_size == QH_SIZE + (size_t)ct_len + payload ? SP_OK : SP_ESTORE;
+}
+
+/* Accounts for the removal of queue entry `v` (already deleted or about to be) in `m`,
+ * drops its body reference and, if `ref` is non-NULL, reports who sent it. */
+static int
+entry_release(inbox_store *s, MDB_txn *txn, const MDB_val *v, dev_meta *m, inbox_ref *ref)
+{
+	if (entry_check(v))
+		return inbox_lmdb_err(MDB_CORRUPTED, "queue entry");
+	const uint8_t *p = v->mv_data;
+	uint32_t flags = inbox_le32_get(p + QH_FLAGS);
+	uint64_t n = (uint64_t)inbox_le32_get(p + QH_CT_LEN) + inbox_le32_get(p + QH_ENV_LEN);
+	m->count = m->count ? m->count - 1 : 0;
+	m->bytes = m->bytes >= n ? m->bytes - n : 0;
+	if (ref) {
+		ref->from_user = inbox_le64_get(p + QH_FROM_USER);
+		ref->from_device = inbox_le64_get(p + QH_FROM_DEVICE);
+		memcpy(ref->msg_id, p + QH_MSG_ID, INBOX_MSG_ID_LEN);
+	}
+	if (flags & Q_FLAG_SHARED)
+		return body_unref(s, txn, inbox_le64_get(p + v->mv_size - 8));
+	return SP_OK;
+}
+
+/* ---- append ---- */
+
+static int
+append_target(inbox_store *s, MDB_txn *txn, inbox_op *op, inbox_target *t, uint64_t *body_id,
+	      uint64_t *refs)
+{
+	uint8_t dk[DKEY_LEN], k[QKEY_LEN], tk[24], tv[24];
+	MDB_val key, val;
+	dev_meta m;
+	int rc;
+
+	dedup_key(dk, t->device, op->append.from_device, op->append.msg_id);
+	key = (MDB_val){DKEY_LEN, dk};
+	rc = mdb_get(txn, s->dedup, &key, &val);
+	if (rc == 0 && val.mv_size == 8) {
+		t->seq = inbox_le64_get(val.mv_data);
+		t->dup = true;
+		t->rc = SP_OK;
+		return SP_OK;
+	}
+	if (rc && rc != MDB_NOTFOUND)
+		return inbox_lmdb_err(rc, "dedup get");
+	if ((rc = dev_get(s, txn, t->device, &m)))
+		return rc;
+	uint64_t n = (uint64_t)op->append.body_len + t->ct_len;
+	if (m.count + 1 > s->cfg.max_queue_entries || m.bytes + n > s->cfg.max_queue_bytes) {
+		t->seq = 0;
+		t->rc = SP_EFULL;
+		return SP_OK;
+	}
+	if (op->append.shared && *body_id == 0) {
+		uint64_t next;
+		if ((rc = get_u64(txn, s->meta, "next_body", 9, &next)))
+			return rc;
+		next++;
+		if (op->append.body_id && op->append.body_id != next)
+			return SP_EMISMATCH;
+		if ((rc = put_u64(txn, s->meta, "next_body", 9, next)))
+			return rc;
+		*body_id = next;
+	}
+
+	uint64_t seq = m.last_seq + 1;
+	size_t payload = op->append.shared ? 8 : op->append.body_len;
+	qkey(k, t->device, seq);
+	key = (MDB_val){QKEY_LEN, k};
+	val = (MDB_val){QH_SIZE + t->ct_len + payload, NULL};
+	if ((rc = mdb_put(txn, s->q, &key, &val, MDB_RESERVE)))
+		return inbox_lmdb_err(rc, "queue put");
+	uint8_t *p = val.mv_data;
+	memset(p, 0, QH_SIZE);
+	inbox_le32_put(p + QH_FLAGS, (op->append.has_group ? Q_FLAG_GROUP : 0) |
+					     (op->append.shared ? Q_FLAG_SHARED : 0));
+	inbox_le32_put(p + QH_CT_LEN, t->ct_len);
+	inbox_le32_put(p + QH_ENV_LEN, op->append.body_len);
+	inbox_le64_put(p + QH_TS, op->ts);
+	inbox_le64_put(p + QH_SERVER_TS, op->append.server_ts);
+	inbox_le64_put(p + QH_FROM_USER, op->append.from_user);
+	inbox_le64_put(p + QH_FROM_DEVICE, op->append.from_device);
+	inbox_le64_put(p + QH_ETYPE, op->append.etype);
+	inbox_le64_put(p + QH_GROUP, op->append.group);
+	memcpy(p + QH_MSG_ID, op->append.msg_id, INBOX_MSG_ID_LEN);
+	if (t->ct_len)
+		memcpy(p + QH_SIZE, t->ct, t->ct_len);
+	if (op->append.shared)
+		inbox_le64_put(p + QH_SIZE + t->ct_len, *body_id);
+	else
+		memcpy(p + QH_SIZE + t->ct_len, op->append.body, op->append.body_len);
+
+	uint8_t dv[8];
+	inbox_le64_put(dv, seq);
+	key = (MDB_val){DKEY_LEN, dk};
+	val = (MDB_val){8, dv};
+	if ((rc = mdb_put(txn, s->dedup, &key, &val, 0)))
+		return inbox_lmdb_err(rc, "dedup put");
+
+	inbox_be64_put(tk, op->ts);
+	inbox_be64_put(tk + 8, t->device);
+	inbox_be64_put(tk + 16, seq);
+	inbox_le64_put(tv, op->append.from_device);
+	memcpy(tv + 8, op->append.msg_id, INBOX_MSG_ID_LEN);
+	key = (MDB_val){24, tk};
+	val = (MDB_val){24, tv};
+	if ((rc = mdb_put(txn, s->ttl, &key, &val, 0)))
+		return inbox_lmdb_err(rc, "ttl put");
+
+	m.last_seq = seq;
+	m.count++;
+	m.bytes += n;
+	if ((rc = dev_put(s, txn, t->device, &m)))
+		return rc;
+	if (t->seq && t->seq != seq)
+		return SP_EMISMATCH;
+	t->seq = seq;
+	t->dup = false;
+	t->rc = SP_OK;
+	if (op->append.shared)
+		(*refs)++;
+	return SP_OK;
+}
+
+static int
+apply_append(inbox_store *s, MDB_txn *txn, inbox_op *op)
+{
+	uint64_t body_id = 0, refs = 0;
+	int rc;
+
+	if (op->append.ntargets == 0 || (!op->append.shared && op->append.ntargets != 1))
+		return SP_EINVAL;
+	for (uint32_t i = 0; i < op->append.ntargets; i++)
+		if ((rc = append_target(s, txn, op, &op->append.targets[i], &body_id, &refs)))
+			return rc;
+	if (refs) {
+		uint8_t k[8];
+		inbox_be64_put(k, body_id);
+		MDB_val key = {8, k}, val = {op->append.body_len, (void *)op->append.body};
+		if ((rc = mdb_put(txn, s->body, &key, &val, 0)))
+			return inbox_lmdb_err(rc, "body put");
+		if ((rc = put_u64(txn, s->bref, k, 8, refs)))
+			return rc;
+		op->append.body_id = body_id;
+	}
+	int64_t added = 0;
+	for (uint32_t i = 0; i < op->append.ntargets; i++)
+		added += op->append.targets[i].rc == SP_OK && !op->append.targets[i].dup;
+	if ((rc = count_add(s, txn, "entries", added)) || (rc = count_add(s, txn, "dedups", added)))
+		return rc;
+	/* A single-target append reports its refusal as the op's result. */
+	if (!op->append.shared)
+		return op->append.targets[0].rc;
+	return SP_OK;
+}
+
+/* ---- ack / purge ---- */
+
+static int
+refs_reserve(inbox_op *op, uint32_t n)
+{
+	if (n == 0)
+		n = 1;
+	op->ack.refs = malloc(sizeof(inbox_ref) * n);
+	return op->ack.refs ? SP_OK : SP_ENOMEM;
+}
+
+static int
+apply_ack(inbox_store *s, MDB_txn *txn, inbox_op *op)
+{
+	uint64_t device = op->ack.device;
+	uint8_t k[QKEY_LEN];
+	MDB_val key, val;
+	MDB_cursor *c = NULL;
+	dev_meta m;
+	int rc;
+
+	op->ack.nrefs = 0;
+	op->ack.more = false;
+	if ((rc = dev_get(s, txn, device, &m)))
+		return rc;
+	if (m.count == 0)
+		return SP_OK;
+	if (op->ack.nseqs) {
+		if ((rc = refs_reserve(op, op->ack.nseqs)))
+			return rc;
+		for (uint32_t i = 0; i < op->ack.nseqs; i++) {
+			qkey(k, device, op->ack.seqs[i]);
+			key = (MDB_val){QKEY_LEN, k};
+			rc = mdb_get(txn, s->q, &key, &val);
+			if (rc == MDB_NOTFOUND)
+				continue;
+			if (rc)
+				return inbox_lmdb_err(rc, "queue get");
+			if ((rc = entry_release(s, txn, &val, &m, &op->ack.refs[op->ack.nrefs])))
+				return rc;
+			if ((rc = mdb_del(txn, s->q, &key, NULL)))
+				return inbox_lmdb_err(rc, "queue del");
+			op->ack.nrefs++;
+		}
+	} else {
+		uint64_t cap = m.count < INBOX_ACK_MAX ? m.count : INBOX_ACK_MAX;
+		if ((rc = refs_reserve(op, (uint32_t)cap)))
+			return rc;
+		if ((rc = mdb_cursor_open(txn, s->q, &c)))
+			return inbox_lmdb_err(rc, "cursor");
+		qkey(k, device, 0);
+		key = (MDB_val){QKEY_LEN, k};
+		rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+		while (rc == 0) {
+			if (!is_entry_of(&key, device) || key_seq(&key) > op->ack.upto_seq)
+				break;
+			if (op->ack.nrefs == cap) {
+				op->ack.more = true;
+				break;
+			}
+			if ((rc = entry_release(s, txn, &val, &m, &op->ack.refs[op->ack.nrefs])))
+				goto out;
+			if ((rc = mdb_cursor_del(c, 0))) {
+				rc = inbox_lmdb_err(rc, "queue del");
+				goto out;
+			}
+			op->ack.nrefs++;
+			rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+		}
+		if (rc && rc != MDB_NOTFOUND) {
+			rc = inbox_lmdb_err(rc, "queue scan");
+			goto out;
+		}
+		mdb_cursor_close(c);
+		c = NULL;
+	}
+	if (op->ack.nrefs && (rc = dev_put(s, txn, device, &m)) == SP_OK)
+		rc = count_add(s, txn, "entries", -(int64_t)op->ack.nrefs);
+	else if (!op->ack.nrefs)
+		rc = SP_OK;
+out:
+	if (c)
+		mdb_cursor_close(c);
+	return rc;
+}
+
+static int
+apply_purge(inbox_store *s, MDB_txn *txn, inbox_op *op)
+{
+	uint64_t device = op->purge.device;
+	uint8_t k[QKEY_LEN];
+	MDB_val key, val;
+	MDB_cursor *c;
+	dev_meta m;
+	int rc;
+
+	op->purge.removed = 0;
+	if ((rc = dev_get(s, txn, device, &m)))
+		return rc;
+	if (m.count == 0)
+		return SP_OK;
+	if ((rc = mdb_cursor_open(txn, s->q, &c)))
+		return inbox_lmdb_err(rc, "cursor");
+	qkey(k, device, 0);
+	key = (MDB_val){QKEY_LEN, k};
+	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+	while (rc == 0 && is_entry_of(&key, device)) {
+		if ((rc = entry_release(s, txn, &val, &m, NULL)))
+			goto out;
+		if ((rc = mdb_cursor_del(c, 0))) {
+			rc = inbox_lmdb_err(rc, "queue del");
+			goto out;
+		}
+		op->purge.removed++;
+		rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+	}
+	if (rc && rc != MDB_NOTFOUND) {
+		rc = inbox_lmdb_err(rc, "queue scan");
+		goto out;
+	}
+	/* Keep last_seq so seqs stay monotonic if the device id were ever appended to again. */
+	m.count = 0;
+	m.bytes = 0;
+	if ((rc = dev_put(s, txn, device, &m)) == SP_OK)
+		rc = count_add(s, txn, "entries", -(int64_t)op->purge.removed);
+out:
+	mdb_cursor_close(c);
+	return rc;
+}
+
+/* ---- TTL sweep ---- */
+
+/* Removes one expired TTL record: the entry if still queued, and its dedup record. */
+static int
+sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, inbox_op *op)
+{
+	uint64_t device = inbox_be64_get(tk + 8), seq = inbox_be64_get(tk + 16);
+	uint8_t k[QKEY_LEN], dk[DKEY_LEN];
+	MDB_val key, val;
+	int rc;
+
+	if (tv->mv_size != 24)
+		return inbox_lmdb_err(MDB_CORRUPTED, "ttl record");
+	/* Copied first: writes below may move the page tv points into. */
+	uint8_t p[24];
+	memcpy(p, tv->mv_data, 24);
+	qkey(k, device, seq);
+	key = (MDB_val){QKEY_LEN, k};
+	rc = mdb_get(txn, s->q, &key, &val);
+	if (rc == 0) {
+		dev_meta m;
+		if ((rc = dev_get(s, txn, device, &m)) || (rc = entry_release(s, txn, &val, &m, NULL)))
+			return rc;
+		if ((rc = mdb_del(txn, s->q, &key, NULL)))
+			return inbox_lmdb_err(rc, "queue del");
+		if ((rc = dev_put(s, txn, device, &m)))
+			return rc;
+		op->sweep.expired++;
+	} else if (rc != MDB_NOTFOUND) {
+		return inbox_lmdb_err(rc, "queue get");
+	}
+	dedup_key(dk, device, inbox_le64_get(p), p + 8);
+	key = (MDB_val){DKEY_LEN, dk};
+	rc = mdb_get(txn, s->dedup, &key, &val);
+	if (rc == 0 && val.mv_size == 8 && inbox_le64_get(val.mv_data) == seq) {
+		if ((rc = mdb_del(txn, s->dedup, &key, NULL)))
+			return inbox_lmdb_err(rc, "dedup del");
+		op->sweep.dedup_gone++;
+	} else if (rc && rc != MDB_NOTFOUND) {
+		return inbox_lmdb_err(rc, "dedup get");
+	}
+	return SP_OK;
+}
+
+static int
+apply_sweep(inbox_store *s, MDB_txn *txn, inbox_op *op)
+{
+	uint64_t cutoff = op->ts > s->cfg.msg_ttl_ms ? op->ts - s->cfg.msg_ttl_ms : 0;
+	uint64_t bcutoff = op->ts > s->cfg.media_ttl_ms ? op->ts - s->cfg.media_ttl_ms : 0;
+	uint32_t n = 0;
+	MDB_cursor *c;
+	MDB_val key, val;
+	int rc;
+
+	op->sweep.expired = op->sweep.dedup_gone = op->sweep.blobs = 0;
+	op->sweep.more = false;
+	if ((rc = mdb_cursor_open(txn, s->ttl, &c)))
+		return inbox_lmdb_err(rc, "cursor");
+	rc = mdb_cursor_get(c, &key, &val, MDB_FIRST);
+	while (rc == 0) {
+		if (key.mv_size != 24) {
+			rc = inbox_lmdb_err(MDB_CORRUPTED, "ttl key");
+			goto out;
+		}
+		if (inbox_be64_get(key.mv_data) >= cutoff)
+			break;
+		if (n == op->sweep.limit) {
+			op->sweep.more = true;
+			break;
+		}
+		uint8_t tk[24];
+		memcpy(tk, key.mv_data, 24);
+		if ((rc = sweep_one(s, txn, tk, &val, op)))
+			goto out;
+		if ((rc = mdb_cursor_del(c, 0))) {
+			rc = inbox_lmdb_err(rc, "ttl del");
+			goto out;
+		}
+		n++;
+		rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+	}
+	if (rc && rc != MDB_NOTFOUND) {
+		rc = inbox_lmdb_err(rc, "ttl scan");
+		goto out;
+	}
+	if ((rc = count_add(s, txn, "entries", -(int64_t)op->sweep.expired)) ||
+	    (rc = count_add(s, txn, "dedups", -(int64_t)op->sweep.dedup_gone)))
+		goto out;
+	bool bmore = false;
+	rc = inbox_blob_sweep(s, txn, bcutoff, op->sweep.limit, &op->sweep.blobs, &bmore);
+	op->sweep.more = op->sweep.more || bmore;
+out:
+	mdb_cursor_close(c);
+	return rc;
+}
+
+/* ---- apply ---- */
+
+int
+inbox_store_apply(inbox_store *s, MDB_txn *txn, inbox_op *op, uint64_t now)
+{
+	uint64_t lsn;
+	int rc;
+
+	if (op->ts == 0)
+		op->ts = now;
+	if ((rc = get_u64(txn, s->meta, "lsn", 3, &lsn)))
+		goto out;
+	lsn++;
+	if (op->lsn && op->lsn != lsn) {
+		rc = SP_EMISMATCH;
+		goto out;
+	}
+	switch (op->kind) {
+	case INBOX_OP_APPEND:
+		rc = apply_append(s, txn, op);
+		break;
+	case INBOX_OP_ACK:
+		rc = apply_ack(s, txn, op);
+		break;
+	case INBOX_OP_PURGE:
+		rc = apply_purge(s, txn, op);
+		break;
+	case INBOX_OP_SWEEP:
+		rc = apply_sweep(s, txn, op);
+		break;
+	case INBOX_OP_BLOB_PUT:
+		rc = inbox_blob_apply_put(s, txn, op);
+		break;
+	case INBOX_OP_BLOB_DONE:
+		rc = inbox_blob_apply_done(s, txn, op);
+		break;
+	case INBOX_OP_BLOB_FETCHED:
+		rc = inbox_blob_apply_fetched(s, txn, op);
+		break;
+	default:
+		rc = SP_EINVAL;
+	}
+	if (rc == SP_OK && (rc = put_u64(txn, s->meta, "lsn", 3, lsn)) == SP_OK)
+		op->lsn = lsn;
+out:
+	op->rc = rc;
+	return rc;
+}
+
+bool
+inbox_op_failed_clean(const inbox_op *op)
+{
+	switch (op->rc) {
+	case SP_EINVAL:
+	case SP_EGAP:
+	case SP_ETOOBIG:
+	case SP_ESTATE:
+	case SP_ENOTFOUND:
+	case SP_ERANGE:
+		return true;
+	case SP_EFULL: /* the queue cap, not the map */
+		return op->kind == INBOX_OP_APPEND && !op->append.shared &&
+		       op->append.targets[0].rc == SP_EFULL;
+	default:
+		return false;
+	}
+}
+
+int
+inbox_store_write(inbox_store *s, inbox_op **ops, size_t n, uint64_t now)
+{
+	MDB_txn *txn, *child;
+	int rc;
+
+	if ((rc = inbox_store_txn_begin(s, NULL, &txn)))
+		return rc;
+	for (size_t i = 0; i < n; i++) {
+		if ((rc = inbox_store_txn_begin(s, txn, &child))) {
+			inbox_store_txn_abort(txn);
+			return rc;
+		}
+		if (inbox_store_apply(s, child, ops[i], now) == SP_OK) {
+			if ((rc = inbox_store_txn_commit(child))) {
+				inbox_store_txn_abort(txn);
+				return rc;
+			}
+		} else {
+			inbox_store_txn_abort(child);
+		}
+	}
+	return inbox_store_txn_commit(txn);
+}
+
+/* ---- reads ---- */
+
+size_t
+inbox_entry_wire_size(const inbox_entry *e)
+{
+	return ENTRY_WIRE_OVERHEAD + e->env_len + e->ct_len;
+}
+
+static int
+entry_decode(inbox_store *s, MDB_txn *txn, const MDB_val *key, const MDB_val *v, inbox_entry *e)
+{
+	if (entry_check(v))
+		return inbox_lmdb_err(MDB_CORRUPTED, "queue entry");
+	const uint8_t *p = v->mv_data;
+	uint32_t flags = inbox_le32_get(p + QH_FLAGS);
+	e->seq = key_seq(key);
+	e->ts = inbox_le64_get(p + QH_TS);
+	e->server_ts = inbox_le64_get(p + QH_SERVER_TS);
+	e->from_user = inbox_le64_get(p + QH_FROM_USER);
+	e->from_device = inbox_le64_get(p + QH_FROM_DEVICE);
+	e->etype = inbox_le64_get(p + QH_ETYPE);
+	e->group = inbox_le64_get(p + QH_GROUP);
+	e->has_group = flags & Q_FLAG_GROUP;
+	e->msg_id = p + QH_MSG_ID;
+	e->ct_len = inbox_le32_get(p + QH_CT_LEN);
+	e->ct = e->ct_len ? p + QH_SIZE : NULL;
+	e->env_len = inbox_le32_get(p + QH_ENV_LEN);
+	if (flags & Q_FLAG_SHARED) {
+		uint8_t k[8];
+		MDB_val bk = {8, k}, bv;
+		inbox_be64_put(k, inbox_le64_get(p + v->mv_size - 8));
+		int rc = mdb_get(txn, s->body, &bk, &bv);
+		if (rc)
+			return inbox_lmdb_err(rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc, "body get");
+		e->env = bv.mv_data;
+		e->env_len = (uint32_t)bv.mv_size;
+	} else {
+		e->env = p + QH_SIZE + e->ct_len;
+	}
+	return SP_OK;
+}
+
+int
+inbox_store_fetch(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t after_seq,
+		  uint32_t max_count, size_t max_bytes, inbox_entry *out, bool *more)
+{
+	uint8_t k[QKEY_LEN];
+	MDB_val key, val;
+	MDB_cursor *c;
+	size_t bytes = 0;
+	int n = 0, rc;
+
+	*more = false;
+	if (after_seq == UINT64_MAX)
+		return 0;
+	if ((rc = mdb_cursor_open(txn, s->q, &c)))
+		return inbox_lmdb_err(rc, "cursor");
+	qkey(k, device, after_seq + 1);
+	key = (MDB_val){QKEY_LEN, k};
+	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+	while (rc == 0 && is_entry_of(&key, device)) {
+		if ((uint32_t)n == max_count) {
+			*more = true;
+			break;
+		}
+		if ((rc = entry_decode(s, txn, &key, &val, &out[n])))
+			goto out;
+		size_t sz = inbox_entry_wire_size(&out[n]);
+		if (n > 0 && bytes + sz > max_bytes) {
+			*more = true;
+			break;
+		}
+		bytes += sz;
+		n++;
+		rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+	}
+	if (rc && rc != MDB_NOTFOUND) {
+		rc = inbox_lmdb_err(rc, "queue scan");
+		goto out;
+	}
+	rc = n;
+out:
+	mdb_cursor_close(c);
+	return rc;
+}
+
+int
+inbox_store_stat(inbox_store *s, MDB_txn *txn, uint64_t device, inbox_stat *st)
+{
+	dev_meta m;
+	uint8_t k[QKEY_LEN];
+	MDB_val key, val;
+	MDB_cursor *c;
+	int rc;
+
+	memset(st, 0, sizeof(*st));
+	if ((rc = dev_get(s, txn, device, &m)))
+		return rc;
+	st->depth = m.count;
+	st->bytes = m.bytes;
+	st->last_seq = m.last_seq;
+	if (m.count == 0)
+		return SP_OK;
+	if ((rc = mdb_cursor_open(txn, s->q, &c)))
+		return inbox_lmdb_err(rc, "cursor");
+	qkey(k, device, 0);
+	key = (MDB_val){QKEY_LEN, k};
+	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+	if (rc == 0 && is_entry_of(&key, device) && val.mv_size >= QH_SIZE)
+		st->oldest_ts = inbox_le64_get((const uint8_t *)val.mv_data + QH_TS);
+	mdb_cursor_close(c);
+	return rc == 0 || rc == MDB_NOTFOUND ? SP_OK : inbox_lmdb_err(rc, "queue scan");
+}
+
+int
+inbox_store_shard_stat(inbox_store *s, MDB_txn *txn, inbox_shard_stat *st)
+{
+	MDB_stat ms;
+	MDB_envinfo ei;
+	int rc;
+
+	memset(st, 0, sizeof(*st));
+	if ((rc = get_u64(txn, s->meta, "lsn", 3, &st->lsn)))
+		return rc;
+	if ((rc = get_u64(txn, s->meta, "entries", 7, &st->entries)) ||
+	    (rc = get_u64(txn, s->meta, "dedups", 6, &st->dedup)))
+		return rc;
+	if ((rc = mdb_stat(txn, s->body, &ms)))
+		return inbox_lmdb_err(rc, "stat");
+	st->bodies = ms.ms_entries;
+	if ((rc = mdb_stat(txn, s->blob, &ms)))
+		return inbox_lmdb_err(rc, "stat");
+	st->blobs = ms.ms_entries;
+	if ((rc = mdb_env_info(s->env, &ei)) || (rc = mdb_env_stat(s->env, &ms)))
+		return inbox_lmdb_err(rc, "env info");
+	st->map_used = (uint64_t)(ei.me_last_pgno + 1) * ms.ms_psize;
+	return SP_OK;
+}

@@ -1,0 +1,600 @@
+/* Unit tests of the inbox request dispatcher with a real store and group-commit writer,
+ * no sockets: malformed and out-of-range requests get ERROR{code} and leave data alone;
+ * well-formed requests get their replies. */
+#include <check.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+#include <sodium.h>
+
+#include "inboxsrv/commit.h"
+#include "inboxsrv/dispatch.h"
+#include "inboxsrv/store.h"
+#include "sp_error.h"
+#include "sp_frame.h"
+#include "sp_nng.h"
+
+static char dir[64];
+static inbox_store *st;
+static inbox_commit *cm;
+static inbox_dispatch *dp;
+
+typedef struct waiter {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	nng_msg *reply;
+	int calls;
+} waiter;
+
+static void
+on_reply(void *arg, nng_msg *m)
+{
+	waiter *w = arg;
+	pthread_mutex_lock(&w->lock);
+	w->reply = m;
+	w->calls++;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+}
+
+/* Sends raw bytes; returns the reply message (caller frees) after exactly one reply. */
+static nng_msg *
+call_raw(const void *p, size_t len)
+{
+	waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0};
+	nng_msg *m;
+	ck_assert_int_eq(nng_msg_alloc(&m, 0), 0);
+	ck_assert_int_eq(nng_msg_append(m, p, len), 0);
+	inbox_dispatch_handle(dp, m, on_reply, &w);
+	pthread_mutex_lock(&w.lock);
+	while (w.calls == 0)
+		pthread_cond_wait(&w.cond, &w.lock);
+	pthread_mutex_unlock(&w.lock);
+	usleep(1000);
+	ck_assert_int_eq(w.calls, 1);
+	ck_assert_ptr_nonnull(w.reply);
+	return w.reply;
+}
+
+static nng_msg *
+call(const sp_frame *f, sp_frame *rep)
+{
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	ck_assert_int_eq(sp_frame_pack(f, &sb), SP_OK);
+	nng_msg *m = call_raw(sb.data, sb.size);
+	msgpack_sbuffer_destroy(&sb);
+	ck_assert_int_eq(sp_nng_msg_decode(m, rep), SP_OK);
+	return m;
+}
+
+/* The ERROR code of a reply, or 0 if it is not an ERROR. */
+static int
+err_code(nng_msg *m)
+{
+	sp_frame f;
+	ck_assert_int_eq(sp_nng_msg_decode(m, &f), SP_OK);
+	int code = f.type == SP_T_ERROR ? (int)sp_frame_i64(&f, SP_F_CODE) : 0;
+	sp_frame_fini(&f);
+	nng_msg_free(m);
+	return code;
+}
+
+static int
+raw_err(const void *p, size_t len)
+{
+	return err_code(call_raw(p, len));
+}
+
+/* Packs a map by hand (for frames the encoder would refuse to build). */
+static int
+map_err(void (*build)(msgpack_packer *))
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	build(&pk);
+	int code = raw_err(sb.data, sb.size);
+	msgpack_sbuffer_destroy(&sb);
+	return code;
+}
+
+static void
+key(msgpack_packer *pk, const char *k)
+{
+	msgpack_pack_str(pk, strlen(k));
+	msgpack_pack_str_body(pk, k, strlen(k));
+}
+
+static uint64_t cap_entries = 5;
+
+static void
+setup(void)
+{
+	strcpy(dir, "/tmp/inbox_dispatch_test.XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	inbox_store_config cfg = {.dir = dir, .map_size = 64u << 20, .max_queue_entries = cap_entries,
+				  .max_queue_bytes = 64 << 20, .msg_ttl_ms = 60000,
+				  .media_ttl_ms = 60000, .max_blob_size = 4096, .max_readers = 16};
+	inbox_commit_config ccfg = {0};
+	inbox_dispatch_config dcfg = {.shard = 3};
+	ck_assert_int_eq(inbox_store_open(&st, &cfg), SP_OK);
+	ck_assert_int_eq(inbox_commit_start(&cm, st, &ccfg), SP_OK);
+	ck_assert_int_eq(inbox_dispatch_new(&dp, st, cm, &dcfg), SP_OK);
+}
+
+static void
+teardown(void)
+{
+	char cmd[128];
+	inbox_commit_stop(cm);
+	inbox_dispatch_free(dp);
+	inbox_store_close(st);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+static void
+append_frame(sp_frame *f, uint64_t device, uint8_t msg, const void *env, size_t len)
+{
+	static uint8_t ids[256][16];
+	memset(ids[msg], msg, 16);
+	sp_frame_init(f, SP_T_APPEND, 1000 + msg, true);
+	sp_frame_set_u64(f, SP_F_DEVICE, device);
+	sp_frame_set_bin(f, SP_F_MSG_ID, ids[msg], 16);
+	sp_frame_set_u64(f, SP_F_FROM_USER, 9);
+	sp_frame_set_u64(f, SP_F_FROM_DEVICE, 90);
+	sp_frame_set_u64(f, SP_F_SERVER_TS, 123);
+	sp_frame_set_u64(f, SP_F_ETYPE, 2);
+	sp_frame_set_bin(f, SP_F_ENV, env, len);
+}
+
+static uint64_t
+append_ok(uint64_t device, uint8_t msg)
+{
+	sp_frame f, rep;
+	append_frame(&f, device, msg, "hello", 5);
+	nng_msg *m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_APPENDED);
+	ck_assert(rep.has_id);
+	ck_assert_uint_eq(rep.id, 1000 + msg);
+	uint64_t seq = sp_frame_u64(&rep, SP_F_SEQ);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+	return seq;
+}
+
+static uint64_t
+depth(uint64_t device)
+{
+	sp_frame f, rep;
+	sp_frame_init(&f, SP_T_STAT, 1, true);
+	sp_frame_set_u64(&f, SP_F_DEVICE, device);
+	nng_msg *m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_STAT_R);
+	ck_assert_uint_eq(sp_frame_u64(&rep, SP_F_SHARD), 3);
+	uint64_t d = sp_frame_u64(&rep, SP_F_DEPTH);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+	return d;
+}
+
+START_TEST(garbage_gets_error_codes)
+{
+	static const uint8_t junk[] = {0xc1, 0x00, 0xff};
+	static const uint8_t empty_map[] = {0x80};
+	static const uint8_t no_t[] = {0x81, 0xa1, 'x', 0x01};
+	static const uint8_t bad_type[] = {0x81, 0xa1, 't', 0xcc, 0xfa};   /* 250: unused */
+	static const uint8_t record_type[] = {0x81, 0xa1, 't', 0xcc, 130}; /* ENTRY */
+	static const uint8_t trailing[] = {0x81, 0xa1, 't', 0x03, 0x00};   /* PING + byte */
+	static const uint8_t client_frame[] = {0x81, 0xa1, 't', 0x0f};     /* ACK (client) */
+
+	ck_assert_int_eq(raw_err(junk, sizeof(junk)), SP_EMALFORMED);
+	ck_assert_int_eq(raw_err(junk, 0), SP_ETRUNC);
+	ck_assert_int_eq(raw_err(empty_map, 1), SP_EMISSING);
+	ck_assert_int_eq(raw_err(no_t, sizeof(no_t)), SP_EMISSING);
+	ck_assert_int_eq(raw_err(bad_type, sizeof(bad_type)), SP_EBADTYPE);
+	ck_assert_int_eq(raw_err(record_type, sizeof(record_type)), SP_EBADTYPE);
+	ck_assert_int_eq(raw_err(trailing, sizeof(trailing)), SP_ETRAILING);
+	ck_assert_int_eq(raw_err(client_frame, sizeof(client_frame)), SP_EBADTYPE);
+	uint8_t *huge = calloc(1, sp_frame_limit_large() + 1);
+	ck_assert_int_eq(raw_err(huge, sp_frame_limit_large() + 1), SP_ETOOBIG);
+	free(huge);
+	ck_assert_uint_eq(depth(1), 0);
+}
+END_TEST
+
+/* The seven APPEND fields before env, without the map header. */
+static void
+append_head(msgpack_packer *pk)
+{
+	static const uint8_t id[16];
+	key(pk, "t");
+	msgpack_pack_uint64(pk, SP_T_APPEND);
+	key(pk, "device");
+	msgpack_pack_uint64(pk, 1);
+	key(pk, "msg_id");
+	msgpack_pack_bin(pk, 16);
+	msgpack_pack_bin_body(pk, id, 16);
+	key(pk, "from_user");
+	msgpack_pack_uint64(pk, 1);
+	key(pk, "from_device");
+	msgpack_pack_uint64(pk, 1);
+	key(pk, "server_ts");
+	msgpack_pack_uint64(pk, 1);
+	key(pk, "etype");
+	msgpack_pack_uint64(pk, 1);
+}
+
+static void
+append_missing_env(msgpack_packer *pk)
+{
+	msgpack_pack_map(pk, 7);
+	append_head(pk);
+}
+
+static void
+append_valid_by_hand(msgpack_packer *pk)
+{
+	msgpack_pack_map(pk, 8);
+	append_head(pk);
+	key(pk, "env");
+	msgpack_pack_bin(pk, 1);
+	msgpack_pack_bin_body(pk, "e", 1);
+}
+
+static void
+fetch_string_device(msgpack_packer *pk)
+{
+	msgpack_pack_map(pk, 3);
+	key(pk, "t");
+	msgpack_pack_uint64(pk, SP_T_FETCH);
+	key(pk, "device");
+	msgpack_pack_str(pk, 1);
+	msgpack_pack_str_body(pk, "1", 1);
+	key(pk, "after_seq");
+	msgpack_pack_uint64(pk, 0);
+}
+
+static void
+fetch_unknown_field(msgpack_packer *pk)
+{
+	msgpack_pack_map(pk, 4);
+	key(pk, "t");
+	msgpack_pack_uint64(pk, SP_T_FETCH);
+	key(pk, "device");
+	msgpack_pack_uint64(pk, 1);
+	key(pk, "after_seq");
+	msgpack_pack_uint64(pk, 0);
+	key(pk, "evil");
+	msgpack_pack_uint64(pk, 0);
+}
+
+static void
+append_oversize_env(msgpack_packer *pk)
+{
+	static uint8_t env[65537];
+	msgpack_pack_map(pk, 8);
+	append_head(pk);
+	key(pk, "env");
+	msgpack_pack_bin(pk, sizeof(env));
+	msgpack_pack_bin_body(pk, env, sizeof(env));
+}
+
+static void
+batch_too_many_targets(msgpack_packer *pk)
+{
+	static const uint8_t id[16];
+	msgpack_pack_map(pk, 8);
+	key(pk, "t");
+	msgpack_pack_uint64(pk, SP_T_APPEND_BATCH);
+	key(pk, "msg_id");
+	msgpack_pack_bin(pk, 16);
+	msgpack_pack_bin_body(pk, id, 16);
+	key(pk, "from_user");
+	msgpack_pack_uint64(pk, 1);
+	key(pk, "from_device");
+	msgpack_pack_uint64(pk, 1);
+	key(pk, "server_ts");
+	msgpack_pack_uint64(pk, 1);
+	key(pk, "etype");
+	msgpack_pack_uint64(pk, 1);
+	key(pk, "body");
+	msgpack_pack_bin(pk, 1);
+	msgpack_pack_bin_body(pk, "b", 1);
+	key(pk, "targets");
+	msgpack_pack_array(pk, 5121);
+	for (int i = 0; i < 5121; i++) {
+		msgpack_pack_map(pk, 1);
+		key(pk, "device");
+		msgpack_pack_uint64(pk, 1);
+	}
+}
+
+START_TEST(bad_fields_get_error_codes)
+{
+	static const uint8_t short_id[] = {0x83, 0xa1, 't', 0x64, 0xa6, 'm', 's', 'g', '_', 'i', 'd',
+					   0xc4, 0x01, 0x00, 0xa6, 'd', 'e', 'v', 'i', 'c', 'e', 0x01};
+	ck_assert_int_eq(map_err(append_missing_env), SP_EMISSING);
+	ck_assert_int_eq(raw_err(short_id, sizeof(short_id)), SP_EFIELDLEN);
+	ck_assert_int_eq(map_err(fetch_string_device), SP_EFIELDTYPE);
+	ck_assert_int_eq(map_err(fetch_unknown_field), SP_EUNKNOWNFIELD);
+	ck_assert_int_eq(map_err(append_oversize_env), SP_EFIELDLEN);
+	ck_assert_int_eq(map_err(batch_too_many_targets), SP_EFIELDLEN);
+	ck_assert_uint_eq(depth(1), 0);
+	/* A well-formed append still works afterwards. */
+	ck_assert_uint_eq(map_err(append_valid_by_hand), 0);
+	ck_assert_uint_eq(depth(1), 1);
+}
+END_TEST
+
+START_TEST(semantic_errors)
+{
+	sp_frame f, rep;
+	nng_msg *m;
+	uint8_t id[16] = {7}, sha[32] = {0};
+
+	/* ACK needs exactly one of upto_seq and seqs. */
+	sp_frame_init(&f, SP_T_INBOX_ACK, 1, true);
+	sp_frame_set_u64(&f, SP_F_DEVICE, 1);
+	m = call(&f, &rep);
+	sp_frame_fini(&rep);
+	ck_assert_int_eq(err_code(m), SP_EMISSING);
+	uint64_t seqs[] = {1};
+	sp_frame_set_u64(&f, SP_F_UPTO_SEQ, 1);
+	sp_frame_set_u64s(&f, SP_F_SEQS, seqs, 1);
+	m = call(&f, &rep);
+	sp_frame_fini(&rep);
+	ck_assert_int_eq(err_code(m), SP_EINVAL);
+
+	/* Blobs: a gap, over the size limit, unknown, not complete, bad digest. */
+	sp_frame_init(&f, SP_T_BLOB_PUT, 2, true);
+	sp_frame_set_bin(&f, SP_F_BLOB_ID, id, 16);
+	sp_frame_set_u64(&f, SP_F_OFFSET, 10);
+	sp_frame_set_bin(&f, SP_F_BYTES, "abc", 3);
+	m = call(&f, &rep);
+	sp_frame_fini(&rep);
+	ck_assert_int_eq(err_code(m), SP_EGAP);
+	sp_frame_set_u64(&f, SP_F_OFFSET, 4095);
+	m = call(&f, &rep);
+	sp_frame_fini(&rep);
+	ck_assert_int_eq(err_code(m), SP_ETOOBIG);
+	sp_frame_set_u64(&f, SP_F_OFFSET, 0);
+	m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_BLOB_STORED);
+	ck_assert_uint_eq(sp_frame_u64(&rep, SP_F_SIZE), 3);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+
+	sp_frame_init(&f, SP_T_BLOB_GET, 3, true);
+	sp_frame_set_bin(&f, SP_F_BLOB_ID, id, 16);
+	sp_frame_set_u64(&f, SP_F_OFFSET, 0);
+	sp_frame_set_u64(&f, SP_F_LEN, 3);
+	m = call(&f, &rep);
+	sp_frame_fini(&rep);
+	ck_assert_int_eq(err_code(m), SP_ESTATE);
+
+	uint64_t devs[] = {5};
+	sp_frame_init(&f, SP_T_BLOB_DONE, 4, true);
+	sp_frame_set_bin(&f, SP_F_BLOB_ID, id, 16);
+	sp_frame_set_u64(&f, SP_F_SIZE, 3);
+	sp_frame_set_bin(&f, SP_F_SHA256, sha, 32);
+	sp_frame_set_u64s(&f, SP_F_DEVICES, devs, 1);
+	m = call(&f, &rep);
+	sp_frame_fini(&rep);
+	ck_assert_int_eq(err_code(m), SP_EDIGEST);
+	crypto_hash_sha256(sha, (const uint8_t *)"abc", 3);
+	sp_frame_set_u64(&f, SP_F_SIZE, 4);
+	m = call(&f, &rep);
+	sp_frame_fini(&rep);
+	ck_assert_int_eq(err_code(m), SP_EGAP);
+	sp_frame_set_u64(&f, SP_F_SIZE, 3);
+	m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_OK);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+
+	/* Device 5 reads it to the end: then it is gone. */
+	sp_frame_init(&f, SP_T_BLOB_GET, 5, true);
+	sp_frame_set_bin(&f, SP_F_BLOB_ID, id, 16);
+	sp_frame_set_u64(&f, SP_F_DEVICE, 5);
+	sp_frame_set_u64(&f, SP_F_OFFSET, 1);
+	sp_frame_set_u64(&f, SP_F_LEN, 100);
+	m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_BLOB_DATA);
+	sp_bin b = sp_frame_bin(&rep, SP_F_BYTES);
+	ck_assert_uint_eq(b.len, 2);
+	ck_assert_mem_eq(b.p, "bc", 2);
+	ck_assert_uint_eq(sp_frame_u64(&rep, SP_F_SIZE), 3);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+	for (int i = 0; i < 200; i++) {
+		m = call(&f, &rep);
+		int type = rep.type;
+		sp_frame_fini(&rep);
+		if (type == SP_T_ERROR) {
+			ck_assert_int_eq(err_code(m), SP_ENOTFOUND);
+			break;
+		}
+		nng_msg_free(m);
+		ck_assert_int_lt(i, 199);
+		usleep(5000);
+	}
+}
+END_TEST
+
+START_TEST(append_fetch_ack_roundtrip)
+{
+	sp_frame f, rep;
+	nng_msg *m;
+
+	for (uint8_t i = 1; i <= 5; i++)
+		ck_assert_uint_eq(append_ok(1, i), i);
+	ck_assert_uint_eq(append_ok(1, 3), 3); /* retry: same seq */
+	/* Over the cap (5): SP_EFULL with the msg_id, and nothing dropped. */
+	append_frame(&f, 1, 6, "x", 1);
+	m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_ERROR);
+	ck_assert_int_eq(sp_frame_i64(&rep, SP_F_CODE), SP_EFULL);
+	ck_assert(sp_frame_has(&rep, SP_F_MSG_ID));
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+	ck_assert_uint_eq(depth(1), 5);
+
+	sp_frame_init(&f, SP_T_FETCH, 7, true);
+	sp_frame_set_u64(&f, SP_F_DEVICE, 1);
+	sp_frame_set_u64(&f, SP_F_AFTER_SEQ, 1);
+	sp_frame_set_u64(&f, SP_F_MAX_COUNT, 3);
+	m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_ENTRIES_R);
+	const sp_val *v = sp_frame_get(&rep, SP_F_ENTRIES);
+	ck_assert_uint_eq(v->rs.n, 3);
+	for (uint32_t i = 0; i < 3; i++) {
+		ck_assert_uint_eq(sp_frame_u64(&v->rs.v[i], SP_F_SEQ), 2 + i);
+		ck_assert_uint_eq(sp_frame_u64(&v->rs.v[i], SP_F_FROM_DEVICE), 90);
+		sp_bin env = sp_frame_bin(&v->rs.v[i], SP_F_ENV);
+		ck_assert_mem_eq(env.p, "hello", 5);
+	}
+	ck_assert(sp_frame_u64(&rep, SP_F_MORE));
+	ck_assert_uint_eq(sp_frame_u64(&rep, SP_F_LAST_SEQ), 4);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+
+	sp_frame_init(&f, SP_T_INBOX_ACK, 8, true);
+	sp_frame_set_u64(&f, SP_F_DEVICE, 1);
+	sp_frame_set_u64(&f, SP_F_UPTO_SEQ, 4);
+	m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_ACKED);
+	ck_assert_uint_eq(sp_frame_get(&rep, SP_F_DELIVERED)->rs.n, 4);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+	m = call(&f, &rep); /* again: harmless, nothing newly delivered */
+	ck_assert_int_eq(rep.type, SP_T_ACKED);
+	ck_assert_uint_eq(sp_frame_get(&rep, SP_F_DELIVERED)->rs.n, 0);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+	ck_assert_uint_eq(depth(1), 1);
+
+	/* Group batch: one body, per-device seqs, refusal only where full. */
+	static const uint8_t gid[16] = {0x99};
+	sp_frame t[3];
+	uint64_t devs[3] = {1, 2, 3};
+	for (int i = 0; i < 3; i++) {
+		sp_frame_init(&t[i], SP_T_APPEND_TARGET, 0, false);
+		sp_frame_set_u64(&t[i], SP_F_DEVICE, devs[i]);
+	}
+	sp_frame_init(&f, SP_T_APPEND_BATCH, 9, true);
+	sp_frame_set_bin(&f, SP_F_MSG_ID, gid, 16);
+	sp_frame_set_u64(&f, SP_F_FROM_USER, 9);
+	sp_frame_set_u64(&f, SP_F_FROM_DEVICE, 90);
+	sp_frame_set_u64(&f, SP_F_SERVER_TS, 1);
+	sp_frame_set_u64(&f, SP_F_ETYPE, 3);
+	sp_frame_set_bin(&f, SP_F_BODY, "group", 5);
+	sp_frame_set_u64(&f, SP_F_GROUP, 44);
+	sp_frame_set_recs(&f, SP_F_TARGETS, t, 3);
+	m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_APPENDED_BATCH);
+	v = sp_frame_get(&rep, SP_F_SEQ_LIST);
+	ck_assert_uint_eq(v->us.n, 3);
+	ck_assert_uint_eq(v->us.v[0], 6);
+	ck_assert_uint_eq(v->us.v[1], 1);
+	ck_assert_uint_eq(v->us.v[2], 1);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+
+	sp_frame_init(&f, SP_T_PURGE, 10, true);
+	sp_frame_set_u64(&f, SP_F_DEVICE, 1);
+	m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_PURGED);
+	ck_assert_uint_eq(sp_frame_u64(&rep, SP_F_COUNT), 2);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+	ck_assert_uint_eq(depth(1), 0);
+	ck_assert_uint_eq(depth(2), 1);
+}
+END_TEST
+
+/* Pages of big entries stay under the frame limit however large max_bytes is asked. */
+START_TEST(fetch_pages_fit_the_frame_limit)
+{
+	static uint8_t env[65536];
+	sp_frame f, rep;
+	nng_msg *m;
+	uint64_t after = 0, seen = 0;
+
+	memset(env, 'E', sizeof(env));
+	for (uint8_t i = 1; i <= 40; i++) {
+		append_frame(&f, 4, i, env, sizeof(env) - i);
+		m = call(&f, &rep);
+		ck_assert_int_eq(rep.type, SP_T_APPENDED);
+		sp_frame_fini(&rep);
+		nng_msg_free(m);
+	}
+	for (int pages = 0;; pages++) {
+		sp_frame_init(&f, SP_T_FETCH, 1, true);
+		sp_frame_set_u64(&f, SP_F_DEVICE, 4);
+		sp_frame_set_u64(&f, SP_F_AFTER_SEQ, after);
+		sp_frame_set_u64(&f, SP_F_MAX_COUNT, 4096);
+		sp_frame_set_u64(&f, SP_F_MAX_BYTES, UINT64_MAX);
+		m = call(&f, &rep);
+		ck_assert_int_eq(rep.type, SP_T_ENTRIES_R);
+		ck_assert_uint_le(nng_msg_len(m), sp_frame_limit_large());
+		const sp_val *v = sp_frame_get(&rep, SP_F_ENTRIES);
+		for (uint32_t i = 0; i < v->rs.n; i++) {
+			ck_assert_uint_eq(sp_frame_u64(&v->rs.v[i], SP_F_SEQ), ++seen);
+			ck_assert_uint_eq(sp_frame_bin(&v->rs.v[i], SP_F_ENV).len, sizeof(env) - seen);
+		}
+		bool more = sp_frame_u64(&rep, SP_F_MORE);
+		if (v->rs.n)
+			after = sp_frame_u64(&rep, SP_F_LAST_SEQ);
+		sp_frame_fini(&rep);
+		nng_msg_free(m);
+		ck_assert_int_lt(pages, 40);
+		if (!more)
+			break;
+	}
+	ck_assert_uint_eq(seen, 40);
+}
+END_TEST
+
+static void
+setup_big(void)
+{
+	cap_entries = 100;
+	setup();
+}
+
+static Suite *
+suite(void)
+{
+	Suite *s = suite_create("inbox_dispatch");
+	TCase *tc = tcase_create("dispatch");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, garbage_gets_error_codes);
+	tcase_add_test(tc, bad_fields_get_error_codes);
+	tcase_add_test(tc, semantic_errors);
+	tcase_add_test(tc, append_fetch_ack_roundtrip);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("big");
+	tcase_add_checked_fixture(tc, setup_big, teardown);
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, fetch_pages_fit_the_frame_limit);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(suite());
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}
