@@ -112,6 +112,7 @@ struct cs_server {
 	cs_session *by_device; /* logged-in sessions by device id */
 	cs_session *check_cursor;
 	uint64_t nconns;
+	unsigned nflushing; /* closed sessions still writing their last frames */
 	bool draining;
 	struct event *check_ev, *refresh_ev, *sig_hup, *sig_term, *sig_int, *drain_ev;
 	uint64_t drain_deadline_ms;

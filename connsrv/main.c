@@ -125,8 +125,10 @@ on_drain_tick(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	cs_server *srv = arg;
-	/* Appends already sent are finished (their SENT is written) before exit. */
-	if (cs_rpc_inflight(srv->rpc) == 0 || sp_time_ms() >= srv->drain_deadline_ms) {
+	/* Appends already sent are finished (their SENT is written), and the DRAINs are on
+	 * the wire, before exit. */
+	if ((cs_rpc_inflight(srv->rpc) == 0 && srv->nflushing == 0) ||
+	    sp_time_ms() >= srv->drain_deadline_ms) {
 		sp_info("drained; exiting");
 		event_base_loopexit(srv->base, NULL);
 		return;

@@ -9,6 +9,8 @@
 #include "connsrv/routes.h"
 #include "sp_error.h"
 #include "sp_log.h"
+#include "sp_metrics.h"
+#include "sp_time.h"
 
 /* Only the holder of the route may drop or extend it: a newer login elsewhere wins. */
 static const char cad_script[] =
@@ -25,6 +27,7 @@ struct cs_routes {
 	int port;
 	int ttl_s;
 	struct event *retry;
+	sp_metric *latency;
 };
 
 static void connect_now(cs_routes *r);
@@ -106,6 +109,7 @@ cs_routes_new(struct event_base *base, const char *addr, int ttl_s, cs_routes **
 	r->port = atoi(colon + 1);
 	r->base = base;
 	r->ttl_s = ttl_s;
+	r->latency = sp_metric_histogram("sp_connsrv_redis_seconds", "route claims in Redis, request to reply");
 	r->retry = evtimer_new(base, on_retry, r);
 	if (!r->retry) {
 		free(r);
@@ -137,6 +141,8 @@ cs_routes_connected(const cs_routes *r)
 typedef struct claim_op {
 	cs_route_claim_cb cb;
 	void *arg;
+	cs_routes *r;
+	uint64_t t0;
 } claim_op;
 
 static void
@@ -145,6 +151,7 @@ on_claim(redisAsyncContext *ac, void *reply, void *privdata)
 	(void)ac;
 	claim_op *op = privdata;
 	redisReply *rep = reply;
+	sp_metric_observe(op->r->latency, (double)(sp_mono_ns() - op->t0) / 1e9);
 	if (!rep || rep->type == REDIS_REPLY_ERROR)
 		op->cb(op->arg, SP_EREDIS, NULL);
 	else if (rep->type == REDIS_REPLY_STRING)
@@ -164,6 +171,8 @@ cs_routes_claim(cs_routes *r, uint64_t device, const char *value, cs_route_claim
 		return SP_ENOMEM;
 	op->cb = cb;
 	op->arg = arg;
+	op->r = r;
+	op->t0 = sp_mono_ns();
 	char key[32];
 	snprintf(key, sizeof(key), "r:%llu", (unsigned long long)device);
 	if (redisAsyncCommand(r->ac, on_claim, op, "SET %s %s EX %d GET", key, value, r->ttl_s) !=

@@ -7,6 +7,7 @@
 #include "rpc.h"
 #include "sp_error.h"
 #include "sp_log.h"
+#include "sp_metrics.h"
 #include "sp_nng.h"
 #include "sp_time.h"
 
@@ -28,6 +29,7 @@ typedef struct call {
 	void *arg;
 	struct call *next; /* completion queue */
 	struct call *prev_live, *next_live;
+	uint64_t t0;
 } call;
 
 struct cs_rpc {
@@ -39,6 +41,7 @@ struct cs_rpc {
 	call *done_head, *done_tail; /* completed on NNG threads, waiting for the loop */
 	call *live;                  /* every call not yet handed back (loop thread only) */
 	unsigned inflight;
+	sp_metric *latency, *failures;
 };
 
 static void
@@ -101,6 +104,9 @@ finish(cs_rpc *r, call *c)
 	if (c->next_live)
 		c->next_live->prev_live = c->prev_live;
 	r->inflight--;
+	sp_metric_observe(r->latency, (double)(sp_mono_ns() - c->t0) / 1e9);
+	if (c->rv)
+		sp_metric_inc(r->failures);
 	if (c->rv) {
 		c->cb(c->arg, sp_nng_err(c->rv), NULL);
 	} else if ((rc = sp_nng_msg_decode(c->reply, &f))) {
@@ -142,6 +148,10 @@ cs_rpc_new(struct event_base *base, int timeout_ms, cs_rpc **out)
 		return SP_ENOMEM;
 	r->base = base;
 	r->timeout_ms = timeout_ms;
+	r->latency = sp_metric_histogram("sp_connsrv_call_seconds",
+					 "calls to inbox shards and keysrv over NNG, request to reply");
+	r->failures = sp_metric_counter("sp_connsrv_call_failures_total",
+					"NNG calls that timed out or failed in transport");
 	pthread_mutex_init(&r->lock, NULL);
 	r->notify = event_new(base, -1, 0, on_notify, r);
 	if (!r->notify) {
@@ -227,6 +237,7 @@ cs_rpc_call(cs_rpc *r, const char *url, const sp_frame *req, cs_rpc_cb cb, void 
 		r->live->prev_live = c;
 	r->live = c;
 	r->inflight++;
+	c->t0 = sp_mono_ns();
 	nng_ctx_send(c->ctx, c->aio);
 	return SP_OK;
 }

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -45,6 +46,16 @@ cs_session_output_full(const cs_session *s)
 				     (size_t)s->srv->cfg.out_pause_bytes;
 }
 
+/* A session closed with flush: its last frames are written (or the socket died). */
+static void
+flush_done(cs_session *s)
+{
+	bufferevent_free(s->bev);
+	s->bev = NULL;
+	s->srv->nflushing--;
+	cs_session_unref(s);
+}
+
 static void
 detach(cs_session *s)
 {
@@ -64,11 +75,8 @@ void
 cs_session_close(cs_session *s, bool flush)
 {
 	if (s->closing) {
-		if (!flush && s->flush_close && s->bev) {
-			bufferevent_free(s->bev);
-			s->bev = NULL;
-			cs_session_unref(s);
-		}
+		if (!flush && s->flush_close && s->bev)
+			flush_done(s);
 		return;
 	}
 	s->closing = true;
@@ -83,6 +91,7 @@ cs_session_close(cs_session *s, bool flush)
 		/* Let the queued ERROR/KICKED/DRAIN reach the client; on_write frees it. */
 		struct timeval limit = {5, 0};
 		s->flush_close = true;
+		srv->nflushing++;
 		bufferevent_disable(s->bev, EV_READ);
 		bufferevent_set_timeouts(s->bev, NULL, &limit);
 		return;
@@ -249,6 +258,20 @@ dispatch(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	cs_session_close(s, true);
 }
 
+/* sp_connsrv_frames_in_total{type="..."}, made on first use of each type. */
+static sp_metric *
+type_counter(unsigned type)
+{
+	static sp_metric *by_type[256];
+	if (!by_type[type & 255]) {
+		char name[96];
+		snprintf(name, sizeof(name), "sp_connsrv_frames_in_by_type_total{type=\"%s\"}",
+			 sp_frame_type_name(type));
+		by_type[type & 255] = sp_metric_counter(name, "frames from clients, by type");
+	}
+	return by_type[type & 255];
+}
+
 static void
 process_input(cs_session *s)
 {
@@ -268,6 +291,7 @@ process_input(cs_session *s)
 			return;
 		}
 		sp_metric_inc(s->srv->m.frames_in);
+		sp_metric_inc(type_counter(f.type));
 		const uint8_t *raw = evbuffer_pullup(in, (ev_ssize_t)used) + 4;
 		dispatch(s, &f, raw, used - 4);
 		sp_frame_fini(&f);
@@ -293,9 +317,7 @@ on_write(struct bufferevent *bev, void *arg)
 	(void)bev;
 	cs_session *s = arg;
 	if (s->flush_close) {
-		bufferevent_free(s->bev);
-		s->bev = NULL;
-		cs_session_unref(s);
+		flush_done(s);
 		return;
 	}
 	cs_deliver_writable(s);
@@ -309,9 +331,7 @@ on_event(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_CONNECTED)
 		return;
 	if (s->flush_close) {
-		bufferevent_free(s->bev);
-		s->bev = NULL;
-		cs_session_unref(s);
+		flush_done(s);
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT)

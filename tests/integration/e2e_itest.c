@@ -444,6 +444,57 @@ START_TEST(test_redis_restart_loses_nothing)
 }
 END_TEST
 
+START_TEST(test_sighup_rotates_certificate_without_dropping)
+{
+	itest_user a;
+	new_user(&a, 0);
+	online(&a, 0);
+	/* A new pair from the same CA, with a subject we can recognise. */
+	ck_assert_int_eq(
+		itest_sh(&cl,
+			 "c=$SEALPOST_DEVCLUSTER/certs && cd $c && "
+			 "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=rotated "
+			 "-keyout new.key -out new.csr 2>/dev/null && printf 'subjectAltName=IP:127.0.0.1\\n' > e.ext && "
+			 "openssl x509 -req -in new.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+			 "-extfile e.ext -out new.pem 2>/dev/null && mv new.key server.key && mv new.pem server.pem"),
+		0);
+	itest_signal(&cl, "connsrv-0", SIGHUP);
+	usleep(300000);
+	ck_assert_int_eq(itest_sh(&cl, "timeout 5 openssl s_client -connect 127.0.0.1:%d -CAfile $SEALPOST_CA "
+				       "</dev/null 2>/dev/null | grep -q 'subject=CN = rotated'",
+				  cl.conn_port[0]),
+			 0);
+	/* The connection made before the reload still works. */
+	sp_frame f;
+	sp_frame_init(&f, SP_T_PING, 9, true);
+	ck_assert_int_eq(spc_conn_send(a.conn, &f), SP_OK);
+	ck_assert_int_eq(itest_wait(&a, SP_T_PONG, 5000, &f), SP_OK);
+	sp_frame_fini(&f);
+	itest_logout(&a);
+}
+END_TEST
+
+START_TEST(test_sigterm_drains)
+{
+	itest_user a, b;
+	new_user(&a, 1);
+	new_user(&b, 0);
+	online(&a, 1);
+	online(&b, 0);
+	itest_signal(&cl, "connsrv-1", SIGTERM);
+	sp_frame f;
+	ck_assert_int_eq(itest_wait(&a, SP_T_DRAIN, 5000, &f), SP_OK);
+	sp_frame_fini(&f);
+	/* Told to go elsewhere, the client does, and its messages flow. */
+	ck_assert_int_eq(itest_login(&cl, 0, &a), SP_OK);
+	ck_assert_int_eq(send_text(&a, &b, "after-drain-0", NULL), SP_OK);
+	expect_messages(&b, "after-drain-", 0, 1);
+	itest_restart(&cl, "connsrv-1");
+	itest_logout(&a);
+	itest_logout(&b);
+}
+END_TEST
+
 static void
 up(void)
 {
@@ -472,6 +523,8 @@ main(void)
 	tcase_add_test(tc, test_malformed_and_slow_clients_hurt_nobody);
 	tcase_add_test(tc, test_connsrv_sigkill_loses_nothing);
 	tcase_add_test(tc, test_redis_restart_loses_nothing);
+	tcase_add_test(tc, test_sighup_rotates_certificate_without_dropping);
+	tcase_add_test(tc, test_sigterm_drains);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
