@@ -26,7 +26,7 @@ typedef struct worker {
 	rec *acked;
 	size_t nacked, cap;
 	uint64_t cycle, counter; /* messages of this cycle sent: counter values < counter */
-	uint64_t sent[CYCLES];   /* per cycle, how many messages were sent */
+	uint64_t sent[CYCLES]; /* per cycle, how many messages were sent */
 	pthread_t th;
 } worker;
 
@@ -57,7 +57,8 @@ record(worker *w, uint64_t device, uint64_t msg, uint64_t seq)
 		w->acked = realloc(w->acked, w->cap * sizeof(rec));
 		CHECK(w->acked, "oom");
 	}
-	w->acked[w->nacked++] = (rec){device, msg, seq};
+	w->acked[w->nacked] = (rec) { device, msg, seq };
+	__atomic_store_n(&w->nacked, w->nacked + 1, __ATOMIC_RELEASE); /* main thread watches it */
 }
 
 static void *
@@ -136,7 +137,7 @@ cmp_found(const void *a, const void *b)
 static found *
 find(found *v, size_t n, uint64_t msg)
 {
-	found key = {msg, 0};
+	found key = { msg, 0 };
 	return bsearch(&key, v, n, sizeof(found), cmp_found);
 }
 
@@ -144,7 +145,7 @@ static void
 verify(nng_socket sock, int cycles_done)
 {
 	static found dev[DEVICES + 1][1 << 16];
-	size_t ndev[DEVICES + 1] = {0};
+	size_t ndev[DEVICES + 1] = { 0 };
 	uint8_t env[256];
 	size_t total = 0, acked = 0;
 
@@ -158,26 +159,30 @@ verify(nng_socket sock, int cycles_done)
 			sp_frame_set_u64(&f, SP_F_AFTER_SEQ, after);
 			sp_frame_set_u64(&f, SP_F_MAX_COUNT, 1000);
 			int rc = call(sock, &f, &rep, &m);
-			CHECK(rc == SP_OK && rep.type == SP_T_ENTRIES_R, "fetch: %s", sp_strerror(rc));
+			CHECK(rc == SP_OK && rep.type == SP_T_ENTRIES_R, "fetch: %s",
+			    sp_strerror(rc));
 			const sp_val *v = sp_frame_get(&rep, SP_F_ENTRIES);
 			for (uint32_t i = 0; i < v->rs.n; i++) {
 				const sp_frame *e = &v->rs.v[i];
 				uint64_t seq = sp_frame_u64(e, SP_F_SEQ), msg;
-				sp_bin id = sp_frame_bin(e, SP_F_MSG_ID), body = sp_frame_bin(e, SP_F_ENV);
+				sp_bin id = sp_frame_bin(e, SP_F_MSG_ID),
+				       body = sp_frame_bin(e, SP_F_ENV);
 				memcpy(&msg, id.p, 8);
-				CHECK(seq > last, "device %llu: seq %llu after %llu", (unsigned long long)d,
-				      (unsigned long long)seq, (unsigned long long)last);
+				CHECK(seq > last, "device %llu: seq %llu after %llu",
+				    (unsigned long long)d, (unsigned long long)seq,
+				    (unsigned long long)last);
 				last = seq;
 				size_t n = env_for(msg, env);
 				CHECK(body.len == n && memcmp(body.p, env, n) == 0,
-				      "device %llu seq %llu: content differs", (unsigned long long)d,
-				      (unsigned long long)seq);
-				uint64_t cycle = msg >> 48, th = (msg >> 40) & 0xff, ctr = msg & 0xffffffffffULL;
+				    "device %llu seq %llu: content differs", (unsigned long long)d,
+				    (unsigned long long)seq);
+				uint64_t cycle = msg >> 48, th = (msg >> 40) & 0xff,
+				         ctr = msg & 0xffffffffffULL;
 				CHECK(cycle < CYCLES && th < THREADS && ctr < W[th].sent[cycle],
-				      "device %llu holds a message never sent (%llx)",
-				      (unsigned long long)d, (unsigned long long)msg);
+				    "device %llu holds a message never sent (%llx)",
+				    (unsigned long long)d, (unsigned long long)msg);
 				CHECK(ndev[d] < (1 << 16), "too many entries");
-				dev[d][ndev[d]++] = (found){msg, seq};
+				dev[d][ndev[d]++] = (found) { msg, seq };
 			}
 			bool more = sp_frame_u64(&rep, SP_F_MORE);
 			if (v->rs.n)
@@ -188,30 +193,33 @@ verify(nng_socket sock, int cycles_done)
 		}
 		qsort(dev[d], ndev[d], sizeof(found), cmp_found);
 		for (size_t i = 1; i < ndev[d]; i++)
-			CHECK(dev[d][i].msg != dev[d][i - 1].msg, "device %llu: message %llx stored twice",
-			      (unsigned long long)d, (unsigned long long)dev[d][i].msg);
+			CHECK(dev[d][i].msg != dev[d][i - 1].msg,
+			    "device %llu: message %llx stored twice", (unsigned long long)d,
+			    (unsigned long long)dev[d][i].msg);
 		total += ndev[d];
 	}
 	for (int t = 0; t < THREADS; t++) {
-		uint64_t last_seq[DEVICES + 1] = {0};
+		uint64_t last_seq[DEVICES + 1] = { 0 };
 		for (size_t i = 0; i < W[t].nacked; i++) {
 			const rec *r = &W[t].acked[i];
 			found *hit = find(dev[r->device], ndev[r->device], r->msg);
-			CHECK(hit, "LOST: acknowledged message %llx (device %llu seq %llu) is missing",
-			      (unsigned long long)r->msg, (unsigned long long)r->device,
-			      (unsigned long long)r->seq);
-			CHECK(hit->seq == r->seq, "message %llx: acknowledged seq %llu, stored %llu",
-			      (unsigned long long)r->msg, (unsigned long long)r->seq,
-			      (unsigned long long)hit->seq);
+			CHECK(hit,
+			    "LOST: acknowledged message %llx (device %llu seq %llu) is missing",
+			    (unsigned long long)r->msg, (unsigned long long)r->device,
+			    (unsigned long long)r->seq);
+			CHECK(hit->seq == r->seq,
+			    "message %llx: acknowledged seq %llu, stored %llu",
+			    (unsigned long long)r->msg, (unsigned long long)r->seq,
+			    (unsigned long long)hit->seq);
 			/* One thread's appends to a device were sequential: seqs must grow. */
-			CHECK(r->seq > last_seq[r->device], "thread %d: seq order on device %llu", t,
-			      (unsigned long long)r->device);
+			CHECK(r->seq > last_seq[r->device], "thread %d: seq order on device %llu",
+			    t, (unsigned long long)r->device);
 			last_seq[r->device] = r->seq;
 			acked++;
 		}
 	}
 	printf("cycle %d: %zu entries stored, %zu acknowledged appends all present\n", cycles_done,
-	       total, acked);
+	    total, acked);
 }
 
 /* Retries of acknowledged appends return the first seq and store nothing. */
@@ -225,11 +233,12 @@ check_dedup(nng_socket sock)
 			sp_frame f, rep;
 			nng_msg *m;
 			msg_id_of(id, r->msg, ~r->msg);
-			append_frame(&f, r->device, id, 100 + (uint64_t)t, env, env_for(r->msg, env));
+			append_frame(
+			    &f, r->device, id, 100 + (uint64_t)t, env, env_for(r->msg, env));
 			int rc = call(sock, &f, &rep, &m);
-			CHECK(rc == SP_OK && sp_frame_u64(&rep, SP_F_SEQ) == r->seq &&
-				      sp_frame_u64(&rep, SP_F_DUP),
-			      "retry of %llx not deduplicated", (unsigned long long)r->msg);
+			CHECK(rc == SP_OK && sp_frame_u64(&rep, SP_F_SEQ) == r->seq
+			        && sp_frame_u64(&rep, SP_F_DUP),
+			    "retry of %llx not deduplicated", (unsigned long long)r->msg);
 			call_done(&rep, m);
 		}
 	}
@@ -257,7 +266,17 @@ main(void)
 			W[t].sock = shard_connect(&S, 2000);
 			pthread_create(&W[t].th, NULL, worker_main, &W[t]);
 		}
-		usleep(400000 + randombytes_uniform(800000));
+		/* Kill once there is real load to lose (a loaded machine gets there later), at a
+		 * random moment after; bounded at 30 s. */
+		for (int i = 0; i < 600; i++) {
+			size_t n = 0;
+			for (int t = 0; t < THREADS; t++)
+				n += __atomic_load_n(&W[t].nacked, __ATOMIC_RELAXED);
+			if (n > (size_t)(c + 1) * 100 + 50)
+				break;
+			usleep(50000);
+		}
+		usleep(randombytes_uniform(400000));
 		shard_reap(&S, SIGKILL);
 		atomic_store(&stop, true);
 		size_t before = 0;
