@@ -74,7 +74,10 @@ sp_nng_push_open(nng_socket *s, const char *url, int send_timeout_ms)
 	int rv = nng_push0_open(s);
 	if (rv)
 		return sp_nng_err(rv);
+	/* A queue, so that a non-blocking send under load waits for the peer instead of
+	 * failing whenever no pipe is ready at that instant. */
 	if ((rv = nng_socket_set_ms(*s, NNG_OPT_SENDTIMEO, send_timeout_ms)) ||
+	    (rv = nng_socket_set_int(*s, NNG_OPT_SENDBUF, SP_NNG_QUEUE)) ||
 	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMINT, 20)) ||
 	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, 1000)) ||
 	    (rv = nng_dial(*s, url, NULL, NNG_FLAG_NONBLOCK)))
@@ -89,6 +92,7 @@ sp_nng_pull_listen(nng_socket *s, const char *url)
 	if (rv)
 		return sp_nng_err(rv);
 	if ((rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_large() + 64)) ||
+	    (rv = nng_socket_set_int(*s, NNG_OPT_RECVBUF, SP_NNG_QUEUE)) ||
 	    (rv = nng_listen(*s, url, NULL, 0)))
 		return open_fail(s, rv);
 	return SP_OK;

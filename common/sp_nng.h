@@ -15,6 +15,9 @@
 
 #include "sp_frame.h"
 
+/* Messages a PUSH socket queues for its peers, and a PULL socket for its reader. */
+#define SP_NNG_QUEUE 4096
+
 /* Maps an nng error to SP_ETIMEDOUT, SP_ECLOSED, SP_ENOMEM or SP_ENNG. */
 int sp_nng_err(int nng_rv);
 

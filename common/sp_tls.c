@@ -48,6 +48,10 @@ sp_tls_server_ctx(const char *cert, const char *key, bool allow_tls12, char *err
 	/* Small idle footprint: free read/write buffers between records. */
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+	/* Clients log in with a signature on every connection; resumption would only add
+	 * per-connection and cache memory on the server. */
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_num_tickets(ctx, 0);
 	if (load_pair(ctx, cert, key, err, errlen)) {
 		SSL_CTX_free(ctx);
 		return NULL;

@@ -279,10 +279,10 @@ cs_deliver_ack(cs_session *s, const sp_frame *f)
 		free(op);
 		cs_session_call_end(s);
 	}
-	bool was_full = window_full(s);
 	if (top > s->acked_seq)
 		s->acked_seq = top;
-	if (was_full && !window_full(s) && s->refetch)
+	/* A fetch postponed for any reason (window, socket, a gap seen meanwhile) resumes. */
+	if (s->refetch && !s->fetching && !window_full(s))
 		fetch(s);
 }
 

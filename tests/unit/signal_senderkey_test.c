@@ -106,7 +106,7 @@ START_TEST(test_out_of_order_replay_tamper)
 {
 	sig_sk_record *own, *rx;
 	blob m[10], t;
-	char buf[16];
+	char buf[32];
 	static const int order[10] = { 9, 2, 0, 5, 1, 8, 3, 7, 4, 6 };
 
 	setup(&own, &rx);
@@ -141,7 +141,7 @@ START_TEST(test_forward_limit)
 {
 	sig_sk_record *own, *rx;
 	blob *m = calloc(2200, sizeof(*m));
-	char buf[16];
+	char buf[32];
 
 	setup(&own, &rx);
 	for (int i = 0; i < 2200; i++) {
@@ -170,7 +170,7 @@ START_TEST(test_rotation)
 	blob old[SIG_SK_MAX_STATES + 1];
 	uint8_t *d, id0[16], id1[16], newid[16];
 	size_t n;
-	char buf[16];
+	char buf[32];
 
 	setup(&own, &rx);
 	ck_assert_int_eq(sig_sk_distribution_id(own, id0), SP_OK);
