@@ -132,7 +132,7 @@ void
 cs_proxy(cs_session *s, const sp_frame *f)
 {
 	cs_server *srv = s->srv;
-	char url[256];
+	char url[256], host[64];
 	sp_frame q = *f;
 	int rc;
 
@@ -171,8 +171,8 @@ cs_proxy(cs_session *s, const sp_frame *f)
 			sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
 			sp_frame_set_u64(&q, SP_F_AUTH_DEVICE, s->device);
 		}
-		/* The address without the port: rate limits are per client host. */
-		char host[64];
+		/* The address without the port: rate limits are per client host. (host lives
+		 * until the frame is packed below: the frame borrows it.) */
 		snprintf(host, sizeof(host), "%s", s->peer);
 		char *colon = strrchr(host, ':');
 		if (colon)
