@@ -26,27 +26,31 @@
 #include "sp_time.h"
 
 #define LAT_BUCKET_NS 10000ULL /* 10 us */
-#define LAT_BUCKETS 200000     /* up to 2 s */
+#define LAT_BUCKETS 200000 /* up to 2 s */
 
 static char *url;
 static long long contexts, sockets, seconds, size, devices, rate, count, drain_threads;
 static bool drain, quiet, ping;
 
 static const sp_config_opt opts[] = {
-	{"url", SP_CT_STR, &url, "tcp://127.0.0.1:7401", "shard NNG URL", 0, 0},
-	{"contexts", SP_CT_INT, &contexts, "256", "concurrent appends in flight", 1, 65536},
-	{"sockets", SP_CT_INT, &sockets, "4", "REQ sockets (connections) the contexts share", 1, 256},
-	{"seconds", SP_CT_INT, &seconds, "5", "append phase length (unless count is set)", 1, 3600},
-	{"count", SP_CT_INT, &count, "0", "stop after this many acknowledged appends (0: use seconds)",
-	 0, 1LL << 40},
-	{"size", SP_CT_INT, &size, "200", "envelope bytes", 1, 65536},
-	{"devices", SP_CT_INT, &devices, "1000", "distinct recipient devices", 1, 1 << 30},
-	{"rate", SP_CT_INT, &rate, "0", "open loop: total appends/s (0: closed loop)", 0, 10000000},
-	{"drain", SP_CT_BOOL, &drain, "true", "then fetch+ack every queue and time it", 0, 0},
-	{"drain-threads", SP_CT_INT, &drain_threads, "4", "threads draining queues", 1, 64},
-	{"ping", SP_CT_BOOL, &ping, "false", "send PING instead of APPEND (transport baseline)", 0, 0},
-	{"quiet", SP_CT_BOOL, &quiet, "false", "print only the key=value result line", 0, 0},
-	{NULL, 0, NULL, NULL, NULL, 0, 0},
+	{ "url", SP_CT_STR, &url, "tcp://127.0.0.1:7401", "shard NNG URL", 0, 0 },
+	{ "contexts", SP_CT_INT, &contexts, "256", "concurrent appends in flight", 1, 65536 },
+	{ "sockets", SP_CT_INT, &sockets, "4", "REQ sockets (connections) the contexts share", 1,
+	    256 },
+	{ "seconds", SP_CT_INT, &seconds, "5", "append phase length (unless count is set)", 1,
+	    3600 },
+	{ "count", SP_CT_INT, &count, "0",
+	    "stop after this many acknowledged appends (0: use seconds)", 0, 1LL << 40 },
+	{ "size", SP_CT_INT, &size, "200", "envelope bytes", 1, 65536 },
+	{ "devices", SP_CT_INT, &devices, "1000", "distinct recipient devices", 1, 1 << 30 },
+	{ "rate", SP_CT_INT, &rate, "0", "open loop: total appends/s (0: closed loop)", 0,
+	    10000000 },
+	{ "drain", SP_CT_BOOL, &drain, "true", "then fetch+ack every queue and time it", 0, 0 },
+	{ "drain-threads", SP_CT_INT, &drain_threads, "4", "threads draining queues", 1, 64 },
+	{ "ping", SP_CT_BOOL, &ping, "false", "send PING instead of APPEND (transport baseline)", 0,
+	    0 },
+	{ "quiet", SP_CT_BOOL, &quiet, "false", "print only the key=value result line", 0, 0 },
+	{ NULL, 0, NULL, NULL, NULL, 0, 0 },
 };
 
 typedef enum { B_SEND, B_RECV } bstate;
@@ -169,8 +173,8 @@ pace(void)
 			break;
 		uint64_t now = sp_mono_ns();
 		if (sched > now) {
-			struct timespec ts = {(time_t)((sched - now) / 1000000000ULL),
-					      (long)((sched - now) % 1000000000ULL)};
+			struct timespec ts = { (time_t)((sched - now) / 1000000000ULL),
+				(long)((sched - now) % 1000000000ULL) };
 			nanosleep(&ts, NULL);
 		}
 		bctx *c = NULL;
@@ -212,7 +216,8 @@ bctx_cb(void *arg)
 		}
 		nng_msg *m = nng_aio_get_msg(c->aio);
 		sp_frame f;
-		if (sp_nng_msg_decode(m, &f) == SP_OK && (f.type == SP_T_APPENDED || f.type == SP_T_PONG)) {
+		if (sp_nng_msg_decode(m, &f) == SP_OK
+		    && (f.type == SP_T_APPENDED || f.type == SP_T_PONG)) {
 			uint64_t now = sp_mono_ns();
 			record_latency(lat, now - c->sched_ns);
 			record_latency(svc, now - c->sent_ns);
@@ -320,7 +325,7 @@ main(int argc, char **argv)
 
 	sp_log_init("inboxbench", SP_LOG_WARN, false);
 	rc = sp_config_load("inboxbench", "inbox shard load generator", opts, argc, argv, NULL, 0,
-			    NULL, err, sizeof(err));
+	    NULL, err, sizeof(err));
 	if (rc == SP_CONFIG_HELP)
 		return 0;
 	if (rc) {
@@ -346,7 +351,8 @@ main(int argc, char **argv)
 	}
 	for (int i = 0; i < contexts; i++) {
 		bctx *c = &ctxs[i];
-		if (nng_aio_alloc(&c->aio, bctx_cb, c) || nng_ctx_open(&c->ctx, socks[i % sockets])) {
+		if (nng_aio_alloc(&c->aio, bctx_cb, c)
+		    || nng_ctx_open(&c->ctx, socks[i % sockets])) {
 			fprintf(stderr, "inboxbench: cannot open context %d\n", i);
 			return 1;
 		}
@@ -382,20 +388,22 @@ main(int argc, char **argv)
 		drain_rate = (double)drained / drain_s;
 	}
 	if (!quiet) {
-		printf("mode=%s contexts=%lld sockets=%lld size=%lld devices=%lld target_rate=%lld\n",
-		       rate ? "open" : "closed", contexts, sockets, size, devices, rate);
+		printf(
+		    "mode=%s contexts=%lld sockets=%lld size=%lld devices=%lld target_rate=%lld\n",
+		    rate ? "open" : "closed", contexts, sockets, size, devices, rate);
 		printf("appends acked %llu in %.2fs, errors %llu\n", (unsigned long long)n, secs,
-		       (unsigned long long)atomic_load(&errors));
+		    (unsigned long long)atomic_load(&errors));
 		if (drain)
-			printf("drained %llu entries in %.2fs\n", (unsigned long long)drained, drain_s);
+			printf("drained %llu entries in %.2fs\n", (unsigned long long)drained,
+			    drain_s);
 	}
 	printf("appends_per_s=%.0f p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f svc_p50_ms=%.3f "
 	       "svc_p99_ms=%.3f commits_per_s=%.0f appends_per_commit=%.1f drain_per_s=%.0f "
 	       "errors=%llu\n",
-	       aps, percentile_ms(lat, 0.50), percentile_ms(lat, 0.99), percentile_ms(lat, 0.999),
-	       percentile_ms(svc, 0.50), percentile_ms(svc, 0.99), cps,
-	       c1 > c0 ? (double)n / (double)(c1 - c0) : 0.0, drain_rate,
-	       (unsigned long long)atomic_load(&errors));
+	    aps, percentile_ms(lat, 0.50), percentile_ms(lat, 0.99), percentile_ms(lat, 0.999),
+	    percentile_ms(svc, 0.50), percentile_ms(svc, 0.99), cps,
+	    c1 > c0 ? (double)n / (double)(c1 - c0) : 0.0, drain_rate,
+	    (unsigned long long)atomic_load(&errors));
 	for (int i = 0; i < contexts; i++) {
 		nng_aio_stop(ctxs[i].aio);
 		nng_aio_free(ctxs[i].aio);

@@ -11,12 +11,12 @@
 
 /* Blob header value, then ndevices little-endian u64 device ids. */
 enum {
-	BH_DONE = 0,     /* u64: 0 uploading, 1 complete */
-	BH_HAVE = 8,     /* u64: contiguous bytes stored */
+	BH_DONE = 0, /* u64: 0 uploading, 1 complete */
+	BH_HAVE = 8, /* u64: contiguous bytes stored */
 	BH_CREATED = 16, /* u64: ms */
-	BH_SIZE = 24,    /* u64: declared at BLOB_DONE */
-	BH_SHA = 32,     /* 32 bytes */
-	BH_NDEV = 64,    /* u64 */
+	BH_SIZE = 24, /* u64: declared at BLOB_DONE */
+	BH_SHA = 32, /* 32 bytes */
+	BH_NDEV = 64, /* u64 */
 	BH_SIZE_ALL = 72
 };
 
@@ -30,13 +30,13 @@ chunk_key(uint8_t k[24], const uint8_t *blob_id, uint64_t offset)
 static int
 header_get(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, inbox_blob_info *info)
 {
-	MDB_val key = {INBOX_BLOB_ID_LEN, (void *)blob_id}, val;
+	MDB_val key = { INBOX_BLOB_ID_LEN, (void *)blob_id }, val;
 	int rc = mdb_get(txn, s->blob, &key, &val);
 	if (rc)
 		return rc == MDB_NOTFOUND ? SP_ENOTFOUND : inbox_lmdb_err(rc, "blob get");
 	const uint8_t *p = val.mv_data;
-	if (val.mv_size < BH_SIZE_ALL ||
-	    val.mv_size != BH_SIZE_ALL + 8 * inbox_le64_get(p + BH_NDEV))
+	if (val.mv_size < BH_SIZE_ALL
+	    || val.mv_size != BH_SIZE_ALL + 8 * inbox_le64_get(p + BH_NDEV))
 		return inbox_lmdb_err(MDB_CORRUPTED, "blob header");
 	info->done = inbox_le64_get(p + BH_DONE) != 0;
 	info->have = inbox_le64_get(p + BH_HAVE);
@@ -52,10 +52,10 @@ header_get(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, inbox_blob_info
  * set, little-endian bytes as stored). */
 static int
 header_put(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, const inbox_blob_info *info,
-	   const uint64_t *devices, const uint8_t *le_devices)
+    const uint64_t *devices, const uint8_t *le_devices)
 {
-	MDB_val key = {INBOX_BLOB_ID_LEN, (void *)blob_id};
-	MDB_val val = {BH_SIZE_ALL + 8 * (size_t)info->ndevices, NULL};
+	MDB_val key = { INBOX_BLOB_ID_LEN, (void *)blob_id };
+	MDB_val val = { BH_SIZE_ALL + 8 * (size_t)info->ndevices, NULL };
 	int rc = mdb_put(txn, s->blob, &key, &val, MDB_RESERVE);
 	if (rc)
 		return inbox_lmdb_err(rc, "blob put");
@@ -96,7 +96,7 @@ inbox_blob_apply_put(inbox_store *s, MDB_txn *txn, inbox_op *op)
 		uint8_t tk[8 + INBOX_BLOB_ID_LEN];
 		inbox_be64_put(tk, info.created);
 		memcpy(tk + 8, id, INBOX_BLOB_ID_LEN);
-		MDB_val key = {sizeof(tk), tk}, val = {0, NULL};
+		MDB_val key = { sizeof(tk), tk }, val = { 0, NULL };
 		if ((rc = mdb_put(txn, s->bttl, &key, &val, 0)))
 			return inbox_lmdb_err(rc, "bttl put");
 	} else if (rc) {
@@ -113,7 +113,7 @@ inbox_blob_apply_put(inbox_store *s, MDB_txn *txn, inbox_op *op)
 	if (len > skip) {
 		uint8_t k[24];
 		chunk_key(k, id, info.have);
-		MDB_val key = {24, k}, val = {len - skip, (void *)(op->blob_put.bytes + skip)};
+		MDB_val key = { 24, k }, val = { len - skip, (void *)(op->blob_put.bytes + skip) };
 		if ((rc = mdb_put(txn, s->bchunk, &key, &val, 0)))
 			return inbox_lmdb_err(rc, "chunk put");
 		info.have += len - skip;
@@ -132,8 +132,8 @@ inbox_blob_apply_done(inbox_store *s, MDB_txn *txn, inbox_op *op)
 	if ((rc = header_get(s, txn, id, &info)))
 		return rc;
 	if (info.done) {
-		bool same = info.size == op->blob_done.size &&
-			    memcmp(info.sha256, op->blob_done.sha256, INBOX_SHA256_LEN) == 0;
+		bool same = info.size == op->blob_done.size
+		    && memcmp(info.sha256, op->blob_done.sha256, INBOX_SHA256_LEN) == 0;
 		return same ? SP_OK : SP_ESTATE;
 	}
 	if (op->blob_done.size > s->cfg.max_blob_size)
@@ -192,9 +192,10 @@ inbox_blob_delete(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t
 	if ((rc = mdb_cursor_open(txn, s->bchunk, &c)))
 		return inbox_lmdb_err(rc, "cursor");
 	chunk_key(k, blob_id, 0);
-	key = (MDB_val){24, k};
+	key = (MDB_val) { 24, k };
 	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
-	while (rc == 0 && key.mv_size == 24 && memcmp(key.mv_data, blob_id, INBOX_BLOB_ID_LEN) == 0) {
+	while (
+	    rc == 0 && key.mv_size == 24 && memcmp(key.mv_data, blob_id, INBOX_BLOB_ID_LEN) == 0) {
 		if ((rc = mdb_cursor_del(c, 0)))
 			break;
 		rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
@@ -204,11 +205,11 @@ inbox_blob_delete(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t
 		return inbox_lmdb_err(rc, "chunk del");
 	inbox_be64_put(tk, created);
 	memcpy(tk + 8, blob_id, INBOX_BLOB_ID_LEN);
-	key = (MDB_val){sizeof(tk), tk};
+	key = (MDB_val) { sizeof(tk), tk };
 	rc = mdb_del(txn, s->bttl, &key, NULL);
 	if (rc && rc != MDB_NOTFOUND)
 		return inbox_lmdb_err(rc, "bttl del");
-	key = (MDB_val){INBOX_BLOB_ID_LEN, (void *)blob_id};
+	key = (MDB_val) { INBOX_BLOB_ID_LEN, (void *)blob_id };
 	rc = mdb_del(txn, s->blob, &key, NULL);
 	if (rc && rc != MDB_NOTFOUND)
 		return inbox_lmdb_err(rc, "blob del");
@@ -216,8 +217,8 @@ inbox_blob_delete(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t
 }
 
 int
-inbox_blob_sweep(inbox_store *s, MDB_txn *txn, uint64_t cutoff, uint32_t limit, uint64_t *n,
-		 bool *more)
+inbox_blob_sweep(
+    inbox_store *s, MDB_txn *txn, uint64_t cutoff, uint32_t limit, uint64_t *n, bool *more)
 {
 	MDB_cursor *c;
 	MDB_val key, val;
@@ -265,7 +266,7 @@ chunk_seek(MDB_cursor *c, const uint8_t *blob_id, uint64_t offset, MDB_val *key,
 {
 	uint8_t k[24];
 	chunk_key(k, blob_id, offset);
-	*key = (MDB_val){24, k};
+	*key = (MDB_val) { 24, k };
 	int rc = mdb_cursor_get(c, key, val, MDB_SET_RANGE);
 	if (rc == 0 && key->mv_size == 24 && memcmp(key->mv_data, k, 24) == 0)
 		return 0;
@@ -278,8 +279,8 @@ chunk_seek(MDB_cursor *c, const uint8_t *blob_id, uint64_t offset, MDB_val *key,
 }
 
 long
-inbox_store_blob_read(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t offset,
-		      uint8_t *buf, size_t len)
+inbox_store_blob_read(
+    inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t offset, uint8_t *buf, size_t len)
 {
 	inbox_blob_info info;
 	MDB_cursor *c;
@@ -320,7 +321,7 @@ inbox_store_blob_read(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint
 
 int
 inbox_store_blob_sha256(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t size,
-			uint8_t out[INBOX_SHA256_LEN])
+    uint8_t out[INBOX_SHA256_LEN])
 {
 	inbox_blob_info info;
 	crypto_hash_sha256_state st;
@@ -338,10 +339,10 @@ inbox_store_blob_sha256(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, ui
 	if ((rc = mdb_cursor_open(txn, s->bchunk, &c)))
 		return inbox_lmdb_err(rc, "cursor");
 	chunk_key(k, blob_id, 0);
-	key = (MDB_val){24, k};
+	key = (MDB_val) { 24, k };
 	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
-	while (rc == 0 && got < size && key.mv_size == 24 &&
-	       memcmp(key.mv_data, blob_id, INBOX_BLOB_ID_LEN) == 0) {
+	while (rc == 0 && got < size && key.mv_size == 24
+	    && memcmp(key.mv_data, blob_id, INBOX_BLOB_ID_LEN) == 0) {
 		if (inbox_be64_get((const uint8_t *)key.mv_data + 16) != got)
 			break;
 		uint64_t n = val.mv_size < size - got ? val.mv_size : size - got;

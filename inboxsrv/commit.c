@@ -44,7 +44,7 @@ static void
 fatal(const char *what, int rc)
 {
 	sp_error("FATAL: %s failed (%s): exiting without acknowledging the batch", what,
-		 sp_strerror(rc));
+	    sp_strerror(rc));
 	_exit(70);
 }
 
@@ -68,8 +68,8 @@ count_op(const inbox_op *op)
 {
 	if (op->rc != SP_OK) {
 		sp_metric_inc(inbox_m.op_errors);
-		if (op->rc == SP_EFULL && op->kind == INBOX_OP_APPEND && op->append.targets &&
-		    op->append.targets[0].rc == SP_EFULL && !op->append.shared)
+		if (op->rc == SP_EFULL && op->kind == INBOX_OP_APPEND && op->append.targets
+		    && op->append.targets[0].rc == SP_EFULL && !op->append.shared)
 			sp_metric_inc(inbox_m.append_full);
 		else if (op->rc == SP_EFULL)
 			sp_metric_inc(inbox_m.store_full);
@@ -144,7 +144,8 @@ take_batch(inbox_commit *c, uint32_t *n)
 	inbox_req *first = c->head, *last = NULL, *r = c->head;
 	size_t bytes = 0;
 	*n = 0;
-	while (r && *n < c->cfg.max_batch_ops && (*n == 0 || bytes + r->cost <= c->cfg.max_batch_bytes)) {
+	while (r && *n < c->cfg.max_batch_ops
+	    && (*n == 0 || bytes + r->cost <= c->cfg.max_batch_bytes)) {
 		bytes += r->cost;
 		(*n)++;
 		last = r;
@@ -196,8 +197,8 @@ apply_direct(inbox_commit *c, MDB_txn *txn, inbox_req *batch, uint64_t now, bool
 			r->op.rc = SP_EFULL;
 			continue;
 		}
-		if (inbox_store_apply(c->store, txn, &r->op, now) != SP_OK &&
-		    !inbox_op_failed_clean(&r->op)) {
+		if (inbox_store_apply(c->store, txn, &r->op, now) != SP_OK
+		    && !inbox_op_failed_clean(&r->op)) {
 			inbox_store_txn_abort(txn);
 			return false;
 		}
@@ -208,8 +209,8 @@ apply_direct(inbox_commit *c, MDB_txn *txn, inbox_req *batch, uint64_t now, bool
 /* Slow path, after the fast one failed: each op in a nested txn, so a failing op (map
  * full) is undone alone. Ops that do not fit the txn are split off into *rest. */
 static uint32_t
-apply_each_nested(inbox_commit *c, MDB_txn *txn, inbox_req **batch, inbox_req **rest, uint64_t now,
-		  bool low)
+apply_each_nested(
+    inbox_commit *c, MDB_txn *txn, inbox_req **batch, inbox_req **rest, uint64_t now, bool low)
 {
 	inbox_req *r, *prev = NULL;
 	uint32_t applied = 0;
@@ -247,7 +248,8 @@ run_batch(inbox_commit *c, inbox_req *batch, uint32_t n)
 	if (!apply_direct(c, txn, batch, now, low)) {
 		txn = NULL;
 		if (n > 1) {
-			/* Otherwise the op failed alone: its error is the reply, nothing to commit. */
+			/* Otherwise the op failed alone: its error is the reply, nothing to commit.
+			 */
 			for (r = batch; r; r = r->next)
 				inbox_op_reset(&r->op);
 			if ((rc = inbox_store_txn_begin(c->store, NULL, &txn)))

@@ -28,7 +28,7 @@ typedef void (*inbox_done_fn)(inbox_req *req);
 struct inbox_req {
 	inbox_op op;
 	inbox_done_fn done;
-	void *arg;   /* for the caller */
+	void *arg; /* for the caller */
 	size_t cost; /* approximate bytes written, bounds a batch */
 	inbox_req *next;
 };
@@ -38,9 +38,9 @@ typedef uint64_t (*inbox_clock_fn)(void *arg); /* ms */
 typedef struct inbox_commit_config {
 	inbox_clock_fn clock; /* NULL: sp_time_ms */
 	void *clock_arg;
-	uint32_t max_batch_ops;   /* 0: 4096 */
-	size_t max_batch_bytes;   /* 0: 64 MiB */
-	uint64_t disk_reserve;    /* refuse growth ops when the disk has less free; 0: off */
+	uint32_t max_batch_ops; /* 0: 4096 */
+	size_t max_batch_bytes; /* 0: 64 MiB */
+	uint64_t disk_reserve; /* refuse growth ops when the disk has less free; 0: off */
 } inbox_commit_config;
 
 /* Starts the writer thread on `s` (which must outlive it). On SP_OK the caller owns *out

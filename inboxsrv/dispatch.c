@@ -8,8 +8,8 @@
 #include "sp_log.h"
 #include "sp_nng.h"
 
-#define FETCH_MAX_COUNT 4096      /* = ENTRIES max_count */
-#define REPLY_SLACK 4096          /* room for the reply's own keys */
+#define FETCH_MAX_COUNT 4096 /* = ENTRIES max_count */
+#define REPLY_SLACK 4096 /* room for the reply's own keys */
 
 struct inbox_dispatch {
 	inbox_store *store;
@@ -29,8 +29,8 @@ typedef struct pending {
 } pending;
 
 int
-inbox_dispatch_new(inbox_dispatch **out, inbox_store *s, inbox_commit *c,
-		   const inbox_dispatch_config *cfg)
+inbox_dispatch_new(
+    inbox_dispatch **out, inbox_store *s, inbox_commit *c, const inbox_dispatch_config *cfg)
 {
 	inbox_dispatch *d = calloc(1, sizeof(*d));
 	if (!d)
@@ -63,7 +63,8 @@ error_msg(const sp_frame *req, int code)
 	sp_frame_set_i64(&f, SP_F_CODE, code);
 	sp_frame_set_str(&f, SP_F_REASON, sp_strerror(code));
 	if (req && req->type == SP_T_APPEND)
-		sp_frame_set_bin(&f, SP_F_MSG_ID, sp_frame_bin(req, SP_F_MSG_ID).p, INBOX_MSG_ID_LEN);
+		sp_frame_set_bin(
+		    &f, SP_F_MSG_ID, sp_frame_bin(req, SP_F_MSG_ID).p, INBOX_MSG_ID_LEN);
 	if (sp_nng_msg_from_frame(&f, &m) != SP_OK)
 		return NULL;
 	return m;
@@ -325,7 +326,8 @@ handle_write(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply,
 	case SP_T_BLOB_PUT: {
 		sp_bin b = sp_frame_bin(f, SP_F_BYTES);
 		p->req.op.kind = INBOX_OP_BLOB_PUT;
-		memcpy(p->req.op.blob_put.blob_id, sp_frame_bin(f, SP_F_BLOB_ID).p, INBOX_BLOB_ID_LEN);
+		memcpy(
+		    p->req.op.blob_put.blob_id, sp_frame_bin(f, SP_F_BLOB_ID).p, INBOX_BLOB_ID_LEN);
 		p->req.op.blob_put.offset = sp_frame_u64(f, SP_F_OFFSET);
 		p->req.op.blob_put.bytes = b.p;
 		p->req.op.blob_put.len = b.len;
@@ -378,7 +380,8 @@ do_fetch(inbox_dispatch *d, const sp_frame *f)
 		m = error_msg(f, rc);
 		goto out;
 	}
-	n = inbox_store_fetch(d->store, txn, device, after, (uint32_t)want, (size_t)bytes, ents, &more);
+	n = inbox_store_fetch(
+	    d->store, txn, device, after, (uint32_t)want, (size_t)bytes, ents, &more);
 	if (n < 0) {
 		m = error_msg(f, n);
 		inbox_store_read_end(txn);
@@ -418,7 +421,7 @@ static nng_msg *
 do_stat(inbox_dispatch *d, const sp_frame *f)
 {
 	inbox_shard_stat ss;
-	inbox_stat st = {0};
+	inbox_stat st = { 0 };
 	MDB_txn *txn;
 	sp_frame rep;
 	int rc;

@@ -26,12 +26,12 @@ typedef void (*inbox_reply_fn)(void *arg, nng_msg *reply);
 typedef struct inbox_dispatch_config {
 	uint64_t shard;
 	uint32_t fetch_default_count; /* 0: 256 */
-	size_t fetch_default_bytes;   /* 0: 256 KiB */
+	size_t fetch_default_bytes; /* 0: 256 KiB */
 } inbox_dispatch_config;
 
 /* `s` and `c` must outlive the dispatcher. On SP_OK the caller owns *out. */
-int inbox_dispatch_new(inbox_dispatch **out, inbox_store *s, inbox_commit *c,
-		       const inbox_dispatch_config *cfg);
+int inbox_dispatch_new(
+    inbox_dispatch **out, inbox_store *s, inbox_commit *c, const inbox_dispatch_config *cfg);
 void inbox_dispatch_free(inbox_dispatch *d);
 
 /* Handles one request; takes ownership of `req`. Calls reply(arg, ...) exactly once:

@@ -35,6 +35,7 @@ void inbox_metrics_batch(uint32_t ops);
 struct inbox_store {
 	inbox_store_config cfg;
 	char *dir;
+	int lock_fd; /* flock'ed: one process per environment */
 	MDB_env *env;
 	MDB_dbi meta; /* "lsn", "next_body", "entries", "dedups" -> u64 */
 	/* Everything about one device's queue, under keys that start with the device id so
@@ -45,12 +46,12 @@ struct inbox_store {
 	/* (from_device, msg_id, device) -> seq. Apart from q: its inserts land at random
 	 * places, and ACKs and appends of the queue should not drag its pages along. */
 	MDB_dbi dedup;
-	MDB_dbi ttl;    /* (ts, device, seq) -> {from_device, msg_id} */
-	MDB_dbi bref;   /* body id -> refcount */
-	MDB_dbi body;   /* body id -> body bytes */
-	MDB_dbi blob;   /* blob id -> blob header + devices */
+	MDB_dbi ttl; /* (ts, device, seq) -> {from_device, msg_id} */
+	MDB_dbi bref; /* body id -> refcount */
+	MDB_dbi body; /* body id -> body bytes */
+	MDB_dbi blob; /* blob id -> blob header + devices */
 	MDB_dbi bchunk; /* (blob id, offset) -> bytes */
-	MDB_dbi bttl;   /* (created, blob id) -> "" */
+	MDB_dbi bttl; /* (created, blob id) -> "" */
 };
 
 static inline void
@@ -110,7 +111,7 @@ int inbox_blob_delete(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint
 
 /* Sweeps up to `limit` blobs created before `cutoff`; counts them in *n. Sets *more if
  * the limit was hit. */
-int inbox_blob_sweep(inbox_store *s, MDB_txn *txn, uint64_t cutoff, uint32_t limit,
-		     uint64_t *n, bool *more);
+int inbox_blob_sweep(
+    inbox_store *s, MDB_txn *txn, uint64_t cutoff, uint32_t limit, uint64_t *n, bool *more);
 
 #endif

@@ -27,32 +27,42 @@ static size_t map_size, max_queue_entries, max_queue_bytes, max_blob_size, disk_
 static bool log_json;
 
 static const sp_config_opt opts[] = {
-	{"data-dir", SP_CT_STR, &data_dir, "./inbox-data", "directory of the LMDB environment", 0, 0},
-	{"listen", SP_CT_STR, &listen_url, "tcp://127.0.0.1:7401", "NNG URL of the REP socket", 0, 0},
-	{"shard", SP_CT_INT, &shard, "0", "shard id (reported in STAT)", 0, 1LL << 40},
-	{"map-size", SP_CT_SIZE, &map_size, "8G", "LMDB map size (sparse file)", 1 << 20, 1LL << 44},
-	{"max-queue-entries", SP_CT_SIZE, &max_queue_entries, "10000",
-	 "per-device queue cap, entries (over it: SP_EFULL)", 1, 1LL << 32},
-	{"max-queue-bytes", SP_CT_SIZE, &max_queue_bytes, "100M",
-	 "per-device queue cap, bytes (over it: SP_EFULL)", 1024, 1LL << 40},
-	{"msg-ttl", SP_CT_INT, &msg_ttl, "2592000", "message TTL and dedup window, seconds", 1,
-	 3650 * DAY_S},
-	{"media-ttl", SP_CT_INT, &media_ttl, "1209600", "media blob TTL, seconds", 1, 3650 * DAY_S},
-	{"max-blob-size", SP_CT_SIZE, &max_blob_size, "100M", "largest media blob", 1, 1LL << 40},
-	{"sweep-interval", SP_CT_INT, &sweep_interval, "60", "seconds between TTL sweeps", 1, DAY_S},
-	{"sweep-batch", SP_CT_INT, &sweep_batch, "1000", "records per sweep transaction", 1, 1000000},
-	{"contexts", SP_CT_INT, &contexts, "128", "NNG REP contexts (requests in flight)", 1, 4096},
-	{"disk-reserve", SP_CT_SIZE, &disk_reserve, "64M",
-	 "refuse appends and blob chunks (SP_EFULL) below this much free disk; 0 off", 0, 1LL << 40},
-	{"metrics-addr", SP_CT_STR, &metrics_addr, "127.0.0.1", "address of GET /metrics", 0, 0},
-	{"metrics-port", SP_CT_INT, &metrics_port, "-1", "port of GET /metrics (0: any, -1: off)", -1,
-	 65535},
-	{"name", SP_CT_STR, &name, NULL, "cluster member name (as in the router's cluster file)", 0, 0},
-	{"router", SP_CT_STR, &router, NULL, "router REP url; when set, the shard heartbeats it", 0, 0},
-	{"router-pub", SP_CT_STR, &router_pub, NULL, "router PUB url (with --router)", 0, 0},
-	{"log-level", SP_CT_STR, &log_level, "info", "debug|info|warn|error", 0, 0},
-	{"log-json", SP_CT_BOOL, &log_json, "false", "log JSON lines", 0, 0},
-	{NULL, 0, NULL, NULL, NULL, 0, 0},
+	{ "data-dir", SP_CT_STR, &data_dir, "./inbox-data", "directory of the LMDB environment", 0,
+	    0 },
+	{ "listen", SP_CT_STR, &listen_url, "tcp://127.0.0.1:7401", "NNG URL of the REP socket", 0,
+	    0 },
+	{ "shard", SP_CT_INT, &shard, "0", "shard id (reported in STAT)", 0, 1LL << 40 },
+	{ "map-size", SP_CT_SIZE, &map_size, "8G", "LMDB map size (sparse file)", 1 << 20,
+	    1LL << 44 },
+	{ "max-queue-entries", SP_CT_SIZE, &max_queue_entries, "10000",
+	    "per-device queue cap, entries (over it: SP_EFULL)", 1, 1LL << 32 },
+	{ "max-queue-bytes", SP_CT_SIZE, &max_queue_bytes, "100M",
+	    "per-device queue cap, bytes (over it: SP_EFULL)", 1024, 1LL << 40 },
+	{ "msg-ttl", SP_CT_INT, &msg_ttl, "2592000", "message TTL and dedup window, seconds", 1,
+	    3650 * DAY_S },
+	{ "media-ttl", SP_CT_INT, &media_ttl, "1209600", "media blob TTL, seconds", 1,
+	    3650 * DAY_S },
+	{ "max-blob-size", SP_CT_SIZE, &max_blob_size, "100M", "largest media blob", 1, 1LL << 40 },
+	{ "sweep-interval", SP_CT_INT, &sweep_interval, "60", "seconds between TTL sweeps", 1,
+	    DAY_S },
+	{ "sweep-batch", SP_CT_INT, &sweep_batch, "1000", "records per sweep transaction", 1,
+	    1000000 },
+	{ "contexts", SP_CT_INT, &contexts, "128", "NNG REP contexts (requests in flight)", 1,
+	    4096 },
+	{ "disk-reserve", SP_CT_SIZE, &disk_reserve, "64M",
+	    "refuse appends and blob chunks (SP_EFULL) below this much free disk; 0 off", 0,
+	    1LL << 40 },
+	{ "metrics-addr", SP_CT_STR, &metrics_addr, "127.0.0.1", "address of GET /metrics", 0, 0 },
+	{ "metrics-port", SP_CT_INT, &metrics_port, "-1", "port of GET /metrics (0: any, -1: off)",
+	    -1, 65535 },
+	{ "name", SP_CT_STR, &name, NULL, "cluster member name (as in the router's cluster file)",
+	    0, 0 },
+	{ "router", SP_CT_STR, &router, NULL, "router REP url; when set, the shard heartbeats it",
+	    0, 0 },
+	{ "router-pub", SP_CT_STR, &router_pub, NULL, "router PUB url (with --router)", 0, 0 },
+	{ "log-level", SP_CT_STR, &log_level, "info", "debug|info|warn|error", 0, 0 },
+	{ "log-json", SP_CT_BOOL, &log_json, "false", "log JSON lines", 0, 0 },
+	{ NULL, 0, NULL, NULL, NULL, 0, 0 },
 };
 
 int
@@ -70,7 +80,7 @@ main(int argc, char **argv)
 
 	sp_log_init("inboxsrv", SP_LOG_INFO, false);
 	rc = sp_config_load("inboxsrv", "durable per-device inbox shard", opts, argc, argv, NULL, 0,
-			    NULL, err, sizeof(err));
+	    NULL, err, sizeof(err));
 	if (rc == SP_CONFIG_HELP) {
 		sp_config_free(opts);
 		return 0;
@@ -110,7 +120,7 @@ main(int argc, char **argv)
 	if ((rc = inbox_store_open(&store, &scfg)))
 		goto out;
 	MDB_txn *txn;
-	inbox_shard_stat st = {0};
+	inbox_shard_stat st = { 0 };
 	if ((rc = inbox_store_read_begin(store, &txn)) == SP_OK) {
 		rc = inbox_store_shard_stat(store, txn, &st);
 		inbox_store_read_end(txn);
@@ -118,20 +128,21 @@ main(int argc, char **argv)
 	if (rc)
 		goto out;
 	sp_info("store %s opened in %.1f ms: %llu entries, %llu blobs, lsn %llu", data_dir,
-		(double)(sp_mono_ns() - t0) / 1e6, (unsigned long long)st.entries,
-		(unsigned long long)st.blobs, (unsigned long long)st.lsn);
+	    (double)(sp_mono_ns() - t0) / 1e6, (unsigned long long)st.entries,
+	    (unsigned long long)st.blobs, (unsigned long long)st.lsn);
 
-	inbox_commit_config ccfg = {.disk_reserve = disk_reserve};
-	inbox_dispatch_config dcfg = {.shard = (uint64_t)shard};
-	if ((rc = inbox_commit_start(&commit, store, &ccfg)) ||
-	    (rc = inbox_dispatch_new(&disp, store, commit, &dcfg)) ||
-	    (rc = inbox_sweep_start(&sweep, commit, (uint64_t)sweep_interval * 1000,
-				    (uint32_t)sweep_batch)))
+	inbox_commit_config ccfg = { .disk_reserve = disk_reserve };
+	inbox_dispatch_config dcfg = { .shard = (uint64_t)shard };
+	if ((rc = inbox_commit_start(&commit, store, &ccfg))
+	    || (rc = inbox_dispatch_new(&disp, store, commit, &dcfg))
+	    || (rc = inbox_sweep_start(
+	            &sweep, commit, (uint64_t)sweep_interval * 1000, (uint32_t)sweep_batch)))
 		goto out;
 	if (metrics_port >= 0) {
 		int bound = 0;
 		if ((rc = sp_metrics_http_thread(metrics_addr, (int)metrics_port, &bound))) {
-			sp_error("metrics on %s:%lld: %s", metrics_addr, metrics_port, sp_strerror(rc));
+			sp_error(
+			    "metrics on %s:%lld: %s", metrics_addr, metrics_port, sp_strerror(rc));
 			goto out;
 		}
 		sp_info("metrics on http://%s:%d/metrics", metrics_addr, bound);

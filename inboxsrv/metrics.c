@@ -2,51 +2,55 @@
 
 inbox_metrics inbox_m;
 
-static const uint32_t batch_le[INBOX_BATCH_BUCKETS] = {1, 4, 16, 64, 256, UINT32_MAX};
+static const uint32_t batch_le[INBOX_BATCH_BUCKETS] = { 1, 4, 16, 64, 256, UINT32_MAX };
 
 void
 inbox_metrics_init(void)
 {
 	inbox_metrics *m = &inbox_m;
 	m->commits = sp_metric_counter("sp_inbox_commits_total",
-				       "Durable LMDB commits: each one fdatasync of the data pages and one "
-				       "O_DSYNC write of the meta page");
+	    "Durable LMDB commits: each one fdatasync of the data pages and one "
+	    "O_DSYNC write of the meta page");
 	m->ops = sp_metric_counter("sp_inbox_ops_total", "Write ops applied and committed");
-	m->op_errors = sp_metric_counter("sp_inbox_op_errors_total", "Write ops refused with an error");
-	m->appends = sp_metric_counter("sp_inbox_appends_total", "Queue entries appended (durable)");
-	m->append_dups = sp_metric_counter("sp_inbox_append_dups_total",
-					   "Appends answered from the dedup record");
-	m->append_full = sp_metric_counter("sp_inbox_append_full_total",
-					   "Appends refused: device queue over its cap (SP_EFULL)");
+	m->op_errors
+	    = sp_metric_counter("sp_inbox_op_errors_total", "Write ops refused with an error");
+	m->appends
+	    = sp_metric_counter("sp_inbox_appends_total", "Queue entries appended (durable)");
+	m->append_dups = sp_metric_counter(
+	    "sp_inbox_append_dups_total", "Appends answered from the dedup record");
+	m->append_full = sp_metric_counter(
+	    "sp_inbox_append_full_total", "Appends refused: device queue over its cap (SP_EFULL)");
 	m->store_full = sp_metric_counter("sp_inbox_store_full_total",
-					  "Write ops refused: LMDB map full or disk below the reserve");
+	    "Write ops refused: LMDB map full or disk below the reserve");
 	m->acks = sp_metric_counter("sp_inbox_acks_total", "ACK requests applied");
 	m->acked = sp_metric_counter("sp_inbox_acked_entries_total", "Entries deleted by ACK");
 	m->purged = sp_metric_counter("sp_inbox_purged_entries_total", "Entries deleted by PURGE");
 	m->fetches = sp_metric_counter("sp_inbox_fetches_total", "FETCH requests served");
-	m->fetched = sp_metric_counter("sp_inbox_fetched_entries_total", "Entries returned by FETCH");
+	m->fetched
+	    = sp_metric_counter("sp_inbox_fetched_entries_total", "Entries returned by FETCH");
 	m->stat_reqs = sp_metric_counter("sp_inbox_stats_total", "STAT requests served");
 	m->bad_requests = sp_metric_counter("sp_inbox_bad_requests_total",
-					    "Requests answered with ERROR before reaching the store");
-	m->ttl_expired = sp_metric_counter("sp_inbox_ttl_expired_total",
-					   "Undelivered entries removed at the message TTL");
-	m->ttl_dedup = sp_metric_counter("sp_inbox_ttl_dedup_expired_total",
-					 "Dedup records removed at the message TTL");
-	m->blob_expired = sp_metric_counter("sp_inbox_blob_expired_total",
-					    "Blobs removed at the media TTL");
+	    "Requests answered with ERROR before reaching the store");
+	m->ttl_expired = sp_metric_counter(
+	    "sp_inbox_ttl_expired_total", "Undelivered entries removed at the message TTL");
+	m->ttl_dedup = sp_metric_counter(
+	    "sp_inbox_ttl_dedup_expired_total", "Dedup records removed at the message TTL");
+	m->blob_expired
+	    = sp_metric_counter("sp_inbox_blob_expired_total", "Blobs removed at the media TTL");
 	m->blob_deleted = sp_metric_counter("sp_inbox_blob_fetched_deleted_total",
-					    "Blobs deleted after every listed device fetched them");
+	    "Blobs deleted after every listed device fetched them");
 	m->blob_puts = sp_metric_counter("sp_inbox_blob_puts_total", "BLOB_PUT chunks applied");
-	m->blob_bytes = sp_metric_counter("sp_inbox_blob_put_bytes_total", "BLOB_PUT bytes received");
+	m->blob_bytes
+	    = sp_metric_counter("sp_inbox_blob_put_bytes_total", "BLOB_PUT bytes received");
 	m->blob_gets = sp_metric_counter("sp_inbox_blob_gets_total", "BLOB_GET requests served");
-	m->commit_seconds = sp_metric_histogram("sp_inbox_commit_seconds",
-						"Apply + durable commit time of one batch");
+	m->commit_seconds = sp_metric_histogram(
+	    "sp_inbox_commit_seconds", "Apply + durable commit time of one batch");
 	m->sync_seconds = sp_metric_histogram("sp_inbox_commit_sync_seconds",
-					      "LMDB commit call of one batch: page writes and fdatasyncs");
-	m->request_seconds = sp_metric_histogram("sp_inbox_request_seconds",
-						 "Request received to reply handed to NNG");
-	m->batch[0] = sp_metric_counter("sp_inbox_commit_batches_total{ops=\"1\"}",
-					"Commits by number of ops in the batch");
+	    "LMDB commit call of one batch: page writes and fdatasyncs");
+	m->request_seconds = sp_metric_histogram(
+	    "sp_inbox_request_seconds", "Request received to reply handed to NNG");
+	m->batch[0] = sp_metric_counter(
+	    "sp_inbox_commit_batches_total{ops=\"1\"}", "Commits by number of ops in the batch");
 	m->batch[1] = sp_metric_counter("sp_inbox_commit_batches_total{ops=\"2-4\"}", NULL);
 	m->batch[2] = sp_metric_counter("sp_inbox_commit_batches_total{ops=\"5-16\"}", NULL);
 	m->batch[3] = sp_metric_counter("sp_inbox_commit_batches_total{ops=\"17-64\"}", NULL);
@@ -56,7 +60,8 @@ inbox_metrics_init(void)
 	m->entries = sp_metric_gauge("sp_inbox_queue_entries", "Queue entries held by the shard");
 	m->blobs = sp_metric_gauge("sp_inbox_blobs", "Media blobs held by the shard");
 	m->map_used = sp_metric_gauge("sp_inbox_map_used_bytes", "LMDB map pages in use, bytes");
-	m->disk_low = sp_metric_gauge("sp_inbox_disk_low", "1 while free disk is below the reserve");
+	m->disk_low
+	    = sp_metric_gauge("sp_inbox_disk_low", "1 while free disk is below the reserve");
 }
 
 void

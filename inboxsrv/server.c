@@ -106,7 +106,8 @@ inbox_server_start(inbox_server **out, const char *url, int nctx, inbox_dispatch
 	for (int i = 0; i < nctx; i++) {
 		srv_ctx *c = &srv->ctxs[i];
 		c->srv = srv;
-		if ((rv = nng_aio_alloc(&c->aio, ctx_cb, c)) || (rv = nng_ctx_open(&c->ctx, srv->sock))) {
+		if ((rv = nng_aio_alloc(&c->aio, ctx_cb, c))
+		    || (rv = nng_ctx_open(&c->ctx, srv->sock))) {
 			sp_error("nng context: %s", nng_strerror(rv));
 			srv->nctx = i + (c->aio != NULL);
 			inbox_server_close(srv);

@@ -1,7 +1,11 @@
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "sp_error.h"
@@ -12,16 +16,16 @@
 #define Q_FLAG_GROUP 0x1
 #define Q_FLAG_SHARED 0x2
 enum {
-	QH_FLAGS = 0,       /* u32 */
-	QH_CT_LEN = 4,      /* u32 */
-	QH_ENV_LEN = 8,     /* u32: envelope or body length */
-	QH_TS = 16,         /* u64 store time */
-	QH_SERVER_TS = 24,  /* u64 */
-	QH_FROM_USER = 32,  /* u64 */
-	QH_FROM_DEVICE = 40,/* u64 */
-	QH_ETYPE = 48,      /* u64 */
-	QH_GROUP = 56,      /* u64 */
-	QH_MSG_ID = 64,     /* 16 bytes */
+	QH_FLAGS = 0, /* u32 */
+	QH_CT_LEN = 4, /* u32 */
+	QH_ENV_LEN = 8, /* u32: envelope or body length */
+	QH_TS = 16, /* u64 store time */
+	QH_SERVER_TS = 24, /* u64 */
+	QH_FROM_USER = 32, /* u64 */
+	QH_FROM_DEVICE = 40, /* u64 */
+	QH_ETYPE = 48, /* u64 */
+	QH_GROUP = 56, /* u64 */
+	QH_MSG_ID = 64, /* 16 bytes */
 	QH_SIZE = 80
 };
 
@@ -31,7 +35,7 @@ enum {
 #define K_ENTRY 0x00
 #define K_META 0x01
 #define QKEY_LEN 17 /* device, K_ENTRY, seq */
-#define MKEY_LEN 9  /* device, K_META */
+#define MKEY_LEN 9 /* device, K_META */
 #define DKEY_LEN 32 /* dedup DB: from_device, msg_id, device */
 
 typedef struct dev_meta {
@@ -99,11 +103,15 @@ open_dbis(inbox_store *s)
 		const char *name;
 		size_t off;
 	} dbs[] = {
-		{"meta", offsetof(inbox_store, meta)},   {"q", offsetof(inbox_store, q)},
-		{"dedup", offsetof(inbox_store, dedup)}, {"ttl", offsetof(inbox_store, ttl)},
-		{"bref", offsetof(inbox_store, bref)},
-		{"body", offsetof(inbox_store, body)},   {"blob", offsetof(inbox_store, blob)},
-		{"bchunk", offsetof(inbox_store, bchunk)}, {"bttl", offsetof(inbox_store, bttl)},
+		{ "meta", offsetof(inbox_store, meta) },
+		{ "q", offsetof(inbox_store, q) },
+		{ "dedup", offsetof(inbox_store, dedup) },
+		{ "ttl", offsetof(inbox_store, ttl) },
+		{ "bref", offsetof(inbox_store, bref) },
+		{ "body", offsetof(inbox_store, body) },
+		{ "blob", offsetof(inbox_store, blob) },
+		{ "bchunk", offsetof(inbox_store, bchunk) },
+		{ "bttl", offsetof(inbox_store, bttl) },
 	};
 	MDB_txn *txn;
 	int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
@@ -134,9 +142,20 @@ inbox_store_open(inbox_store **out, const inbox_store_config *cfg)
 		return SP_ENOMEM;
 	}
 	s->cfg.dir = s->dir;
+	s->lock_fd = -1;
 	if (mkdir(s->dir, 0700) != 0 && errno != EEXIST) {
 		sp_error("store: mkdir %s: %s", s->dir, strerror(errno));
 		rc = SP_ESTORE;
+		goto fail;
+	}
+	/* Two shards writing one environment would both hand out seqs: refuse the second. */
+	char lock_path[4096];
+	snprintf(lock_path, sizeof(lock_path), "%s/inboxsrv.lock", s->dir);
+	if ((s->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0
+	    || flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+		sp_error("store: %s: %s", lock_path,
+		    errno == EWOULDBLOCK ? "in use by another process" : strerror(errno));
+		rc = errno == EWOULDBLOCK ? SP_EEXIST : SP_ESTORE;
 		goto fail;
 	}
 	if ((rc = mdb_env_create(&s->env))) {
@@ -145,9 +164,10 @@ inbox_store_open(inbox_store **out, const inbox_store_config *cfg)
 	}
 	/* NOTLS: read txns are begun and ended on nng's worker threads. Default (synchronous)
 	 * commits: an acknowledged append is on disk. */
-	if ((rc = mdb_env_set_maxdbs(s->env, 16)) || (rc = mdb_env_set_mapsize(s->env, cfg->map_size)) ||
-	    (rc = mdb_env_set_maxreaders(s->env, cfg->max_readers ? cfg->max_readers : 256)) ||
-	    (rc = mdb_env_open(s->env, s->dir, MDB_NOTLS, 0600))) {
+	if ((rc = mdb_env_set_maxdbs(s->env, 16))
+	    || (rc = mdb_env_set_mapsize(s->env, cfg->map_size))
+	    || (rc = mdb_env_set_maxreaders(s->env, cfg->max_readers ? cfg->max_readers : 256))
+	    || (rc = mdb_env_open(s->env, s->dir, MDB_NOTLS, 0600))) {
 		sp_error("store: open %s: %s", s->dir, mdb_strerror(rc));
 		rc = SP_ESTORE;
 		goto fail;
@@ -161,6 +181,8 @@ inbox_store_open(inbox_store **out, const inbox_store_config *cfg)
 fail:
 	if (s->env)
 		mdb_env_close(s->env);
+	if (s->lock_fd >= 0)
+		close(s->lock_fd);
 	free(s->dir);
 	free(s);
 	return rc;
@@ -172,6 +194,7 @@ inbox_store_close(inbox_store *s)
 	if (!s)
 		return;
 	mdb_env_close(s->env);
+	close(s->lock_fd);
 	free(s->dir);
 	free(s);
 }
@@ -211,7 +234,7 @@ inbox_store_read_end(MDB_txn *txn)
 static int
 get_u64(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, uint64_t *v)
 {
-	MDB_val key = {klen, (void *)k}, val;
+	MDB_val key = { klen, (void *)k }, val;
 	int rc = mdb_get(txn, dbi, &key, &val);
 	if (rc == MDB_NOTFOUND) {
 		*v = 0;
@@ -230,7 +253,7 @@ put_u64(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, uint64_t v)
 {
 	uint8_t b[8];
 	inbox_le64_put(b, v);
-	MDB_val key = {klen, (void *)k}, val = {8, b};
+	MDB_val key = { klen, (void *)k }, val = { 8, b };
 	return inbox_lmdb_err(mdb_put(txn, dbi, &key, &val, 0), "put");
 }
 
@@ -238,7 +261,7 @@ static int
 dev_get(inbox_store *s, MDB_txn *txn, uint64_t device, dev_meta *m)
 {
 	uint8_t k[MKEY_LEN];
-	MDB_val key = {MKEY_LEN, k}, val;
+	MDB_val key = { MKEY_LEN, k }, val;
 	inbox_be64_put(k, device);
 	k[8] = K_META;
 	int rc = mdb_get(txn, s->q, &key, &val);
@@ -265,7 +288,7 @@ dev_put(inbox_store *s, MDB_txn *txn, uint64_t device, const dev_meta *m)
 	inbox_le64_put(v, m->last_seq);
 	inbox_le64_put(v + 8, m->count);
 	inbox_le64_put(v + 16, m->bytes);
-	MDB_val key = {MKEY_LEN, k}, val = {24, v};
+	MDB_val key = { MKEY_LEN, k }, val = { 24, v };
 	return inbox_lmdb_err(mdb_put(txn, s->q, &key, &val, 0), "dev put");
 }
 
@@ -327,7 +350,7 @@ body_unref(inbox_store *s, MDB_txn *txn, uint64_t body_id)
 		return rc;
 	if (refs > 1)
 		return put_u64(txn, s->bref, k, 8, refs - 1);
-	MDB_val key = {8, k};
+	MDB_val key = { 8, k };
 	rc = mdb_del(txn, s->bref, &key, NULL);
 	if (rc && rc != MDB_NOTFOUND)
 		return inbox_lmdb_err(rc, "bref del");
@@ -373,8 +396,8 @@ entry_release(inbox_store *s, MDB_txn *txn, const MDB_val *v, dev_meta *m, inbox
 /* ---- append ---- */
 
 static int
-append_target(inbox_store *s, MDB_txn *txn, inbox_op *op, inbox_target *t, uint64_t *body_id,
-	      uint64_t *refs)
+append_target(
+    inbox_store *s, MDB_txn *txn, inbox_op *op, inbox_target *t, uint64_t *body_id, uint64_t *refs)
 {
 	uint8_t dk[DKEY_LEN], k[QKEY_LEN], tk[24], tv[24];
 	MDB_val key, val;
@@ -382,7 +405,7 @@ append_target(inbox_store *s, MDB_txn *txn, inbox_op *op, inbox_target *t, uint6
 	int rc;
 
 	dedup_key(dk, t->device, op->append.from_device, op->append.msg_id);
-	key = (MDB_val){DKEY_LEN, dk};
+	key = (MDB_val) { DKEY_LEN, dk };
 	rc = mdb_get(txn, s->dedup, &key, &val);
 	if (rc == 0 && val.mv_size == 8) {
 		t->seq = inbox_le64_get(val.mv_data);
@@ -415,14 +438,14 @@ append_target(inbox_store *s, MDB_txn *txn, inbox_op *op, inbox_target *t, uint6
 	uint64_t seq = m.last_seq + 1;
 	size_t payload = op->append.shared ? 8 : op->append.body_len;
 	qkey(k, t->device, seq);
-	key = (MDB_val){QKEY_LEN, k};
-	val = (MDB_val){QH_SIZE + t->ct_len + payload, NULL};
+	key = (MDB_val) { QKEY_LEN, k };
+	val = (MDB_val) { QH_SIZE + t->ct_len + payload, NULL };
 	if ((rc = mdb_put(txn, s->q, &key, &val, MDB_RESERVE)))
 		return inbox_lmdb_err(rc, "queue put");
 	uint8_t *p = val.mv_data;
 	memset(p, 0, QH_SIZE);
-	inbox_le32_put(p + QH_FLAGS, (op->append.has_group ? Q_FLAG_GROUP : 0) |
-					     (op->append.shared ? Q_FLAG_SHARED : 0));
+	inbox_le32_put(p + QH_FLAGS,
+	    (op->append.has_group ? Q_FLAG_GROUP : 0) | (op->append.shared ? Q_FLAG_SHARED : 0));
 	inbox_le32_put(p + QH_CT_LEN, t->ct_len);
 	inbox_le32_put(p + QH_ENV_LEN, op->append.body_len);
 	inbox_le64_put(p + QH_TS, op->ts);
@@ -441,8 +464,8 @@ append_target(inbox_store *s, MDB_txn *txn, inbox_op *op, inbox_target *t, uint6
 
 	uint8_t dv[8];
 	inbox_le64_put(dv, seq);
-	key = (MDB_val){DKEY_LEN, dk};
-	val = (MDB_val){8, dv};
+	key = (MDB_val) { DKEY_LEN, dk };
+	val = (MDB_val) { 8, dv };
 	if ((rc = mdb_put(txn, s->dedup, &key, &val, 0)))
 		return inbox_lmdb_err(rc, "dedup put");
 
@@ -451,8 +474,8 @@ append_target(inbox_store *s, MDB_txn *txn, inbox_op *op, inbox_target *t, uint6
 	inbox_be64_put(tk + 16, seq);
 	inbox_le64_put(tv, op->append.from_device);
 	memcpy(tv + 8, op->append.msg_id, INBOX_MSG_ID_LEN);
-	key = (MDB_val){24, tk};
-	val = (MDB_val){24, tv};
+	key = (MDB_val) { 24, tk };
+	val = (MDB_val) { 24, tv };
 	if ((rc = mdb_put(txn, s->ttl, &key, &val, 0)))
 		return inbox_lmdb_err(rc, "ttl put");
 
@@ -485,7 +508,7 @@ apply_append(inbox_store *s, MDB_txn *txn, inbox_op *op)
 	if (refs) {
 		uint8_t k[8];
 		inbox_be64_put(k, body_id);
-		MDB_val key = {8, k}, val = {op->append.body_len, (void *)op->append.body};
+		MDB_val key = { 8, k }, val = { op->append.body_len, (void *)op->append.body };
 		if ((rc = mdb_put(txn, s->body, &key, &val, 0)))
 			return inbox_lmdb_err(rc, "body put");
 		if ((rc = put_u64(txn, s->bref, k, 8, refs)))
@@ -535,7 +558,7 @@ apply_ack(inbox_store *s, MDB_txn *txn, inbox_op *op)
 			return rc;
 		for (uint32_t i = 0; i < op->ack.nseqs; i++) {
 			qkey(k, device, op->ack.seqs[i]);
-			key = (MDB_val){QKEY_LEN, k};
+			key = (MDB_val) { QKEY_LEN, k };
 			rc = mdb_get(txn, s->q, &key, &val);
 			if (rc == MDB_NOTFOUND)
 				continue;
@@ -554,7 +577,7 @@ apply_ack(inbox_store *s, MDB_txn *txn, inbox_op *op)
 		if ((rc = mdb_cursor_open(txn, s->q, &c)))
 			return inbox_lmdb_err(rc, "cursor");
 		qkey(k, device, 0);
-		key = (MDB_val){QKEY_LEN, k};
+		key = (MDB_val) { QKEY_LEN, k };
 		rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
 		while (rc == 0) {
 			if (!is_entry_of(&key, device) || key_seq(&key) > op->ack.upto_seq)
@@ -607,7 +630,7 @@ apply_purge(inbox_store *s, MDB_txn *txn, inbox_op *op)
 	if ((rc = mdb_cursor_open(txn, s->q, &c)))
 		return inbox_lmdb_err(rc, "cursor");
 	qkey(k, device, 0);
-	key = (MDB_val){QKEY_LEN, k};
+	key = (MDB_val) { QKEY_LEN, k };
 	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
 	while (rc == 0 && is_entry_of(&key, device)) {
 		if ((rc = entry_release(s, txn, &val, &m, NULL)))
@@ -650,11 +673,12 @@ sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, in
 	uint8_t p[24];
 	memcpy(p, tv->mv_data, 24);
 	qkey(k, device, seq);
-	key = (MDB_val){QKEY_LEN, k};
+	key = (MDB_val) { QKEY_LEN, k };
 	rc = mdb_get(txn, s->q, &key, &val);
 	if (rc == 0) {
 		dev_meta m;
-		if ((rc = dev_get(s, txn, device, &m)) || (rc = entry_release(s, txn, &val, &m, NULL)))
+		if ((rc = dev_get(s, txn, device, &m))
+		    || (rc = entry_release(s, txn, &val, &m, NULL)))
 			return rc;
 		if ((rc = mdb_del(txn, s->q, &key, NULL)))
 			return inbox_lmdb_err(rc, "queue del");
@@ -665,7 +689,7 @@ sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, in
 		return inbox_lmdb_err(rc, "queue get");
 	}
 	dedup_key(dk, device, inbox_le64_get(p), p + 8);
-	key = (MDB_val){DKEY_LEN, dk};
+	key = (MDB_val) { DKEY_LEN, dk };
 	rc = mdb_get(txn, s->dedup, &key, &val);
 	if (rc == 0 && val.mv_size == 8 && inbox_le64_get(val.mv_data) == seq) {
 		if ((rc = mdb_del(txn, s->dedup, &key, NULL)))
@@ -718,8 +742,8 @@ apply_sweep(inbox_store *s, MDB_txn *txn, inbox_op *op)
 		rc = inbox_lmdb_err(rc, "ttl scan");
 		goto out;
 	}
-	if ((rc = count_add(s, txn, "entries", -(int64_t)op->sweep.expired)) ||
-	    (rc = count_add(s, txn, "dedups", -(int64_t)op->sweep.dedup_gone)))
+	if ((rc = count_add(s, txn, "entries", -(int64_t)op->sweep.expired))
+	    || (rc = count_add(s, txn, "dedups", -(int64_t)op->sweep.dedup_gone)))
 		goto out;
 	bool bmore = false;
 	rc = inbox_blob_sweep(s, txn, bcutoff, op->sweep.limit, &op->sweep.blobs, &bmore);
@@ -790,8 +814,8 @@ inbox_op_failed_clean(const inbox_op *op)
 	case SP_ERANGE:
 		return true;
 	case SP_EFULL: /* the queue cap, not the map */
-		return op->kind == INBOX_OP_APPEND && !op->append.shared &&
-		       op->append.targets[0].rc == SP_EFULL;
+		return op->kind == INBOX_OP_APPEND && !op->append.shared
+		    && op->append.targets[0].rc == SP_EFULL;
 	default:
 		return false;
 	}
@@ -851,7 +875,7 @@ entry_decode(inbox_store *s, MDB_txn *txn, const MDB_val *key, const MDB_val *v,
 	e->env_len = inbox_le32_get(p + QH_ENV_LEN);
 	if (flags & Q_FLAG_SHARED) {
 		uint8_t k[8];
-		MDB_val bk = {8, k}, bv;
+		MDB_val bk = { 8, k }, bv;
 		inbox_be64_put(k, inbox_le64_get(p + v->mv_size - 8));
 		int rc = mdb_get(txn, s->body, &bk, &bv);
 		if (rc)
@@ -866,7 +890,7 @@ entry_decode(inbox_store *s, MDB_txn *txn, const MDB_val *key, const MDB_val *v,
 
 int
 inbox_store_fetch(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t after_seq,
-		  uint32_t max_count, size_t max_bytes, inbox_entry *out, bool *more)
+    uint32_t max_count, size_t max_bytes, inbox_entry *out, bool *more)
 {
 	uint8_t k[QKEY_LEN];
 	MDB_val key, val;
@@ -880,7 +904,7 @@ inbox_store_fetch(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t after_
 	if ((rc = mdb_cursor_open(txn, s->q, &c)))
 		return inbox_lmdb_err(rc, "cursor");
 	qkey(k, device, after_seq + 1);
-	key = (MDB_val){QKEY_LEN, k};
+	key = (MDB_val) { QKEY_LEN, k };
 	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
 	while (rc == 0 && is_entry_of(&key, device)) {
 		if ((uint32_t)n == max_count) {
@@ -928,7 +952,7 @@ inbox_store_stat(inbox_store *s, MDB_txn *txn, uint64_t device, inbox_stat *st)
 	if ((rc = mdb_cursor_open(txn, s->q, &c)))
 		return inbox_lmdb_err(rc, "cursor");
 	qkey(k, device, 0);
-	key = (MDB_val){QKEY_LEN, k};
+	key = (MDB_val) { QKEY_LEN, k };
 	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
 	if (rc == 0 && is_entry_of(&key, device) && val.mv_size >= QH_SIZE)
 		st->oldest_ts = inbox_le64_get((const uint8_t *)val.mv_data + QH_TS);
@@ -946,8 +970,8 @@ inbox_store_shard_stat(inbox_store *s, MDB_txn *txn, inbox_shard_stat *st)
 	memset(st, 0, sizeof(*st));
 	if ((rc = get_u64(txn, s->meta, "lsn", 3, &st->lsn)))
 		return rc;
-	if ((rc = get_u64(txn, s->meta, "entries", 7, &st->entries)) ||
-	    (rc = get_u64(txn, s->meta, "dedups", 6, &st->dedup)))
+	if ((rc = get_u64(txn, s->meta, "entries", 7, &st->entries))
+	    || (rc = get_u64(txn, s->meta, "dedups", 6, &st->dedup)))
 		return rc;
 	if ((rc = mdb_stat(txn, s->body, &ms)))
 		return inbox_lmdb_err(rc, "stat");

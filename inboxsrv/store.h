@@ -29,10 +29,10 @@
 typedef struct inbox_store inbox_store;
 
 typedef struct inbox_store_config {
-	const char *dir;          /* created if missing */
-	size_t map_size;          /* LMDB map size (sparse file) */
+	const char *dir; /* created if missing */
+	size_t map_size; /* LMDB map size (sparse file) */
 	uint64_t max_queue_entries; /* per device */
-	uint64_t max_queue_bytes;   /* per device: envelope/body + ct bytes */
+	uint64_t max_queue_bytes; /* per device: envelope/body + ct bytes */
 	uint64_t msg_ttl_ms;
 	uint64_t media_ttl_ms;
 	uint64_t max_blob_size;
@@ -40,12 +40,12 @@ typedef struct inbox_store_config {
 } inbox_store_config;
 
 typedef enum {
-	INBOX_OP_APPEND = 1,  /* one message to one or more devices */
-	INBOX_OP_ACK,         /* delete by upto_seq or by a list of seqs */
-	INBOX_OP_PURGE,       /* delete a device's whole queue */
-	INBOX_OP_SWEEP,       /* TTL: one bounded batch of expired entries and blobs */
-	INBOX_OP_BLOB_PUT,    /* one chunk of a media blob */
-	INBOX_OP_BLOB_DONE,   /* upload complete (digest verified by the caller) */
+	INBOX_OP_APPEND = 1, /* one message to one or more devices */
+	INBOX_OP_ACK, /* delete by upto_seq or by a list of seqs */
+	INBOX_OP_PURGE, /* delete a device's whole queue */
+	INBOX_OP_SWEEP, /* TTL: one bounded batch of expired entries and blobs */
+	INBOX_OP_BLOB_PUT, /* one chunk of a media blob */
+	INBOX_OP_BLOB_DONE, /* upload complete (digest verified by the caller) */
 	INBOX_OP_BLOB_FETCHED /* a listed device read the blob to the end */
 } inbox_op_kind;
 
@@ -54,8 +54,8 @@ typedef struct inbox_target {
 	const uint8_t *ct; /* optional per-device part; NULL if none */
 	uint32_t ct_len;
 	uint64_t seq; /* assigned (or checked, on a replica); 0 if refused */
-	int rc;       /* SP_OK, or SP_EFULL if this device's queue is over its cap */
-	bool dup;     /* already stored: seq is the first append's */
+	int rc; /* SP_OK, or SP_EFULL if this device's queue is over its cap */
+	bool dup; /* already stored: seq is the first append's */
 } inbox_target;
 
 typedef struct inbox_ref {
@@ -69,8 +69,8 @@ typedef struct inbox_ref {
 typedef struct inbox_op {
 	inbox_op_kind kind;
 	uint64_t lsn; /* assigned: shard-wide op sequence number */
-	uint64_t ts;  /* assigned: store time in ms (TTL and dedup window start here) */
-	int rc;       /* result of the whole op */
+	uint64_t ts; /* assigned: store time in ms (TTL and dedup window start here) */
+	int rc; /* result of the whole op */
 
 	union {
 		struct {
@@ -79,7 +79,7 @@ typedef struct inbox_op {
 			bool has_group;
 			const uint8_t *body; /* the envelope (one target) or the shared body */
 			uint32_t body_len;
-			bool shared;      /* store the body once, refcounted (batch append) */
+			bool shared; /* store the body once, refcounted (batch append) */
 			uint64_t body_id; /* assigned when shared and stored */
 			inbox_target *targets;
 			uint32_t ntargets;
@@ -98,11 +98,11 @@ typedef struct inbox_op {
 			uint64_t removed; /* result */
 		} purge;
 		struct {
-			uint32_t limit;      /* max records examined per kind */
-			uint64_t expired;    /* result: undelivered entries removed */
+			uint32_t limit; /* max records examined per kind */
+			uint64_t expired; /* result: undelivered entries removed */
 			uint64_t dedup_gone; /* result: dedup records removed */
-			uint64_t blobs;      /* result: blobs removed */
-			bool more;           /* result: the limit was hit */
+			uint64_t blobs; /* result: blobs removed */
+			bool more; /* result: the limit was hit */
 		} sweep;
 		struct {
 			uint8_t blob_id[INBOX_BLOB_ID_LEN];
@@ -175,7 +175,7 @@ typedef struct inbox_entry {
 	uint64_t seq, ts, server_ts, from_user, from_device, etype, group;
 	bool has_group;
 	const uint8_t *msg_id; /* INBOX_MSG_ID_LEN bytes */
-	const uint8_t *env;    /* envelope or shared body */
+	const uint8_t *env; /* envelope or shared body */
 	uint32_t env_len;
 	const uint8_t *ct; /* per-device part, NULL if none */
 	uint32_t ct_len;
@@ -186,7 +186,7 @@ typedef struct inbox_entry {
  * always returned). `out` has room for max_count entries. *more is set if entries
  * remain. Returns the count (>= 0) or SP_ESTORE. */
 int inbox_store_fetch(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t after_seq,
-		      uint32_t max_count, size_t max_bytes, inbox_entry *out, bool *more);
+    uint32_t max_count, size_t max_bytes, inbox_entry *out, bool *more);
 
 /* Bytes an entry adds to a FETCH reply, for the max_bytes budget. */
 size_t inbox_entry_wire_size(const inbox_entry *e);
@@ -212,17 +212,17 @@ typedef struct inbox_blob_info {
 } inbox_blob_info;
 
 /* SP_OK or SP_ENOTFOUND. */
-int inbox_store_blob_info(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id,
-			  inbox_blob_info *info);
+int inbox_store_blob_info(
+    inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, inbox_blob_info *info);
 
 /* Copies up to `len` bytes of the blob at `offset` into buf; returns the count (>= 0, 0
  * at the end), or SP_ENOTFOUND / SP_ERANGE (offset past what is stored) / SP_ESTORE. */
-long inbox_store_blob_read(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id,
-			   uint64_t offset, uint8_t *buf, size_t len);
+long inbox_store_blob_read(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t offset,
+    uint8_t *buf, size_t len);
 
 /* SHA-256 of the first `size` bytes of the blob (chunks below `have` never change, so a
  * read txn is enough). SP_OK, SP_ENOTFOUND, SP_ERANGE (fewer bytes stored), SP_ESTORE. */
-int inbox_store_blob_sha256(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id,
-			    uint64_t size, uint8_t out[INBOX_SHA256_LEN]);
+int inbox_store_blob_sha256(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t size,
+    uint8_t out[INBOX_SHA256_LEN]);
 
 #endif

@@ -34,7 +34,7 @@ static bool
 sweep_once(inbox_sweep *sw)
 {
 	inbox_req *r = &sw->req;
-	*r = (inbox_req){.done = sweep_done, .arg = sw, .cost = 4096};
+	*r = (inbox_req) { .done = sweep_done, .arg = sw, .cost = 4096 };
 	r->op.kind = INBOX_OP_SWEEP;
 	r->op.sweep.limit = sw->batch;
 	sw->op_done = false;
@@ -49,9 +49,9 @@ sweep_once(inbox_sweep *sw)
 	}
 	if (r->op.sweep.expired || r->op.sweep.blobs)
 		sp_info("ttl sweep: %llu expired entries, %llu dedup records, %llu blobs",
-			(unsigned long long)r->op.sweep.expired,
-			(unsigned long long)r->op.sweep.dedup_gone,
-			(unsigned long long)r->op.sweep.blobs);
+		    (unsigned long long)r->op.sweep.expired,
+		    (unsigned long long)r->op.sweep.dedup_gone,
+		    (unsigned long long)r->op.sweep.blobs);
 	return r->op.sweep.more;
 }
 

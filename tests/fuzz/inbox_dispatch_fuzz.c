@@ -53,17 +53,21 @@ remove_dir(void)
 static void
 init(void)
 {
-	inbox_store_config cfg = {.map_size = 256u << 20, .max_queue_entries = 64,
-				  .max_queue_bytes = 1 << 20, .msg_ttl_ms = 60000,
-				  .media_ttl_ms = 60000, .max_blob_size = 1 << 20, .max_readers = 16};
-	inbox_commit_config ccfg = {0};
-	inbox_dispatch_config dcfg = {0};
+	inbox_store_config cfg = { .map_size = 256u << 20,
+		.max_queue_entries = 64,
+		.max_queue_bytes = 1 << 20,
+		.msg_ttl_ms = 60000,
+		.media_ttl_ms = 60000,
+		.max_blob_size = 1 << 20,
+		.max_readers = 16 };
+	inbox_commit_config ccfg = { 0 };
+	inbox_dispatch_config dcfg = { 0 };
 	strcpy(dir, "/tmp/inbox_fuzz.XXXXXX");
 	if (!mkdtemp(dir))
 		abort();
 	cfg.dir = dir;
-	if (inbox_store_open(&st, &cfg) || inbox_commit_start(&cm, st, &ccfg) ||
-	    inbox_dispatch_new(&dp, st, cm, &dcfg))
+	if (inbox_store_open(&st, &cfg) || inbox_commit_start(&cm, st, &ccfg)
+	    || inbox_dispatch_new(&dp, st, cm, &dcfg))
 		abort();
 	atexit(remove_dir);
 }
@@ -73,7 +77,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+	waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0 };
 	nng_msg *m;
 
 	if (!dp)

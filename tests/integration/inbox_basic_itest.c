@@ -30,7 +30,7 @@ raw_call(nng_socket sock, const void *p, size_t len)
 	nng_ctx_recv(ctx, aio);
 	nng_aio_wait(aio);
 	CHECK(nng_aio_result(aio) == 0, "no reply to a malformed request: %s",
-	      nng_strerror(nng_aio_result(aio)));
+	    nng_strerror(nng_aio_result(aio)));
 	m = nng_aio_get_msg(aio);
 	CHECK(sp_nng_msg_decode(m, &f) == SP_OK, "undecodable reply");
 	code = f.type == SP_T_ERROR ? (int)sp_frame_i64(&f, SP_F_CODE) : 0;
@@ -75,13 +75,12 @@ depth(nng_socket sock, uint64_t device)
 static void
 malformed(nng_socket sock)
 {
-	static const uint8_t junk[] = {0xc1, 0xc1, 0xc1};
-	static const uint8_t not_map[] = {0x93, 0x01, 0x02, 0x03};
-	static const uint8_t unknown_type[] = {0x81, 0xa1, 't', 0xcc, 0xfe};
-	static const uint8_t append_no_fields[] = {0x81, 0xa1, 't', 0x64};
-	static const uint8_t fetch_neg_device[] = {0x83, 0xa1, 't', 0x68, 0xa6, 'd', 'e', 'v', 'i', 'c',
-						   'e', 0xff, 0xa9, 'a', 'f', 't', 'e', 'r', '_',
-						   's', 'e', 'q', 0x00};
+	static const uint8_t junk[] = { 0xc1, 0xc1, 0xc1 };
+	static const uint8_t not_map[] = { 0x93, 0x01, 0x02, 0x03 };
+	static const uint8_t unknown_type[] = { 0x81, 0xa1, 't', 0xcc, 0xfe };
+	static const uint8_t append_no_fields[] = { 0x81, 0xa1, 't', 0x64 };
+	static const uint8_t fetch_neg_device[] = { 0x83, 0xa1, 't', 0x68, 0xa6, 'd', 'e', 'v', 'i',
+		'c', 'e', 0xff, 0xa9, 'a', 'f', 't', 'e', 'r', '_', 's', 'e', 'q', 0x00 };
 	uint8_t *big;
 	size_t big_len = 70000;
 
@@ -91,7 +90,7 @@ malformed(nng_socket sock)
 	CHECK(raw_call(sock, unknown_type, sizeof(unknown_type)) == SP_EBADTYPE, "unknown type");
 	CHECK(raw_call(sock, append_no_fields, sizeof(append_no_fields)) == SP_EMISSING, "missing");
 	CHECK(raw_call(sock, fetch_neg_device, sizeof(fetch_neg_device)) == SP_EFIELDTYPE,
-	      "negative device");
+	    "negative device");
 	/* An APPEND whose envelope is over the 64 KiB field bound. */
 	big = calloc(1, big_len + 200);
 	CHECK(big, "oom");
@@ -100,8 +99,8 @@ malformed(nng_socket sock)
 		msgpack_packer pk;
 		msgpack_sbuffer_init(&sb);
 		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-		static const char *keys[] = {"t", "device", "from_user", "from_device", "server_ts",
-					     "etype"};
+		static const char *keys[]
+		    = { "t", "device", "from_user", "from_device", "server_ts", "etype" };
 		msgpack_pack_map(&pk, 8);
 		for (int i = 0; i < 6; i++) {
 			msgpack_pack_str(&pk, strlen(keys[i]));
@@ -133,8 +132,8 @@ malformed(nng_socket sock)
 static void
 blobs(nng_socket sock)
 {
-	uint8_t id[16] = {0xb1}, data[300000], sha[32];
-	uint64_t devs[] = {21};
+	uint8_t id[16] = { 0xb1 }, data[300000], sha[32];
+	uint64_t devs[] = { 21 };
 	sp_frame f, rep;
 	nng_msg *m;
 	int rc;
@@ -148,7 +147,8 @@ blobs(nng_socket sock)
 			sp_frame_set_u64(&f, SP_F_OFFSET, off);
 			sp_frame_set_bin(&f, SP_F_BYTES, data + off, 100000);
 			rc = call(sock, &f, &rep, &m);
-			CHECK(rc == SP_OK && rep.type == SP_T_BLOB_STORED, "put: %s", sp_strerror(rc));
+			CHECK(rc == SP_OK && rep.type == SP_T_BLOB_STORED, "put: %s",
+			    sp_strerror(rc));
 			CHECK(sp_frame_u64(&rep, SP_F_SIZE) == off + 100000, "stored size");
 			call_done(&rep, m);
 		}
@@ -213,6 +213,12 @@ main(void)
 	shard_start(&S, "--max-queue-entries", "50", NULL);
 	nng_socket sock = shard_connect(&S, 5000);
 
+	/* A second shard on the same data dir refuses to start. */
+	snprintf(cmd, sizeof(cmd), "%s --data-dir %s/data --listen tcp://127.0.0.1:%d 2>/dev/null",
+	    bin_path("inboxsrv"), S.dir, free_port());
+	int st = system(cmd);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 0, "second shard on the same data started");
+
 	CHECK(append(sock, 1, 1, "first", &dup) == 1 && !dup, "first append");
 	CHECK(append(sock, 2, 1, "other device", NULL) == 1, "other device");
 	malformed(sock);
@@ -244,7 +250,7 @@ main(void)
 		const sp_val *v = sp_frame_get(&rep, SP_F_ENTRIES);
 		for (uint32_t i = 0; i < v->rs.n; i++)
 			CHECK(sp_frame_u64(&v->rs.v[i], SP_F_SEQ) == ++seen, "order at %llu",
-			      (unsigned long long)seen);
+			    (unsigned long long)seen);
 		bool more = sp_frame_u64(&rep, SP_F_MORE);
 		if (v->rs.n)
 			after = sp_frame_u64(&rep, SP_F_LAST_SEQ);

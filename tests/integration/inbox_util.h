@@ -35,14 +35,14 @@ typedef struct shard {
 
 static shard *cleanup_shard;
 
-#define CHECK(cond, ...)                                                                     \
-	do {                                                                                 \
-		if (!(cond)) {                                                               \
-			fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
-			fprintf(stderr, __VA_ARGS__);                                        \
-			fprintf(stderr, "\n");                                               \
-			exit(1);                                                             \
-		}                                                                            \
+#define CHECK(cond, ...)                                                                           \
+	do {                                                                                       \
+		if (!(cond)) {                                                                     \
+			fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);   \
+			fprintf(stderr, __VA_ARGS__);                                              \
+			fprintf(stderr, "\n");                                                     \
+			exit(1);                                                                   \
+		}                                                                                  \
 	} while (0)
 
 static void
@@ -82,7 +82,7 @@ static int
 free_port(void)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t len = sizeof(a);
 	CHECK(fd >= 0, "socket");
 	CHECK(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0, "bind: %s", strerror(errno));
@@ -170,7 +170,8 @@ shard_start(shard *s, ...)
 	uint64_t deadline = sp_mono_ns() + 15000000000ULL;
 	for (;;) {
 		int status;
-		CHECK(waitpid(pid, &status, WNOHANG) == 0, "inboxsrv exited at start-up; see %s", s->log);
+		CHECK(waitpid(pid, &status, WNOHANG) == 0, "inboxsrv exited at start-up; see %s",
+		    s->log);
 		if (log_has(s, "listening on"))
 			break;
 		CHECK(sp_mono_ns() < deadline, "inboxsrv not ready in 15 s; see %s", s->log);
@@ -193,7 +194,8 @@ static nng_socket
 shard_connect(const shard *s, int timeout_ms)
 {
 	nng_socket sock;
-	int rc = sp_nng_req_open(&sock, s->url, timeout_ms, timeout_ms / 2 > 0 ? timeout_ms / 2 : 1);
+	int rc
+	    = sp_nng_req_open(&sock, s->url, timeout_ms, timeout_ms / 2 > 0 ? timeout_ms / 2 : 1);
 	CHECK(rc == SP_OK, "req open %s: %s", s->url, sp_strerror(rc));
 	return sock;
 }
@@ -228,7 +230,7 @@ msg_id_of(uint8_t out[16], uint64_t a, uint64_t b)
 
 static void
 append_frame(sp_frame *f, uint64_t device, const uint8_t *msg_id, uint64_t from_device,
-	     const void *env, size_t len)
+    const void *env, size_t len)
 {
 	sp_frame_init(f, SP_T_APPEND, 1, true);
 	sp_frame_set_u64(f, SP_F_DEVICE, device);

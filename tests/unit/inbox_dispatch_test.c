@@ -45,7 +45,7 @@ on_reply(void *arg, nng_msg *m)
 static nng_msg *
 call_raw(const void *p, size_t len)
 {
-	waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0};
+	waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, 0 };
 	nng_msg *m;
 	ck_assert_int_eq(nng_msg_alloc(&m, 0), 0);
 	ck_assert_int_eq(nng_msg_append(m, p, len), 0);
@@ -112,17 +112,23 @@ key(msgpack_packer *pk, const char *k)
 }
 
 static uint64_t cap_entries = 5;
+static uint64_t disk_reserve;
 
 static void
 setup(void)
 {
 	strcpy(dir, "/tmp/inbox_dispatch_test.XXXXXX");
 	ck_assert_ptr_nonnull(mkdtemp(dir));
-	inbox_store_config cfg = {.dir = dir, .map_size = 64u << 20, .max_queue_entries = cap_entries,
-				  .max_queue_bytes = 64 << 20, .msg_ttl_ms = 60000,
-				  .media_ttl_ms = 60000, .max_blob_size = 4096, .max_readers = 16};
-	inbox_commit_config ccfg = {0};
-	inbox_dispatch_config dcfg = {.shard = 3};
+	inbox_store_config cfg = { .dir = dir,
+		.map_size = 64u << 20,
+		.max_queue_entries = cap_entries,
+		.max_queue_bytes = 64 << 20,
+		.msg_ttl_ms = 60000,
+		.media_ttl_ms = 60000,
+		.max_blob_size = 4096,
+		.max_readers = 16 };
+	inbox_commit_config ccfg = { .disk_reserve = disk_reserve };
+	inbox_dispatch_config dcfg = { .shard = 3 };
 	ck_assert_int_eq(inbox_store_open(&st, &cfg), SP_OK);
 	ck_assert_int_eq(inbox_commit_start(&cm, st, &ccfg), SP_OK);
 	ck_assert_int_eq(inbox_dispatch_new(&dp, st, cm, &dcfg), SP_OK);
@@ -186,13 +192,13 @@ depth(uint64_t device)
 
 START_TEST(garbage_gets_error_codes)
 {
-	static const uint8_t junk[] = {0xc1, 0x00, 0xff};
-	static const uint8_t empty_map[] = {0x80};
-	static const uint8_t no_t[] = {0x81, 0xa1, 'x', 0x01};
-	static const uint8_t bad_type[] = {0x81, 0xa1, 't', 0xcc, 0xfa};   /* 250: unused */
-	static const uint8_t record_type[] = {0x81, 0xa1, 't', 0xcc, 130}; /* ENTRY */
-	static const uint8_t trailing[] = {0x81, 0xa1, 't', 0x03, 0x00};   /* PING + byte */
-	static const uint8_t client_frame[] = {0x81, 0xa1, 't', 0x0f};     /* ACK (client) */
+	static const uint8_t junk[] = { 0xc1, 0x00, 0xff };
+	static const uint8_t empty_map[] = { 0x80 };
+	static const uint8_t no_t[] = { 0x81, 0xa1, 'x', 0x01 };
+	static const uint8_t bad_type[] = { 0x81, 0xa1, 't', 0xcc, 0xfa }; /* 250: unused */
+	static const uint8_t record_type[] = { 0x81, 0xa1, 't', 0xcc, 130 }; /* ENTRY */
+	static const uint8_t trailing[] = { 0x81, 0xa1, 't', 0x03, 0x00 }; /* PING + byte */
+	static const uint8_t client_frame[] = { 0x81, 0xa1, 't', 0x0f }; /* ACK (client) */
 
 	ck_assert_int_eq(raw_err(junk, sizeof(junk)), SP_EMALFORMED);
 	ck_assert_int_eq(raw_err(junk, 0), SP_ETRUNC);
@@ -318,8 +324,8 @@ batch_too_many_targets(msgpack_packer *pk)
 
 START_TEST(bad_fields_get_error_codes)
 {
-	static const uint8_t short_id[] = {0x83, 0xa1, 't', 0x64, 0xa6, 'm', 's', 'g', '_', 'i', 'd',
-					   0xc4, 0x01, 0x00, 0xa6, 'd', 'e', 'v', 'i', 'c', 'e', 0x01};
+	static const uint8_t short_id[] = { 0x83, 0xa1, 't', 0x64, 0xa6, 'm', 's', 'g', '_', 'i',
+		'd', 0xc4, 0x01, 0x00, 0xa6, 'd', 'e', 'v', 'i', 'c', 'e', 0x01 };
 	ck_assert_int_eq(map_err(append_missing_env), SP_EMISSING);
 	ck_assert_int_eq(raw_err(short_id, sizeof(short_id)), SP_EFIELDLEN);
 	ck_assert_int_eq(map_err(fetch_string_device), SP_EFIELDTYPE);
@@ -337,7 +343,7 @@ START_TEST(semantic_errors)
 {
 	sp_frame f, rep;
 	nng_msg *m;
-	uint8_t id[16] = {7}, sha[32] = {0};
+	uint8_t id[16] = { 7 }, sha[32] = { 0 };
 
 	/* ACK needs exactly one of upto_seq and seqs. */
 	sp_frame_init(&f, SP_T_INBOX_ACK, 1, true);
@@ -345,7 +351,7 @@ START_TEST(semantic_errors)
 	m = call(&f, &rep);
 	sp_frame_fini(&rep);
 	ck_assert_int_eq(err_code(m), SP_EMISSING);
-	uint64_t seqs[] = {1};
+	uint64_t seqs[] = { 1 };
 	sp_frame_set_u64(&f, SP_F_UPTO_SEQ, 1);
 	sp_frame_set_u64s(&f, SP_F_SEQS, seqs, 1);
 	m = call(&f, &rep);
@@ -379,7 +385,7 @@ START_TEST(semantic_errors)
 	sp_frame_fini(&rep);
 	ck_assert_int_eq(err_code(m), SP_ESTATE);
 
-	uint64_t devs[] = {5};
+	uint64_t devs[] = { 5 };
 	sp_frame_init(&f, SP_T_BLOB_DONE, 4, true);
 	sp_frame_set_bin(&f, SP_F_BLOB_ID, id, 16);
 	sp_frame_set_u64(&f, SP_F_SIZE, 3);
@@ -481,9 +487,9 @@ START_TEST(append_fetch_ack_roundtrip)
 	ck_assert_uint_eq(depth(1), 1);
 
 	/* Group batch: one body, per-device seqs, refusal only where full. */
-	static const uint8_t gid[16] = {0x99};
+	static const uint8_t gid[16] = { 0x99 };
 	sp_frame t[3];
-	uint64_t devs[3] = {1, 2, 3};
+	uint64_t devs[3] = { 1, 2, 3 };
 	for (int i = 0; i < 3; i++) {
 		sp_frame_init(&t[i], SP_T_APPEND_TARGET, 0, false);
 		sp_frame_set_u64(&t[i], SP_F_DEVICE, devs[i]);
@@ -547,7 +553,8 @@ START_TEST(fetch_pages_fit_the_frame_limit)
 		const sp_val *v = sp_frame_get(&rep, SP_F_ENTRIES);
 		for (uint32_t i = 0; i < v->rs.n; i++) {
 			ck_assert_uint_eq(sp_frame_u64(&v->rs.v[i], SP_F_SEQ), ++seen);
-			ck_assert_uint_eq(sp_frame_bin(&v->rs.v[i], SP_F_ENV).len, sizeof(env) - seen);
+			ck_assert_uint_eq(
+			    sp_frame_bin(&v->rs.v[i], SP_F_ENV).len, sizeof(env) - seen);
 		}
 		bool more = sp_frame_u64(&rep, SP_F_MORE);
 		if (v->rs.n)
@@ -569,6 +576,49 @@ setup_big(void)
 	setup();
 }
 
+/* Free disk below the reserve: appends and blob chunks are refused (SP_EFULL) before the
+ * disk fills; deletions still work. */
+START_TEST(low_disk_refuses_growth)
+{
+	sp_frame f, rep;
+	nng_msg *m;
+	uint8_t id[16] = { 3 };
+
+	append_frame(&f, 1, 1, "x", 1);
+	m = call(&f, &rep);
+	sp_frame_fini(&rep);
+	ck_assert_int_eq(err_code(m), SP_EFULL);
+	sp_frame_init(&f, SP_T_BLOB_PUT, 2, true);
+	sp_frame_set_bin(&f, SP_F_BLOB_ID, id, 16);
+	sp_frame_set_u64(&f, SP_F_OFFSET, 0);
+	sp_frame_set_bin(&f, SP_F_BYTES, "abc", 3);
+	m = call(&f, &rep);
+	sp_frame_fini(&rep);
+	ck_assert_int_eq(err_code(m), SP_EFULL);
+	ck_assert_uint_eq(depth(1), 0);
+	sp_frame_init(&f, SP_T_PURGE, 3, true);
+	sp_frame_set_u64(&f, SP_F_DEVICE, 1);
+	m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_PURGED);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+}
+END_TEST
+
+static void
+setup_low_disk(void)
+{
+	disk_reserve = UINT64_MAX / 2;
+	setup();
+}
+
+static void
+teardown_low_disk(void)
+{
+	teardown();
+	disk_reserve = 0;
+}
+
 static Suite *
 suite(void)
 {
@@ -585,6 +635,10 @@ suite(void)
 	tcase_add_checked_fixture(tc, setup_big, teardown);
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, fetch_pages_fit_the_frame_limit);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("low_disk");
+	tcase_add_checked_fixture(tc, setup_low_disk, teardown_low_disk);
+	tcase_add_test(tc, low_disk_refuses_growth);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -62,17 +62,17 @@ mid(uint8_t out[16], uint64_t n)
 static int
 apply1(inbox_op *op, uint64_t now)
 {
-	inbox_op *ops[1] = {op};
+	inbox_op *ops[1] = { op };
 	ck_assert_int_eq(inbox_store_write(st, ops, 1, now), SP_OK);
 	return op->rc;
 }
 
 static int
 append(uint64_t device, uint64_t from_device, uint64_t msg, const char *env, uint64_t now,
-       uint64_t *seq, bool *dup)
+    uint64_t *seq, bool *dup)
 {
-	inbox_target t = {.device = device};
-	inbox_op op = {.kind = INBOX_OP_APPEND};
+	inbox_target t = { .device = device };
+	inbox_op op = { .kind = INBOX_OP_APPEND };
 	mid(op.append.msg_id, msg);
 	op.append.from_user = 1000 + from_device;
 	op.append.from_device = from_device;
@@ -91,8 +91,8 @@ append(uint64_t device, uint64_t from_device, uint64_t msg, const char *env, uin
 }
 
 static int
-fetch(uint64_t device, uint64_t after, uint32_t max, size_t max_bytes, inbox_entry *out,
-      bool *more, MDB_txn **txn)
+fetch(uint64_t device, uint64_t after, uint32_t max, size_t max_bytes, inbox_entry *out, bool *more,
+    MDB_txn **txn)
 {
 	ck_assert_int_eq(inbox_store_read_begin(st, txn), SP_OK);
 	return inbox_store_fetch(st, *txn, device, after, max, max_bytes, out, more);
@@ -123,7 +123,7 @@ shard_stat(void)
 static uint32_t
 ack_upto(uint64_t device, uint64_t upto, inbox_ref *refs_out, uint32_t cap)
 {
-	inbox_op op = {.kind = INBOX_OP_ACK};
+	inbox_op op = { .kind = INBOX_OP_ACK };
 	op.ack.device = device;
 	op.ack.upto_seq = upto;
 	ck_assert_int_eq(apply1(&op, 1), SP_OK);
@@ -213,7 +213,7 @@ START_TEST(dedup_by_device_sender_and_msg_id)
 	ck_assert(dup);
 	ck_assert_uint_eq(stat_of(1).depth, 0);
 	/* Once the TTL passed and the sweep ran, the id is new again. */
-	inbox_op sw = {.kind = INBOX_OP_SWEEP};
+	inbox_op sw = { .kind = INBOX_OP_SWEEP };
 	sw.sweep.limit = 100;
 	ck_assert_int_eq(apply1(&sw, 100 + TTL_MS + 1), SP_OK);
 	ck_assert_uint_eq(sw.sweep.dedup_gone, 3);
@@ -240,8 +240,8 @@ START_TEST(ack_upto_and_list_are_idempotent)
 	ck_assert_mem_eq(refs[0].msg_id, m1, 16);
 	ck_assert_uint_eq(ack_upto(1, 2, NULL, 0), 0); /* again: nothing newly delivered */
 
-	uint64_t seqs[] = {4, 99, 4, 6};
-	inbox_op op = {.kind = INBOX_OP_ACK};
+	uint64_t seqs[] = { 4, 99, 4, 6 };
+	inbox_op op = { .kind = INBOX_OP_ACK };
 	op.ack.device = 1;
 	op.ack.seqs = seqs;
 	op.ack.nseqs = 4;
@@ -265,9 +265,9 @@ END_TEST
 
 START_TEST(batch_body_is_refcounted)
 {
-	inbox_target t[3] = {{.device = 1}, {.device = 2, .ct = (const uint8_t *)"kd", .ct_len = 2},
-			     {.device = 3}};
-	inbox_op op = {.kind = INBOX_OP_APPEND};
+	inbox_target t[3] = { { .device = 1 },
+		{ .device = 2, .ct = (const uint8_t *)"kd", .ct_len = 2 }, { .device = 3 } };
+	inbox_op op = { .kind = INBOX_OP_APPEND };
 	inbox_entry e[4];
 	bool more;
 	MDB_txn *txn;
@@ -299,7 +299,7 @@ START_TEST(batch_body_is_refcounted)
 	ck_assert_uint_eq(stat_of(2).bytes, 12);
 
 	/* A retry stores nothing new. */
-	inbox_target t2[3] = {{.device = 1}, {.device = 2}, {.device = 3}};
+	inbox_target t2[3] = { { .device = 1 }, { .device = 2 }, { .device = 3 } };
 	op.append.targets = t2;
 	op.append.body_id = 0;
 	op.lsn = 0;
@@ -311,7 +311,7 @@ START_TEST(batch_body_is_refcounted)
 	ck_assert_uint_eq(ack_upto(1, 10, NULL, 0), 1);
 	ck_assert_uint_eq(ack_upto(2, 10, NULL, 0), 1);
 	ck_assert_uint_eq(shard_stat().bodies, 1);
-	inbox_op p = {.kind = INBOX_OP_PURGE};
+	inbox_op p = { .kind = INBOX_OP_PURGE };
 	p.purge.device = 3;
 	ck_assert_int_eq(apply1(&p, 100), SP_OK);
 	ck_assert_uint_eq(p.purge.removed, 1);
@@ -345,8 +345,8 @@ START_TEST(caps_refuse_without_dropping)
 	open_store(100, 10);
 	ck_assert_int_eq(append(2, 7, 1, "12345678", 100, NULL, NULL), SP_OK);
 	ck_assert_int_eq(append(2, 7, 2, "123", 100, NULL, NULL), SP_EFULL);
-	inbox_target t[2] = {{.device = 2}, {.device = 3}};
-	inbox_op op = {.kind = INBOX_OP_APPEND};
+	inbox_target t[2] = { { .device = 2 }, { .device = 3 } };
+	inbox_op op = { .kind = INBOX_OP_APPEND };
 	mid(op.append.msg_id, 3);
 	op.append.body = (const uint8_t *)"abc";
 	op.append.body_len = 3;
@@ -368,7 +368,7 @@ START_TEST(purge_keeps_seqs_monotonic)
 	for (uint64_t i = 1; i <= 4; i++)
 		ck_assert_int_eq(append(1, 7, i, "m", 100, NULL, NULL), SP_OK);
 	ck_assert_int_eq(append(2, 7, 1, "other", 100, NULL, NULL), SP_OK);
-	inbox_op p = {.kind = INBOX_OP_PURGE};
+	inbox_op p = { .kind = INBOX_OP_PURGE };
 	p.purge.device = 1;
 	ck_assert_int_eq(apply1(&p, 100), SP_OK);
 	ck_assert_uint_eq(p.purge.removed, 4);
@@ -390,7 +390,7 @@ START_TEST(ttl_sweep_in_bounded_batches)
 	ck_assert_int_eq(append(1, 7, 11, "new", 5000, NULL, NULL), SP_OK);
 	ck_assert_uint_eq(ack_upto(1, 2, NULL, 0), 2);
 
-	inbox_op sw = {.kind = INBOX_OP_SWEEP};
+	inbox_op sw = { .kind = INBOX_OP_SWEEP };
 	sw.sweep.limit = 4;
 	ck_assert_int_eq(apply1(&sw, 1000 + TTL_MS), SP_OK); /* nothing is older than the TTL */
 	ck_assert_uint_eq(sw.sweep.expired + sw.sweep.dedup_gone, 0);
@@ -422,10 +422,10 @@ START_TEST(ttl_sweep_in_bounded_batches)
 END_TEST
 
 static int
-blob_put(const uint8_t *id, uint64_t off, const uint8_t *b, uint32_t len, uint64_t now,
-	 uint64_t *have)
+blob_put(
+    const uint8_t *id, uint64_t off, const uint8_t *b, uint32_t len, uint64_t now, uint64_t *have)
 {
-	inbox_op op = {.kind = INBOX_OP_BLOB_PUT};
+	inbox_op op = { .kind = INBOX_OP_BLOB_PUT };
 	memcpy(op.blob_put.blob_id, id, 16);
 	op.blob_put.offset = off;
 	op.blob_put.bytes = b;
@@ -439,7 +439,7 @@ blob_put(const uint8_t *id, uint64_t off, const uint8_t *b, uint32_t len, uint64
 static int
 blob_done(const uint8_t *id, uint64_t size, const uint8_t *sha, const uint64_t *devs, uint32_t n)
 {
-	inbox_op op = {.kind = INBOX_OP_BLOB_DONE};
+	inbox_op op = { .kind = INBOX_OP_BLOB_DONE };
 	memcpy(op.blob_done.blob_id, id, 16);
 	op.blob_done.size = size;
 	memcpy(op.blob_done.sha256, sha, 32);
@@ -451,7 +451,7 @@ blob_done(const uint8_t *id, uint64_t size, const uint8_t *sha, const uint64_t *
 static int
 blob_fetched(const uint8_t *id, uint64_t device, bool *deleted)
 {
-	inbox_op op = {.kind = INBOX_OP_BLOB_FETCHED};
+	inbox_op op = { .kind = INBOX_OP_BLOB_FETCHED };
 	memcpy(op.blob_fetched.blob_id, id, 16);
 	op.blob_fetched.device = device;
 	int rc = apply1(&op, 1);
@@ -461,8 +461,8 @@ blob_fetched(const uint8_t *id, uint64_t device, bool *deleted)
 
 START_TEST(blob_resume_verify_read_delete)
 {
-	uint8_t id[16] = {1, 2, 3}, data[3000], sha[32], got[32], buf[3000];
-	uint64_t have, devs[] = {11, 12};
+	uint8_t id[16] = { 1, 2, 3 }, data[3000], sha[32], got[32], buf[3000];
+	uint64_t have, devs[] = { 11, 12 };
 	MDB_txn *txn;
 	bool deleted;
 
@@ -489,7 +489,7 @@ START_TEST(blob_resume_verify_read_delete)
 	inbox_store_read_end(txn);
 	ck_assert_int_eq(blob_done(id, 3000, sha, devs, 2), SP_OK);
 	ck_assert_int_eq(blob_done(id, 3000, sha, devs, 2), SP_OK); /* retry */
-	uint8_t other[32] = {0};
+	uint8_t other[32] = { 0 };
 	ck_assert_int_eq(blob_done(id, 3000, other, devs, 2), SP_ESTATE);
 	ck_assert_int_eq(blob_put(id, 2900, data + 2900, 100, 1, NULL), SP_OK); /* late retry */
 	ck_assert_int_eq(blob_put(id, 2900, data + 2900, 200, 1, NULL), SP_ESTATE);
@@ -523,10 +523,10 @@ END_TEST
 
 START_TEST(blob_ttl)
 {
-	uint8_t a[16] = {0xa}, b[16] = {0xb};
+	uint8_t a[16] = { 0xa }, b[16] = { 0xb };
 	ck_assert_int_eq(blob_put(a, 0, (const uint8_t *)"xx", 2, 1000, NULL), SP_OK);
 	ck_assert_int_eq(blob_put(b, 0, (const uint8_t *)"yy", 2, 3000, NULL), SP_OK);
-	inbox_op sw = {.kind = INBOX_OP_SWEEP};
+	inbox_op sw = { .kind = INBOX_OP_SWEEP };
 	sw.sweep.limit = 10;
 	ck_assert_int_eq(apply1(&sw, 1000 + MEDIA_TTL_MS), SP_OK);
 	ck_assert_uint_eq(sw.sweep.blobs, 0);
@@ -546,8 +546,8 @@ START_TEST(lsn_counts_applied_ops_and_checks_replays)
 	ck_assert_uint_eq(shard_stat().lsn, 2);
 
 	/* A replica replaying a primary op with the values the primary assigned. */
-	inbox_target t = {.device = 1, .seq = 2};
-	inbox_op op = {.kind = INBOX_OP_APPEND, .lsn = 3, .ts = 555};
+	inbox_target t = { .device = 1, .seq = 2 };
+	inbox_op op = { .kind = INBOX_OP_APPEND, .lsn = 3, .ts = 555 };
 	mid(op.append.msg_id, 2);
 	op.append.body = (const uint8_t *)"b";
 	op.append.body_len = 1;
@@ -558,7 +558,7 @@ START_TEST(lsn_counts_applied_ops_and_checks_replays)
 	inbox_stat s = stat_of(1);
 	ck_assert_uint_eq(s.last_seq, 2);
 	/* A replayed op whose LSN or seq does not match is refused. */
-	inbox_target t2 = {.device = 1, .seq = 9};
+	inbox_target t2 = { .device = 1, .seq = 9 };
 	inbox_op bad = op;
 	bad.lsn = 4;
 	bad.append.targets = &t2;
@@ -586,16 +586,29 @@ START_TEST(reopen_keeps_everything)
 }
 END_TEST
 
+START_TEST(one_process_per_environment)
+{
+	inbox_store *second = NULL;
+	inbox_store_config cfg = *inbox_store_cfg(st);
+	ck_assert_int_eq(inbox_store_open(&second, &cfg), SP_EEXIST);
+	ck_assert_ptr_null(second);
+}
+END_TEST
+
 START_TEST(map_full_is_an_error_not_a_loss)
 {
 	/* A tiny map: appends eventually fail with SP_EFULL; everything acknowledged stays. */
 	char big[60000];
 	uint64_t ok = 0, seq;
 	inbox_store_close(st);
-	inbox_store_config cfg = {.dir = dir, .map_size = 1u << 20, .max_queue_entries = 1000,
-				  .max_queue_bytes = 1u << 30, .msg_ttl_ms = TTL_MS,
-				  .media_ttl_ms = MEDIA_TTL_MS, .max_blob_size = 1 << 20,
-				  .max_readers = 16};
+	inbox_store_config cfg = { .dir = dir,
+		.map_size = 1u << 20,
+		.max_queue_entries = 1000,
+		.max_queue_bytes = 1u << 30,
+		.msg_ttl_ms = TTL_MS,
+		.media_ttl_ms = MEDIA_TTL_MS,
+		.max_blob_size = 1 << 20,
+		.max_readers = 16 };
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s/*", dir);
 	ck_assert_int_eq(system(cmd), 0);
@@ -604,9 +617,9 @@ START_TEST(map_full_is_an_error_not_a_loss)
 	big[sizeof(big) - 1] = 0;
 	int rc = SP_OK;
 	for (uint64_t i = 1; i <= 100 && rc == SP_OK; i++) {
-		inbox_target t = {.device = 1};
-		inbox_op op = {.kind = INBOX_OP_APPEND};
-		inbox_op *ops[1] = {&op};
+		inbox_target t = { .device = 1 };
+		inbox_op op = { .kind = INBOX_OP_APPEND };
+		inbox_op *ops[1] = { &op };
 		mid(op.append.msg_id, i);
 		op.append.body = (const uint8_t *)big;
 		op.append.body_len = sizeof(big) - 1;
@@ -644,6 +657,7 @@ suite(void)
 	tcase_add_test(tc, blob_ttl);
 	tcase_add_test(tc, lsn_counts_applied_ops_and_checks_replays);
 	tcase_add_test(tc, reopen_keeps_everything);
+	tcase_add_test(tc, one_process_per_environment);
 	tcase_add_test(tc, map_full_is_an_error_not_a_loss);
 	suite_add_tcase(s, tc);
 	return s;
