@@ -43,6 +43,7 @@ struct sealpost {
 	sig_store *sig; /* NULL until this home holds an account */
 	uint64_t user, device, last_seq;
 	char phone[33];
+	bool identity_changed; /* the last decrypt trusted a peer's new identity key */
 	uint8_t auth_pk[crypto_sign_PUBLICKEYBYTES], auth_sk[crypto_sign_SECRETKEYBYTES];
 	spc_conn *conn;
 	bool logged_in, queue_empty, refill;

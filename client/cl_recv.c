@@ -379,6 +379,7 @@ decrypt_pairwise(sealpost *sp, const char *peer, int type, const uint8_t *msg, s
 		if (sig_proto_prekey_decode(msg, len, &m) == SP_OK &&
 		    sig_store_trust_identity(sp->sig, peer, m.identity_key) == SP_OK)
 			rc = sig_store_decrypt(sp->sig, peer, stype, msg, len, pt, ptlen);
+		sp->identity_changed = rc == SP_OK; /* reported to the application by process() */
 	}
 	return rc;
 }
@@ -534,10 +535,18 @@ process(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg)
 		return acked(sp, d);
 	uint8_t *pt = NULL;
 	size_t ptlen = 0;
+	sp->identity_changed = false;
 	if ((rc = decrypt(sp, d, &pt, &ptlen))) {
 		/* The Signal state is unchanged by a failed decrypt; drop anything else. */
 		cl_sig_reload(sp);
 		return refuse(sp, d, rc, cb, arg);
+	}
+	if (sp->identity_changed && cb) {
+		char from[48];
+		cl_user_display(sp, d->from_user, from, sizeof(from));
+		sealpost_event ev = {.type = SEALPOST_EV_IDENTITY, .from = from, .from_user = d->from_user,
+				     .from_device = d->from_device, .server_ts = d->server_ts};
+		cb(&ev, arg);
 	}
 	cl_env e;
 	char conv[48], media_path[4096] = "";

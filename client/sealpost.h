@@ -82,6 +82,8 @@ enum {
 	SEALPOST_EV_MESSAGE = 1,       /* text or media (see media_* fields) */
 	SEALPOST_EV_RECEIPT = 2,       /* delivered / read receipts for messages we sent */
 	SEALPOST_EV_UNDECRYPTABLE = 3, /* refused: tampered, unknown sender key, ... (error) */
+	SEALPOST_EV_IDENTITY = 4,      /* a contact's device has a new identity key
+					* ("security code changed"); the message follows */
 };
 enum { SEALPOST_RECEIPT_DELIVERED = 10, SEALPOST_RECEIPT_READ = 11 };
 

@@ -96,6 +96,14 @@ on_event(const sealpost_event *ev, void *arg)
 		emit(j);
 		return;
 	}
+	if (ev->type == SEALPOST_EV_IDENTITY) {
+		json_object_set_new(j, "type", json_string("security"));
+		json_object_set_new(j, "from", str_json(ev->from));
+		json_object_set_new(j, "device", id_json(ev->from_device));
+		json_object_set_new(j, "text", json_string("security code changed"));
+		emit(j);
+		return;
+	}
 	if (ev->type == SEALPOST_EV_UNDECRYPTABLE) {
 		json_object_set_new(j, "type", json_string("error"));
 		json_object_set_new(j, "from", str_json(ev->from));
