@@ -189,7 +189,7 @@ cmd_status() {
 	for name in "${names[@]}"; do
 		if alive "$name"; then echo "$name running (pid $(cat "$(pidfile "$name")"))"; else echo "$name stopped"; fi
 	done
-	curl -sf "http://127.0.0.1:$port_router_http/map" 2>/dev/null | jq -r '.members[] | "  \(.name) healthy=\(.healthy) draining=\(.draining)"' 2>/dev/null || true
+	curl -sf "http://127.0.0.1:$port_router_http/map" 2>/dev/null | jq -r '.members[] | "  \(.name) healthy=\(.healthy) draining=\(.draining // false)"' 2>/dev/null || true
 }
 
 case ${1:-} in
