@@ -7,7 +7,7 @@
  */
 #include <pthread.h>
 
-#include "keysrv/test_harness.h"
+#include "keysrv_harness.h"
 
 static char tmp[256], data_dir[300], otp_dir[300], log_path[300];
 

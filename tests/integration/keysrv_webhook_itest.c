@@ -11,7 +11,7 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/thread.h>
 
-#include "keysrv/test_harness.h"
+#include "keysrv_harness.h"
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;

@@ -3,7 +3,7 @@
 #include <check.h>
 
 #include "keysrv/accounts.h"
-#include "keysrv/test_harness.h"
+#include "keysrv_harness.h"
 
 static kt_env env;
 

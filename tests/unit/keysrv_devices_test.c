@@ -2,7 +2,7 @@
  * the 4-device limit, status polling, expiry), removal rules, the auth-key lookup. */
 #include <check.h>
 
-#include "keysrv/test_harness.h"
+#include "keysrv_harness.h"
 
 static kt_env env;
 static kt_device prim;

@@ -2,7 +2,7 @@
  * deletion), member listing in pages, and the device list connsrv fans out to. */
 #include <check.h>
 
-#include "keysrv/test_harness.h"
+#include "keysrv_harness.h"
 
 static kt_env env;
 static kt_device alice, bob, carol;

@@ -5,7 +5,7 @@
 #include <pthread.h>
 
 #include "keysrv/prekeys.h"
-#include "keysrv/test_harness.h"
+#include "keysrv_harness.h"
 
 static kt_env env;
 

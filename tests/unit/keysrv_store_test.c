@@ -3,7 +3,7 @@
 #include <check.h>
 
 #include "keysrv/ratelimit.h"
-#include "keysrv/test_harness.h"
+#include "keysrv_harness.h"
 
 static char dir[256];
 static keys_store *st;
