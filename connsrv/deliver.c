@@ -421,61 +421,90 @@ on_pull_ready(evutil_socket_t fd, short what, void *arg)
 
 /* ---- periodic work: lost-push check, route refresh ---- */
 
-typedef struct check_op {
-	cs_session *s;
-} check_op;
+/* One LAST_SEQS call: up to CHECK_BATCH sessions whose devices live on one shard. */
+#define CHECK_BATCH 1024
+#define CHECK_SHARDS 64
+
+typedef struct check_batch {
+	char url[256];
+	uint32_t n;
+	cs_session *s[CHECK_BATCH];
+	uint64_t devices[CHECK_BATCH];
+} check_batch;
 
 static void
-on_stat(void *arg, int rc, const sp_frame *reply)
+on_last_seqs(void *arg, int rc, const sp_frame *reply)
 {
-	check_op *op = arg;
-	cs_session *s = op->s;
-	free(op);
-	s->checking = false;
-	if (rc == SP_OK && !s->closing && s->st == CS_ST_READY &&
-	    sp_frame_u64(reply, SP_F_LAST_SEQ) > s->sent_seq && sp_frame_u64(reply, SP_F_DEPTH) > 0) {
-		sp_metric_inc(s->srv->m.checks);
-		fetch(s);
+	check_batch *b = arg;
+	const sp_val *v = rc == SP_OK ? sp_frame_get(reply, SP_F_SEQ_LIST) : NULL;
+	if (v && v->us.n != b->n)
+		v = NULL;
+	for (uint32_t i = 0; i < b->n; i++) {
+		cs_session *s = b->s[i];
+		s->checking = false;
+		if (v && !s->closing && s->st == CS_ST_READY && s->device == b->devices[i] &&
+		    v->us.v[i] > s->sent_seq) {
+			sp_metric_inc(s->srv->m.checks);
+			fetch(s);
+		}
+		cs_session_call_end(s);
 	}
-	cs_session_call_end(s);
+	free(b);
 }
 
+static void
+check_send(cs_server *srv, check_batch *b)
+{
+	sp_frame q;
+	sp_frame_init(&q, SP_T_LAST_SEQS, 0, false);
+	sp_frame_set_u64s(&q, SP_F_DEVICES, b->devices, b->n);
+	if (cs_rpc_call(srv->rpc, b->url, &q, on_last_seqs, b) != SP_OK)
+		on_last_seqs(b, SP_EUNAVAIL, NULL);
+}
+
+/* Asks each shard, in one call per 1024 devices, for the last stored seq of the connected
+ * devices it owns; any device behind is fetched. This is what bounds the delay of a
+ * message whose push was lost. */
 static void
 on_check_tick(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	cs_server *srv = arg;
-	uint64_t now = sp_time_ms();
+	check_batch *batches[CHECK_SHARDS];
+	int nb = 0;
 	long long budget = srv->cfg.check_per_tick;
 	cs_session *s = srv->check_cursor ? srv->check_cursor : srv->sessions;
-	while (s && budget > 0) {
-		cs_session *next = s->next;
-		/* Only sessions with nothing in flight: a fetch in progress sees the shard anyway. */
-		if (s->st == CS_ST_READY && !s->fetching && !s->checking && !s->closing &&
-		    !window_full(s)) {
-			char url[256];
-			check_op *op;
-			if (cs_shard_url(srv, s->device, url, sizeof(url)) == SP_OK &&
-			    (op = malloc(sizeof(*op)))) {
-				op->s = s;
-				sp_frame q;
-				sp_frame_init(&q, SP_T_STAT, 0, false);
-				sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
-				s->checking = true;
-				cs_session_call_begin(s);
-				if (cs_rpc_call(srv->rpc, url, &q, on_stat, op) != SP_OK) {
-					s->checking = false;
-					free(op);
-					cs_session_call_end(s);
-				}
-			}
-			budget--;
+	for (; s && budget > 0; s = s->next) {
+		/* A session with a fetch in flight sees the shard anyway. */
+		if (s->st != CS_ST_READY || s->fetching || s->checking || s->closing || window_full(s))
+			continue;
+		char url[256];
+		if (cs_shard_url(srv, s->device, url, sizeof(url)) != SP_OK)
+			continue;
+		int k = 0;
+		while (k < nb && strcmp(batches[k]->url, url) != 0)
+			k++;
+		if (k == nb) {
+			if (nb == CHECK_SHARDS || !(batches[nb] = calloc(1, sizeof(check_batch))))
+				break;
+			memcpy(batches[nb]->url, url, sizeof(url));
+			nb++;
 		}
-		s = next;
+		check_batch *b = batches[k];
+		s->checking = true;
+		cs_session_call_begin(s);
+		b->s[b->n] = s;
+		b->devices[b->n++] = s->device;
+		budget--;
+		if (b->n == CHECK_BATCH) {
+			check_send(srv, b);
+			batches[k] = batches[--nb];
+		}
 	}
 	srv->check_cursor = s;
-	(void)now;
+	for (int k = 0; k < nb; k++)
+		check_send(srv, batches[k]);
 }
 
 static void

@@ -51,7 +51,7 @@ static const sp_config_opt opts[] = {
 	{"send-burst", SP_CT_INT, &cfg.send_burst, "400", "token bucket size", 1, 1000000},
 	{"route-ttl", SP_CT_INT, &cfg.route_ttl_s, "90", "seconds a route lives in Redis without refresh", 3, 86400},
 	{"check-interval", SP_CT_INT, &cfg.check_interval_ms, "2000", "ms between lost-delivery checks", 100, 600000},
-	{"check-per-tick", SP_CT_INT, &cfg.check_per_tick, "2000", "connections checked per interval", 1, 10000000},
+	{"check-per-tick", SP_CT_INT, &cfg.check_per_tick, "200000", "connections checked per interval (one call per shard per 1024)", 1, 10000000},
 	{"devcache-ms", SP_CT_INT, &cfg.devcache_ms, "10000", "ms a user's device list is cached", 0, 3600000},
 	{"metrics-addr", SP_CT_STR, &cfg.metrics_addr, "127.0.0.1", "metrics HTTP address", 0, 0},
 	{"metrics-port", SP_CT_INT, &cfg.metrics_port, "0", "metrics HTTP port (0: off; worker i: port + i)", 0, 65535},

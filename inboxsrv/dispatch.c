@@ -453,6 +453,40 @@ do_stat(inbox_dispatch *d, const sp_frame *f)
 	return frame_msg(f, &rep);
 }
 
+static nng_msg *
+do_last_seqs(inbox_dispatch *d, const sp_frame *f)
+{
+	const sp_val *devs = sp_frame_get(f, SP_F_DEVICES);
+	uint64_t *seqs = calloc(devs->us.n ? devs->us.n : 1, sizeof(uint64_t));
+	MDB_txn *txn;
+	sp_frame rep;
+	int rc;
+
+	if (!seqs)
+		return error_msg(f, SP_ENOMEM);
+	if ((rc = inbox_store_read_begin(d->store, &txn))) {
+		free(seqs);
+		return error_msg(f, rc);
+	}
+	for (uint32_t i = 0; rc == SP_OK && i < devs->us.n; i++) {
+		inbox_stat st = { 0 };
+		rc = inbox_store_stat(d->store, txn, devs->us.v[i], &st);
+		seqs[i] = st.depth ? st.last_seq : 0;
+	}
+	inbox_store_read_end(txn);
+	nng_msg *m;
+	if (rc) {
+		m = error_msg(f, rc);
+	} else {
+		sp_frame_init(&rep, SP_T_LAST_SEQS_R, 0, false);
+		sp_frame_set_u64s(&rep, SP_F_SEQ_LIST, seqs, devs->us.n);
+		m = frame_msg(f, &rep);
+	}
+	free(seqs);
+	sp_metric_inc(inbox_m.stat_reqs);
+	return m;
+}
+
 /* Queues the note that `device` read the blob to its end. */
 static void
 note_fetched(inbox_dispatch *d, const uint8_t *blob_id, uint64_t device)
@@ -556,6 +590,9 @@ inbox_dispatch_handle(inbox_dispatch *d, nng_msg *msg, inbox_reply_fn reply, voi
 		break;
 	case SP_T_STAT:
 		out = do_stat(d, &f);
+		break;
+	case SP_T_LAST_SEQS:
+		out = do_last_seqs(d, &f);
 		break;
 	case SP_T_BLOB_GET:
 		out = do_blob_get(d, &f);
