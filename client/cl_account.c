@@ -85,6 +85,16 @@ cl_online(sealpost *sp, int attempts)
 		return rc;
 	if (!cl_meta_u64(sp, "prekeys_ok") && (rc = cl_keys_upload(sp, CL_PREKEYS_BATCH)))
 		return rc;
+	if (!sp->status_checked) {
+		/* Others take our one-time prekeys while we are away: ask once per connection
+		 * whether we are under the low-water mark (the reply's refill flag). */
+		sp_frame q, r;
+		sp_frame_init(&q, SP_T_KEYS_STATUS, 0, false);
+		if ((rc = cl_call_want(sp, &q, SP_T_KEYS_UPLOADED, &r)))
+			return rc;
+		sp_frame_fini(&r);
+		sp->status_checked = true;
+	}
 	return cl_keys_refill(sp);
 }
 

@@ -47,6 +47,7 @@ struct sealpost {
 	uint8_t auth_pk[crypto_sign_PUBLICKEYBYTES], auth_sk[crypto_sign_SECRETKEYBYTES];
 	spc_conn *conn;
 	bool logged_in, queue_empty, refill;
+	bool status_checked; /* KEYS_STATUS asked on this connection */
 	uint64_t next_id;
 	cl_deliver *dq_head, *dq_tail;
 	int cut_chunks_left;

@@ -54,6 +54,7 @@ cl_disconnect(sealpost *sp)
 	spc_conn_close(sp->conn);
 	sp->conn = NULL;
 	sp->logged_in = false;
+	sp->status_checked = false;
 	sp->queue_empty = false;
 	/* Unprocessed DELIVERs were not ACKed: the server sends them again. */
 	while (sp->dq_head) {

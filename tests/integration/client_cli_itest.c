@@ -300,6 +300,41 @@ test_exit_codes(void)
 	CHECK(ct_run("broken", out, sizeof(out), "whoami") == 5);
 }
 
+/* Takes one bundle of `user` as `probe`; returns whether it carried a one-time prekey. */
+static bool
+bundle_has_opk(itest_user *probe, uint64_t user)
+{
+	sp_frame q, r;
+	sp_frame_init(&q, SP_T_BUNDLE_GET, 7, true);
+	sp_frame_set_u64(&q, SP_F_USER, user);
+	CHECK(spc_conn_send(probe->conn, &q) == SP_OK);
+	CHECK(itest_wait(probe, SP_T_BUNDLE_R, 10000, &r) == SP_OK);
+	const sp_val *v = sp_frame_get(&r, SP_F_BUNDLES);
+	bool has = v && v->rs.n == 1 && sp_frame_has(&v->rs.v[0], SP_F_OPK);
+	sp_frame_fini(&r);
+	return has;
+}
+
+static void
+test_prekey_refill(void)
+{
+	char out[65536];
+	itest_user probe;
+	itest_register(&ct_cluster, 0, &probe, "+15550199");
+	CHECK(itest_login(&ct_cluster, 0, &probe) == SP_OK);
+	uint64_t b = strtoull(bob, NULL, 10);
+	/* Use up bob's one-time prekeys (100 uploaded at verify, a few used since). */
+	int taken = 0;
+	while (taken < 150 && bundle_has_opk(&probe, b))
+		taken++;
+	CHECK(taken > 20 && taken < 150);
+	/* bob's next connection is told it is under the low-water mark and uploads more. */
+	CHECK(ct_run("bob", out, sizeof(out), "recv") == 0);
+	for (int i = 0; i < 30; i++)
+		CHECK(bundle_has_opk(&probe, b));
+	itest_logout(&probe);
+}
+
 int
 main(void)
 {
@@ -315,6 +350,7 @@ main(void)
 	test_tampered_refused();
 	test_exactly_once_under_kills();
 	test_exit_codes();
+	test_prekey_refill();
 	ct_down();
 	printf("client_cli_itest: all passed in %llu ms\n", (unsigned long long)(sp_time_ms() - t0));
 	return 0;
