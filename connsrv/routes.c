@@ -138,6 +138,13 @@ cs_routes_connected(const cs_routes *r)
 	return r->connected;
 }
 
+/* The Redis key of a device's route. */
+static void
+route_key(char key[32], uint64_t device)
+{
+	snprintf(key, 32, "r:%llu", (unsigned long long)device);
+}
+
 typedef struct claim_op {
 	cs_route_claim_cb cb;
 	void *arg;
@@ -174,7 +181,7 @@ cs_routes_claim(cs_routes *r, uint64_t device, const char *value, cs_route_claim
 	op->r = r;
 	op->t0 = sp_mono_ns();
 	char key[32];
-	snprintf(key, sizeof(key), "r:%llu", (unsigned long long)device);
+	route_key(key, device);
 	if (redisAsyncCommand(r->ac, on_claim, op, "SET %s %s EX %d GET", key, value, r->ttl_s) !=
 	    REDIS_OK) {
 		free(op);
@@ -189,7 +196,7 @@ cs_routes_release(cs_routes *r, uint64_t device, const char *value)
 	if (!r->connected)
 		return;
 	char key[32];
-	snprintf(key, sizeof(key), "r:%llu", (unsigned long long)device);
+	route_key(key, device);
 	redisAsyncCommand(r->ac, NULL, NULL, "EVAL %s 1 %s %s", cad_script, key, value);
 }
 
@@ -199,7 +206,7 @@ cs_routes_refresh(cs_routes *r, uint64_t device, const char *value)
 	if (!r->connected)
 		return;
 	char key[32];
-	snprintf(key, sizeof(key), "r:%llu", (unsigned long long)device);
+	route_key(key, device);
 	redisAsyncCommand(r->ac, NULL, NULL, "EVAL %s 1 %s %s %d", cae_script, key, value, r->ttl_s);
 }
 
@@ -243,15 +250,16 @@ cs_routes_lookup(cs_routes *r, const uint64_t *devices, size_t n, cs_route_looku
 	lookup_op *op = malloc(sizeof(*op));
 	const char **argv = calloc(n + 1, sizeof(char *));
 	size_t *lens = calloc(n + 1, sizeof(size_t));
-	char *keys = malloc(n * 24);
+	char *keys = malloc(n * 32);
 	int rc = SP_ENOMEM;
 	if (!op || !argv || !lens || !keys)
 		goto out;
 	argv[0] = "MGET";
 	lens[0] = 4;
 	for (size_t i = 0; i < n; i++) {
-		char *k = keys + i * 24;
-		lens[i + 1] = (size_t)snprintf(k, 24, "r:%llu", (unsigned long long)devices[i]);
+		char *k = keys + i * 32;
+		route_key(k, devices[i]);
+		lens[i + 1] = strlen(k);
 		argv[i + 1] = k;
 	}
 	op->cb = cb;

@@ -62,6 +62,16 @@ expect_messages(itest_user *u, const char *prefix, int first, int n)
 	}
 }
 
+/* Two new users, a on connsrv-0 and b on connsrv-1, both logged in and drained. */
+static void
+pair_online(itest_user *a, itest_user *b)
+{
+	new_user(a, 0);
+	new_user(b, 1);
+	online(a, 0);
+	online(b, 1);
+}
+
 static int
 send_text(itest_user *from, const itest_user *to, const char *text, uint8_t id[16])
 {
@@ -75,10 +85,7 @@ send_text(itest_user *from, const itest_user *to, const char *text, uint8_t id[1
 START_TEST(test_online_delivery_and_receipts)
 {
 	itest_user a, b;
-	new_user(&a, 0);
-	new_user(&b, 1);
-	online(&a, 0);
-	online(&b, 1);
+	pair_online(&a, &b);
 	uint8_t id[16];
 	ck_assert_int_eq(send_text(&a, &b, "m0", id), SP_OK);
 	sp_frame f;
@@ -146,10 +153,7 @@ END_TEST
 START_TEST(test_unacked_is_redelivered)
 {
 	itest_user a, b;
-	new_user(&a, 0);
-	new_user(&b, 1);
-	online(&a, 0);
-	online(&b, 1);
+	pair_online(&a, &b);
 	uint8_t ids[5][16];
 	for (int i = 0; i < 5; i++) {
 		char text[16];
@@ -266,10 +270,7 @@ END_TEST
 START_TEST(test_lost_push_is_repaired)
 {
 	itest_user a, b;
-	new_user(&a, 0);
-	new_user(&b, 1);
-	online(&a, 0);
-	online(&b, 1);
+	pair_online(&a, &b);
 	/* Without its route, nobody pushes to b: only the periodic check can find the message. */
 	ck_assert_int_eq(itest_sh(&cl, "redis-cli -p %d DEL r:%llu >/dev/null", cl.base,
 				  (unsigned long long)b.device), 0);
