@@ -125,11 +125,11 @@ apply_nested(inbox_commit *c, MDB_txn *txn, inbox_req *r, uint64_t now)
 		fatal("nested txn begin", rc);
 	rc = inbox_store_apply(c->store, child, &r->op, now);
 	if (rc == SP_OK) {
-		if ((rc = inbox_store_txn_commit(child)))
+		if ((rc = inbox_store_txn_commit(c->store, child)))
 			fatal("nested commit", rc);
 		return true;
 	}
-	inbox_store_txn_abort(child);
+	inbox_store_txn_abort(c->store, child);
 	if (rc == SP_ELIMIT) {
 		inbox_op_reset(&r->op);
 		return false;
@@ -199,7 +199,7 @@ apply_direct(inbox_commit *c, MDB_txn *txn, inbox_req *batch, uint64_t now, bool
 		}
 		if (inbox_store_apply(c->store, txn, &r->op, now) != SP_OK
 		    && !inbox_op_failed_clean(&r->op)) {
-			inbox_store_txn_abort(txn);
+			inbox_store_txn_abort(c->store, txn);
 			return false;
 		}
 	}
@@ -265,8 +265,12 @@ run_batch(inbox_commit *c, inbox_req *batch, uint32_t n)
 			sp_metric_set(inbox_m.blobs, (int64_t)st.blobs);
 			sp_metric_set(inbox_m.map_used, (int64_t)st.map_used);
 		}
+		uint64_t dn, db;
+		inbox_store_dedup_stat(c->store, &dn, &db);
+		sp_metric_set(inbox_m.dedup_entries, (int64_t)dn);
+		sp_metric_set(inbox_m.dedup_bytes, (int64_t)db);
 		uint64_t t1 = sp_mono_ns();
-		rc = inbox_store_txn_commit(txn);
+		rc = inbox_store_txn_commit(c->store, txn);
 		sp_metric_observe(inbox_m.sync_seconds, (double)(sp_mono_ns() - t1) / 1e9);
 		if (rc == SP_EFULL) {
 			for (r = batch; r; r = r->next)

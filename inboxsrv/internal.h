@@ -7,6 +7,7 @@
 
 #include <lmdb.h>
 
+#include "dedup.h"
 #include "sp_metrics.h"
 #include "store.h"
 
@@ -18,6 +19,7 @@ typedef struct inbox_metrics {
 	sp_metric *acks, *acked, *purged, *fetches, *fetched, *stat_reqs, *bad_requests;
 	sp_metric *ttl_expired, *ttl_dedup, *blob_expired, *blob_deleted, *blob_puts, *blob_bytes;
 	sp_metric *blob_gets, *commit_seconds, *sync_seconds, *request_seconds;
+	sp_metric *dedup_evicted, *dedup_entries, *dedup_bytes;
 	sp_metric *batch[INBOX_BATCH_BUCKETS];
 	sp_metric *lsn, *entries, *blobs, *map_used, *disk_low;
 } inbox_metrics;
@@ -43,15 +45,19 @@ struct inbox_store {
 	 * (device, 1) -> {last_seq, count, bytes}. An append (a new last entry and the meta
 	 * record right after it) then dirties one leaf, not one per table. */
 	MDB_dbi q;
-	/* (from_device, msg_id, device) -> seq. Apart from q: its inserts land at random
-	 * places, and ACKs and appends of the queue should not drag its pages along. */
-	MDB_dbi dedup;
-	MDB_dbi ttl; /* (ts, device, seq) -> {from_device, msg_id} */
+	/* (ts, device, seq) -> {from_device, msg_id}: the TTL index of entries and the log of
+	 * dedup records, in time order (appends add at its end). */
+	MDB_dbi ttl;
 	MDB_dbi bref; /* body id -> refcount */
 	MDB_dbi body; /* body id -> body bytes */
 	MDB_dbi blob; /* blob id -> blob header + devices */
 	MDB_dbi bchunk; /* (blob id, offset) -> bytes */
 	MDB_dbi bttl; /* (created, blob id) -> "" */
+	/* Dedup lookups: (device, from_device, msg_id) -> TTL record, in memory (dedup.h). */
+	inbox_dedup *dx;
+	size_t marks[8]; /* dedup undo mark of each open write txn, outermost first */
+	int depth; /* index of the innermost open write txn in marks, -1: none */
+	uint8_t evict_key[24]; /* TTL records before this key are not indexed (dedup_max) */
 };
 
 static inline void

@@ -23,7 +23,8 @@
 
 static char *data_dir, *listen_url, *metrics_addr, *log_level, *name, *router, *router_pub;
 static long long shard, contexts, msg_ttl, media_ttl, sweep_interval, sweep_batch, metrics_port;
-static size_t map_size, max_queue_entries, max_queue_bytes, max_blob_size, disk_reserve;
+static size_t map_size, max_queue_entries, max_queue_bytes, max_blob_size, disk_reserve,
+    dedup_max;
 static bool log_json;
 
 static const sp_config_opt opts[] = {
@@ -40,6 +41,10 @@ static const sp_config_opt opts[] = {
 	    "per-device queue cap, bytes (over it: SP_EFULL)", 1024, 1LL << 40 },
 	{ "msg-ttl", SP_CT_INT, &msg_ttl, "2592000", "message TTL and dedup window, seconds", 1,
 	    3650 * DAY_S },
+	{ "dedup-max", SP_CT_SIZE, &dedup_max, "50M",
+	    "dedup records kept in memory (24-48 bytes each); past it the oldest are forgotten "
+	    "before msg-ttl; 0: no limit",
+	    0, 1LL << 40 },
 	{ "media-ttl", SP_CT_INT, &media_ttl, "1209600", "media blob TTL, seconds", 1,
 	    3650 * DAY_S },
 	{ "max-blob-size", SP_CT_SIZE, &max_blob_size, "100M", "largest media blob", 1, 1LL << 40 },
@@ -115,6 +120,7 @@ main(int argc, char **argv)
 		.media_ttl_ms = (uint64_t)media_ttl * 1000,
 		.max_blob_size = max_blob_size,
 		.max_readers = (unsigned)contexts + 64,
+		.dedup_max = dedup_max,
 	};
 	uint64_t t0 = sp_mono_ns();
 	if ((rc = inbox_store_open(&store, &scfg)))
@@ -127,9 +133,10 @@ main(int argc, char **argv)
 	}
 	if (rc)
 		goto out;
-	sp_info("store %s opened in %.1f ms: %llu entries, %llu blobs, lsn %llu", data_dir,
-	    (double)(sp_mono_ns() - t0) / 1e6, (unsigned long long)st.entries,
-	    (unsigned long long)st.blobs, (unsigned long long)st.lsn);
+	sp_info("store %s opened in %.1f ms: %llu entries, %llu dedup records, %llu blobs, lsn %llu",
+	    data_dir, (double)(sp_mono_ns() - t0) / 1e6, (unsigned long long)st.entries,
+	    (unsigned long long)st.dedup, (unsigned long long)st.blobs,
+	    (unsigned long long)st.lsn);
 
 	inbox_commit_config ccfg = { .disk_reserve = disk_reserve };
 	inbox_dispatch_config dcfg = { .shard = (uint64_t)shard };

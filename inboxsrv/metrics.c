@@ -62,6 +62,12 @@ inbox_metrics_init(void)
 	m->map_used = sp_metric_gauge("sp_inbox_map_used_bytes", "LMDB map pages in use, bytes");
 	m->disk_low
 	    = sp_metric_gauge("sp_inbox_disk_low", "1 while free disk is below the reserve");
+	m->dedup_entries = sp_metric_gauge(
+	    "sp_inbox_dedup_index_records", "Dedup records in the in-memory index");
+	m->dedup_bytes = sp_metric_gauge(
+	    "sp_inbox_dedup_index_bytes", "Memory held by the in-memory dedup index");
+	m->dedup_evicted = sp_metric_counter("sp_inbox_dedup_evicted_total",
+	    "Dedup records forgotten before the message TTL to stay under dedup-max");
 }
 
 void

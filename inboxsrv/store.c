@@ -36,7 +36,9 @@ enum {
 #define K_META 0x01
 #define QKEY_LEN 17 /* device, K_ENTRY, seq */
 #define MKEY_LEN 9 /* device, K_META */
-#define DKEY_LEN 32 /* dedup DB: from_device, msg_id, device */
+#define TKEY_LEN 24 /* ttl DB: ts, device, seq */
+#define TVAL_LEN 24 /* ttl DB: from_device, msg_id */
+#define EVICT_BATCH 1024 /* dedup records forgotten at once when the index is at its cap */
 
 typedef struct dev_meta {
 	uint64_t last_seq, count, bytes;
@@ -96,6 +98,8 @@ inbox_store_cfg(const inbox_store *s)
 
 /* ---- open / close ---- */
 
+static int dedup_rebuild(inbox_store *s);
+
 static int
 open_dbis(inbox_store *s)
 {
@@ -105,7 +109,6 @@ open_dbis(inbox_store *s)
 	} dbs[] = {
 		{ "meta", offsetof(inbox_store, meta) },
 		{ "q", offsetof(inbox_store, q) },
-		{ "dedup", offsetof(inbox_store, dedup) },
 		{ "ttl", offsetof(inbox_store, ttl) },
 		{ "bref", offsetof(inbox_store, bref) },
 		{ "body", offsetof(inbox_store, body) },
@@ -174,11 +177,12 @@ inbox_store_open(inbox_store **out, const inbox_store_config *cfg)
 	}
 	/* Reader slots left by a killed process would pin old pages forever. */
 	mdb_reader_check(s->env, &dead);
-	if ((rc = open_dbis(s)))
+	if ((rc = open_dbis(s)) || (rc = dedup_rebuild(s)))
 		goto fail;
 	*out = s;
 	return SP_OK;
 fail:
+	inbox_dedup_free(s->dx);
 	if (s->env)
 		mdb_env_close(s->env);
 	if (s->lock_fd >= 0)
@@ -193,6 +197,7 @@ inbox_store_close(inbox_store *s)
 {
 	if (!s)
 		return;
+	inbox_dedup_free(s->dx);
 	mdb_env_close(s->env);
 	close(s->lock_fd);
 	free(s->dir);
@@ -202,19 +207,42 @@ inbox_store_close(inbox_store *s)
 int
 inbox_store_txn_begin(inbox_store *s, MDB_txn *parent, MDB_txn **txn)
 {
-	return inbox_lmdb_err(mdb_txn_begin(s->env, parent, 0, txn), "txn begin");
+	int depth = parent ? s->depth + 1 : 0;
+	if (depth >= (int)(sizeof(s->marks) / sizeof(s->marks[0])))
+		return SP_ELIMIT;
+	int rc = inbox_lmdb_err(mdb_txn_begin(s->env, parent, 0, txn), "txn begin");
+	if (rc == SP_OK) {
+		s->depth = depth;
+		s->marks[depth] = inbox_dedup_mark(s->dx);
+	}
+	return rc;
+}
+
+/* The innermost txn ended: committed into its parent, or rolled back. */
+static void
+txn_end(inbox_store *s, bool keep)
+{
+	if (!keep)
+		inbox_dedup_rollback(s->dx, s->marks[s->depth]);
+	else if (s->depth == 0)
+		inbox_dedup_settle(s->dx);
+	s->depth--;
 }
 
 int
-inbox_store_txn_commit(MDB_txn *txn)
+inbox_store_txn_commit(inbox_store *s, MDB_txn *txn)
 {
-	return inbox_lmdb_err(mdb_txn_commit(txn), "commit");
+	/* LMDB aborts a txn whose commit fails. */
+	int rc = inbox_lmdb_err(mdb_txn_commit(txn), "commit");
+	txn_end(s, rc == SP_OK);
+	return rc;
 }
 
 void
-inbox_store_txn_abort(MDB_txn *txn)
+inbox_store_txn_abort(inbox_store *s, MDB_txn *txn)
 {
 	mdb_txn_abort(txn);
+	txn_end(s, false);
 }
 
 int
@@ -314,14 +342,145 @@ key_seq(const MDB_val *k)
 	return inbox_be64_get((const uint8_t *)k->mv_data + 9);
 }
 
-/* Sender first: the records of one message to all its recipient devices (a group
- * fan-out, the per-device copies of a 1:1 message) are neighbours, written as one leaf. */
 static void
-dedup_key(uint8_t k[DKEY_LEN], uint64_t device, uint64_t from_device, const uint8_t *msg_id)
+ttl_key(uint8_t k[TKEY_LEN], uint64_t ts, uint64_t device, uint64_t seq)
 {
-	inbox_be64_put(k, from_device);
-	memcpy(k + 8, msg_id, INBOX_MSG_ID_LEN);
-	inbox_be64_put(k + 24, device);
+	inbox_be64_put(k, ts);
+	inbox_be64_put(k + 8, device);
+	inbox_be64_put(k + 16, seq);
+}
+
+/* The fingerprint of a TTL record (key k, value v). */
+static uint64_t
+ttl_fp(const inbox_store *s, const uint8_t *k, const uint8_t *v)
+{
+	return inbox_dedup_fp(s->dx, inbox_be64_get(k + 8), inbox_le64_get(v), v + 8);
+}
+
+/* A dedup lookup: the full key, checked against the TTL record a fingerprint points at. */
+typedef struct dedup_probe {
+	inbox_store *s;
+	MDB_txn *txn;
+	uint64_t device, from_device;
+	const uint8_t *msg_id;
+	int rc; /* an LMDB error met while checking */
+} dedup_probe;
+
+static bool
+dedup_match(void *arg, uint64_t ts, uint64_t seq)
+{
+	dedup_probe *p = arg;
+	uint8_t k[TKEY_LEN];
+	ttl_key(k, ts, p->device, seq);
+	MDB_val key = { TKEY_LEN, k }, val;
+	int rc = mdb_get(p->txn, p->s->ttl, &key, &val);
+	if (rc) {
+		/* Not found: another device's record with the same fingerprint. */
+		if (rc != MDB_NOTFOUND)
+			p->rc = inbox_lmdb_err(rc, "ttl get");
+		return false;
+	}
+	const uint8_t *v = val.mv_data;
+	return val.mv_size == TVAL_LEN && inbox_le64_get(v) == p->from_device
+	    && memcmp(v + 8, p->msg_id, INBOX_MSG_ID_LEN) == 0;
+}
+
+/* Forgets the oldest dedup records (EVICT_BATCH of them) to stay under cfg.dedup_max. */
+static int
+dedup_evict(inbox_store *s, MDB_txn *txn)
+{
+	MDB_cursor *c;
+	MDB_val key = { TKEY_LEN, s->evict_key }, val;
+	uint64_t n = 0;
+	int rc;
+	if ((rc = mdb_cursor_open(txn, s->ttl, &c)))
+		return inbox_lmdb_err(rc, "cursor");
+	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+	while (rc == 0 && n < EVICT_BATCH) {
+		if (key.mv_size != TKEY_LEN || val.mv_size != TVAL_LEN) {
+			rc = MDB_CORRUPTED;
+			break;
+		}
+		const uint8_t *k = key.mv_data;
+		if ((rc = inbox_dedup_remove(s->dx, ttl_fp(s, k, val.mv_data), inbox_be64_get(k),
+			 inbox_be64_get(k + 16), false)))
+			goto out;
+		/* Next time, go on right after this key. */
+		memcpy(s->evict_key, k, TKEY_LEN);
+		for (int i = TKEY_LEN - 1; i >= 0 && ++s->evict_key[i] == 0; i--)
+			;
+		n++;
+		rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+	}
+	sp_metric_add(inbox_m.dedup_evicted, n);
+	rc = rc == MDB_NOTFOUND ? SP_OK : rc ? inbox_lmdb_err(rc, "ttl scan") : SP_OK;
+out:
+	mdb_cursor_close(c);
+	return rc;
+}
+
+/* Builds the dedup index from the TTL log: the newest cfg.dedup_max records. */
+static int
+dedup_rebuild(inbox_store *s)
+{
+	MDB_txn *txn;
+	MDB_cursor *c = NULL;
+	MDB_stat ms;
+	MDB_val key, val;
+	int rc;
+
+	s->depth = -1;
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+		return inbox_lmdb_err(rc, "read begin");
+	if ((rc = mdb_stat(txn, s->ttl, &ms)) || (rc = mdb_cursor_open(txn, s->ttl, &c))) {
+		rc = inbox_lmdb_err(rc, "ttl stat");
+		goto out;
+	}
+	uint64_t skip = 0, keep = ms.ms_entries;
+	if (s->cfg.dedup_max && keep > s->cfg.dedup_max) {
+		skip = keep - s->cfg.dedup_max;
+		keep = s->cfg.dedup_max;
+	}
+	if (!(s->dx = inbox_dedup_new(keep))) {
+		rc = SP_ENOMEM;
+		goto out;
+	}
+	memset(s->evict_key, 0, TKEY_LEN);
+	bool first = true;
+	rc = mdb_cursor_get(c, &key, &val, MDB_FIRST);
+	for (; rc == 0; rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
+		if (key.mv_size != TKEY_LEN || val.mv_size != TVAL_LEN) {
+			rc = MDB_CORRUPTED;
+			break;
+		}
+		if (skip) {
+			skip--;
+			continue;
+		}
+		const uint8_t *k = key.mv_data;
+		if (first) {
+			memcpy(s->evict_key, k, TKEY_LEN);
+			first = false;
+		}
+		if ((rc = inbox_dedup_insert(s->dx, ttl_fp(s, k, val.mv_data), inbox_be64_get(k),
+			 inbox_be64_get(k + 16))))
+			goto out;
+		/* Nothing to undo: this is the committed state. */
+		inbox_dedup_settle(s->dx);
+	}
+	rc = rc == MDB_NOTFOUND ? SP_OK : inbox_lmdb_err(rc, "ttl scan");
+out:
+	if (c)
+		mdb_cursor_close(c);
+	mdb_txn_abort(txn);
+	return rc;
+}
+
+void
+inbox_store_dedup_stat(const inbox_store *s, uint64_t *records, uint64_t *bytes)
+{
+	*records = inbox_dedup_count(s->dx);
+	*bytes = inbox_dedup_bytes(s->dx);
 }
 
 /* Adds `delta` to a shard-wide counter in the meta DB. */
@@ -399,22 +558,22 @@ static int
 append_target(
     inbox_store *s, MDB_txn *txn, inbox_op *op, inbox_target *t, uint64_t *body_id, uint64_t *refs)
 {
-	uint8_t dk[DKEY_LEN], k[QKEY_LEN], tk[24], tv[24];
+	uint8_t k[QKEY_LEN], tk[TKEY_LEN], tv[TVAL_LEN];
 	MDB_val key, val;
 	dev_meta m;
+	uint64_t fts, fseq;
 	int rc;
 
-	dedup_key(dk, t->device, op->append.from_device, op->append.msg_id);
-	key = (MDB_val) { DKEY_LEN, dk };
-	rc = mdb_get(txn, s->dedup, &key, &val);
-	if (rc == 0 && val.mv_size == 8) {
-		t->seq = inbox_le64_get(val.mv_data);
+	uint64_t fp = inbox_dedup_fp(s->dx, t->device, op->append.from_device, op->append.msg_id);
+	dedup_probe probe = { s, txn, t->device, op->append.from_device, op->append.msg_id, 0 };
+	if (inbox_dedup_find(s->dx, fp, dedup_match, &probe, &fts, &fseq)) {
+		t->seq = fseq;
 		t->dup = true;
 		t->rc = SP_OK;
 		return SP_OK;
 	}
-	if (rc && rc != MDB_NOTFOUND)
-		return inbox_lmdb_err(rc, "dedup get");
+	if (probe.rc)
+		return probe.rc;
 	if ((rc = dev_get(s, txn, t->device, &m)))
 		return rc;
 	uint64_t n = (uint64_t)op->append.body_len + t->ct_len;
@@ -462,22 +621,18 @@ append_target(
 	else
 		memcpy(p + QH_SIZE + t->ct_len, op->append.body, op->append.body_len);
 
-	uint8_t dv[8];
-	inbox_le64_put(dv, seq);
-	key = (MDB_val) { DKEY_LEN, dk };
-	val = (MDB_val) { 8, dv };
-	if ((rc = mdb_put(txn, s->dedup, &key, &val, 0)))
-		return inbox_lmdb_err(rc, "dedup put");
-
-	inbox_be64_put(tk, op->ts);
-	inbox_be64_put(tk + 8, t->device);
-	inbox_be64_put(tk + 16, seq);
+	ttl_key(tk, op->ts, t->device, seq);
 	inbox_le64_put(tv, op->append.from_device);
 	memcpy(tv + 8, op->append.msg_id, INBOX_MSG_ID_LEN);
-	key = (MDB_val) { 24, tk };
-	val = (MDB_val) { 24, tv };
+	key = (MDB_val) { TKEY_LEN, tk };
+	val = (MDB_val) { TVAL_LEN, tv };
 	if ((rc = mdb_put(txn, s->ttl, &key, &val, 0)))
 		return inbox_lmdb_err(rc, "ttl put");
+	if (s->cfg.dedup_max && inbox_dedup_count(s->dx) >= s->cfg.dedup_max
+	    && (rc = dedup_evict(s, txn)))
+		return rc;
+	if ((rc = inbox_dedup_insert(s->dx, fp, op->ts, seq)))
+		return rc;
 
 	m.last_seq = seq;
 	m.count++;
@@ -663,15 +818,15 @@ static int
 sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, inbox_op *op)
 {
 	uint64_t device = inbox_be64_get(tk + 8), seq = inbox_be64_get(tk + 16);
-	uint8_t k[QKEY_LEN], dk[DKEY_LEN];
+	uint8_t k[QKEY_LEN];
 	MDB_val key, val;
 	int rc;
 
-	if (tv->mv_size != 24)
+	if (tv->mv_size != TVAL_LEN)
 		return inbox_lmdb_err(MDB_CORRUPTED, "ttl record");
 	/* Copied first: writes below may move the page tv points into. */
-	uint8_t p[24];
-	memcpy(p, tv->mv_data, 24);
+	uint8_t p[TVAL_LEN];
+	memcpy(p, tv->mv_data, TVAL_LEN);
 	qkey(k, device, seq);
 	key = (MDB_val) { QKEY_LEN, k };
 	rc = mdb_get(txn, s->q, &key, &val);
@@ -688,16 +843,9 @@ sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, in
 	} else if (rc != MDB_NOTFOUND) {
 		return inbox_lmdb_err(rc, "queue get");
 	}
-	dedup_key(dk, device, inbox_le64_get(p), p + 8);
-	key = (MDB_val) { DKEY_LEN, dk };
-	rc = mdb_get(txn, s->dedup, &key, &val);
-	if (rc == 0 && val.mv_size == 8 && inbox_le64_get(val.mv_data) == seq) {
-		if ((rc = mdb_del(txn, s->dedup, &key, NULL)))
-			return inbox_lmdb_err(rc, "dedup del");
-		op->sweep.dedup_gone++;
-	} else if (rc && rc != MDB_NOTFOUND) {
-		return inbox_lmdb_err(rc, "dedup get");
-	}
+	if ((rc = inbox_dedup_remove(s->dx, ttl_fp(s, tk, p), inbox_be64_get(tk), seq, true)))
+		return rc;
+	op->sweep.dedup_gone++;
 	return SP_OK;
 }
 
@@ -717,7 +865,7 @@ apply_sweep(inbox_store *s, MDB_txn *txn, inbox_op *op)
 		return inbox_lmdb_err(rc, "cursor");
 	rc = mdb_cursor_get(c, &key, &val, MDB_FIRST);
 	while (rc == 0) {
-		if (key.mv_size != 24) {
+		if (key.mv_size != TKEY_LEN) {
 			rc = inbox_lmdb_err(MDB_CORRUPTED, "ttl key");
 			goto out;
 		}
@@ -727,8 +875,8 @@ apply_sweep(inbox_store *s, MDB_txn *txn, inbox_op *op)
 			op->sweep.more = true;
 			break;
 		}
-		uint8_t tk[24];
-		memcpy(tk, key.mv_data, 24);
+		uint8_t tk[TKEY_LEN];
+		memcpy(tk, key.mv_data, TKEY_LEN);
 		if ((rc = sweep_one(s, txn, tk, &val, op)))
 			goto out;
 		if ((rc = mdb_cursor_del(c, 0))) {
@@ -831,19 +979,19 @@ inbox_store_write(inbox_store *s, inbox_op **ops, size_t n, uint64_t now)
 		return rc;
 	for (size_t i = 0; i < n; i++) {
 		if ((rc = inbox_store_txn_begin(s, txn, &child))) {
-			inbox_store_txn_abort(txn);
+			inbox_store_txn_abort(s, txn);
 			return rc;
 		}
 		if (inbox_store_apply(s, child, ops[i], now) == SP_OK) {
-			if ((rc = inbox_store_txn_commit(child))) {
-				inbox_store_txn_abort(txn);
+			if ((rc = inbox_store_txn_commit(s, child))) {
+				inbox_store_txn_abort(s, txn);
 				return rc;
 			}
 		} else {
-			inbox_store_txn_abort(child);
+			inbox_store_txn_abort(s, child);
 		}
 	}
-	return inbox_store_txn_commit(txn);
+	return inbox_store_txn_commit(s, txn);
 }
 
 /* ---- reads ---- */

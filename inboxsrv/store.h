@@ -37,6 +37,9 @@ typedef struct inbox_store_config {
 	uint64_t media_ttl_ms;
 	uint64_t max_blob_size;
 	unsigned max_readers; /* concurrent read transactions */
+	/* Most dedup records held in memory (0: no limit). Past it the oldest are forgotten
+	 * early (a retry that old is stored again), counted in sp_inbox_dedup_evicted_total. */
+	uint64_t dedup_max;
 } inbox_store_config;
 
 typedef enum {
@@ -140,11 +143,13 @@ void inbox_store_close(inbox_store *s);
 
 const inbox_store_config *inbox_store_cfg(const inbox_store *s);
 
-/* Write transactions. begin/commit/abort wrap LMDB's; commit is synchronous (fsync).
- * A failed commit leaves the environment in an unknown state: callers treat it as fatal. */
+/* Write transactions, on one thread at a time. begin/commit/abort wrap LMDB's and keep
+ * the in-memory dedup index in step (an abort rolls it back); `parent` is the innermost
+ * open txn or NULL. Commit is synchronous (fsync). A failed commit leaves the environment
+ * in an unknown state: callers treat it as fatal. */
 int inbox_store_txn_begin(inbox_store *s, MDB_txn *parent, MDB_txn **txn);
-int inbox_store_txn_commit(MDB_txn *txn); /* SP_OK, SP_EFULL (map full) or SP_ESTORE */
-void inbox_store_txn_abort(MDB_txn *txn);
+int inbox_store_txn_commit(inbox_store *s, MDB_txn *txn); /* SP_OK, SP_EFULL, SP_ESTORE */
+void inbox_store_txn_abort(inbox_store *s, MDB_txn *txn);
 
 /* Applies `op` in write txn `txn` at time `now` (ms; used when op->ts is 0). Returns
  * op->rc: SP_OK, or an error that must abort `txn` (apply in a nested txn to keep the rest
@@ -202,6 +207,9 @@ typedef struct inbox_shard_stat {
 } inbox_shard_stat;
 
 int inbox_store_shard_stat(inbox_store *s, MDB_txn *txn, inbox_shard_stat *st);
+
+/* Records in the in-memory dedup index and the bytes it holds. Writer thread only. */
+void inbox_store_dedup_stat(const inbox_store *s, uint64_t *records, uint64_t *bytes);
 
 typedef struct inbox_blob_info {
 	bool done;

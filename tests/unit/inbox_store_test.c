@@ -17,10 +17,13 @@
 static char dir[64];
 static inbox_store *st;
 
+static uint64_t dedup_max; /* for the next open_store */
+
 static void
 open_store(uint64_t max_entries, uint64_t max_bytes)
 {
 	inbox_store_config cfg = {
+		.dedup_max = dedup_max,
 		.dir = dir,
 		.map_size = 64u << 20,
 		.max_queue_entries = max_entries,
@@ -38,6 +41,7 @@ setup(void)
 {
 	strcpy(dir, "/tmp/inbox_store_test.XXXXXX");
 	ck_assert_ptr_nonnull(mkdtemp(dir));
+	dedup_max = 0;
 	open_store(100, 1 << 20);
 }
 
@@ -220,6 +224,145 @@ START_TEST(dedup_by_device_sender_and_msg_id)
 	ck_assert_int_eq(append(1, 7, 42, "x", 100 + TTL_MS + 2, &seq, &dup), SP_OK);
 	ck_assert_uint_eq(seq, 3);
 	ck_assert(!dup);
+}
+END_TEST
+
+/* Fills one 1-target append op (each test keeps its own target and op). */
+static void
+append_op(inbox_op *op, inbox_target *t, uint64_t device, uint64_t msg)
+{
+	*t = (inbox_target) { .device = device };
+	*op = (inbox_op) { .kind = INBOX_OP_APPEND };
+	mid(op->append.msg_id, msg);
+	op->append.from_device = 7;
+	op->append.body = (const uint8_t *)"e";
+	op->append.body_len = 1;
+	op->append.targets = t;
+	op->append.ntargets = 1;
+}
+
+/* The dedup index is in memory: what an aborted transaction wrote must leave it too, or a
+ * retry of an append that was never stored would be answered "dup" with a seq that does
+ * not exist (a lost message). */
+START_TEST(dedup_follows_its_transaction)
+{
+	inbox_op op;
+	inbox_target t;
+	MDB_txn *txn, *child;
+	uint64_t seq;
+	bool dup;
+
+	ck_assert_int_eq(inbox_store_txn_begin(st, NULL, &txn), SP_OK);
+	append_op(&op, &t, 1, 5);
+	ck_assert_int_eq(inbox_store_apply(st, txn, &op, 100), SP_OK);
+	/* Seen by a later op of the same transaction. */
+	inbox_op again;
+	inbox_target t2;
+	append_op(&again, &t2, 1, 5);
+	ck_assert_int_eq(inbox_store_apply(st, txn, &again, 100), SP_OK);
+	ck_assert(t2.dup);
+	ck_assert_uint_eq(t2.seq, t.seq);
+	inbox_store_txn_abort(st, txn);
+	ck_assert_int_eq(append(1, 7, 5, "e", 100, &seq, &dup), SP_OK);
+	ck_assert(!dup);
+	ck_assert_uint_eq(seq, 1);
+
+	/* Nested: an aborted child is forgotten, a committed one kept with its parent. */
+	ck_assert_int_eq(inbox_store_txn_begin(st, NULL, &txn), SP_OK);
+	ck_assert_int_eq(inbox_store_txn_begin(st, txn, &child), SP_OK);
+	append_op(&op, &t, 1, 6);
+	ck_assert_int_eq(inbox_store_apply(st, child, &op, 100), SP_OK);
+	inbox_store_txn_abort(st, child);
+	ck_assert_int_eq(inbox_store_txn_begin(st, txn, &child), SP_OK);
+	append_op(&op, &t, 1, 7);
+	ck_assert_int_eq(inbox_store_apply(st, child, &op, 100), SP_OK);
+	ck_assert_int_eq(inbox_store_txn_commit(st, child), SP_OK);
+	ck_assert_int_eq(inbox_store_txn_commit(st, txn), SP_OK);
+	ck_assert_int_eq(append(1, 7, 6, "e", 100, &seq, &dup), SP_OK);
+	ck_assert(!dup);
+	ck_assert_uint_eq(seq, 3);
+	ck_assert_int_eq(append(1, 7, 7, "e", 100, &seq, &dup), SP_OK);
+	ck_assert(dup);
+	ck_assert_uint_eq(seq, 2);
+
+	/* A sweep that is rolled back keeps its records indexed. */
+	ck_assert_int_eq(inbox_store_txn_begin(st, NULL, &txn), SP_OK);
+	inbox_op sw = { .kind = INBOX_OP_SWEEP };
+	sw.sweep.limit = 100;
+	ck_assert_int_eq(inbox_store_apply(st, txn, &sw, 100 + TTL_MS + 1), SP_OK);
+	ck_assert_uint_eq(sw.sweep.dedup_gone, 3);
+	inbox_store_txn_abort(st, txn);
+	ck_assert_int_eq(append(1, 7, 5, "e", 200, &seq, &dup), SP_OK);
+	ck_assert(dup);
+	ck_assert_uint_eq(seq, 1);
+}
+END_TEST
+
+/* Appends msgs [from, to) from sender 7, each to device msg / 50, in one transaction (TTL
+ * key order, the order of forgetting, is then msg order). */
+static void
+append_range(uint64_t from, uint64_t to, uint64_t now)
+{
+	size_t n = (size_t)(to - from);
+	inbox_op *ops = calloc(n, sizeof(inbox_op)), **pops = calloc(n, sizeof(inbox_op *));
+	inbox_target *ts = calloc(n, sizeof(inbox_target));
+	ck_assert(ops && pops && ts);
+	for (size_t i = 0; i < n; i++) {
+		append_op(&ops[i], &ts[i], (from + i) / 50, from + i);
+		pops[i] = &ops[i];
+	}
+	ck_assert_int_eq(inbox_store_write(st, pops, n, now), SP_OK);
+	for (size_t i = 0; i < n; i++)
+		ck_assert_int_eq(ops[i].rc, SP_OK);
+	free(ops);
+	free(pops);
+	free(ts);
+}
+
+static bool
+is_dup(uint64_t msg, uint64_t now)
+{
+	bool dup;
+	ck_assert_int_eq(append(msg / 50, 7, msg, "e", now, NULL, &dup), SP_OK);
+	return dup;
+}
+
+START_TEST(dedup_max_forgets_the_oldest_first)
+{
+	uint64_t records, bytes;
+	inbox_store_close(st);
+	dedup_max = 2000;
+	open_store(1000, 1 << 20);
+	append_range(1, 2001, 100);
+	inbox_store_dedup_stat(st, &records, &bytes);
+	ck_assert_uint_eq(records, 2000);
+	/* One more: the 1024 oldest records are forgotten, the newer ones still answer. */
+	append_range(2001, 2002, 200);
+	inbox_store_dedup_stat(st, &records, &bytes);
+	ck_assert_uint_eq(records, 2001 - 1024);
+	ck_assert(is_dup(2001, 300));
+	ck_assert(is_dup(1025, 300));
+	ck_assert(!is_dup(1024, 300)); /* stored again: it was forgotten */
+	ck_assert(!is_dup(1, 300));
+
+	/* Reopened with 2003 records on disk (1024 and 1 were stored again), the index keeps
+	 * the newest 1500. */
+	inbox_store_close(st);
+	dedup_max = 1500;
+	open_store(1000, 1 << 20);
+	inbox_store_dedup_stat(st, &records, &bytes);
+	ck_assert_uint_eq(records, 1500);
+	ck_assert(is_dup(1, 400));
+	ck_assert(is_dup(2001, 400));
+	ck_assert(!is_dup(2, 400));
+	/* With no cap, a reopen indexes every record again (each test append above added one). */
+	inbox_store_close(st);
+	dedup_max = 0;
+	open_store(1000, 1 << 20);
+	inbox_store_dedup_stat(st, &records, &bytes);
+	ck_assert_uint_eq(records, 2001 + 2 + 1);
+	ck_assert(is_dup(2, 500));
+	ck_assert(is_dup(1500, 500));
 }
 END_TEST
 
@@ -648,6 +791,8 @@ suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, append_fetch_in_order);
 	tcase_add_test(tc, dedup_by_device_sender_and_msg_id);
+	tcase_add_test(tc, dedup_follows_its_transaction);
+	tcase_add_test(tc, dedup_max_forgets_the_oldest_first);
 	tcase_add_test(tc, ack_upto_and_list_are_idempotent);
 	tcase_add_test(tc, batch_body_is_refcounted);
 	tcase_add_test(tc, caps_refuse_without_dropping);
