@@ -7,6 +7,13 @@
  * is acknowledged. Open loop (rate R): requests are scheduled at a fixed total rate and
  * latency is measured from the scheduled time, so a stalled shard shows as latency rather
  * than as a lower request rate.
+ *
+ * With --batch N > 1 the `contexts` are logical appenders instead (same closed and open
+ * loops, one append each), coalesced the way connsrv would coalesce one event-loop pass:
+ * an append that is ready joins its socket's queue, and a request context of that socket
+ * that is free takes up to N queued appends and sends them as one APPEND_MULTI. Each
+ * append's latency counts from its own ready (or scheduled) time to the reply of the
+ * request that carried it.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -29,7 +36,7 @@
 #define LAT_BUCKETS 200000 /* up to 2 s */
 
 static char *url;
-static long long contexts, sockets, seconds, size, devices, rate, count, drain_threads;
+static long long contexts, sockets, seconds, size, devices, rate, count, drain_threads, batch;
 static bool drain, quiet, ping;
 
 static const sp_config_opt opts[] = {
@@ -47,6 +54,10 @@ static const sp_config_opt opts[] = {
 	    10000000 },
 	{ "drain", SP_CT_BOOL, &drain, "true", "then fetch+ack every queue and time it", 0, 0 },
 	{ "drain-threads", SP_CT_INT, &drain_threads, "4", "threads draining queues", 1, 64 },
+	{ "batch", SP_CT_INT, &batch, "1",
+	    "appends per request: over 1, ready appends are coalesced per socket into "
+	    "APPEND_MULTI requests of up to this many",
+	    1, 256 },
 	{ "ping", SP_CT_BOOL, &ping, "false", "send PING instead of APPEND (transport baseline)", 0,
 	    0 },
 	{ "quiet", SP_CT_BOOL, &quiet, "false", "print only the key=value result line", 0, 0 },
@@ -105,6 +116,21 @@ finish_ctx(void)
 	}
 }
 
+/* The fields of append number n (an APPEND or an APPEND_ITEM); f borrows msg_id. */
+static void
+append_fields(sp_frame *f, uint64_t n, uint8_t msg_id[16])
+{
+	memcpy(msg_id, &run_id, 8);
+	memcpy(msg_id + 8, &n, 8);
+	sp_frame_set_u64(f, SP_F_DEVICE, 1 + (n * 2654435761u) % (uint64_t)devices);
+	sp_frame_set_bin(f, SP_F_MSG_ID, msg_id, 16);
+	sp_frame_set_u64(f, SP_F_FROM_USER, 7);
+	sp_frame_set_u64(f, SP_F_FROM_DEVICE, 70);
+	sp_frame_set_u64(f, SP_F_SERVER_TS, sp_time_ms());
+	sp_frame_set_u64(f, SP_F_ETYPE, 1);
+	sp_frame_set_bin(f, SP_F_ENV, payload, (size_t)size);
+}
+
 static void
 send_append(bctx *c)
 {
@@ -113,19 +139,9 @@ send_append(bctx *c)
 	sp_frame f;
 	nng_msg *m;
 
-	memcpy(msg_id, &run_id, 8);
-	memcpy(msg_id + 8, &n, 8);
 	sp_frame_init(&f, ping ? SP_T_PING : SP_T_APPEND, n, true);
-	if (ping)
-		goto build;
-	sp_frame_set_u64(&f, SP_F_DEVICE, 1 + (n * 2654435761u) % (uint64_t)devices);
-	sp_frame_set_bin(&f, SP_F_MSG_ID, msg_id, 16);
-	sp_frame_set_u64(&f, SP_F_FROM_USER, 7);
-	sp_frame_set_u64(&f, SP_F_FROM_DEVICE, 70);
-	sp_frame_set_u64(&f, SP_F_SERVER_TS, sp_time_ms());
-	sp_frame_set_u64(&f, SP_F_ETYPE, 1);
-	sp_frame_set_bin(&f, SP_F_ENV, payload, (size_t)size);
-build:
+	if (!ping)
+		append_fields(&f, n, msg_id);
 	if (sp_nng_msg_from_frame(&f, &m)) {
 		fprintf(stderr, "inboxbench: cannot build APPEND\n");
 		exit(1);
@@ -232,6 +248,293 @@ bctx_cb(void *arg)
 	}
 }
 
+/* ---- --batch > 1: appenders coalesced into APPEND_MULTI requests ---- */
+
+typedef struct bsock bsock;
+
+typedef struct appender {
+	struct appender *next; /* in a socket's ready queue */
+	bsock *home;           /* closed loop: the socket it uses */
+	uint64_t n;            /* append number: msg id and device */
+	uint64_t sched_ns;     /* ready (closed) or scheduled (open) time */
+} appender;
+
+typedef struct breq {
+	bsock *sock;
+	nng_ctx ctx;
+	nng_aio *aio;
+	bstate state;
+	uint64_t sent_ns;
+	uint32_t n;        /* appends carried */
+	appender **items;  /* [batch] */
+	sp_frame *frames;  /* [batch], borrowed by the request while it is packed */
+	uint8_t (*ids)[16]; /* [batch] */
+} breq;
+
+struct bsock {
+	pthread_mutex_t lock;
+	appender *head, *tail; /* ready appends, oldest first */
+	breq **idle;
+	int nidle;
+};
+
+static bsock *bsocks;
+static appender *apps;
+static breq *reqs;
+static int nreqs;
+static appender **free_app; /* open loop: appenders the pacer may schedule */
+static int nfree_app;
+static _Atomic uint64_t requests, items_sent;
+
+static void
+enqueue(bsock *s, appender *a)
+{
+	a->next = NULL;
+	pthread_mutex_lock(&s->lock);
+	if (s->tail)
+		s->tail->next = a;
+	else
+		s->head = a;
+	s->tail = a;
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void
+send_multi(breq *r)
+{
+	sp_frame f;
+	nng_msg *m;
+
+	for (uint32_t i = 0; i < r->n; i++) {
+		sp_frame_init(&r->frames[i], SP_T_APPEND_ITEM, 0, false);
+		append_fields(&r->frames[i], r->items[i]->n, r->ids[i]);
+	}
+	sp_frame_init(&f, SP_T_APPEND_MULTI, r->items[0]->n, true);
+	sp_frame_set_recs(&f, SP_F_APPEND_ITEMS, r->frames, r->n);
+	if (sp_nng_msg_from_frame(&f, &m)) {
+		fprintf(stderr, "inboxbench: cannot build APPEND_MULTI\n");
+		exit(1);
+	}
+	atomic_fetch_add(&requests, 1);
+	atomic_fetch_add(&items_sent, r->n);
+	r->sent_ns = sp_mono_ns();
+	r->state = B_SEND;
+	nng_aio_set_msg(r->aio, m);
+	nng_ctx_send(r->ctx, r->aio);
+}
+
+/* Sends what is queued on `s` while it has free request contexts, up to batch appends
+ * each. */
+static void
+pump(bsock *s)
+{
+	for (;;) {
+		breq *r = NULL;
+		pthread_mutex_lock(&s->lock);
+		if (s->head && s->nidle) {
+			r = s->idle[--s->nidle];
+			for (r->n = 0; s->head && r->n < batch; r->n++) {
+				r->items[r->n] = s->head;
+				s->head = s->head->next;
+			}
+			if (!s->head)
+				s->tail = NULL;
+		}
+		pthread_mutex_unlock(&s->lock);
+		if (!r)
+			return;
+		send_multi(r);
+	}
+}
+
+/* Closed loop: queues the appender's next append (ready now), or ends its run. */
+static void
+app_next(appender *a)
+{
+	uint64_t now = sp_mono_ns();
+	if (now < t_end) {
+		uint64_t k = atomic_fetch_add(&issued, 1);
+		if (!count || k < (uint64_t)count) {
+			a->n = k;
+			a->sched_ns = now;
+			enqueue(a->home, a);
+			return;
+		}
+	}
+	finish_ctx();
+}
+
+/* The request's appends are answered (results[i] for items[i]; NULL: all failed, `lost`
+ * when the transport failed). Closed loop: each appender goes on, except after a
+ * transport failure (as a failed context stops in the single-append mode); open loop:
+ * they go back to the pacer. Then the context takes what is queued. */
+static void
+breq_done(breq *r, const sp_val *results, bool lost)
+{
+	uint64_t now = sp_mono_ns();
+	for (uint32_t i = 0; i < r->n; i++) {
+		appender *a = r->items[i];
+		if (results && !sp_frame_has(&results->rs.v[i], SP_F_CODE)) {
+			record_latency(lat, now - a->sched_ns);
+			record_latency(svc, now - r->sent_ns);
+			atomic_fetch_add(&acked, 1);
+		} else {
+			atomic_fetch_add(&errors, 1);
+		}
+		if (rate) {
+			pthread_mutex_lock(&free_lock);
+			free_app[nfree_app++] = a;
+			pthread_mutex_unlock(&free_lock);
+			finish_ctx();
+		} else if (lost) {
+			finish_ctx();
+		} else {
+			app_next(a);
+		}
+	}
+	pthread_mutex_lock(&r->sock->lock);
+	r->sock->idle[r->sock->nidle++] = r;
+	pthread_mutex_unlock(&r->sock->lock);
+	pump(r->sock);
+}
+
+static void
+breq_cb(void *arg)
+{
+	breq *r = arg;
+	int rv = nng_aio_result(r->aio);
+	if (r->state == B_SEND) {
+		if (rv) {
+			nng_msg_free(nng_aio_get_msg(r->aio));
+			breq_done(r, NULL, true);
+			return;
+		}
+		r->state = B_RECV;
+		nng_ctx_recv(r->ctx, r->aio);
+		return;
+	}
+	if (rv) {
+		breq_done(r, NULL, true);
+		return;
+	}
+	nng_msg *m = nng_aio_get_msg(r->aio);
+	sp_frame f;
+	if (sp_nng_msg_decode(m, &f) == SP_OK) {
+		const sp_val *v = f.type == SP_T_APPENDED_MULTI ? sp_frame_get(&f, SP_F_RESULTS) : NULL;
+		breq_done(r, v && v->rs.n == r->n ? v : NULL, false);
+		sp_frame_fini(&f);
+	} else {
+		breq_done(r, NULL, false);
+	}
+	nng_msg_free(m);
+}
+
+/* Allocates the sockets' queues, the appenders and ceil(appenders of the socket / batch)
+ * request contexts per socket (at least one): enough to have every appender in flight. */
+static int
+batch_setup(void)
+{
+	bsocks = calloc((size_t)sockets, sizeof(*bsocks));
+	apps = calloc((size_t)contexts, sizeof(*apps));
+	reqs = calloc((size_t)(contexts + sockets), sizeof(*reqs));
+	free_app = calloc((size_t)contexts, sizeof(*free_app));
+	if (!bsocks || !apps || !reqs || !free_app)
+		return SP_ENOMEM;
+	for (int s = 0; s < sockets; s++) {
+		long long napps = (contexts - s + sockets - 1) / sockets;
+		int nr = napps > batch ? (int)((napps + batch - 1) / batch) : 1;
+		pthread_mutex_init(&bsocks[s].lock, NULL);
+		if (!(bsocks[s].idle = calloc((size_t)nr, sizeof(breq *))))
+			return SP_ENOMEM;
+		for (int i = 0; i < nr; i++) {
+			breq *r = &reqs[nreqs++];
+			r->sock = &bsocks[s];
+			r->items = calloc((size_t)batch, sizeof(*r->items));
+			r->frames = calloc((size_t)batch, sizeof(*r->frames));
+			r->ids = calloc((size_t)batch, sizeof(*r->ids));
+			if (!r->items || !r->frames || !r->ids || nng_aio_alloc(&r->aio, breq_cb, r)
+			    || nng_ctx_open(&r->ctx, socks[s]))
+				return SP_ENOMEM;
+			bsocks[s].idle[bsocks[s].nidle++] = r;
+		}
+	}
+	for (int i = 0; i < contexts; i++) {
+		apps[i].home = &bsocks[i % sockets];
+		if (rate)
+			free_app[nfree_app++] = &apps[i];
+	}
+	return SP_OK;
+}
+
+/* Open loop, batching: append k is queued at t_start + k/rate on socket k % sockets. An
+ * append that finds every appender busy waits for one; its latency still counts from its
+ * scheduled time. */
+static void
+pace_batch(void)
+{
+	for (uint64_t k = 0;; k++) {
+		uint64_t sched = t_start + (uint64_t)((double)k * 1e9 / (double)rate);
+		if (sched >= t_end || (count && k >= (uint64_t)count))
+			break;
+		uint64_t now = sp_mono_ns();
+		if (sched > now) {
+			struct timespec ts = { (time_t)((sched - now) / 1000000000ULL),
+				(long)((sched - now) % 1000000000ULL) };
+			nanosleep(&ts, NULL);
+		}
+		appender *a = NULL;
+		while (!a) {
+			pthread_mutex_lock(&free_lock);
+			if (nfree_app)
+				a = free_app[--nfree_app];
+			pthread_mutex_unlock(&free_lock);
+			if (!a)
+				usleep(50);
+		}
+		atomic_fetch_add(&inflight, 1);
+		a->n = atomic_fetch_add(&issued, 1);
+		a->sched_ns = sched;
+		enqueue(&bsocks[k % (uint64_t)sockets], a);
+		pump(&bsocks[k % (uint64_t)sockets]);
+	}
+}
+
+static void
+batch_run(void)
+{
+	if (rate) {
+		atomic_store(&inflight, 1); /* the pacer's own hold */
+		pace_batch();
+		finish_ctx();
+		return;
+	}
+	atomic_store(&inflight, (uint64_t)contexts);
+	for (int i = 0; i < contexts; i++)
+		app_next(&apps[i]);
+	for (int s = 0; s < sockets; s++)
+		pump(&bsocks[s]);
+}
+
+static void
+batch_free(void)
+{
+	for (int i = 0; i < nreqs; i++) {
+		nng_aio_stop(reqs[i].aio);
+		nng_aio_free(reqs[i].aio);
+		free(reqs[i].items);
+		free(reqs[i].frames);
+		free(reqs[i].ids);
+	}
+	for (int s = 0; bsocks && s < sockets; s++) {
+		pthread_mutex_destroy(&bsocks[s].lock);
+		free(bsocks[s].idle);
+	}
+	free(reqs);
+	free(bsocks);
+	free(apps);
+	free(free_app);
+}
+
 static int
 shard_commits(nng_socket s, uint64_t *commits)
 {
@@ -332,6 +635,13 @@ main(int argc, char **argv)
 		fprintf(stderr, "inboxbench: %s\n", err);
 		return 2;
 	}
+	/* An APPEND_ITEM is the envelope plus at most ~110 bytes of keys and values. */
+	if (batch > 1 && (ping || (size_t)batch * (size_t)(size + 128) + 64 > sp_frame_limit_large())) {
+		fprintf(stderr, "inboxbench: --batch > 1 needs APPENDs (not --ping) and "
+				"batch * (size + 128) under the %zu-byte frame limit\n",
+		    sp_frame_limit_large());
+		return 2;
+	}
 	socks = calloc((size_t)sockets, sizeof(*socks));
 	ctxs = calloc((size_t)contexts, sizeof(*ctxs));
 	payload = malloc((size_t)size);
@@ -349,7 +659,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "inboxbench: STAT: %s\n", sp_strerror(rc));
 		return 1;
 	}
-	for (int i = 0; i < contexts; i++) {
+	for (int i = 0; batch == 1 && i < contexts; i++) {
 		bctx *c = &ctxs[i];
 		if (nng_aio_alloc(&c->aio, bctx_cb, c)
 		    || nng_ctx_open(&c->ctx, socks[i % sockets])) {
@@ -357,9 +667,15 @@ main(int argc, char **argv)
 			return 1;
 		}
 	}
+	if (batch > 1 && batch_setup()) {
+		fprintf(stderr, "inboxbench: cannot set up the request contexts\n");
+		return 1;
+	}
 	t_start = sp_mono_ns();
 	t_end = count ? UINT64_MAX : t_start + (uint64_t)seconds * 1000000000ULL;
-	if (rate) {
+	if (batch > 1) {
+		batch_run();
+	} else if (rate) {
 		if (!(free_ctx = calloc((size_t)contexts, sizeof(*free_ctx))))
 			return 1;
 		for (int i = 0; i < contexts; i++)
@@ -388,9 +704,11 @@ main(int argc, char **argv)
 		drain_rate = (double)drained / drain_s;
 	}
 	if (!quiet) {
-		printf(
-		    "mode=%s contexts=%lld sockets=%lld size=%lld devices=%lld target_rate=%lld\n",
+		printf("mode=%s contexts=%lld sockets=%lld size=%lld devices=%lld target_rate=%lld",
 		    rate ? "open" : "closed", contexts, sockets, size, devices, rate);
+		if (batch > 1)
+			printf(" batch=%lld request_contexts=%d", batch, nreqs);
+		printf("\n");
 		printf("appends acked %llu in %.2fs, errors %llu\n", (unsigned long long)n, secs,
 		    (unsigned long long)atomic_load(&errors));
 		if (drain)
@@ -399,15 +717,22 @@ main(int argc, char **argv)
 	}
 	printf("appends_per_s=%.0f p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f svc_p50_ms=%.3f "
 	       "svc_p99_ms=%.3f commits_per_s=%.0f appends_per_commit=%.1f drain_per_s=%.0f "
-	       "errors=%llu\n",
+	       "errors=%llu",
 	    aps, percentile_ms(lat, 0.50), percentile_ms(lat, 0.99), percentile_ms(lat, 0.999),
 	    percentile_ms(svc, 0.50), percentile_ms(svc, 0.99), cps,
 	    c1 > c0 ? (double)n / (double)(c1 - c0) : 0.0, drain_rate,
 	    (unsigned long long)atomic_load(&errors));
-	for (int i = 0; i < contexts; i++) {
+	if (batch > 1) {
+		uint64_t nreq = atomic_load(&requests);
+		printf(" batch=%lld items_per_request=%.1f", batch,
+		    nreq ? (double)atomic_load(&items_sent) / (double)nreq : 0.0);
+	}
+	printf("\n");
+	for (int i = 0; batch == 1 && i < contexts; i++) {
 		nng_aio_stop(ctxs[i].aio);
 		nng_aio_free(ctxs[i].aio);
 	}
+	batch_free();
 	for (int i = 0; i < sockets; i++)
 		nng_close(socks[i]);
 	free(socks);

@@ -1,3 +1,4 @@
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,6 +28,24 @@ typedef struct pending {
 	inbox_target one; /* the target of a single APPEND */
 	inbox_target *targets;
 } pending;
+
+/* An APPEND_MULTI in flight: one APPEND op per item, each with its own target, all
+ * borrowing from the one request message; the reply is built when the last op completes
+ * (ops of one request may complete on different threads, in different commits). */
+typedef struct multi_item {
+	inbox_req req; /* req.arg: the multi */
+	inbox_target one;
+} multi_item;
+
+typedef struct multi {
+	nng_msg *msg;
+	sp_frame f;
+	inbox_reply_fn reply;
+	void *reply_arg;
+	atomic_uint left; /* ops not yet completed */
+	uint32_t n;
+	multi_item items[];
+} multi;
 
 int
 inbox_dispatch_new(
@@ -182,13 +201,10 @@ silent_done(inbox_req *req)
 	free(req);
 }
 
-static int
-build_append(pending *p)
+/* The fields an APPEND, an APPEND_MULTI item and an APPEND_BATCH share. */
+static void
+build_append_head(const sp_frame *f, inbox_op *op)
 {
-	const sp_frame *f = &p->f;
-	inbox_op *op = &p->req.op;
-	sp_bin body;
-
 	op->kind = INBOX_OP_APPEND;
 	memcpy(op->append.msg_id, sp_frame_bin(f, SP_F_MSG_ID).p, INBOX_MSG_ID_LEN);
 	op->append.from_user = sp_frame_u64(f, SP_F_FROM_USER);
@@ -197,30 +213,49 @@ build_append(pending *p)
 	op->append.etype = sp_frame_u64(f, SP_F_ETYPE);
 	op->append.has_group = sp_frame_has(f, SP_F_GROUP);
 	op->append.group = sp_frame_u64(f, SP_F_GROUP);
-	if (f->type == SP_T_APPEND) {
-		body = sp_frame_bin(f, SP_F_ENV);
-		p->one.device = sp_frame_u64(f, SP_F_DEVICE);
-		op->append.targets = &p->one;
-		op->append.ntargets = 1;
-	} else {
-		const sp_val *v = sp_frame_get(f, SP_F_TARGETS);
-		uint32_t n = v->rs.n;
-		body = sp_frame_bin(f, SP_F_BODY);
-		if (n == 0)
-			return SP_EMISSING;
-		if (!(p->targets = calloc(n, sizeof(inbox_target))))
-			return SP_ENOMEM;
-		for (uint32_t i = 0; i < n; i++) {
-			sp_bin ct = sp_frame_bin(&v->rs.v[i], SP_F_CT);
-			p->targets[i].device = sp_frame_u64(&v->rs.v[i], SP_F_DEVICE);
-			p->targets[i].ct = ct.len ? ct.p : NULL;
-			p->targets[i].ct_len = ct.len;
-			p->req.cost += ct.len + 64;
-		}
-		op->append.targets = p->targets;
-		op->append.ntargets = n;
-		op->append.shared = true;
+}
+
+/* One envelope to one device, from an APPEND frame or an APPEND_ITEM record `f`; the op
+ * borrows from `f` and targets `one`. */
+static void
+build_append_one(const sp_frame *f, inbox_req *req, inbox_target *one)
+{
+	inbox_op *op = &req->op;
+	sp_bin env = sp_frame_bin(f, SP_F_ENV);
+
+	build_append_head(f, op);
+	one->device = sp_frame_u64(f, SP_F_DEVICE);
+	op->append.targets = one;
+	op->append.ntargets = 1;
+	op->append.body = env.p;
+	op->append.body_len = env.len;
+	req->cost = env.len + 256;
+}
+
+static int
+build_append_batch(pending *p)
+{
+	const sp_frame *f = &p->f;
+	inbox_op *op = &p->req.op;
+	const sp_val *v = sp_frame_get(f, SP_F_TARGETS);
+	sp_bin body = sp_frame_bin(f, SP_F_BODY);
+	uint32_t n = v->rs.n;
+
+	build_append_head(f, op);
+	if (n == 0)
+		return SP_EMISSING;
+	if (!(p->targets = calloc(n, sizeof(inbox_target))))
+		return SP_ENOMEM;
+	for (uint32_t i = 0; i < n; i++) {
+		sp_bin ct = sp_frame_bin(&v->rs.v[i], SP_F_CT);
+		p->targets[i].device = sp_frame_u64(&v->rs.v[i], SP_F_DEVICE);
+		p->targets[i].ct = ct.len ? ct.p : NULL;
+		p->targets[i].ct_len = ct.len;
+		p->req.cost += ct.len + 64;
 	}
+	op->append.targets = p->targets;
+	op->append.ntargets = n;
+	op->append.shared = true;
 	op->append.body = body.p;
 	op->append.body_len = body.len;
 	p->req.cost += body.len + 256;
@@ -311,8 +346,11 @@ handle_write(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply,
 	p->req.done = write_done;
 	switch (f->type) {
 	case SP_T_APPEND:
+		build_append_one(f, &p->req, &p->one);
+		rc = SP_OK;
+		break;
 	case SP_T_APPEND_BATCH:
-		rc = build_append(p);
+		rc = build_append_batch(p);
 		break;
 	case SP_T_INBOX_ACK:
 		rc = build_ack(p);
@@ -345,6 +383,93 @@ handle_write(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply,
 		return;
 	}
 	inbox_commit_submit(d->commit, &p->req);
+}
+
+static void
+multi_free(multi *mu)
+{
+	for (uint32_t i = 0; i < mu->n; i++)
+		inbox_op_fini(&mu->items[i].req.op);
+	sp_frame_fini(&mu->f);
+	nng_msg_free(mu->msg);
+	free(mu);
+}
+
+static nng_msg *
+multi_reply(multi *mu)
+{
+	sp_frame *recs = calloc(mu->n, sizeof(sp_frame)), rep;
+	nng_msg *m;
+
+	if (!recs)
+		return error_msg(&mu->f, SP_ENOMEM);
+	for (uint32_t i = 0; i < mu->n; i++) {
+		const inbox_op *op = &mu->items[i].req.op;
+		sp_frame_init(&recs[i], SP_T_APPEND_RESULT, 0, false);
+		if (op->rc != SP_OK) {
+			sp_frame_set_u64(&recs[i], SP_F_SEQ, 0);
+			sp_frame_set_i64(&recs[i], SP_F_CODE, op->rc);
+			continue;
+		}
+		sp_frame_set_u64(&recs[i], SP_F_SEQ, op->append.targets[0].seq);
+		if (op->append.targets[0].dup)
+			sp_frame_set_bool(&recs[i], SP_F_DUP, true);
+	}
+	sp_frame_init(&rep, SP_T_APPENDED_MULTI, 0, false);
+	sp_frame_set_recs(&rep, SP_F_RESULTS, recs, mu->n);
+	m = frame_msg(&mu->f, &rep);
+	free(recs);
+	return m;
+}
+
+static void
+multi_item_done(inbox_req *req)
+{
+	multi *mu = req->arg;
+	/* acq_rel: the last one sees every other item's result. */
+	if (atomic_fetch_sub_explicit(&mu->left, 1, memory_order_acq_rel) != 1)
+		return;
+	mu->reply(mu->reply_arg, multi_reply(mu));
+	multi_free(mu);
+}
+
+/* APPEND_MULTI: every item becomes the op a single APPEND would (dedup and cap per item),
+ * all submitted at once so that they normally share a commit. */
+static void
+handle_multi(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply, void *arg)
+{
+	const sp_val *v = sp_frame_get(f, SP_F_APPEND_ITEMS);
+	uint32_t n = v->rs.n;
+	multi *mu;
+
+	if (n == 0) {
+		reply_error(f, SP_EMISSING, reply, arg);
+		goto fail;
+	}
+	if (!(mu = calloc(1, sizeof(*mu) + n * sizeof(multi_item)))) {
+		reply(arg, error_msg(f, SP_ENOMEM));
+		goto fail;
+	}
+	mu->msg = msg;
+	mu->f = *f;
+	mu->reply = reply;
+	mu->reply_arg = arg;
+	mu->n = n;
+	atomic_init(&mu->left, n);
+	for (uint32_t i = 0; i < n; i++) {
+		multi_item *it = &mu->items[i];
+		build_append_one(&v->rs.v[i], &it->req, &it->one);
+		it->req.done = multi_item_done;
+		it->req.arg = mu;
+	}
+	/* The last completion frees mu, possibly before this loop ends: only locals after. */
+	multi_item *items = mu->items;
+	for (uint32_t i = 0; i < n; i++)
+		inbox_commit_submit(d->commit, &items[i].req);
+	return;
+fail:
+	sp_frame_fini(f);
+	nng_msg_free(msg);
 }
 
 /* ---- reads ---- */
@@ -584,6 +709,9 @@ inbox_dispatch_handle(inbox_dispatch *d, nng_msg *msg, inbox_reply_fn reply, voi
 	case SP_T_BLOB_PUT:
 	case SP_T_BLOB_DONE:
 		handle_write(d, msg, &f, reply, arg); /* takes msg and f */
+		return;
+	case SP_T_APPEND_MULTI:
+		handle_multi(d, msg, &f, reply, arg); /* takes msg and f */
 		return;
 	case SP_T_FETCH:
 		out = do_fetch(d, &f);

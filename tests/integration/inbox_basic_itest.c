@@ -1,8 +1,10 @@
 /*
  * inboxsrv over NNG, black box: --help, malformed and oversize frames get ERROR replies
  * while the shard keeps serving and other devices' data stays intact, the whole request
- * set (append, batch, fetch, ack, stat, purge, blobs) works, and SIGTERM exits cleanly.
+ * set (append, batch, multi, fetch, ack, stat, purge, blobs) works, and SIGTERM exits
+ * cleanly.
  */
+#include <pthread.h>
 #include <sodium.h>
 
 #include "tests/integration/inbox_util.h"
@@ -196,6 +198,164 @@ blobs(nng_socket sock)
 	}
 }
 
+/* APPEND_MULTI from concurrent threads: MULTI_THREADS threads each send MULTI_REQS
+ * requests of MULTI_ITEMS items (item k of a thread to device MULTI_DEV0 + k % MULTI_DEVS,
+ * from sender device 100 + thread, msg id (thread, k)), one of them twice (a resend). */
+#define MULTI_THREADS 4
+#define MULTI_REQS 8
+#define MULTI_ITEMS 16
+#define MULTI_DEVS 16
+#define MULTI_DEV0 1000
+#define MULTI_PER_THREAD (MULTI_REQS * MULTI_ITEMS)
+
+typedef struct multi_thread {
+	nng_socket sock;
+	uint64_t t;
+	uint64_t seq[MULTI_PER_THREAD]; /* acknowledged seq of item k */
+	char err[160];
+} multi_thread;
+
+static void
+multi_env(char *buf, size_t cap, uint64_t t, uint64_t k)
+{
+	snprintf(buf, cap, "multi-%llu-%llu", (unsigned long long)t, (unsigned long long)k);
+}
+
+/* Sends request r of thread mt; fills mt->seq. Returns false (with mt->err) on failure. */
+static bool
+multi_send(multi_thread *mt, int r, bool resend)
+{
+	static _Thread_local uint8_t ids[MULTI_ITEMS][16];
+	static _Thread_local char envs[MULTI_ITEMS][32];
+	sp_frame items[MULTI_ITEMS], f, rep;
+	nng_msg *m;
+	bool ok = true;
+
+	for (int i = 0; i < MULTI_ITEMS; i++) {
+		uint64_t k = (uint64_t)r * MULTI_ITEMS + (uint64_t)i;
+		msg_id_of(ids[i], 0x3000 + mt->t, k);
+		multi_env(envs[i], sizeof(envs[i]), mt->t, k);
+		sp_frame_init(&items[i], SP_T_APPEND_ITEM, 0, false);
+		sp_frame_set_u64(&items[i], SP_F_DEVICE, MULTI_DEV0 + k % MULTI_DEVS);
+		sp_frame_set_bin(&items[i], SP_F_MSG_ID, ids[i], 16);
+		sp_frame_set_u64(&items[i], SP_F_FROM_USER, 1);
+		sp_frame_set_u64(&items[i], SP_F_FROM_DEVICE, 100 + mt->t);
+		sp_frame_set_u64(&items[i], SP_F_SERVER_TS, sp_time_ms());
+		sp_frame_set_u64(&items[i], SP_F_ETYPE, 1);
+		sp_frame_set_bin(&items[i], SP_F_ENV, envs[i], strlen(envs[i]));
+	}
+	sp_frame_init(&f, SP_T_APPEND_MULTI, (uint64_t)r, true);
+	sp_frame_set_recs(&f, SP_F_APPEND_ITEMS, items, MULTI_ITEMS);
+	int rc = call(mt->sock, &f, &rep, &m);
+	const sp_val *v = rc == SP_OK ? sp_frame_get(&rep, SP_F_RESULTS) : NULL;
+	if (rc != SP_OK || rep.type != SP_T_APPENDED_MULTI || v->rs.n != MULTI_ITEMS) {
+		snprintf(mt->err, sizeof(mt->err), "request %d: %s", r, sp_strerror(rc));
+		call_done(&rep, m);
+		return false;
+	}
+	for (int i = 0; ok && i < MULTI_ITEMS; i++) {
+		const sp_frame *res = &v->rs.v[i];
+		uint64_t k = (uint64_t)r * MULTI_ITEMS + (uint64_t)i;
+		uint64_t seq = sp_frame_u64(res, SP_F_SEQ);
+		bool dup = sp_frame_has(res, SP_F_DUP) && sp_frame_u64(res, SP_F_DUP);
+		if (sp_frame_has(res, SP_F_CODE) || seq == 0) {
+			snprintf(mt->err, sizeof(mt->err), "request %d item %d refused: %s", r, i,
+			    sp_strerror((int)sp_frame_i64(res, SP_F_CODE)));
+			ok = false;
+		} else if (resend && (!dup || seq != mt->seq[k])) {
+			snprintf(mt->err, sizeof(mt->err),
+			    "resent request %d item %d: seq %llu dup %d, first seq %llu", r, i,
+			    (unsigned long long)seq, dup, (unsigned long long)mt->seq[k]);
+			ok = false;
+		} else if (!resend && dup) {
+			snprintf(mt->err, sizeof(mt->err), "request %d item %d: dup on first send",
+			    r, i);
+			ok = false;
+		}
+		mt->seq[k] = seq;
+	}
+	call_done(&rep, m);
+	return ok;
+}
+
+static void *
+multi_main(void *arg)
+{
+	multi_thread *mt = arg;
+	for (int r = 0; r < MULTI_REQS; r++) {
+		if (!multi_send(mt, r, false))
+			return NULL;
+		if (r == (int)mt->t && !multi_send(mt, r, true))
+			return NULL;
+	}
+	return NULL;
+}
+
+static void
+multi_concurrent(nng_socket sock)
+{
+	static multi_thread mt[MULTI_THREADS];
+	pthread_t th[MULTI_THREADS];
+
+	for (int t = 0; t < MULTI_THREADS; t++) {
+		mt[t].sock = sock;
+		mt[t].t = (uint64_t)t;
+		CHECK(pthread_create(&th[t], NULL, multi_main, &mt[t]) == 0, "pthread_create");
+	}
+	for (int t = 0; t < MULTI_THREADS; t++) {
+		pthread_join(th[t], NULL);
+		CHECK(!mt[t].err[0], "thread %d: %s", t, mt[t].err);
+	}
+	/* Each device holds exactly the items acknowledged for it, once each, with the seqs
+	 * the replies gave, in seq order; a sender's items in the order it sent them. */
+	for (uint64_t dev = MULTI_DEV0; dev < MULTI_DEV0 + MULTI_DEVS; dev++) {
+		sp_frame f, rep;
+		nng_msg *m;
+		uint64_t last_k[MULTI_THREADS];
+		bool seen[MULTI_THREADS][MULTI_PER_THREAD] = { { false } };
+		char env[32];
+
+		memset(last_k, 0xff, sizeof(last_k));
+		sp_frame_init(&f, SP_T_FETCH, 10, true);
+		sp_frame_set_u64(&f, SP_F_DEVICE, dev);
+		sp_frame_set_u64(&f, SP_F_AFTER_SEQ, 0);
+		sp_frame_set_u64(&f, SP_F_MAX_COUNT, 4096);
+		int rc = call(sock, &f, &rep, &m);
+		CHECK(rc == SP_OK && rep.type == SP_T_ENTRIES_R, "fetch: %s", sp_strerror(rc));
+		CHECK(!sp_frame_u64(&rep, SP_F_MORE), "device %llu: more than one page",
+		    (unsigned long long)dev);
+		const sp_val *v = sp_frame_get(&rep, SP_F_ENTRIES);
+		uint32_t want = MULTI_THREADS * MULTI_PER_THREAD / MULTI_DEVS;
+		CHECK(v->rs.n == want, "device %llu holds %u entries, %u acknowledged",
+		    (unsigned long long)dev, v->rs.n, want);
+		for (uint32_t i = 0; i < v->rs.n; i++) {
+			const sp_frame *e = &v->rs.v[i];
+			uint64_t seq = sp_frame_u64(e, SP_F_SEQ);
+			uint64_t t = sp_frame_u64(e, SP_F_FROM_DEVICE) - 100, a, k;
+			sp_bin id = sp_frame_bin(e, SP_F_MSG_ID), b = sp_frame_bin(e, SP_F_ENV);
+			memcpy(&a, id.p, 8);
+			memcpy(&k, id.p + 8, 8);
+			CHECK(seq == i + 1, "device %llu: entry %u has seq %llu",
+			    (unsigned long long)dev, i, (unsigned long long)seq);
+			CHECK(t < MULTI_THREADS && a == 0x3000 + t && k < MULTI_PER_THREAD
+				&& MULTI_DEV0 + k % MULTI_DEVS == dev,
+			    "device %llu: entry %u was never sent", (unsigned long long)dev, i);
+			CHECK(!seen[t][k], "device %llu: item %llu/%llu stored twice",
+			    (unsigned long long)dev, (unsigned long long)t, (unsigned long long)k);
+			seen[t][k] = true;
+			CHECK(mt[t].seq[k] == seq, "item %llu/%llu acknowledged as seq %llu, stored as %llu",
+			    (unsigned long long)t, (unsigned long long)k,
+			    (unsigned long long)mt[t].seq[k], (unsigned long long)seq);
+			CHECK(last_k[t] == UINT64_MAX || k > last_k[t], "sender %llu out of order",
+			    (unsigned long long)t);
+			last_k[t] = k;
+			multi_env(env, sizeof(env), t, k);
+			CHECK(b.len == strlen(env) && memcmp(b.p, env, b.len) == 0, "envelope differs");
+		}
+		call_done(&rep, m);
+	}
+}
+
 int
 main(void)
 {
@@ -275,6 +435,8 @@ main(void)
 
 	blobs(sock);
 	printf("blobs ok\n");
+	multi_concurrent(sock);
+	printf("concurrent APPEND_MULTI ok\n");
 	nng_close(sock);
 
 	CHECK(shard_stop(&S) == 0, "SIGTERM exit status");

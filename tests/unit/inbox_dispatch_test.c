@@ -190,6 +190,20 @@ depth(uint64_t device)
 	return d;
 }
 
+/* Entries in the whole shard (STAT without a device). */
+static uint64_t
+shard_entries(void)
+{
+	sp_frame f, rep;
+	sp_frame_init(&f, SP_T_STAT, 1, true);
+	nng_msg *m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_STAT_R);
+	uint64_t d = sp_frame_u64(&rep, SP_F_SHARD_DEPTH);
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+	return d;
+}
+
 START_TEST(garbage_gets_error_codes)
 {
 	static const uint8_t junk[] = { 0xc1, 0x00, 0xff };
@@ -525,6 +539,212 @@ START_TEST(append_fetch_ack_roundtrip)
 }
 END_TEST
 
+/* ---- APPEND_MULTI ---- */
+
+/* One APPEND_MULTI item from sender device 90: msg id all bytes `msg`, envelope
+ * "env-<device>-<msg>" (the buffers live until the next call with the same slot). */
+static void
+multi_item(sp_frame *it, uint32_t slot, uint64_t device, uint8_t msg)
+{
+	static uint8_t ids[64][16];
+	static char envs[64][32];
+	memset(ids[slot], msg, 16);
+	snprintf(envs[slot], sizeof(envs[slot]), "env-%llu-%u", (unsigned long long)device, msg);
+	sp_frame_init(it, SP_T_APPEND_ITEM, 0, false);
+	sp_frame_set_u64(it, SP_F_DEVICE, device);
+	sp_frame_set_bin(it, SP_F_MSG_ID, ids[slot], 16);
+	sp_frame_set_u64(it, SP_F_FROM_USER, 9);
+	sp_frame_set_u64(it, SP_F_FROM_DEVICE, 90);
+	sp_frame_set_u64(it, SP_F_SERVER_TS, 123);
+	sp_frame_set_u64(it, SP_F_ETYPE, 2);
+	sp_frame_set_bin(it, SP_F_ENV, envs[slot], strlen(envs[slot]));
+}
+
+typedef struct multi_res {
+	uint64_t seq;
+	bool dup;
+	int code;
+} multi_res;
+
+/* Sends APPEND_MULTI {items (device[i], msg[i])}; checks the reply is APPENDED_MULTI with
+ * one result per item and copies them into res. */
+static void
+multi_call(const uint64_t *devs, const uint8_t *msgs, uint32_t n, multi_res *res)
+{
+	sp_frame items[64], f, rep;
+	ck_assert_uint_le(n, 64);
+	for (uint32_t i = 0; i < n; i++)
+		multi_item(&items[i], i, devs[i], msgs[i]);
+	sp_frame_init(&f, SP_T_APPEND_MULTI, 77, true);
+	sp_frame_set_recs(&f, SP_F_APPEND_ITEMS, items, n);
+	nng_msg *m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_APPENDED_MULTI);
+	ck_assert(rep.has_id);
+	ck_assert_uint_eq(rep.id, 77);
+	const sp_val *v = sp_frame_get(&rep, SP_F_RESULTS);
+	ck_assert_uint_eq(v->rs.n, n);
+	for (uint32_t i = 0; i < n; i++) {
+		const sp_frame *r = &v->rs.v[i];
+		res[i].seq = sp_frame_u64(r, SP_F_SEQ);
+		res[i].dup = sp_frame_has(r, SP_F_DUP) && sp_frame_u64(r, SP_F_DUP);
+		res[i].code = sp_frame_has(r, SP_F_CODE) ? (int)sp_frame_i64(r, SP_F_CODE) : 0;
+	}
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+}
+
+/* Ways to spoil one item of a hand-packed APPEND_MULTI. */
+typedef enum { ITEM_OK, ITEM_NO_ENV, ITEM_STR_DEVICE } item_kind;
+
+static void
+pack_item(msgpack_packer *pk, uint64_t device, uint8_t msg, item_kind kind)
+{
+	uint8_t id[16];
+	memset(id, msg, 16);
+	msgpack_pack_map(pk, kind == ITEM_NO_ENV ? 6 : 7);
+	key(pk, "device");
+	if (kind == ITEM_STR_DEVICE) {
+		msgpack_pack_str(pk, 2);
+		msgpack_pack_str_body(pk, "99", 2);
+	} else {
+		msgpack_pack_uint64(pk, device);
+	}
+	key(pk, "msg_id");
+	msgpack_pack_bin(pk, 16);
+	msgpack_pack_bin_body(pk, id, 16);
+	key(pk, "from_user");
+	msgpack_pack_uint64(pk, 9);
+	key(pk, "from_device");
+	msgpack_pack_uint64(pk, 90);
+	key(pk, "server_ts");
+	msgpack_pack_uint64(pk, 1);
+	key(pk, "etype");
+	msgpack_pack_uint64(pk, 1);
+	if (kind != ITEM_NO_ENV) {
+		key(pk, "env");
+		msgpack_pack_bin(pk, 1);
+		msgpack_pack_bin_body(pk, "e", 1);
+	}
+}
+
+/* An APPEND_MULTI of n items, item i to device 100 + i, the last one of kind `last`; the
+ * ERROR code of the reply (0 if it is not an ERROR). */
+static int
+multi_raw_err(uint32_t n, item_kind last)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 2);
+	key(&pk, "t");
+	msgpack_pack_uint64(&pk, SP_T_APPEND_MULTI);
+	key(&pk, "items");
+	msgpack_pack_array(&pk, n);
+	for (uint32_t i = 0; i < n; i++)
+		pack_item(&pk, 100 + i, 1, i + 1 == n ? last : ITEM_OK);
+	int code = raw_err(sb.data, sb.size);
+	msgpack_sbuffer_destroy(&sb);
+	return code;
+}
+
+/* Fetches a device's whole queue and checks it holds exactly the messages msgs[0..n) of
+ * sender device 90, with seqs 1..n, in that order. */
+static void
+expect_queue(uint64_t device, const uint8_t *msgs, uint32_t n)
+{
+	sp_frame f, rep;
+	char env[32];
+	sp_frame_init(&f, SP_T_FETCH, 5, true);
+	sp_frame_set_u64(&f, SP_F_DEVICE, device);
+	sp_frame_set_u64(&f, SP_F_AFTER_SEQ, 0);
+	sp_frame_set_u64(&f, SP_F_MAX_COUNT, 100);
+	nng_msg *m = call(&f, &rep);
+	ck_assert_int_eq(rep.type, SP_T_ENTRIES_R);
+	const sp_val *v = sp_frame_get(&rep, SP_F_ENTRIES);
+	ck_assert_uint_eq(v->rs.n, n);
+	ck_assert(!sp_frame_u64(&rep, SP_F_MORE));
+	for (uint32_t i = 0; i < n; i++) {
+		const sp_frame *e = &v->rs.v[i];
+		uint8_t id[16];
+		memset(id, msgs[i], 16);
+		ck_assert_uint_eq(sp_frame_u64(e, SP_F_SEQ), i + 1);
+		ck_assert_uint_eq(sp_frame_u64(e, SP_F_FROM_DEVICE), 90);
+		ck_assert_mem_eq(sp_frame_bin(e, SP_F_MSG_ID).p, id, 16);
+		snprintf(env, sizeof(env), "env-%llu-%u", (unsigned long long)device, msgs[i]);
+		sp_bin b = sp_frame_bin(e, SP_F_ENV);
+		ck_assert_uint_eq(b.len, strlen(env));
+		ck_assert_mem_eq(b.p, env, b.len);
+	}
+	sp_frame_fini(&rep);
+	nng_msg_free(m);
+}
+
+START_TEST(append_multi_roundtrip)
+{
+	multi_res res[8];
+
+	/* Interleaved devices: each device's items get its next seqs, in item order. */
+	static const uint64_t devs1[] = { 11, 12, 11, 12, 11 };
+	static const uint8_t msgs1[] = { 1, 1, 2, 2, 3 };
+	static const uint64_t want1[] = { 1, 1, 2, 2, 3 };
+	multi_call(devs1, msgs1, 5, res);
+	for (int i = 0; i < 5; i++) {
+		ck_assert_uint_eq(res[i].seq, want1[i]);
+		ck_assert(!res[i].dup);
+		ck_assert_int_eq(res[i].code, 0);
+	}
+	/* The same request again (a resend): the same seqs, each a dup, nothing stored. */
+	multi_call(devs1, msgs1, 5, res);
+	for (int i = 0; i < 5; i++) {
+		ck_assert_uint_eq(res[i].seq, want1[i]);
+		ck_assert(res[i].dup);
+		ck_assert_int_eq(res[i].code, 0);
+	}
+	ck_assert_uint_eq(depth(11), 3);
+	ck_assert_uint_eq(depth(12), 2);
+
+	/* Device 13 at its cap (5): its item is refused with SP_EFULL and seq 0; the others
+	 * of the same request are stored. */
+	for (uint8_t i = 1; i <= 5; i++)
+		ck_assert_uint_eq(append_ok(13, i), i);
+	static const uint64_t devs2[] = { 11, 13, 12 };
+	static const uint8_t msgs2[] = { 4, 6, 3 };
+	multi_call(devs2, msgs2, 3, res);
+	ck_assert_uint_eq(res[0].seq, 4);
+	ck_assert_int_eq(res[0].code, 0);
+	ck_assert_uint_eq(res[1].seq, 0);
+	ck_assert_int_eq(res[1].code, SP_EFULL);
+	ck_assert(!res[1].dup);
+	ck_assert_uint_eq(res[2].seq, 3);
+	ck_assert_int_eq(res[2].code, 0);
+	ck_assert_uint_eq(depth(13), 5);
+
+	/* Malformed requests: one ERROR each, none of their (otherwise valid) items stored. */
+	sp_frame f, rep;
+	sp_frame_init(&f, SP_T_APPEND_MULTI, 78, true);
+	sp_frame_set_recs(&f, SP_F_APPEND_ITEMS, NULL, 0);
+	nng_msg *m = call(&f, &rep);
+	sp_frame_fini(&rep);
+	ck_assert_int_eq(err_code(m), SP_EMISSING);
+	ck_assert_int_eq(multi_raw_err(0, ITEM_OK), SP_EMISSING);
+	ck_assert_int_eq(multi_raw_err(257, ITEM_OK), SP_EFIELDLEN);
+	ck_assert_int_eq(multi_raw_err(3, ITEM_NO_ENV), SP_EMISSING);
+	ck_assert_int_eq(multi_raw_err(3, ITEM_STR_DEVICE), SP_EFIELDTYPE);
+	ck_assert_uint_eq(shard_entries(), 3 + 2 + 5 + 2);
+	/* The same hand-packed frame, well formed and at the 256-item bound, is stored: the
+	 * refusals above were the spoiled items' doing. */
+	ck_assert_int_eq(multi_raw_err(256, ITEM_OK), 0);
+	ck_assert_uint_eq(shard_entries(), 3 + 2 + 5 + 2 + 256);
+	ck_assert_uint_eq(depth(100), 1);
+	ck_assert_uint_eq(depth(355), 1);
+
+	static const uint8_t q11[] = { 1, 2, 3, 4 }, q12[] = { 1, 2, 3 };
+	expect_queue(11, q11, 4);
+	expect_queue(12, q12, 3);
+}
+END_TEST
+
 /* Pages of big entries stay under the frame limit however large max_bytes is asked. */
 START_TEST(fetch_pages_fit_the_frame_limit)
 {
@@ -630,6 +850,7 @@ suite(void)
 	tcase_add_test(tc, bad_fields_get_error_codes);
 	tcase_add_test(tc, semantic_errors);
 	tcase_add_test(tc, append_fetch_ack_roundtrip);
+	tcase_add_test(tc, append_multi_roundtrip);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("big");
 	tcase_add_checked_fixture(tc, setup_big, teardown);
