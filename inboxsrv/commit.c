@@ -406,18 +406,31 @@ void
 inbox_commit_submit(inbox_commit *c, inbox_req *req)
 {
 	req->next = NULL;
+	inbox_commit_submit_chain(c, req);
+}
+
+void
+inbox_commit_submit_chain(inbox_commit *c, inbox_req *first)
+{
+	inbox_req *last = first;
+	while (last->next)
+		last = last->next;
 	pthread_mutex_lock(&c->lock);
 	if (c->stopping) {
 		pthread_mutex_unlock(&c->lock);
-		req->op.rc = SP_ECLOSED;
-		req->done(req);
+		for (inbox_req *r = first, *next; r; r = next) {
+			next = r->next;
+			r->next = NULL;
+			r->op.rc = SP_ECLOSED;
+			r->done(r);
+		}
 		return;
 	}
 	if (c->tail)
-		c->tail->next = req;
+		c->tail->next = first;
 	else
-		c->head = req;
-	c->tail = req;
+		c->head = first;
+	c->tail = last;
 	pthread_cond_signal(&c->cond);
 	pthread_mutex_unlock(&c->lock);
 }

@@ -51,6 +51,10 @@ int inbox_commit_start(inbox_commit **out, inbox_store *s, const inbox_commit_co
  * completes it at once with SP_ECLOSED (on the caller's thread). */
 void inbox_commit_submit(inbox_commit *c, inbox_req *req);
 
+/* Queues a NULL-terminated list of reqs linked by `next`, in order, at once (so they land
+ * in one batch); ownership as for inbox_commit_submit. */
+void inbox_commit_submit_chain(inbox_commit *c, inbox_req *first);
+
 /* Total commits so far (each one durable fsync'd LMDB commit). */
 uint64_t inbox_commit_count(const inbox_commit *c);
 

@@ -461,11 +461,10 @@ handle_multi(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply,
 		build_append_one(&v->rs.v[i], &it->req, &it->one);
 		it->req.done = multi_item_done;
 		it->req.arg = mu;
+		it->req.next = i + 1 < n ? &mu->items[i + 1].req : NULL;
 	}
-	/* The last completion frees mu, possibly before this loop ends: only locals after. */
-	multi_item *items = mu->items;
-	for (uint32_t i = 0; i < n; i++)
-		inbox_commit_submit(d->commit, &items[i].req);
+	/* One queue insertion, so the items share a commit; mu may be freed before it returns. */
+	inbox_commit_submit_chain(d->commit, &mu->items[0].req);
 	return;
 fail:
 	sp_frame_fini(f);
