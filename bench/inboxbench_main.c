@@ -36,7 +36,8 @@
 #define LAT_BUCKETS 200000 /* up to 2 s */
 
 static char *url;
-static long long contexts, sockets, seconds, size, devices, rate, count, drain_threads, batch;
+static long long contexts, sockets, seconds, size, devices, rate, count, drain_threads, batch,
+    requests_per_socket;
 static bool drain, quiet, ping;
 
 static const sp_config_opt opts[] = {
@@ -58,6 +59,11 @@ static const sp_config_opt opts[] = {
 	    "appends per request: over 1, ready appends are coalesced per socket into "
 	    "APPEND_MULTI requests of up to this many",
 	    1, 256 },
+	{ "requests", SP_CT_INT, &requests_per_socket, "0",
+	    "with batch > 1: APPEND_MULTI requests in flight per socket (0: enough for every "
+	    "appender); fewer makes appends queue behind a request in flight and coalesce, like "
+	    "a caller that sends once per event-loop pass",
+	    0, 65536 },
 	{ "ping", SP_CT_BOOL, &ping, "false", "send PING instead of APPEND (transport baseline)", 0,
 	    0 },
 	{ "quiet", SP_CT_BOOL, &quiet, "false", "print only the key=value result line", 0, 0 },
@@ -443,6 +449,8 @@ batch_setup(void)
 	for (int s = 0; s < sockets; s++) {
 		long long napps = (contexts - s + sockets - 1) / sockets;
 		int nr = napps > batch ? (int)((napps + batch - 1) / batch) : 1;
+		if (requests_per_socket)
+			nr = (int)requests_per_socket;
 		pthread_mutex_init(&bsocks[s].lock, NULL);
 		if (!(bsocks[s].idle = calloc((size_t)nr, sizeof(breq *))))
 			return SP_ENOMEM;
