@@ -8,6 +8,7 @@
 #include <lmdb.h>
 
 #include "dedup.h"
+#include "qindex.h"
 #include "sp_metrics.h"
 #include "store.h"
 
@@ -40,11 +41,11 @@ struct inbox_store {
 	int lock_fd; /* flock'ed: one process per environment */
 	MDB_env *env;
 	MDB_dbi meta; /* "lsn", "next_body", "entries", "dedups" -> u64 */
-	/* Everything about one device's queue, under keys that start with the device id so
-	 * they sort together: (device, 0, seq) -> entry header + ct + envelope | body id;
-	 * (device, 1) -> {last_seq, count, bytes}. An append (a new last entry and the meta
-	 * record right after it) then dirties one leaf, not one per table. */
-	MDB_dbi q;
+	/* Entry id (lsn << 13 | target index) -> entry header (with device and seq) + ct +
+	 * envelope | body id. Ids grow with the LSN, so appends write at the end of one tree;
+	 * the queue index (qindex.h) says which ids make up each device's queue. */
+	MDB_dbi log;
+	MDB_dbi dev; /* device -> last seq, kept when its last TTL record is swept */
 	/* (ts, device, seq) -> {from_device, msg_id}: the TTL index of entries and the log of
 	 * dedup records, in time order (appends add at its end). */
 	MDB_dbi ttl;
@@ -55,7 +56,9 @@ struct inbox_store {
 	MDB_dbi bttl; /* (created, blob id) -> "" */
 	/* Dedup lookups: (device, from_device, msg_id) -> TTL record, in memory (dedup.h). */
 	inbox_dedup *dx;
+	inbox_qindex *qx; /* device -> queued entry ids and counters, in memory */
 	size_t marks[8]; /* dedup undo mark of each open write txn, outermost first */
+	size_t qmarks[8]; /* queue index undo mark of each open write txn */
 	int depth; /* index of the innermost open write txn in marks, -1: none */
 	uint8_t evict_key[24]; /* TTL records before this key are not indexed (dedup_max) */
 };

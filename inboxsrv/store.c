@@ -12,7 +12,8 @@
 #include "sp_log.h"
 #include "store.h"
 
-/* Queue entry value: header, then ct bytes, then the envelope or (shared) the body id. */
+/* Queue entry (log value): header, then ct bytes, then the envelope or (shared) the body
+ * id. */
 #define Q_FLAG_GROUP 0x1
 #define Q_FLAG_SHARED 0x2
 enum {
@@ -26,23 +27,20 @@ enum {
 	QH_ETYPE = 48, /* u64 */
 	QH_GROUP = 56, /* u64 */
 	QH_MSG_ID = 64, /* 16 bytes */
-	QH_SIZE = 80
+	QH_DEVICE = 80, /* u64 */
+	QH_SEQ = 88, /* u64 */
+	QH_SIZE = 96
 };
 
 #define ENTRY_WIRE_OVERHEAD 160 /* >= msgpack keys, numbers and headers of one ENTRY (145) */
 
-/* Key kinds of the device DB (see internal.h). */
-#define K_ENTRY 0x00
-#define K_META 0x01
-#define QKEY_LEN 17 /* device, K_ENTRY, seq */
-#define MKEY_LEN 9 /* device, K_META */
+#define LKEY_LEN 8 /* log DB: entry id = lsn << TARGET_BITS | target index */
+#define TARGET_BITS 13 /* > log2 of the most targets of one op (5120) */
 #define TKEY_LEN 24 /* ttl DB: ts, device, seq */
 #define TVAL_LEN 24 /* ttl DB: from_device, msg_id */
 #define EVICT_BATCH 1024 /* dedup records forgotten at once when the index is at its cap */
 
-typedef struct dev_meta {
-	uint64_t last_seq, count, bytes;
-} dev_meta;
+#define LAYOUT 2 /* 1: per-device queue table "q" */
 
 int
 inbox_lmdb_err(int rc, const char *what)
@@ -98,7 +96,9 @@ inbox_store_cfg(const inbox_store *s)
 
 /* ---- open / close ---- */
 
-static int dedup_rebuild(inbox_store *s);
+static int index_rebuild(inbox_store *s);
+static int entry_check(const MDB_val *v);
+static uint64_t entry_bytes(const uint8_t *p);
 
 static int
 open_dbis(inbox_store *s)
@@ -108,7 +108,8 @@ open_dbis(inbox_store *s)
 		size_t off;
 	} dbs[] = {
 		{ "meta", offsetof(inbox_store, meta) },
-		{ "q", offsetof(inbox_store, q) },
+		{ "log", offsetof(inbox_store, log) },
+		{ "dev", offsetof(inbox_store, dev) },
 		{ "ttl", offsetof(inbox_store, ttl) },
 		{ "bref", offsetof(inbox_store, bref) },
 		{ "body", offsetof(inbox_store, body) },
@@ -117,9 +118,18 @@ open_dbis(inbox_store *s)
 		{ "bttl", offsetof(inbox_store, bttl) },
 	};
 	MDB_txn *txn;
+	MDB_dbi old;
 	int rc = mdb_txn_begin(s->env, NULL, 0, &txn);
 	if (rc)
 		return inbox_lmdb_err(rc, "begin");
+	/* Queues of the first layout would be invisible to this one: refuse, do not lose. */
+	if (mdb_dbi_open(txn, "q", 0, &old) == 0) {
+		mdb_txn_abort(txn);
+		sp_error("store: %s holds queues in an older layout; drain it with the release "
+			 "that wrote it, or start this shard on an empty data-dir",
+		    s->dir);
+		return SP_ESTORE;
+	}
 	for (size_t i = 0; i < sizeof(dbs) / sizeof(dbs[0]); i++) {
 		MDB_dbi *dbi = (MDB_dbi *)((char *)s + dbs[i].off);
 		if ((rc = mdb_dbi_open(txn, dbs[i].name, MDB_CREATE, dbi))) {
@@ -177,12 +187,13 @@ inbox_store_open(inbox_store **out, const inbox_store_config *cfg)
 	}
 	/* Reader slots left by a killed process would pin old pages forever. */
 	mdb_reader_check(s->env, &dead);
-	if ((rc = open_dbis(s)) || (rc = dedup_rebuild(s)))
+	if ((rc = open_dbis(s)) || (rc = index_rebuild(s)))
 		goto fail;
 	*out = s;
 	return SP_OK;
 fail:
 	inbox_dedup_free(s->dx);
+	inbox_qindex_free(s->qx);
 	if (s->env)
 		mdb_env_close(s->env);
 	if (s->lock_fd >= 0)
@@ -198,6 +209,7 @@ inbox_store_close(inbox_store *s)
 	if (!s)
 		return;
 	inbox_dedup_free(s->dx);
+	inbox_qindex_free(s->qx);
 	mdb_env_close(s->env);
 	close(s->lock_fd);
 	free(s->dir);
@@ -214,6 +226,7 @@ inbox_store_txn_begin(inbox_store *s, MDB_txn *parent, MDB_txn **txn)
 	if (rc == SP_OK) {
 		s->depth = depth;
 		s->marks[depth] = inbox_dedup_mark(s->dx);
+		s->qmarks[depth] = inbox_qindex_mark(s->qx);
 	}
 	return rc;
 }
@@ -222,10 +235,13 @@ inbox_store_txn_begin(inbox_store *s, MDB_txn *parent, MDB_txn **txn)
 static void
 txn_end(inbox_store *s, bool keep)
 {
-	if (!keep)
+	if (!keep) {
 		inbox_dedup_rollback(s->dx, s->marks[s->depth]);
-	else if (s->depth == 0)
+		inbox_qindex_rollback(s->qx, s->qmarks[s->depth]);
+	} else if (s->depth == 0) {
 		inbox_dedup_settle(s->dx);
+		inbox_qindex_publish(s->qx);
+	}
 	s->depth--;
 }
 
@@ -285,61 +301,10 @@ put_u64(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, uint64_t v)
 	return inbox_lmdb_err(mdb_put(txn, dbi, &key, &val, 0), "put");
 }
 
-static int
-dev_get(inbox_store *s, MDB_txn *txn, uint64_t device, dev_meta *m)
-{
-	uint8_t k[MKEY_LEN];
-	MDB_val key = { MKEY_LEN, k }, val;
-	inbox_be64_put(k, device);
-	k[8] = K_META;
-	int rc = mdb_get(txn, s->q, &key, &val);
-	memset(m, 0, sizeof(*m));
-	if (rc == MDB_NOTFOUND)
-		return SP_OK;
-	if (rc)
-		return inbox_lmdb_err(rc, "dev get");
-	if (val.mv_size != 24)
-		return inbox_lmdb_err(MDB_CORRUPTED, "dev record");
-	const uint8_t *p = val.mv_data;
-	m->last_seq = inbox_le64_get(p);
-	m->count = inbox_le64_get(p + 8);
-	m->bytes = inbox_le64_get(p + 16);
-	return SP_OK;
-}
-
-static int
-dev_put(inbox_store *s, MDB_txn *txn, uint64_t device, const dev_meta *m)
-{
-	uint8_t k[MKEY_LEN], v[24];
-	inbox_be64_put(k, device);
-	k[8] = K_META;
-	inbox_le64_put(v, m->last_seq);
-	inbox_le64_put(v + 8, m->count);
-	inbox_le64_put(v + 16, m->bytes);
-	MDB_val key = { MKEY_LEN, k }, val = { 24, v };
-	return inbox_lmdb_err(mdb_put(txn, s->q, &key, &val, 0), "dev put");
-}
-
 static void
-qkey(uint8_t k[QKEY_LEN], uint64_t device, uint64_t seq)
+log_key(uint8_t k[LKEY_LEN], uint64_t id)
 {
-	inbox_be64_put(k, device);
-	k[8] = K_ENTRY;
-	inbox_be64_put(k + 9, seq);
-}
-
-/* Whether `k` is the key of a queue entry of `device`. */
-static bool
-is_entry_of(const MDB_val *k, uint64_t device)
-{
-	const uint8_t *p = k->mv_data;
-	return k->mv_size == QKEY_LEN && p[8] == K_ENTRY && inbox_be64_get(p) == device;
-}
-
-static uint64_t
-key_seq(const MDB_val *k)
-{
-	return inbox_be64_get((const uint8_t *)k->mv_data + 9);
+	inbox_be64_put(k, id);
 }
 
 static void
@@ -419,9 +384,61 @@ out:
 	return rc;
 }
 
-/* Builds the dedup index from the TTL log: the newest cfg.dedup_max records. */
+/* Loads the queue index: last seqs from the persisted floors, then every queued entry of
+ * the log (in key order, so each device's seqs come in increasing order). */
 static int
-dedup_rebuild(inbox_store *s)
+queue_rebuild(inbox_store *s, MDB_txn *txn)
+{
+	MDB_cursor *c = NULL;
+	MDB_val key, val;
+	int rc;
+
+	if ((rc = mdb_cursor_open(txn, s->dev, &c)))
+		return inbox_lmdb_err(rc, "cursor");
+	for (rc = mdb_cursor_get(c, &key, &val, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
+		if (key.mv_size != 8 || val.mv_size != 8) {
+			rc = MDB_CORRUPTED;
+			break;
+		}
+		if ((rc = inbox_qindex_load_seq(s->qx, inbox_be64_get(key.mv_data),
+			 inbox_le64_get(val.mv_data))))
+			goto out;
+	}
+	if (rc != MDB_NOTFOUND)
+		goto lmdb;
+	mdb_cursor_close(c);
+	if ((rc = mdb_cursor_open(txn, s->log, &c))) {
+		c = NULL;
+		goto lmdb;
+	}
+	for (rc = mdb_cursor_get(c, &key, &val, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
+		if (key.mv_size != LKEY_LEN || entry_check(&val)) {
+			rc = MDB_CORRUPTED;
+			break;
+		}
+		const uint8_t *p = val.mv_data;
+		if ((rc = inbox_qindex_load_entry(s->qx, inbox_le64_get(p + QH_DEVICE),
+			 inbox_le64_get(p + QH_SEQ), inbox_be64_get(key.mv_data), entry_bytes(p))))
+			goto out;
+	}
+	if (rc == MDB_NOTFOUND) {
+		rc = SP_OK;
+		goto out;
+	}
+lmdb:
+	rc = inbox_lmdb_err(rc, "queue rebuild");
+out:
+	if (c)
+		mdb_cursor_close(c);
+	return rc;
+}
+
+/* Builds the in-memory indexes: the dedup index from the TTL log (its newest
+ * cfg.dedup_max records), every device's last seq from all of it, then the queues. */
+static int
+index_rebuild(inbox_store *s)
 {
 	MDB_txn *txn;
 	MDB_cursor *c = NULL;
@@ -430,6 +447,8 @@ dedup_rebuild(inbox_store *s)
 	int rc;
 
 	s->depth = -1;
+	if (!(s->qx = inbox_qindex_new()))
+		return SP_ENOMEM;
 	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
 		return inbox_lmdb_err(rc, "read begin");
 	if ((rc = mdb_stat(txn, s->ttl, &ms)) || (rc = mdb_cursor_open(txn, s->ttl, &c))) {
@@ -453,11 +472,13 @@ dedup_rebuild(inbox_store *s)
 			rc = MDB_CORRUPTED;
 			break;
 		}
+		const uint8_t *k = key.mv_data;
+		if ((rc = inbox_qindex_load_seq(s->qx, inbox_be64_get(k + 8), inbox_be64_get(k + 16))))
+			goto out;
 		if (skip) {
 			skip--;
 			continue;
 		}
-		const uint8_t *k = key.mv_data;
 		if (first) {
 			memcpy(s->evict_key, k, TKEY_LEN);
 			first = false;
@@ -468,7 +489,11 @@ dedup_rebuild(inbox_store *s)
 		/* Nothing to undo: this is the committed state. */
 		inbox_dedup_settle(s->dx);
 	}
-	rc = rc == MDB_NOTFOUND ? SP_OK : inbox_lmdb_err(rc, "ttl scan");
+	if (rc != MDB_NOTFOUND) {
+		rc = inbox_lmdb_err(rc, "ttl scan");
+		goto out;
+	}
+	rc = queue_rebuild(s, txn);
 out:
 	if (c)
 		mdb_cursor_close(c);
@@ -530,37 +555,54 @@ entry_check(const MDB_val *v)
 	return v->mv_size == QH_SIZE + (size_t)ct_len + payload ? SP_OK : SP_ESTORE;
 }
 
-/* Accounts for the removal of queue entry `v` (already deleted or about to be) in `m`,
- * drops its body reference and, if `ref` is non-NULL, reports who sent it. */
-static int
-entry_release(inbox_store *s, MDB_txn *txn, const MDB_val *v, dev_meta *m, inbox_ref *ref)
+/* Envelope/body + ct bytes of an entry: what counts against the device's byte cap. */
+static uint64_t
+entry_bytes(const uint8_t *p)
 {
-	if (entry_check(v))
+	return (uint64_t)inbox_le32_get(p + QH_CT_LEN) + inbox_le32_get(p + QH_ENV_LEN);
+}
+
+/* Deletes queued entry (device, seq) at log id `id`: drops its body reference, takes it off
+ * the queue index and, if `ref` is non-NULL, reports who sent it. */
+static int
+entry_remove(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t seq, uint64_t id,
+    inbox_ref *ref)
+{
+	uint8_t k[LKEY_LEN];
+	MDB_val key = { LKEY_LEN, k }, val;
+	int rc;
+
+	log_key(k, id);
+	if ((rc = mdb_get(txn, s->log, &key, &val)))
+		return inbox_lmdb_err(rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc, "log get");
+	const uint8_t *p = val.mv_data;
+	if (entry_check(&val) || inbox_le64_get(p + QH_DEVICE) != device
+	    || inbox_le64_get(p + QH_SEQ) != seq)
 		return inbox_lmdb_err(MDB_CORRUPTED, "queue entry");
-	const uint8_t *p = v->mv_data;
-	uint32_t flags = inbox_le32_get(p + QH_FLAGS);
-	uint64_t n = (uint64_t)inbox_le32_get(p + QH_CT_LEN) + inbox_le32_get(p + QH_ENV_LEN);
-	m->count = m->count ? m->count - 1 : 0;
-	m->bytes = m->bytes >= n ? m->bytes - n : 0;
+	uint64_t bytes = entry_bytes(p), body = 0;
+	if (inbox_le32_get(p + QH_FLAGS) & Q_FLAG_SHARED)
+		body = inbox_le64_get(p + val.mv_size - 8);
 	if (ref) {
 		ref->from_user = inbox_le64_get(p + QH_FROM_USER);
 		ref->from_device = inbox_le64_get(p + QH_FROM_DEVICE);
 		memcpy(ref->msg_id, p + QH_MSG_ID, INBOX_MSG_ID_LEN);
 	}
-	if (flags & Q_FLAG_SHARED)
-		return body_unref(s, txn, inbox_le64_get(p + v->mv_size - 8));
-	return SP_OK;
+	if ((rc = mdb_del(txn, s->log, &key, NULL)))
+		return inbox_lmdb_err(rc, "log del");
+	if (body && (rc = body_unref(s, txn, body)))
+		return rc;
+	return inbox_qindex_remove(s->qx, device, seq, bytes);
 }
 
 /* ---- append ---- */
 
 static int
-append_target(
-    inbox_store *s, MDB_txn *txn, inbox_op *op, inbox_target *t, uint64_t *body_id, uint64_t *refs)
+append_target(inbox_store *s, MDB_txn *txn, inbox_op *op, uint64_t id, inbox_target *t,
+    uint64_t *body_id, uint64_t *refs)
 {
-	uint8_t k[QKEY_LEN], tk[TKEY_LEN], tv[TVAL_LEN];
+	uint8_t k[LKEY_LEN], tk[TKEY_LEN], tv[TVAL_LEN];
 	MDB_val key, val;
-	dev_meta m;
+	inbox_qmeta m;
 	uint64_t fts, fseq;
 	int rc;
 
@@ -574,8 +616,7 @@ append_target(
 	}
 	if (probe.rc)
 		return probe.rc;
-	if ((rc = dev_get(s, txn, t->device, &m)))
-		return rc;
+	inbox_qindex_meta(s->qx, t->device, &m);
 	uint64_t n = (uint64_t)op->append.body_len + t->ct_len;
 	if (m.count + 1 > s->cfg.max_queue_entries || m.bytes + n > s->cfg.max_queue_bytes) {
 		t->seq = 0;
@@ -596,11 +637,12 @@ append_target(
 
 	uint64_t seq = m.last_seq + 1;
 	size_t payload = op->append.shared ? 8 : op->append.body_len;
-	qkey(k, t->device, seq);
-	key = (MDB_val) { QKEY_LEN, k };
+	log_key(k, id);
+	key = (MDB_val) { LKEY_LEN, k };
 	val = (MDB_val) { QH_SIZE + t->ct_len + payload, NULL };
-	if ((rc = mdb_put(txn, s->q, &key, &val, MDB_RESERVE)))
-		return inbox_lmdb_err(rc, "queue put");
+	/* Ids grow with the LSN: every append lands at the end of the log. */
+	if ((rc = mdb_put(txn, s->log, &key, &val, MDB_RESERVE | MDB_APPEND)))
+		return inbox_lmdb_err(rc, "log put");
 	uint8_t *p = val.mv_data;
 	memset(p, 0, QH_SIZE);
 	inbox_le32_put(p + QH_FLAGS,
@@ -614,6 +656,8 @@ append_target(
 	inbox_le64_put(p + QH_ETYPE, op->append.etype);
 	inbox_le64_put(p + QH_GROUP, op->append.group);
 	memcpy(p + QH_MSG_ID, op->append.msg_id, INBOX_MSG_ID_LEN);
+	inbox_le64_put(p + QH_DEVICE, t->device);
+	inbox_le64_put(p + QH_SEQ, seq);
 	if (t->ct_len)
 		memcpy(p + QH_SIZE, t->ct, t->ct_len);
 	if (op->append.shared)
@@ -633,14 +677,10 @@ append_target(
 		return rc;
 	if ((rc = inbox_dedup_insert(s->dx, fp, op->ts, seq)))
 		return rc;
-
-	m.last_seq = seq;
-	m.count++;
-	m.bytes += n;
-	if ((rc = dev_put(s, txn, t->device, &m)))
-		return rc;
 	if (t->seq && t->seq != seq)
 		return SP_EMISMATCH;
+	if ((rc = inbox_qindex_add(s->qx, t->device, seq, id, n)))
+		return rc;
 	t->seq = seq;
 	t->dup = false;
 	t->rc = SP_OK;
@@ -650,15 +690,18 @@ append_target(
 }
 
 static int
-apply_append(inbox_store *s, MDB_txn *txn, inbox_op *op)
+apply_append(inbox_store *s, MDB_txn *txn, inbox_op *op, uint64_t lsn)
 {
 	uint64_t body_id = 0, refs = 0;
 	int rc;
 
 	if (op->append.ntargets == 0 || (!op->append.shared && op->append.ntargets != 1))
 		return SP_EINVAL;
+	if (op->append.ntargets >= 1u << TARGET_BITS)
+		return SP_EINVAL;
 	for (uint32_t i = 0; i < op->append.ntargets; i++)
-		if ((rc = append_target(s, txn, op, &op->append.targets[i], &body_id, &refs)))
+		if ((rc = append_target(s, txn, op, lsn << TARGET_BITS | i, &op->append.targets[i],
+			 &body_id, &refs)))
 			return rc;
 	if (refs) {
 		uint8_t k[8];
@@ -695,131 +738,73 @@ refs_reserve(inbox_op *op, uint32_t n)
 static int
 apply_ack(inbox_store *s, MDB_txn *txn, inbox_op *op)
 {
-	uint64_t device = op->ack.device;
-	uint8_t k[QKEY_LEN];
-	MDB_val key, val;
-	MDB_cursor *c = NULL;
-	dev_meta m;
+	uint64_t device = op->ack.device, seq, id;
+	inbox_qmeta m;
 	int rc;
 
 	op->ack.nrefs = 0;
 	op->ack.more = false;
-	if ((rc = dev_get(s, txn, device, &m)))
-		return rc;
+	inbox_qindex_meta(s->qx, device, &m);
 	if (m.count == 0)
 		return SP_OK;
 	if (op->ack.nseqs) {
 		if ((rc = refs_reserve(op, op->ack.nseqs)))
 			return rc;
 		for (uint32_t i = 0; i < op->ack.nseqs; i++) {
-			qkey(k, device, op->ack.seqs[i]);
-			key = (MDB_val) { QKEY_LEN, k };
-			rc = mdb_get(txn, s->q, &key, &val);
-			if (rc == MDB_NOTFOUND)
+			seq = op->ack.seqs[i];
+			if (inbox_qindex_find(s->qx, device, seq, &id))
 				continue;
-			if (rc)
-				return inbox_lmdb_err(rc, "queue get");
-			if ((rc = entry_release(s, txn, &val, &m, &op->ack.refs[op->ack.nrefs])))
+			if ((rc = entry_remove(s, txn, device, seq, id, &op->ack.refs[op->ack.nrefs])))
 				return rc;
-			if ((rc = mdb_del(txn, s->q, &key, NULL)))
-				return inbox_lmdb_err(rc, "queue del");
 			op->ack.nrefs++;
 		}
 	} else {
 		uint64_t cap = m.count < INBOX_ACK_MAX ? m.count : INBOX_ACK_MAX;
 		if ((rc = refs_reserve(op, (uint32_t)cap)))
 			return rc;
-		if ((rc = mdb_cursor_open(txn, s->q, &c)))
-			return inbox_lmdb_err(rc, "cursor");
-		qkey(k, device, 0);
-		key = (MDB_val) { QKEY_LEN, k };
-		rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
-		while (rc == 0) {
-			if (!is_entry_of(&key, device) || key_seq(&key) > op->ack.upto_seq)
-				break;
+		for (uint64_t after = 0; inbox_qindex_next(s->qx, device, after, &seq, &id) == SP_OK
+		     && seq <= op->ack.upto_seq;
+		     after = seq) {
 			if (op->ack.nrefs == cap) {
 				op->ack.more = true;
 				break;
 			}
-			if ((rc = entry_release(s, txn, &val, &m, &op->ack.refs[op->ack.nrefs])))
-				goto out;
-			if ((rc = mdb_cursor_del(c, 0))) {
-				rc = inbox_lmdb_err(rc, "queue del");
-				goto out;
-			}
+			if ((rc = entry_remove(s, txn, device, seq, id, &op->ack.refs[op->ack.nrefs])))
+				return rc;
 			op->ack.nrefs++;
-			rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
 		}
-		if (rc && rc != MDB_NOTFOUND) {
-			rc = inbox_lmdb_err(rc, "queue scan");
-			goto out;
-		}
-		mdb_cursor_close(c);
-		c = NULL;
 	}
-	if (op->ack.nrefs && (rc = dev_put(s, txn, device, &m)) == SP_OK)
-		rc = count_add(s, txn, "entries", -(int64_t)op->ack.nrefs);
-	else if (!op->ack.nrefs)
-		rc = SP_OK;
-out:
-	if (c)
-		mdb_cursor_close(c);
-	return rc;
+	return count_add(s, txn, "entries", -(int64_t)op->ack.nrefs);
 }
 
 static int
 apply_purge(inbox_store *s, MDB_txn *txn, inbox_op *op)
 {
-	uint64_t device = op->purge.device;
-	uint8_t k[QKEY_LEN];
-	MDB_val key, val;
-	MDB_cursor *c;
-	dev_meta m;
+	uint64_t device = op->purge.device, seq, id;
 	int rc;
 
+	/* The device's last seq stays (in memory, and in its TTL records on disk), so seqs stay
+	 * monotonic if the device id were ever appended to again. */
 	op->purge.removed = 0;
-	if ((rc = dev_get(s, txn, device, &m)))
-		return rc;
-	if (m.count == 0)
-		return SP_OK;
-	if ((rc = mdb_cursor_open(txn, s->q, &c)))
-		return inbox_lmdb_err(rc, "cursor");
-	qkey(k, device, 0);
-	key = (MDB_val) { QKEY_LEN, k };
-	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
-	while (rc == 0 && is_entry_of(&key, device)) {
-		if ((rc = entry_release(s, txn, &val, &m, NULL)))
-			goto out;
-		if ((rc = mdb_cursor_del(c, 0))) {
-			rc = inbox_lmdb_err(rc, "queue del");
-			goto out;
-		}
+	for (uint64_t after = 0; inbox_qindex_next(s->qx, device, after, &seq, &id) == SP_OK;
+	     after = seq) {
+		if ((rc = entry_remove(s, txn, device, seq, id, NULL)))
+			return rc;
 		op->purge.removed++;
-		rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
 	}
-	if (rc && rc != MDB_NOTFOUND) {
-		rc = inbox_lmdb_err(rc, "queue scan");
-		goto out;
-	}
-	/* Keep last_seq so seqs stay monotonic if the device id were ever appended to again. */
-	m.count = 0;
-	m.bytes = 0;
-	if ((rc = dev_put(s, txn, device, &m)) == SP_OK)
-		rc = count_add(s, txn, "entries", -(int64_t)op->purge.removed);
-out:
-	mdb_cursor_close(c);
-	return rc;
+	return count_add(s, txn, "entries", -(int64_t)op->purge.removed);
 }
 
 /* ---- TTL sweep ---- */
 
-/* Removes one expired TTL record: the entry if still queued, and its dedup record. */
+/* Removes one expired TTL record: the entry if still queued, and its dedup record. The
+ * device's last seq lives on in the TTL records; when its last one goes, it is kept in
+ * the dev table so seqs never restart. */
 static int
 sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, inbox_op *op)
 {
-	uint64_t device = inbox_be64_get(tk + 8), seq = inbox_be64_get(tk + 16);
-	uint8_t k[QKEY_LEN];
-	MDB_val key, val;
+	uint64_t device = inbox_be64_get(tk + 8), seq = inbox_be64_get(tk + 16), id;
+	inbox_qmeta m;
 	int rc;
 
 	if (tv->mv_size != TVAL_LEN)
@@ -827,25 +812,21 @@ sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, in
 	/* Copied first: writes below may move the page tv points into. */
 	uint8_t p[TVAL_LEN];
 	memcpy(p, tv->mv_data, TVAL_LEN);
-	qkey(k, device, seq);
-	key = (MDB_val) { QKEY_LEN, k };
-	rc = mdb_get(txn, s->q, &key, &val);
-	if (rc == 0) {
-		dev_meta m;
-		if ((rc = dev_get(s, txn, device, &m))
-		    || (rc = entry_release(s, txn, &val, &m, NULL)))
-			return rc;
-		if ((rc = mdb_del(txn, s->q, &key, NULL)))
-			return inbox_lmdb_err(rc, "queue del");
-		if ((rc = dev_put(s, txn, device, &m)))
+	if (inbox_qindex_find(s->qx, device, seq, &id) == SP_OK) {
+		if ((rc = entry_remove(s, txn, device, seq, id, NULL)))
 			return rc;
 		op->sweep.expired++;
-	} else if (rc != MDB_NOTFOUND) {
-		return inbox_lmdb_err(rc, "queue get");
 	}
 	if ((rc = inbox_dedup_remove(s->dx, ttl_fp(s, tk, p), inbox_be64_get(tk), seq, true)))
 		return rc;
 	op->sweep.dedup_gone++;
+	inbox_qindex_meta(s->qx, device, &m);
+	if (m.last_seq == seq) {
+		uint8_t k[8];
+		inbox_be64_put(k, device);
+		if ((rc = put_u64(txn, s->dev, k, 8, seq)))
+			return rc;
+	}
 	return SP_OK;
 }
 
@@ -920,7 +901,7 @@ inbox_store_apply(inbox_store *s, MDB_txn *txn, inbox_op *op, uint64_t now)
 	}
 	switch (op->kind) {
 	case INBOX_OP_APPEND:
-		rc = apply_append(s, txn, op);
+		rc = apply_append(s, txn, op, lsn);
 		break;
 	case INBOX_OP_ACK:
 		rc = apply_ack(s, txn, op);
@@ -1003,13 +984,13 @@ inbox_entry_wire_size(const inbox_entry *e)
 }
 
 static int
-entry_decode(inbox_store *s, MDB_txn *txn, const MDB_val *key, const MDB_val *v, inbox_entry *e)
+entry_decode(inbox_store *s, MDB_txn *txn, const MDB_val *v, inbox_entry *e)
 {
 	if (entry_check(v))
 		return inbox_lmdb_err(MDB_CORRUPTED, "queue entry");
 	const uint8_t *p = v->mv_data;
 	uint32_t flags = inbox_le32_get(p + QH_FLAGS);
-	e->seq = key_seq(key);
+	e->seq = inbox_le64_get(p + QH_SEQ);
 	e->ts = inbox_le64_get(p + QH_TS);
 	e->server_ts = inbox_le64_get(p + QH_SERVER_TS);
 	e->from_user = inbox_le64_get(p + QH_FROM_USER);
@@ -1036,76 +1017,113 @@ entry_decode(inbox_store *s, MDB_txn *txn, const MDB_val *key, const MDB_val *v,
 	return SP_OK;
 }
 
+#define CANDIDATES 256 /* queue index candidates taken per lock */
+
+/* Calls fn(arg, seq, value) for each entry of `device` after `after` that the snapshot of
+ * `txn` holds, in seq order, until fn returns false. */
+static int
+visible_entries(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t after,
+    bool (*fn)(void *arg, const MDB_val *v, int *rc), void *arg)
+{
+	inbox_qcand c[CANDIDATES];
+	bool more = true;
+	uint8_t k[LKEY_LEN];
+	MDB_val key = { LKEY_LEN, k }, val;
+	int rc = SP_OK;
+
+	while (more) {
+		size_t n = inbox_qindex_candidates(s->qx, device, after, c, CANDIDATES, &more);
+		for (size_t i = 0; i < n; i++) {
+			after = c[i].seq;
+			log_key(k, c[i].key);
+			int lrc = mdb_get(txn, s->log, &key, &val);
+			/* Written by a commit after this snapshot, or deleted before it. */
+			if (lrc == MDB_NOTFOUND)
+				continue;
+			if (lrc)
+				return inbox_lmdb_err(lrc, "log get");
+			const uint8_t *p = val.mv_data;
+			if (entry_check(&val) || inbox_le64_get(p + QH_DEVICE) != device
+			    || inbox_le64_get(p + QH_SEQ) != c[i].seq)
+				return inbox_lmdb_err(MDB_CORRUPTED, "queue entry");
+			if (!fn(arg, &val, &rc))
+				return rc;
+		}
+	}
+	return rc;
+}
+
+typedef struct fetch_state {
+	inbox_store *s;
+	MDB_txn *txn;
+	inbox_entry *out;
+	uint32_t n, max_count;
+	size_t bytes, max_bytes;
+	bool more;
+} fetch_state;
+
+static bool
+fetch_one(void *arg, const MDB_val *v, int *rc)
+{
+	fetch_state *f = arg;
+	if (f->n == f->max_count) {
+		f->more = true;
+		return false;
+	}
+	if ((*rc = entry_decode(f->s, f->txn, v, &f->out[f->n])))
+		return false;
+	size_t sz = inbox_entry_wire_size(&f->out[f->n]);
+	if (f->n > 0 && f->bytes + sz > f->max_bytes) {
+		f->more = true;
+		return false;
+	}
+	f->bytes += sz;
+	f->n++;
+	return true;
+}
+
 int
 inbox_store_fetch(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t after_seq,
     uint32_t max_count, size_t max_bytes, inbox_entry *out, bool *more)
 {
-	uint8_t k[QKEY_LEN];
-	MDB_val key, val;
-	MDB_cursor *c;
-	size_t bytes = 0;
-	int n = 0, rc;
-
+	fetch_state f = { s, txn, out, 0, max_count, 0, max_bytes, false };
 	*more = false;
-	if (after_seq == UINT64_MAX)
+	if (after_seq == UINT64_MAX || max_count == 0)
 		return 0;
-	if ((rc = mdb_cursor_open(txn, s->q, &c)))
-		return inbox_lmdb_err(rc, "cursor");
-	qkey(k, device, after_seq + 1);
-	key = (MDB_val) { QKEY_LEN, k };
-	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
-	while (rc == 0 && is_entry_of(&key, device)) {
-		if ((uint32_t)n == max_count) {
-			*more = true;
-			break;
-		}
-		if ((rc = entry_decode(s, txn, &key, &val, &out[n])))
-			goto out;
-		size_t sz = inbox_entry_wire_size(&out[n]);
-		if (n > 0 && bytes + sz > max_bytes) {
-			*more = true;
-			break;
-		}
-		bytes += sz;
-		n++;
-		rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
-	}
-	if (rc && rc != MDB_NOTFOUND) {
-		rc = inbox_lmdb_err(rc, "queue scan");
-		goto out;
-	}
-	rc = n;
-out:
-	mdb_cursor_close(c);
-	return rc;
+	int rc = visible_entries(s, txn, device, after_seq, fetch_one, &f);
+	if (rc)
+		return rc;
+	*more = f.more;
+	return (int)f.n;
+}
+
+static bool
+oldest_one(void *arg, const MDB_val *v, int *rc)
+{
+	(void)rc;
+	*(uint64_t *)arg = inbox_le64_get((const uint8_t *)v->mv_data + QH_TS);
+	return false;
 }
 
 int
 inbox_store_stat(inbox_store *s, MDB_txn *txn, uint64_t device, inbox_stat *st)
 {
-	dev_meta m;
-	uint8_t k[QKEY_LEN];
-	MDB_val key, val;
-	MDB_cursor *c;
-	int rc;
+	inbox_qmeta m;
 
 	memset(st, 0, sizeof(*st));
-	if ((rc = dev_get(s, txn, device, &m)))
-		return rc;
+	inbox_qindex_committed(s->qx, device, &m);
 	st->depth = m.count;
 	st->bytes = m.bytes;
 	st->last_seq = m.last_seq;
 	if (m.count == 0)
 		return SP_OK;
-	if ((rc = mdb_cursor_open(txn, s->q, &c)))
-		return inbox_lmdb_err(rc, "cursor");
-	qkey(k, device, 0);
-	key = (MDB_val) { QKEY_LEN, k };
-	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
-	if (rc == 0 && is_entry_of(&key, device) && val.mv_size >= QH_SIZE)
-		st->oldest_ts = inbox_le64_get((const uint8_t *)val.mv_data + QH_TS);
-	mdb_cursor_close(c);
-	return rc == 0 || rc == MDB_NOTFOUND ? SP_OK : inbox_lmdb_err(rc, "queue scan");
+	return visible_entries(s, txn, device, 0, oldest_one, &st->oldest_ts);
+}
+
+void
+inbox_store_queue_stat(inbox_store *s, uint64_t *devices, uint64_t *entries, uint64_t *bytes)
+{
+	inbox_qindex_stats(s->qx, devices, entries, bytes);
 }
 
 int

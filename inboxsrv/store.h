@@ -208,6 +208,10 @@ typedef struct inbox_shard_stat {
 
 int inbox_store_shard_stat(inbox_store *s, MDB_txn *txn, inbox_shard_stat *st);
 
+/* Devices and queued entries (committed) in the in-memory queue index, and the bytes it
+ * holds. Any thread. */
+void inbox_store_queue_stat(inbox_store *s, uint64_t *devices, uint64_t *entries, uint64_t *bytes);
+
 /* Records in the in-memory dedup index and the bytes it holds. Writer thread only. */
 void inbox_store_dedup_stat(const inbox_store *s, uint64_t *records, uint64_t *bytes);
 

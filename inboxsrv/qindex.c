@@ -1,0 +1,423 @@
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qindex.h"
+#include "sp_error.h"
+
+/* uthash reports a failed allocation here instead of exiting; adds happen under q->lock. */
+static bool hash_oom;
+#define HASH_NONFATAL_OOM 1
+#define uthash_nonfatal_oom(obj) (hash_oom = true)
+#include <uthash.h>
+
+/* Item states. The writer sees LIVE and ADDED; readers see all but DEAD. */
+enum {
+	S_LIVE, /* committed */
+	S_ADDED, /* written by the open transaction */
+	S_REMOVED, /* committed, deleted by the open transaction */
+	S_DEAD /* gone for everyone; kept only to be compacted away */
+};
+
+typedef struct qitem {
+	uint64_t seq, key;
+	uint8_t state;
+} qitem;
+
+typedef struct qdev {
+	uint64_t device;
+	inbox_qmeta w, c; /* writer's and committed counters */
+	qitem *items; /* [start, n): seq order */
+	uint32_t start, n, cap, dead;
+	UT_hash_handle hh;
+} qdev;
+
+typedef struct undo {
+	qdev *d;
+	uint32_t idx; /* the item changed */
+	uint8_t old_state; /* S_DEAD: the item was added */
+	inbox_qmeta old;
+} undo;
+
+struct inbox_qindex {
+	pthread_mutex_t lock;
+	qdev *devs;
+	undo *log;
+	size_t nlog, caplog;
+	uint64_t entries; /* committed queued entries */
+	uint64_t item_bytes;
+};
+
+inbox_qindex *
+inbox_qindex_new(void)
+{
+	inbox_qindex *q = calloc(1, sizeof(*q));
+	if (q)
+		pthread_mutex_init(&q->lock, NULL);
+	return q;
+}
+
+void
+inbox_qindex_free(inbox_qindex *q)
+{
+	qdev *d, *tmp;
+	if (!q)
+		return;
+	HASH_ITER(hh, q->devs, d, tmp) {
+		HASH_DEL(q->devs, d);
+		free(d->items);
+		free(d);
+	}
+	pthread_mutex_destroy(&q->lock);
+	free(q->log);
+	free(q);
+}
+
+static qdev *
+dev_find(inbox_qindex *q, uint64_t device)
+{
+	qdev *d;
+	HASH_FIND(hh, q->devs, &device, sizeof(device), d);
+	return d;
+}
+
+static qdev *
+dev_get(inbox_qindex *q, uint64_t device)
+{
+	qdev *d = dev_find(q, device);
+	if (d)
+		return d;
+	if (!(d = calloc(1, sizeof(*d))))
+		return NULL;
+	d->device = device;
+	hash_oom = false;
+	HASH_ADD(hh, q->devs, device, sizeof(d->device), d);
+	if (hash_oom) {
+		free(d);
+		return NULL;
+	}
+	return d;
+}
+
+/* Drops DEAD items from the front, and compacts when they are most of the array. */
+static void
+tidy(inbox_qindex *q, qdev *d)
+{
+	while (d->start < d->n && d->items[d->start].state == S_DEAD) {
+		d->start++;
+		d->dead--;
+	}
+	if (d->start == d->n) {
+		d->start = d->n = d->dead = 0;
+		if (d->cap > 64) {
+			free(d->items);
+			q->item_bytes -= (uint64_t)d->cap * sizeof(qitem);
+			d->items = NULL;
+			d->cap = 0;
+		}
+		return;
+	}
+	if (d->start + d->dead > (d->n - d->start) && d->start + d->dead > 32) {
+		uint32_t k = 0;
+		for (uint32_t i = d->start; i < d->n; i++)
+			if (d->items[i].state != S_DEAD)
+				d->items[k++] = d->items[i];
+		d->start = 0;
+		d->n = k;
+		d->dead = 0;
+	}
+}
+
+static int
+push_item(inbox_qindex *q, qdev *d, uint64_t seq, uint64_t key, uint8_t state)
+{
+	/* Grow only: items never move inside a transaction (the undo log holds indexes);
+	 * tidy() compacts after publish. */
+	if (d->n == d->cap) {
+		uint32_t cap = d->cap ? d->cap * 2 : 4;
+		qitem *n = realloc(d->items, cap * sizeof(qitem));
+		if (!n)
+			return SP_ENOMEM;
+		q->item_bytes += (uint64_t)(cap - d->cap) * sizeof(qitem);
+		d->items = n;
+		d->cap = cap;
+	}
+	d->items[d->n++] = (qitem) { seq, key, state };
+	return SP_OK;
+}
+
+/* Index of the first item with seq > after (n if none). */
+static uint32_t
+first_after(const qdev *d, uint64_t after)
+{
+	uint32_t lo = d->start, hi = d->n;
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (d->items[mid].seq <= after)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static bool
+writer_sees(uint8_t state)
+{
+	return state == S_LIVE || state == S_ADDED;
+}
+
+/* ---- loading ---- */
+
+int
+inbox_qindex_load_entry(
+    inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t key, uint64_t bytes)
+{
+	qdev *d = dev_get(q, device);
+	if (!d)
+		return SP_ENOMEM;
+	if (d->n > d->start && d->items[d->n - 1].seq >= seq)
+		return SP_ESTORE;
+	if (push_item(q, d, seq, key, S_LIVE))
+		return SP_ENOMEM;
+	if (seq > d->w.last_seq)
+		d->w.last_seq = seq;
+	d->w.count++;
+	d->w.bytes += bytes;
+	d->c = d->w;
+	q->entries++;
+	return SP_OK;
+}
+
+int
+inbox_qindex_load_seq(inbox_qindex *q, uint64_t device, uint64_t seq)
+{
+	qdev *d = dev_get(q, device);
+	if (!d)
+		return SP_ENOMEM;
+	if (seq > d->w.last_seq)
+		d->w.last_seq = d->c.last_seq = seq;
+	return SP_OK;
+}
+
+/* ---- writer ---- */
+
+void
+inbox_qindex_meta(inbox_qindex *q, uint64_t device, inbox_qmeta *m)
+{
+	pthread_mutex_lock(&q->lock);
+	qdev *d = dev_find(q, device);
+	*m = d ? d->w : (inbox_qmeta) { 0, 0, 0 };
+	pthread_mutex_unlock(&q->lock);
+}
+
+static int
+log_push(inbox_qindex *q, qdev *d, uint32_t idx, uint8_t old_state, const inbox_qmeta *old)
+{
+	if (q->nlog == q->caplog) {
+		size_t cap = q->caplog ? q->caplog * 2 : 1024;
+		undo *n = realloc(q->log, cap * sizeof(undo));
+		if (!n)
+			return SP_ENOMEM;
+		q->log = n;
+		q->caplog = cap;
+	}
+	q->log[q->nlog++] = (undo) { d, idx, old_state, *old };
+	return SP_OK;
+}
+
+int
+inbox_qindex_add(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t key, uint64_t bytes)
+{
+	int rc = SP_ENOMEM;
+	pthread_mutex_lock(&q->lock);
+	qdev *d = dev_get(q, device);
+	if (!d)
+		goto out;
+	if (seq <= d->w.last_seq) {
+		rc = SP_EINVAL;
+		goto out;
+	}
+	inbox_qmeta old = d->w;
+	if (push_item(q, d, seq, key, S_ADDED))
+		goto out;
+	if (log_push(q, d, d->n - 1, S_DEAD, &old)) {
+		d->n--;
+		goto out;
+	}
+	d->w.last_seq = seq;
+	d->w.count++;
+	d->w.bytes += bytes;
+	rc = SP_OK;
+out:
+	pthread_mutex_unlock(&q->lock);
+	return rc;
+}
+
+/* The writer-visible item `seq` of d, or -1. */
+static int64_t
+item_of(const qdev *d, uint64_t seq)
+{
+	uint32_t i = first_after(d, seq - 1);
+	if (i < d->n && d->items[i].seq == seq && writer_sees(d->items[i].state))
+		return i;
+	return -1;
+}
+
+int
+inbox_qindex_next(inbox_qindex *q, uint64_t device, uint64_t after, uint64_t *seq, uint64_t *key)
+{
+	int rc = SP_ENOTFOUND;
+	pthread_mutex_lock(&q->lock);
+	qdev *d = dev_find(q, device);
+	if (d) {
+		for (uint32_t i = first_after(d, after); i < d->n; i++) {
+			if (writer_sees(d->items[i].state)) {
+				*seq = d->items[i].seq;
+				*key = d->items[i].key;
+				rc = SP_OK;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&q->lock);
+	return rc;
+}
+
+int
+inbox_qindex_find(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t *key)
+{
+	int rc = SP_ENOTFOUND;
+	pthread_mutex_lock(&q->lock);
+	qdev *d = dev_find(q, device);
+	int64_t i = d && seq ? item_of(d, seq) : -1;
+	if (i >= 0) {
+		*key = d->items[i].key;
+		rc = SP_OK;
+	}
+	pthread_mutex_unlock(&q->lock);
+	return rc;
+}
+
+int
+inbox_qindex_remove(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t bytes)
+{
+	int rc = SP_ENOTFOUND;
+	pthread_mutex_lock(&q->lock);
+	qdev *d = dev_find(q, device);
+	int64_t i = d && seq ? item_of(d, seq) : -1;
+	if (i < 0)
+		goto out;
+	qitem *it = &d->items[i];
+	if ((rc = log_push(q, d, (uint32_t)i, it->state, &d->w)))
+		goto out;
+	/* Added and removed by the same transaction: no reader could ever see it. */
+	it->state = it->state == S_ADDED ? S_DEAD : S_REMOVED;
+	if (it->state == S_DEAD)
+		d->dead++;
+	d->w.count--;
+	d->w.bytes = d->w.bytes >= bytes ? d->w.bytes - bytes : 0;
+out:
+	pthread_mutex_unlock(&q->lock);
+	return rc;
+}
+
+size_t
+inbox_qindex_mark(inbox_qindex *q)
+{
+	return q->nlog;
+}
+
+void
+inbox_qindex_rollback(inbox_qindex *q, size_t mark)
+{
+	pthread_mutex_lock(&q->lock);
+	while (q->nlog > mark) {
+		undo *u = &q->log[--q->nlog];
+		qitem *it = &u->d->items[u->idx];
+		if (it->state == S_DEAD)
+			u->d->dead--;
+		if (u->old_state == S_DEAD) {
+			/* Undoing an add: it is the last item (adds only append). */
+			u->d->n--;
+		} else {
+			it->state = u->old_state;
+		}
+		u->d->w = u->old;
+	}
+	pthread_mutex_unlock(&q->lock);
+}
+
+void
+inbox_qindex_publish(inbox_qindex *q)
+{
+	pthread_mutex_lock(&q->lock);
+	/* First pass: settle each changed item and publish the counters. */
+	for (size_t k = 0; k < q->nlog; k++) {
+		undo *u = &q->log[k];
+		qitem *it = &u->d->items[u->idx];
+		if (it->state == S_ADDED) {
+			it->state = S_LIVE;
+			q->entries++;
+		} else if (it->state == S_REMOVED) {
+			it->state = S_DEAD;
+			u->d->dead++;
+			q->entries--;
+		}
+		u->d->c = u->d->w;
+	}
+	/* Then tidy each device once (compaction moves items: no undo index may follow). */
+	for (size_t k = 0; k < q->nlog; k++)
+		tidy(q, q->log[k].d);
+	q->nlog = 0;
+	if (q->caplog > 65536) {
+		free(q->log);
+		q->log = NULL;
+		q->caplog = 0;
+	}
+	pthread_mutex_unlock(&q->lock);
+}
+
+/* ---- readers ---- */
+
+size_t
+inbox_qindex_candidates(
+    inbox_qindex *q, uint64_t device, uint64_t after, inbox_qcand *out, size_t max, bool *more)
+{
+	size_t n = 0;
+	*more = false;
+	pthread_mutex_lock(&q->lock);
+	qdev *d = dev_find(q, device);
+	if (d) {
+		for (uint32_t i = first_after(d, after); i < d->n; i++) {
+			if (d->items[i].state == S_DEAD)
+				continue;
+			if (n == max) {
+				*more = true;
+				break;
+			}
+			out[n++] = (inbox_qcand) { d->items[i].seq, d->items[i].key };
+		}
+	}
+	pthread_mutex_unlock(&q->lock);
+	return n;
+}
+
+void
+inbox_qindex_committed(inbox_qindex *q, uint64_t device, inbox_qmeta *m)
+{
+	pthread_mutex_lock(&q->lock);
+	qdev *d = dev_find(q, device);
+	*m = d ? d->c : (inbox_qmeta) { 0, 0, 0 };
+	pthread_mutex_unlock(&q->lock);
+}
+
+void
+inbox_qindex_stats(inbox_qindex *q, uint64_t *devices, uint64_t *entries, uint64_t *mem)
+{
+	pthread_mutex_lock(&q->lock);
+	*devices = HASH_COUNT(q->devs);
+	*entries = q->entries;
+	*mem = q->item_bytes + *devices * (sizeof(qdev) + 16) + q->caplog * sizeof(undo);
+	pthread_mutex_unlock(&q->lock);
+}
