@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -295,6 +296,100 @@ START_TEST(dedup_follows_its_transaction)
 	ck_assert_int_eq(append(1, 7, 5, "e", 200, &seq, &dup), SP_OK);
 	ck_assert(dup);
 	ck_assert_uint_eq(seq, 1);
+}
+END_TEST
+
+/* A reader's snapshot decides what it sees: not an append whose transaction is still open,
+ * and still an entry whose deletion has not committed. */
+START_TEST(readers_see_their_snapshot)
+{
+	inbox_op op;
+	inbox_target t;
+	inbox_entry e[8];
+	MDB_txn *w, *r;
+	bool more;
+
+	ck_assert_int_eq(append(1, 7, 1, "one", 100, NULL, NULL), SP_OK);
+	ck_assert_int_eq(inbox_store_txn_begin(st, NULL, &w), SP_OK);
+	append_op(&op, &t, 1, 2);
+	ck_assert_int_eq(inbox_store_apply(st, w, &op, 100), SP_OK);
+	ck_assert_int_eq(inbox_store_read_begin(st, &r), SP_OK);
+	ck_assert_int_eq(inbox_store_fetch(st, r, 1, 0, 8, 1 << 20, e, &more), 1);
+	ck_assert_uint_eq(e[0].seq, 1);
+	inbox_stat sst;
+	ck_assert_int_eq(inbox_store_stat(st, r, 1, &sst), SP_OK);
+	ck_assert_uint_eq(sst.depth, 1);
+	ck_assert_uint_eq(sst.oldest_ts, 100);
+	inbox_store_read_end(r);
+	/* The ACK of entry 1 in the same open transaction: a reader still has it. */
+	inbox_op ack = { .kind = INBOX_OP_ACK };
+	ack.ack.device = 1;
+	ack.ack.upto_seq = 1;
+	ck_assert_int_eq(inbox_store_apply(st, w, &ack, 100), SP_OK);
+	ck_assert_uint_eq(ack.ack.nrefs, 1);
+	inbox_op_fini(&ack);
+	ck_assert_int_eq(inbox_store_read_begin(st, &r), SP_OK);
+	ck_assert_int_eq(inbox_store_fetch(st, r, 1, 0, 8, 1 << 20, e, &more), 1);
+	ck_assert_uint_eq(e[0].seq, 1);
+	ck_assert_int_eq(inbox_store_txn_commit(st, w), SP_OK);
+	/* Once the deletion committed, even an older snapshot stops offering entry 1 (it is
+	 * acknowledged: skipping it is right), and entry 2, committed after that snapshot,
+	 * stays invisible to it. A new snapshot sees the commit. */
+	ck_assert_int_eq(inbox_store_fetch(st, r, 1, 0, 8, 1 << 20, e, &more), 0);
+	inbox_store_read_end(r);
+	ck_assert_int_eq(inbox_store_read_begin(st, &r), SP_OK);
+	ck_assert_int_eq(inbox_store_fetch(st, r, 1, 0, 8, 1 << 20, e, &more), 1);
+	ck_assert_uint_eq(e[0].seq, 2);
+	ck_assert_str_eq((const char *)e[0].env, "e");
+	inbox_store_read_end(r);
+	ck_assert_uint_eq(stat_of(1).depth, 1);
+}
+END_TEST
+
+/* A device whose every record expired keeps counting from where it was, across a reopen. */
+START_TEST(seqs_never_restart)
+{
+	uint64_t seq;
+	for (uint64_t i = 1; i <= 3; i++)
+		ck_assert_int_eq(append(4, 7, i, "x", 100, NULL, NULL), SP_OK);
+	ck_assert_uint_eq(ack_upto(4, 3, NULL, 0), 3);
+	inbox_op sw = { .kind = INBOX_OP_SWEEP };
+	sw.sweep.limit = 100;
+	ck_assert_int_eq(apply1(&sw, 100 + TTL_MS + 1), SP_OK);
+	ck_assert_uint_eq(sw.sweep.dedup_gone, 3);
+	inbox_store_close(st);
+	open_store(100, 1 << 20);
+	ck_assert_int_eq(append(4, 7, 9, "x", 100 + TTL_MS + 2, &seq, NULL), SP_OK);
+	ck_assert_uint_eq(seq, 4);
+}
+END_TEST
+
+/* A data dir written with per-device queue tables (the first layout) is refused, never
+ * opened as if it were empty. */
+START_TEST(old_layout_is_refused)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	char old[96];
+	inbox_store_close(st);
+	st = NULL;
+	snprintf(old, sizeof(old), "%s/old", dir);
+	ck_assert_int_eq(mkdir(old, 0700), 0);
+	ck_assert_int_eq(mdb_env_create(&env), 0);
+	ck_assert_int_eq(mdb_env_set_maxdbs(env, 4), 0);
+	ck_assert_int_eq(mdb_env_open(env, old, 0, 0600), 0);
+	ck_assert_int_eq(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	ck_assert_int_eq(mdb_dbi_open(txn, "q", MDB_CREATE, &dbi), 0);
+	ck_assert_int_eq(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	inbox_store_config cfg = { .dir = old, .map_size = 64u << 20, .max_queue_entries = 10,
+		.max_queue_bytes = 1 << 20, .msg_ttl_ms = TTL_MS, .media_ttl_ms = MEDIA_TTL_MS,
+		.max_blob_size = 1 << 20, .max_readers = 16 };
+	inbox_store *o = NULL;
+	ck_assert_int_eq(inbox_store_open(&o, &cfg), SP_ESTORE);
+	ck_assert_ptr_null(o);
+	open_store(100, 1 << 20);
 }
 END_TEST
 
@@ -792,6 +887,9 @@ suite(void)
 	tcase_add_test(tc, append_fetch_in_order);
 	tcase_add_test(tc, dedup_by_device_sender_and_msg_id);
 	tcase_add_test(tc, dedup_follows_its_transaction);
+	tcase_add_test(tc, readers_see_their_snapshot);
+	tcase_add_test(tc, seqs_never_restart);
+	tcase_add_test(tc, old_layout_is_refused);
 	tcase_add_test(tc, dedup_max_forgets_the_oldest_first);
 	tcase_add_test(tc, ack_upto_and_list_are_idempotent);
 	tcase_add_test(tc, batch_body_is_refcounted);
