@@ -1,3 +1,4 @@
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -10,6 +11,8 @@
 #include "sp_error.h"
 #include "sp_log.h"
 #include "sp_time.h"
+
+#define COLLECT_IDLE_MS 20 /* an idle writer collects garbage this often */
 
 #define INLINE_DONE_MAX 8 /* batches up to this size are completed by the writer itself */
 
@@ -232,6 +235,36 @@ apply_each_nested(
 	return applied;
 }
 
+/* One collector step in `txn` (a failure only skips it: its nested txn is undone). */
+static void
+collect(inbox_commit *c, MDB_txn *txn, uint32_t limit)
+{
+	uint64_t deleted;
+	if (limit && inbox_store_collect(c->store, txn, limit, &deleted) == SP_OK)
+		sp_metric_add(inbox_m.collected, deleted);
+}
+
+/* The writer has nothing queued: a commit of collection alone. */
+static void
+collect_idle(inbox_commit *c)
+{
+	uint32_t limit = inbox_store_collect_limit(c->store, true);
+	MDB_txn *txn;
+	int rc;
+	if (!limit)
+		return;
+	if ((rc = inbox_store_txn_begin(c->store, NULL, &txn)))
+		fatal("txn begin", rc);
+	collect(c, txn, limit);
+	if ((rc = inbox_store_txn_commit(c->store, txn)) == SP_EFULL)
+		return;
+	if (rc)
+		fatal("commit", rc);
+	atomic_fetch_add(&c->commits, 1);
+	sp_metric_inc(inbox_m.commits);
+	sp_metric_set(inbox_m.garbage, (int64_t)inbox_store_garbage(c->store));
+}
+
 static void
 run_batch(inbox_commit *c, inbox_req *batch, uint32_t n)
 {
@@ -258,6 +291,7 @@ run_batch(inbox_commit *c, inbox_req *batch, uint32_t n)
 		}
 	}
 	if (txn) {
+		collect(c, txn, inbox_store_collect_limit(c->store, false));
 		inbox_shard_stat st;
 		if (inbox_store_shard_stat(c->store, txn, &st) == SP_OK) {
 			sp_metric_set(inbox_m.lsn, (int64_t)st.lsn);
@@ -269,6 +303,11 @@ run_batch(inbox_commit *c, inbox_req *batch, uint32_t n)
 		inbox_store_dedup_stat(c->store, &dn, &db);
 		sp_metric_set(inbox_m.dedup_entries, (int64_t)dn);
 		sp_metric_set(inbox_m.dedup_bytes, (int64_t)db);
+		sp_metric_set(inbox_m.garbage, (int64_t)inbox_store_garbage(c->store));
+		uint64_t qd, qe, qb;
+		inbox_store_queue_stat(c->store, &qd, &qe, &qb);
+		sp_metric_set(inbox_m.queue_devices, (int64_t)qd);
+		sp_metric_set(inbox_m.queue_index_bytes, (int64_t)qb);
 		uint64_t t1 = sp_mono_ns();
 		rc = inbox_store_txn_commit(c->store, txn);
 		sp_metric_observe(inbox_m.sync_seconds, (double)(sp_mono_ns() - t1) / 1e9);
@@ -348,8 +387,26 @@ writer_main(void *arg)
 	for (;;) {
 		uint32_t n;
 		pthread_mutex_lock(&c->lock);
-		while (!c->head && !c->stopping)
-			pthread_cond_wait(&c->cond, &c->lock);
+		while (!c->head && !c->stopping) {
+			if (inbox_store_garbage(c->store) == 0) {
+				pthread_cond_wait(&c->cond, &c->lock);
+				continue;
+			}
+			/* Idle with garbage left: collect a step every COLLECT_IDLE_MS. */
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += COLLECT_IDLE_MS * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			if (pthread_cond_timedwait(&c->cond, &c->lock, &ts) == ETIMEDOUT && !c->head
+			    && !c->stopping) {
+				pthread_mutex_unlock(&c->lock);
+				collect_idle(c);
+				pthread_mutex_lock(&c->lock);
+			}
+		}
 		if (!c->head) {
 			pthread_mutex_unlock(&c->lock);
 			break;

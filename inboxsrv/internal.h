@@ -21,6 +21,7 @@ typedef struct inbox_metrics {
 	sp_metric *ttl_expired, *ttl_dedup, *blob_expired, *blob_deleted, *blob_puts, *blob_bytes;
 	sp_metric *blob_gets, *commit_seconds, *sync_seconds, *request_seconds;
 	sp_metric *dedup_evicted, *dedup_entries, *dedup_bytes;
+	sp_metric *collected, *garbage, *queue_devices, *queue_index_bytes;
 	sp_metric *batch[INBOX_BATCH_BUCKETS];
 	sp_metric *lsn, *entries, *blobs, *map_used, *disk_low;
 } inbox_metrics;
@@ -45,7 +46,7 @@ struct inbox_store {
 	 * envelope | body id. Ids grow with the LSN, so appends write at the end of one tree;
 	 * the queue index (qindex.h) says which ids make up each device's queue. */
 	MDB_dbi log;
-	MDB_dbi dev; /* device -> last seq, kept when its last TTL record is swept */
+	MDB_dbi dev; /* device -> {last seq, acknowledged seq} (store.c: dev_get) */
 	/* (ts, device, seq) -> {from_device, msg_id}: the TTL index of entries and the log of
 	 * dedup records, in time order (appends add at its end). */
 	MDB_dbi ttl;
@@ -61,6 +62,7 @@ struct inbox_store {
 	size_t qmarks[8]; /* queue index undo mark of each open write txn */
 	int depth; /* index of the innermost open write txn in marks, -1: none */
 	uint8_t evict_key[24]; /* TTL records before this key are not indexed (dedup_max) */
+	uint8_t gc_key[8]; /* where the collector goes on in the log */
 };
 
 static inline void

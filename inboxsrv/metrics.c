@@ -66,6 +66,14 @@ inbox_metrics_init(void)
 	    "sp_inbox_dedup_index_records", "Dedup records in the in-memory index");
 	m->dedup_bytes = sp_metric_gauge(
 	    "sp_inbox_dedup_index_bytes", "Memory held by the in-memory dedup index");
+	m->collected = sp_metric_counter("sp_inbox_collected_total",
+	    "Log records of acknowledged or purged entries deleted by the collector");
+	m->garbage = sp_metric_gauge(
+	    "sp_inbox_garbage_entries", "Log records of acknowledged entries not yet collected");
+	m->queue_devices
+	    = sp_metric_gauge("sp_inbox_queue_index_devices", "Devices in the in-memory queue index");
+	m->queue_index_bytes = sp_metric_gauge(
+	    "sp_inbox_queue_index_bytes", "Memory held by the in-memory queue index");
 	m->dedup_evicted = sp_metric_counter("sp_inbox_dedup_evicted_total",
 	    "Dedup records forgotten before the message TTL to stay under dedup-max");
 }

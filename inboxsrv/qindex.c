@@ -26,6 +26,7 @@ typedef struct qitem {
 
 typedef struct qdev {
 	uint64_t device;
+	uint64_t acked; /* while loading: entries up to this seq were acknowledged */
 	inbox_qmeta w, c; /* writer's and committed counters */
 	qitem *items; /* [start, n): seq order */
 	uint32_t start, n, cap, dead;
@@ -33,10 +34,11 @@ typedef struct qdev {
 } qdev;
 
 typedef struct undo {
-	qdev *d;
+	qdev *d; /* NULL: a change of the garbage count */
 	uint32_t idx; /* the item changed */
 	uint8_t old_state; /* S_DEAD: the item was added */
 	inbox_qmeta old;
+	uint64_t old_garbage;
 } undo;
 
 struct inbox_qindex {
@@ -45,6 +47,7 @@ struct inbox_qindex {
 	undo *log;
 	size_t nlog, caplog;
 	uint64_t entries; /* committed queued entries */
+	uint64_t garbage; /* writer's view: entries off their queue, still in the log */
 	uint64_t item_bytes;
 };
 
@@ -176,12 +179,16 @@ inbox_qindex_load_entry(
 	qdev *d = dev_get(q, device);
 	if (!d)
 		return SP_ENOMEM;
+	if (seq > d->w.last_seq)
+		d->w.last_seq = d->c.last_seq = seq;
+	if (seq <= d->acked) {
+		q->garbage++;
+		return SP_OK;
+	}
 	if (d->n > d->start && d->items[d->n - 1].seq >= seq)
 		return SP_ESTORE;
 	if (push_item(q, d, seq, key, S_LIVE))
 		return SP_ENOMEM;
-	if (seq > d->w.last_seq)
-		d->w.last_seq = seq;
 	d->w.count++;
 	d->w.bytes += bytes;
 	d->c = d->w;
@@ -190,13 +197,15 @@ inbox_qindex_load_entry(
 }
 
 int
-inbox_qindex_load_seq(inbox_qindex *q, uint64_t device, uint64_t seq)
+inbox_qindex_load_seq(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t acked)
 {
 	qdev *d = dev_get(q, device);
 	if (!d)
 		return SP_ENOMEM;
 	if (seq > d->w.last_seq)
 		d->w.last_seq = d->c.last_seq = seq;
+	if (acked > d->acked)
+		d->acked = acked;
 	return SP_OK;
 }
 
@@ -222,7 +231,7 @@ log_push(inbox_qindex *q, qdev *d, uint32_t idx, uint8_t old_state, const inbox_
 		q->log = n;
 		q->caplog = cap;
 	}
-	q->log[q->nlog++] = (undo) { d, idx, old_state, *old };
+	q->log[q->nlog++] = (undo) { d, idx, old_state, *old, q->garbage };
 	return SP_OK;
 }
 
@@ -300,7 +309,7 @@ inbox_qindex_find(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t *key)
 }
 
 int
-inbox_qindex_remove(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t bytes)
+inbox_qindex_remove(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t bytes, bool garbage)
 {
 	int rc = SP_ENOTFOUND;
 	pthread_mutex_lock(&q->lock);
@@ -317,6 +326,7 @@ inbox_qindex_remove(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t byt
 		d->dead++;
 	d->w.count--;
 	d->w.bytes = d->w.bytes >= bytes ? d->w.bytes - bytes : 0;
+	q->garbage += garbage;
 out:
 	pthread_mutex_unlock(&q->lock);
 	return rc;
@@ -334,6 +344,9 @@ inbox_qindex_rollback(inbox_qindex *q, size_t mark)
 	pthread_mutex_lock(&q->lock);
 	while (q->nlog > mark) {
 		undo *u = &q->log[--q->nlog];
+		q->garbage = u->old_garbage;
+		if (!u->d)
+			continue;
 		qitem *it = &u->d->items[u->idx];
 		if (it->state == S_DEAD)
 			u->d->dead--;
@@ -355,6 +368,8 @@ inbox_qindex_publish(inbox_qindex *q)
 	/* First pass: settle each changed item and publish the counters. */
 	for (size_t k = 0; k < q->nlog; k++) {
 		undo *u = &q->log[k];
+		if (!u->d)
+			continue;
 		qitem *it = &u->d->items[u->idx];
 		if (it->state == S_ADDED) {
 			it->state = S_LIVE;
@@ -368,7 +383,8 @@ inbox_qindex_publish(inbox_qindex *q)
 	}
 	/* Then tidy each device once (compaction moves items: no undo index may follow). */
 	for (size_t k = 0; k < q->nlog; k++)
-		tidy(q, q->log[k].d);
+		if (q->log[k].d)
+			tidy(q, q->log[k].d);
 	q->nlog = 0;
 	if (q->caplog > 65536) {
 		free(q->log);
@@ -376,6 +392,23 @@ inbox_qindex_publish(inbox_qindex *q)
 		q->caplog = 0;
 	}
 	pthread_mutex_unlock(&q->lock);
+}
+
+uint64_t
+inbox_qindex_garbage(inbox_qindex *q)
+{
+	return q->garbage;
+}
+
+int
+inbox_qindex_collected(inbox_qindex *q, uint64_t n)
+{
+	int rc;
+	pthread_mutex_lock(&q->lock);
+	if ((rc = log_push(q, NULL, 0, S_LIVE, &(inbox_qmeta) { 0, 0, 0 })) == SP_OK)
+		q->garbage = q->garbage >= n ? q->garbage - n : 0;
+	pthread_mutex_unlock(&q->lock);
+	return rc;
 }
 
 /* ---- readers ---- */

@@ -43,11 +43,13 @@ void inbox_qindex_free(inbox_qindex *q);
 
 /* ---- loading (at open, before any other use): committed state ---- */
 
-/* A queued entry read from the log; seqs of one device must come in increasing order. */
+/* An entry read from the log; seqs of one device must come in increasing order, after its
+ * load_seq. One at or below the device's acknowledged seq is counted as garbage. */
 int inbox_qindex_load_entry(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t key,
     uint64_t bytes);
-/* Raises the device's last_seq to at least `seq` (from TTL records and persisted floors). */
-int inbox_qindex_load_seq(inbox_qindex *q, uint64_t device, uint64_t seq);
+/* Raises the device's last_seq to at least `seq` and its acknowledged seq to at least
+ * `acked` (from TTL records and the dev table). */
+int inbox_qindex_load_seq(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t acked);
 
 /* ---- the writer's view (writer thread only) ---- */
 
@@ -67,9 +69,16 @@ int inbox_qindex_next(inbox_qindex *q, uint64_t device, uint64_t after, uint64_t
 /* The queued entry `seq`: SP_OK (sets *key) or SP_ENOTFOUND. */
 int inbox_qindex_find(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t *key);
 
-/* Takes queued entry `seq` off the queue, subtracting `bytes`. SP_OK, SP_ENOTFOUND or
+/* Takes queued entry `seq` off the queue, subtracting `bytes`; `garbage`: its log record
+ * stays for the collector (counted in inbox_qindex_garbage). SP_OK, SP_ENOTFOUND or
  * SP_ENOMEM (nothing changed). Undoable. */
-int inbox_qindex_remove(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t bytes);
+int inbox_qindex_remove(
+    inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t bytes, bool garbage);
+
+/* Log records no longer queued and not yet deleted (writer's view). */
+uint64_t inbox_qindex_garbage(inbox_qindex *q);
+/* The collector deleted `n` of them. Undoable. */
+int inbox_qindex_collected(inbox_qindex *q, uint64_t n);
 
 /* Undo marks, as for the dedup index. publish() is called once the outermost transaction
  * committed: readers stop seeing what it deleted, and its counters become the committed

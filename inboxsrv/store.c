@@ -301,6 +301,44 @@ put_u64(MDB_txn *txn, MDB_dbi dbi, const void *k, size_t klen, uint64_t v)
 	return inbox_lmdb_err(mdb_put(txn, dbi, &key, &val, 0), "put");
 }
 
+/* dev table: device -> {last seq, acknowledged seq}. Written when an ACK leaves entries
+ * in the log for the collector (acknowledged), and when the sweep removes a device's last
+ * TTL record (last seq): what the queue index cannot rebuild from the log and TTL table. */
+static int
+dev_get(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t *last, uint64_t *acked)
+{
+	uint8_t k[8];
+	MDB_val key = { 8, k }, val;
+	inbox_be64_put(k, device);
+	int rc = mdb_get(txn, s->dev, &key, &val);
+	*last = *acked = 0;
+	if (rc == MDB_NOTFOUND)
+		return SP_OK;
+	if (rc)
+		return inbox_lmdb_err(rc, "dev get");
+	if (val.mv_size != 16)
+		return inbox_lmdb_err(MDB_CORRUPTED, "dev record");
+	*last = inbox_le64_get(val.mv_data);
+	*acked = inbox_le64_get((const uint8_t *)val.mv_data + 8);
+	return SP_OK;
+}
+
+/* Raises the device's persisted last seq and acknowledged seq to at least these. */
+static int
+dev_raise(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t last, uint64_t acked)
+{
+	uint64_t l, a;
+	uint8_t k[8], v[16];
+	int rc;
+	if ((rc = dev_get(s, txn, device, &l, &a)))
+		return rc;
+	inbox_be64_put(k, device);
+	inbox_le64_put(v, last > l ? last : l);
+	inbox_le64_put(v + 8, acked > a ? acked : a);
+	MDB_val key = { 8, k }, val = { 16, v };
+	return inbox_lmdb_err(mdb_put(txn, s->dev, &key, &val, 0), "dev put");
+}
+
 static void
 log_key(uint8_t k[LKEY_LEN], uint64_t id)
 {
@@ -384,8 +422,9 @@ out:
 	return rc;
 }
 
-/* Loads the queue index: last seqs from the persisted floors, then every queued entry of
- * the log (in key order, so each device's seqs come in increasing order). */
+/* Loads the queue index: the dev table's last and acknowledged seqs, then every entry of
+ * the log (in key order, so each device's seqs come in increasing order); acknowledged
+ * ones are garbage for the collector. */
 static int
 queue_rebuild(inbox_store *s, MDB_txn *txn)
 {
@@ -397,12 +436,13 @@ queue_rebuild(inbox_store *s, MDB_txn *txn)
 		return inbox_lmdb_err(rc, "cursor");
 	for (rc = mdb_cursor_get(c, &key, &val, MDB_FIRST); rc == 0;
 	     rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
-		if (key.mv_size != 8 || val.mv_size != 8) {
+		if (key.mv_size != 8 || val.mv_size != 16) {
 			rc = MDB_CORRUPTED;
 			break;
 		}
+		const uint8_t *v = val.mv_data;
 		if ((rc = inbox_qindex_load_seq(s->qx, inbox_be64_get(key.mv_data),
-			 inbox_le64_get(val.mv_data))))
+			 inbox_le64_get(v), inbox_le64_get(v + 8))))
 			goto out;
 	}
 	if (rc != MDB_NOTFOUND)
@@ -473,7 +513,8 @@ index_rebuild(inbox_store *s)
 			break;
 		}
 		const uint8_t *k = key.mv_data;
-		if ((rc = inbox_qindex_load_seq(s->qx, inbox_be64_get(k + 8), inbox_be64_get(k + 16))))
+		if ((rc = inbox_qindex_load_seq(
+			 s->qx, inbox_be64_get(k + 8), inbox_be64_get(k + 16), 0)))
 			goto out;
 		if (skip) {
 			skip--;
@@ -591,7 +632,33 @@ entry_remove(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t seq, uint64
 		return inbox_lmdb_err(rc, "log del");
 	if (body && (rc = body_unref(s, txn, body)))
 		return rc;
-	return inbox_qindex_remove(s->qx, device, seq, bytes);
+	return inbox_qindex_remove(s->qx, device, seq, bytes, false);
+}
+
+/* Takes queued entry (device, seq) at log id `id` off its queue and leaves its record to
+ * the collector (deleting it now would dirty one page of the log per entry: a device's
+ * entries are spread over it). Reports who sent it if `ref` is non-NULL. */
+static int
+entry_drop(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t seq, uint64_t id,
+    inbox_ref *ref)
+{
+	uint8_t k[LKEY_LEN];
+	MDB_val key = { LKEY_LEN, k }, val;
+	int rc;
+
+	log_key(k, id);
+	if ((rc = mdb_get(txn, s->log, &key, &val)))
+		return inbox_lmdb_err(rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc, "log get");
+	const uint8_t *p = val.mv_data;
+	if (entry_check(&val) || inbox_le64_get(p + QH_DEVICE) != device
+	    || inbox_le64_get(p + QH_SEQ) != seq)
+		return inbox_lmdb_err(MDB_CORRUPTED, "queue entry");
+	if (ref) {
+		ref->from_user = inbox_le64_get(p + QH_FROM_USER);
+		ref->from_device = inbox_le64_get(p + QH_FROM_DEVICE);
+		memcpy(ref->msg_id, p + QH_MSG_ID, INBOX_MSG_ID_LEN);
+	}
+	return inbox_qindex_remove(s->qx, device, seq, entry_bytes(p), true);
 }
 
 /* ---- append ---- */
@@ -759,7 +826,7 @@ apply_ack(inbox_store *s, MDB_txn *txn, inbox_op *op)
 			op->ack.nrefs++;
 		}
 	} else {
-		uint64_t cap = m.count < INBOX_ACK_MAX ? m.count : INBOX_ACK_MAX;
+		uint64_t cap = m.count < INBOX_ACK_MAX ? m.count : INBOX_ACK_MAX, last = 0;
 		if ((rc = refs_reserve(op, (uint32_t)cap)))
 			return rc;
 		for (uint64_t after = 0; inbox_qindex_next(s->qx, device, after, &seq, &id) == SP_OK
@@ -769,10 +836,14 @@ apply_ack(inbox_store *s, MDB_txn *txn, inbox_op *op)
 				op->ack.more = true;
 				break;
 			}
-			if ((rc = entry_remove(s, txn, device, seq, id, &op->ack.refs[op->ack.nrefs])))
+			if ((rc = entry_drop(s, txn, device, seq, id, &op->ack.refs[op->ack.nrefs])))
 				return rc;
 			op->ack.nrefs++;
+			last = seq;
 		}
+		/* One small record says it all for the restart: seqs up to `last` are gone. */
+		if (last && (rc = dev_raise(s, txn, device, m.last_seq, last)))
+			return rc;
 	}
 	return count_add(s, txn, "entries", -(int64_t)op->ack.nrefs);
 }
@@ -788,10 +859,14 @@ apply_purge(inbox_store *s, MDB_txn *txn, inbox_op *op)
 	op->purge.removed = 0;
 	for (uint64_t after = 0; inbox_qindex_next(s->qx, device, after, &seq, &id) == SP_OK;
 	     after = seq) {
-		if ((rc = entry_remove(s, txn, device, seq, id, NULL)))
+		if ((rc = entry_drop(s, txn, device, seq, id, NULL)))
 			return rc;
 		op->purge.removed++;
 	}
+	inbox_qmeta m;
+	inbox_qindex_meta(s->qx, device, &m);
+	if (op->purge.removed && (rc = dev_raise(s, txn, device, m.last_seq, m.last_seq)))
+		return rc;
 	return count_add(s, txn, "entries", -(int64_t)op->purge.removed);
 }
 
@@ -821,12 +896,8 @@ sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, in
 		return rc;
 	op->sweep.dedup_gone++;
 	inbox_qindex_meta(s->qx, device, &m);
-	if (m.last_seq == seq) {
-		uint8_t k[8];
-		inbox_be64_put(k, device);
-		if ((rc = put_u64(txn, s->dev, k, 8, seq)))
-			return rc;
-	}
+	if (m.last_seq == seq && (rc = dev_raise(s, txn, device, seq, 0)))
+		return rc;
 	return SP_OK;
 }
 
@@ -879,6 +950,95 @@ apply_sweep(inbox_store *s, MDB_txn *txn, inbox_op *op)
 	op->sweep.more = op->sweep.more || bmore;
 out:
 	mdb_cursor_close(c);
+	return rc;
+}
+
+/* ---- the collector ---- */
+
+static int
+collect(inbox_store *s, MDB_txn *txn, uint32_t limit, uint64_t *deleted)
+{
+	MDB_cursor *c;
+	MDB_val key = { LKEY_LEN, s->gc_key }, val;
+	uint64_t n = 0, id;
+	int rc;
+
+	*deleted = 0;
+	if ((rc = mdb_cursor_open(txn, s->log, &c)))
+		return inbox_lmdb_err(rc, "cursor");
+	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
+	for (uint32_t seen = 0; rc == 0 && seen < limit; seen++) {
+		if (key.mv_size != LKEY_LEN || entry_check(&val)) {
+			rc = MDB_CORRUPTED;
+			break;
+		}
+		const uint8_t *p = val.mv_data;
+		uint64_t device = inbox_le64_get(p + QH_DEVICE), seq = inbox_le64_get(p + QH_SEQ);
+		if (inbox_qindex_find(s->qx, device, seq, &id) != SP_OK
+		    || id != inbox_be64_get(key.mv_data)) {
+			uint64_t body = 0;
+			if (inbox_le32_get(p + QH_FLAGS) & Q_FLAG_SHARED)
+				body = inbox_le64_get(p + val.mv_size - 8);
+			if ((rc = mdb_cursor_del(c, 0)))
+				break;
+			if (body && (rc = body_unref(s, txn, body)))
+				goto out;
+			n++;
+		}
+		rc = mdb_cursor_get(c, &key, &val, MDB_NEXT);
+	}
+	if (rc == 0) {
+		memcpy(s->gc_key, key.mv_data, LKEY_LEN);
+	} else if (rc == MDB_NOTFOUND) {
+		memset(s->gc_key, 0, LKEY_LEN); /* the end: next time from the start */
+		rc = 0;
+	}
+	if (rc) {
+		rc = inbox_lmdb_err(rc, "collect");
+		goto out;
+	}
+	if ((rc = inbox_qindex_collected(s->qx, n)) == SP_OK)
+		*deleted = n;
+out:
+	mdb_cursor_close(c);
+	return rc;
+}
+
+uint64_t
+inbox_store_garbage(inbox_store *s)
+{
+	return inbox_qindex_garbage(s->qx);
+}
+
+uint32_t
+inbox_store_collect_limit(inbox_store *s, bool idle)
+{
+	uint64_t garbage = inbox_qindex_garbage(s->qx), devices, entries, bytes;
+	if (garbage == 0)
+		return 0;
+	if (idle)
+		return INBOX_COLLECT_LIMIT;
+	/* Under load, only once garbage is at least half of the log: then most leaves the
+	 * collector walks hold some, and a commit's extra pages buy many deletions. */
+	inbox_qindex_stats(s->qx, &devices, &entries, &bytes);
+	return garbage > (entries > 65536 ? entries : 65536) ? INBOX_COLLECT_LIMIT / 4 : 0;
+}
+
+int
+inbox_store_collect(inbox_store *s, MDB_txn *txn, uint32_t limit, uint64_t *deleted)
+{
+	MDB_txn *child;
+	int rc;
+
+	*deleted = 0;
+	if (inbox_qindex_garbage(s->qx) == 0)
+		return SP_OK;
+	if ((rc = inbox_store_txn_begin(s, txn, &child)))
+		return rc;
+	if ((rc = collect(s, child, limit, deleted)) == SP_OK)
+		return inbox_store_txn_commit(s, child);
+	inbox_store_txn_abort(s, child);
+	*deleted = 0;
 	return rc;
 }
 
@@ -972,6 +1132,8 @@ inbox_store_write(inbox_store *s, inbox_op **ops, size_t n, uint64_t now)
 			inbox_store_txn_abort(s, child);
 		}
 	}
+	uint64_t collected;
+	inbox_store_collect(s, txn, INBOX_COLLECT_LIMIT, &collected);
 	return inbox_store_txn_commit(s, txn);
 }
 

@@ -165,8 +165,18 @@ int inbox_store_apply(inbox_store *s, MDB_txn *txn, inbox_op *op, uint64_t now);
  * transaction (or the nested one the op ran in) must be aborted. */
 bool inbox_op_failed_clean(const inbox_op *op);
 
+/* The collector. Acknowledged entries leave their queue at once but their log records stay
+ * (a device's entries are spread over the log: deleting them one by one would dirty a page
+ * each). This deletes such records, walking the log from where it stopped last time, up to
+ * `limit` records per call, in a nested txn of the caller's write txn `txn`. It changes
+ * no queue, counter or seq (a replica collects its own garbage). Sets *deleted. SP_OK, or
+ * an error after which its nested txn was rolled back and `txn` can go on. */
+int inbox_store_collect(inbox_store *s, MDB_txn *txn, uint32_t limit, uint64_t *deleted);
+
+#define INBOX_COLLECT_LIMIT 4096 /* log records one collect call examines */
+
 /* Convenience for tests and tools: applies each op in its own nested txn of one write
- * txn and commits once. Returns the commit's result; each op's own result is in op->rc. */
+ * txn, collects (as the writer does after each batch) and commits once. Returns the commit's result; each op's own result is in op->rc. */
 int inbox_store_write(inbox_store *s, inbox_op **ops, size_t n, uint64_t now);
 
 /* ---- reads (any thread; each in its own read-only txn) ---- */
@@ -211,6 +221,15 @@ int inbox_store_shard_stat(inbox_store *s, MDB_txn *txn, inbox_shard_stat *st);
 /* Devices and queued entries (committed) in the in-memory queue index, and the bytes it
  * holds. Any thread. */
 void inbox_store_queue_stat(inbox_store *s, uint64_t *devices, uint64_t *entries, uint64_t *bytes);
+
+/* Log records waiting for the collector (writer's view). Writer thread only. */
+uint64_t inbox_store_garbage(inbox_store *s);
+
+/* How many records the writer's next collect call should examine: 0 when there is no
+ * garbage, or (not `idle`: a batch of requests is being committed) while it is less than
+ * half of the log; INBOX_COLLECT_LIMIT in a commit of its own when the writer is idle.
+ * Writer thread only. */
+uint32_t inbox_store_collect_limit(inbox_store *s, bool idle);
 
 /* Records in the in-memory dedup index and the bytes it holds. Writer thread only. */
 void inbox_store_dedup_stat(const inbox_store *s, uint64_t *records, uint64_t *bytes);

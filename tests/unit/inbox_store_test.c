@@ -346,6 +346,51 @@ START_TEST(readers_see_their_snapshot)
 }
 END_TEST
 
+/* An ACK takes entries off the queue at once and leaves their log records to the
+ * collector: a restart before it ran must not bring them back. */
+START_TEST(acked_entries_stay_acked_across_restart)
+{
+	MDB_txn *w;
+	inbox_entry e[8];
+	bool more;
+	uint64_t deleted;
+
+	for (uint64_t i = 1; i <= 5; i++)
+		ck_assert_int_eq(append(2, 7, i, "x", 100, NULL, NULL), SP_OK);
+	ck_assert_int_eq(inbox_store_txn_begin(st, NULL, &w), SP_OK);
+	inbox_op ack = { .kind = INBOX_OP_ACK };
+	ack.ack.device = 2;
+	ack.ack.upto_seq = 3;
+	ck_assert_int_eq(inbox_store_apply(st, w, &ack, 100), SP_OK);
+	ck_assert_uint_eq(ack.ack.nrefs, 3);
+	inbox_op_fini(&ack);
+	ck_assert_int_eq(inbox_store_txn_commit(st, w), SP_OK);
+	ck_assert_uint_eq(inbox_store_garbage(st), 3);
+	inbox_store_close(st);
+	open_store(100, 1 << 20);
+	ck_assert_uint_eq(inbox_store_garbage(st), 3);
+	MDB_txn *r;
+	ck_assert_int_eq(fetch(2, 0, 8, 1 << 20, e, &more, &r), 2);
+	ck_assert_uint_eq(e[0].seq, 4);
+	inbox_store_read_end(r);
+	ck_assert_uint_eq(stat_of(2).depth, 2);
+	/* The collector deletes the three records; nothing queued changes. */
+	ck_assert_int_eq(inbox_store_txn_begin(st, NULL, &w), SP_OK);
+	ck_assert_int_eq(inbox_store_collect(st, w, 2, &deleted), SP_OK);
+	ck_assert_uint_eq(deleted, 2);
+	ck_assert_int_eq(inbox_store_collect(st, w, 100, &deleted), SP_OK);
+	ck_assert_uint_eq(deleted, 1);
+	ck_assert_int_eq(inbox_store_txn_commit(st, w), SP_OK);
+	ck_assert_uint_eq(inbox_store_garbage(st), 0);
+	ck_assert_uint_eq(stat_of(2).depth, 2);
+	inbox_store_close(st);
+	open_store(100, 1 << 20);
+	ck_assert_uint_eq(inbox_store_garbage(st), 0);
+	ck_assert_uint_eq(stat_of(2).depth, 2);
+	ck_assert_uint_eq(stat_of(2).last_seq, 5);
+}
+END_TEST
+
 /* A device whose every record expired keeps counting from where it was, across a reopen. */
 START_TEST(seqs_never_restart)
 {
@@ -889,6 +934,7 @@ suite(void)
 	tcase_add_test(tc, dedup_follows_its_transaction);
 	tcase_add_test(tc, readers_see_their_snapshot);
 	tcase_add_test(tc, seqs_never_restart);
+	tcase_add_test(tc, acked_entries_stay_acked_across_restart);
 	tcase_add_test(tc, old_layout_is_refused);
 	tcase_add_test(tc, dedup_max_forgets_the_oldest_first);
 	tcase_add_test(tc, ack_upto_and_list_are_idempotent);
