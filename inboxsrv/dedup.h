@@ -42,6 +42,9 @@ bool inbox_dedup_find(
     inbox_dedup *d, uint64_t fp, inbox_dedup_match_fn match, void *arg, uint64_t *ts,
     uint64_t *seq);
 
+/* Hints that `fp` will be inserted or looked up soon (bulk loads hide memory latency). */
+void inbox_dedup_prefetch(const inbox_dedup *d, uint64_t fp);
+
 /* Adds an entry (undoable). SP_OK or SP_ENOMEM (nothing changed). */
 int inbox_dedup_insert(inbox_dedup *d, uint64_t fp, uint64_t ts, uint64_t seq);
 

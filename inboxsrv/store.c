@@ -38,6 +38,7 @@ enum {
 #define TARGET_BITS 13 /* > log2 of the most targets of one op (5120) */
 #define TKEY_LEN 24 /* ttl DB: ts, device, seq */
 #define TVAL_LEN 24 /* ttl DB: from_device, msg_id */
+#define REBUILD_AHEAD 16 /* dedup records in flight while the index is rebuilt */
 #define EVICT_BATCH 1024 /* dedup records forgotten at once when the index is at its cap */
 
 #define LAYOUT 2 /* 1: per-device queue table "q" */
@@ -506,6 +507,12 @@ index_rebuild(inbox_store *s)
 	}
 	memset(s->evict_key, 0, TKEY_LEN);
 	bool first = true;
+	/* Records wait in a small ring after their slot was prefetched: inserting into a
+	 * table much larger than the caches is otherwise one memory stall per record. */
+	struct {
+		uint64_t fp, ts, seq;
+	} ring[REBUILD_AHEAD];
+	size_t nring = 0;
 	rc = mdb_cursor_get(c, &key, &val, MDB_FIRST);
 	for (; rc == 0; rc = mdb_cursor_get(c, &key, &val, MDB_NEXT)) {
 		if (key.mv_size != TKEY_LEN || val.mv_size != TVAL_LEN) {
@@ -524,12 +531,31 @@ index_rebuild(inbox_store *s)
 			memcpy(s->evict_key, k, TKEY_LEN);
 			first = false;
 		}
-		if ((rc = inbox_dedup_insert(s->dx, ttl_fp(s, k, val.mv_data), inbox_be64_get(k),
-			 inbox_be64_get(k + 16))))
-			goto out;
+		uint64_t fp = ttl_fp(s, k, val.mv_data);
+		inbox_dedup_prefetch(s->dx, fp);
+		if (nring == REBUILD_AHEAD) {
+			size_t i = (size_t)(inbox_dedup_count(s->dx) % REBUILD_AHEAD);
+			if ((rc = inbox_dedup_insert(s->dx, ring[i].fp, ring[i].ts, ring[i].seq)))
+				goto out;
+			ring[i].fp = fp;
+			ring[i].ts = inbox_be64_get(k);
+			ring[i].seq = inbox_be64_get(k + 16);
+		} else {
+			ring[nring].fp = fp;
+			ring[nring].ts = inbox_be64_get(k);
+			ring[nring++].seq = inbox_be64_get(k + 16);
+		}
 		/* Nothing to undo: this is the committed state. */
 		inbox_dedup_settle(s->dx);
 	}
+	for (size_t j = 0; rc == MDB_NOTFOUND && j < nring; j++) {
+		size_t i = (size_t)(inbox_dedup_count(s->dx) % REBUILD_AHEAD);
+		if (inbox_dedup_insert(s->dx, ring[i].fp, ring[i].ts, ring[i].seq)) {
+			rc = SP_ENOMEM;
+			goto out;
+		}
+	}
+	inbox_dedup_settle(s->dx);
 	if (rc != MDB_NOTFOUND) {
 		rc = inbox_lmdb_err(rc, "ttl scan");
 		goto out;
