@@ -1,4 +1,4 @@
-#include <stdatomic.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 
@@ -26,16 +26,22 @@ struct inbox_server {
 	inbox_dispatch *d;
 	srv_ctx *ctxs;
 	int nctx;
-	atomic_bool closing;
+	/* Held (read) around every nng_ctx_recv/send, (write) to set `closing`: once closing
+	 * is set nobody is inside those calls, so nng_close never races them (NNG 1.5 was
+	 * seen to crash on a recv issued while the socket closed). */
+	pthread_rwlock_t lock;
+	bool closing;
 };
 
 static void
 ctx_recv(srv_ctx *c)
 {
-	if (atomic_load(&c->srv->closing))
-		return;
-	c->state = CTX_RECV;
-	nng_ctx_recv(c->ctx, c->aio);
+	pthread_rwlock_rdlock(&c->srv->lock);
+	if (!c->srv->closing) {
+		c->state = CTX_RECV;
+		nng_ctx_recv(c->ctx, c->aio);
+	}
+	pthread_rwlock_unlock(&c->srv->lock);
 }
 
 /* Reply route of the dispatcher: runs on this context's callback thread or on the commit
@@ -49,9 +55,15 @@ ctx_reply(void *arg, nng_msg *reply)
 		return;
 	}
 	sp_metric_observe(inbox_m.request_seconds, (double)(sp_mono_ns() - c->t_recv) / 1e9);
-	c->state = CTX_SEND;
-	nng_aio_set_msg(c->aio, reply);
-	nng_ctx_send(c->ctx, c->aio);
+	pthread_rwlock_rdlock(&c->srv->lock);
+	if (c->srv->closing) {
+		nng_msg_free(reply);
+	} else {
+		c->state = CTX_SEND;
+		nng_aio_set_msg(c->aio, reply);
+		nng_ctx_send(c->ctx, c->aio);
+	}
+	pthread_rwlock_unlock(&c->srv->lock);
 }
 
 static void
@@ -97,8 +109,10 @@ inbox_server_start(inbox_server **out, const char *url, int nctx, inbox_dispatch
 		free(srv);
 		return SP_ENOMEM;
 	}
+	pthread_rwlock_init(&srv->lock, NULL);
 	if ((rc = sp_nng_rep_listen(&srv->sock, url))) {
 		sp_error("listen %s: %s", url, sp_strerror(rc));
+		pthread_rwlock_destroy(&srv->lock);
 		free(srv->ctxs);
 		free(srv);
 		return rc;
@@ -124,7 +138,9 @@ inbox_server_start(inbox_server **out, const char *url, int nctx, inbox_dispatch
 void
 inbox_server_close(inbox_server *srv)
 {
-	atomic_store(&srv->closing, true);
+	pthread_rwlock_wrlock(&srv->lock);
+	srv->closing = true;
+	pthread_rwlock_unlock(&srv->lock);
 	nng_close(srv->sock);
 }
 
@@ -139,6 +155,7 @@ inbox_server_free(inbox_server *srv)
 	for (int i = 0; i < srv->nctx; i++)
 		if (srv->ctxs[i].aio)
 			nng_aio_free(srv->ctxs[i].aio);
+	pthread_rwlock_destroy(&srv->lock);
 	free(srv->ctxs);
 	free(srv);
 }
