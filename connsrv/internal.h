@@ -17,6 +17,7 @@
 #include <openssl/ssl.h>
 #include <uthash.h>
 
+#include "connsrv/appendq.h"
 #include "connsrv/routes.h"
 #include "connsrv/rpc.h"
 #include "sp_cluster.h"
@@ -98,6 +99,7 @@ struct cs_server {
 	SSL_CTX *tls;
 	struct evconnlistener *listener;
 	cs_rpc *rpc;
+	cs_appendq *appendq; /* 1:1 and receipt appends, coalesced per shard */
 	cs_routes *routes;
 	sp_cluster *cluster;
 	cs_devcache *devcache;

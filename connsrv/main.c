@@ -125,9 +125,10 @@ on_drain_tick(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	cs_server *srv = arg;
-	/* Appends already sent are finished (their SENT is written), and the DRAINs are on
+	/* Appends queued or sent are finished (their SENT is written), and the DRAINs are on
 	 * the wire, before exit. */
-	if ((cs_rpc_inflight(srv->rpc) == 0 && srv->nflushing == 0) ||
+	if ((cs_rpc_inflight(srv->rpc) == 0 && cs_appendq_queued(srv->appendq) == 0 &&
+	     srv->nflushing == 0) ||
 	    sp_time_ms() >= srv->drain_deadline_ms) {
 		sp_info("drained; exiting");
 		event_base_loopexit(srv->base, NULL);
@@ -218,6 +219,7 @@ run_worker(void)
 		return 2;
 	}
 	if ((rc = cs_rpc_new(srv.base, (int)cfg.rpc_timeout_ms, &srv.rpc)) ||
+	    (rc = cs_appendq_new(srv.base, srv.rpc, &srv.appendq)) ||
 	    (rc = cs_routes_new(srv.base, cfg.redis, (int)cfg.route_ttl_s, &srv.routes)) ||
 	    (rc = cs_devcache_new(&srv, &srv.devcache)) ||
 	    (rc = sp_cluster_start(cfg.router, cfg.router_pub, cfg.worker == 0 ? cfg.name : NULL,
@@ -267,6 +269,7 @@ out:
 		evconnlistener_free(srv.listener);
 	cs_deliver_stop(&srv);
 	cs_rpc_free(srv.rpc); /* runs outstanding callbacks: sessions are released */
+	cs_appendq_free(srv.appendq); /* after: appends those callbacks queued are failed */
 	cs_routes_free(srv.routes);
 	sp_cluster_stop(srv.cluster);
 	cs_devcache_free(srv.devcache);

@@ -148,34 +148,33 @@ typedef struct append_ctx {
 } append_ctx;
 
 static void
-on_appended(void *arg, int rc, const sp_frame *reply)
+append_done(send_op *op, int rc)
 {
-	append_ctx *a = arg;
-	send_op *op = a->op;
-	if (rc == SP_OK && reply->type == SP_T_APPENDED) {
-		op->seqs[a->first] = sp_frame_u64(reply, SP_F_SEQ);
-	} else if (rc == SP_OK && reply->type == SP_T_APPENDED_BATCH) {
-		const sp_val *v = sp_frame_get(reply, SP_F_SEQ_LIST);
-		if (!v || v->us.n != a->count) {
-			rc = SP_EPROTO;
-		} else {
-			for (size_t k = 0; k < a->count; k++) {
-				op->seqs[a->first + k] = v->us.v[k];
-				op->refused += v->us.v[k] == 0;
-			}
-		}
-	} else if (rc == SP_OK) {
-		rc = SP_EPROTO;
-	}
 	if (rc && !op->rc)
 		op->rc = rc;
-	free(a);
 	if (--op->pending == 0)
 		appends_done(op);
 }
 
+/* A group batch to one shard came back. */
+static void
+on_batch_appended(void *arg, int rc, const sp_frame *reply)
+{
+	append_ctx *a = arg;
+	send_op *op = a->op;
+	const sp_val *v = rc == SP_OK ? sp_frame_get(reply, SP_F_SEQ_LIST) : NULL;
+	if (rc == SP_OK && (reply->type != SP_T_APPENDED_BATCH || !v || v->us.n != a->count))
+		rc = SP_EPROTO;
+	for (size_t k = 0; rc == SP_OK && k < a->count; k++) {
+		op->seqs[a->first + k] = v->us.v[k];
+		op->refused += v->us.v[k] == 0;
+	}
+	free(a);
+	append_done(op, rc);
+}
+
 static int
-call_append(send_op *op, const char *url, const sp_frame *q, size_t first, size_t count)
+call_batch(send_op *op, const char *url, const sp_frame *q, size_t first, size_t count)
 {
 	append_ctx *a = malloc(sizeof(*a));
 	if (!a)
@@ -184,7 +183,7 @@ call_append(send_op *op, const char *url, const sp_frame *q, size_t first, size_
 	a->first = first;
 	a->count = count;
 	op->pending++;
-	int rc = cs_rpc_call(op->s->srv->rpc, url, q, on_appended, a);
+	int rc = cs_rpc_call(op->s->srv->rpc, url, q, on_batch_appended, a);
 	if (rc) {
 		op->pending--;
 		free(a);
@@ -192,7 +191,20 @@ call_append(send_op *op, const char *url, const sp_frame *q, size_t first, size_
 	return rc;
 }
 
-/* 1:1: one APPEND per device, all in flight at once. */
+/* The append of target a->first came back (its result within the shard's APPENDED_MULTI). */
+static void
+on_item_appended(void *arg, int rc, uint64_t seq)
+{
+	append_ctx *a = arg;
+	send_op *op = a->op;
+	if (rc == SP_OK)
+		op->seqs[a->first] = seq;
+	free(a);
+	append_done(op, rc);
+}
+
+/* 1:1: one append per device, queued to its shard's next APPEND_MULTI (sent when this
+ * loop pass ends, together with the other appends of the pass to that shard). */
 static void
 start_appends_one(send_op *op)
 {
@@ -205,14 +217,14 @@ start_appends_one(send_op *op)
 		return;
 	}
 	op->seqs = op->devices + op->n;
-	op->pending = 1; /* held until every call is issued */
+	op->pending = 1; /* held until every append is queued */
 	for (size_t i = 0; i < op->n && !op->rc; i++) {
 		const sp_frame *it = &items->rs.v[i];
 		char url[256];
 		op->devices[i] = sp_frame_u64(it, SP_F_DEVICE);
 		sp_bin ct = sp_frame_bin(it, SP_F_CT);
 		sp_frame q;
-		sp_frame_init(&q, SP_T_APPEND, 0, false);
+		sp_frame_init(&q, SP_T_APPEND_ITEM, 0, false);
 		sp_frame_set_u64(&q, SP_F_DEVICE, op->devices[i]);
 		sp_frame_set_bin(&q, SP_F_MSG_ID, op->msg_id, 16);
 		sp_frame_set_u64(&q, SP_F_FROM_USER, s->user);
@@ -220,11 +232,20 @@ start_appends_one(send_op *op)
 		sp_frame_set_u64(&q, SP_F_SERVER_TS, op->server_ts);
 		sp_frame_set_u64(&q, SP_F_ETYPE, sp_frame_u64(it, SP_F_ETYPE));
 		sp_frame_set_bin(&q, SP_F_ENV, ct.p, ct.len);
-		int rc = cs_shard_url(s->srv, op->devices[i], url, sizeof(url));
-		if (rc == SP_OK)
-			rc = call_append(op, url, &q, i, 1);
-		if (rc)
+		append_ctx *a = malloc(sizeof(*a));
+		int rc = a ? cs_shard_url(s->srv, op->devices[i], url, sizeof(url)) : SP_ENOMEM;
+		if (rc == SP_OK) {
+			a->op = op;
+			a->first = i;
+			a->count = 1;
+			op->pending++;
+			if ((rc = cs_appendq_add(s->srv->appendq, url, &q, on_item_appended, a)))
+				op->pending--;
+		}
+		if (rc) {
+			free(a);
 			op->rc = rc;
+		}
 	}
 	if (--op->pending == 0)
 		appends_done(op);
@@ -444,7 +465,7 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 		sp_frame_set_bin(&q, SP_F_BODY, body.p, body.len);
 		sp_frame_set_u64(&q, SP_F_GROUP, op->group);
 		sp_frame_set_recs(&q, SP_F_TARGETS, &targets[i], (uint32_t)(j - i));
-		int rc = call_append(op, urls[i], &q, i, j - i);
+		int rc = call_batch(op, urls[i], &q, i, j - i);
 		if (rc)
 			op->rc = rc;
 		i = j;
@@ -504,12 +525,11 @@ receipt_release(receipt_op *op, int *pending)
 }
 
 static void
-on_receipt_appended(void *arg, int rc, const sp_frame *reply)
+on_receipt_appended(void *arg, int rc, uint64_t seq)
 {
 	receipt_append *a = arg;
 	receipt_op *op = a->op;
 	if (rc == SP_OK) {
-		uint64_t seq = sp_frame_u64(reply, SP_F_SEQ);
 		sp_frame d;
 		sp_frame_init(&d, SP_T_DELIVER, 0, false);
 		sp_frame_set_u64(&d, SP_F_SEQ, 0);
@@ -553,7 +573,7 @@ on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
 		a->device = devs[i];
 		a->pending = pending;
 		sp_frame q;
-		sp_frame_init(&q, SP_T_APPEND, 0, false);
+		sp_frame_init(&q, SP_T_APPEND_ITEM, 0, false);
 		sp_frame_set_u64(&q, SP_F_DEVICE, devs[i]);
 		sp_frame_set_bin(&q, SP_F_MSG_ID, op->msg_id, 16);
 		sp_frame_set_u64(&q, SP_F_FROM_USER, op->from_user);
@@ -562,7 +582,7 @@ on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
 		sp_frame_set_u64(&q, SP_F_ETYPE, op->etype);
 		sp_frame_set_bin(&q, SP_F_ENV, op->env.data, op->env.size);
 		(*pending)++;
-		if (cs_rpc_call(op->srv->rpc, url, &q, on_receipt_appended, a) != SP_OK) {
+		if (cs_appendq_add(op->srv->appendq, url, &q, on_receipt_appended, a) != SP_OK) {
 			(*pending)--;
 			free(a);
 		}

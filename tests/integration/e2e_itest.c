@@ -4,6 +4,7 @@
  * connection code. Fault cases kill real processes with SIGKILL.
  */
 #include <check.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -339,6 +340,169 @@ START_TEST(test_malformed_and_slow_clients_hurt_nobody)
 }
 END_TEST
 
+/* ---- a burst from several senders at once: appends coalesce, nothing is lost ---- */
+
+#define BURST_SENDERS 8
+#define BURST_MSGS 40
+
+typedef struct burst_sender {
+	itest_user u;
+	uint64_t to_user, to_device;
+	int idx;
+	pthread_barrier_t *go;
+	int sent; /* messages 0..sent-1 were answered SENT, in that order */
+	int rc;   /* the error that stopped it, or SP_OK */
+} burst_sender;
+
+/* SEND "s<idx>:<k>" and wait for its SENT, retrying a rate limit with the same msg_id. */
+static int
+burst_send_one(burst_sender *b, int k)
+{
+	char text[32];
+	uint8_t id[16];
+	snprintf(text, sizeof(text), "s%d:%d", b->idx, k);
+	itest_msg_id(id);
+	for (;;) {
+		sp_frame q, item, r;
+		sp_frame_init(&q, SP_T_SEND, (uint64_t)k + 1, true);
+		sp_frame_set_bin(&q, SP_F_MSG_ID, id, 16);
+		sp_frame_set_u64(&q, SP_F_TO_USER, b->to_user);
+		sp_frame_init(&item, SP_T_SEND_ITEM, 0, false);
+		sp_frame_set_u64(&item, SP_F_DEVICE, b->to_device);
+		sp_frame_set_u64(&item, SP_F_ETYPE, 1);
+		sp_frame_set_bin(&item, SP_F_CT, text, strlen(text));
+		sp_frame_set_recs(&q, SP_F_ITEMS, &item, 1);
+		int rc = spc_conn_send(b->u.conn, &q);
+		while (rc == SP_OK && (rc = spc_conn_recv(b->u.conn, 15000, &r)) == SP_OK) {
+			bool mine = sp_frame_has(&r, SP_F_MSG_ID) &&
+				    memcmp(sp_frame_bin(&r, SP_F_MSG_ID).p, id, 16) == 0;
+			unsigned type = r.type;
+			int code = (int)sp_frame_i64(&r, SP_F_CODE);
+			sp_frame_fini(&r);
+			if (mine && type == SP_T_SENT)
+				return SP_OK;
+			if (mine && type == SP_T_ERROR)
+				rc = code;
+		}
+		if (rc != SP_ERATELIMIT)
+			return rc;
+		usleep(20000);
+	}
+}
+
+static void *
+burst_run(void *arg)
+{
+	burst_sender *b = arg;
+	pthread_barrier_wait(b->go);
+	for (int k = 0; k < BURST_MSGS; k++) {
+		if ((b->rc = burst_send_one(b, k)))
+			return NULL;
+		b->sent = k + 1;
+	}
+	return NULL;
+}
+
+/* connsrv-N's counters of APPEND_MULTI requests and of the appends they carried. */
+static void
+append_counters(int which, uint64_t *requests, uint64_t *items)
+{
+	char path[200];
+	snprintf(path, sizeof(path), "%s/append-metrics", cl.dir);
+	ck_assert_int_eq(itest_sh(&cl, "curl -sf http://127.0.0.1:%d/metrics | awk "
+				       "'$1==\"sp_connsrv_append_requests_total\"{r=$2} "
+				       "$1==\"sp_connsrv_append_items_total\"{i=$2} "
+				       "END{if (r==\"\" || i==\"\") exit 1; print r, i}' > %s",
+				  cl.base + 80 + 10 * which, path),
+			 0);
+	FILE *f = fopen(path, "r");
+	unsigned long long r = 0, i = 0;
+	ck_assert_msg(f && fscanf(f, "%llu %llu", &r, &i) == 2, "cannot read %s", path);
+	fclose(f);
+	*requests = r;
+	*items = i;
+}
+
+START_TEST(test_burst_coalesces_appends_and_loses_nothing)
+{
+	static burst_sender snd[BURST_SENDERS];
+	itest_user b;
+	new_user(&b, 1);
+	online(&b, 1);
+	pthread_barrier_t go;
+	ck_assert_int_eq(pthread_barrier_init(&go, NULL, BURST_SENDERS + 1), 0);
+	for (int i = 0; i < BURST_SENDERS; i++) {
+		memset(&snd[i], 0, sizeof(snd[i]));
+		new_user(&snd[i].u, 0);
+		online(&snd[i].u, 0);
+		snd[i].to_user = b.user;
+		snd[i].to_device = b.device;
+		snd[i].idx = i;
+		snd[i].go = &go;
+	}
+	uint64_t req0, items0, req1, items1;
+	append_counters(0, &req0, &items0);
+	pthread_t th[BURST_SENDERS];
+	for (int i = 0; i < BURST_SENDERS; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, burst_run, &snd[i]), 0);
+	pthread_barrier_wait(&go);
+	for (int i = 0; i < BURST_SENDERS; i++)
+		pthread_join(th[i], NULL);
+	pthread_barrier_destroy(&go);
+	append_counters(0, &req1, &items1);
+	int total = 0;
+	for (int i = 0; i < BURST_SENDERS; i++) {
+		ck_assert_msg(snd[i].rc == SP_OK && snd[i].sent == BURST_MSGS, "sender %d: %d sent, then %s",
+			      i, snd[i].sent, sp_strerror(snd[i].rc));
+		total += snd[i].sent;
+	}
+	/* Every append of the burst went out in some request, and requests carried several. */
+	uint64_t requests = req1 - req0, items = items1 - items0;
+	printf("burst: %d messages, %llu appends in %llu requests (%.2f per request)\n", total,
+	       (unsigned long long)items, (unsigned long long)requests,
+	       requests ? (double)items / (double)requests : 0.0);
+	ck_assert_msg(items >= (uint64_t)total, "%llu appends for %d messages", (unsigned long long)items,
+		      total);
+	ck_assert_msg(requests < items, "no coalescing: %llu requests for %llu appends",
+		      (unsigned long long)requests, (unsigned long long)items);
+
+	/* A last message after the burst: every entry stored before it comes before it. */
+	ck_assert_int_eq(send_text(&snd[0].u, &b, "end", NULL), SP_OK);
+	int next[BURST_SENDERS] = {0};
+	uint64_t last_seq = 0;
+	for (;;) {
+		sp_frame f;
+		int rc = itest_wait(&b, SP_T_DELIVER, 15000, &f);
+		ck_assert_msg(rc == SP_OK, "waiting for the burst: %s", sp_strerror(rc));
+		uint64_t seq = sp_frame_u64(&f, SP_F_SEQ);
+		ck_assert_msg(seq > last_seq, "seq %llu after %llu: written twice", (unsigned long long)seq,
+			      (unsigned long long)last_seq);
+		last_seq = seq;
+		sp_bin env = sp_frame_bin(&f, SP_F_ENV);
+		char text[32] = "";
+		memcpy(text, env.p, env.len < sizeof(text) - 1 ? env.len : sizeof(text) - 1);
+		uint64_t from = sp_frame_u64(&f, SP_F_FROM_USER);
+		itest_ack(&b, seq);
+		sp_frame_fini(&f);
+		if (strcmp(text, "end") == 0)
+			break;
+		int who, k;
+		ck_assert_msg(sscanf(text, "s%d:%d", &who, &k) == 2 && who >= 0 && who < BURST_SENDERS,
+			      "unexpected message %s", text);
+		ck_assert(from == snd[who].u.user);
+		/* Exactly once and in the sender's order: the next of that sender, never a repeat. */
+		ck_assert_msg(k == next[who], "sender %d: got %d, expected %d", who, k, next[who]);
+		next[who]++;
+	}
+	for (int i = 0; i < BURST_SENDERS; i++) {
+		ck_assert_msg(next[i] == snd[i].sent, "sender %d: %d of %d SENT messages delivered", i,
+			      next[i], snd[i].sent);
+		itest_logout(&snd[i].u);
+	}
+	itest_logout(&b);
+}
+END_TEST
+
 /* Sends n messages "<prefix>i" from a to b, reconnecting a to the other connsrv when its
  * connection dies; every message is retried with its msg_id until SENT. */
 static void
@@ -522,6 +686,7 @@ main(void)
 	tcase_add_test(tc, test_mismatched_devices_and_kick);
 	tcase_add_test(tc, test_lost_push_is_repaired);
 	tcase_add_test(tc, test_malformed_and_slow_clients_hurt_nobody);
+	tcase_add_test(tc, test_burst_coalesces_appends_and_loses_nothing);
 	tcase_add_test(tc, test_connsrv_sigkill_loses_nothing);
 	tcase_add_test(tc, test_redis_restart_loses_nothing);
 	tcase_add_test(tc, test_sighup_rotates_certificate_without_dropping);
