@@ -11,7 +11,7 @@
 #   per-request closed     one APPEND request per append, CONTEXTS in flight
 #   per-request open       RATE_SINGLE appends/s, one APPEND request per append
 # Env: RUNS (5), SECONDS_PER_RUN (5), CONTEXTS (512), CONTEXTS_CLOSED (1024), BATCH (128),
-#   REQUESTS (1), DEVICES (1000), SIZE (200), RATE (25000), RATE_SINGLE (12500),
+#   REQUESTS (1), DEVICES (1000), SIZE (200), RATE (25000), RATE_SINGLE (25000),
 #   URL_KIND (tcp|ipc), FILL (1000000; 0 skips), MODES ("coalesced single"), SP_BIN (bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ CONTEXTS=${CONTEXTS:-512}
 CONTEXTS_CLOSED=${CONTEXTS_CLOSED:-1024}
 BATCH=${BATCH:-128}
 REQUESTS=${REQUESTS:-1}
-RATE_SINGLE=${RATE_SINGLE:-12500}
+RATE_SINGLE=${RATE_SINGLE:-25000}
 MODES=${MODES:-coalesced single}
 DEVICES=${DEVICES:-1000}
 SIZE=${SIZE:-200}
