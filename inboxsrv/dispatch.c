@@ -582,30 +582,15 @@ do_last_seqs(inbox_dispatch *d, const sp_frame *f)
 {
 	const sp_val *devs = sp_frame_get(f, SP_F_DEVICES);
 	uint64_t *seqs = calloc(devs->us.n ? devs->us.n : 1, sizeof(uint64_t));
-	MDB_txn *txn;
 	sp_frame rep;
-	int rc;
 
 	if (!seqs)
 		return error_msg(f, SP_ENOMEM);
-	if ((rc = inbox_store_read_begin(d->store, &txn))) {
-		free(seqs);
-		return error_msg(f, rc);
-	}
-	for (uint32_t i = 0; rc == SP_OK && i < devs->us.n; i++) {
-		inbox_stat st = { 0 };
-		rc = inbox_store_stat(d->store, txn, devs->us.v[i], &st);
-		seqs[i] = st.depth ? st.last_seq : 0;
-	}
-	inbox_store_read_end(txn);
-	nng_msg *m;
-	if (rc) {
-		m = error_msg(f, rc);
-	} else {
-		sp_frame_init(&rep, SP_T_LAST_SEQS_R, 0, false);
-		sp_frame_set_u64s(&rep, SP_F_SEQ_LIST, seqs, devs->us.n);
-		m = frame_msg(f, &rep);
-	}
+	for (uint32_t i = 0; i < devs->us.n; i++)
+		seqs[i] = inbox_store_last_seq(d->store, devs->us.v[i]);
+	sp_frame_init(&rep, SP_T_LAST_SEQS_R, 0, false);
+	sp_frame_set_u64s(&rep, SP_F_SEQ_LIST, seqs, devs->us.n);
+	nng_msg *m = frame_msg(f, &rep);
 	free(seqs);
 	sp_metric_inc(inbox_m.stat_reqs);
 	return m;

@@ -629,62 +629,63 @@ entry_bytes(const uint8_t *p)
 	return (uint64_t)inbox_le32_get(p + QH_CT_LEN) + inbox_le32_get(p + QH_ENV_LEN);
 }
 
-/* Deletes queued entry (device, seq) at log id `id`: drops its body reference, takes it off
- * the queue index and, if `ref` is non-NULL, reports who sent it. */
-static int
-entry_remove(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t seq, uint64_t id,
-    inbox_ref *ref)
+/* The shared body an entry refers to, or 0 if it carries its envelope. */
+static uint64_t
+entry_body(const MDB_val *v)
 {
-	uint8_t k[LKEY_LEN];
-	MDB_val key = { LKEY_LEN, k }, val;
-	int rc;
-
-	log_key(k, id);
-	if ((rc = mdb_get(txn, s->log, &key, &val)))
-		return inbox_lmdb_err(rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc, "log get");
-	const uint8_t *p = val.mv_data;
-	if (entry_check(&val) || inbox_le64_get(p + QH_DEVICE) != device
-	    || inbox_le64_get(p + QH_SEQ) != seq)
-		return inbox_lmdb_err(MDB_CORRUPTED, "queue entry");
-	uint64_t bytes = entry_bytes(p), body = 0;
+	const uint8_t *p = v->mv_data;
 	if (inbox_le32_get(p + QH_FLAGS) & Q_FLAG_SHARED)
-		body = inbox_le64_get(p + val.mv_size - 8);
-	if (ref) {
-		ref->from_user = inbox_le64_get(p + QH_FROM_USER);
-		ref->from_device = inbox_le64_get(p + QH_FROM_DEVICE);
-		memcpy(ref->msg_id, p + QH_MSG_ID, INBOX_MSG_ID_LEN);
-	}
-	if ((rc = mdb_del(txn, s->log, &key, NULL)))
-		return inbox_lmdb_err(rc, "log del");
-	if (body && (rc = body_unref(s, txn, body)))
-		return rc;
-	return inbox_qindex_remove(s->qx, device, seq, bytes, false);
+		return inbox_le64_get(p + v->mv_size - 8);
+	return 0;
 }
 
-/* Takes queued entry (device, seq) at log id `id` off its queue and leaves its record to
- * the collector (deleting it now would dirty one page of the log per entry: a device's
- * entries are spread over it). Reports who sent it if `ref` is non-NULL. */
+/* The log record of entry (device, seq) at log id `id`, in `txn`: SP_OK, SP_ENOTFOUND, or
+ * SP_ESTORE if the record is not that entry. */
 static int
-entry_drop(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t seq, uint64_t id,
-    inbox_ref *ref)
+log_entry(inbox_store *s, MDB_txn *txn, uint64_t id, uint64_t device, uint64_t seq, MDB_val *val)
 {
 	uint8_t k[LKEY_LEN];
-	MDB_val key = { LKEY_LEN, k }, val;
-	int rc;
-
+	MDB_val key = { LKEY_LEN, k };
 	log_key(k, id);
-	if ((rc = mdb_get(txn, s->log, &key, &val)))
-		return inbox_lmdb_err(rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc, "log get");
-	const uint8_t *p = val.mv_data;
-	if (entry_check(&val) || inbox_le64_get(p + QH_DEVICE) != device
+	int rc = mdb_get(txn, s->log, &key, val);
+	if (rc)
+		return inbox_lmdb_err(rc, "log get");
+	const uint8_t *p = val->mv_data;
+	if (entry_check(val) || inbox_le64_get(p + QH_DEVICE) != device
 	    || inbox_le64_get(p + QH_SEQ) != seq)
 		return inbox_lmdb_err(MDB_CORRUPTED, "queue entry");
+	return SP_OK;
+}
+
+/* Takes queued entry (device, seq) at log id `id` off its queue and, if `ref` is non-NULL,
+ * reports who sent it. `now`: delete its record and drop its body reference at once;
+ * otherwise leave the record to the collector (deleting it now would dirty one page of
+ * the log per entry: a device's entries are spread over it). */
+static int
+entry_take(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t seq, uint64_t id,
+    inbox_ref *ref, bool now)
+{
+	MDB_val val;
+	int rc = log_entry(s, txn, id, device, seq, &val);
+	if (rc)
+		return rc == SP_ENOTFOUND ? inbox_lmdb_err(MDB_CORRUPTED, "queue entry") : rc;
+	const uint8_t *p = val.mv_data;
+	uint64_t bytes = entry_bytes(p), body = entry_body(&val);
 	if (ref) {
 		ref->from_user = inbox_le64_get(p + QH_FROM_USER);
 		ref->from_device = inbox_le64_get(p + QH_FROM_DEVICE);
 		memcpy(ref->msg_id, p + QH_MSG_ID, INBOX_MSG_ID_LEN);
 	}
-	return inbox_qindex_remove(s->qx, device, seq, entry_bytes(p), true);
+	if (now) {
+		uint8_t k[LKEY_LEN];
+		MDB_val key = { LKEY_LEN, k };
+		log_key(k, id);
+		if ((rc = mdb_del(txn, s->log, &key, NULL)))
+			return inbox_lmdb_err(rc, "log del");
+		if (body && (rc = body_unref(s, txn, body)))
+			return rc;
+	}
+	return inbox_qindex_remove(s->qx, device, seq, bytes, !now);
 }
 
 /* ---- append ---- */
@@ -847,7 +848,7 @@ apply_ack(inbox_store *s, MDB_txn *txn, inbox_op *op)
 			seq = op->ack.seqs[i];
 			if (inbox_qindex_find(s->qx, device, seq, &id))
 				continue;
-			if ((rc = entry_remove(s, txn, device, seq, id, &op->ack.refs[op->ack.nrefs])))
+			if ((rc = entry_take(s, txn, device, seq, id, &op->ack.refs[op->ack.nrefs], true)))
 				return rc;
 			op->ack.nrefs++;
 		}
@@ -862,7 +863,7 @@ apply_ack(inbox_store *s, MDB_txn *txn, inbox_op *op)
 				op->ack.more = true;
 				break;
 			}
-			if ((rc = entry_drop(s, txn, device, seq, id, &op->ack.refs[op->ack.nrefs])))
+			if ((rc = entry_take(s, txn, device, seq, id, &op->ack.refs[op->ack.nrefs], false)))
 				return rc;
 			op->ack.nrefs++;
 			last = seq;
@@ -885,7 +886,7 @@ apply_purge(inbox_store *s, MDB_txn *txn, inbox_op *op)
 	op->purge.removed = 0;
 	for (uint64_t after = 0; inbox_qindex_next(s->qx, device, after, &seq, &id) == SP_OK;
 	     after = seq) {
-		if ((rc = entry_drop(s, txn, device, seq, id, NULL)))
+		if ((rc = entry_take(s, txn, device, seq, id, NULL, false)))
 			return rc;
 		op->purge.removed++;
 	}
@@ -914,7 +915,7 @@ sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, in
 	uint8_t p[TVAL_LEN];
 	memcpy(p, tv->mv_data, TVAL_LEN);
 	if (inbox_qindex_find(s->qx, device, seq, &id) == SP_OK) {
-		if ((rc = entry_remove(s, txn, device, seq, id, NULL)))
+		if ((rc = entry_take(s, txn, device, seq, id, NULL, true)))
 			return rc;
 		op->sweep.expired++;
 	}
@@ -1002,9 +1003,7 @@ collect(inbox_store *s, MDB_txn *txn, uint32_t limit, uint64_t *deleted)
 		uint64_t device = inbox_le64_get(p + QH_DEVICE), seq = inbox_le64_get(p + QH_SEQ);
 		if (inbox_qindex_find(s->qx, device, seq, &id) != SP_OK
 		    || id != inbox_be64_get(key.mv_data)) {
-			uint64_t body = 0;
-			if (inbox_le32_get(p + QH_FLAGS) & Q_FLAG_SHARED)
-				body = inbox_le64_get(p + val.mv_size - 8);
+			uint64_t body = entry_body(&val);
 			if ((rc = mdb_cursor_del(c, 0)))
 				break;
 			if (body && (rc = body_unref(s, txn, body)))
@@ -1193,7 +1192,7 @@ entry_decode(inbox_store *s, MDB_txn *txn, const MDB_val *v, inbox_entry *e)
 	if (flags & Q_FLAG_SHARED) {
 		uint8_t k[8];
 		MDB_val bk = { 8, k }, bv;
-		inbox_be64_put(k, inbox_le64_get(p + v->mv_size - 8));
+		inbox_be64_put(k, entry_body(v));
 		int rc = mdb_get(txn, s->body, &bk, &bv);
 		if (rc)
 			return inbox_lmdb_err(rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc, "body get");
@@ -1215,25 +1214,19 @@ visible_entries(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t after,
 {
 	inbox_qcand c[CANDIDATES];
 	bool more = true;
-	uint8_t k[LKEY_LEN];
-	MDB_val key = { LKEY_LEN, k }, val;
+	MDB_val val;
 	int rc = SP_OK;
 
 	while (more) {
 		size_t n = inbox_qindex_candidates(s->qx, device, after, c, CANDIDATES, &more);
 		for (size_t i = 0; i < n; i++) {
 			after = c[i].seq;
-			log_key(k, c[i].key);
-			int lrc = mdb_get(txn, s->log, &key, &val);
+			int lrc = log_entry(s, txn, c[i].key, device, c[i].seq, &val);
 			/* Written by a commit after this snapshot, or deleted before it. */
-			if (lrc == MDB_NOTFOUND)
+			if (lrc == SP_ENOTFOUND)
 				continue;
 			if (lrc)
-				return inbox_lmdb_err(lrc, "log get");
-			const uint8_t *p = val.mv_data;
-			if (entry_check(&val) || inbox_le64_get(p + QH_DEVICE) != device
-			    || inbox_le64_get(p + QH_SEQ) != c[i].seq)
-				return inbox_lmdb_err(MDB_CORRUPTED, "queue entry");
+				return lrc;
 			if (!fn(arg, &val, &rc))
 				return rc;
 		}
@@ -1306,6 +1299,14 @@ inbox_store_stat(inbox_store *s, MDB_txn *txn, uint64_t device, inbox_stat *st)
 	if (m.count == 0)
 		return SP_OK;
 	return visible_entries(s, txn, device, 0, oldest_one, &st->oldest_ts);
+}
+
+uint64_t
+inbox_store_last_seq(inbox_store *s, uint64_t device)
+{
+	inbox_qmeta m;
+	inbox_qindex_committed(s->qx, device, &m);
+	return m.count ? m.last_seq : 0;
 }
 
 void

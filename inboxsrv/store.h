@@ -212,6 +212,10 @@ typedef struct inbox_stat {
 
 int inbox_store_stat(inbox_store *s, MDB_txn *txn, uint64_t device, inbox_stat *st);
 
+/* The last committed seq of `device`, or 0 if its queue is empty (LAST_SEQS): from the
+ * queue index alone, no transaction. Any thread. */
+uint64_t inbox_store_last_seq(inbox_store *s, uint64_t device);
+
 typedef struct inbox_shard_stat {
 	uint64_t lsn, entries, dedup, bodies, blobs, map_used;
 } inbox_shard_stat;
