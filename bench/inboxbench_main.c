@@ -184,10 +184,11 @@ next(bctx *c)
 	send_append(c);
 }
 
-/* Open loop: releases request k at t_start + k/rate on a free context. A request that
- * finds no free context waits for one; its latency still counts from its scheduled time. */
+/* Open loop: releases append k at t_start + k/rate through `release`, which returns false
+ * while nothing is free to carry it; the append then waits, and its latency still counts
+ * from its scheduled time. */
 static void
-pace(void)
+pace(bool (*release)(uint64_t k, uint64_t sched))
 {
 	for (uint64_t k = 0;; k++) {
 		uint64_t sched = t_start + (uint64_t)((double)k * 1e9 / (double)rate);
@@ -199,19 +200,27 @@ pace(void)
 				(long)((sched - now) % 1000000000ULL) };
 			nanosleep(&ts, NULL);
 		}
-		bctx *c = NULL;
-		while (!c) {
-			pthread_mutex_lock(&free_lock);
-			if (nfree)
-				c = free_ctx[--nfree];
-			pthread_mutex_unlock(&free_lock);
-			if (!c)
-				usleep(50);
-		}
-		atomic_fetch_add(&inflight, 1);
-		c->sched_ns = sched;
-		send_append(c);
+		while (!release(k, sched))
+			usleep(50);
 	}
+}
+
+/* One APPEND per request: append k goes on a free context. */
+static bool
+release_ctx(uint64_t k, uint64_t sched)
+{
+	bctx *c = NULL;
+	(void)k;
+	pthread_mutex_lock(&free_lock);
+	if (nfree)
+		c = free_ctx[--nfree];
+	pthread_mutex_unlock(&free_lock);
+	if (!c)
+		return false;
+	atomic_fetch_add(&inflight, 1);
+	c->sched_ns = sched;
+	send_append(c);
+	return true;
 }
 
 static void
@@ -474,37 +483,23 @@ batch_setup(void)
 	return SP_OK;
 }
 
-/* Open loop, batching: append k is queued at t_start + k/rate on socket k % sockets. An
- * append that finds every appender busy waits for one; its latency still counts from its
- * scheduled time. */
-static void
-pace_batch(void)
+/* Batching: append k takes a free appender and is queued on socket k % sockets. */
+static bool
+release_app(uint64_t k, uint64_t sched)
 {
-	for (uint64_t k = 0;; k++) {
-		uint64_t sched = t_start + (uint64_t)((double)k * 1e9 / (double)rate);
-		if (sched >= t_end || (count && k >= (uint64_t)count))
-			break;
-		uint64_t now = sp_mono_ns();
-		if (sched > now) {
-			struct timespec ts = { (time_t)((sched - now) / 1000000000ULL),
-				(long)((sched - now) % 1000000000ULL) };
-			nanosleep(&ts, NULL);
-		}
-		appender *a = NULL;
-		while (!a) {
-			pthread_mutex_lock(&free_lock);
-			if (nfree_app)
-				a = free_app[--nfree_app];
-			pthread_mutex_unlock(&free_lock);
-			if (!a)
-				usleep(50);
-		}
-		atomic_fetch_add(&inflight, 1);
-		a->n = atomic_fetch_add(&issued, 1);
-		a->sched_ns = sched;
-		enqueue(&bsocks[k % (uint64_t)sockets], a);
-		pump(&bsocks[k % (uint64_t)sockets]);
-	}
+	appender *a = NULL;
+	pthread_mutex_lock(&free_lock);
+	if (nfree_app)
+		a = free_app[--nfree_app];
+	pthread_mutex_unlock(&free_lock);
+	if (!a)
+		return false;
+	atomic_fetch_add(&inflight, 1);
+	a->n = atomic_fetch_add(&issued, 1);
+	a->sched_ns = sched;
+	enqueue(&bsocks[k % (uint64_t)sockets], a);
+	pump(&bsocks[k % (uint64_t)sockets]);
+	return true;
 }
 
 static void
@@ -512,7 +507,7 @@ batch_run(void)
 {
 	if (rate) {
 		atomic_store(&inflight, 1); /* the pacer's own hold */
-		pace_batch();
+		pace(release_app);
 		finish_ctx();
 		return;
 	}
@@ -689,7 +684,7 @@ main(int argc, char **argv)
 		for (int i = 0; i < contexts; i++)
 			free_ctx[nfree++] = &ctxs[i];
 		atomic_store(&inflight, 1); /* the pacer's own hold */
-		pace();
+		pace(release_ctx);
 		finish_ctx();
 	} else {
 		atomic_store(&inflight, (uint64_t)contexts);
