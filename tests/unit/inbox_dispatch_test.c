@@ -84,6 +84,16 @@ err_code(nng_msg *m)
 	return code;
 }
 
+/* The ERROR code of the reply to `f` (0 if it is not an ERROR). */
+static int
+call_code(const sp_frame *f)
+{
+	sp_frame rep;
+	nng_msg *m = call(f, &rep);
+	sp_frame_fini(&rep);
+	return err_code(m);
+}
+
 static int
 raw_err(const void *p, size_t len)
 {
@@ -362,28 +372,20 @@ START_TEST(semantic_errors)
 	/* ACK needs exactly one of upto_seq and seqs. */
 	sp_frame_init(&f, SP_T_INBOX_ACK, 1, true);
 	sp_frame_set_u64(&f, SP_F_DEVICE, 1);
-	m = call(&f, &rep);
-	sp_frame_fini(&rep);
-	ck_assert_int_eq(err_code(m), SP_EMISSING);
+	ck_assert_int_eq(call_code(&f), SP_EMISSING);
 	uint64_t seqs[] = { 1 };
 	sp_frame_set_u64(&f, SP_F_UPTO_SEQ, 1);
 	sp_frame_set_u64s(&f, SP_F_SEQS, seqs, 1);
-	m = call(&f, &rep);
-	sp_frame_fini(&rep);
-	ck_assert_int_eq(err_code(m), SP_EINVAL);
+	ck_assert_int_eq(call_code(&f), SP_EINVAL);
 
 	/* Blobs: a gap, over the size limit, unknown, not complete, bad digest. */
 	sp_frame_init(&f, SP_T_BLOB_PUT, 2, true);
 	sp_frame_set_bin(&f, SP_F_BLOB_ID, id, 16);
 	sp_frame_set_u64(&f, SP_F_OFFSET, 10);
 	sp_frame_set_bin(&f, SP_F_BYTES, "abc", 3);
-	m = call(&f, &rep);
-	sp_frame_fini(&rep);
-	ck_assert_int_eq(err_code(m), SP_EGAP);
+	ck_assert_int_eq(call_code(&f), SP_EGAP);
 	sp_frame_set_u64(&f, SP_F_OFFSET, 4095);
-	m = call(&f, &rep);
-	sp_frame_fini(&rep);
-	ck_assert_int_eq(err_code(m), SP_ETOOBIG);
+	ck_assert_int_eq(call_code(&f), SP_ETOOBIG);
 	sp_frame_set_u64(&f, SP_F_OFFSET, 0);
 	m = call(&f, &rep);
 	ck_assert_int_eq(rep.type, SP_T_BLOB_STORED);
@@ -395,9 +397,7 @@ START_TEST(semantic_errors)
 	sp_frame_set_bin(&f, SP_F_BLOB_ID, id, 16);
 	sp_frame_set_u64(&f, SP_F_OFFSET, 0);
 	sp_frame_set_u64(&f, SP_F_LEN, 3);
-	m = call(&f, &rep);
-	sp_frame_fini(&rep);
-	ck_assert_int_eq(err_code(m), SP_ESTATE);
+	ck_assert_int_eq(call_code(&f), SP_ESTATE);
 
 	uint64_t devs[] = { 5 };
 	sp_frame_init(&f, SP_T_BLOB_DONE, 4, true);
@@ -405,14 +405,10 @@ START_TEST(semantic_errors)
 	sp_frame_set_u64(&f, SP_F_SIZE, 3);
 	sp_frame_set_bin(&f, SP_F_SHA256, sha, 32);
 	sp_frame_set_u64s(&f, SP_F_DEVICES, devs, 1);
-	m = call(&f, &rep);
-	sp_frame_fini(&rep);
-	ck_assert_int_eq(err_code(m), SP_EDIGEST);
+	ck_assert_int_eq(call_code(&f), SP_EDIGEST);
 	crypto_hash_sha256(sha, (const uint8_t *)"abc", 3);
 	sp_frame_set_u64(&f, SP_F_SIZE, 4);
-	m = call(&f, &rep);
-	sp_frame_fini(&rep);
-	ck_assert_int_eq(err_code(m), SP_EGAP);
+	ck_assert_int_eq(call_code(&f), SP_EGAP);
 	sp_frame_set_u64(&f, SP_F_SIZE, 3);
 	m = call(&f, &rep);
 	ck_assert_int_eq(rep.type, SP_T_OK);
@@ -721,12 +717,10 @@ START_TEST(append_multi_roundtrip)
 	ck_assert_uint_eq(depth(13), 5);
 
 	/* Malformed requests: one ERROR each, none of their (otherwise valid) items stored. */
-	sp_frame f, rep;
+	sp_frame f;
 	sp_frame_init(&f, SP_T_APPEND_MULTI, 78, true);
 	sp_frame_set_recs(&f, SP_F_APPEND_ITEMS, NULL, 0);
-	nng_msg *m = call(&f, &rep);
-	sp_frame_fini(&rep);
-	ck_assert_int_eq(err_code(m), SP_EMISSING);
+	ck_assert_int_eq(call_code(&f), SP_EMISSING);
 	ck_assert_int_eq(multi_raw_err(0, ITEM_OK), SP_EMISSING);
 	ck_assert_int_eq(multi_raw_err(257, ITEM_OK), SP_EFIELDLEN);
 	ck_assert_int_eq(multi_raw_err(3, ITEM_NO_ENV), SP_EMISSING);
@@ -805,16 +799,12 @@ START_TEST(low_disk_refuses_growth)
 	uint8_t id[16] = { 3 };
 
 	append_frame(&f, 1, 1, "x", 1);
-	m = call(&f, &rep);
-	sp_frame_fini(&rep);
-	ck_assert_int_eq(err_code(m), SP_EFULL);
+	ck_assert_int_eq(call_code(&f), SP_EFULL);
 	sp_frame_init(&f, SP_T_BLOB_PUT, 2, true);
 	sp_frame_set_bin(&f, SP_F_BLOB_ID, id, 16);
 	sp_frame_set_u64(&f, SP_F_OFFSET, 0);
 	sp_frame_set_bin(&f, SP_F_BYTES, "abc", 3);
-	m = call(&f, &rep);
-	sp_frame_fini(&rep);
-	ck_assert_int_eq(err_code(m), SP_EFULL);
+	ck_assert_int_eq(call_code(&f), SP_EFULL);
 	ck_assert_uint_eq(depth(1), 0);
 	sp_frame_init(&f, SP_T_PURGE, 3, true);
 	sp_frame_set_u64(&f, SP_F_DEVICE, 1);
