@@ -219,13 +219,20 @@ inbox_qindex_load_seq(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t a
 
 /* ---- writer ---- */
 
-void
-inbox_qindex_meta(inbox_qindex *q, uint64_t device, inbox_qmeta *m)
+/* The writer's (or the committed) counters of `device`; zeros for one never seen. */
+static void
+meta_of(inbox_qindex *q, uint64_t device, bool committed, inbox_qmeta *m)
 {
 	pthread_mutex_lock(&q->lock);
 	qdev *d = dev_find(q, device);
-	*m = d ? d->w : (inbox_qmeta) { 0, 0, 0 };
+	*m = !d ? (inbox_qmeta) { 0, 0, 0 } : committed ? d->c : d->w;
 	pthread_mutex_unlock(&q->lock);
+}
+
+void
+inbox_qindex_meta(inbox_qindex *q, uint64_t device, inbox_qmeta *m)
+{
+	meta_of(q, device, false, m);
 }
 
 static int
@@ -447,10 +454,7 @@ inbox_qindex_candidates(
 void
 inbox_qindex_committed(inbox_qindex *q, uint64_t device, inbox_qmeta *m)
 {
-	pthread_mutex_lock(&q->lock);
-	qdev *d = dev_find(q, device);
-	*m = d ? d->c : (inbox_qmeta) { 0, 0, 0 };
-	pthread_mutex_unlock(&q->lock);
+	meta_of(q, device, true, m);
 }
 
 void
