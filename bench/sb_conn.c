@@ -20,6 +20,7 @@
 #include "client/spc_conn.h"
 #include "sp_error.h"
 #include "sp_framer.h"
+#include "sp_proto.h"
 #include "sp_tls.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
@@ -111,16 +112,8 @@ static void
 send_auth(sb_conn *c, const sp_frame *ch)
 {
 	const sb_account *a = c->acct;
-	uint8_t msg[sizeof(SPC_AUTH_CONTEXT) - 1 + 32 + 16], sig[64];
-	size_t k = sizeof(SPC_AUTH_CONTEXT) - 1;
-	memcpy(msg, SPC_AUTH_CONTEXT, k);
-	memcpy(msg + k, sp_frame_bin(ch, SP_F_NONCE).p, 32);
-	k += 32;
-	for (int i = 0; i < 8; i++) {
-		msg[k + i] = (uint8_t)(a->user >> (56 - 8 * i));
-		msg[k + 8 + i] = (uint8_t)(a->device >> (56 - 8 * i));
-	}
-	crypto_sign_detached(sig, NULL, msg, sizeof(msg), a->sk);
+	uint8_t sig[SP_LOGIN_SIG_LEN];
+	sp_login_sign(sig, sp_frame_bin(ch, SP_F_NONCE).p, a->user, a->device, a->sk);
 	sp_frame f;
 	sp_frame_init(&f, SP_T_AUTH, 2, true);
 	sp_frame_set_u64(&f, SP_F_USER, a->user);
@@ -225,7 +218,7 @@ on_event(struct bufferevent *bev, short what, void *arg)
 		c->state = ST_HELLO;
 		sp_frame f;
 		sp_frame_init(&f, SP_T_HELLO, 1, true);
-		sp_frame_set_u64(&f, SP_F_VERSION, 1);
+		sp_frame_set_u64(&f, SP_F_VERSION, SP_PROTO_VERSION);
 		sp_framer_write(bufferevent_get_output(c->bev), &f);
 		return;
 	}

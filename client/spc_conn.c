@@ -19,6 +19,7 @@
 #include "client/spc_conn.h"
 #include "sp_error.h"
 #include "sp_framer.h"
+#include "sp_proto.h"
 #include "sp_time.h"
 #include "sp_tls.h"
 
@@ -238,21 +239,13 @@ spc_conn_login(spc_conn *c, uint64_t user, uint64_t device,
 {
 	sp_frame f;
 	sp_frame_init(&f, SP_T_HELLO, 1, true);
-	sp_frame_set_u64(&f, SP_F_VERSION, 1);
+	sp_frame_set_u64(&f, SP_F_VERSION, SP_PROTO_VERSION);
 	int rc = spc_conn_send(c, &f);
 	if (rc || (rc = expect(c, SP_T_CHALLENGE, &f)))
 		return rc;
-	uint8_t msg[sizeof(SPC_AUTH_CONTEXT) - 1 + 32 + 16], sig[64];
-	size_t k = sizeof(SPC_AUTH_CONTEXT) - 1;
-	memcpy(msg, SPC_AUTH_CONTEXT, k);
-	memcpy(msg + k, sp_frame_bin(&f, SP_F_NONCE).p, 32);
+	uint8_t sig[SP_LOGIN_SIG_LEN];
+	sp_login_sign(sig, sp_frame_bin(&f, SP_F_NONCE).p, user, device, auth_sk);
 	sp_frame_fini(&f);
-	k += 32;
-	for (int i = 0; i < 8; i++) {
-		msg[k + i] = (uint8_t)(user >> (56 - 8 * i));
-		msg[k + 8 + i] = (uint8_t)(device >> (56 - 8 * i));
-	}
-	crypto_sign_detached(sig, NULL, msg, sizeof(msg), auth_sk);
 	sp_frame_init(&f, SP_T_AUTH, 2, true);
 	sp_frame_set_u64(&f, SP_F_USER, user);
 	sp_frame_set_u64(&f, SP_F_DEVICE, device);

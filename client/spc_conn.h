@@ -31,10 +31,7 @@ int spc_conn_send(spc_conn *c, const sp_frame *f);
  * spc_conn_recv or spc_conn_close; call sp_frame_fini(f) when done with it. */
 int spc_conn_recv(spc_conn *c, int timeout_ms, sp_frame *f);
 
-/* The signed login message: "sealpost-auth-v1" || nonce(32) || user || device (BE64). */
-#define SPC_AUTH_CONTEXT "sealpost-auth-v1"
-
-/* HELLO, CHALLENGE, AUTH. auth_sk is the device's Ed25519 secret key (libsodium 64-byte
+/* HELLO, CHALLENGE, AUTH (the login message is sp_login_message in sp_proto.h). auth_sk is the device's Ed25519 secret key (libsodium 64-byte
  * form). On SP_OK *conn_epoch (if non-NULL) is the session's epoch. Frames other than the
  * expected replies are an SP_EPROTO; an ERROR reply gives its code. */
 int spc_conn_login(spc_conn *c, uint64_t user, uint64_t device,

@@ -39,7 +39,7 @@ typedef enum {
 /* Frame types: SP_T_<NAME> = number, from the .def files. */
 typedef enum {
 	SP_T_NONE = -1, /* "no record type" in field definitions */
-#define SP_FRAME(name, num, flags, fields) SP_T_##name = num,
+#define SP_FRAME(name, num, flags, serve, fields) SP_T_##name = num,
 #include "defs/frames_all.def"
 #undef SP_FRAME
 	SP_T__MAX = 256
@@ -56,6 +56,25 @@ typedef enum {
 /* Frame flags. */
 #define SP_FL_RECORD 0x1 /* only valid nested in an SP_FT_RECS field, never top level */
 #define SP_FL_LARGE  0x2 /* may use the large frame limit (media chunks) */
+#define SP_FL_RATED  0x4 /* a client's frame that takes a token from its send bucket */
+
+/* Who serves a request (the catalogue's serve column, see defs/frames_all.def). */
+typedef enum {
+	SP_TIER_NONE, /* not a request */
+	SP_TIER_CONNSRV,
+	SP_TIER_KEYSRV,
+	SP_TIER_INBOX,
+	SP_TIER_ROUTER,
+	SP_TIER_PEER, /* connsrv's pull socket */
+} sp_tier;
+
+/* When a client may send a frame (the catalogue's serve column). */
+typedef enum {
+	SP_LOGIN_NO,   /* never: servers only */
+	SP_LOGIN_PRE,  /* only before login (the login exchange itself) */
+	SP_LOGIN_ANY,  /* before and after login */
+	SP_LOGIN_POST, /* only once logged in */
+} sp_login;
 
 #define SP_FRAME_MAX_FIELDS 16 /* per frame type, excluding t and id */
 #define SP_FRAME_MAX_DEPTH 3   /* nesting of record arrays */
@@ -116,12 +135,17 @@ typedef struct sp_frame_def {
 	unsigned flags;
 	uint8_t nfields;
 	const sp_field_spec *fields;
+	sp_tier tier;   /* who serves it (SP_TIER_NONE: not a request) */
+	sp_login login; /* whether and when clients may send it */
+	int reply;      /* type of a success reply; SP_T_NONE: none */
 } sp_frame_def;
 
 /* Catalogue lookups. sp_frame_def_get returns NULL for an unknown type. */
 const sp_frame_def *sp_frame_def_get(unsigned type);
 const sp_field_def *sp_field_def_get(sp_field f);
 const char *sp_frame_type_name(unsigned type); /* "SEND", or "?" */
+/* Whether a client in the given login state may send `type` (false for unknown types). */
+bool sp_frame_client_may_send(unsigned type, bool logged_in);
 
 /* Size limits: frames of SP_FL_LARGE types may be up to `large` bytes, others up to
  * `small` (msgpack body, without the length prefix). Defaults 64 KiB / 1 MiB. Process-wide;

@@ -1,4 +1,6 @@
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -50,19 +52,13 @@ json_escape(char *out, size_t cap, const char *s)
 	return n;
 }
 
-void
-sp_log(sp_log_level level, const char *fmt, ...)
+static void
+log_line(sp_log_level level, const char *msg)
 {
-	char msg[1024], line[2304], ts[40];
+	char line[2304], ts[40];
 	struct timeval tv;
 	struct tm tm;
-	va_list ap;
 
-	if (level < log_level)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
 	gettimeofday(&tv, NULL);
 	gmtime_r(&tv.tv_sec, &tm);
 	size_t k = strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
@@ -83,4 +79,50 @@ sp_log(sp_log_level level, const char *fmt, ...)
 	/* One write per line keeps lines whole when several threads log. */
 	ssize_t w = write(STDERR_FILENO, line, (size_t)n);
 	(void)w;
+}
+
+void
+sp_log(sp_log_level level, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	if (level < log_level)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	log_line(level, msg);
+}
+
+void
+sp_log_limited(sp_log_limit *lim, sp_log_level level, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	struct timespec now;
+
+	if (level < log_level)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	unsigned long long ms = (unsigned long long)now.tv_sec * 1000 + (unsigned long long)now.tv_nsec / 1000000;
+	unsigned long long next = atomic_load(&lim->next_ms);
+	if (ms < next || !atomic_compare_exchange_strong(&lim->next_ms, &next, ms + 1000)) {
+		atomic_fetch_add(&lim->suppressed, 1);
+		return;
+	}
+	va_start(ap, fmt);
+	int k = vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	unsigned long long skipped = atomic_exchange(&lim->suppressed, 0);
+	if (skipped && k >= 0 && (size_t)k < sizeof(msg))
+		snprintf(msg + k, sizeof(msg) - (size_t)k, " (%llu more like this suppressed)", skipped);
+	log_line(level, msg);
+}
+
+void
+sp_assert_fail(const char *expr, const char *file, int line)
+{
+	sp_log(SP_LOG_ERROR, "assertion failed: %s (%s:%d)", expr, file, line);
+	abort();
 }
