@@ -112,50 +112,43 @@ apply_notes(keys_req *r)
 
 typedef enum { AUTH_NONE, AUTH_OPTIONAL, AUTH_DEVICE, AUTH_USER } auth_mode;
 
+/* The handlers, indexed by frame type: exactly the catalogue's SP_TIER_KEYSRV frames
+ * (keys_server_serves; a unit test holds the two together). */
 typedef struct route {
-	unsigned type;
 	auth_mode auth;
 	int (*fn)(keys_req *r);
 } route;
 
-static const route routes[] = {
-	{SP_T_REGISTER, AUTH_NONE, keys_accounts_register},
-	{SP_T_VERIFY, AUTH_NONE, keys_accounts_verify},
-	{SP_T_LINK_REQUEST, AUTH_NONE, keys_links_request},
-	{SP_T_LINK_LOOKUP, AUTH_DEVICE, keys_links_lookup},
-	{SP_T_LINK_CONFIRM, AUTH_DEVICE, keys_links_confirm},
-	{SP_T_LINK_STATUS, AUTH_NONE, keys_links_status},
-	{SP_T_DEVICES_GET, AUTH_OPTIONAL, keys_devices_get},
-	{SP_T_USER_LOOKUP, AUTH_DEVICE, keys_devices_lookup},
-	{SP_T_REMOVE_DEVICE, AUTH_DEVICE, keys_devices_remove},
-	{SP_T_KEYS_UPLOAD, AUTH_DEVICE, keys_prekeys_upload},
-	{SP_T_KEYS_STATUS, AUTH_DEVICE, keys_prekeys_status},
-	{SP_T_BUNDLE_GET, AUTH_DEVICE, keys_prekeys_bundle},
-	{SP_T_AUTH_KEY_GET, AUTH_NONE, keys_devices_auth_key},
-	{SP_T_GROUP_CREATE, AUTH_DEVICE, keys_groups_create},
-	{SP_T_GROUP_ADD, AUTH_DEVICE, keys_groups_add},
-	{SP_T_GROUP_REMOVE, AUTH_DEVICE, keys_groups_remove},
-	{SP_T_GROUP_LEAVE, AUTH_DEVICE, keys_groups_leave},
-	{SP_T_GROUP_ADMIN, AUTH_DEVICE, keys_groups_admin},
-	{SP_T_GROUP_INFO, AUTH_DEVICE, keys_groups_info},
-	{SP_T_GROUP_DEVICES, AUTH_USER, keys_groups_devices},
+static const route routes[256] = {
+	[SP_T_REGISTER] = {AUTH_NONE, keys_accounts_register},
+	[SP_T_VERIFY] = {AUTH_NONE, keys_accounts_verify},
+	[SP_T_LINK_REQUEST] = {AUTH_NONE, keys_links_request},
+	[SP_T_LINK_LOOKUP] = {AUTH_DEVICE, keys_links_lookup},
+	[SP_T_LINK_CONFIRM] = {AUTH_DEVICE, keys_links_confirm},
+	[SP_T_LINK_STATUS] = {AUTH_NONE, keys_links_status},
+	[SP_T_DEVICES_GET] = {AUTH_OPTIONAL, keys_devices_get},
+	[SP_T_USER_LOOKUP] = {AUTH_DEVICE, keys_devices_lookup},
+	[SP_T_REMOVE_DEVICE] = {AUTH_DEVICE, keys_devices_remove},
+	[SP_T_KEYS_UPLOAD] = {AUTH_DEVICE, keys_prekeys_upload},
+	[SP_T_KEYS_STATUS] = {AUTH_DEVICE, keys_prekeys_status},
+	[SP_T_BUNDLE_GET] = {AUTH_DEVICE, keys_prekeys_bundle},
+	[SP_T_AUTH_KEY_GET] = {AUTH_NONE, keys_devices_auth_key},
+	[SP_T_GROUP_CREATE] = {AUTH_DEVICE, keys_groups_create},
+	[SP_T_GROUP_ADD] = {AUTH_DEVICE, keys_groups_add},
+	[SP_T_GROUP_REMOVE] = {AUTH_DEVICE, keys_groups_remove},
+	[SP_T_GROUP_LEAVE] = {AUTH_DEVICE, keys_groups_leave},
+	[SP_T_GROUP_ADMIN] = {AUTH_DEVICE, keys_groups_admin},
+	[SP_T_GROUP_INFO] = {AUTH_DEVICE, keys_groups_info},
+	[SP_T_GROUP_DEVICES] = {AUTH_USER, keys_groups_devices},
 };
 
-#define NROUTES (sizeof(routes) / sizeof(routes[0]))
-
-static sp_metric *m_requests[NROUTES];
+static sp_metric *m_requests[256];
 static sp_metric *m_errors, *m_latency;
 
-static const route *
-find_route(unsigned type, size_t *idx)
+bool
+keys_server_serves(unsigned type)
 {
-	for (size_t i = 0; i < NROUTES; i++) {
-		if (routes[i].type == type) {
-			*idx = i;
-			return &routes[i];
-		}
-	}
-	return NULL;
+	return type < 256 && routes[type].fn != NULL;
 }
 
 static int
@@ -196,8 +189,7 @@ error_reply(keys_req *r, int code)
 int
 keys_call(keys_ctx *ctx, const sp_frame *in, keys_req *r)
 {
-	size_t idx = 0;
-	const route *rt = find_route(in->type, &idx);
+	const route *rt = keys_server_serves(in->type) ? &routes[in->type] : NULL;
 	uint64_t t0 = sp_mono_ns();
 	int rc;
 
@@ -209,7 +201,7 @@ keys_call(keys_ctx *ctx, const sp_frame *in, keys_req *r)
 		rc = keys_fail(r, SP_EBADTYPE, "not a keysrv request");
 		goto done;
 	}
-	sp_metric_inc(m_requests[idx]);
+	sp_metric_inc(m_requests[in->type]);
 	if (sp_frame_has(in, SP_F_SOURCE)) {
 		sp_bin b = sp_frame_bin(in, SP_F_SOURCE);
 		char *s = keys_arena_alloc(&r->arena, b.len + 1);
@@ -306,11 +298,13 @@ keys_ctx_open(keys_ctx **out, const keys_ctx_cfg *cfg)
 		keys_ctx_close(ctx);
 		return rc;
 	}
-	for (size_t i = 0; i < NROUTES; i++) {
+	for (unsigned t = 0; t < 256; t++) {
 		char name[128];
+		if (!keys_server_serves(t))
+			continue;
 		snprintf(name, sizeof(name), "keysrv_requests_total{type=\"%s\"}",
-		    sp_frame_type_name(routes[i].type));
-		m_requests[i] = sp_metric_counter(name, "keysrv requests by frame type");
+		    sp_frame_type_name(t));
+		m_requests[t] = sp_metric_counter(name, "keysrv requests by frame type");
 	}
 	m_errors = sp_metric_counter("keysrv_request_errors_total", "keysrv requests answered ERROR");
 	m_latency = sp_metric_histogram("keysrv_request_seconds", "keysrv request handling time");

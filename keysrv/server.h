@@ -13,6 +13,7 @@
 #ifndef KEYS_SERVER_H
 #define KEYS_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <nng/nng.h>
@@ -41,6 +42,8 @@ void keys_ctx_close(keys_ctx *ctx);
  * r->out: the answer, or ERROR {code, reason, retry_after (ms)}. Returns the SP code.
  * The caller releases the reply's memory with keys_req_fini after packing it. */
 int keys_call(keys_ctx *ctx, const sp_frame *in, keys_req *r);
+/* Whether keys_call has a handler for frame type `type`. */
+bool keys_server_serves(unsigned type);
 void keys_req_fini(keys_req *r);
 
 /* Handles one request message and returns the reply message (caller owns it), or NULL

@@ -58,6 +58,8 @@ int router_server_start(router *r, const char *listen_url, const char *publish_u
 			router_server **out);
 int router_server_publish(router_server *s, const router_map *m);
 void router_server_free(router_server *s);
+/* Whether the REP socket has a handler for frame type `type`. */
+bool router_server_serves(unsigned type);
 
 /* HTTP side (http.c): /where, /map, /drain, /undrain, /health, /metrics. *bound_port is
  * the port actually bound (useful with port 0). */

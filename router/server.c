@@ -115,6 +115,18 @@ on_heartbeat(router_server *s, const sp_frame *q)
 	reply_map(s, q);
 }
 
+/* The handlers, indexed by frame type: the catalogue's SP_TIER_ROUTER frames. */
+static void (*const handlers[256])(router_server *s, const sp_frame *q) = {
+	[SP_T_MAP_GET] = reply_map,
+	[SP_T_HEARTBEAT] = on_heartbeat,
+};
+
+bool
+router_server_serves(unsigned type)
+{
+	return type < 256 && handlers[type] != NULL;
+}
+
 static void
 handle(router_server *s, nng_msg *in)
 {
@@ -124,17 +136,10 @@ handle(router_server *s, nng_msg *in)
 		reply_error(s, NULL, rc, sp_strerror(rc));
 		return;
 	}
-	switch (q.type) {
-	case SP_T_MAP_GET:
-		reply_map(s, &q);
-		break;
-	case SP_T_HEARTBEAT:
-		on_heartbeat(s, &q);
-		break;
-	default:
+	if (router_server_serves(q.type))
+		handlers[q.type](s, &q);
+	else
 		reply_error(s, &q, SP_EBADTYPE, "the router answers MAP_GET and HEARTBEAT");
-		break;
-	}
 	sp_frame_fini(&q);
 }
 

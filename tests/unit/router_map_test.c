@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "router/internal.h"
 #include "router/map.h"
 #include "sp_cluster.h"
 #include "sp_error.h"
@@ -332,6 +333,16 @@ START_TEST(test_map_frame)
 }
 END_TEST
 
+/* The REP socket's handler table and the catalogue name the same requests. */
+START_TEST(test_server_table_matches_catalogue)
+{
+	for (unsigned t = 0; t < 300; t++) {
+		const sp_frame_def *d = sp_frame_def_get(t);
+		ck_assert_msg(router_server_serves(t) == (d && d->tier == SP_TIER_ROUTER), "type %u", t);
+	}
+}
+END_TEST
+
 int
 main(void)
 {
@@ -345,6 +356,7 @@ main(void)
 	tcase_add_test(tc, test_state_persists);
 	tcase_add_test(tc, test_where);
 	tcase_add_test(tc, test_map_frame);
+	tcase_add_test(tc, test_server_table_matches_catalogue);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
