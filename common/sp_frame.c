@@ -8,6 +8,7 @@
  */
 #include <string.h>
 
+#include "sp_bytes.h"
 #include "sp_error.h"
 #include "sp_frame.h"
 
@@ -749,9 +750,6 @@ sp_frame_pack_prefixed(const sp_frame *f, msgpack_sbuffer *sb)
 	}
 	size_t len = sb->size - start - 4;
 	uint8_t *h = (uint8_t *)sb->data + start;
-	h[0] = (uint8_t)(len >> 24);
-	h[1] = (uint8_t)(len >> 16);
-	h[2] = (uint8_t)(len >> 8);
-	h[3] = (uint8_t)len;
+	sp_be32_put(h, (uint32_t)len);
 	return SP_OK;
 }

@@ -1,3 +1,4 @@
+#include "sp_bytes.h"
 #include "sp_error.h"
 #include "sp_framer.h"
 
@@ -6,7 +7,7 @@ sp_framer_split(const uint8_t *p, size_t avail, size_t max, size_t *body_len)
 {
 	if (avail < 4)
 		return SP_EAGAIN;
-	size_t len = ((size_t)p[0] << 24) | ((size_t)p[1] << 16) | ((size_t)p[2] << 8) | p[3];
+	size_t len = sp_be32_get(p);
 	if (len > max)
 		return SP_ETOOBIG;
 	*body_len = len;
