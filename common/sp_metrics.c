@@ -183,8 +183,8 @@ sp_metrics_render(struct evbuffer *out)
 	return SP_OK;
 }
 
-static void
-on_metrics(struct evhttp_request *req, void *arg)
+void
+sp_metrics_http_reply(struct evhttp_request *req, void *arg)
 {
 	(void)arg;
 	struct evbuffer *out = evbuffer_new();
@@ -207,7 +207,7 @@ sp_metrics_http_start(struct event_base *base, const char *addr, int port, int *
 	if (!http)
 		return SP_ENOMEM;
 	evhttp_set_allowed_methods(http, EVHTTP_REQ_GET);
-	evhttp_set_cb(http, "/metrics", on_metrics, NULL);
+	evhttp_set_cb(http, "/metrics", sp_metrics_http_reply, NULL);
 	struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(http, addr, (ev_uint16_t)port);
 	if (!bs) {
 		evhttp_free(http);

@@ -37,6 +37,11 @@ int64_t sp_metric_value(const sp_metric *m);
 int sp_metrics_render(struct evbuffer *out);
 
 struct evhttp;
+struct evhttp_request;
+
+/* An evhttp callback answering with the exposition text (for servers that serve /metrics
+ * on an evhttp of their own, beside other paths). */
+void sp_metrics_http_reply(struct evhttp_request *req, void *arg);
 
 /* Serves GET /metrics on addr:port from `base`'s loop (port 0: pick one; the chosen port is
  * returned in *bound_port when non-NULL). On SP_OK *http is the server, which the caller

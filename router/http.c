@@ -180,18 +180,8 @@ static void
 on_metrics(struct evhttp_request *req, void *arg)
 {
 	(void)arg;
-	if (!method_is(req, EVHTTP_REQ_GET))
-		return;
-	struct evbuffer *out = evbuffer_new();
-	if (!out) {
-		evhttp_send_error(req, HTTP_INTERNAL, "out of memory");
-		return;
-	}
-	sp_metrics_render(out);
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-			  "text/plain; version=0.0.4");
-	evhttp_send_reply(req, HTTP_OK, "OK", out);
-	evbuffer_free(out);
+	if (method_is(req, EVHTTP_REQ_GET))
+		sp_metrics_http_reply(req, NULL);
 }
 
 static void
