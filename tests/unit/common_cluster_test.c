@@ -15,6 +15,7 @@
 #include "sp_cluster.h"
 #include "sp_error.h"
 #include "sp_nng.h"
+#include "check_run.h"
 
 typedef struct mdef {
 	const char *name;
@@ -341,9 +342,5 @@ main(void)
 	tcase_add_test(tc, test_member_thread);
 	tcase_add_test(tc, test_observer);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

@@ -7,6 +7,7 @@
 
 #include "sp_config.h"
 #include "sp_error.h"
+#include "check_run.h"
 
 static char *listen_addr;
 static long long workers;
@@ -164,9 +165,5 @@ main(void)
 	tcase_add_test(tc, test_errors);
 	tcase_add_test(tc, test_help_and_positional);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

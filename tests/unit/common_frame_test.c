@@ -6,6 +6,7 @@
 #include "sp_error.h"
 #include "sp_frame.h"
 #include "sp_framer.h"
+#include "check_run.h"
 
 /* Storage for generated values: a frame's fields borrow pointers into it. */
 static uint8_t blob[1 << 20];
@@ -366,9 +367,5 @@ main(void)
 	tcase_add_test(tc, test_setters_reject_foreign_fields);
 	tcase_add_test(tc, test_framer_partial_input);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

@@ -14,6 +14,7 @@
 #include "sp_metrics.h"
 #include "sp_nng.h"
 #include "sp_tls.h"
+#include "check_run.h"
 
 static nng_socket rep;
 
@@ -187,9 +188,5 @@ main(void)
 	tcase_add_test(tc, test_metrics_http);
 	tcase_add_test(tc, test_tls_errors);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

@@ -7,6 +7,7 @@
 #include "sp_error.h"
 #include "sp_frame.h"
 #include "sp_proto.h"
+#include "check_run.h"
 
 START_TEST(test_login_message_layout)
 {
@@ -106,9 +107,5 @@ main(void)
 	tcase_add_test(tc, test_serve_column_consistent);
 	tcase_add_test(tc, test_client_may_send);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

@@ -4,6 +4,7 @@
 
 #include "sp_error.h"
 #include "sp_ring.h"
+#include "check_run.h"
 
 #define NIDS 1000000
 
@@ -114,9 +115,5 @@ main(void)
 	tcase_add_test(tc, test_order_of_members_does_not_matter);
 	tcase_add_test(tc, test_edge_cases);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

@@ -4,6 +4,7 @@
 
 #include "keysrv/accounts.h"
 #include "keysrv_harness.h"
+#include "check_run.h"
 
 static kt_env env;
 
@@ -324,9 +325,5 @@ suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(suite());
 }

@@ -3,6 +3,7 @@
 
 #include "keysrv/server.h"
 #include "sp_frame.h"
+#include "check_run.h"
 
 START_TEST(test_table_matches_catalogue)
 {
@@ -25,9 +26,5 @@ main(void)
 	TCase *tc = tcase_create("dispatch");
 	tcase_add_test(tc, test_table_matches_catalogue);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

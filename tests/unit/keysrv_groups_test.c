@@ -3,6 +3,7 @@
 #include <check.h>
 
 #include "keysrv_harness.h"
+#include "check_run.h"
 
 static kt_env env;
 static kt_device alice, bob, carol;
@@ -292,9 +293,5 @@ suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(suite());
 }

@@ -10,6 +10,7 @@
 #include "router/map.h"
 #include "sp_cluster.h"
 #include "sp_error.h"
+#include "check_run.h"
 
 static const char *good =
 	"[inbox-0]\n"
@@ -358,9 +359,5 @@ main(void)
 	tcase_add_test(tc, test_map_frame);
 	tcase_add_test(tc, test_server_table_matches_catalogue);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }
