@@ -14,11 +14,11 @@ BIN     ?= bin
 FUZZ_SECONDS ?= 20
 SAN     ?=
 
-PKGS := libevent libevent_openssl libevent_pthreads openssl libsodium hiredis msgpack lmdb sqlite3 inih jansson check
+PKGS := libevent libevent_openssl libevent_pthreads openssl libsodium hiredis msgpack lmdb sqlite3 inih jansson libcurl check
 
 # Install missing Debian packages once, before anything is compiled.
 ifeq ($(filter clean format,$(MAKECMDGOALS)),)
-DEPS_OK := $(shell pkg-config --exists $(PKGS) && test -f /usr/include/nng/nng.h && test -f /usr/include/uthash.h && command -v redis-server >/dev/null && echo yes)
+DEPS_OK := $(shell pkg-config --exists $(PKGS) && test -f /usr/include/nng/nng.h && test -f /usr/include/uthash.h && command -v redis-server >/dev/null && command -v etcd >/dev/null && echo yes)
 ifneq ($(DEPS_OK),yes)
 $(info Missing build dependencies: running scripts/deps.sh)
 DEPS_RUN := $(shell scripts/deps.sh >&2; echo $$?)
@@ -29,6 +29,9 @@ endif
 endif
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+# Programs link the system libraries without the test framework, and only those they use
+# (--as-needed); tests add Check.
+RUN_LIBS   := -Wl,--as-needed $(shell pkg-config --libs $(filter-out check,$(PKGS)) 2>/dev/null) -lnng -lpthread -lm
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lnng -lpthread -lm
 
 # OPT and SAN are set by the asan/fuzz targets; CFLAGS/LDFLAGS from the environment or the
@@ -55,6 +58,17 @@ CLIENT_LIB := $(BUILD)/libsealpost-client.a
 TIER_LIBS := $(foreach d,connsrv router inboxsrv keysrv bench,$(if $(call dir_lib,$(d)),$(call libname,$(d))))
 HAVE_CLIENT := $(strip $(call dir_lib,client)$(call dir_lib,client/signal))
 ALL_LIBS := $(TIER_LIBS) $(if $(HAVE_CLIENT),$(CLIENT_LIB)) $(COMMON_LIB)
+
+# What each directory's programs link besides common: their own tier only (servers never
+# link client code); the load generator drives connections through the client library.
+dir_archive = $(if $(filter client client/signal,$(1)),$(CLIENT_LIB),$(call libname,$(1)))
+USES_connsrv  := connsrv
+USES_router   := router
+USES_inboxsrv := inboxsrv
+USES_keysrv   := keysrv client
+USES_client   := client
+USES_bench    := bench client
+prog_libs = $(sort $(foreach u,$(USES_$(1)),$(call dir_archive,$(u)))) $(COMMON_LIB)
 
 # Binaries: tier mains and *_main.c anywhere in LIBDIRS.
 TIER_BINS := $(foreach t,$(TIERS),$(if $(wildcard $(t)/main.c),$(BIN)/$(t)))
@@ -92,16 +106,16 @@ endef
 $(foreach d,connsrv router inboxsrv keysrv bench,$(if $(call dir_lib,$(d)),$(eval $(call tier_lib_rule,$(d)))))
 
 define tier_bin_rule
-$(BIN)/$(1): $(call obj,$(1)/main.c) $(ALL_LIBS)
+$(BIN)/$(1): $(call obj,$(1)/main.c) $(call prog_libs,$(1))
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(SP_LDFLAGS) -o $$@ $$(call obj,$(1)/main.c) $(ALL_LIBS) $$(PKG_LIBS)
+	$$(CC) $$(SP_LDFLAGS) -o $$@ $$(call obj,$(1)/main.c) $(call prog_libs,$(1)) $$(RUN_LIBS)
 endef
 $(foreach t,$(TIERS),$(if $(wildcard $(t)/main.c),$(eval $(call tier_bin_rule,$(t)))))
 
 define named_bin_rule
-$(BIN)/$(patsubst %_main.c,%,$(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS)
+$(BIN)/$(patsubst %_main.c,%,$(notdir $(1))): $(call obj,$(1)) $(call prog_libs,$(patsubst %/,%,$(dir $(1))))
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(SP_LDFLAGS) -o $$@ $$(call obj,$(1)) $(ALL_LIBS) $$(PKG_LIBS)
+	$$(CC) $$(SP_LDFLAGS) -o $$@ $$(call obj,$(1)) $(call prog_libs,$(patsubst %/,%,$(dir $(1)))) $$(RUN_LIBS)
 endef
 $(foreach m,$(NAMED_MAINS),$(eval $(call named_bin_rule,$(m))))
 

@@ -7,6 +7,7 @@ PKGS=(
   build-essential pkg-config clang libclang-rt-14-dev
   libevent-dev libssl-dev openssl libsodium-dev libhiredis-dev libnng-dev
   libmsgpack-dev check liblmdb-dev lmdb-utils libsqlite3-dev libinih-dev libjansson-dev uthash-dev
+  libcurl4-openssl-dev etcd-server etcd-client
   redis-server redis-tools curl jq procps iproute2 gnuplot-nox python3
 )
 
