@@ -3,6 +3,7 @@
 
 #include "client/signal/sig_curve.h"
 #include "keysrv/prekeys.h"
+#include "sp_bytes.h"
 #include "sp_error.h"
 
 int
@@ -18,11 +19,8 @@ keys_prekeys_verify_spk(const uint8_t ik[KEYS_PUB_LEN], const uint8_t spk[KEYS_P
 static void
 opk_key(uint8_t key[12], uint64_t device, uint32_t id)
 {
-	keys_be64(key, device);
-	key[8] = (uint8_t)(id >> 24);
-	key[9] = (uint8_t)(id >> 16);
-	key[10] = (uint8_t)(id >> 8);
-	key[11] = (uint8_t)id;
+	sp_be64_put(key, device);
+	sp_be32_put(key + 8, id);
 }
 
 int
@@ -297,7 +295,7 @@ keys_prekeys_count_low(keys_ctx *ctx, int64_t *n)
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		keys_device d;
-		if (k.mv_size != 8 || keys_device_get(ctx->store, txn, keys_rd_be64(k.mv_data), &d))
+		if (k.mv_size != 8 || keys_device_get(ctx->store, txn, sp_be64_get(k.mv_data), &d))
 			continue;
 		if (!(d.flags & KEYS_DEV_REVOKED) && d.opk_count < ctx->cfg.low_water)
 			(*n)++;
