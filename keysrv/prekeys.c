@@ -1,18 +1,21 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "client/signal/sig_curve.h"
 #include "keysrv/prekeys.h"
 #include "sp_bytes.h"
 #include "sp_error.h"
+#include "sp_xeddsa.h"
+
+_Static_assert(KEYS_PUB_LEN == SP_XEDDSA_PUB_LEN && KEYS_SIG_LEN == SP_XEDDSA_SIG_LEN,
+    "keysrv stores Signal keys and signatures as they are on the wire");
 
 int
 keys_prekeys_verify_spk(const uint8_t ik[KEYS_PUB_LEN], const uint8_t spk[KEYS_PUB_LEN],
     const uint8_t sig[KEYS_SIG_LEN])
 {
-	if (!sig_pubkey_valid(ik, KEYS_PUB_LEN) || !sig_pubkey_valid(spk, KEYS_PUB_LEN))
+	if (!sp_xeddsa_pubkey_valid(ik, KEYS_PUB_LEN) || !sp_xeddsa_pubkey_valid(spk, KEYS_PUB_LEN))
 		return SP_EINVAL;
-	int rc = sig_curve_verify(ik, spk, KEYS_PUB_LEN, sig);
+	int rc = sp_xeddsa_verify(ik, spk, KEYS_PUB_LEN, sig);
 	return rc == SP_OK ? SP_OK : rc == SP_EINVAL ? SP_EINVAL : SP_EBADSIG;
 }
 
