@@ -58,7 +58,8 @@ START_TEST(test_flipped_key_bit)
 		memcpy(k, kp.pub, sizeof(k));
 		k[bit / 8] ^= (uint8_t)(1u << (bit % 8));
 		/* a changed type byte is a malformed key, any other bit a wrong one */
-		ck_assert_int_eq(sp_xeddsa_verify(k, msg, sizeof(msg), sig), bit < 8 ? SP_EINVAL : SP_EBADSIG);
+		ck_assert_int_eq(
+		    sp_xeddsa_verify(k, msg, sizeof(msg), sig), bit < 8 ? SP_EINVAL : SP_EBADSIG);
 	}
 }
 END_TEST
