@@ -2,8 +2,8 @@
  * Verification of Signal's curve25519 (XEdDSA-style) signatures (shared/signal/WIRE.md
  * §2): the signer's X25519 key is converted to its Edwards form and the signature is
  * checked as Ed25519. Shared by keysrv (signed prekeys of uploaded bundles) and the
- * client's Signal core (client/signal/sig_curve.c, which also signs). Verification
- * only: signing needs the private key and stays in the client.
+ * client's Signal core. Verification only: signing needs the private key and stays in
+ * the client.
  */
 #ifndef SP_XEDDSA_H
 #define SP_XEDDSA_H
