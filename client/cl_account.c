@@ -157,6 +157,23 @@ fresh_home(sealpost *sp)
 	return SP_OK;
 }
 
+/* First steps of VERIFY and LINK_REQUEST on a fresh home: connected, a new identity (*s
+ * the caller's on success) and its bundle without a one-time prekey. */
+static int
+new_device(sealpost *sp, sig_store **s, sig_bundle *b)
+{
+	int rc;
+	*s = NULL;
+	if ((rc = fresh_home(sp)) || (rc = cl_connect(sp, cl_attempts(sp))) || (rc = cl_keys_new_identity(sp, s)))
+		return rc;
+	if ((rc = sig_store_bundle(*s, b, 0))) {
+		sig_store_free(*s);
+		*s = NULL;
+		return cl_fail(sp, rc, SEALPOST_ERR_CRYPTO, "bundle: %s", sp_strerror(rc));
+	}
+	return SP_OK;
+}
+
 /* The signed prekey part of our bundle, for VERIFY and LINK_REQUEST. */
 static void
 set_keys(sp_frame *q, const sealpost *sp, const sig_bundle *b, uint32_t reg_id)
@@ -172,15 +189,11 @@ set_keys(sp_frame *q, const sealpost *sp, const sig_bundle *b, uint32_t reg_id)
 int
 sealpost_verify(sealpost *sp, const char *phone, const char *code)
 {
-	sig_store *s = NULL;
+	sig_store *s;
 	sig_bundle b;
 	int rc;
-	if ((rc = fresh_home(sp)) || (rc = cl_connect(sp, cl_attempts(sp))) || (rc = cl_keys_new_identity(sp, &s)))
+	if ((rc = new_device(sp, &s, &b)))
 		return rc;
-	if ((rc = sig_store_bundle(s, &b, 0))) {
-		sig_store_free(s);
-		return cl_fail(sp, rc, SEALPOST_ERR_CRYPTO, "bundle: %s", sp_strerror(rc));
-	}
 	sp_frame q, r;
 	sp_frame_init(&q, SP_T_VERIFY, 0, false);
 	sp_frame_set_str(&q, SP_F_PHONE, phone);
@@ -198,15 +211,11 @@ sealpost_verify(sealpost *sp, const char *phone, const char *code)
 int
 sealpost_link(sealpost *sp, int wait_s, sealpost_code_cb code_cb, void *arg)
 {
-	sig_store *s = NULL;
+	sig_store *s;
 	sig_bundle b;
 	int rc;
-	if ((rc = fresh_home(sp)) || (rc = cl_connect(sp, cl_attempts(sp))) || (rc = cl_keys_new_identity(sp, &s)))
+	if ((rc = new_device(sp, &s, &b)))
 		return rc;
-	if ((rc = sig_store_bundle(s, &b, 0))) {
-		sig_store_free(s);
-		return cl_fail(sp, rc, SEALPOST_ERR_CRYPTO, "bundle: %s", sp_strerror(rc));
-	}
 	sp_frame q, r;
 	sp_frame_init(&q, SP_T_LINK_REQUEST, 0, false);
 	set_keys(&q, sp, &b, sig_store_registration_id(s));

@@ -1,4 +1,26 @@
-/* Names shared by the client library's modules (cl_*.c); not for other tiers. */
+/*
+ * Names shared by the client library's modules (cl_*.c); not for other tiers. The
+ * public API is client/sealpost.h; the Signal core is client/signal/.
+ *
+ * Files of client/:
+ *   cl_handle.c       sealpost_open/close; the last error (cl_fail, error classes)
+ *   cl_store.c        SQLite store: schema, transactions, statements, meta, sequence
+ *                     counters of outgoing conversations
+ *   cl_identity.c     this home's account in the store: ids, auth key, Signal state
+ *   cl_names.c        contacts, "+phone" / "#user" / "@group" resolution, conversation
+ *                     keys and display names, hex
+ *   cl_net.c          connect, login, request/reply by id, DELIVER queue, ACK, backoff
+ *   cl_account.c      register/verify, prekey upload and refill, link, devices
+ *   cl_send.c         outbox, device lists, sessions from bundles, 1:1 and group sends
+ *   cl_recv.c         decrypt, store, dedup, ordering, receipts, read, status, history
+ *   cl_group.c        groups through keysrv, local copy, Sender Key rotation
+ *   cl_media.c        streaming media encryption, resumable upload/download
+ *   cl_env.c          the E2E plaintext container (msgpack)
+ *   spc_conn.c        blocking TLS connection to connsrv: frames, login, router bootstrap
+ *   sealpost_main.c   the command-line client (bin/sealpost)
+ *   spsignal_main.c   the Signal core driven from the command line for the interop
+ *                     tests (bin/spsignal)
+ */
 #ifndef CL_INTERNAL_H
 #define CL_INTERNAL_H
 
@@ -55,7 +77,7 @@ struct sealpost {
 	int errclass;
 };
 
-/* ---- errors (cl_store.c) ---- */
+/* ---- errors (cl_handle.c) ---- */
 /* Records a failure: class and printf-style detail; returns rc. */
 int cl_fail(sealpost *sp, int rc, int cls, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* The class a bare SP_E* code falls in. */
@@ -70,11 +92,17 @@ int cl_commit(sealpost *sp);
 void cl_rollback(sealpost *sp);
 /* Prepares sql (caller finalizes); SP_ESTORE on failure. */
 int cl_prep(sealpost *sp, sqlite3_stmt **st, const char *sql);
+/* Runs a prepared statement to completion and finalizes it; SP_ESTORE on failure. */
+int cl_step_done(sealpost *sp, sqlite3_stmt *st);
 int cl_meta_set_u64(sealpost *sp, const char *k, uint64_t v);
 int cl_meta_set_blob(sealpost *sp, const char *k, const void *p, size_t n);
 uint64_t cl_meta_u64(sealpost *sp, const char *k);
 /* Copies a blob/text meta value into buf; its length, or -1 if absent/too long. */
 int cl_meta_blob(sealpost *sp, const char *k, void *buf, size_t cap);
+/* Next outgoing sequence number of a conversation (inside a transaction). */
+int cl_conv_next_seq(sealpost *sp, const char *conv, uint64_t *seq);
+
+/* ---- this home's account (cl_identity.c) ---- */
 /* Writes the Signal state (inside the caller's transaction). */
 int cl_sig_save(sealpost *sp);
 /* Drops the in-memory Signal state and reloads the committed one (after a failure). */
@@ -84,10 +112,7 @@ int cl_account_load(sealpost *sp);
 bool cl_registered(const sealpost *sp);
 int cl_need_account(sealpost *sp);
 
-/* Next outgoing sequence number of a conversation (inside a transaction). */
-int cl_conv_next_seq(sealpost *sp, const char *conv, uint64_t *seq);
-
-/* ---- names (cl_store.c) ---- */
+/* ---- names (cl_names.c) ---- */
 void cl_hex(const uint8_t *p, size_t n, char *out);
 int cl_unhex(const char *s, uint8_t *out, size_t n);
 void cl_peer_name(uint64_t user, uint64_t device, char out[48]);
@@ -123,7 +148,7 @@ int cl_ack(sealpost *sp, uint64_t upto);
 uint64_t cl_backoff_ms(unsigned attempt, uint64_t base, uint64_t cap);
 void cl_sleep_ms(uint64_t ms);
 
-/* ---- keys (cl_keys.c) ---- */
+/* ---- account and keys (cl_account.c) ---- */
 /* Uploads n one-time prekeys not yet handed out (generating them first if needed). */
 int cl_keys_upload(sealpost *sp, uint32_t n);
 /* Uploads a batch if a reply since the last call said the server runs low. */

@@ -237,6 +237,21 @@ media_of(sealpost *sp, const outbox_row *o, cl_media *m)
 	return SP_OK;
 }
 
+/* Uploads an outbox entry's media for these devices, unless it has no media or an
+ * earlier attempt finished the upload. */
+static int
+upload_media(sealpost *sp, const outbox_row *o, const uint64_t *devs, size_t n, sealpost_progress_cb cb,
+	     void *arg)
+{
+	cl_media m;
+	int rc;
+	if (!o->media_file[0] || o->uploaded)
+		return SP_OK;
+	if ((rc = media_of(sp, o, &m)) || (rc = cl_media_upload(sp, o->media_file, &m, devs, n, cb, arg)))
+		return rc;
+	return set_uploaded(sp, o);
+}
+
 static int
 send_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void *arg)
 {
@@ -264,13 +279,8 @@ send_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void *arg)
 		}
 		if (n == 0)
 			return cl_fail(sp, SP_ENOTFOUND, SEALPOST_ERR_SERVER, "the recipient has no devices");
-		if (o->media_file[0] && !o->uploaded) {
-			cl_media m;
-			if ((rc = media_of(sp, o, &m)) ||
-			    (rc = cl_media_upload(sp, o->media_file, &m, devs, n, cb, arg)) ||
-			    (rc = set_uploaded(sp, o)))
-				return rc;
-		}
+		if ((rc = upload_media(sp, o, devs, n, cb, arg)))
+			return rc;
 		sp_frame items[CL_MAX_DEVICES];
 		uint8_t *cts[CL_MAX_DEVICES] = {0};
 		for (size_t i = 0; i < n && rc == SP_OK; i++) {
@@ -402,13 +412,8 @@ send_group_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void 
 			rc = cl_fail(sp, SP_ENOTFOUND, SEALPOST_ERR_USAGE, "the group has no other devices");
 			goto next;
 		}
-		if (o->media_file[0] && !o->uploaded) {
-			cl_media m;
-			if ((rc = media_of(sp, o, &m)) ||
-			    (rc = cl_media_upload(sp, o->media_file, &m, gi.devices, gi.ndevices, cb, arg)) ||
-			    (rc = set_uploaded(sp, o)))
-				goto next;
-		}
+		if ((rc = upload_media(sp, o, gi.devices, gi.ndevices, cb, arg)))
+			goto next;
 		if ((rc = group_sender_key(sp, gid, gname, gi.epoch, &skdm, &skdm_len)))
 			goto next;
 		cl_env de = {.kind = CL_K_SKDM, .group = gid, .phone = sp->phone, .phone_len = strlen(sp->phone),

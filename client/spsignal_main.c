@@ -511,6 +511,17 @@ cmd_bundle(int argc, char **argv)
 	return 0;
 }
 
+/* Prints {"type","body"} for a ciphertext and frees it. */
+static void
+print_ciphertext(const char *type, uint8_t *out, size_t outlen)
+{
+	char *body = b64(out, outlen);
+
+	printf("{\"type\":\"%s\",\"body\":\"%s\"}\n", type, body);
+	free(body);
+	free(out);
+}
+
 static int
 cmd_encrypt(int argc, char **argv)
 {
@@ -519,7 +530,6 @@ cmd_encrypt(int argc, char **argv)
 	uint8_t *pt, *out;
 	size_t ptlen, outlen;
 	int rc, type;
-	char *body;
 
 	nargs(argc, 4, 5, "encrypt");
 	check_name("PEER", argv[3]);
@@ -547,10 +557,7 @@ cmd_encrypt(int argc, char **argv)
 		fail(rc, bp ? "cannot start session" : rc == SP_ENOTFOUND ? "no session with peer (pass its bundle)" : "cannot encrypt");
 	root(out);
 	save_state(argv[2], s);
-	body = b64(out, outlen);
-	printf("{\"type\":\"%s\",\"body\":\"%s\"}\n", type == SIG_MSG_PREKEY ? "prekey" : "whisper", body);
-	free(body);
-	free(out);
+	print_ciphertext(type == SIG_MSG_PREKEY ? "prekey" : "whisper", out, outlen);
 	sodium_memzero(pt, ptlen);
 	free(pt);
 	drop_state();
@@ -707,7 +714,6 @@ cmd_sk_encrypt(int argc, char **argv)
 	sig_store *s;
 	uint8_t *pt, *out;
 	size_t ptlen, outlen;
-	char *body;
 	int rc;
 
 	nargs(argc, 4, 4, "sk-encrypt");
@@ -719,10 +725,7 @@ cmd_sk_encrypt(int argc, char **argv)
 		fail(rc, rc == SP_ENOTFOUND ? "no sender key for group (run sk-create first)" : "cannot encrypt");
 	root(out);
 	save_state(argv[2], s);
-	body = b64(out, outlen);
-	printf("{\"type\":\"senderkey\",\"body\":\"%s\"}\n", body);
-	free(body);
-	free(out);
+	print_ciphertext("senderkey", out, outlen);
 	sodium_memzero(pt, ptlen);
 	free(pt);
 	drop_state();

@@ -5,6 +5,7 @@
 
 #include "keysrv/accounts.h"
 #include "keysrv/devices.h"
+#include "sp_bytes.h"
 #include "sp_error.h"
 #include "sp_log.h"
 
@@ -123,7 +124,7 @@ create_account(keys_req *r, MDB_txn *txn, const char *phone, const keys_newdev *
 			return rc;
 		snprintf(u->phone, sizeof(u->phone), "%s", phone);
 		u->created_ms = r->ctx->now_ms();
-		keys_be64(be, u->id);
+		sp_be64_put(be, u->id);
 		if ((rc = keys_store_put(s, txn, KDB_PHONES, phone, strlen(phone), be, 8, 0)))
 			return rc;
 	} else {

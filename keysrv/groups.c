@@ -2,13 +2,14 @@
 #include <string.h>
 
 #include "keysrv/groups.h"
+#include "sp_bytes.h"
 #include "sp_error.h"
 
 static void
 member_key(uint8_t key[16], uint64_t group, uint64_t user)
 {
-	keys_be64(key, group);
-	keys_be64(key + 8, user);
+	sp_be64_put(key, group);
+	sp_be64_put(key + 8, user);
 }
 
 static int
@@ -120,7 +121,7 @@ finish(keys_req *r, MDB_txn *txn, keys_group *g, bool changed)
 	g->epoch++;
 	if (g->nmembers == 0) {
 		uint8_t key[8];
-		keys_be64(key, g->id);
+		sp_be64_put(key, g->id);
 		rc = keys_store_del(s, txn, KDB_GROUPS, key, 8);
 	} else {
 		if (g->nadmins == 0) {
@@ -131,7 +132,7 @@ finish(keys_req *r, MDB_txn *txn, keys_group *g, bool changed)
 			if ((rc = mdb_cursor_open(txn, keys_store_dbi(s, KDB_MEMBERS), &c)))
 				goto fail_mdb;
 			rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
-			uint64_t heir = rc == 0 && k.mv_size == 16 ? keys_rd_be64((uint8_t *)k.mv_data + 8) : 0;
+			uint64_t heir = rc == 0 && k.mv_size == 16 ? sp_be64_get((uint8_t *)k.mv_data + 8) : 0;
 			bool same = rc == 0 && k.mv_size == 16 && memcmp(k.mv_data, key, 8) == 0;
 			mdb_cursor_close(c);
 			if (!same) {
@@ -389,7 +390,7 @@ keys_groups_info(keys_req *r)
 			more = true;
 			break;
 		}
-		uint64_t user = keys_rd_be64((uint8_t *)k.mv_data + 8);
+		uint64_t user = sp_be64_get((uint8_t *)k.mv_data + 8);
 		bool admin = v.mv_size == 1 && (*(uint8_t *)v.mv_data & KEYS_MEMBER_ADMIN);
 		uint64_t *d = devs + (size_t)n * KEYS_MAX_DEVICES;
 		uint32_t nd;
@@ -456,7 +457,7 @@ keys_groups_devices(keys_req *r)
 			rc = SP_ESTORE; /* more member rows than a group may hold */
 			goto out;
 		}
-		int urc = user_devices(s, txn, keys_rd_be64((uint8_t *)k.mv_data + 8), devs + n, &nd);
+		int urc = user_devices(s, txn, sp_be64_get((uint8_t *)k.mv_data + 8), devs + n, &nd);
 		if (urc) {
 			rc = urc;
 			goto out;

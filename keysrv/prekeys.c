@@ -1,28 +1,29 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "client/signal/sig_curve.h"
 #include "keysrv/prekeys.h"
+#include "sp_bytes.h"
 #include "sp_error.h"
+#include "sp_xeddsa.h"
+
+_Static_assert(KEYS_PUB_LEN == SP_XEDDSA_PUB_LEN && KEYS_SIG_LEN == SP_XEDDSA_SIG_LEN,
+    "keysrv stores Signal keys and signatures as they are on the wire");
 
 int
 keys_prekeys_verify_spk(const uint8_t ik[KEYS_PUB_LEN], const uint8_t spk[KEYS_PUB_LEN],
     const uint8_t sig[KEYS_SIG_LEN])
 {
-	if (!sig_pubkey_valid(ik, KEYS_PUB_LEN) || !sig_pubkey_valid(spk, KEYS_PUB_LEN))
+	if (!sp_xeddsa_pubkey_valid(ik, KEYS_PUB_LEN) || !sp_xeddsa_pubkey_valid(spk, KEYS_PUB_LEN))
 		return SP_EINVAL;
-	int rc = sig_curve_verify(ik, spk, KEYS_PUB_LEN, sig);
+	int rc = sp_xeddsa_verify(ik, spk, KEYS_PUB_LEN, sig);
 	return rc == SP_OK ? SP_OK : rc == SP_EINVAL ? SP_EINVAL : SP_EBADSIG;
 }
 
 static void
 opk_key(uint8_t key[12], uint64_t device, uint32_t id)
 {
-	keys_be64(key, device);
-	key[8] = (uint8_t)(id >> 24);
-	key[9] = (uint8_t)(id >> 16);
-	key[10] = (uint8_t)(id >> 8);
-	key[11] = (uint8_t)id;
+	sp_be64_put(key, device);
+	sp_be32_put(key + 8, id);
 }
 
 int
@@ -297,7 +298,7 @@ keys_prekeys_count_low(keys_ctx *ctx, int64_t *n)
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		keys_device d;
-		if (k.mv_size != 8 || keys_device_get(ctx->store, txn, keys_rd_be64(k.mv_data), &d))
+		if (k.mv_size != 8 || keys_device_get(ctx->store, txn, sp_be64_get(k.mv_data), &d))
 			continue;
 		if (!(d.flags & KEYS_DEV_REVOKED) && d.opk_count < ctx->cfg.low_water)
 			(*n)++;

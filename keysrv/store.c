@@ -6,6 +6,7 @@
 #include <sodium.h>
 
 #include "keysrv/store.h"
+#include "sp_bytes.h"
 #include "sp_error.h"
 #include "sp_log.h"
 
@@ -39,22 +40,6 @@ keys_store_err(int rc)
 		sp_error("lmdb: %s", mdb_strerror(rc));
 		return SP_ESTORE;
 	}
-}
-
-void
-keys_be64(uint8_t out[8], uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8)
-		out[i] = (uint8_t)v;
-}
-
-uint64_t
-keys_rd_be64(const uint8_t in[8])
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v = v << 8 | in[i];
-	return v;
 }
 
 /* ---- record codec: little-endian fields in a fixed order after a version byte ---- */
@@ -337,7 +322,7 @@ keys_user_get(keys_store *s, MDB_txn *txn, uint64_t id, keys_user *u)
 {
 	uint8_t key[8], buf[REC_MAX];
 	rbuf r;
-	keys_be64(key, id);
+	sp_be64_put(key, id);
 	int rc = get_rec(s, txn, KDB_USERS, key, 8, buf, &r);
 	if (rc)
 		return rc;
@@ -361,7 +346,7 @@ keys_user_put(keys_store *s, MDB_txn *txn, const keys_user *u)
 	wbuf w = {buf, 0, sizeof(buf), false};
 	if (u->ndevices > KEYS_MAX_DEVICES)
 		return SP_EINVAL;
-	keys_be64(key, u->id);
+	sp_be64_put(key, u->id);
 	w_uint(&w, REC_VERSION, 1);
 	w_uint(&w, u->primary, 8);
 	w_uint(&w, u->created_ms, 8);
@@ -382,7 +367,7 @@ keys_user_by_phone(keys_store *s, MDB_txn *txn, const char *phone, uint64_t *use
 		return rc;
 	if (len != 8)
 		return SP_ESTORE;
-	*user = keys_rd_be64(buf);
+	*user = sp_be64_get(buf);
 	return SP_OK;
 }
 
@@ -393,7 +378,7 @@ keys_device_get(keys_store *s, MDB_txn *txn, uint64_t id, keys_device *d)
 {
 	uint8_t key[8], buf[REC_MAX];
 	rbuf r;
-	keys_be64(key, id);
+	sp_be64_put(key, id);
 	int rc = get_rec(s, txn, KDB_DEVICES, key, 8, buf, &r);
 	if (rc)
 		return rc;
@@ -420,7 +405,7 @@ keys_device_put(keys_store *s, MDB_txn *txn, const keys_device *d)
 	wbuf w = {buf, 0, sizeof(buf), false};
 	if (d->push_len > KEYS_PUSH_MAX)
 		return SP_EINVAL;
-	keys_be64(key, d->id);
+	sp_be64_put(key, d->id);
 	w_uint(&w, REC_VERSION, 1);
 	w_uint(&w, d->user, 8);
 	w_uint(&w, d->flags, 1);
@@ -529,7 +514,7 @@ keys_group_get(keys_store *s, MDB_txn *txn, uint64_t id, keys_group *g)
 {
 	uint8_t key[8], buf[REC_MAX];
 	rbuf r;
-	keys_be64(key, id);
+	sp_be64_put(key, id);
 	int rc = get_rec(s, txn, KDB_GROUPS, key, 8, buf, &r);
 	if (rc)
 		return rc;
@@ -548,7 +533,7 @@ keys_group_put(keys_store *s, MDB_txn *txn, const keys_group *g)
 {
 	uint8_t key[8], buf[REC_MAX];
 	wbuf w = {buf, 0, sizeof(buf), false};
-	keys_be64(key, g->id);
+	sp_be64_put(key, g->id);
 	w_uint(&w, REC_VERSION, 1);
 	w_uint(&w, g->epoch, 8);
 	w_uint(&w, g->created_ms, 8);
@@ -571,7 +556,7 @@ keys_store_new_id(keys_store *s, MDB_txn *txn, keys_db db, uint64_t *id)
 		randombytes_buf(&v, sizeof(v));
 		if (v == 0)
 			continue;
-		keys_be64(key, v);
+		sp_be64_put(key, v);
 		int rc = mdb_get(txn, s->dbi[db], &k, &val);
 		if (rc == MDB_NOTFOUND) {
 			*id = v;

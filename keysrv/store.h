@@ -170,8 +170,4 @@ int keys_store_new_id(keys_store *s, MDB_txn *txn, keys_db db, uint64_t *id);
 /* Deletes expired OTP and link records (at most `max` of each); returns how many. */
 int keys_store_sweep(keys_store *s, uint64_t now_ms, unsigned max, unsigned *deleted);
 
-/* Big-endian helpers for keys. */
-void keys_be64(uint8_t out[8], uint64_t v);
-uint64_t keys_rd_be64(const uint8_t in[8]);
-
 #endif

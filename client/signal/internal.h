@@ -1,13 +1,31 @@
-/* Structures shared inside client/signal (session and sender-key internals that the
- * state serializer needs). Not for use outside this directory. */
+/* Structures shared inside client/signal: session and sender-key internals, and the
+ * store's records, which the state serializer (sig_state_codec.c) reads and builds.
+ * Not for use outside this directory.
+ *
+ * Files of client/signal:
+ *   sig_curve.c        33-byte 0x05 keys, X25519, curve25519 signing (verification in
+ *                      common/sp_xeddsa.c)
+ *   sig_kdf.c          HMAC-SHA256, HKDF, chain-key step, AES-256-CBC
+ *   sig_proto.c        bounded protobuf codec of the Signal wire messages
+ *   sig_session.c      X3DH and the Double Ratchet of one session
+ *   sig_senderkey.c    Sender Keys: distribution, chains, signatures
+ *   sig_skip.c         skipped message-key lists (sessions and sender keys)
+ *   sig_state.c        a party's store: keys, prekeys, peers with their sessions,
+ *                      sender keys; encrypt/decrypt through the right session
+ *   sig_state_codec.c  versioned blobs of the whole store, one session, one sender-key
+ *                      record
+ *   sig_buf.c          bounded byte buffers for the codecs (big-endian integers)
+ */
 #ifndef SIG_INTERNAL_H
 #define SIG_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "client/signal/sig_curve.h"
-#include "client/signal/sig_session.h"
 #include "client/signal/sig_senderkey.h"
+#include "client/signal/sig_session.h"
+#include "client/signal/sig_state.h"
 
 typedef struct {
 	uint32_t counter;
@@ -68,6 +86,61 @@ struct sig_sk_record {
 	sig_sk_state states[SIG_SK_MAX_STATES]; /* [0] newest */
 	uint32_t nstates;
 };
+
+/* ---- the store (sig_state.c), read and built by sig_state_codec.c ---- */
+
+/* A peer device: its trusted identity key and its sessions. */
+typedef struct {
+	char *name;
+	int has_identity;
+	uint8_t identity[SIG_PUB_LEN];
+	sig_session *sessions[SIG_MAX_SESSIONS]; /* [0] current */
+	uint32_t nsessions;
+} sig_peer_rec;
+
+/* A one-time prekey; handed_out once it went into a bundle. */
+typedef struct {
+	uint32_t id;
+	int handed_out;
+	sig_keypair kp;
+} sig_prekey_rec;
+
+/* A signed prekey with the identity key's signature of its public part. */
+typedef struct {
+	uint32_t id;
+	sig_keypair kp;
+	uint8_t sig[SIG_SIG_LEN];
+} sig_spk_rec;
+
+/* The sender-key record of (group, sender). */
+typedef struct {
+	char *group;
+	char *sender; /* NULL for our own sending chain */
+	sig_sk_record *rec;
+} sig_sk_entry;
+
+struct sig_store {
+	sig_keypair identity;
+	uint32_t reg_id;
+	uint32_t device_id;
+	uint32_t next_prekey_id;
+	sig_spk_rec spks[SIG_MAX_SIGNED_PREKEYS]; /* [0] current */
+	uint32_t nspks;
+	sig_prekey_rec *prekeys;
+	uint32_t nprekeys, capprekeys;
+	sig_peer_rec **peers;
+	uint32_t npeers, cappeers;
+	sig_sk_entry *sks;
+	uint32_t nsks, capsks;
+};
+
+/* Grows a typed array to hold n+1 elements (SP_ELIMIT when n reaches max). */
+int sig_state_grow(void **arr, uint32_t *cap, uint32_t n, size_t elem, uint32_t max);
+sig_peer_rec *sig_state_peer_find(const sig_store *s, const char *name);
+/* Adds p to the store; on success the store owns it. */
+int sig_state_peer_insert(sig_store *s, sig_peer_rec *p);
+/* The entry of (group, sender); sender NULL names our own sending chain. */
+sig_sk_entry *sig_state_sk_find(const sig_store *s, const char *group, const char *sender);
 
 /* Skipped-key lists (sig_skip.c). add keeps at most max entries, dropping the oldest;
  * take removes and returns the seed for counter (SP_ENOTFOUND if absent). */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sp_bytes.h"
 #include "sp_error.h"
 
 void
@@ -71,7 +72,9 @@ sig_wbuf_u8(sig_wbuf *b, uint8_t v)
 void
 sig_wbuf_u32(sig_wbuf *b, uint32_t v)
 {
-	uint8_t t[4] = { (uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v };
+	uint8_t t[4];
+
+	sp_be32_put(t, v);
 	sig_wbuf_put(b, t, 4);
 }
 
@@ -152,12 +155,9 @@ sig_rbuf_u8(sig_rbuf *r, uint8_t *v)
 int
 sig_rbuf_u32(sig_rbuf *r, uint32_t *v)
 {
-	const uint8_t *q;
-
 	if (r->len - r->off < 4)
 		return SP_ETRUNC;
-	q = r->p + r->off;
-	*v = ((uint32_t)q[0] << 24) | ((uint32_t)q[1] << 16) | ((uint32_t)q[2] << 8) | q[3];
+	*v = sp_be32_get(r->p + r->off);
 	r->off += 4;
 	return SP_OK;
 }

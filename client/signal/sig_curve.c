@@ -1,10 +1,10 @@
 #include "client/signal/sig_curve.h"
 
-#include <openssl/bn.h>
 #include <sodium.h>
 #include <string.h>
 
 #include "sp_error.h"
+#include "sp_xeddsa.h"
 
 int
 sig_crypto_init(void)
@@ -49,7 +49,7 @@ sig_keypair_wipe(sig_keypair *kp)
 int
 sig_pubkey_valid(const uint8_t *pub, size_t len)
 {
-	return pub != NULL && len == SIG_PUB_LEN && pub[0] == SIG_KEY_TYPE;
+	return sp_xeddsa_pubkey_valid(pub, len);
 }
 
 int
@@ -148,64 +148,9 @@ sig_curve_sign_deterministic(uint8_t sig[SIG_SIG_LEN], const uint8_t priv[SIG_PR
 	return curve_sign(sig, priv, msg, len, NULL, 0, NULL, 0);
 }
 
-/* Edwards y = (u - 1) / (u + 1) mod p, compressed with the given sign bit. */
-static int
-mont_to_edwards(uint8_t ed[32], const uint8_t u_in[32], int sign)
-{
-	uint8_t u[32];
-	BN_CTX *ctx = BN_CTX_new();
-	BIGNUM *p, *u_bn, *num, *den, *one, *y;
-	int rc = SP_ECRYPTO;
-
-	if (ctx == NULL)
-		return SP_ENOMEM;
-	BN_CTX_start(ctx);
-	p = BN_CTX_get(ctx);
-	u_bn = BN_CTX_get(ctx);
-	num = BN_CTX_get(ctx);
-	den = BN_CTX_get(ctx);
-	one = BN_CTX_get(ctx);
-	y = BN_CTX_get(ctx);
-	if (y == NULL) {
-		rc = SP_ENOMEM;
-		goto out;
-	}
-	memcpy(u, u_in, 32);
-	u[31] &= 0x7f;
-	if (!BN_set_bit(p, 255) || !BN_sub_word(p, 19) || !BN_one(one) ||
-	    BN_lebin2bn(u, 32, u_bn) == NULL || !BN_nnmod(u_bn, u_bn, p, ctx) ||
-	    !BN_mod_sub(num, u_bn, one, p, ctx) || !BN_mod_add(den, u_bn, one, p, ctx))
-		goto out;
-	if (BN_is_zero(den))
-		goto out;
-	if (BN_mod_inverse(den, den, p, ctx) == NULL || !BN_mod_mul(y, num, den, p, ctx))
-		goto out;
-	if (BN_bn2lebinpad(y, ed, 32) != 32)
-		goto out;
-	ed[31] |= (uint8_t)(sign << 7);
-	rc = SP_OK;
-out:
-	BN_CTX_end(ctx);
-	BN_CTX_free(ctx);
-	return rc;
-}
-
 int
 sig_curve_verify(const uint8_t pub[SIG_PUB_LEN], const uint8_t *msg, size_t len,
     const uint8_t sig[SIG_SIG_LEN])
 {
-	uint8_t ed[32], s[64];
-	int rc;
-
-	if (!sig_pubkey_valid(pub, SIG_PUB_LEN))
-		return SP_EINVAL;
-	if (sig_crypto_init() != SP_OK)
-		return SP_ECRYPTO;
-	memcpy(s, sig, 64);
-	s[63] &= 0x7f;
-	if ((rc = mont_to_edwards(ed, pub + 1, sig[63] >> 7)) != SP_OK)
-		return rc == SP_ENOMEM ? rc : SP_EBADSIG;
-	if (crypto_sign_ed25519_verify_detached(s, msg, len, ed) != 0)
-		return SP_EBADSIG;
-	return SP_OK;
+	return sp_xeddsa_verify(pub, msg, len, sig);
 }

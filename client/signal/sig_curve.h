@@ -1,15 +1,18 @@
 /* Curve25519 keys for the Signal core (WIRE.md §1-2): 33-byte 0x05-prefixed public
- * keys, X25519 agreement, and Signal's curve25519 (XEdDSA-style) signatures. */
+ * keys, X25519 agreement, and Signal's curve25519 (XEdDSA-style) signatures (signing
+ * here; verification in common/sp_xeddsa.c). */
 #ifndef SIG_CURVE_H
 #define SIG_CURVE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#define SIG_KEY_TYPE 0x05
-#define SIG_PUB_LEN 33
+#include "sp_xeddsa.h"
+
+#define SIG_KEY_TYPE SP_XEDDSA_KEY_TYPE
+#define SIG_PUB_LEN SP_XEDDSA_PUB_LEN
 #define SIG_PRIV_LEN 32
-#define SIG_SIG_LEN 64
+#define SIG_SIG_LEN SP_XEDDSA_SIG_LEN
 
 /* A key pair held by value; wipe it with sig_keypair_wipe() when done. priv holds the
  * raw 32 bytes (not necessarily clamped: clamping happens at use). */
@@ -46,7 +49,7 @@ int sig_curve_sign_deterministic(uint8_t sig[SIG_SIG_LEN], const uint8_t priv[SI
     const uint8_t *msg, size_t len);
 
 /* SP_OK if sig is a valid signature of msg by pub (33-byte form), SP_EBADSIG if not,
- * SP_EINVAL for a malformed key. */
+ * SP_EINVAL for a malformed key: sp_xeddsa_verify(), the verifier keysrv uses too. */
 int sig_curve_verify(const uint8_t pub[SIG_PUB_LEN], const uint8_t *msg, size_t len,
     const uint8_t sig[SIG_SIG_LEN]);
 

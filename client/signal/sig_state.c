@@ -1,3 +1,8 @@
+/*
+ * A party's Signal store (sig_state.h): identity, signed and one-time prekeys, peers
+ * with their trusted identity and sessions, sender keys; and the store-level encrypt /
+ * decrypt that picks or starts the right session. Blobs of it: sig_state_codec.c.
+ */
 #include "client/signal/sig_state.h"
 
 #include <sodium.h>
@@ -5,60 +10,11 @@
 #include <string.h>
 
 #include "client/signal/internal.h"
-#include "client/signal/sig_buf.h"
 #include "sp_error.h"
 
-typedef struct {
-	char *name;
-	int has_identity;
-	uint8_t identity[SIG_PUB_LEN];
-	sig_session *sessions[SIG_MAX_SESSIONS]; /* [0] current */
-	uint32_t nsessions;
-} peer_rec;
-
-typedef struct {
-	uint32_t id;
-	int handed_out;
-	sig_keypair kp;
-} prekey_rec;
-
-typedef struct {
-	uint32_t id;
-	sig_keypair kp;
-	uint8_t sig[SIG_SIG_LEN];
-} spk_rec;
-
-typedef struct {
-	char *group;
-	char *sender; /* NULL for our own sending chain */
-	sig_sk_record *rec;
-} sk_entry;
-
-struct sig_store {
-	sig_keypair identity;
-	uint32_t reg_id;
-	uint32_t device_id;
-	uint32_t next_prekey_id;
-	spk_rec spks[SIG_MAX_SIGNED_PREKEYS]; /* [0] current */
-	uint32_t nspks;
-	prekey_rec *prekeys;
-	uint32_t nprekeys, capprekeys;
-	peer_rec **peers;
-	uint32_t npeers, cappeers;
-	sk_entry *sks;
-	uint32_t nsks, capsks;
-};
-
-#define STORE_MAGIC 0x53505354u /* "SPST" */
-#define PEER_MAGIC 0x53505052u  /* "SPPR" */
-#define SESS_MAGIC 0x53505345u  /* "SPSE" */
-#define SKR_MAGIC 0x5350534bu   /* "SPSK" */
-#define BLOB_VERSION 1u
-#define BLOB_LIMIT (64u << 20)
-
 /* Grows a typed array to hold n+1 elements. */
-static int
-grow(void **arr, uint32_t *cap, uint32_t n, size_t elem, uint32_t max)
+int
+sig_state_grow(void **arr, uint32_t *cap, uint32_t n, size_t elem, uint32_t max)
 {
 	uint32_t ncap;
 	void *na;
@@ -95,7 +51,7 @@ name_ok(const char *n)
 }
 
 static void
-peer_free(peer_rec *p)
+peer_free(sig_peer_rec *p)
 {
 	if (p == NULL)
 		return;
@@ -106,8 +62,8 @@ peer_free(peer_rec *p)
 	free(p);
 }
 
-static peer_rec *
-peer_find(const sig_store *s, const char *name)
+sig_peer_rec *
+sig_state_peer_find(const sig_store *s, const char *name)
 {
 	for (uint32_t i = 0; i < s->npeers; i++)
 		if (strcmp(s->peers[i]->name, name) == 0)
@@ -116,10 +72,10 @@ peer_find(const sig_store *s, const char *name)
 }
 
 /* Adds p (ownership taken on success) to the store. */
-static int
-peer_insert(sig_store *s, peer_rec *p)
+int
+sig_state_peer_insert(sig_store *s, sig_peer_rec *p)
 {
-	int rc = grow((void **)&s->peers, &s->cappeers, s->npeers, sizeof(*s->peers), SIG_MAX_PEERS);
+	int rc = sig_state_grow((void **)&s->peers, &s->cappeers, s->npeers, sizeof(*s->peers), SIG_MAX_PEERS);
 
 	if (rc != SP_OK)
 		return rc;
@@ -127,10 +83,10 @@ peer_insert(sig_store *s, peer_rec *p)
 	return SP_OK;
 }
 
-static peer_rec *
+static sig_peer_rec *
 peer_new(const char *name)
 {
-	peer_rec *p = calloc(1, sizeof(*p));
+	sig_peer_rec *p = calloc(1, sizeof(*p));
 
 	if (p == NULL)
 		return NULL;
@@ -143,7 +99,7 @@ peer_new(const char *name)
 
 /* Makes ss (ownership taken) the current session of p, archiving older ones. */
 static void
-peer_push_session(peer_rec *p, sig_session *ss)
+peer_push_session(sig_peer_rec *p, sig_session *ss)
 {
 	if (p->nsessions == SIG_MAX_SESSIONS) {
 		sig_session_free(p->sessions[SIG_MAX_SESSIONS - 1]);
@@ -238,7 +194,7 @@ sig_store_registration_id(const sig_store *s)
 int
 sig_store_add_signed_prekey(sig_store *s, uint32_t id, const sig_keypair *kp, const uint8_t *sig)
 {
-	spk_rec r;
+	sig_spk_rec r;
 	int rc;
 
 	for (uint32_t i = 0; i < s->nspks; i++)
@@ -271,7 +227,7 @@ sig_store_add_prekey(sig_store *s, uint32_t id, const sig_keypair *kp)
 	for (uint32_t i = 0; i < s->nprekeys; i++)
 		if (s->prekeys[i].id == id)
 			return SP_EEXIST;
-	if ((rc = grow((void **)&s->prekeys, &s->capprekeys, s->nprekeys, sizeof(*s->prekeys),
+	if ((rc = sig_state_grow((void **)&s->prekeys, &s->capprekeys, s->nprekeys, sizeof(*s->prekeys),
 	         SIG_MAX_PREKEYS)) != SP_OK)
 		return rc;
 	s->prekeys[s->nprekeys].id = id;
@@ -341,7 +297,7 @@ sig_store_bundle(sig_store *s, sig_bundle *b, int take_prekey)
 const sig_session *
 sig_store_current_session(const sig_store *s, const char *peer)
 {
-	const peer_rec *p = peer_find(s, peer);
+	const sig_peer_rec *p = sig_state_peer_find(s, peer);
 
 	return p != NULL && p->nsessions > 0 ? p->sessions[0] : NULL;
 }
@@ -349,7 +305,7 @@ sig_store_current_session(const sig_store *s, const char *peer)
 int
 sig_store_has_session(const sig_store *s, const char *peer)
 {
-	const peer_rec *p = peer_find(s, peer);
+	const sig_peer_rec *p = sig_state_peer_find(s, peer);
 
 	return p != NULL && p->nsessions > 0;
 }
@@ -357,7 +313,7 @@ sig_store_has_session(const sig_store *s, const char *peer)
 int
 sig_store_peer_identity(const sig_store *s, const char *peer, uint8_t id[SIG_PUB_LEN])
 {
-	const peer_rec *p = peer_find(s, peer);
+	const sig_peer_rec *p = sig_state_peer_find(s, peer);
 
 	if (p == NULL || !p->has_identity)
 		return SP_ENOTFOUND;
@@ -368,15 +324,15 @@ sig_store_peer_identity(const sig_store *s, const char *peer, uint8_t id[SIG_PUB
 int
 sig_store_trust_identity(sig_store *s, const char *peer, const uint8_t id[SIG_PUB_LEN])
 {
-	peer_rec *p;
+	sig_peer_rec *p;
 	int rc;
 
 	if (!name_ok(peer) || !sig_pubkey_valid(id, SIG_PUB_LEN))
 		return SP_EINVAL;
-	if ((p = peer_find(s, peer)) == NULL) {
+	if ((p = sig_state_peer_find(s, peer)) == NULL) {
 		if ((p = peer_new(peer)) == NULL)
 			return SP_ENOMEM;
-		if ((rc = peer_insert(s, p)) != SP_OK) {
+		if ((rc = sig_state_peer_insert(s, p)) != SP_OK) {
 			peer_free(p);
 			return rc;
 		}
@@ -398,7 +354,7 @@ int
 sig_store_encrypt(sig_store *s, const char *peer, const sig_bundle *bundle, const uint8_t *pt,
     size_t len, uint8_t **out, size_t *outlen, int *type)
 {
-	peer_rec *p, *fresh = NULL;
+	sig_peer_rec *p, *fresh = NULL;
 	sig_session *ss = NULL;
 	int rc;
 
@@ -406,7 +362,7 @@ sig_store_encrypt(sig_store *s, const char *peer, const sig_bundle *bundle, cons
 	*outlen = 0;
 	if (!name_ok(peer))
 		return SP_EINVAL;
-	p = peer_find(s, peer);
+	p = sig_state_peer_find(s, peer);
 	if (bundle == NULL) {
 		if (p == NULL || p->nsessions == 0)
 			return SP_ENOTFOUND;
@@ -423,7 +379,7 @@ sig_store_encrypt(sig_store *s, const char *peer, const sig_bundle *bundle, cons
 			rc = SP_ENOMEM;
 			goto fail;
 		}
-		if ((rc = peer_insert(s, fresh)) != SP_OK)
+		if ((rc = sig_state_peer_insert(s, fresh)) != SP_OK)
 			goto fail;
 		p = fresh;
 	}
@@ -464,7 +420,7 @@ decrypt_prekey(sig_store *s, const char *peer, const uint8_t *msg, size_t len, u
     size_t *ptlen)
 {
 	sig_prekey_msg m;
-	peer_rec *p, *fresh = NULL;
+	sig_peer_rec *p, *fresh = NULL;
 	sig_session *ss = NULL;
 	const sig_keypair *spk;
 	int opk_idx = -1, rc;
@@ -475,7 +431,7 @@ decrypt_prekey(sig_store *s, const char *peer, const uint8_t *msg, size_t len, u
 	 * always writes the field); we never issue prekey id 0 */
 	if (m.has_pre_key_id && m.pre_key_id == 0)
 		m.has_pre_key_id = 0;
-	p = peer_find(s, peer);
+	p = sig_state_peer_find(s, peer);
 	if (p != NULL && p->has_identity && sodium_memcmp(p->identity, m.identity_key, SIG_PUB_LEN) != 0)
 		return SP_EIDENTITY;
 	/* a further PreKeySignalMessage of a session we already have */
@@ -497,7 +453,7 @@ decrypt_prekey(sig_store *s, const char *peer, const uint8_t *msg, size_t len, u
 			return SP_ENOMEM;
 		}
 		/* reserve the slot before anything irreversible */
-		if ((rc = grow((void **)&s->peers, &s->cappeers, s->npeers, sizeof(*s->peers),
+		if ((rc = sig_state_grow((void **)&s->peers, &s->cappeers, s->npeers, sizeof(*s->peers),
 		         SIG_MAX_PEERS)) != SP_OK) {
 			peer_free(fresh);
 			sig_session_free(ss);
@@ -531,7 +487,7 @@ int
 sig_store_decrypt(sig_store *s, const char *peer, int type, const uint8_t *msg, size_t len,
     uint8_t **pt, size_t *ptlen)
 {
-	peer_rec *p;
+	sig_peer_rec *p;
 	int rc, first = SP_ENOTFOUND;
 
 	*pt = NULL;
@@ -542,7 +498,7 @@ sig_store_decrypt(sig_store *s, const char *peer, int type, const uint8_t *msg, 
 		return decrypt_prekey(s, peer, msg, len, pt, ptlen);
 	if (type != SIG_MSG_WHISPER)
 		return SP_EINVAL;
-	if ((p = peer_find(s, peer)) == NULL || p->nsessions == 0)
+	if ((p = sig_state_peer_find(s, peer)) == NULL || p->nsessions == 0)
 		return SP_ENOTFOUND;
 	for (uint32_t i = 0; i < p->nsessions; i++) {
 		rc = sig_session_decrypt(p->sessions[i], msg, len, pt, ptlen);
@@ -558,11 +514,11 @@ sig_store_decrypt(sig_store *s, const char *peer, int type, const uint8_t *msg, 
 
 /* ---- sender keys in the store ---- */
 
-static sk_entry *
-sk_find(const sig_store *s, const char *group, const char *sender)
+sig_sk_entry *
+sig_state_sk_find(const sig_store *s, const char *group, const char *sender)
 {
 	for (uint32_t i = 0; i < s->nsks; i++) {
-		sk_entry *e = &s->sks[i];
+		sig_sk_entry *e = &s->sks[i];
 
 		if (strcmp(e->group, group) != 0)
 			continue;
@@ -576,13 +532,13 @@ sk_find(const sig_store *s, const char *group, const char *sender)
 
 /* New empty entry; on success the store owns it. */
 static int
-sk_add(sig_store *s, const char *group, const char *sender, sk_entry **out)
+sk_add(sig_store *s, const char *group, const char *sender, sig_sk_entry **out)
 {
-	sk_entry e;
+	sig_sk_entry e;
 	int rc;
 
 	memset(&e, 0, sizeof(e));
-	if ((rc = grow((void **)&s->sks, &s->capsks, s->nsks, sizeof(*s->sks), SIG_MAX_GROUP_KEYS)) != SP_OK)
+	if ((rc = sig_state_grow((void **)&s->sks, &s->capsks, s->nsks, sizeof(*s->sks), SIG_MAX_GROUP_KEYS)) != SP_OK)
 		return rc;
 	e.group = strdup(group);
 	e.sender = sender != NULL ? strdup(sender) : NULL;
@@ -602,7 +558,7 @@ int
 sig_store_sk_distribution(sig_store *s, const char *group, int rotate, uint8_t **out,
     size_t *outlen)
 {
-	sk_entry *e;
+	sig_sk_entry *e;
 	sig_sk_record *work;
 	int rc;
 
@@ -610,7 +566,7 @@ sig_store_sk_distribution(sig_store *s, const char *group, int rotate, uint8_t *
 	*outlen = 0;
 	if (!name_ok(group))
 		return SP_EINVAL;
-	if ((e = sk_find(s, group, NULL)) == NULL && (rc = sk_add(s, group, NULL, &e)) != SP_OK)
+	if ((e = sig_state_sk_find(s, group, NULL)) == NULL && (rc = sk_add(s, group, NULL, &e)) != SP_OK)
 		return rc;
 	if ((rc = sig_sk_record_dup(&work, e->rec)) != SP_OK)
 		return rc;
@@ -630,13 +586,13 @@ int
 sig_store_sk_process(sig_store *s, const char *group, const char *sender, const uint8_t *skdm,
     size_t len)
 {
-	sk_entry *e;
+	sig_sk_entry *e;
 	sig_sk_record *work = NULL;
 	int rc;
 
 	if (!name_ok(group) || !name_ok(sender) || skdm == NULL)
 		return SP_EINVAL;
-	if ((e = sk_find(s, group, sender)) != NULL) {
+	if ((e = sig_state_sk_find(s, group, sender)) != NULL) {
 		if ((rc = sig_sk_record_dup(&work, e->rec)) != SP_OK)
 			return rc;
 	} else if ((work = sig_sk_record_new()) == NULL) {
@@ -658,13 +614,13 @@ int
 sig_store_sk_encrypt(sig_store *s, const char *group, const uint8_t *pt, size_t len,
     uint8_t **out, size_t *outlen)
 {
-	sk_entry *e;
+	sig_sk_entry *e;
 
 	*out = NULL;
 	*outlen = 0;
 	if (!name_ok(group))
 		return SP_EINVAL;
-	if ((e = sk_find(s, group, NULL)) == NULL)
+	if ((e = sig_state_sk_find(s, group, NULL)) == NULL)
 		return SP_ENOTFOUND;
 	return sig_sk_encrypt(e->rec, pt, len, out, outlen);
 }
@@ -673,517 +629,13 @@ int
 sig_store_sk_decrypt(sig_store *s, const char *group, const char *sender, const uint8_t *msg,
     size_t len, uint8_t **pt, size_t *ptlen)
 {
-	sk_entry *e;
+	sig_sk_entry *e;
 
 	*pt = NULL;
 	*ptlen = 0;
 	if (!name_ok(group) || !name_ok(sender) || msg == NULL)
 		return SP_EINVAL;
-	if ((e = sk_find(s, group, sender)) == NULL)
+	if ((e = sig_state_sk_find(s, group, sender)) == NULL)
 		return SP_ENOTFOUND;
 	return sig_sk_decrypt(e->rec, msg, len, pt, ptlen);
-}
-
-/* ---- serialization ---- */
-
-static void
-put_keypair(sig_wbuf *w, const sig_keypair *kp)
-{
-	sig_wbuf_put(w, kp->priv, SIG_PRIV_LEN);
-	sig_wbuf_put(w, kp->pub, SIG_PUB_LEN);
-}
-
-static int
-get_keypair(sig_rbuf *r, sig_keypair *kp)
-{
-	int rc;
-
-	if ((rc = sig_rbuf_copy(r, kp->priv, SIG_PRIV_LEN)) != SP_OK ||
-	    (rc = sig_rbuf_copy(r, kp->pub, SIG_PUB_LEN)) != SP_OK)
-		return rc;
-	return sig_pubkey_valid(kp->pub, SIG_PUB_LEN) ? SP_OK : SP_EMALFORMED;
-}
-
-static int
-get_pub(sig_rbuf *r, uint8_t pub[SIG_PUB_LEN])
-{
-	int rc = sig_rbuf_copy(r, pub, SIG_PUB_LEN);
-
-	if (rc != SP_OK)
-		return rc;
-	return sig_pubkey_valid(pub, SIG_PUB_LEN) ? SP_OK : SP_EMALFORMED;
-}
-
-static int
-get_bool(sig_rbuf *r, int *v)
-{
-	uint8_t b;
-	int rc = sig_rbuf_u8(r, &b);
-
-	if (rc != SP_OK)
-		return rc;
-	if (b > 1)
-		return SP_EMALFORMED;
-	*v = b;
-	return SP_OK;
-}
-
-static int
-get_header(sig_rbuf *r, uint32_t magic)
-{
-	uint32_t m, v;
-	int rc;
-
-	if ((rc = sig_rbuf_u32(r, &m)) != SP_OK || (rc = sig_rbuf_u32(r, &v)) != SP_OK)
-		return rc;
-	if (m != magic || v != BLOB_VERSION)
-		return SP_EMALFORMED;
-	return SP_OK;
-}
-
-static void
-put_skipped(sig_wbuf *w, const sig_skipped_key *k, uint32_t n)
-{
-	sig_wbuf_u32(w, n);
-	for (uint32_t i = 0; i < n; i++) {
-		sig_wbuf_u32(w, k[i].counter);
-		sig_wbuf_put(w, k[i].seed, 32);
-	}
-}
-
-static int
-get_skipped(sig_rbuf *r, sig_skipped_key **k, uint32_t *n, uint32_t *cap, uint32_t max)
-{
-	uint32_t cnt;
-	int rc;
-
-	if ((rc = sig_rbuf_u32(r, &cnt)) != SP_OK)
-		return rc;
-	if (cnt > max)
-		return SP_EMALFORMED;
-	if (cnt > (r->len - r->off) / 36)
-		return SP_ETRUNC;
-	*k = NULL;
-	*n = *cap = 0;
-	if (cnt == 0)
-		return SP_OK;
-	if ((*k = calloc(cnt, sizeof(**k))) == NULL)
-		return SP_ENOMEM;
-	*cap = cnt;
-	for (uint32_t i = 0; i < cnt; i++) {
-		if ((rc = sig_rbuf_u32(r, &(*k)[i].counter)) != SP_OK ||
-		    (rc = sig_rbuf_copy(r, (*k)[i].seed, 32)) != SP_OK)
-			return rc; /* caller frees */
-		(*n)++;
-	}
-	return SP_OK;
-}
-
-static void
-put_session(sig_wbuf *w, const sig_session *ss)
-{
-	sig_wbuf_u32(w, SESS_MAGIC);
-	sig_wbuf_u32(w, BLOB_VERSION);
-	sig_wbuf_put(w, ss->local_identity, SIG_PUB_LEN);
-	sig_wbuf_put(w, ss->remote_identity, SIG_PUB_LEN);
-	sig_wbuf_u32(w, ss->local_reg_id);
-	sig_wbuf_u32(w, ss->remote_reg_id);
-	sig_wbuf_put(w, ss->root_key, 32);
-	put_keypair(w, &ss->ratchet);
-	sig_wbuf_u8(w, (uint8_t)ss->has_their_ratchet);
-	sig_wbuf_put(w, ss->their_ratchet, SIG_PUB_LEN);
-	sig_wbuf_u8(w, (uint8_t)ss->has_send_chain);
-	sig_wbuf_put(w, ss->send_chain_key, 32);
-	sig_wbuf_u32(w, ss->send_counter);
-	sig_wbuf_u32(w, ss->prev_counter);
-	sig_wbuf_u8(w, (uint8_t)ss->pending);
-	sig_wbuf_u8(w, (uint8_t)ss->pending_has_opk);
-	sig_wbuf_u32(w, ss->pending_opk_id);
-	sig_wbuf_u32(w, ss->pending_spk_id);
-	sig_wbuf_put(w, ss->base_key, SIG_PUB_LEN);
-	sig_wbuf_u32(w, ss->nchains);
-	for (uint32_t i = 0; i < ss->nchains; i++) {
-		const sig_recv_chain *c = &ss->chains[i];
-
-		sig_wbuf_put(w, c->ratchet_key, SIG_PUB_LEN);
-		sig_wbuf_put(w, c->chain_key, 32);
-		sig_wbuf_u32(w, c->next);
-		sig_wbuf_u8(w, (uint8_t)c->closed);
-		put_skipped(w, c->skipped, c->nskipped);
-	}
-}
-
-static int
-get_session(sig_rbuf *r, sig_session **out)
-{
-	sig_session *ss = calloc(1, sizeof(*ss));
-	uint32_t total = 0;
-	int rc;
-
-	*out = NULL;
-	if (ss == NULL)
-		return SP_ENOMEM;
-	if ((rc = get_header(r, SESS_MAGIC)) != SP_OK ||
-	    (rc = get_pub(r, ss->local_identity)) != SP_OK ||
-	    (rc = get_pub(r, ss->remote_identity)) != SP_OK ||
-	    (rc = sig_rbuf_u32(r, &ss->local_reg_id)) != SP_OK ||
-	    (rc = sig_rbuf_u32(r, &ss->remote_reg_id)) != SP_OK ||
-	    (rc = sig_rbuf_copy(r, ss->root_key, 32)) != SP_OK ||
-	    (rc = get_keypair(r, &ss->ratchet)) != SP_OK ||
-	    (rc = get_bool(r, &ss->has_their_ratchet)) != SP_OK ||
-	    (rc = sig_rbuf_copy(r, ss->their_ratchet, SIG_PUB_LEN)) != SP_OK ||
-	    (rc = get_bool(r, &ss->has_send_chain)) != SP_OK ||
-	    (rc = sig_rbuf_copy(r, ss->send_chain_key, 32)) != SP_OK ||
-	    (rc = sig_rbuf_u32(r, &ss->send_counter)) != SP_OK ||
-	    (rc = sig_rbuf_u32(r, &ss->prev_counter)) != SP_OK ||
-	    (rc = get_bool(r, &ss->pending)) != SP_OK ||
-	    (rc = get_bool(r, &ss->pending_has_opk)) != SP_OK ||
-	    (rc = sig_rbuf_u32(r, &ss->pending_opk_id)) != SP_OK ||
-	    (rc = sig_rbuf_u32(r, &ss->pending_spk_id)) != SP_OK ||
-	    (rc = sig_rbuf_copy(r, ss->base_key, SIG_PUB_LEN)) != SP_OK)
-		goto fail;
-	if (ss->has_their_ratchet && !sig_pubkey_valid(ss->their_ratchet, SIG_PUB_LEN)) {
-		rc = SP_EMALFORMED;
-		goto fail;
-	}
-	{
-		uint32_t n;
-
-		if ((rc = sig_rbuf_u32(r, &n)) != SP_OK)
-			goto fail;
-		if (n > SIG_MAX_RECV_CHAINS) {
-			rc = SP_EMALFORMED;
-			goto fail;
-		}
-		for (uint32_t i = 0; i < n; i++) {
-			sig_recv_chain *c = &ss->chains[i];
-
-			ss->nchains++;
-			if ((rc = get_pub(r, c->ratchet_key)) != SP_OK ||
-			    (rc = sig_rbuf_copy(r, c->chain_key, 32)) != SP_OK ||
-			    (rc = sig_rbuf_u32(r, &c->next)) != SP_OK ||
-			    (rc = get_bool(r, &c->closed)) != SP_OK ||
-			    (rc = get_skipped(r, &c->skipped, &c->nskipped, &c->capskipped, SIG_MAX_SKIP)) != SP_OK)
-				goto fail;
-			total += c->nskipped;
-		}
-	}
-	if (total > SIG_MAX_SKIPPED_TOTAL) {
-		rc = SP_EMALFORMED;
-		goto fail;
-	}
-	*out = ss;
-	return SP_OK;
-fail:
-	sig_session_free(ss);
-	return rc;
-}
-
-static void
-put_sk_record(sig_wbuf *w, const sig_sk_record *rec)
-{
-	sig_wbuf_u32(w, SKR_MAGIC);
-	sig_wbuf_u32(w, BLOB_VERSION);
-	sig_wbuf_u32(w, rec->nstates);
-	for (uint32_t i = 0; i < rec->nstates; i++) {
-		const sig_sk_state *st = &rec->states[i];
-
-		sig_wbuf_put(w, st->distribution_id, 16);
-		sig_wbuf_u32(w, st->chain_id);
-		sig_wbuf_u32(w, st->iteration);
-		sig_wbuf_put(w, st->chain_key, 32);
-		sig_wbuf_put(w, st->signing_pub, SIG_PUB_LEN);
-		sig_wbuf_u8(w, (uint8_t)st->has_signing_priv);
-		sig_wbuf_put(w, st->signing_priv, SIG_PRIV_LEN);
-		put_skipped(w, st->skipped, st->nskipped);
-	}
-}
-
-static int
-get_sk_record(sig_rbuf *r, sig_sk_record **out)
-{
-	sig_sk_record *rec = sig_sk_record_new();
-	uint32_t n;
-	int rc;
-
-	*out = NULL;
-	if (rec == NULL)
-		return SP_ENOMEM;
-	if ((rc = get_header(r, SKR_MAGIC)) != SP_OK || (rc = sig_rbuf_u32(r, &n)) != SP_OK)
-		goto fail;
-	if (n > SIG_SK_MAX_STATES) {
-		rc = SP_EMALFORMED;
-		goto fail;
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		sig_sk_state *st = &rec->states[i];
-
-		rec->nstates++;
-		if ((rc = sig_rbuf_copy(r, st->distribution_id, 16)) != SP_OK ||
-		    (rc = sig_rbuf_u32(r, &st->chain_id)) != SP_OK ||
-		    (rc = sig_rbuf_u32(r, &st->iteration)) != SP_OK ||
-		    (rc = sig_rbuf_copy(r, st->chain_key, 32)) != SP_OK ||
-		    (rc = get_pub(r, st->signing_pub)) != SP_OK ||
-		    (rc = get_bool(r, &st->has_signing_priv)) != SP_OK ||
-		    (rc = sig_rbuf_copy(r, st->signing_priv, SIG_PRIV_LEN)) != SP_OK ||
-		    (rc = get_skipped(r, &st->skipped, &st->nskipped, &st->capskipped, SIG_SK_MAX_KEYS)) != SP_OK)
-			goto fail;
-	}
-	*out = rec;
-	return SP_OK;
-fail:
-	sig_sk_record_free(rec);
-	return rc;
-}
-
-static int
-finish_exact(sig_rbuf *r)
-{
-	return r->off == r->len ? SP_OK : SP_ETRAILING;
-}
-
-int
-sig_state_session_serialize(const sig_session *ss, uint8_t **out, size_t *outlen)
-{
-	sig_wbuf w;
-
-	sig_wbuf_init(&w, BLOB_LIMIT);
-	put_session(&w, ss);
-	return sig_wbuf_finish(&w, out, outlen);
-}
-
-int
-sig_state_session_deserialize(sig_session **out, const uint8_t *in, size_t len)
-{
-	sig_rbuf r;
-	int rc;
-
-	sig_rbuf_init(&r, in, len);
-	if ((rc = get_session(&r, out)) != SP_OK)
-		return rc;
-	if ((rc = finish_exact(&r)) != SP_OK) {
-		sig_session_free(*out);
-		*out = NULL;
-	}
-	return rc;
-}
-
-int
-sig_state_sk_serialize(const sig_sk_record *rec, uint8_t **out, size_t *outlen)
-{
-	sig_wbuf w;
-
-	sig_wbuf_init(&w, BLOB_LIMIT);
-	put_sk_record(&w, rec);
-	return sig_wbuf_finish(&w, out, outlen);
-}
-
-int
-sig_state_sk_deserialize(sig_sk_record **out, const uint8_t *in, size_t len)
-{
-	sig_rbuf r;
-	int rc;
-
-	sig_rbuf_init(&r, in, len);
-	if ((rc = get_sk_record(&r, out)) != SP_OK)
-		return rc;
-	if ((rc = finish_exact(&r)) != SP_OK) {
-		sig_sk_record_free(*out);
-		*out = NULL;
-	}
-	return rc;
-}
-
-static void
-put_str(sig_wbuf *w, const char *str)
-{
-	sig_wbuf_lenbytes(w, str, strlen(str));
-}
-
-/* A name: 1..SIG_MAX_NAME bytes without NUL; *out malloc'd. */
-static int
-get_str(sig_rbuf *r, char **out)
-{
-	const uint8_t *p;
-	size_t n;
-	int rc;
-
-	*out = NULL;
-	if ((rc = sig_rbuf_lenbytes(r, &p, &n, SIG_MAX_NAME)) != SP_OK)
-		return rc;
-	if (n == 0 || memchr(p, 0, n) != NULL)
-		return SP_EMALFORMED;
-	if ((*out = malloc(n + 1)) == NULL)
-		return SP_ENOMEM;
-	memcpy(*out, p, n);
-	(*out)[n] = 0;
-	return SP_OK;
-}
-
-int
-sig_store_serialize(const sig_store *s, uint8_t **out, size_t *outlen)
-{
-	sig_wbuf w;
-
-	sig_wbuf_init(&w, BLOB_LIMIT);
-	sig_wbuf_u32(&w, STORE_MAGIC);
-	sig_wbuf_u32(&w, BLOB_VERSION);
-	put_keypair(&w, &s->identity);
-	sig_wbuf_u32(&w, s->reg_id);
-	sig_wbuf_u32(&w, s->device_id);
-	sig_wbuf_u32(&w, s->next_prekey_id);
-	sig_wbuf_u32(&w, s->nspks);
-	for (uint32_t i = 0; i < s->nspks; i++) {
-		sig_wbuf_u32(&w, s->spks[i].id);
-		put_keypair(&w, &s->spks[i].kp);
-		sig_wbuf_put(&w, s->spks[i].sig, SIG_SIG_LEN);
-	}
-	sig_wbuf_u32(&w, s->nprekeys);
-	for (uint32_t i = 0; i < s->nprekeys; i++) {
-		sig_wbuf_u32(&w, s->prekeys[i].id);
-		sig_wbuf_u8(&w, (uint8_t)s->prekeys[i].handed_out);
-		put_keypair(&w, &s->prekeys[i].kp);
-	}
-	sig_wbuf_u32(&w, s->npeers);
-	for (uint32_t i = 0; i < s->npeers; i++) {
-		const peer_rec *p = s->peers[i];
-
-		sig_wbuf_u32(&w, PEER_MAGIC);
-		put_str(&w, p->name);
-		sig_wbuf_u8(&w, (uint8_t)p->has_identity);
-		sig_wbuf_put(&w, p->identity, SIG_PUB_LEN);
-		sig_wbuf_u32(&w, p->nsessions);
-		for (uint32_t j = 0; j < p->nsessions; j++)
-			put_session(&w, p->sessions[j]);
-	}
-	sig_wbuf_u32(&w, s->nsks);
-	for (uint32_t i = 0; i < s->nsks; i++) {
-		put_str(&w, s->sks[i].group);
-		sig_wbuf_u8(&w, s->sks[i].sender != NULL);
-		if (s->sks[i].sender != NULL)
-			put_str(&w, s->sks[i].sender);
-		put_sk_record(&w, s->sks[i].rec);
-	}
-	return sig_wbuf_finish(&w, out, outlen);
-}
-
-int
-sig_store_deserialize(sig_store **out, const uint8_t *in, size_t len)
-{
-	sig_store *s = NULL;
-	sig_keypair id;
-	sig_rbuf r;
-	uint32_t reg, dev, n, m;
-	int rc;
-
-	*out = NULL;
-	sig_rbuf_init(&r, in, len);
-	if ((rc = get_header(&r, STORE_MAGIC)) != SP_OK || (rc = get_keypair(&r, &id)) != SP_OK ||
-	    (rc = sig_rbuf_u32(&r, &reg)) != SP_OK || (rc = sig_rbuf_u32(&r, &dev)) != SP_OK)
-		goto fail;
-	rc = sig_store_new(&s, &id, reg, dev);
-	sig_keypair_wipe(&id);
-	if (rc != SP_OK)
-		goto fail;
-	if ((rc = sig_rbuf_u32(&r, &s->next_prekey_id)) != SP_OK || (rc = sig_rbuf_u32(&r, &n)) != SP_OK)
-		goto fail;
-	if (n > SIG_MAX_SIGNED_PREKEYS) {
-		rc = SP_EMALFORMED;
-		goto fail;
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		spk_rec *k = &s->spks[i];
-
-		s->nspks++;
-		if ((rc = sig_rbuf_u32(&r, &k->id)) != SP_OK || (rc = get_keypair(&r, &k->kp)) != SP_OK ||
-		    (rc = sig_rbuf_copy(&r, k->sig, SIG_SIG_LEN)) != SP_OK)
-			goto fail;
-	}
-	if ((rc = sig_rbuf_u32(&r, &n)) != SP_OK)
-		goto fail;
-	if (n > SIG_MAX_PREKEYS) {
-		rc = SP_EMALFORMED;
-		goto fail;
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		prekey_rec pk;
-
-		if ((rc = sig_rbuf_u32(&r, &pk.id)) != SP_OK || (rc = get_bool(&r, &pk.handed_out)) != SP_OK ||
-		    (rc = get_keypair(&r, &pk.kp)) != SP_OK)
-			goto fail;
-		rc = grow((void **)&s->prekeys, &s->capprekeys, s->nprekeys, sizeof(*s->prekeys), SIG_MAX_PREKEYS);
-		if (rc == SP_OK)
-			s->prekeys[s->nprekeys++] = pk;
-		sodium_memzero(&pk, sizeof(pk));
-		if (rc != SP_OK)
-			goto fail;
-	}
-	if ((rc = sig_rbuf_u32(&r, &n)) != SP_OK)
-		goto fail;
-	if (n > SIG_MAX_PEERS) {
-		rc = SP_EMALFORMED;
-		goto fail;
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		peer_rec *p = calloc(1, sizeof(*p));
-		uint32_t magic;
-
-		if (p == NULL) {
-			rc = SP_ENOMEM;
-			goto fail;
-		}
-		if ((rc = peer_insert(s, p)) != SP_OK) {
-			free(p);
-			goto fail;
-		}
-		if ((rc = sig_rbuf_u32(&r, &magic)) != SP_OK)
-			goto fail;
-		if (magic != PEER_MAGIC) {
-			rc = SP_EMALFORMED;
-			goto fail;
-		}
-		if ((rc = get_str(&r, &p->name)) != SP_OK || (rc = get_bool(&r, &p->has_identity)) != SP_OK ||
-		    (rc = sig_rbuf_copy(&r, p->identity, SIG_PUB_LEN)) != SP_OK ||
-		    (rc = sig_rbuf_u32(&r, &m)) != SP_OK)
-			goto fail;
-		if (m > SIG_MAX_SESSIONS || peer_find(s, p->name) != p) {
-			rc = SP_EMALFORMED;
-			goto fail;
-		}
-		for (uint32_t j = 0; j < m; j++) {
-			if ((rc = get_session(&r, &p->sessions[j])) != SP_OK)
-				goto fail;
-			p->nsessions++;
-		}
-	}
-	if ((rc = sig_rbuf_u32(&r, &n)) != SP_OK)
-		goto fail;
-	if (n > SIG_MAX_GROUP_KEYS) {
-		rc = SP_EMALFORMED;
-		goto fail;
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		sk_entry e;
-		int has_sender;
-
-		memset(&e, 0, sizeof(e));
-		if ((rc = get_str(&r, &e.group)) != SP_OK || (rc = get_bool(&r, &has_sender)) != SP_OK ||
-		    (has_sender && (rc = get_str(&r, &e.sender)) != SP_OK) ||
-		    (rc = get_sk_record(&r, &e.rec)) != SP_OK ||
-		    (rc = sk_find(s, e.group, e.sender) != NULL ? SP_EMALFORMED : SP_OK) != SP_OK ||
-		    (rc = grow((void **)&s->sks, &s->capsks, s->nsks, sizeof(*s->sks), SIG_MAX_GROUP_KEYS)) != SP_OK) {
-			free(e.group);
-			free(e.sender);
-			sig_sk_record_free(e.rec);
-			goto fail;
-		}
-		s->sks[s->nsks++] = e;
-	}
-	if ((rc = finish_exact(&r)) != SP_OK)
-		goto fail;
-	*out = s;
-	return SP_OK;
-fail:
-	sig_store_free(s);
-	return rc;
 }

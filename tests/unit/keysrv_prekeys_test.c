@@ -6,6 +6,7 @@
 
 #include "keysrv/prekeys.h"
 #include "keysrv_harness.h"
+#include "sp_bytes.h"
 
 static kt_env env;
 
@@ -291,7 +292,7 @@ stored_opks(uint64_t device)
 	uint8_t key[12] = {0};
 	MDB_val k = {sizeof(key), key}, v;
 	int n = 0, rc;
-	keys_be64(key, device);
+	sp_be64_put(key, device);
 	ck_assert_int_eq(keys_store_begin(env.ctx->store, false, &txn), SP_OK);
 	ck_assert_int_eq(mdb_cursor_open(txn, keys_store_dbi(env.ctx->store, KDB_OPKS), &c), 0);
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE); rc == 0 && memcmp(k.mv_data, key, 8) == 0;

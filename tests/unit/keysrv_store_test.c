@@ -4,6 +4,7 @@
 
 #include "keysrv/ratelimit.h"
 #include "keysrv_harness.h"
+#include "sp_bytes.h"
 
 static char dir[256];
 static keys_store *st;
@@ -73,7 +74,7 @@ START_TEST(damaged_records)
 	keys_user u;
 	uint8_t key[8], junk[40];
 	memset(junk, 1, sizeof(junk)); /* version byte 1, then far too short */
-	keys_be64(key, 5);
+	sp_be64_put(key, 5);
 	ck_assert_int_eq(keys_store_begin(st, true, &txn), SP_OK);
 	ck_assert_int_eq(keys_store_put(st, txn, KDB_DEVICES, key, 8, junk, sizeof(junk), 0), SP_OK);
 	ck_assert_int_eq(keys_store_put(st, txn, KDB_USERS, key, 8, junk, 3, 0), SP_OK);
