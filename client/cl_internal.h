@@ -35,9 +35,9 @@
 #include "client/signal/sig_state.h"
 #include "client/spc_conn.h"
 #include "sp_frame.h"
+#include "sp_proto.h"
 
 #define CL_PREKEYS_BATCH 100
-#define CL_MAX_DEVICES 64 /* targets of one 1:1 SEND (connsrv's bound) */
 #define CL_CHUNK (512 * 1024)
 
 /* Envelope types (DELIVER/SEND_ITEM etype). */
@@ -46,8 +46,8 @@ enum {
 	CL_ET_PREKEY = 3,   /* Signal PreKeySignalMessage */
 	CL_ET_SENDERKEY = 7, /* group body: SenderKeyMessage */
 	CL_ET_SKDM = 8,     /* pairwise item of SEND_GROUP: type byte || Signal message */
-	CL_ET_RECEIPT_DELIVERED = 10,
-	CL_ET_RECEIPT_READ = 11,
+	CL_ET_RECEIPT_DELIVERED = SP_ETYPE_RECEIPT_DELIVERED, /* made by connsrv */
+	CL_ET_RECEIPT_READ = SP_ETYPE_RECEIPT_READ,
 };
 
 /* A DELIVER received while waiting for a reply: owned copies of its fields. */

@@ -256,12 +256,12 @@ static int
 send_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void *arg)
 {
 	uint64_t to = strtoull(o->conv + 2, NULL, 10);
-	uint64_t devs[2 * CL_MAX_DEVICES], users[2 * CL_MAX_DEVICES];
+	uint64_t devs[2 * SP_MAX_SEND_DEVICES], users[2 * SP_MAX_SEND_DEVICES];
 	int rc = SP_OK;
 	for (int attempt = 0; attempt < SEND_TRIES; attempt++) {
 		size_t nto = 0, nself = 0, n = 0;
-		uint64_t self[CL_MAX_DEVICES];
-		if ((rc = devices_of(sp, to, attempt > 0, devs, CL_MAX_DEVICES, &nto)))
+		uint64_t self[SP_MAX_SEND_DEVICES];
+		if ((rc = devices_of(sp, to, attempt > 0, devs, SP_MAX_SEND_DEVICES, &nto)))
 			return rc;
 		for (size_t i = 0; i < nto; i++)
 			if (!(to == sp->user && devs[i] == sp->device)) {
@@ -269,9 +269,9 @@ send_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void *arg)
 				devs[n++] = devs[i];
 			}
 		if (to != sp->user) {
-			if ((rc = devices_of(sp, sp->user, attempt > 0, self, CL_MAX_DEVICES, &nself)))
+			if ((rc = devices_of(sp, sp->user, attempt > 0, self, SP_MAX_SEND_DEVICES, &nself)))
 				return rc;
-			for (size_t i = 0; i < nself && n < CL_MAX_DEVICES; i++)
+			for (size_t i = 0; i < nself && n < SP_MAX_SEND_DEVICES; i++)
 				if (self[i] != sp->device) {
 					users[n] = sp->user;
 					devs[n++] = self[i];
@@ -281,8 +281,8 @@ send_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void *arg)
 			return cl_fail(sp, SP_ENOTFOUND, SEALPOST_ERR_SERVER, "the recipient has no devices");
 		if ((rc = upload_media(sp, o, devs, n, cb, arg)))
 			return rc;
-		sp_frame items[CL_MAX_DEVICES];
-		uint8_t *cts[CL_MAX_DEVICES] = {0};
+		sp_frame items[SP_MAX_SEND_DEVICES];
+		uint8_t *cts[SP_MAX_SEND_DEVICES] = {0};
 		for (size_t i = 0; i < n && rc == SP_OK; i++) {
 			size_t len;
 			int et;
