@@ -42,7 +42,10 @@ SP_CFLAGS = $(OPT) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-strict-alia
 SP_LDFLAGS = $(SAN) $(LDFLAGS)
 
 TIERS    := connsrv router inboxsrv keysrv
-LIBDIRS  := common client client/signal connsrv router inboxsrv keysrv bench
+# Directories with a library of their own (repl: the replication mechanism the stateful
+# tiers share); a tier's archive comes before the ones it uses on the link line.
+LIBTIERS := connsrv router inboxsrv keysrv bench repl
+LIBDIRS  := common client client/signal $(LIBTIERS)
 
 # Sources of a directory (not recursive), split into mains and library parts.
 dir_srcs  = $(wildcard $(1)/*.c)
@@ -55,7 +58,7 @@ COMMON_LIB := $(BUILD)/libsealpost-common.a
 CLIENT_LIB := $(BUILD)/libsealpost-client.a
 
 # Library archives that exist (a dir with no library sources yields none).
-TIER_LIBS := $(foreach d,connsrv router inboxsrv keysrv bench,$(if $(call dir_lib,$(d)),$(call libname,$(d))))
+TIER_LIBS := $(foreach d,$(LIBTIERS),$(if $(call dir_lib,$(d)),$(call libname,$(d))))
 HAVE_CLIENT := $(strip $(call dir_lib,client)$(call dir_lib,client/signal))
 ALL_LIBS := $(TIER_LIBS) $(if $(HAVE_CLIENT),$(CLIENT_LIB)) $(COMMON_LIB)
 
@@ -68,7 +71,7 @@ USES_inboxsrv := inboxsrv
 USES_keysrv   := keysrv
 USES_client   := client
 USES_bench    := bench client
-prog_libs = $(sort $(foreach u,$(USES_$(1)),$(call dir_archive,$(u)))) $(COMMON_LIB)
+prog_libs = $(foreach u,$(USES_$(1)),$(call dir_archive,$(u))) $(COMMON_LIB)
 
 # Binaries: tier mains and *_main.c anywhere in LIBDIRS.
 TIER_BINS := $(foreach t,$(TIERS),$(if $(wildcard $(t)/main.c),$(BIN)/$(t)))
@@ -103,7 +106,7 @@ $(call libname,$(1)): $(call obj,$(call dir_lib,$(1)))
 	@mkdir -p $$(dir $$@)
 	rm -f $$@ && ar rcs $$@ $$^
 endef
-$(foreach d,connsrv router inboxsrv keysrv bench,$(if $(call dir_lib,$(d)),$(eval $(call tier_lib_rule,$(d)))))
+$(foreach d,$(LIBTIERS),$(if $(call dir_lib,$(d)),$(eval $(call tier_lib_rule,$(d)))))
 
 define tier_bin_rule
 $(BIN)/$(1): $(call obj,$(1)/main.c) $(call prog_libs,$(1))
