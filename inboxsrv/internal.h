@@ -9,6 +9,7 @@
 
 #include "dedup.h"
 #include "qindex.h"
+#include "sp_bytes.h"
 #include "sp_metrics.h"
 #include "store.h"
 
@@ -64,22 +65,6 @@ struct inbox_store {
 	uint8_t evict_key[24]; /* TTL records before this key are not indexed (dedup_max) */
 	uint8_t gc_key[8]; /* where the collector goes on in the log */
 };
-
-static inline void
-inbox_be64_put(uint8_t *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8)
-		p[i] = (uint8_t)v;
-}
-
-static inline uint64_t
-inbox_be64_get(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
 
 static inline void
 inbox_le64_put(uint8_t *p, uint64_t v)

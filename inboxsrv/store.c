@@ -310,7 +310,7 @@ dev_get(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t *last, uint64_t 
 {
 	uint8_t k[8];
 	MDB_val key = { 8, k }, val;
-	inbox_be64_put(k, device);
+	sp_be64_put(k, device);
 	int rc = mdb_get(txn, s->dev, &key, &val);
 	*last = *acked = 0;
 	if (rc == MDB_NOTFOUND)
@@ -333,7 +333,7 @@ dev_raise(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t last, uint64_t
 	int rc;
 	if ((rc = dev_get(s, txn, device, &l, &a)))
 		return rc;
-	inbox_be64_put(k, device);
+	sp_be64_put(k, device);
 	inbox_le64_put(v, last > l ? last : l);
 	inbox_le64_put(v + 8, acked > a ? acked : a);
 	MDB_val key = { 8, k }, val = { 16, v };
@@ -343,22 +343,22 @@ dev_raise(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t last, uint64_t
 static void
 log_key(uint8_t k[LKEY_LEN], uint64_t id)
 {
-	inbox_be64_put(k, id);
+	sp_be64_put(k, id);
 }
 
 static void
 ttl_key(uint8_t k[TKEY_LEN], uint64_t ts, uint64_t device, uint64_t seq)
 {
-	inbox_be64_put(k, ts);
-	inbox_be64_put(k + 8, device);
-	inbox_be64_put(k + 16, seq);
+	sp_be64_put(k, ts);
+	sp_be64_put(k + 8, device);
+	sp_be64_put(k + 16, seq);
 }
 
 /* The fingerprint of a TTL record (key k, value v). */
 static uint64_t
 ttl_fp(const inbox_store *s, const uint8_t *k, const uint8_t *v)
 {
-	return inbox_dedup_fp(s->dx, inbox_be64_get(k + 8), inbox_le64_get(v), v + 8);
+	return inbox_dedup_fp(s->dx, sp_be64_get(k + 8), inbox_le64_get(v), v + 8);
 }
 
 /* A dedup lookup: the full key, checked against the TTL record a fingerprint points at. */
@@ -406,8 +406,8 @@ dedup_evict(inbox_store *s, MDB_txn *txn)
 			break;
 		}
 		const uint8_t *k = key.mv_data;
-		if ((rc = inbox_dedup_remove(s->dx, ttl_fp(s, k, val.mv_data), inbox_be64_get(k),
-			 inbox_be64_get(k + 16), false)))
+		if ((rc = inbox_dedup_remove(s->dx, ttl_fp(s, k, val.mv_data), sp_be64_get(k),
+			 sp_be64_get(k + 16), false)))
 			goto out;
 		/* Next time, go on right after this key. */
 		memcpy(s->evict_key, k, TKEY_LEN);
@@ -442,7 +442,7 @@ queue_rebuild(inbox_store *s, MDB_txn *txn)
 			break;
 		}
 		const uint8_t *v = val.mv_data;
-		if ((rc = inbox_qindex_load_seq(s->qx, inbox_be64_get(key.mv_data),
+		if ((rc = inbox_qindex_load_seq(s->qx, sp_be64_get(key.mv_data),
 			 inbox_le64_get(v), inbox_le64_get(v + 8))))
 			goto out;
 	}
@@ -461,7 +461,7 @@ queue_rebuild(inbox_store *s, MDB_txn *txn)
 		}
 		const uint8_t *p = val.mv_data;
 		if ((rc = inbox_qindex_load_entry(s->qx, inbox_le64_get(p + QH_DEVICE),
-			 inbox_le64_get(p + QH_SEQ), inbox_be64_get(key.mv_data), entry_bytes(p))))
+			 inbox_le64_get(p + QH_SEQ), sp_be64_get(key.mv_data), entry_bytes(p))))
 			goto out;
 	}
 	if (rc == MDB_NOTFOUND) {
@@ -521,7 +521,7 @@ index_rebuild(inbox_store *s)
 		}
 		const uint8_t *k = key.mv_data;
 		if ((rc = inbox_qindex_load_seq(
-			 s->qx, inbox_be64_get(k + 8), inbox_be64_get(k + 16), 0)))
+			 s->qx, sp_be64_get(k + 8), sp_be64_get(k + 16), 0)))
 			goto out;
 		if (skip) {
 			skip--;
@@ -538,12 +538,12 @@ index_rebuild(inbox_store *s)
 			if ((rc = inbox_dedup_insert(s->dx, ring[i].fp, ring[i].ts, ring[i].seq)))
 				goto out;
 			ring[i].fp = fp;
-			ring[i].ts = inbox_be64_get(k);
-			ring[i].seq = inbox_be64_get(k + 16);
+			ring[i].ts = sp_be64_get(k);
+			ring[i].seq = sp_be64_get(k + 16);
 		} else {
 			ring[nring].fp = fp;
-			ring[nring].ts = inbox_be64_get(k);
-			ring[nring++].seq = inbox_be64_get(k + 16);
+			ring[nring].ts = sp_be64_get(k);
+			ring[nring++].seq = sp_be64_get(k + 16);
 		}
 		/* Nothing to undo: this is the committed state. */
 		inbox_dedup_settle(s->dx);
@@ -596,7 +596,7 @@ body_unref(inbox_store *s, MDB_txn *txn, uint64_t body_id)
 	uint8_t k[8];
 	uint64_t refs;
 	int rc;
-	inbox_be64_put(k, body_id);
+	sp_be64_put(k, body_id);
 	if ((rc = get_u64(txn, s->bref, k, 8, &refs)))
 		return rc;
 	if (refs > 1)
@@ -799,7 +799,7 @@ apply_append(inbox_store *s, MDB_txn *txn, inbox_op *op, uint64_t lsn)
 			return rc;
 	if (refs) {
 		uint8_t k[8];
-		inbox_be64_put(k, body_id);
+		sp_be64_put(k, body_id);
 		MDB_val key = { 8, k }, val = { op->append.body_len, (void *)op->append.body };
 		if ((rc = mdb_put(txn, s->body, &key, &val, 0)))
 			return inbox_lmdb_err(rc, "body put");
@@ -905,7 +905,7 @@ apply_purge(inbox_store *s, MDB_txn *txn, inbox_op *op)
 static int
 sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, inbox_op *op)
 {
-	uint64_t device = inbox_be64_get(tk + 8), seq = inbox_be64_get(tk + 16), id;
+	uint64_t device = sp_be64_get(tk + 8), seq = sp_be64_get(tk + 16), id;
 	inbox_qmeta m;
 	int rc;
 
@@ -919,7 +919,7 @@ sweep_one(inbox_store *s, MDB_txn *txn, const uint8_t *tk, const MDB_val *tv, in
 			return rc;
 		op->sweep.expired++;
 	}
-	if ((rc = inbox_dedup_remove(s->dx, ttl_fp(s, tk, p), inbox_be64_get(tk), seq, true)))
+	if ((rc = inbox_dedup_remove(s->dx, ttl_fp(s, tk, p), sp_be64_get(tk), seq, true)))
 		return rc;
 	op->sweep.dedup_gone++;
 	inbox_qindex_meta(s->qx, device, &m);
@@ -948,7 +948,7 @@ apply_sweep(inbox_store *s, MDB_txn *txn, inbox_op *op)
 			rc = inbox_lmdb_err(MDB_CORRUPTED, "ttl key");
 			goto out;
 		}
-		if (inbox_be64_get(key.mv_data) >= cutoff)
+		if (sp_be64_get(key.mv_data) >= cutoff)
 			break;
 		if (n == op->sweep.limit) {
 			op->sweep.more = true;
@@ -1002,7 +1002,7 @@ collect(inbox_store *s, MDB_txn *txn, uint32_t limit, uint64_t *deleted)
 		const uint8_t *p = val.mv_data;
 		uint64_t device = inbox_le64_get(p + QH_DEVICE), seq = inbox_le64_get(p + QH_SEQ);
 		if (inbox_qindex_find(s->qx, device, seq, &id) != SP_OK
-		    || id != inbox_be64_get(key.mv_data)) {
+		    || id != sp_be64_get(key.mv_data)) {
 			uint64_t body = entry_body(&val);
 			if ((rc = mdb_cursor_del(c, 0)))
 				break;
@@ -1192,7 +1192,7 @@ entry_decode(inbox_store *s, MDB_txn *txn, const MDB_val *v, inbox_entry *e)
 	if (flags & Q_FLAG_SHARED) {
 		uint8_t k[8];
 		MDB_val bk = { 8, k }, bv;
-		inbox_be64_put(k, entry_body(v));
+		sp_be64_put(k, entry_body(v));
 		int rc = mdb_get(txn, s->body, &bk, &bv);
 		if (rc)
 			return inbox_lmdb_err(rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc, "body get");
