@@ -23,6 +23,7 @@ typedef struct inbox_metrics {
 	sp_metric *blob_gets, *commit_seconds, *sync_seconds, *request_seconds;
 	sp_metric *dedup_evicted, *dedup_entries, *dedup_bytes;
 	sp_metric *collected, *garbage, *queue_devices, *queue_index_bytes;
+	sp_metric *unserved, *dropped_requests, *dropped_replies, *dropped_ops;
 	sp_metric *batch[INBOX_BATCH_BUCKETS];
 	sp_metric *lsn, *entries, *blobs, *map_used, *disk_low;
 } inbox_metrics;
@@ -34,6 +35,11 @@ void inbox_metrics_init(void);
 
 /* Counts a commit of `ops` ops in the batch-size buckets. */
 void inbox_metrics_batch(uint32_t ops);
+
+/* Counts one request, reply or op dropped with nobody told (in `m`, one of the dropped_*
+ * metrics) and logs why, at most one line a second for the whole process: a flood of drops
+ * must not become a flood of log lines. Any thread. */
+void inbox_drop(sp_metric *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The LMDB databases of a shard. Keys are big-endian so they sort numerically; values
  * are little-endian fixed layouts described where they are written. */

@@ -1,3 +1,4 @@
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -1107,6 +1108,8 @@ inbox_store_apply(inbox_store *s, MDB_txn *txn, inbox_op *op, uint64_t now)
 		rc = inbox_blob_apply_fetched(s, txn, op);
 		break;
 	default:
+		/* Ops are built by this tier only: an unknown kind is a bug, not a request. */
+		assert(!"inbox_store_apply: unknown op kind");
 		rc = SP_EINVAL;
 	}
 	if (rc == SP_OK && (rc = put_u64(txn, s->meta, "lsn", 3, lsn)) == SP_OK)

@@ -239,6 +239,39 @@ START_TEST(garbage_gets_error_codes)
 }
 END_TEST
 
+/* The dispatch table serves exactly the requests of frames_inbox.def plus PING; every
+ * served type is a top-level frame of the catalogue. */
+START_TEST(table_serves_the_inbox_requests)
+{
+	static const unsigned want[] = { SP_T_APPEND, SP_T_APPEND_BATCH, SP_T_APPEND_MULTI,
+		SP_T_FETCH, SP_T_INBOX_ACK, SP_T_STAT, SP_T_PURGE, SP_T_BLOB_PUT, SP_T_BLOB_DONE,
+		SP_T_BLOB_GET, SP_T_LAST_SEQS, SP_T_PING };
+	unsigned served = 0;
+	for (unsigned t = 0; t < 300; t++) {
+		bool expected = false;
+		for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+			expected = expected || want[i] == t;
+		ck_assert_msg(inbox_dispatch_serves(t) == expected, "type %u (%s)", t,
+		    sp_frame_type_name(t));
+		if (!expected)
+			continue;
+		const sp_frame_def *def = sp_frame_def_get(t);
+		ck_assert_ptr_nonnull(def);
+		ck_assert(!(def->flags & SP_FL_RECORD));
+		served++;
+	}
+	ck_assert_uint_eq(served, sizeof(want) / sizeof(want[0]));
+
+	/* A well-formed frame the shard does not serve (a reply type) is an ERROR. */
+	sp_frame f;
+	sp_frame_init(&f, SP_T_APPENDED, 1, true);
+	sp_frame_set_u64(&f, SP_F_SEQ, 1);
+	ck_assert_int_eq(call_code(&f), SP_EBADTYPE);
+	sp_frame_init(&f, SP_T_PING, 2, true);
+	ck_assert_int_eq(call_code(&f), 0);
+}
+END_TEST
+
 /* The seven APPEND fields before env, without the map header. */
 static void
 append_head(msgpack_packer *pk)
@@ -837,6 +870,7 @@ suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, garbage_gets_error_codes);
+	tcase_add_test(tc, table_serves_the_inbox_requests);
 	tcase_add_test(tc, bad_fields_get_error_codes);
 	tcase_add_test(tc, semantic_errors);
 	tcase_add_test(tc, append_fetch_ack_roundtrip);
