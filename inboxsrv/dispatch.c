@@ -237,7 +237,8 @@ static void
 silent_done(inbox_req *req)
 {
 	if (req->op.rc != SP_OK)
-		inbox_drop(inbox_m.dropped_ops, "blob fetched note: %s (the blob then lives until its TTL)",
+		inbox_drop(inbox_m.dropped_ops,
+		    "blob fetched note: %s (the blob then lives until its TTL)",
 		    sp_strerror(req->op.rc));
 	free(req);
 }
@@ -650,8 +651,8 @@ note_fetched(inbox_dispatch *d, const uint8_t *blob_id, uint64_t device)
 {
 	inbox_req *r = calloc(1, sizeof(*r));
 	if (!r) {
-		inbox_drop(inbox_m.dropped_ops, "blob fetched note: %s (the blob then lives until "
-						"its TTL)",
+		inbox_drop(inbox_m.dropped_ops,
+		    "blob fetched note: %s (the blob then lives until its TTL)",
 		    sp_strerror(SP_ENOMEM));
 		return;
 	}

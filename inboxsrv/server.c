@@ -51,15 +51,16 @@ ctx_reply(void *arg, nng_msg *reply)
 {
 	srv_ctx *c = arg;
 	if (!reply) {
-		inbox_drop(inbox_m.dropped_replies, "no reply could be built (out of memory); the "
-						    "requester's resend retries");
+		inbox_drop(inbox_m.dropped_replies,
+		    "no reply could be built (out of memory); the requester's resend retries");
 		ctx_recv(c);
 		return;
 	}
 	sp_metric_observe(inbox_m.request_seconds, (double)(sp_mono_ns() - c->t_recv) / 1e9);
 	pthread_rwlock_rdlock(&c->srv->lock);
 	if (c->srv->closing) {
-		inbox_drop(inbox_m.dropped_replies, "reply after the socket closed (shutting down)");
+		inbox_drop(
+		    inbox_m.dropped_replies, "reply after the socket closed (shutting down)");
 		nng_msg_free(reply);
 	} else {
 		c->state = CTX_SEND;
