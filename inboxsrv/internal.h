@@ -1,4 +1,16 @@
-/* Names shared by the files of inboxsrv, not by other tiers. */
+/*
+ * Names shared by the files of inboxsrv, not by other tiers. The files:
+ *   main.c           configuration, start-up and shutdown
+ *   server.c         NNG REP contexts: receive, hand to dispatch, send the reply
+ *   dispatch.c       the request table: decode, serve reads, build ops and their replies
+ *   commit.c         the group-commit writer thread and its completion thread
+ *   sweep.c          the TTL sweep timer (INBOX_OP_SWEEP ops)
+ *   store*.c         the LMDB store (store_internal.h lists its files)
+ *   blob.c           blob ops, deletion and TTL
+ *   dedup.c          the in-memory dedup index
+ *   qindex.c         the in-memory queue index
+ *   metrics.c        the metrics and the drop counter (inbox_drop)
+ */
 #ifndef INBOX_INTERNAL_H
 #define INBOX_INTERNAL_H
 
@@ -53,7 +65,7 @@ struct inbox_store {
 	 * envelope | body id. Ids grow with the LSN, so appends write at the end of one tree;
 	 * the queue index (qindex.h) says which ids make up each device's queue. */
 	MDB_dbi log;
-	MDB_dbi dev; /* device -> {last seq, acknowledged seq} (store.c: dev_get) */
+	MDB_dbi dev; /* device -> {last seq, acknowledged seq} (store_ack.c: dev_get) */
 	/* (ts, device, seq) -> {from_device, msg_id}: the TTL index of entries and the log of
 	 * dedup records, in time order (appends add at its end). */
 	MDB_dbi ttl;
