@@ -929,6 +929,9 @@ suite(void)
 	Suite *s = suite_create("inbox_store");
 	TCase *tc = tcase_create("store");
 	tcase_add_checked_fixture(tc, setup, teardown);
+	/* Check's default 4 s: dedup_max_forgets_the_oldest_first takes longer under
+	 * ASan+UBSan (`make asan`), and timed out there before this change too. */
+	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, append_fetch_in_order);
 	tcase_add_test(tc, dedup_by_device_sender_and_msg_id);
 	tcase_add_test(tc, dedup_follows_its_transaction);
