@@ -24,7 +24,7 @@ static void
 chunk_key(uint8_t k[24], const uint8_t *blob_id, uint64_t offset)
 {
 	memcpy(k, blob_id, INBOX_BLOB_ID_LEN);
-	inbox_be64_put(k + 16, offset);
+	sp_be64_put(k + 16, offset);
 }
 
 static int
@@ -94,7 +94,7 @@ inbox_blob_apply_put(inbox_store *s, MDB_txn *txn, inbox_op *op)
 		info.created = op->ts;
 		fresh = true;
 		uint8_t tk[8 + INBOX_BLOB_ID_LEN];
-		inbox_be64_put(tk, info.created);
+		sp_be64_put(tk, info.created);
 		memcpy(tk + 8, id, INBOX_BLOB_ID_LEN);
 		MDB_val key = { sizeof(tk), tk }, val = { 0, NULL };
 		if ((rc = mdb_put(txn, s->bttl, &key, &val, 0)))
@@ -203,7 +203,7 @@ inbox_blob_delete(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t
 	mdb_cursor_close(c);
 	if (rc && rc != MDB_NOTFOUND)
 		return inbox_lmdb_err(rc, "chunk del");
-	inbox_be64_put(tk, created);
+	sp_be64_put(tk, created);
 	memcpy(tk + 8, blob_id, INBOX_BLOB_ID_LEN);
 	key = (MDB_val) { sizeof(tk), tk };
 	rc = mdb_del(txn, s->bttl, &key, NULL);
@@ -236,13 +236,13 @@ inbox_blob_sweep(
 			break;
 		}
 		memcpy(tk, key.mv_data, sizeof(tk));
-		if (inbox_be64_get(tk) >= cutoff)
+		if (sp_be64_get(tk) >= cutoff)
 			break;
 		if (*n == limit) {
 			*more = true;
 			break;
 		}
-		if ((rc = inbox_blob_delete(s, txn, tk + 8, inbox_be64_get(tk)))) {
+		if ((rc = inbox_blob_delete(s, txn, tk + 8, sp_be64_get(tk)))) {
 			mdb_cursor_close(c);
 			return rc;
 		}
@@ -302,7 +302,7 @@ inbox_store_blob_read(
 	while (rc == 0 && got < len) {
 		if (key.mv_size != 24 || memcmp(key.mv_data, blob_id, INBOX_BLOB_ID_LEN) != 0)
 			break;
-		uint64_t start = inbox_be64_get((const uint8_t *)key.mv_data + 16);
+		uint64_t start = sp_be64_get((const uint8_t *)key.mv_data + 16);
 		uint64_t pos = offset + got;
 		if (start > pos || pos - start >= val.mv_size)
 			break; /* chunks are contiguous below `have`: a hole is corruption */
@@ -343,7 +343,7 @@ inbox_store_blob_sha256(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, ui
 	rc = mdb_cursor_get(c, &key, &val, MDB_SET_RANGE);
 	while (rc == 0 && got < size && key.mv_size == 24
 	    && memcmp(key.mv_data, blob_id, INBOX_BLOB_ID_LEN) == 0) {
-		if (inbox_be64_get((const uint8_t *)key.mv_data + 16) != got)
+		if (sp_be64_get((const uint8_t *)key.mv_data + 16) != got)
 			break;
 		uint64_t n = val.mv_size < size - got ? val.mv_size : size - got;
 		crypto_hash_sha256_update(&st, val.mv_data, n);

@@ -107,12 +107,14 @@ count_op(const inbox_op *op)
 		sp_metric_inc(inbox_m.blob_puts);
 		sp_metric_add(inbox_m.blob_bytes, op->blob_put.len);
 		break;
+	case INBOX_OP_BLOB_DONE:
+		break; /* counted in ops alone */
 	case INBOX_OP_BLOB_FETCHED:
 		if (op->blob_fetched.deleted)
 			sp_metric_inc(inbox_m.blob_deleted);
 		break;
 	default:
-		break;
+		SP_ASSERT(!"count_op: unknown op kind"); /* every kind has its case above */
 	}
 }
 

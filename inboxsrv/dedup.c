@@ -88,8 +88,8 @@ inbox_dedup_fp(
     const inbox_dedup *d, uint64_t device, uint64_t from_device, const uint8_t msg_id[16])
 {
 	uint8_t in[32], out[crypto_shorthash_BYTES];
-	inbox_be64_put(in, device);
-	inbox_be64_put(in + 8, from_device);
+	sp_be64_put(in, device);
+	sp_be64_put(in + 8, from_device);
 	memcpy(in + 16, msg_id, 16);
 	crypto_shorthash(out, in, sizeof(in), d->key);
 	uint64_t fp = inbox_le64_get(out);

@@ -1,4 +1,5 @@
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,16 +19,33 @@ struct inbox_dispatch {
 	inbox_dispatch_config cfg;
 };
 
+typedef struct pending pending;
+
+/* How the shard serves one request type: exactly one of
+ * - read: answered at once on the calling thread (a read txn or the in-memory index);
+ * - build and done: a write. build fills the op from the request (SP_OK, or the code of
+ *   the ERROR reply: nothing is queued); done builds the reply once the op is committed
+ *   with op.rc SP_OK (an op error is answered ERROR without it);
+ * - take: takes the request message and frame and replies itself (APPEND_MULTI: one op
+ *   per item). */
+typedef struct serve_entry {
+	nng_msg *(*read)(inbox_dispatch *d, const sp_frame *f);
+	int (*build)(inbox_dispatch *d, pending *p);
+	nng_msg *(*done)(const pending *p);
+	void (*take)(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply, void *arg);
+} serve_entry;
+
 /* A write in flight: the request (whose frame the op borrows from) and the reply route. */
-typedef struct pending {
+struct pending {
 	inbox_req req;
 	nng_msg *msg;
 	sp_frame f;
+	const serve_entry *how;
 	inbox_reply_fn reply;
 	void *reply_arg;
 	inbox_target one; /* the target of a single APPEND */
 	inbox_target *targets;
-} pending;
+};
 
 /* An APPEND_MULTI in flight: one APPEND op per item, each with its own target, all
  * borrowing from the one request message; the reply is built when the last op completes
@@ -123,81 +141,105 @@ pending_free(pending *p)
 }
 
 static nng_msg *
-write_reply(pending *p)
+reply_appended(const pending *p)
+{
+	const inbox_target *t = &p->req.op.append.targets[0];
+	sp_frame rep;
+	sp_frame_init(&rep, SP_T_APPENDED, 0, false);
+	sp_frame_set_u64(&rep, SP_F_SEQ, t->seq);
+	if (t->dup)
+		sp_frame_set_bool(&rep, SP_F_DUP, true);
+	return frame_msg(&p->f, &rep);
+}
+
+static nng_msg *
+reply_appended_batch(const pending *p)
 {
 	const inbox_op *op = &p->req.op;
+	uint32_t n = op->append.ntargets;
+	uint64_t *seqs = malloc(sizeof(uint64_t) * n);
 	sp_frame rep;
-	nng_msg *m = NULL;
+	nng_msg *m;
+	if (!seqs)
+		return error_msg(&p->f, SP_ENOMEM);
+	for (uint32_t i = 0; i < n; i++)
+		seqs[i] = op->append.targets[i].rc == SP_OK ? op->append.targets[i].seq : 0;
+	sp_frame_init(&rep, SP_T_APPENDED_BATCH, 0, false);
+	sp_frame_set_u64s(&rep, SP_F_SEQ_LIST, seqs, n);
+	m = frame_msg(&p->f, &rep);
+	free(seqs);
+	return m;
+}
 
-	if (op->rc != SP_OK)
-		return error_msg(&p->f, op->rc);
-	switch (p->f.type) {
-	case SP_T_APPEND:
-		sp_frame_init(&rep, SP_T_APPENDED, 0, false);
-		sp_frame_set_u64(&rep, SP_F_SEQ, op->append.targets[0].seq);
-		if (op->append.targets[0].dup)
-			sp_frame_set_bool(&rep, SP_F_DUP, true);
-		return frame_msg(&p->f, &rep);
-	case SP_T_APPEND_BATCH: {
-		uint32_t n = op->append.ntargets;
-		uint64_t *seqs = malloc(sizeof(uint64_t) * n);
-		if (!seqs)
-			return error_msg(&p->f, SP_ENOMEM);
-		for (uint32_t i = 0; i < n; i++)
-			seqs[i] = op->append.targets[i].rc == SP_OK ? op->append.targets[i].seq : 0;
-		sp_frame_init(&rep, SP_T_APPENDED_BATCH, 0, false);
-		sp_frame_set_u64s(&rep, SP_F_SEQ_LIST, seqs, n);
-		m = frame_msg(&p->f, &rep);
-		free(seqs);
-		return m;
+static nng_msg *
+reply_acked(const pending *p)
+{
+	const inbox_op *op = &p->req.op;
+	uint32_t n = op->ack.nrefs;
+	sp_frame *recs = calloc(n ? n : 1, sizeof(sp_frame)), rep;
+	nng_msg *m;
+	if (!recs)
+		return error_msg(&p->f, SP_ENOMEM);
+	for (uint32_t i = 0; i < n; i++) {
+		const inbox_ref *r = &op->ack.refs[i];
+		sp_frame_init(&recs[i], SP_T_DELIVERED_REF, 0, false);
+		sp_frame_set_u64(&recs[i], SP_F_FROM_USER, r->from_user);
+		sp_frame_set_u64(&recs[i], SP_F_FROM_DEVICE, r->from_device);
+		sp_frame_set_bin(&recs[i], SP_F_MSG_ID, r->msg_id, INBOX_MSG_ID_LEN);
 	}
-	case SP_T_INBOX_ACK: {
-		uint32_t n = op->ack.nrefs;
-		sp_frame *recs = calloc(n ? n : 1, sizeof(sp_frame));
-		if (!recs)
-			return error_msg(&p->f, SP_ENOMEM);
-		for (uint32_t i = 0; i < n; i++) {
-			const inbox_ref *r = &op->ack.refs[i];
-			sp_frame_init(&recs[i], SP_T_DELIVERED_REF, 0, false);
-			sp_frame_set_u64(&recs[i], SP_F_FROM_USER, r->from_user);
-			sp_frame_set_u64(&recs[i], SP_F_FROM_DEVICE, r->from_device);
-			sp_frame_set_bin(&recs[i], SP_F_MSG_ID, r->msg_id, INBOX_MSG_ID_LEN);
-		}
-		sp_frame_init(&rep, SP_T_ACKED, 0, false);
-		sp_frame_set_recs(&rep, SP_F_DELIVERED, recs, n);
-		if (op->ack.more)
-			sp_frame_set_bool(&rep, SP_F_MORE, true);
-		m = frame_msg(&p->f, &rep);
-		free(recs);
-		return m;
-	}
-	case SP_T_PURGE:
-		sp_frame_init(&rep, SP_T_PURGED, 0, false);
-		sp_frame_set_u64(&rep, SP_F_COUNT, op->purge.removed);
-		return frame_msg(&p->f, &rep);
-	case SP_T_BLOB_PUT:
-		sp_frame_init(&rep, SP_T_BLOB_STORED, 0, false);
-		sp_frame_set_bin(&rep, SP_F_BLOB_ID, op->blob_put.blob_id, INBOX_BLOB_ID_LEN);
-		sp_frame_set_u64(&rep, SP_F_SIZE, op->blob_put.have);
-		return frame_msg(&p->f, &rep);
-	default: /* BLOB_DONE */
-		sp_frame_init(&rep, SP_T_OK, 0, false);
-		return frame_msg(&p->f, &rep);
-	}
+	sp_frame_init(&rep, SP_T_ACKED, 0, false);
+	sp_frame_set_recs(&rep, SP_F_DELIVERED, recs, n);
+	if (op->ack.more)
+		sp_frame_set_bool(&rep, SP_F_MORE, true);
+	m = frame_msg(&p->f, &rep);
+	free(recs);
+	return m;
+}
+
+static nng_msg *
+reply_purged(const pending *p)
+{
+	sp_frame rep;
+	sp_frame_init(&rep, SP_T_PURGED, 0, false);
+	sp_frame_set_u64(&rep, SP_F_COUNT, p->req.op.purge.removed);
+	return frame_msg(&p->f, &rep);
+}
+
+static nng_msg *
+reply_blob_stored(const pending *p)
+{
+	sp_frame rep;
+	sp_frame_init(&rep, SP_T_BLOB_STORED, 0, false);
+	sp_frame_set_bin(&rep, SP_F_BLOB_ID, p->req.op.blob_put.blob_id, INBOX_BLOB_ID_LEN);
+	sp_frame_set_u64(&rep, SP_F_SIZE, p->req.op.blob_put.have);
+	return frame_msg(&p->f, &rep);
+}
+
+static nng_msg *
+reply_ok(const pending *p)
+{
+	sp_frame rep;
+	sp_frame_init(&rep, SP_T_OK, 0, false);
+	return frame_msg(&p->f, &rep);
 }
 
 static void
 write_done(inbox_req *req)
 {
 	pending *p = (pending *)req;
-	p->reply(p->reply_arg, write_reply(p));
+	int rc = p->req.op.rc;
+	p->reply(p->reply_arg, rc == SP_OK ? p->how->done(p) : error_msg(&p->f, rc));
 	pending_free(p);
 }
 
-/* An op nobody waits for (BLOB_FETCHED). */
+/* An op nobody waits for (BLOB_FETCHED): a failure has no reply to carry it. */
 static void
 silent_done(inbox_req *req)
 {
+	if (req->op.rc != SP_OK)
+		inbox_drop(inbox_m.dropped_ops,
+		    "blob fetched note: %s (the blob then lives until its TTL)",
+		    sp_strerror(req->op.rc));
 	free(req);
 }
 
@@ -216,7 +258,7 @@ build_append_head(const sp_frame *f, inbox_op *op)
 }
 
 /* One envelope to one device, from an APPEND frame or an APPEND_ITEM record `f`; the op
- * borrows from `f` and targets `one`. */
+ * borrows from `f` and targets `one`. Nothing is allocated: this is the hot path. */
 static void
 build_append_one(const sp_frame *f, inbox_req *req, inbox_target *one)
 {
@@ -233,7 +275,15 @@ build_append_one(const sp_frame *f, inbox_req *req, inbox_target *one)
 }
 
 static int
-build_append_batch(pending *p)
+build_append(inbox_dispatch *d, pending *p)
+{
+	(void)d;
+	build_append_one(&p->f, &p->req, &p->one);
+	return SP_OK;
+}
+
+static int
+build_append_batch(inbox_dispatch *d, pending *p)
 {
 	const sp_frame *f = &p->f;
 	inbox_op *op = &p->req.op;
@@ -241,6 +291,7 @@ build_append_batch(pending *p)
 	sp_bin body = sp_frame_bin(f, SP_F_BODY);
 	uint32_t n = v->rs.n;
 
+	(void)d;
 	build_append_head(f, op);
 	if (n == 0)
 		return SP_EMISSING;
@@ -263,12 +314,13 @@ build_append_batch(pending *p)
 }
 
 static int
-build_ack(pending *p)
+build_ack(inbox_dispatch *d, pending *p)
 {
 	const sp_frame *f = &p->f;
 	inbox_op *op = &p->req.op;
 	bool upto = sp_frame_has(f, SP_F_UPTO_SEQ), list = sp_frame_has(f, SP_F_SEQS);
 
+	(void)d;
 	if (upto == list)
 		return upto ? SP_EINVAL : SP_EMISSING;
 	op->kind = INBOX_OP_ACK;
@@ -282,6 +334,33 @@ build_ack(pending *p)
 		op->ack.nseqs = v->us.n;
 	}
 	p->req.cost = 64 + 64 * (size_t)op->ack.nseqs;
+	return SP_OK;
+}
+
+static int
+build_purge(inbox_dispatch *d, pending *p)
+{
+	(void)d;
+	p->req.op.kind = INBOX_OP_PURGE;
+	p->req.op.purge.device = sp_frame_u64(&p->f, SP_F_DEVICE);
+	p->req.cost = 64;
+	return SP_OK;
+}
+
+static int
+build_blob_put(inbox_dispatch *d, pending *p)
+{
+	const sp_frame *f = &p->f;
+	inbox_op *op = &p->req.op;
+	sp_bin b = sp_frame_bin(f, SP_F_BYTES);
+
+	(void)d;
+	op->kind = INBOX_OP_BLOB_PUT;
+	memcpy(op->blob_put.blob_id, sp_frame_bin(f, SP_F_BLOB_ID).p, INBOX_BLOB_ID_LEN);
+	op->blob_put.offset = sp_frame_u64(f, SP_F_OFFSET);
+	op->blob_put.bytes = b.p;
+	op->blob_put.len = b.len;
+	p->req.cost = b.len + 128;
 	return SP_OK;
 }
 
@@ -328,8 +407,10 @@ out:
 	return rc;
 }
 
+/* A write: the op goes to the writer; the reply is sent after its commit. Takes msg and f. */
 static void
-handle_write(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply, void *arg)
+serve_write(inbox_dispatch *d, const serve_entry *how, nng_msg *msg, sp_frame *f,
+    inbox_reply_fn reply, void *arg)
 {
 	pending *p = calloc(1, sizeof(*p));
 	int rc;
@@ -341,43 +422,11 @@ handle_write(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply,
 	}
 	p->msg = msg;
 	p->f = *f;
+	p->how = how;
 	p->reply = reply;
 	p->reply_arg = arg;
 	p->req.done = write_done;
-	switch (f->type) {
-	case SP_T_APPEND:
-		build_append_one(f, &p->req, &p->one);
-		rc = SP_OK;
-		break;
-	case SP_T_APPEND_BATCH:
-		rc = build_append_batch(p);
-		break;
-	case SP_T_INBOX_ACK:
-		rc = build_ack(p);
-		break;
-	case SP_T_PURGE:
-		p->req.op.kind = INBOX_OP_PURGE;
-		p->req.op.purge.device = sp_frame_u64(f, SP_F_DEVICE);
-		p->req.cost = 64;
-		rc = SP_OK;
-		break;
-	case SP_T_BLOB_PUT: {
-		sp_bin b = sp_frame_bin(f, SP_F_BYTES);
-		p->req.op.kind = INBOX_OP_BLOB_PUT;
-		memcpy(
-		    p->req.op.blob_put.blob_id, sp_frame_bin(f, SP_F_BLOB_ID).p, INBOX_BLOB_ID_LEN);
-		p->req.op.blob_put.offset = sp_frame_u64(f, SP_F_OFFSET);
-		p->req.op.blob_put.bytes = b.p;
-		p->req.op.blob_put.len = b.len;
-		p->req.cost = b.len + 128;
-		rc = SP_OK;
-		break;
-	}
-	default: /* BLOB_DONE */
-		rc = build_blob_done(d, p);
-		break;
-	}
-	if (rc) {
+	if ((rc = how->build(d, p))) {
 		reply_error(&p->f, rc, reply, arg);
 		pending_free(p);
 		return;
@@ -436,7 +485,7 @@ multi_item_done(inbox_req *req)
 /* APPEND_MULTI: every item becomes the op a single APPEND would (dedup and cap per item),
  * all submitted at once so that they normally share a commit. */
 static void
-handle_multi(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply, void *arg)
+take_append_multi(inbox_dispatch *d, nng_msg *msg, sp_frame *f, inbox_reply_fn reply, void *arg)
 {
 	const sp_val *v = sp_frame_get(f, SP_F_APPEND_ITEMS);
 	uint32_t n = v->rs.n;
@@ -474,7 +523,7 @@ fail:
 /* ---- reads ---- */
 
 static nng_msg *
-do_fetch(inbox_dispatch *d, const sp_frame *f)
+read_fetch(inbox_dispatch *d, const sp_frame *f)
 {
 	uint64_t device = sp_frame_u64(f, SP_F_DEVICE), after = sp_frame_u64(f, SP_F_AFTER_SEQ);
 	uint64_t want = sp_frame_u64(f, SP_F_MAX_COUNT), bytes = sp_frame_u64(f, SP_F_MAX_BYTES);
@@ -542,7 +591,7 @@ out:
 }
 
 static nng_msg *
-do_stat(inbox_dispatch *d, const sp_frame *f)
+read_stat(inbox_dispatch *d, const sp_frame *f)
 {
 	inbox_shard_stat ss;
 	inbox_stat st = { 0 };
@@ -578,7 +627,7 @@ do_stat(inbox_dispatch *d, const sp_frame *f)
 }
 
 static nng_msg *
-do_last_seqs(inbox_dispatch *d, const sp_frame *f)
+read_last_seqs(inbox_dispatch *d, const sp_frame *f)
 {
 	const sp_val *devs = sp_frame_get(f, SP_F_DEVICES);
 	uint64_t *seqs = calloc(devs->us.n ? devs->us.n : 1, sizeof(uint64_t));
@@ -601,8 +650,12 @@ static void
 note_fetched(inbox_dispatch *d, const uint8_t *blob_id, uint64_t device)
 {
 	inbox_req *r = calloc(1, sizeof(*r));
-	if (!r)
-		return; /* the blob then lives until its TTL */
+	if (!r) {
+		inbox_drop(inbox_m.dropped_ops,
+		    "blob fetched note: %s (the blob then lives until its TTL)",
+		    sp_strerror(SP_ENOMEM));
+		return;
+	}
 	r->op.kind = INBOX_OP_BLOB_FETCHED;
 	memcpy(r->op.blob_fetched.blob_id, blob_id, INBOX_BLOB_ID_LEN);
 	r->op.blob_fetched.device = device;
@@ -612,7 +665,7 @@ note_fetched(inbox_dispatch *d, const uint8_t *blob_id, uint64_t device)
 }
 
 static nng_msg *
-do_blob_get(inbox_dispatch *d, const sp_frame *f)
+read_blob_get(inbox_dispatch *d, const sp_frame *f)
 {
 	const uint8_t *id = sp_frame_bin(f, SP_F_BLOB_ID).p;
 	uint64_t off = sp_frame_u64(f, SP_F_OFFSET), len = sp_frame_u64(f, SP_F_LEN);
@@ -673,11 +726,47 @@ fail:
 	return error_msg(f, rc);
 }
 
+static nng_msg *
+read_ping(inbox_dispatch *d, const sp_frame *f)
+{
+	sp_frame rep;
+	(void)d;
+	sp_frame_init(&rep, SP_T_PONG, 0, false);
+	return frame_msg(f, &rep);
+}
+
+/* ---- the table ---- */
+
+/* Every request type the shard serves, and how. A type without an entry (a reply, a
+ * record, another tier's request) is answered ERROR{SP_EBADTYPE}. */
+static const serve_entry serve[SP_T__MAX] = {
+	[SP_T_APPEND] = { .build = build_append, .done = reply_appended },
+	[SP_T_APPEND_BATCH] = { .build = build_append_batch, .done = reply_appended_batch },
+	[SP_T_APPEND_MULTI] = { .take = take_append_multi },
+	[SP_T_INBOX_ACK] = { .build = build_ack, .done = reply_acked },
+	[SP_T_PURGE] = { .build = build_purge, .done = reply_purged },
+	[SP_T_BLOB_PUT] = { .build = build_blob_put, .done = reply_blob_stored },
+	[SP_T_BLOB_DONE] = { .build = build_blob_done, .done = reply_ok },
+	[SP_T_FETCH] = { .read = read_fetch },
+	[SP_T_STAT] = { .read = read_stat },
+	[SP_T_LAST_SEQS] = { .read = read_last_seqs },
+	[SP_T_BLOB_GET] = { .read = read_blob_get },
+	[SP_T_PING] = { .read = read_ping },
+};
+
+bool
+inbox_dispatch_serves(unsigned type)
+{
+	if (type >= SP_T__MAX)
+		return false;
+	const serve_entry *how = &serve[type];
+	return how->read || how->build || how->take;
+}
+
 void
 inbox_dispatch_handle(inbox_dispatch *d, nng_msg *msg, inbox_reply_fn reply, void *arg)
 {
-	sp_frame f, rep;
-	nng_msg *out = NULL;
+	sp_frame f;
 	int rc = sp_nng_msg_decode(msg, &f);
 
 	if (rc) {
@@ -685,41 +774,21 @@ inbox_dispatch_handle(inbox_dispatch *d, nng_msg *msg, inbox_reply_fn reply, voi
 		nng_msg_free(msg);
 		return;
 	}
-	switch (f.type) {
-	case SP_T_APPEND:
-	case SP_T_APPEND_BATCH:
-	case SP_T_INBOX_ACK:
-	case SP_T_PURGE:
-	case SP_T_BLOB_PUT:
-	case SP_T_BLOB_DONE:
-		handle_write(d, msg, &f, reply, arg); /* takes msg and f */
-		return;
-	case SP_T_APPEND_MULTI:
-		handle_multi(d, msg, &f, reply, arg); /* takes msg and f */
-		return;
-	case SP_T_FETCH:
-		out = do_fetch(d, &f);
-		break;
-	case SP_T_STAT:
-		out = do_stat(d, &f);
-		break;
-	case SP_T_LAST_SEQS:
-		out = do_last_seqs(d, &f);
-		break;
-	case SP_T_BLOB_GET:
-		out = do_blob_get(d, &f);
-		break;
-	case SP_T_PING:
-		sp_frame_init(&rep, SP_T_PONG, 0, false);
-		out = frame_msg(&f, &rep);
-		break;
-	default:
-		reply_error(&f, SP_EBADTYPE, reply, arg);
-		sp_frame_fini(&f);
-		nng_msg_free(msg);
+	const serve_entry *how = &serve[f.type]; /* f.type is a uint8_t */
+	if (how->take) {
+		how->take(d, msg, &f, reply, arg);
 		return;
 	}
-	reply(arg, out);
+	if (how->build) {
+		serve_write(d, how, msg, &f, reply, arg);
+		return;
+	}
+	if (how->read) {
+		reply(arg, how->read(d, &f));
+	} else {
+		sp_metric_inc(inbox_m.unserved);
+		reply_error(&f, SP_EBADTYPE, reply, arg);
+	}
 	sp_frame_fini(&f);
 	nng_msg_free(msg);
 }

@@ -1,15 +1,18 @@
 /*
- * Request dispatch: decodes one request frame, serves reads (FETCH, STAT, BLOB_GET) at once
- * from a read-only transaction on the calling thread, and turns writes into ops for the
- * group-commit writer, replying after their commit. Independent of the transport so unit
- * tests drive it without sockets.
+ * Request dispatch: decodes one request frame and looks its type up in one table
+ * (dispatch.c: `serve`), which names the handler: reads (FETCH, STAT, LAST_SEQS, BLOB_GET,
+ * PING) are answered at once on the calling thread; writes become ops for the group-commit
+ * writer, replied to after their commit. Independent of the transport so unit tests drive
+ * it without sockets.
  *
  * Every malformed, oversize or out-of-range request is answered ERROR{code, reason}; none
- * reaches the store.
+ * reaches the store. A frame of a type the table does not serve is ERROR{SP_EBADTYPE},
+ * counted in sp_inbox_unserved_requests_total.
  */
 #ifndef INBOX_DISPATCH_H
 #define INBOX_DISPATCH_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <nng/nng.h>
@@ -38,5 +41,9 @@ void inbox_dispatch_free(inbox_dispatch *d);
  * before returning (reads, errors) or later on the commit completion thread (writes, after their
  * commit). */
 void inbox_dispatch_handle(inbox_dispatch *d, nng_msg *req, inbox_reply_fn reply, void *arg);
+
+/* Whether the dispatch table serves request frames of `type` (any other type is answered
+ * ERROR{SP_EBADTYPE}). */
+bool inbox_dispatch_serves(unsigned type);
 
 #endif

@@ -1,4 +1,16 @@
-/* Names shared by the files of inboxsrv, not by other tiers. */
+/*
+ * Names shared by the files of inboxsrv, not by other tiers. The files:
+ *   main.c           configuration, start-up and shutdown
+ *   server.c         NNG REP contexts: receive, hand to dispatch, send the reply
+ *   dispatch.c       the request table: decode, serve reads, build ops and their replies
+ *   commit.c         the group-commit writer thread and its completion thread
+ *   sweep.c          the TTL sweep timer (INBOX_OP_SWEEP ops)
+ *   store*.c         the LMDB store (store_internal.h lists its files)
+ *   blob.c           blob ops, deletion and TTL
+ *   dedup.c          the in-memory dedup index
+ *   qindex.c         the in-memory queue index
+ *   metrics.c        the metrics and the drop counter (inbox_drop)
+ */
 #ifndef INBOX_INTERNAL_H
 #define INBOX_INTERNAL_H
 
@@ -9,6 +21,7 @@
 
 #include "dedup.h"
 #include "qindex.h"
+#include "sp_bytes.h"
 #include "sp_metrics.h"
 #include "store.h"
 
@@ -22,6 +35,7 @@ typedef struct inbox_metrics {
 	sp_metric *blob_gets, *commit_seconds, *sync_seconds, *request_seconds;
 	sp_metric *dedup_evicted, *dedup_entries, *dedup_bytes;
 	sp_metric *collected, *garbage, *queue_devices, *queue_index_bytes;
+	sp_metric *unserved, *dropped_requests, *dropped_replies, *dropped_ops;
 	sp_metric *batch[INBOX_BATCH_BUCKETS];
 	sp_metric *lsn, *entries, *blobs, *map_used, *disk_low;
 } inbox_metrics;
@@ -33,6 +47,11 @@ void inbox_metrics_init(void);
 
 /* Counts a commit of `ops` ops in the batch-size buckets. */
 void inbox_metrics_batch(uint32_t ops);
+
+/* Counts one request, reply or op dropped with nobody told (in `m`, one of the dropped_*
+ * metrics) and logs why, at most one line a second for the whole process: a flood of drops
+ * must not become a flood of log lines. Any thread. */
+void inbox_drop(sp_metric *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* The LMDB databases of a shard. Keys are big-endian so they sort numerically; values
  * are little-endian fixed layouts described where they are written. */
@@ -46,7 +65,7 @@ struct inbox_store {
 	 * envelope | body id. Ids grow with the LSN, so appends write at the end of one tree;
 	 * the queue index (qindex.h) says which ids make up each device's queue. */
 	MDB_dbi log;
-	MDB_dbi dev; /* device -> {last seq, acknowledged seq} (store.c: dev_get) */
+	MDB_dbi dev; /* device -> {last seq, acknowledged seq} (store_ack.c: dev_get) */
 	/* (ts, device, seq) -> {from_device, msg_id}: the TTL index of entries and the log of
 	 * dedup records, in time order (appends add at its end). */
 	MDB_dbi ttl;
@@ -64,22 +83,6 @@ struct inbox_store {
 	uint8_t evict_key[24]; /* TTL records before this key are not indexed (dedup_max) */
 	uint8_t gc_key[8]; /* where the collector goes on in the log */
 };
-
-static inline void
-inbox_be64_put(uint8_t *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8)
-		p[i] = (uint8_t)v;
-}
-
-static inline uint64_t
-inbox_be64_get(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++)
-		v = (v << 8) | p[i];
-	return v;
-}
 
 static inline void
 inbox_le64_put(uint8_t *p, uint64_t v)

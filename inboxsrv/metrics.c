@@ -1,4 +1,12 @@
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+
 #include "internal.h"
+#include "sp_log.h"
+#include "sp_time.h"
+
+#define DROP_LOG_MS 1000 /* at most one drop log line this often */
 
 inbox_metrics inbox_m;
 
@@ -76,6 +84,15 @@ inbox_metrics_init(void)
 	    "sp_inbox_queue_index_bytes", "Memory held by the in-memory queue index");
 	m->dedup_evicted = sp_metric_counter("sp_inbox_dedup_evicted_total",
 	    "Dedup records forgotten before the message TTL to stay under dedup-max");
+	m->unserved = sp_metric_counter("sp_inbox_unserved_requests_total",
+	    "Well-formed frames of a type the shard does not serve, answered ERROR (also in "
+	    "sp_inbox_bad_requests_total)");
+	m->dropped_requests = sp_metric_counter("sp_inbox_dropped_total{what=\"request\"}",
+	    "Requests, replies and ops dropped with nobody told: a failed receive, a reply "
+	    "not built or not sent (the requester's resend retries), an op nobody waits for "
+	    "that failed or was not queued");
+	m->dropped_replies = sp_metric_counter("sp_inbox_dropped_total{what=\"reply\"}", NULL);
+	m->dropped_ops = sp_metric_counter("sp_inbox_dropped_total{what=\"op\"}", NULL);
 }
 
 void
@@ -87,4 +104,30 @@ inbox_metrics_batch(uint32_t ops)
 			return;
 		}
 	}
+}
+
+static _Atomic uint64_t drop_logged_ms; /* when the last drop line was written */
+static atomic_ulong drop_quiet; /* drops not logged since */
+
+void
+inbox_drop(sp_metric *m, const char *fmt, ...)
+{
+	uint64_t now = sp_time_ms(), last = atomic_load(&drop_logged_ms);
+	char what[256];
+	va_list ap;
+
+	sp_metric_inc(m);
+	if (now - last < DROP_LOG_MS
+	    || !atomic_compare_exchange_strong(&drop_logged_ms, &last, now)) {
+		atomic_fetch_add(&drop_quiet, 1);
+		return;
+	}
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	unsigned long quiet = atomic_exchange(&drop_quiet, 0);
+	if (quiet)
+		sp_warn("dropped: %s (and %lu more not logged)", what, quiet);
+	else
+		sp_warn("dropped: %s", what);
 }

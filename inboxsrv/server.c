@@ -51,12 +51,16 @@ ctx_reply(void *arg, nng_msg *reply)
 {
 	srv_ctx *c = arg;
 	if (!reply) {
+		inbox_drop(inbox_m.dropped_replies,
+		    "no reply could be built (out of memory); the requester's resend retries");
 		ctx_recv(c);
 		return;
 	}
 	sp_metric_observe(inbox_m.request_seconds, (double)(sp_mono_ns() - c->t_recv) / 1e9);
 	pthread_rwlock_rdlock(&c->srv->lock);
 	if (c->srv->closing) {
+		inbox_drop(
+		    inbox_m.dropped_replies, "reply after the socket closed (shutting down)");
 		nng_msg_free(reply);
 	} else {
 		c->state = CTX_SEND;
@@ -75,8 +79,10 @@ ctx_cb(void *arg)
 	switch (c->state) {
 	case CTX_RECV:
 		if (rv) {
-			if (rv != NNG_ECLOSED && rv != NNG_ECANCELED)
-				ctx_recv(c);
+			if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
+				return;
+			inbox_drop(inbox_m.dropped_requests, "receive: %s", nng_strerror(rv));
+			ctx_recv(c);
 			return;
 		}
 		c->state = CTX_WAIT;
@@ -86,6 +92,7 @@ ctx_cb(void *arg)
 	case CTX_SEND:
 		if (rv) {
 			nng_msg_free(nng_aio_get_msg(c->aio));
+			inbox_drop(inbox_m.dropped_replies, "reply send: %s", nng_strerror(rv));
 			if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
 				return;
 		}

@@ -7,6 +7,7 @@
 
 #include "client/cl_internal.h"
 #include "sp_error.h"
+#include "check_run.h"
 
 START_TEST(test_text_round_trip)
 {
@@ -168,9 +169,5 @@ main(void)
 	tcase_add_test(tc, test_hostile_input);
 	tcase_add_test(tc, test_backoff_full_jitter);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

@@ -9,6 +9,7 @@
 #include "client/cl_internal.h"
 #include "sp_error.h"
 #include "sp_time.h"
+#include "check_run.h"
 
 static char home[64];
 
@@ -226,9 +227,5 @@ main(void)
 	tcase_add_test(tc, test_outbox_keeps_message_offline);
 	tcase_add_test(tc, test_media_stream_round_trip_and_tamper);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

@@ -6,6 +6,7 @@
 #include "client/signal/sig_curve.h"
 #include "sp_error.h"
 #include "sp_xeddsa.h"
+#include "check_run.h"
 
 static sig_keypair kp;
 static uint8_t msg[SP_XEDDSA_PUB_LEN], sig[SP_XEDDSA_SIG_LEN];
@@ -97,9 +98,5 @@ main(void)
 	tcase_add_test(tc, test_flipped_signature_bit);
 	tcase_add_test(tc, test_pubkey_valid);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

@@ -7,6 +7,7 @@
 
 #include "inboxsrv/dedup.h"
 #include "sp_error.h"
+#include "check_run.h"
 
 /* Match callback: accepts only the record whose seq is *arg. */
 static bool
@@ -151,9 +152,5 @@ suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(suite());
 }

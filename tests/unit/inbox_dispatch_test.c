@@ -17,6 +17,8 @@
 #include "sp_error.h"
 #include "sp_frame.h"
 #include "sp_nng.h"
+#include "tests/unit/inbox_fixture.h"
+#include "check_run.h"
 
 static char dir[64];
 static inbox_store *st;
@@ -98,6 +100,36 @@ static int
 raw_err(const void *p, size_t len)
 {
 	return err_code(call_raw(p, len));
+}
+
+/* Malformed requests as they arrive on the wire, in tests/fixtures/inbox_malformed/, and
+ * the ERROR code each one gets. Cases whose point is their size (over a length or count
+ * bound, over the frame limit) stay built in code below: as files they are 46 KB and up
+ * of filler. */
+typedef struct malformed_case {
+	const char *file;
+	int code;
+} malformed_case;
+
+/* The ERROR code of the reply to the request in fixture `file`. */
+static int
+fixture_err(const char *file)
+{
+	char name[128];
+	size_t len;
+	snprintf(name, sizeof(name), "inbox_malformed/%s", file);
+	uint8_t *p = fixture_read(name, &len);
+	int code = raw_err(p, len);
+	free(p);
+	return code;
+}
+
+static void
+expect_fixture_errs(const malformed_case *cases, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		ck_assert_msg(fixture_err(cases[i].file) == cases[i].code, "%s: want %s",
+		    cases[i].file, sp_strerror(cases[i].code));
 }
 
 /* Packs a map by hand (for frames the encoder would refuse to build). */
@@ -216,26 +248,61 @@ shard_entries(void)
 
 START_TEST(garbage_gets_error_codes)
 {
-	static const uint8_t junk[] = { 0xc1, 0x00, 0xff };
-	static const uint8_t empty_map[] = { 0x80 };
-	static const uint8_t no_t[] = { 0x81, 0xa1, 'x', 0x01 };
-	static const uint8_t bad_type[] = { 0x81, 0xa1, 't', 0xcc, 0xfa }; /* 250: unused */
-	static const uint8_t record_type[] = { 0x81, 0xa1, 't', 0xcc, 130 }; /* ENTRY */
-	static const uint8_t trailing[] = { 0x81, 0xa1, 't', 0x03, 0x00 }; /* PING + byte */
-	static const uint8_t client_frame[] = { 0x81, 0xa1, 't', 0x0f }; /* ACK (client) */
-
-	ck_assert_int_eq(raw_err(junk, sizeof(junk)), SP_EMALFORMED);
-	ck_assert_int_eq(raw_err(junk, 0), SP_ETRUNC);
-	ck_assert_int_eq(raw_err(empty_map, 1), SP_EMISSING);
-	ck_assert_int_eq(raw_err(no_t, sizeof(no_t)), SP_EMISSING);
-	ck_assert_int_eq(raw_err(bad_type, sizeof(bad_type)), SP_EBADTYPE);
-	ck_assert_int_eq(raw_err(record_type, sizeof(record_type)), SP_EBADTYPE);
-	ck_assert_int_eq(raw_err(trailing, sizeof(trailing)), SP_ETRAILING);
-	ck_assert_int_eq(raw_err(client_frame, sizeof(client_frame)), SP_EBADTYPE);
+	static const malformed_case cases[] = {
+		{ "junk.bin", SP_EMALFORMED },
+		{ "empty.bin", SP_ETRUNC },
+		{ "empty_map.bin", SP_EMISSING },
+		{ "no_type.bin", SP_EMISSING },
+		{ "unused_type.bin", SP_EBADTYPE },
+		{ "record_type.bin", SP_EBADTYPE },
+		{ "trailing_byte.bin", SP_ETRAILING },
+		{ "client_type.bin", SP_EBADTYPE },
+	};
+	expect_fixture_errs(cases, sizeof(cases) / sizeof(cases[0]));
 	uint8_t *huge = calloc(1, sp_frame_limit_large() + 1);
 	ck_assert_int_eq(raw_err(huge, sp_frame_limit_large() + 1), SP_ETOOBIG);
 	free(huge);
 	ck_assert_uint_eq(depth(1), 0);
+}
+END_TEST
+
+/* The dispatch table serves exactly the requests of frames_inbox.def plus PING; every
+ * served type is a top-level frame of the catalogue. */
+START_TEST(table_serves_the_inbox_requests)
+{
+	static const unsigned want[] = { SP_T_APPEND, SP_T_APPEND_BATCH, SP_T_APPEND_MULTI,
+		SP_T_FETCH, SP_T_INBOX_ACK, SP_T_STAT, SP_T_PURGE, SP_T_BLOB_PUT, SP_T_BLOB_DONE,
+		SP_T_BLOB_GET, SP_T_LAST_SEQS, SP_T_PING };
+	unsigned served = 0;
+	for (unsigned t = 0; t < 300; t++) {
+		bool expected = false;
+		for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+			expected = expected || want[i] == t;
+		ck_assert_msg(
+		    inbox_dispatch_serves(t) == expected, "type %u (%s)", t, sp_frame_type_name(t));
+		if (!expected)
+			continue;
+		const sp_frame_def *def = sp_frame_def_get(t);
+		ck_assert_ptr_nonnull(def);
+		ck_assert(!(def->flags & SP_FL_RECORD));
+		/* The catalogue's serve column names the shard (PING: every tier answers it). */
+		ck_assert_msg(def->tier == SP_TIER_INBOX || t == SP_T_PING, "%s", def->name);
+		served++;
+	}
+	ck_assert_uint_eq(served, sizeof(want) / sizeof(want[0]));
+	for (unsigned t = 0; t < 256; t++) {
+		const sp_frame_def *def = sp_frame_def_get(t);
+		if (def && def->tier == SP_TIER_INBOX)
+			ck_assert_msg(inbox_dispatch_serves(t), "%s has no handler", def->name);
+	}
+
+	/* A well-formed frame the shard does not serve (a reply type) is an ERROR. */
+	sp_frame f;
+	sp_frame_init(&f, SP_T_APPENDED, 1, true);
+	sp_frame_set_u64(&f, SP_F_SEQ, 1);
+	ck_assert_int_eq(call_code(&f), SP_EBADTYPE);
+	sp_frame_init(&f, SP_T_PING, 2, true);
+	ck_assert_int_eq(call_code(&f), 0);
 }
 END_TEST
 
@@ -262,13 +329,6 @@ append_head(msgpack_packer *pk)
 }
 
 static void
-append_missing_env(msgpack_packer *pk)
-{
-	msgpack_pack_map(pk, 7);
-	append_head(pk);
-}
-
-static void
 append_valid_by_hand(msgpack_packer *pk)
 {
 	msgpack_pack_map(pk, 8);
@@ -276,33 +336,6 @@ append_valid_by_hand(msgpack_packer *pk)
 	key(pk, "env");
 	msgpack_pack_bin(pk, 1);
 	msgpack_pack_bin_body(pk, "e", 1);
-}
-
-static void
-fetch_string_device(msgpack_packer *pk)
-{
-	msgpack_pack_map(pk, 3);
-	key(pk, "t");
-	msgpack_pack_uint64(pk, SP_T_FETCH);
-	key(pk, "device");
-	msgpack_pack_str(pk, 1);
-	msgpack_pack_str_body(pk, "1", 1);
-	key(pk, "after_seq");
-	msgpack_pack_uint64(pk, 0);
-}
-
-static void
-fetch_unknown_field(msgpack_packer *pk)
-{
-	msgpack_pack_map(pk, 4);
-	key(pk, "t");
-	msgpack_pack_uint64(pk, SP_T_FETCH);
-	key(pk, "device");
-	msgpack_pack_uint64(pk, 1);
-	key(pk, "after_seq");
-	msgpack_pack_uint64(pk, 0);
-	key(pk, "evil");
-	msgpack_pack_uint64(pk, 0);
 }
 
 static void
@@ -348,12 +381,13 @@ batch_too_many_targets(msgpack_packer *pk)
 
 START_TEST(bad_fields_get_error_codes)
 {
-	static const uint8_t short_id[] = { 0x83, 0xa1, 't', 0x64, 0xa6, 'm', 's', 'g', '_', 'i',
-		'd', 0xc4, 0x01, 0x00, 0xa6, 'd', 'e', 'v', 'i', 'c', 'e', 0x01 };
-	ck_assert_int_eq(map_err(append_missing_env), SP_EMISSING);
-	ck_assert_int_eq(raw_err(short_id, sizeof(short_id)), SP_EFIELDLEN);
-	ck_assert_int_eq(map_err(fetch_string_device), SP_EFIELDTYPE);
-	ck_assert_int_eq(map_err(fetch_unknown_field), SP_EUNKNOWNFIELD);
+	static const malformed_case cases[] = {
+		{ "append_missing_env.bin", SP_EMISSING },
+		{ "append_short_msg_id.bin", SP_EFIELDLEN },
+		{ "fetch_string_device.bin", SP_EFIELDTYPE },
+		{ "fetch_unknown_field.bin", SP_EUNKNOWNFIELD },
+	};
+	expect_fixture_errs(cases, sizeof(cases) / sizeof(cases[0]));
 	ck_assert_int_eq(map_err(append_oversize_env), SP_EFIELDLEN);
 	ck_assert_int_eq(map_err(batch_too_many_targets), SP_EFIELDLEN);
 	ck_assert_uint_eq(depth(1), 0);
@@ -589,22 +623,16 @@ multi_call(const uint64_t *devs, const uint8_t *msgs, uint32_t n, multi_res *res
 	nng_msg_free(m);
 }
 
-/* Ways to spoil one item of a hand-packed APPEND_MULTI. */
-typedef enum { ITEM_OK, ITEM_NO_ENV, ITEM_STR_DEVICE } item_kind;
-
+/* One well-formed item of a hand-packed APPEND_MULTI (spoiled items are fixtures:
+ * tests/fixtures/inbox_malformed/multi_*.bin). */
 static void
-pack_item(msgpack_packer *pk, uint64_t device, uint8_t msg, item_kind kind)
+pack_item(msgpack_packer *pk, uint64_t device, uint8_t msg)
 {
 	uint8_t id[16];
 	memset(id, msg, 16);
-	msgpack_pack_map(pk, kind == ITEM_NO_ENV ? 6 : 7);
+	msgpack_pack_map(pk, 7);
 	key(pk, "device");
-	if (kind == ITEM_STR_DEVICE) {
-		msgpack_pack_str(pk, 2);
-		msgpack_pack_str_body(pk, "99", 2);
-	} else {
-		msgpack_pack_uint64(pk, device);
-	}
+	msgpack_pack_uint64(pk, device);
 	key(pk, "msg_id");
 	msgpack_pack_bin(pk, 16);
 	msgpack_pack_bin_body(pk, id, 16);
@@ -616,17 +644,15 @@ pack_item(msgpack_packer *pk, uint64_t device, uint8_t msg, item_kind kind)
 	msgpack_pack_uint64(pk, 1);
 	key(pk, "etype");
 	msgpack_pack_uint64(pk, 1);
-	if (kind != ITEM_NO_ENV) {
-		key(pk, "env");
-		msgpack_pack_bin(pk, 1);
-		msgpack_pack_bin_body(pk, "e", 1);
-	}
+	key(pk, "env");
+	msgpack_pack_bin(pk, 1);
+	msgpack_pack_bin_body(pk, "e", 1);
 }
 
-/* An APPEND_MULTI of n items, item i to device 100 + i, the last one of kind `last`; the
- * ERROR code of the reply (0 if it is not an ERROR). */
+/* An APPEND_MULTI of n items, item i to device 100 + i; the ERROR code of the reply (0 if
+ * it is not an ERROR). */
 static int
-multi_raw_err(uint32_t n, item_kind last)
+multi_raw_err(uint32_t n)
 {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
@@ -638,7 +664,7 @@ multi_raw_err(uint32_t n, item_kind last)
 	key(&pk, "items");
 	msgpack_pack_array(&pk, n);
 	for (uint32_t i = 0; i < n; i++)
-		pack_item(&pk, 100 + i, 1, i + 1 == n ? last : ITEM_OK);
+		pack_item(&pk, 100 + i, 1);
 	int code = raw_err(sb.data, sb.size);
 	msgpack_sbuffer_destroy(&sb);
 	return code;
@@ -721,14 +747,18 @@ START_TEST(append_multi_roundtrip)
 	sp_frame_init(&f, SP_T_APPEND_MULTI, 78, true);
 	sp_frame_set_recs(&f, SP_F_APPEND_ITEMS, NULL, 0);
 	ck_assert_int_eq(call_code(&f), SP_EMISSING);
-	ck_assert_int_eq(multi_raw_err(0, ITEM_OK), SP_EMISSING);
-	ck_assert_int_eq(multi_raw_err(257, ITEM_OK), SP_EFIELDLEN);
-	ck_assert_int_eq(multi_raw_err(3, ITEM_NO_ENV), SP_EMISSING);
-	ck_assert_int_eq(multi_raw_err(3, ITEM_STR_DEVICE), SP_EFIELDTYPE);
+	static const malformed_case cases[] = {
+		{ "multi_no_items.bin", SP_EMISSING },
+		{ "multi_item_no_env.bin", SP_EMISSING },
+		{ "multi_item_str_device.bin", SP_EFIELDTYPE },
+	};
+	expect_fixture_errs(cases, sizeof(cases) / sizeof(cases[0]));
+	ck_assert_int_eq(multi_raw_err(257), SP_EFIELDLEN);
 	ck_assert_uint_eq(shard_entries(), 3 + 2 + 5 + 2);
-	/* The same hand-packed frame, well formed and at the 256-item bound, is stored: the
-	 * refusals above were the spoiled items' doing. */
-	ck_assert_int_eq(multi_raw_err(256, ITEM_OK), 0);
+	/* The same packing (tests/fixtures/gen_inbox_fixtures.c packs items alike), well formed
+	 * and at the 256-item bound, is stored: the refusals above were the spoiled items'
+	 * doing. */
+	ck_assert_int_eq(multi_raw_err(256), 0);
 	ck_assert_uint_eq(shard_entries(), 3 + 2 + 5 + 2 + 256);
 	ck_assert_uint_eq(depth(100), 1);
 	ck_assert_uint_eq(depth(355), 1);
@@ -837,6 +867,7 @@ suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, garbage_gets_error_codes);
+	tcase_add_test(tc, table_serves_the_inbox_requests);
 	tcase_add_test(tc, bad_fields_get_error_codes);
 	tcase_add_test(tc, semantic_errors);
 	tcase_add_test(tc, append_fetch_ack_roundtrip);
@@ -857,9 +888,5 @@ suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(suite());
 }

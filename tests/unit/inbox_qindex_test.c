@@ -6,6 +6,7 @@
 
 #include "inboxsrv/qindex.h"
 #include "sp_error.h"
+#include "check_run.h"
 
 static size_t
 cands(inbox_qindex *q, uint64_t device, uint64_t after, inbox_qcand *out, size_t max)
@@ -190,9 +191,5 @@ suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return check_run(suite());
 }

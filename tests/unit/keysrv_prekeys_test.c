@@ -7,6 +7,7 @@
 #include "keysrv/prekeys.h"
 #include "keysrv_harness.h"
 #include "sp_bytes.h"
+#include "check_run.h"
 
 static kt_env env;
 
@@ -384,9 +385,5 @@ suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(suite());
 }

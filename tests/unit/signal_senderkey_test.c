@@ -11,6 +11,7 @@
 #include "client/signal/sig_senderkey.h"
 #include "client/signal/sig_state.h"
 #include "sp_error.h"
+#include "check_run.h"
 
 typedef struct {
 	uint8_t *b;
@@ -318,8 +319,6 @@ main(void)
 {
 	Suite *s = suite_create("signal_senderkey");
 	TCase *tc = tcase_create("senderkey");
-	SRunner *sr;
-	int failed;
 
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_round_trip_and_format);
@@ -330,9 +329,5 @@ main(void)
 	tcase_add_test(tc, test_record_blob);
 	tcase_add_test(tc, test_store_groups);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

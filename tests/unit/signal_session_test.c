@@ -10,6 +10,7 @@
 #include "client/signal/sig_proto.h"
 #include "client/signal/sig_state.h"
 #include "sp_error.h"
+#include "check_run.h"
 
 typedef struct {
 	uint8_t *b;
@@ -601,8 +602,6 @@ main(void)
 {
 	Suite *s = suite_create("signal_session");
 	TCase *tc = tcase_create("session");
-	SRunner *sr;
-	int failed;
 
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_round_trip);
@@ -620,9 +619,5 @@ main(void)
 	tcase_add_test(tc, test_session_blob);
 	tcase_add_test(tc, test_malformed_protobuf);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

@@ -12,6 +12,7 @@
 #include "client/signal/sig_session.h"
 #include "client/signal/sig_state.h"
 #include "sp_error.h"
+#include "check_run.h"
 
 static char *vec;
 
@@ -386,8 +387,6 @@ main(void)
 {
 	Suite *s = suite_create("signal_vector");
 	TCase *tc = tcase_create("vector1");
-	SRunner *sr;
-	int failed;
 
 	load_vector();
 	tcase_add_test(tc, test_signature_verify);
@@ -400,10 +399,7 @@ main(void)
 	tcase_add_test(tc, test_bad_signature_refused);
 	tcase_add_test(tc, test_bob_reply);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
+	int failed = check_run(s);
 	free(vec);
-	return failed ? 1 : 0;
+	return failed;
 }
