@@ -10,16 +10,17 @@
 #include <sodium.h>
 
 #include "connsrv/internal.h"
+#include "sp_proto.h"
 #include "sp_error.h"
 #include "sp_log.h"
 #include "sp_time.h"
 
-#define AUTH_CONTEXT "sealpost-auth-v1"
-
 void
-cs_auth_hello(cs_session *s, const sp_frame *f)
+cs_auth_hello(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
-	if (sp_frame_u64(f, SP_F_VERSION) != CS_PROTO_VERSION) {
+	(void)raw;
+	(void)len;
+	if (sp_frame_u64(f, SP_F_VERSION) != SP_PROTO_VERSION) {
 		cs_session_error(s, f->id, f->has_id, SP_EPROTO, "unsupported protocol version", NULL);
 		cs_session_close(s, true);
 		return;
@@ -43,7 +44,7 @@ typedef struct auth_op {
 	uint64_t id;
 	bool has_id;
 	uint64_t user, device, last_seq;
-	uint8_t sig[64];
+	uint8_t sig[SP_LOGIN_SIG_LEN];
 	uint64_t t0;
 } auth_op;
 
@@ -107,24 +108,15 @@ on_auth_key(void *arg, int rc, const sp_frame *reply)
 	auth_op *op = arg;
 	cs_session *s = op->s;
 	cs_server *srv = s->srv;
-	uint8_t msg[sizeof(AUTH_CONTEXT) - 1 + CS_NONCE_LEN + 16];
 
 	sp_metric_observe(srv->m.rpc_latency, (double)(sp_mono_ns() - op->t0) / 1e9);
 	if (s->closing)
 		goto done;
 	if (rc == SP_OK) {
 		sp_bin key = sp_frame_bin(reply, SP_F_AUTH_KEY);
-		size_t k = sizeof(AUTH_CONTEXT) - 1;
-		memcpy(msg, AUTH_CONTEXT, k);
-		memcpy(msg + k, s->nonce, CS_NONCE_LEN);
-		k += CS_NONCE_LEN;
-		for (int i = 0; i < 8; i++) {
-			msg[k + i] = (uint8_t)(op->user >> (56 - 8 * i));
-			msg[k + 8 + i] = (uint8_t)(op->device >> (56 - 8 * i));
-		}
-		if (key.len != crypto_sign_PUBLICKEYBYTES ||
-		    sp_frame_u64(reply, SP_F_USER) != op->user ||
-		    crypto_sign_verify_detached(op->sig, msg, sizeof(msg), key.p) != 0)
+		if (sp_frame_u64(reply, SP_F_USER) != op->user ||
+		    sp_login_verify(op->sig, sizeof(op->sig), s->nonce, op->user, op->device, key.p,
+				    key.len) != SP_OK)
 			rc = SP_EAUTH;
 	}
 	if (rc) {
@@ -174,8 +166,10 @@ done:
 }
 
 void
-cs_auth_auth(cs_session *s, const sp_frame *f)
+cs_auth_auth(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
+	(void)raw;
+	(void)len;
 	cs_server *srv = s->srv;
 	auth_op *op = calloc(1, sizeof(*op));
 	if (!op) {
@@ -188,7 +182,7 @@ cs_auth_auth(cs_session *s, const sp_frame *f)
 	op->user = sp_frame_u64(f, SP_F_USER);
 	op->device = sp_frame_u64(f, SP_F_DEVICE);
 	op->last_seq = sp_frame_u64(f, SP_F_LAST_SEQ);
-	memcpy(op->sig, sp_frame_bin(f, SP_F_SIG).p, 64);
+	memcpy(op->sig, sp_frame_bin(f, SP_F_SIG).p, sizeof(op->sig));
 	op->t0 = sp_mono_ns();
 
 	sp_frame q;

@@ -209,7 +209,7 @@ on_acked(void *arg, int rc, const sp_frame *reply)
 					done[j] = true;
 				}
 			}
-			cs_send_receipt(srv, s->user, s->device, from_user, CS_ETYPE_RECEIPT_DELIVERED, ids, k);
+			cs_send_receipt(srv, s->user, s->device, from_user, SP_ETYPE_RECEIPT_DELIVERED, ids, k);
 		}
 		free(done);
 		free(ids);
@@ -241,8 +241,10 @@ on_acked(void *arg, int rc, const sp_frame *reply)
 }
 
 void
-cs_deliver_ack(cs_session *s, const sp_frame *f)
+cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
+	(void)raw;
+	(void)len;
 	cs_server *srv = s->srv;
 	const sp_val *seqs = sp_frame_get(f, SP_F_SEQS);
 	uint64_t upto = sp_frame_u64(f, SP_F_UPTO_SEQ);

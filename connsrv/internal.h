@@ -23,15 +23,9 @@
 #include "sp_cluster.h"
 #include "sp_frame.h"
 #include "sp_metrics.h"
+#include "sp_proto.h"
 
-#define CS_NONCE_LEN 32
 #define CS_MAX_INFLIGHT 64      /* server calls in flight per session before reading pauses */
-#define CS_PROTO_VERSION 1
-
-/* Envelope types (DELIVER etype). 1..9 are client ciphertexts (Signal message types),
- * 10.. are made by the server. */
-#define CS_ETYPE_RECEIPT_DELIVERED 10
-#define CS_ETYPE_RECEIPT_READ 11
 
 typedef struct cs_cfg {
 	char *name;         /* cluster member name, e.g. connsrv-0 */
@@ -75,7 +69,7 @@ typedef struct cs_session {
 	bool closing; /* closed or closing: no more frames in or out */
 	bool flush_close; /* close once the output buffer has drained */
 	cs_state st;
-	uint8_t nonce[CS_NONCE_LEN];
+	uint8_t nonce[SP_LOGIN_NONCE_LEN];
 	uint64_t user, device, conn_epoch;
 	char peer[64];
 	unsigned inflight;
@@ -145,10 +139,13 @@ void cs_session_call_begin(cs_session *s);
 void cs_session_call_end(cs_session *s);
 bool cs_session_output_full(const cs_session *s);
 int cs_server_accept_start(cs_server *srv);
+/* The first frame type whose catalogue tier (SP_TIER_CONNSRV or not) disagrees with the
+ * dispatch table (a handler or none), or -1 when they agree. */
+int cs_session_dispatch_mismatch(void);
 
 /* auth.c */
-void cs_auth_hello(cs_session *s, const sp_frame *f);
-void cs_auth_auth(cs_session *s, const sp_frame *f);
+void cs_auth_hello(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
+void cs_auth_auth(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
 /* KICK from a peer connsrv (or our own login elsewhere in this worker). */
 void cs_auth_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);
 void cs_auth_logout(cs_session *s);
@@ -162,7 +159,7 @@ void cs_deliver_stop(cs_server *srv);
 void cs_deliver_login(cs_session *s, uint64_t last_seq);
 /* A DELIVER frame for one of our devices (from a peer or from ourselves). */
 void cs_deliver_push(cs_server *srv, const sp_frame *f);
-void cs_deliver_ack(cs_session *s, const sp_frame *f);
+void cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
 /* The client's socket drained: delivery may resume. */
 void cs_deliver_writable(cs_session *s);
 /* After appends: tell the connsrvs holding `devices` (seqs[i] is devices[i]'s) about the
@@ -178,15 +175,15 @@ int cs_keysrv_url(cs_server *srv, char *buf, size_t cap);
 /* send.c */
 void cs_send_one(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
 void cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
-void cs_send_read(cs_session *s, const sp_frame *f);
+void cs_send_read(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
 /* Queues a receipt envelope from (user, device) to every device of `to_user`. */
 void cs_send_receipt(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64_t to_user,
 		     unsigned etype, const sp_bin *msg_ids, uint32_t n);
 
-/* proxy.c: keysrv and media frames. */
-bool cs_proxy_allowed_before_login(unsigned type);
-bool cs_proxy_handles(unsigned type);
-void cs_proxy(cs_session *s, const sp_frame *f);
+/* proxy.c: a client's keysrv frame, forwarded with the session's identity; media frames,
+ * forwarded to the blob's shard as BLOB_*. */
+void cs_proxy_keysrv(cs_session *s, const sp_frame *f);
+void cs_proxy_media(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
 
 /* devcache.c: device lists of users (from keysrv), cached for a short time. */
 typedef void (*cs_devices_cb)(void *arg, int rc, const uint64_t *devices, size_t n);

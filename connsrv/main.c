@@ -207,6 +207,8 @@ run_worker(void)
 		sp_error("bad --pull or --advertise url");
 		return 2;
 	}
+	/* Every frame the catalogue says connsrv serves has its handler, and no other. */
+	SP_ASSERT(cs_session_dispatch_mismatch() < 0);
 	register_metrics(&srv);
 	evthread_use_pthreads();
 	srv.base = event_base_new();

@@ -324,20 +324,20 @@ check_devices(send_op *op)
 	cs_session *s = op->s;
 	const sp_val *items = sp_frame_get(&op->f, SP_F_ITEMS);
 	size_t n = items->rs.n;
-	uint64_t expect[2 * 8 + 2], missing[16], extra[64];
+	uint64_t expect[2 * 8 + 2], missing[16], extra[SP_MAX_SEND_DEVICES];
 	size_t ne = 0, nm = 0, nx = 0;
 	for (size_t i = 0; i < op->nto && ne < 8; i++)
 		expect[ne++] = op->to_devs[i];
 	for (size_t i = 0; i < op->nself && ne < 16; i++)
 		if (op->self_devs[i] != s->device && !contains(expect, ne, op->self_devs[i]))
 			expect[ne++] = op->self_devs[i];
-	uint64_t got[64];
-	for (size_t i = 0; i < n && i < 64; i++)
+	uint64_t got[SP_MAX_SEND_DEVICES];
+	for (size_t i = 0; i < n && i < SP_MAX_SEND_DEVICES; i++)
 		got[i] = sp_frame_u64(&items->rs.v[i], SP_F_DEVICE);
 	for (size_t i = 0; i < ne; i++)
 		if (!contains(got, n, expect[i]))
 			missing[nm++] = expect[i];
-	for (size_t i = 0; i < n && nx < 64; i++)
+	for (size_t i = 0; i < n && nx < SP_MAX_SEND_DEVICES; i++)
 		if (!contains(expect, ne, got[i]))
 			extra[nx++] = got[i];
 	if (nm == 0 && nx == 0) {
@@ -365,11 +365,11 @@ cs_send_one(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
 	const sp_val *items = sp_frame_get(f, SP_F_ITEMS);
 	const uint8_t *msg_id = sp_frame_bin(f, SP_F_MSG_ID).p;
-	if (items->rs.n == 0 || items->rs.n > 64) {
+	if (items->rs.n == 0 || items->rs.n > SP_MAX_SEND_DEVICES) {
 		cs_session_error(s, f->id, f->has_id, SP_EFIELDLEN, "items: 1 to 64 devices", msg_id);
 		return;
 	}
-	uint64_t devs[64];
+	uint64_t devs[SP_MAX_SEND_DEVICES];
 	for (uint32_t i = 0; i < items->rs.n; i++)
 		devs[i] = sp_frame_u64(&items->rs.v[i], SP_F_DEVICE);
 	qsort(devs, items->rs.n, sizeof(uint64_t), cmp_u64);
@@ -443,7 +443,7 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 	op->pending = 1;
 	for (size_t i = 0; i < op->n && !op->rc;) {
 		size_t j = i;
-		while (j < op->n && strcmp(urls[j], urls[i]) == 0 && j - i < 5120)
+		while (j < op->n && strcmp(urls[j], urls[i]) == 0 && j - i < SP_MAX_FANOUT_DEVICES)
 			j++;
 		for (size_t k = i; k < j; k++) {
 			sp_frame_init(&targets[k], SP_T_APPEND_TARGET, 0, false);
@@ -622,10 +622,12 @@ cs_send_receipt(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64
 }
 
 void
-cs_send_read(cs_session *s, const sp_frame *f)
+cs_send_read(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
+	(void)raw;
+	(void)len;
 	const sp_val *ids = sp_frame_get(f, SP_F_MSG_IDS);
-	cs_send_receipt(s->srv, s->user, s->device, sp_frame_u64(f, SP_F_TO_USER), CS_ETYPE_RECEIPT_READ,
+	cs_send_receipt(s->srv, s->user, s->device, sp_frame_u64(f, SP_F_TO_USER), SP_ETYPE_RECEIPT_READ,
 			ids->bs.v, ids->bs.n);
 	sp_frame ok;
 	sp_frame_init(&ok, SP_T_OK, f->id, f->has_id);

@@ -160,7 +160,7 @@ cs_session_call_end(cs_session *s)
 	cs_session_unref(s);
 }
 
-/* Token bucket for SEND/SEND_GROUP/READ; returns 0 or the ms to wait. */
+/* Token bucket for the catalogue's SP_FL_RATED frames; returns 0 or the ms to wait. */
 static uint64_t
 rate_take(cs_session *s)
 {
@@ -177,85 +177,117 @@ rate_take(cs_session *s)
 	return (uint64_t)((1.0 - s->tokens) * 1000.0 / (double)c->send_rate) + 1;
 }
 
-static void
-dispatch_ready(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+/* Takes a token, or answers the frame ERROR{SP_ERATELIMIT, retry_after}. */
+static bool
+rate_admit(cs_session *s, const sp_frame *f)
 {
-	switch (f->type) {
-	case SP_T_PING: {
-		sp_frame p;
-		sp_frame_init(&p, SP_T_PONG, f->id, f->has_id);
-		cs_session_send(s, &p);
+	uint64_t wait = rate_take(s);
+	if (!wait)
+		return true;
+	sp_frame e;
+	sp_frame_init(&e, SP_T_ERROR, f->id, f->has_id);
+	sp_frame_set_i64(&e, SP_F_CODE, SP_ERATELIMIT);
+	sp_frame_set_str(&e, SP_F_REASON, "rate_limited");
+	sp_frame_set_u64(&e, SP_F_RETRY_AFTER, wait);
+	if (sp_frame_has(f, SP_F_MSG_ID))
+		sp_frame_set_bin(&e, SP_F_MSG_ID, sp_frame_bin(f, SP_F_MSG_ID).p, 16);
+	sp_metric_inc(s->srv->m.rate_limited);
+	cs_session_send(s, &e);
+	return false;
+}
+
+static void
+on_ping(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	(void)raw;
+	(void)len;
+	sp_frame p;
+	sp_frame_init(&p, SP_T_PONG, f->id, f->has_id);
+	cs_session_send(s, &p);
+}
+
+static void
+on_pong(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	(void)s;
+	(void)f;
+	(void)raw;
+	(void)len;
+}
+
+typedef void (*cs_handler_fn)(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
+
+typedef struct cs_handler {
+	cs_handler_fn fn;
+	/* Bit per cs_state the frame is accepted in; 0: whenever the catalogue's login column
+	 * lets a client send it. */
+	unsigned states;
+} cs_handler;
+
+#define CS_IN(st) (1u << (st))
+
+/* connsrv's own frames: exactly the catalogue's SP_TIER_CONNSRV rows (checked at start-up
+ * by cs_session_dispatch_mismatch). Client frames of SP_TIER_KEYSRV need no row: they all
+ * go to the one keysrv forwarder. */
+static const cs_handler handlers[SP_T__MAX] = {
+	[SP_T_PING] = {on_ping, 0},
+	[SP_T_PONG] = {on_pong, 0},
+	[SP_T_HELLO] = {cs_auth_hello, CS_IN(CS_ST_HELLO)},
+	[SP_T_AUTH] = {cs_auth_auth, CS_IN(CS_ST_CHALLENGED)},
+	[SP_T_SEND] = {cs_send_one, 0},
+	[SP_T_SEND_GROUP] = {cs_send_group, 0},
+	[SP_T_READ] = {cs_send_read, 0},
+	[SP_T_ACK] = {cs_deliver_ack, 0},
+	[SP_T_MEDIA_PUT] = {cs_proxy_media, 0},
+	[SP_T_MEDIA_DONE] = {cs_proxy_media, 0},
+	[SP_T_MEDIA_GET] = {cs_proxy_media, 0},
+};
+
+int
+cs_session_dispatch_mismatch(void)
+{
+	for (unsigned t = 0; t < SP_T__MAX; t++) {
+		const sp_frame_def *d = sp_frame_def_get(t);
+		bool ours = d && d->tier == SP_TIER_CONNSRV;
+		if (ours != (handlers[t].fn != NULL))
+			return (int)t;
+	}
+	return -1;
+}
+
+/* A frame the session may not send now: an error once logged in; before login an error
+ * and a close, unless the login is being checked (the AUTH answer decides then). */
+static void
+refuse(cs_session *s, const sp_frame *f)
+{
+	if (s->st == CS_ST_READY) {
+		cs_session_error(s, f->id, f->has_id, SP_EPROTO, "frame not accepted from a client", NULL);
 		return;
 	}
-	case SP_T_PONG:
-		return;
-	case SP_T_SEND:
-	case SP_T_SEND_GROUP:
-	case SP_T_READ: {
-		uint64_t wait = rate_take(s);
-		if (wait) {
-			sp_frame e;
-			sp_frame_init(&e, SP_T_ERROR, f->id, f->has_id);
-			sp_frame_set_i64(&e, SP_F_CODE, SP_ERATELIMIT);
-			sp_frame_set_str(&e, SP_F_REASON, "rate_limited");
-			sp_frame_set_u64(&e, SP_F_RETRY_AFTER, wait);
-			if (sp_frame_has(f, SP_F_MSG_ID))
-				sp_frame_set_bin(&e, SP_F_MSG_ID, sp_frame_bin(f, SP_F_MSG_ID).p, 16);
-			sp_metric_inc(s->srv->m.rate_limited);
-			cs_session_send(s, &e);
-			return;
-		}
-		if (f->type == SP_T_SEND)
-			cs_send_one(s, f, raw, len);
-		else if (f->type == SP_T_SEND_GROUP)
-			cs_send_group(s, f, raw, len);
-		else
-			cs_send_read(s, f);
-		return;
-	}
-	case SP_T_ACK:
-		cs_deliver_ack(s, f);
-		return;
-	default:
-		break;
-	}
-	if (cs_proxy_handles(f->type)) {
-		cs_proxy(s, f);
-		return;
-	}
-	cs_session_error(s, f->id, f->has_id, SP_EPROTO, "frame not accepted from a client", NULL);
+	cs_session_error(s, f->id, f->has_id, SP_EAUTH, "log in first (HELLO, AUTH)", NULL);
+	if (s->st != CS_ST_AUTHING)
+		cs_session_close(s, true);
 }
 
 static void
 dispatch(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
 	s->last_seen_ms = sp_time_ms();
-	if (s->st == CS_ST_READY) {
-		dispatch_ready(s, f, raw, len);
+	const sp_frame_def *d = sp_frame_def_get(f->type);
+	const cs_handler *h = &handlers[f->type];
+	if (!d || !sp_frame_client_may_send(f->type, s->st == CS_ST_READY) ||
+	    (h->states && !(h->states & CS_IN(s->st)))) {
+		refuse(s, f);
 		return;
 	}
-	if (f->type == SP_T_PING) {
-		sp_frame p;
-		sp_frame_init(&p, SP_T_PONG, f->id, f->has_id);
-		cs_session_send(s, &p);
+	if ((d->flags & SP_FL_RATED) && !rate_admit(s, f))
 		return;
-	}
-	if (f->type == SP_T_HELLO && s->st == CS_ST_HELLO) {
-		cs_auth_hello(s, f);
-		return;
-	}
-	if (f->type == SP_T_AUTH && s->st == CS_ST_CHALLENGED) {
-		cs_auth_auth(s, f);
-		return;
-	}
-	if (cs_proxy_allowed_before_login(f->type)) {
-		cs_proxy(s, f);
-		return;
-	}
-	cs_session_error(s, f->id, f->has_id, SP_EAUTH, "log in first (HELLO, AUTH)", NULL);
-	if (s->st == CS_ST_AUTHING)
-		return;
-	cs_session_close(s, true);
+	if (d->tier == SP_TIER_CONNSRV)
+		h->fn(s, f, raw, len);
+	else if (d->tier == SP_TIER_KEYSRV)
+		cs_proxy_keysrv(s, f);
+	else
+		refuse(s, f);
 }
 
 /* sp_connsrv_frames_in_total{type="..."}, made on first use of each type. */
