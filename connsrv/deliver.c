@@ -8,20 +8,13 @@
  * and nothing is duplicated. A periodic check compares each device's last stored seq with
  * sent_seq, so a lost push reaches an online device within a few check intervals.
  */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "connsrv/internal.h"
+#include "connsrv/deliver.h"
 #include "sp_error.h"
 #include "sp_log.h"
-#include "sp_nng.h"
 #include "sp_time.h"
-
-typedef struct pulled {
-	nng_msg *m;
-	struct pulled *next;
-} pulled;
 
 static void fetch(cs_session *s);
 
@@ -189,30 +182,7 @@ on_acked(void *arg, int rc, const sp_frame *reply)
 	cs_session *s = op->s;
 	cs_server *srv = s->srv;
 	if (rc == SP_OK) {
-		const sp_val *v = sp_frame_get(reply, SP_F_DELIVERED);
-		/* Receipts to each sender, one envelope per sender user. Receipts the server
-		 * made (from_device 0) are not acknowledged in turn. */
-		uint32_t n = v ? v->rs.n : 0;
-		bool *done = n ? calloc(n, sizeof(bool)) : NULL;
-		sp_bin *ids = n ? calloc(n, sizeof(sp_bin)) : NULL;
-		for (uint32_t i = 0; done && ids && i < n; i++) {
-			const sp_frame *r = &v->rs.v[i];
-			uint64_t from_user = sp_frame_u64(r, SP_F_FROM_USER);
-			if (done[i] || sp_frame_u64(r, SP_F_FROM_DEVICE) == 0)
-				continue;
-			uint32_t k = 0;
-			for (uint32_t j = i; j < n && k < 1024; j++) {
-				const sp_frame *q = &v->rs.v[j];
-				if (!done[j] && sp_frame_u64(q, SP_F_FROM_USER) == from_user &&
-				    sp_frame_u64(q, SP_F_FROM_DEVICE) != 0) {
-					ids[k++] = sp_frame_bin(q, SP_F_MSG_ID);
-					done[j] = true;
-				}
-			}
-			cs_send_receipt(srv, s->user, s->device, from_user, SP_ETYPE_RECEIPT_DELIVERED, ids, k);
-		}
-		free(done);
-		free(ids);
+		srv->ops->acked(s, reply);
 		if (sp_frame_u64(reply, SP_F_MORE) && op->upto && !s->closing) {
 			/* The shard deletes in bounded steps: ask again for the rest. */
 			ack_op *again = malloc(sizeof(*again));
@@ -288,140 +258,7 @@ cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 		fetch(s);
 }
 
-/* ---- notifying the connsrvs of recipients ---- */
-
-typedef struct notify_op {
-	cs_server *srv;
-	msgpack_sbuffer tmpl; /* packed DELIVER template (owned copy of the entry) */
-	size_t n;
-	uint64_t *devices, *seqs;
-} notify_op;
-
-static void
-notify_free(notify_op *op)
-{
-	msgpack_sbuffer_destroy(&op->tmpl);
-	free(op->devices);
-	free(op);
-}
-
-static void
-on_routes(void *arg, int rc, const char *const *values, size_t n)
-{
-	notify_op *op = arg;
-	cs_server *srv = op->srv;
-	sp_frame d;
-	if (rc || sp_frame_decode((const uint8_t *)op->tmpl.data, op->tmpl.size, &d) != SP_OK) {
-		notify_free(op);
-		return;
-	}
-	for (size_t i = 0; i < n; i++) {
-		const char *bar = values[i] ? strrchr(values[i], '|') : NULL;
-		if (!bar)
-			continue; /* offline: the device drains its inbox when it connects */
-		char url[256];
-		size_t len = (size_t)(bar - values[i]);
-		if (len >= sizeof(url))
-			continue;
-		memcpy(url, values[i], len);
-		url[len] = '\0';
-		sp_frame_set_u64(&d, SP_F_SEQ, op->seqs[i]);
-		sp_frame_set_u64(&d, SP_F_DEVICE, op->devices[i]);
-		sp_frame_set_u64(&d, SP_F_CONN_EPOCH, strtoull(bar + 1, NULL, 10));
-		if (strcmp(url, srv->pull_url) == 0)
-			cs_deliver_push(srv, &d);
-		else
-			cs_rpc_push(srv->rpc, url, &d);
-	}
-	sp_frame_fini(&d);
-	notify_free(op);
-}
-
-void
-cs_deliver_notify(cs_server *srv, const sp_frame *entry, const uint64_t *devices,
-		  const uint64_t *seqs, size_t n)
-{
-	if (n == 0)
-		return;
-	notify_op *op = calloc(1, sizeof(*op));
-	if (!op)
-		return;
-	op->srv = srv;
-	op->n = n;
-	msgpack_sbuffer_init(&op->tmpl);
-	op->devices = malloc(2 * n * sizeof(uint64_t));
-	if (!op->devices || sp_frame_pack(entry, &op->tmpl) != SP_OK) {
-		notify_free(op);
-		return;
-	}
-	op->seqs = op->devices + n;
-	memcpy(op->devices, devices, n * sizeof(uint64_t));
-	memcpy(op->seqs, seqs, n * sizeof(uint64_t));
-	if (cs_routes_lookup(srv->routes, devices, n, on_routes, op) != SP_OK)
-		notify_free(op);
-}
-
-/* ---- the pull socket: DELIVER and KICK from peers ---- */
-
-typedef struct pull_q {
-	pthread_mutex_t lock;
-	pulled *head, *tail;
-} pull_q;
-
-static void
-on_pull_aio(void *arg)
-{
-	cs_server *srv = arg;
-	if (nng_aio_result(srv->pull_aio) != 0)
-		return; /* closed (shutdown) */
-	pulled *p = malloc(sizeof(*p));
-	nng_msg *m = nng_aio_get_msg(srv->pull_aio);
-	if (p) {
-		pull_q *q = srv->pull_lock;
-		p->m = m;
-		p->next = NULL;
-		pthread_mutex_lock(&q->lock);
-		if (q->tail)
-			q->tail->next = p;
-		else
-			q->head = p;
-		q->tail = p;
-		pthread_mutex_unlock(&q->lock);
-		event_active(srv->pull_ev, EV_READ, 0);
-	} else {
-		nng_msg_free(m);
-	}
-	nng_recv_aio(srv->pull, srv->pull_aio);
-}
-
-static void
-on_pull_ready(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	cs_server *srv = arg;
-	pull_q *q = srv->pull_lock;
-	pthread_mutex_lock(&q->lock);
-	pulled *p = q->head;
-	q->head = q->tail = NULL;
-	pthread_mutex_unlock(&q->lock);
-	while (p) {
-		pulled *next = p->next;
-		sp_frame f;
-		if (sp_nng_msg_decode(p->m, &f) == SP_OK) {
-			if (f.type == SP_T_DELIVER && sp_frame_has(&f, SP_F_DEVICE))
-				cs_deliver_push(srv, &f);
-			else if (f.type == SP_T_KICK)
-				cs_auth_kick(srv, sp_frame_u64(&f, SP_F_DEVICE), sp_frame_u64(&f, SP_F_CONN_EPOCH));
-			sp_frame_fini(&f);
-		}
-		nng_msg_free(p->m);
-		free(p);
-		p = next;
-	}
-}
-
-/* ---- periodic work: lost-push check, route refresh ---- */
+/* ---- periodic work: the lost-push check ---- */
 
 /* One LAST_SEQS call: up to CHECK_BATCH sessions whose devices live on one shard. */
 #define CHECK_BATCH 1024
@@ -509,73 +346,21 @@ on_check_tick(evutil_socket_t fd, short what, void *arg)
 		check_send(srv, batches[k]);
 }
 
-static void
-on_refresh_tick(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	cs_server *srv = arg;
-	char value[300];
-	for (cs_session *s = srv->sessions; s; s = s->next) {
-		if (s->st != CS_ST_READY)
-			continue;
-		cs_auth_route_value(s, value, sizeof(value));
-		cs_routes_refresh(srv->routes, s->device, value);
-	}
-}
-
 int
 cs_deliver_start(cs_server *srv)
 {
-	pull_q *q = calloc(1, sizeof(*q));
-	if (!q)
-		return SP_ENOMEM;
-	pthread_mutex_init(&q->lock, NULL);
-	srv->pull_lock = q;
-	int rc = sp_nng_pull_listen(&srv->pull, srv->pull_listen);
-	if (rc) {
-		sp_error("cannot listen on %s: %s", srv->pull_listen, sp_strerror(rc));
-		return rc;
-	}
-	srv->pull_ev = event_new(srv->base, -1, 0, on_pull_ready, srv);
-	if (!srv->pull_ev || nng_aio_alloc(&srv->pull_aio, on_pull_aio, srv))
-		return SP_ENOMEM;
-	nng_recv_aio(srv->pull, srv->pull_aio);
-
 	struct timeval ci = {srv->cfg.check_interval_ms / 1000, (srv->cfg.check_interval_ms % 1000) * 1000};
-	struct timeval ri = {srv->cfg.route_ttl_s / 3 > 0 ? srv->cfg.route_ttl_s / 3 : 1, 0};
 	srv->check_ev = event_new(srv->base, -1, EV_PERSIST, on_check_tick, srv);
-	srv->refresh_ev = event_new(srv->base, -1, EV_PERSIST, on_refresh_tick, srv);
-	if (!srv->check_ev || !srv->refresh_ev)
+	if (!srv->check_ev)
 		return SP_ENOMEM;
 	event_add(srv->check_ev, &ci);
-	event_add(srv->refresh_ev, &ri);
 	return SP_OK;
 }
 
 void
 cs_deliver_stop(cs_server *srv)
 {
-	if (srv->pull_aio) {
-		nng_aio_stop(srv->pull_aio);
-		nng_aio_free(srv->pull_aio);
-		srv->pull_aio = NULL;
-	}
-	nng_close(srv->pull);
-	if (srv->pull_ev) {
-		on_pull_ready(-1, 0, srv); /* frees what was queued */
-		event_free(srv->pull_ev);
-		srv->pull_ev = NULL;
-	}
 	if (srv->check_ev)
 		event_free(srv->check_ev);
-	if (srv->refresh_ev)
-		event_free(srv->refresh_ev);
-	srv->check_ev = srv->refresh_ev = NULL;
-	pull_q *q = srv->pull_lock;
-	if (q) {
-		pthread_mutex_destroy(&q->lock);
-		free(q);
-		srv->pull_lock = NULL;
-	}
+	srv->check_ev = NULL;
 }

@@ -2,6 +2,23 @@
  * connsrv's shared state: the server (one per worker process) and the sessions it holds.
  * Everything here runs on the worker's single libevent loop thread; NNG and Redis results
  * are handed back to that thread before they touch a session.
+ *
+ * Files (who calls whom: session.c dispatches client frames to the handler files; handler
+ * files reach other concerns only through srv->ops, set up by main.c):
+ *   main.c      options, start-up and shutdown, drain, signals; fills srv->ops
+ *   session.c   TLS accept, frame loop, dispatch table, device registry, kicks, close/reap
+ *   login.c     HELLO/AUTH: challenge, key check at keysrv, route claim (login.h)
+ *   send.c      SEND and SEND_GROUP: device checks, appends, SENT (send.h)
+ *   deliver.c   delivery window, FETCH, push hints, ACK, lost-push check (deliver.h)
+ *   receipts.c  READ and DELIVERED receipts as envelopes to a user's devices (receipts.h)
+ *   notify.c    after appends: route lookup, DELIVER hints to the holding connsrvs (notify.h)
+ *   peer.c      the NNG pull socket (DELIVER hints, KICK) and route refresh (peer.h)
+ *   proxy.c     keysrv frames and media frames forwarded (proxy.h)
+ *   routes.c    device routes in Redis, the only reader and writer of route values (routes.h)
+ *   devcache.c  users' device lists from keysrv, cached
+ *   members.c   addresses of shards and keysrv from the cluster map
+ *   appendq.c   per-shard coalescing of appends into APPEND_MULTI (appendq.h)
+ *   rpc.c       NNG requests and pushes, completed on the loop (rpc.h)
  */
 #ifndef CS_INTERNAL_H
 #define CS_INTERNAL_H
@@ -77,7 +94,7 @@ typedef struct cs_session {
 	/* Delivery (deliver.c): seqs written to the client, and the client's cumulative ACK. */
 	uint64_t sent_seq, acked_seq;
 	bool fetching, refetch, queue_empty_sent, checking;
-	/* SEND token bucket. */
+	/* Token bucket of the SP_FL_RATED frames. */
 	double tokens;
 	uint64_t tokens_ms;
 	uint64_t last_seen_ms;
@@ -85,10 +102,28 @@ typedef struct cs_session {
 	struct cs_session *prev, *next; /* srv->sessions */
 } cs_session;
 
+/* How one concern reaches another (nng's ops tables): handler files never call each other
+ * by name. main.c points srv->ops at the real functions; a unit test may point it at fakes.
+ * Each runs on the loop thread and returns without calling back into its caller. */
+typedef struct cs_ops {
+	/* A DELIVER hint (seq, device, conn_epoch set) for a device of this worker: from
+	 * notify.c and peer.c to deliver.c (cs_deliver_push). */
+	void (*push)(cs_server *srv, const sp_frame *deliver);
+	/* Entries were appended: tell the connsrvs holding `devices` (seqs[i] is devices[i]'s).
+	 * `entry` is the DELIVER frame without SEQ/DEVICE/CONN_EPOCH, borrowed for the call.
+	 * From send.c and receipts.c to notify.c (cs_notify). */
+	void (*notify)(cs_server *srv, const sp_frame *entry, const uint64_t *devices,
+		       const uint64_t *seqs, size_t n);
+	/* The shard deleted the entries of the session's ACK; `acked` is its ACKED reply,
+	 * borrowed for the call. From deliver.c to receipts.c (cs_receipts_acked). */
+	void (*acked)(cs_session *s, const sp_frame *acked);
+} cs_ops;
+
 typedef struct cs_devcache cs_devcache;
 
 struct cs_server {
 	cs_cfg cfg;
+	const cs_ops *ops;
 	struct event_base *base;
 	SSL_CTX *tls;
 	struct evconnlistener *listener;
@@ -102,8 +137,7 @@ struct cs_server {
 	nng_socket pull;
 	nng_aio *pull_aio;
 	struct event *pull_ev;
-	void *pull_q_head, *pull_q_tail; /* received messages waiting for the loop */
-	void *pull_lock;
+	void *pull_q; /* peer.c: received messages waiting for the loop */
 	cs_session *sessions;  /* all connections */
 	cs_session *by_device; /* logged-in sessions by device id */
 	cs_session *check_cursor;
@@ -121,7 +155,7 @@ struct cs_server {
 	} m;
 };
 
-/* session.c */
+/* ---- session.c: connections, dispatch, the device registry ---- */
 void cs_session_ref(cs_session *s);
 void cs_session_unref(cs_session *s);
 /* Queues `f` to the client (with the session's framing). A client whose output has piled
@@ -142,50 +176,22 @@ int cs_server_accept_start(cs_server *srv);
 /* The first frame type whose catalogue tier (SP_TIER_CONNSRV or not) disagrees with the
  * dispatch table (a handler or none), or -1 when they agree. */
 int cs_session_dispatch_mismatch(void);
+/* Login checked (user, device, conn_epoch set): the session becomes the device's, an older
+ * session of the device on this worker is kicked, and the session is READY. */
+void cs_session_bind(cs_session *s);
+/* The login's AUTH_OK is written: delivery starts after `last_seq`. */
+void cs_session_logged_in(cs_session *s, uint64_t last_seq);
+/* KICKED and closes the device's session if it is still the one of `conn_epoch`. */
+void cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);
 
-/* auth.c */
-void cs_auth_hello(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
-void cs_auth_auth(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
-/* KICK from a peer connsrv (or our own login elsewhere in this worker). */
-void cs_auth_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);
-void cs_auth_logout(cs_session *s);
-/* Route value of this session: "<pull url>|<conn_epoch>". */
-void cs_auth_route_value(const cs_session *s, char *buf, size_t cap);
-
-/* deliver.c */
-int cs_deliver_start(cs_server *srv);
-void cs_deliver_stop(cs_server *srv);
-/* Login done: drain the inbox after last_seq. */
-void cs_deliver_login(cs_session *s, uint64_t last_seq);
-/* A DELIVER frame for one of our devices (from a peer or from ourselves). */
-void cs_deliver_push(cs_server *srv, const sp_frame *f);
-void cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
-/* The client's socket drained: delivery may resume. */
-void cs_deliver_writable(cs_session *s);
-/* After appends: tell the connsrvs holding `devices` (seqs[i] is devices[i]'s) about the
- * new entry. `entry` is the DELIVER frame without SEQ/DEVICE/CONN_EPOCH. */
-void cs_deliver_notify(cs_server *srv, const sp_frame *entry, const uint64_t *devices,
-		       const uint64_t *seqs, size_t n);
+/* ---- members.c: addresses from the current cluster map ---- */
 /* NNG url of the inbox shard that owns `device` / of the blob id / of keysrv, copied into
  * buf (the cluster map may change under us). SP_OK or SP_EUNAVAIL when the map has none. */
 int cs_shard_url(cs_server *srv, uint64_t device, char *buf, size_t cap);
 int cs_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *buf, size_t cap);
 int cs_keysrv_url(cs_server *srv, char *buf, size_t cap);
 
-/* send.c */
-void cs_send_one(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
-void cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
-void cs_send_read(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
-/* Queues a receipt envelope from (user, device) to every device of `to_user`. */
-void cs_send_receipt(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64_t to_user,
-		     unsigned etype, const sp_bin *msg_ids, uint32_t n);
-
-/* proxy.c: a client's keysrv frame, forwarded with the session's identity; media frames,
- * forwarded to the blob's shard as BLOB_*. */
-void cs_proxy_keysrv(cs_session *s, const sp_frame *f);
-void cs_proxy_media(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
-
-/* devcache.c: device lists of users (from keysrv), cached for a short time. */
+/* ---- devcache.c: device lists of users (from keysrv), cached for a short time ---- */
 typedef void (*cs_devices_cb)(void *arg, int rc, const uint64_t *devices, size_t n);
 int cs_devcache_new(cs_server *srv, cs_devcache **out);
 void cs_devcache_free(cs_devcache *c);

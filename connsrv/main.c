@@ -17,7 +17,11 @@
 #include <event2/thread.h>
 #include <sodium.h>
 
+#include "connsrv/deliver.h"
 #include "connsrv/internal.h"
+#include "connsrv/notify.h"
+#include "connsrv/peer.h"
+#include "connsrv/receipts.h"
 #include "sp_config.h"
 #include "sp_error.h"
 #include "sp_log.h"
@@ -28,6 +32,13 @@ static char *log_level;
 static bool log_json;
 
 static cs_cfg cfg;
+
+/* The concerns' links to each other (see cs_ops). */
+static const cs_ops ops = {
+	.push = cs_deliver_push,
+	.notify = cs_notify,
+	.acked = cs_receipts_acked,
+};
 
 static const sp_config_opt opts[] = {
 	{"name", SP_CT_STR, &cfg.name, "connsrv-0", "cluster member name (as in the router's cluster file)", 0, 0},
@@ -198,6 +209,7 @@ run_worker(void)
 	cs_server srv;
 	memset(&srv, 0, sizeof(srv));
 	srv.cfg = cfg;
+	srv.ops = &ops;
 	char err[512];
 	int rc = SP_OK;
 
@@ -231,7 +243,7 @@ run_worker(void)
 	}
 	if (sp_cluster_wait_map(srv.cluster, 30000) != SP_OK)
 		sp_warn("no cluster map from %s yet; requests fail until it comes", cfg.router);
-	if ((rc = cs_deliver_start(&srv)))
+	if ((rc = cs_peer_start(&srv)) || (rc = cs_deliver_start(&srv)))
 		goto out;
 	if ((rc = cs_server_accept_start(&srv))) {
 		sp_error("cannot listen on %s: %s", cfg.listen, strerror(errno));
@@ -269,6 +281,7 @@ out:
 	}
 	if (srv.listener)
 		evconnlistener_free(srv.listener);
+	cs_peer_stop(&srv);
 	cs_deliver_stop(&srv);
 	cs_rpc_free(srv.rpc); /* runs outstanding callbacks: sessions are released */
 	cs_appendq_free(srv.appendq); /* after: appends those callbacks queued are failed */

@@ -1,14 +1,9 @@
-/*
- * Key, account, group and media frames are not handled here: they are forwarded to keysrv
- * (with the authenticated identity and the client address attached, whatever the client
- * put there) or to the inbox shard that owns the blob, and the reply comes back with the
- * client's request id.
- */
+/* Forwarding of keysrv and media frames (see proxy.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "connsrv/internal.h"
+#include "connsrv/proxy.h"
 #include "sp_error.h"
 #include "sp_log.h"
 
@@ -58,7 +53,7 @@ after_remove(cs_server *srv, uint64_t user, uint64_t device)
 	cs_session *s;
 	HASH_FIND(hh, srv->by_device, &device, sizeof(device), s);
 	if (s)
-		cs_auth_kick(srv, device, s->conn_epoch);
+		cs_session_kick(srv, device, s->conn_epoch);
 }
 
 static void

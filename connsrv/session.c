@@ -15,7 +15,12 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent_ssl.h>
 
+#include "connsrv/deliver.h"
 #include "connsrv/internal.h"
+#include "connsrv/login.h"
+#include "connsrv/proxy.h"
+#include "connsrv/receipts.h"
+#include "connsrv/send.h"
 #include "sp_error.h"
 #include "sp_framer.h"
 #include "sp_log.h"
@@ -71,6 +76,60 @@ detach(cs_session *s)
 	s->prev = s->next = NULL;
 }
 
+/* The device no longer reaches this session: out of the registry, its route released. */
+static void
+logout(cs_session *s)
+{
+	cs_server *srv = s->srv;
+	cs_session *cur;
+	HASH_FIND(hh, srv->by_device, &s->device, sizeof(s->device), cur);
+	if (cur == s)
+		HASH_DEL(srv->by_device, s);
+	cs_routes_release(srv->routes, s->device, srv->pull_url, s->conn_epoch);
+	s->st = CS_ST_HELLO;
+}
+
+static void
+kick(cs_session *old, const char *why)
+{
+	sp_frame k;
+	sp_frame_init(&k, SP_T_KICKED, 0, false);
+	sp_frame_set_str(&k, SP_F_REASON, why);
+	cs_session_send(old, &k);
+	sp_metric_inc(old->srv->m.kicks);
+	cs_session_close(old, true);
+}
+
+void
+cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch)
+{
+	cs_session *old;
+	HASH_FIND(hh, srv->by_device, &device, sizeof(device), old);
+	if (old && old->conn_epoch == conn_epoch)
+		kick(old, "logged in elsewhere");
+}
+
+void
+cs_session_bind(cs_session *s)
+{
+	cs_server *srv = s->srv;
+	cs_session *old;
+	HASH_FIND(hh, srv->by_device, &s->device, sizeof(s->device), old);
+	if (old) {
+		HASH_DEL(srv->by_device, old);
+		old->st = CS_ST_HELLO; /* it no longer owns the route */
+		kick(old, "logged in elsewhere");
+	}
+	HASH_ADD(hh, srv->by_device, device, sizeof(s->device), s);
+	s->st = CS_ST_READY;
+}
+
+void
+cs_session_logged_in(cs_session *s, uint64_t last_seq)
+{
+	cs_deliver_login(s, last_seq);
+}
+
 void
 cs_session_close(cs_session *s, bool flush)
 {
@@ -82,7 +141,7 @@ cs_session_close(cs_session *s, bool flush)
 	s->closing = true;
 	cs_server *srv = s->srv;
 	if (s->st == CS_ST_READY)
-		cs_auth_logout(s);
+		logout(s);
 	detach(s);
 	srv->nconns--;
 	sp_metric_gauge_add(srv->m.conns, -1);
@@ -232,11 +291,11 @@ typedef struct cs_handler {
 static const cs_handler handlers[SP_T__MAX] = {
 	[SP_T_PING] = {on_ping, 0},
 	[SP_T_PONG] = {on_pong, 0},
-	[SP_T_HELLO] = {cs_auth_hello, CS_IN(CS_ST_HELLO)},
-	[SP_T_AUTH] = {cs_auth_auth, CS_IN(CS_ST_CHALLENGED)},
+	[SP_T_HELLO] = {cs_login_hello, CS_IN(CS_ST_HELLO)},
+	[SP_T_AUTH] = {cs_login_auth, CS_IN(CS_ST_CHALLENGED)},
 	[SP_T_SEND] = {cs_send_one, 0},
 	[SP_T_SEND_GROUP] = {cs_send_group, 0},
-	[SP_T_READ] = {cs_send_read, 0},
+	[SP_T_READ] = {cs_receipts_read, 0},
 	[SP_T_ACK] = {cs_deliver_ack, 0},
 	[SP_T_MEDIA_PUT] = {cs_proxy_media, 0},
 	[SP_T_MEDIA_DONE] = {cs_proxy_media, 0},

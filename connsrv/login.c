@@ -1,22 +1,18 @@
-/*
- * Login: HELLO -> CHALLENGE{nonce} -> AUTH{user, device, sig} checked against the device's
- * auth key from keysrv (Ed25519 over "sealpost-auth-v1" || nonce || user || device), then
- * the route in Redis and the kick of an older session of the same device.
- */
+/* Login (see login.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <sodium.h>
 
-#include "connsrv/internal.h"
+#include "connsrv/login.h"
 #include "sp_proto.h"
 #include "sp_error.h"
 #include "sp_log.h"
 #include "sp_time.h"
 
 void
-cs_auth_hello(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+cs_login_hello(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
 	(void)raw;
 	(void)len;
@@ -33,12 +29,6 @@ cs_auth_hello(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	cs_session_send(s, &c);
 }
 
-void
-cs_auth_route_value(const cs_session *s, char *buf, size_t cap)
-{
-	snprintf(buf, cap, "%s|%llu", s->srv->pull_url, (unsigned long long)s->conn_epoch);
-}
-
 typedef struct auth_op {
 	cs_session *s;
 	uint64_t id;
@@ -48,29 +38,10 @@ typedef struct auth_op {
 	uint64_t t0;
 } auth_op;
 
+/* Redis answered the route claim with the previous holder (if any): a session on another
+ * worker or connsrv is kicked there (one on this worker was kicked by cs_session_bind). */
 static void
-kick_session(cs_session *old, const char *why)
-{
-	sp_frame k;
-	sp_frame_init(&k, SP_T_KICKED, 0, false);
-	sp_frame_set_str(&k, SP_F_REASON, why);
-	cs_session_send(old, &k);
-	sp_metric_inc(old->srv->m.kicks);
-	cs_session_close(old, true);
-}
-
-void
-cs_auth_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch)
-{
-	cs_session *old;
-	HASH_FIND(hh, srv->by_device, &device, sizeof(device), old);
-	if (old && old->conn_epoch == conn_epoch)
-		kick_session(old, "logged in elsewhere");
-}
-
-/* Redis answered the route claim with the previous holder (if any): kick it. */
-static void
-on_route_claimed(void *arg, int rc, const char *old)
+on_route_claimed(void *arg, int rc, const cs_route *old)
 {
 	cs_session *s = arg;
 	cs_server *srv = s->srv;
@@ -78,26 +49,12 @@ on_route_claimed(void *arg, int rc, const char *old)
 		sp_warn("route for device %llu not stored (%s): real-time push to it waits for the "
 			"periodic check",
 			(unsigned long long)s->device, sp_strerror(rc));
-	if (old && *old) {
-		char ours[300];
-		cs_auth_route_value(s, ours, sizeof(ours));
-		const char *bar = strrchr(old, '|');
-		if (bar && strcmp(old, ours) != 0) {
-			char url[256];
-			size_t n = (size_t)(bar - old);
-			if (n < sizeof(url)) {
-				memcpy(url, old, n);
-				url[n] = '\0';
-				uint64_t epoch = strtoull(bar + 1, NULL, 10);
-				if (strcmp(url, srv->pull_url) != 0) {
-					sp_frame k;
-					sp_frame_init(&k, SP_T_KICK, 0, false);
-					sp_frame_set_u64(&k, SP_F_DEVICE, s->device);
-					sp_frame_set_u64(&k, SP_F_CONN_EPOCH, epoch);
-					cs_rpc_push(srv->rpc, url, &k);
-				}
-			}
-		}
+	if (old && old->url && strcmp(old->url, srv->pull_url) != 0) {
+		sp_frame k;
+		sp_frame_init(&k, SP_T_KICK, 0, false);
+		sp_frame_set_u64(&k, SP_F_DEVICE, s->device);
+		sp_frame_set_u64(&k, SP_F_CONN_EPOCH, old->epoch);
+		cs_rpc_push(srv->rpc, old->url, &k);
 	}
 	cs_session_call_end(s);
 }
@@ -135,15 +92,7 @@ on_auth_key(void *arg, int rc, const sp_frame *reply)
 	s->device = op->device;
 	randombytes_buf(&s->conn_epoch, sizeof(s->conn_epoch));
 	s->conn_epoch &= 0x7fffffffffffffffULL;
-	cs_session *old;
-	HASH_FIND(hh, srv->by_device, &s->device, sizeof(s->device), old);
-	if (old) {
-		HASH_DEL(srv->by_device, old);
-		old->st = CS_ST_HELLO; /* it no longer owns the route */
-		kick_session(old, "logged in elsewhere");
-	}
-	HASH_ADD(hh, srv->by_device, device, sizeof(s->device), s);
-	s->st = CS_ST_READY;
+	cs_session_bind(s);
 	sp_metric_inc(srv->m.logins);
 
 	sp_frame ok;
@@ -154,19 +103,18 @@ on_auth_key(void *arg, int rc, const sp_frame *reply)
 	sp_frame_set_u64(&ok, SP_F_DEVICE, s->device);
 	cs_session_send(s, &ok);
 
-	char value[300];
-	cs_auth_route_value(s, value, sizeof(value));
 	cs_session_call_begin(s);
-	if (cs_routes_claim(srv->routes, s->device, value, on_route_claimed, s) != SP_OK)
+	if (cs_routes_claim(srv->routes, s->device, srv->pull_url, s->conn_epoch, on_route_claimed,
+			    s) != SP_OK)
 		on_route_claimed(s, SP_EREDIS, NULL);
-	cs_deliver_login(s, op->last_seq);
+	cs_session_logged_in(s, op->last_seq);
 done:
 	cs_session_call_end(s);
 	free(op);
 }
 
 void
-cs_auth_auth(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+cs_login_auth(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
 	(void)raw;
 	(void)len;
@@ -201,18 +149,4 @@ cs_auth_auth(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 		cs_session_call_end(s);
 		free(op);
 	}
-}
-
-void
-cs_auth_logout(cs_session *s)
-{
-	cs_server *srv = s->srv;
-	cs_session *cur;
-	HASH_FIND(hh, srv->by_device, &s->device, sizeof(s->device), cur);
-	if (cur == s)
-		HASH_DEL(srv->by_device, s);
-	char value[300];
-	cs_auth_route_value(s, value, sizeof(value));
-	cs_routes_release(srv->routes, s->device, value);
-	s->st = CS_ST_HELLO;
 }
