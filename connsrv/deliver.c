@@ -30,6 +30,7 @@ window_full(const cs_session *s)
 static void
 write_deliver(cs_session *s, const sp_frame *e)
 {
+	SP_ASSERT(!s->closing);
 	sp_frame d;
 	sp_frame_init(&d, SP_T_DELIVER, 0, false);
 	static const sp_field copy[] = {SP_F_SEQ,       SP_F_MSG_ID, SP_F_FROM_USER, SP_F_FROM_DEVICE,
@@ -57,21 +58,22 @@ cs_deliver_push(cs_server *srv, const sp_frame *f)
 	uint64_t device = sp_frame_u64(f, SP_F_DEVICE);
 	cs_session *s;
 	HASH_FIND(hh, srv->by_device, &device, sizeof(device), s);
-	/* A stale route (the device reconnected since) must not reach the newer session. */
+	/* A stale route (the device reconnected since) must not reach the newer session; the
+	 * device's current session fetches the entry itself. */
 	if (!s || s->st != CS_ST_READY || s->closing ||
-	    s->conn_epoch != sp_frame_u64(f, SP_F_CONN_EPOCH))
+	    s->conn_epoch != sp_frame_u64(f, SP_F_CONN_EPOCH)) {
+		sp_metric_inc(srv->m.pushes_stale);
 		return;
+	}
 	uint64_t seq = sp_frame_u64(f, SP_F_SEQ);
 	if (seq <= s->sent_seq)
 		return; /* already written (fetched first, or a resend) */
-	cs_session_ref(s); /* writing may close it */
 	if (!s->fetching && seq == s->sent_seq + 1 && !window_full(s) && !cs_session_output_full(s)) {
 		write_deliver(s, f);
 		sp_metric_inc(srv->m.delivered_rt);
 	} else {
 		fetch(s);
 	}
-	cs_session_unref(s);
 }
 
 /* ---- fetching from the shard ---- */
@@ -79,6 +81,14 @@ cs_deliver_push(cs_server *srv, const sp_frame *f)
 typedef struct fetch_op {
 	cs_session *s;
 } fetch_op;
+
+/* A fetch that could not be made or failed: the periodic check or the next push retries. */
+static void
+fetch_dropped(cs_session *s, int rc)
+{
+	sp_metric_inc(s->srv->m.fetches_dropped);
+	sp_warn_rl("fetch for device %llu failed: %s", (unsigned long long)s->device, sp_strerror(rc));
+}
 
 static void
 on_fetched(void *arg, int rc, const sp_frame *reply)
@@ -101,8 +111,7 @@ on_fetched(void *arg, int rc, const sp_frame *reply)
 		more = sp_frame_u64(reply, SP_F_MORE) != 0;
 	} else {
 		/* The next check or push retries; the client is not told (nothing was lost). */
-		sp_warn("fetch for device %llu failed: %s", (unsigned long long)s->device,
-			sp_strerror(rc));
+		fetch_dropped(s, rc);
 	}
 	if (rc == SP_OK && (more || s->refetch)) {
 		s->refetch = false;
@@ -132,9 +141,12 @@ fetch(cs_session *s)
 		return;
 	}
 	char url[256];
-	fetch_op *op;
-	if (cs_shard_url(srv, s->device, url, sizeof(url)) || !(op = malloc(sizeof(*op))))
+	fetch_op *op = NULL;
+	int rc = cs_shard_url(srv, s->device, url, sizeof(url));
+	if (rc || !(op = malloc(sizeof(*op)))) {
+		fetch_dropped(s, rc ? rc : SP_ENOMEM);
 		return;
+	}
 	op->s = s;
 	sp_frame q;
 	sp_frame_init(&q, SP_T_FETCH, 0, false);
@@ -146,9 +158,10 @@ fetch(cs_session *s)
 	s->refetch = false;
 	cs_session_call_begin(s);
 	sp_metric_inc(srv->m.gap_fetches);
-	if (cs_rpc_call(srv->rpc, url, &q, on_fetched, op) != SP_OK) {
+	if ((rc = cs_rpc_call(srv->rpc, url, &q, on_fetched, op)) != SP_OK) {
 		s->fetching = false;
 		free(op);
+		fetch_dropped(s, rc);
 		cs_session_call_end(s);
 	}
 }
@@ -175,6 +188,14 @@ typedef struct ack_op {
 	uint64_t upto;
 } ack_op;
 
+/* Not deleted: the entries come again on the next login; the client dedups. */
+static void
+ack_dropped(cs_session *s, int rc)
+{
+	sp_metric_inc(s->srv->m.acks_dropped);
+	sp_warn_rl("ack for device %llu failed: %s", (unsigned long long)s->device, sp_strerror(rc));
+}
+
 static void
 on_acked(void *arg, int rc, const sp_frame *reply)
 {
@@ -187,24 +208,26 @@ on_acked(void *arg, int rc, const sp_frame *reply)
 			/* The shard deletes in bounded steps: ask again for the rest. */
 			ack_op *again = malloc(sizeof(*again));
 			char url[256];
-			if (again && cs_shard_url(srv, s->device, url, sizeof(url)) == SP_OK) {
+			int arc = again ? cs_shard_url(srv, s->device, url, sizeof(url)) : SP_ENOMEM;
+			if (arc == SP_OK) {
 				*again = *op;
 				sp_frame q;
 				sp_frame_init(&q, SP_T_INBOX_ACK, 0, false);
 				sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
 				sp_frame_set_u64(&q, SP_F_UPTO_SEQ, op->upto);
 				cs_session_call_begin(s);
-				if (cs_rpc_call(srv->rpc, url, &q, on_acked, again) != SP_OK) {
+				if ((arc = cs_rpc_call(srv->rpc, url, &q, on_acked, again)) != SP_OK) {
 					free(again);
 					cs_session_call_end(s);
 				}
 			} else {
 				free(again);
 			}
+			if (arc)
+				ack_dropped(s, arc);
 		}
 	} else {
-		/* Not deleted: the entries come again on the next login; the client dedups. */
-		sp_warn("ack for device %llu failed: %s", (unsigned long long)s->device, sp_strerror(rc));
+		ack_dropped(s, rc);
 	}
 	free(op);
 	cs_session_call_end(s);
@@ -247,8 +270,10 @@ cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	if (seqs && seqs->us.n)
 		sp_frame_set_u64s(&q, SP_F_SEQS, seqs->us.v, seqs->us.n);
 	cs_session_call_begin(s);
-	if (cs_rpc_call(srv->rpc, url, &q, on_acked, op) != SP_OK) {
+	int rc = cs_rpc_call(srv->rpc, url, &q, on_acked, op);
+	if (rc != SP_OK) {
 		free(op);
+		ack_dropped(s, rc);
 		cs_session_call_end(s);
 	}
 	if (top > s->acked_seq)

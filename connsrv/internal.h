@@ -82,14 +82,14 @@ typedef struct cs_server cs_server;
 typedef struct cs_session {
 	cs_server *srv;
 	struct bufferevent *bev;
-	int refs;     /* the connection itself, plus one per callback that holds it */
 	bool closing; /* closed or closing: no more frames in or out */
 	bool flush_close; /* close once the output buffer has drained */
+	bool reaping;     /* on srv->reap: freed when the loop next runs the reaper */
 	cs_state st;
 	uint8_t nonce[SP_LOGIN_NONCE_LEN];
 	uint64_t user, device, conn_epoch;
 	char peer[64];
-	unsigned inflight;
+	unsigned inflight; /* server calls outstanding (cs_session_call_begin/_end) */
 	bool read_paused;
 	/* Delivery (deliver.c): seqs written to the client, and the client's cumulative ACK. */
 	uint64_t sent_seq, acked_seq;
@@ -99,7 +99,7 @@ typedef struct cs_session {
 	uint64_t tokens_ms;
 	uint64_t last_seen_ms;
 	UT_hash_handle hh; /* srv->by_device, once logged in */
-	struct cs_session *prev, *next; /* srv->sessions */
+	struct cs_session *prev, *next; /* srv->sessions, srv->closed or srv->reap */
 } cs_session;
 
 /* How one concern reaches another (nng's ops tables): handler files never call each other
@@ -138,7 +138,10 @@ struct cs_server {
 	nng_aio *pull_aio;
 	struct event *pull_ev;
 	void *pull_q; /* peer.c: received messages waiting for the loop */
-	cs_session *sessions;  /* all connections */
+	cs_session *sessions;  /* open connections */
+	cs_session *closed;    /* closing: flushing, or server calls outstanding */
+	cs_session *reap;      /* closed and unreferenced: freed by reap_ev */
+	struct event *reap_ev;
 	cs_session *by_device; /* logged-in sessions by device id */
 	cs_session *check_cursor;
 	uint64_t nconns;
@@ -151,24 +154,31 @@ struct cs_server {
 		sp_metric *conns, *accepts, *rejects, *logins, *login_fail, *kicks, *frames_in,
 			*frames_out, *sends, *sent_latency, *deliveries, *delivered_rt, *drains,
 			*gap_fetches, *checks, *errors, *acks, *receipts, *rpc_latency, *redis_latency,
-			*rate_limited, *malformed, *slow_pauses;
+			*rate_limited, *malformed, *slow_pauses, *receipts_dropped, *fetches_dropped,
+			*acks_dropped, *pushes_dropped, *pushes_stale, *peer_dropped;
 	} m;
 };
 
 /* ---- session.c: connections, dispatch, the device registry ---- */
-void cs_session_ref(cs_session *s);
-void cs_session_unref(cs_session *s);
+/* The reaper (an event on srv->base) / shutdown: frees every closed session. */
+int cs_session_start(cs_server *srv);
+void cs_session_stop(cs_server *srv);
+/* A session on `bev` (TLS from the listener; a test may give a bufferevent pair), owned by
+ * srv from then on. NULL if out of memory (the caller keeps bev). */
+cs_session *cs_session_new(cs_server *srv, struct bufferevent *bev, const char *peer);
 /* Queues `f` to the client (with the session's framing). A client whose output has piled
  * up past out_max_bytes is disconnected instead. Returns SP_OK or an error. */
 int cs_session_send(cs_session *s, const sp_frame *f);
 /* Sends ERROR{code, reason[, msg_id]} echoing request id `id`. */
 void cs_session_error(cs_session *s, uint64_t id, bool has_id, int code, const char *reason,
 		      const uint8_t *msg_id);
-/* Closes now (after a best-effort flush of what is queued when `flush` is set). Safe to
- * call from any callback: the memory goes when the last reference does. */
+/* Closes now (after a best-effort flush of what is queued when `flush` is set): the session
+ * leaves the device registry and its route at once, refuses frames in and out, and is freed
+ * later from the loop once no server call is outstanding for it. Safe to call from any
+ * callback, also on a closing session; the session stays valid until the callback returns. */
 void cs_session_close(cs_session *s, bool flush);
-/* Counts a server call made for the session: the session stays alive until _end, and
- * reading pauses while CS_MAX_INFLIGHT are outstanding. */
+/* Counts a server call made for the session: the session is not freed before _end (a
+ * closing one is, after it), and reading pauses while CS_MAX_INFLIGHT are outstanding. */
 void cs_session_call_begin(cs_session *s);
 void cs_session_call_end(cs_session *s);
 bool cs_session_output_full(const cs_session *s);
@@ -195,7 +205,8 @@ int cs_keysrv_url(cs_server *srv, char *buf, size_t cap);
 typedef void (*cs_devices_cb)(void *arg, int rc, const uint64_t *devices, size_t n);
 int cs_devcache_new(cs_server *srv, cs_devcache **out);
 void cs_devcache_free(cs_devcache *c);
-/* Calls cb (now or later) with the devices of `user`; `fresh` bypasses the cache. */
+/* Calls cb once, later on the loop (never inside this call), with the devices of `user`;
+ * `fresh` bypasses the cache. */
 void cs_devcache_get(cs_server *srv, uint64_t user, bool fresh, cs_devices_cb cb, void *arg);
 void cs_devcache_forget(cs_server *srv, uint64_t user);
 

@@ -96,6 +96,12 @@ register_metrics(cs_server *srv)
 	srv->m.rpc_latency = sp_metric_histogram("sp_connsrv_keysrv_login_seconds", "auth key lookup latency");
 	srv->m.rate_limited = sp_metric_counter("sp_connsrv_rate_limited_total", "sends refused by the rate limit");
 	srv->m.malformed = sp_metric_counter("sp_connsrv_malformed_total", "malformed frames (connection closed)");
+	srv->m.receipts_dropped = sp_metric_counter("sp_connsrv_receipts_dropped_total", "receipts not stored (per recipient device, or whole when the device list failed)");
+	srv->m.fetches_dropped = sp_metric_counter("sp_connsrv_fetches_dropped_total", "inbox fetches not made or failed (the check retries)");
+	srv->m.acks_dropped = sp_metric_counter("sp_connsrv_acks_dropped_total", "ACKs not applied on the shard (entries come again)");
+	srv->m.pushes_dropped = sp_metric_counter("sp_connsrv_pushes_dropped_total", "DELIVER hints not sent to peers (the check repairs)");
+	srv->m.pushes_stale = sp_metric_counter("sp_connsrv_pushes_stale_total", "DELIVER hints for a device no longer here (stale route)");
+	srv->m.peer_dropped = sp_metric_counter("sp_connsrv_peer_frames_dropped_total", "frames on the pull socket not acted on");
 }
 
 static void
@@ -243,7 +249,8 @@ run_worker(void)
 	}
 	if (sp_cluster_wait_map(srv.cluster, 30000) != SP_OK)
 		sp_warn("no cluster map from %s yet; requests fail until it comes", cfg.router);
-	if ((rc = cs_peer_start(&srv)) || (rc = cs_deliver_start(&srv)))
+	if ((rc = cs_session_start(&srv)) || (rc = cs_peer_start(&srv)) ||
+	    (rc = cs_deliver_start(&srv)))
 		goto out;
 	if ((rc = cs_server_accept_start(&srv))) {
 		sp_error("cannot listen on %s: %s", cfg.listen, strerror(errno));
@@ -279,6 +286,10 @@ out:
 		next = s->next;
 		cs_session_close(s, false);
 	}
+	for (cs_session *s = srv.closed, *next; s; s = next) {
+		next = s->next;
+		cs_session_close(s, false); /* ends a flush */
+	}
 	if (srv.listener)
 		evconnlistener_free(srv.listener);
 	cs_peer_stop(&srv);
@@ -288,6 +299,7 @@ out:
 	cs_routes_free(srv.routes);
 	sp_cluster_stop(srv.cluster);
 	cs_devcache_free(srv.devcache);
+	cs_session_stop(&srv);
 	if (srv.metrics_http)
 		evhttp_free(srv.metrics_http);
 	struct event *evs[] = {map_ev, srv.sig_hup, srv.sig_term, srv.sig_int, srv.drain_ev};

@@ -18,6 +18,16 @@ typedef struct pull_q {
 	pulled *head, *tail;
 } pull_q;
 
+/* A peer frame not acted on (counted and logged from any thread): a lost DELIVER hint is
+ * repaired by the periodic check; a lost KICK leaves the old session until it goes idle or
+ * its client reconnects. */
+static void
+peer_dropped(cs_server *srv, const char *why)
+{
+	sp_metric_inc(srv->m.peer_dropped);
+	sp_warn_rl("peer frame dropped: %s", why);
+}
+
 /* NNG thread: queue the message for the loop and receive the next. */
 static void
 on_pull_aio(void *arg)
@@ -41,6 +51,7 @@ on_pull_aio(void *arg)
 		event_active(srv->pull_ev, EV_READ, 0);
 	} else {
 		nng_msg_free(m);
+		peer_dropped(srv, "out of memory");
 	}
 	nng_recv_aio(srv->pull, srv->pull_aio);
 }
@@ -59,12 +70,17 @@ on_pull_ready(evutil_socket_t fd, short what, void *arg)
 	while (p) {
 		pulled *next = p->next;
 		sp_frame f;
-		if (sp_nng_msg_decode(p->m, &f) == SP_OK) {
+		int rc = sp_nng_msg_decode(p->m, &f);
+		if (rc == SP_OK) {
 			if (f.type == SP_T_DELIVER && sp_frame_has(&f, SP_F_DEVICE))
 				srv->ops->push(srv, &f);
 			else if (f.type == SP_T_KICK)
 				cs_session_kick(srv, sp_frame_u64(&f, SP_F_DEVICE), sp_frame_u64(&f, SP_F_CONN_EPOCH));
+			else
+				peer_dropped(srv, sp_frame_type_name(f.type));
 			sp_frame_fini(&f);
+		} else {
+			peer_dropped(srv, sp_strerror(rc));
 		}
 		nng_msg_free(p->m);
 		free(p);

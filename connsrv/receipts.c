@@ -15,22 +15,35 @@ typedef struct receipt_op {
 	unsigned etype;
 	uint8_t msg_id[16];
 	msgpack_sbuffer env;
+	int pending; /* appends in flight, plus one while they are being queued */
 } receipt_op;
 
 typedef struct receipt_append {
 	receipt_op *op;
 	uint64_t device;
-	int *pending;
 } receipt_append;
 
+/* Soft: the receipt is lost to this recipient (the message itself was delivered). */
 static void
-receipt_release(receipt_op *op, int *pending)
+receipt_dropped(cs_server *srv, uint64_t user, uint64_t device, int rc)
 {
-	if (--*pending > 0)
-		return;
+	sp_metric_inc(srv->m.receipts_dropped);
+	sp_warn_rl("receipt to user %llu device %llu not stored: %s", (unsigned long long)user,
+		   (unsigned long long)device, sp_strerror(rc));
+}
+
+static void
+receipt_free(receipt_op *op)
+{
 	msgpack_sbuffer_destroy(&op->env);
-	free(pending);
 	free(op);
+}
+
+static void
+receipt_release(receipt_op *op)
+{
+	if (--op->pending == 0)
+		receipt_free(op);
 }
 
 static void
@@ -51,11 +64,9 @@ on_receipt_appended(void *arg, int rc, uint64_t seq)
 		op->srv->ops->notify(op->srv, &d, &a->device, &seq, 1);
 		sp_metric_inc(op->srv->m.receipts);
 	} else {
-		/* Soft: the receipt is lost to this sender (the message itself was delivered). */
-		sp_warn("receipt to device %llu not stored: %s", (unsigned long long)a->device,
-			sp_strerror(rc));
+		receipt_dropped(op->srv, op->to_user, a->device, rc);
 	}
-	receipt_release(op, a->pending);
+	receipt_release(op);
 	free(a);
 }
 
@@ -63,24 +74,23 @@ static void
 on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
 {
 	receipt_op *op = arg;
-	int *pending = malloc(sizeof(int));
-	if (rc || !pending) {
-		free(pending);
-		msgpack_sbuffer_destroy(&op->env);
-		free(op);
+	if (rc) {
+		receipt_dropped(op->srv, op->to_user, 0, rc);
+		receipt_free(op);
 		return;
 	}
-	*pending = 1;
+	op->pending = 1;
+	/* One map snapshot for all the appends: a shard's address is read from it, not copied. */
+	sp_cluster_map *map = sp_cluster_map_get(op->srv->cluster);
 	for (size_t i = 0; i < n; i++) {
-		char url[256];
-		receipt_append *a = malloc(sizeof(*a));
-		if (!a || cs_shard_url(op->srv, devs[i], url, sizeof(url))) {
-			free(a);
+		const sp_cluster_member *shard = map ? sp_cluster_map_shard_for(map, devs[i]) : NULL;
+		receipt_append *a = shard ? malloc(sizeof(*a)) : NULL;
+		if (!a) {
+			receipt_dropped(op->srv, op->to_user, devs[i], shard ? SP_ENOMEM : SP_EUNAVAIL);
 			continue;
 		}
 		a->op = op;
 		a->device = devs[i];
-		a->pending = pending;
 		sp_frame q;
 		sp_frame_init(&q, SP_T_APPEND_ITEM, 0, false);
 		sp_frame_set_u64(&q, SP_F_DEVICE, devs[i]);
@@ -90,13 +100,17 @@ on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
 		sp_frame_set_u64(&q, SP_F_SERVER_TS, op->server_ts);
 		sp_frame_set_u64(&q, SP_F_ETYPE, op->etype);
 		sp_frame_set_bin(&q, SP_F_ENV, op->env.data, op->env.size);
-		(*pending)++;
-		if (cs_appendq_add(op->srv->appendq, url, &q, on_receipt_appended, a) != SP_OK) {
-			(*pending)--;
+		op->pending++;
+		if ((rc = cs_appendq_add(op->srv->appendq, shard->addr, &q, on_receipt_appended, a)) !=
+		    SP_OK) {
+			op->pending--;
 			free(a);
+			receipt_dropped(op->srv, op->to_user, devs[i], rc);
 		}
 	}
-	receipt_release(op, pending);
+	if (map)
+		sp_cluster_map_put(map);
+	receipt_release(op);
 }
 
 void
@@ -106,8 +120,10 @@ cs_receipts_queue(cs_server *srv, uint64_t from_user, uint64_t from_device, uint
 	if (n == 0)
 		return;
 	receipt_op *op = calloc(1, sizeof(*op));
-	if (!op)
+	if (!op) {
+		receipt_dropped(srv, to_user, 0, SP_ENOMEM);
 		return;
+	}
 	op->srv = srv;
 	op->from_user = from_user;
 	op->to_user = to_user;
@@ -120,9 +136,10 @@ cs_receipts_queue(cs_server *srv, uint64_t from_user, uint64_t from_device, uint
 	sp_frame_set_bins(&r, SP_F_MSG_IDS, msg_ids, n);
 	sp_frame_set_u64(&r, SP_F_FROM_USER, from_user);
 	sp_frame_set_u64(&r, SP_F_FROM_DEVICE, from_device);
-	if (sp_frame_pack(&r, &op->env) != SP_OK) {
-		msgpack_sbuffer_destroy(&op->env);
-		free(op);
+	int rc = sp_frame_pack(&r, &op->env);
+	if (rc != SP_OK) {
+		receipt_dropped(srv, to_user, 0, rc);
+		receipt_free(op);
 		return;
 	}
 	/* A deterministic id: the same receipt made twice (an ACK retried) is stored once. */
@@ -152,6 +169,8 @@ cs_receipts_acked(cs_session *s, const sp_frame *reply)
 	uint32_t n = v ? v->rs.n : 0;
 	bool *done = n ? calloc(n, sizeof(bool)) : NULL;
 	sp_bin *ids = n ? calloc(n, sizeof(sp_bin)) : NULL;
+	if (n && (!done || !ids))
+		receipt_dropped(s->srv, 0, 0, SP_ENOMEM);
 	for (uint32_t i = 0; done && ids && i < n; i++) {
 		const sp_frame *r = &v->rs.v[i];
 		uint64_t from_user = sp_frame_u64(r, SP_F_FROM_USER);
