@@ -9,7 +9,6 @@
  * sent_seq, so a lost push reaches an online device within a few check intervals.
  */
 #include <stdlib.h>
-#include <string.h>
 
 #include "connsrv/deliver.h"
 #include "sp_error.h"
@@ -142,7 +141,7 @@ fetch(cs_session *s)
 	}
 	char url[256];
 	fetch_op *op = NULL;
-	int rc = cs_shard_url(srv, s->device, url, sizeof(url));
+	int rc = cs_members_shard_url(srv, s->device, url, sizeof(url));
 	if (rc || !(op = malloc(sizeof(*op)))) {
 		fetch_dropped(s, rc ? rc : SP_ENOMEM);
 		return;
@@ -208,7 +207,7 @@ on_acked(void *arg, int rc, const sp_frame *reply)
 			/* The shard deletes in bounded steps: ask again for the rest. */
 			ack_op *again = malloc(sizeof(*again));
 			char url[256];
-			int arc = again ? cs_shard_url(srv, s->device, url, sizeof(url)) : SP_ENOMEM;
+			int arc = again ? cs_members_shard_url(srv, s->device, url, sizeof(url)) : SP_ENOMEM;
 			if (arc == SP_OK) {
 				*again = *op;
 				sp_frame q;
@@ -255,7 +254,7 @@ cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	sp_metric_inc(srv->m.acks);
 	char url[256];
 	ack_op *op = malloc(sizeof(*op));
-	if (!op || cs_shard_url(srv, s->device, url, sizeof(url))) {
+	if (!op || cs_members_shard_url(srv, s->device, url, sizeof(url))) {
 		free(op);
 		cs_session_error(s, f->id, f->has_id, SP_EUNAVAIL, NULL, NULL);
 		return;
@@ -290,7 +289,7 @@ cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 #define CHECK_SHARDS 64
 
 typedef struct check_batch {
-	char url[256];
+	const sp_cluster_member *shard; /* of the tick's map snapshot: read while it is held */
 	uint32_t n;
 	cs_session *s[CHECK_BATCH];
 	uint64_t devices[CHECK_BATCH];
@@ -322,7 +321,7 @@ check_send(cs_server *srv, check_batch *b)
 	sp_frame q;
 	sp_frame_init(&q, SP_T_LAST_SEQS, 0, false);
 	sp_frame_set_u64s(&q, SP_F_DEVICES, b->devices, b->n);
-	if (cs_rpc_call(srv->rpc, b->url, &q, on_last_seqs, b) != SP_OK)
+	if (cs_rpc_call(srv->rpc, b->shard->addr, &q, on_last_seqs, b) != SP_OK)
 		on_last_seqs(b, SP_EUNAVAIL, NULL);
 }
 
@@ -338,21 +337,26 @@ on_check_tick(evutil_socket_t fd, short what, void *arg)
 	check_batch *batches[CHECK_SHARDS];
 	int nb = 0;
 	long long budget = srv->cfg.check_per_tick;
+	/* One map snapshot for the tick: sessions are grouped by shard member, and an address
+	 * is read only when a batch is sent (before the snapshot is put). */
+	sp_cluster_map *map = sp_cluster_map_get(srv->cluster);
+	if (!map)
+		return;
 	cs_session *s = srv->check_cursor ? srv->check_cursor : srv->sessions;
 	for (; s && budget > 0; s = s->next) {
 		/* A session with a fetch in flight sees the shard anyway. */
 		if (s->st != CS_ST_READY || s->fetching || s->checking || s->closing || window_full(s))
 			continue;
-		char url[256];
-		if (cs_shard_url(srv, s->device, url, sizeof(url)) != SP_OK)
+		const sp_cluster_member *shard = sp_cluster_map_shard_for(map, s->device);
+		if (!shard)
 			continue;
 		int k = 0;
-		while (k < nb && strcmp(batches[k]->url, url) != 0)
+		while (k < nb && batches[k]->shard != shard)
 			k++;
 		if (k == nb) {
 			if (nb == CHECK_SHARDS || !(batches[nb] = calloc(1, sizeof(check_batch))))
 				break;
-			memcpy(batches[nb]->url, url, sizeof(url));
+			batches[nb]->shard = shard;
 			nb++;
 		}
 		check_batch *b = batches[k];
@@ -369,12 +373,14 @@ on_check_tick(evutil_socket_t fd, short what, void *arg)
 	srv->check_cursor = s;
 	for (int k = 0; k < nb; k++)
 		check_send(srv, batches[k]);
+	sp_cluster_map_put(map);
 }
 
 int
 cs_deliver_start(cs_server *srv)
 {
-	struct timeval ci = {srv->cfg.check_interval_ms / 1000, (srv->cfg.check_interval_ms % 1000) * 1000};
+	struct timeval ci = {srv->cfg.check_interval_ms / 1000,
+			     (srv->cfg.check_interval_ms % 1000) * 1000};
 	srv->check_ev = event_new(srv->base, -1, EV_PERSIST, on_check_tick, srv);
 	if (!srv->check_ev)
 		return SP_ENOMEM;

@@ -179,7 +179,7 @@ cs_devcache_get(cs_server *srv, uint64_t user, bool fresh, cs_devices_cb cb, voi
 	}
 	char url[256];
 	dc_op *op = malloc(sizeof(*op));
-	int rc = op ? cs_keysrv_url(srv, url, sizeof(url)) : SP_ENOMEM;
+	int rc = op ? cs_members_keysrv_url(srv, url, sizeof(url)) : SP_ENOMEM;
 	if (rc == SP_OK) {
 		op->srv = srv;
 		op->user = user;

@@ -111,7 +111,7 @@ typedef struct cs_ops {
 	void (*push)(cs_server *srv, const sp_frame *deliver);
 	/* Entries were appended: tell the connsrvs holding `devices` (seqs[i] is devices[i]'s).
 	 * `entry` is the DELIVER frame without SEQ/DEVICE/CONN_EPOCH, borrowed for the call.
-	 * From send.c and receipts.c to notify.c (cs_notify). */
+	 * From send.c and receipts.c to notify.c (cs_notify_appended). */
 	void (*notify)(cs_server *srv, const sp_frame *entry, const uint64_t *devices,
 		       const uint64_t *seqs, size_t n);
 	/* The shard deleted the entries of the session's ACK; `acked` is its ACKED reply,
@@ -197,9 +197,10 @@ void cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);
 /* ---- members.c: addresses from the current cluster map ---- */
 /* NNG url of the inbox shard that owns `device` / of the blob id / of keysrv, copied into
  * buf (the cluster map may change under us). SP_OK or SP_EUNAVAIL when the map has none. */
-int cs_shard_url(cs_server *srv, uint64_t device, char *buf, size_t cap);
-int cs_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *buf, size_t cap);
-int cs_keysrv_url(cs_server *srv, char *buf, size_t cap);
+int cs_members_shard_url(cs_server *srv, uint64_t device, char *buf, size_t cap);
+int cs_members_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *buf,
+			size_t cap);
+int cs_members_keysrv_url(cs_server *srv, char *buf, size_t cap);
 
 /* ---- devcache.c: device lists of users (from keysrv), cached for a short time ---- */
 typedef void (*cs_devices_cb)(void *arg, int rc, const uint64_t *devices, size_t n);

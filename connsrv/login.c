@@ -140,7 +140,7 @@ cs_login_auth(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	char url[256];
 	s->st = CS_ST_AUTHING;
 	cs_session_call_begin(s);
-	int rc = cs_keysrv_url(srv, url, sizeof(url));
+	int rc = cs_members_keysrv_url(srv, url, sizeof(url));
 	if (rc == SP_OK)
 		rc = cs_rpc_call(srv->rpc, url, &q, on_auth_key, op);
 	if (rc) {

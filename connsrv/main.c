@@ -36,7 +36,7 @@ static cs_cfg cfg;
 /* The concerns' links to each other (see cs_ops). */
 static const cs_ops ops = {
 	.push = cs_deliver_push,
-	.notify = cs_notify,
+	.notify = cs_notify_appended,
 	.acked = cs_receipts_acked,
 };
 

@@ -56,8 +56,8 @@ on_routes(void *arg, int rc, const cs_route *routes, size_t n)
 }
 
 void
-cs_notify(cs_server *srv, const sp_frame *entry, const uint64_t *devices, const uint64_t *seqs,
-	  size_t n)
+cs_notify_appended(cs_server *srv, const sp_frame *entry, const uint64_t *devices,
+		   const uint64_t *seqs, size_t n)
 {
 	if (n == 0)
 		return;

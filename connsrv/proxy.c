@@ -41,7 +41,7 @@ after_remove(cs_server *srv, uint64_t user, uint64_t device)
 	char url[256];
 	uint64_t *arg = malloc(sizeof(*arg));
 	cs_devcache_forget(srv, user);
-	if (arg && cs_shard_url(srv, device, url, sizeof(url)) == SP_OK) {
+	if (arg && cs_members_shard_url(srv, device, url, sizeof(url)) == SP_OK) {
 		*arg = device;
 		sp_frame q;
 		sp_frame_init(&q, SP_T_PURGE, 0, false);
@@ -124,7 +124,7 @@ cs_proxy_media(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	char url[256];
 	sp_frame q;
 	sp_bin id = sp_frame_bin(f, SP_F_BLOB_ID);
-	int rc = cs_blob_url(s->srv, id.p, id.len, url, sizeof(url));
+	int rc = cs_members_blob_url(s->srv, id.p, id.len, url, sizeof(url));
 	sp_frame_init(&q, f->type == SP_T_MEDIA_PUT    ? SP_T_BLOB_PUT
 			  : f->type == SP_T_MEDIA_DONE ? SP_T_BLOB_DONE
 						       : SP_T_BLOB_GET,
@@ -151,7 +151,7 @@ cs_proxy_keysrv(cs_session *s, const sp_frame *f)
 	sp_frame q = *f;
 	q.zone = NULL; /* arrays stay owned by f */
 	q.has_id = false;
-	int rc = cs_keysrv_url(s->srv, url, sizeof(url));
+	int rc = cs_members_keysrv_url(s->srv, url, sizeof(url));
 	unset(&q, SP_F_AUTH_USER);
 	unset(&q, SP_F_AUTH_DEVICE);
 	unset(&q, SP_F_SOURCE);

@@ -1,9 +1,9 @@
 /*
  * Device routes in Redis: r:<device> -> "<connsrv pull url>|<conn_epoch>", with an expiry
- * refreshed while the device is connected. This file is the only one that writes or parses
- * that value; the rest of connsrv sees (url, epoch). Redis holds soft state only: every failure here
- * delays real-time push (the periodic check and the next login repair it), none loses a
- * message. hiredis async on the worker's libevent loop; reconnects by itself.
+ * refreshed while the device is connected. routes.c is the only file that writes or parses
+ * that value; the rest of connsrv sees (url, epoch). Redis holds soft state only: every
+ * failure here delays real-time push (the periodic check and the next login repair it), none
+ * loses a message. hiredis async on the worker's libevent loop; reconnects by itself.
  */
 #ifndef CS_ROUTES_H
 #define CS_ROUTES_H

@@ -517,7 +517,7 @@ cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	sp_frame_init(&q, SP_T_GROUP_DEVICES, 0, false);
 	sp_frame_set_u64(&q, SP_F_GROUP, op->group);
 	sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
-	int rc = cs_keysrv_url(s->srv, url, sizeof(url));
+	int rc = cs_members_keysrv_url(s->srv, url, sizeof(url));
 	if (rc == SP_OK)
 		rc = cs_rpc_call(s->srv->rpc, url, &q, on_group_devices, op);
 	if (rc)

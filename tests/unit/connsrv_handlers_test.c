@@ -293,7 +293,11 @@ router_run(void *arg)
 	return NULL;
 }
 
-static fake_srv fakes[3] = {{SHARD0_URL, 0, {0}, 0}, {SHARD1_URL, 1, {0}, 0}, {KEYSRV_URL, -1, {0}, 0}};
+static fake_srv fakes[3] = {
+	{SHARD0_URL, 0, {0}, 0},
+	{SHARD1_URL, 1, {0}, 0},
+	{KEYSRV_URL, -1, {0}, 0},
+};
 
 /* ---- the connsrv side ---- */
 
