@@ -54,7 +54,12 @@ on_route_claimed(void *arg, int rc, const cs_route *old)
 		sp_frame_init(&k, SP_T_KICK, 0, false);
 		sp_frame_set_u64(&k, SP_F_DEVICE, s->device);
 		sp_frame_set_u64(&k, SP_F_CONN_EPOCH, old->epoch);
-		cs_rpc_push(srv->rpc, old->url, &k);
+		if ((rc = cs_rpc_push(srv->rpc, old->url, &k)) != SP_OK) {
+			/* The old session stays until its client goes or it idles out. */
+			sp_metric_inc(srv->m.pushes_dropped);
+			sp_warn_rl("KICK of device %llu to %s not sent: %s", (unsigned long long)s->device,
+				   old->url, sp_strerror(rc));
+		}
 	}
 	cs_session_call_end(s);
 }
