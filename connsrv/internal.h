@@ -2,6 +2,23 @@
  * connsrv's shared state: the server (one per worker process) and the sessions it holds.
  * Everything here runs on the worker's single libevent loop thread; NNG and Redis results
  * are handed back to that thread before they touch a session.
+ *
+ * Files (who calls whom: session.c dispatches client frames to the handler files; handler
+ * files reach other concerns only through srv->ops, set up by main.c):
+ *   main.c      options, start-up and shutdown, drain, signals; fills srv->ops
+ *   session.c   TLS accept, frame loop, dispatch table, device registry, kicks, close/reap
+ *   login.c     HELLO/AUTH: challenge, key check at keysrv, route claim (login.h)
+ *   send.c      SEND and SEND_GROUP: device checks, appends, SENT (send.h)
+ *   deliver.c   delivery window, FETCH, push hints, ACK, lost-push check (deliver.h)
+ *   receipts.c  READ and DELIVERED receipts as envelopes to a user's devices (receipts.h)
+ *   notify.c    after appends: route lookup, DELIVER hints to the holding connsrvs (notify.h)
+ *   peer.c      the NNG pull socket (DELIVER hints, KICK) and route refresh (peer.h)
+ *   proxy.c     keysrv frames and media frames forwarded (proxy.h)
+ *   routes.c    device routes in Redis, the only reader and writer of route values (routes.h)
+ *   devcache.c  users' device lists from keysrv, cached
+ *   members.c   addresses of shards and keysrv from the cluster map
+ *   appendq.c   per-shard coalescing of appends into APPEND_MULTI (appendq.h)
+ *   rpc.c       NNG requests and pushes, completed on the loop (rpc.h)
  */
 #ifndef CS_INTERNAL_H
 #define CS_INTERNAL_H
@@ -23,15 +40,9 @@
 #include "sp_cluster.h"
 #include "sp_frame.h"
 #include "sp_metrics.h"
+#include "sp_proto.h"
 
-#define CS_NONCE_LEN 32
 #define CS_MAX_INFLIGHT 64      /* server calls in flight per session before reading pauses */
-#define CS_PROTO_VERSION 1
-
-/* Envelope types (DELIVER etype). 1..9 are client ciphertexts (Signal message types),
- * 10.. are made by the server. */
-#define CS_ETYPE_RECEIPT_DELIVERED 10
-#define CS_ETYPE_RECEIPT_READ 11
 
 typedef struct cs_cfg {
 	char *name;         /* cluster member name, e.g. connsrv-0 */
@@ -71,30 +82,48 @@ typedef struct cs_server cs_server;
 typedef struct cs_session {
 	cs_server *srv;
 	struct bufferevent *bev;
-	int refs;     /* the connection itself, plus one per callback that holds it */
 	bool closing; /* closed or closing: no more frames in or out */
 	bool flush_close; /* close once the output buffer has drained */
+	bool reaping;     /* on srv->reap: freed when the loop next runs the reaper */
 	cs_state st;
-	uint8_t nonce[CS_NONCE_LEN];
+	uint8_t nonce[SP_LOGIN_NONCE_LEN];
 	uint64_t user, device, conn_epoch;
 	char peer[64];
-	unsigned inflight;
+	unsigned inflight; /* server calls outstanding (cs_session_call_begin/_end) */
 	bool read_paused;
 	/* Delivery (deliver.c): seqs written to the client, and the client's cumulative ACK. */
 	uint64_t sent_seq, acked_seq;
 	bool fetching, refetch, queue_empty_sent, checking;
-	/* SEND token bucket. */
+	/* Token bucket of the SP_FL_RATED frames. */
 	double tokens;
 	uint64_t tokens_ms;
 	uint64_t last_seen_ms;
 	UT_hash_handle hh; /* srv->by_device, once logged in */
-	struct cs_session *prev, *next; /* srv->sessions */
+	struct cs_session *prev, *next; /* srv->sessions, srv->closed or srv->reap */
 } cs_session;
+
+/* How one concern reaches another (nng's ops tables): handler files never call each other
+ * by name. main.c points srv->ops at the real functions; a unit test may point it at fakes.
+ * Each runs on the loop thread and returns without calling back into its caller. */
+typedef struct cs_ops {
+	/* A DELIVER hint (seq, device, conn_epoch set) for a device of this worker: from
+	 * notify.c and peer.c to deliver.c (cs_deliver_push). */
+	void (*push)(cs_server *srv, const sp_frame *deliver);
+	/* Entries were appended: tell the connsrvs holding `devices` (seqs[i] is devices[i]'s).
+	 * `entry` is the DELIVER frame without SEQ/DEVICE/CONN_EPOCH, borrowed for the call.
+	 * From send.c and receipts.c to notify.c (cs_notify_appended). */
+	void (*notify)(cs_server *srv, const sp_frame *entry, const uint64_t *devices,
+		       const uint64_t *seqs, size_t n);
+	/* The shard deleted the entries of the session's ACK; `acked` is its ACKED reply,
+	 * borrowed for the call. From deliver.c to receipts.c (cs_receipts_acked). */
+	void (*acked)(cs_session *s, const sp_frame *acked);
+} cs_ops;
 
 typedef struct cs_devcache cs_devcache;
 
 struct cs_server {
 	cs_cfg cfg;
+	const cs_ops *ops;
 	struct event_base *base;
 	SSL_CTX *tls;
 	struct evconnlistener *listener;
@@ -108,9 +137,11 @@ struct cs_server {
 	nng_socket pull;
 	nng_aio *pull_aio;
 	struct event *pull_ev;
-	void *pull_q_head, *pull_q_tail; /* received messages waiting for the loop */
-	void *pull_lock;
-	cs_session *sessions;  /* all connections */
+	void *pull_q; /* peer.c: received messages waiting for the loop */
+	cs_session *sessions;  /* open connections */
+	cs_session *closed;    /* closing: flushing, or server calls outstanding */
+	cs_session *reap;      /* closed and unreferenced: freed by reap_ev */
+	struct event *reap_ev;
 	cs_session *by_device; /* logged-in sessions by device id */
 	cs_session *check_cursor;
 	uint64_t nconns;
@@ -123,76 +154,60 @@ struct cs_server {
 		sp_metric *conns, *accepts, *rejects, *logins, *login_fail, *kicks, *frames_in,
 			*frames_out, *sends, *sent_latency, *deliveries, *delivered_rt, *drains,
 			*gap_fetches, *checks, *errors, *acks, *receipts, *rpc_latency, *redis_latency,
-			*rate_limited, *malformed, *slow_pauses;
+			*rate_limited, *malformed, *slow_pauses, *receipts_dropped, *fetches_dropped,
+			*acks_dropped, *pushes_dropped, *pushes_stale, *peer_dropped;
 	} m;
 };
 
-/* session.c */
-void cs_session_ref(cs_session *s);
-void cs_session_unref(cs_session *s);
+/* ---- session.c: connections, dispatch, the device registry ---- */
+/* The reaper (an event on srv->base) / shutdown: frees every closed session. */
+int cs_session_start(cs_server *srv);
+void cs_session_stop(cs_server *srv);
+/* A session on `bev` (TLS from the listener; a test may give a bufferevent pair), owned by
+ * srv from then on. NULL if out of memory (the caller keeps bev). */
+cs_session *cs_session_new(cs_server *srv, struct bufferevent *bev, const char *peer);
 /* Queues `f` to the client (with the session's framing). A client whose output has piled
  * up past out_max_bytes is disconnected instead. Returns SP_OK or an error. */
 int cs_session_send(cs_session *s, const sp_frame *f);
 /* Sends ERROR{code, reason[, msg_id]} echoing request id `id`. */
 void cs_session_error(cs_session *s, uint64_t id, bool has_id, int code, const char *reason,
 		      const uint8_t *msg_id);
-/* Closes now (after a best-effort flush of what is queued when `flush` is set). Safe to
- * call from any callback: the memory goes when the last reference does. */
+/* Closes now (after a best-effort flush of what is queued when `flush` is set): the session
+ * leaves the device registry and its route at once, refuses frames in and out, and is freed
+ * later from the loop once no server call is outstanding for it. Safe to call from any
+ * callback, also on a closing session; the session stays valid until the callback returns. */
 void cs_session_close(cs_session *s, bool flush);
-/* Counts a server call made for the session: the session stays alive until _end, and
- * reading pauses while CS_MAX_INFLIGHT are outstanding. */
+/* Counts a server call made for the session: the session is not freed before _end (a
+ * closing one is, after it), and reading pauses while CS_MAX_INFLIGHT are outstanding. */
 void cs_session_call_begin(cs_session *s);
 void cs_session_call_end(cs_session *s);
 bool cs_session_output_full(const cs_session *s);
 int cs_server_accept_start(cs_server *srv);
+/* The first frame type whose catalogue tier (SP_TIER_CONNSRV or not) disagrees with the
+ * dispatch table (a handler or none), or -1 when they agree. */
+int cs_session_dispatch_mismatch(void);
+/* Login checked (user, device, conn_epoch set): the session becomes the device's, an older
+ * session of the device on this worker is kicked, and the session is READY. */
+void cs_session_bind(cs_session *s);
+/* The login's AUTH_OK is written: delivery starts after `last_seq`. */
+void cs_session_logged_in(cs_session *s, uint64_t last_seq);
+/* KICKED and closes the device's session if it is still the one of `conn_epoch`. */
+void cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);
 
-/* auth.c */
-void cs_auth_hello(cs_session *s, const sp_frame *f);
-void cs_auth_auth(cs_session *s, const sp_frame *f);
-/* KICK from a peer connsrv (or our own login elsewhere in this worker). */
-void cs_auth_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);
-void cs_auth_logout(cs_session *s);
-/* Route value of this session: "<pull url>|<conn_epoch>". */
-void cs_auth_route_value(const cs_session *s, char *buf, size_t cap);
-
-/* deliver.c */
-int cs_deliver_start(cs_server *srv);
-void cs_deliver_stop(cs_server *srv);
-/* Login done: drain the inbox after last_seq. */
-void cs_deliver_login(cs_session *s, uint64_t last_seq);
-/* A DELIVER frame for one of our devices (from a peer or from ourselves). */
-void cs_deliver_push(cs_server *srv, const sp_frame *f);
-void cs_deliver_ack(cs_session *s, const sp_frame *f);
-/* The client's socket drained: delivery may resume. */
-void cs_deliver_writable(cs_session *s);
-/* After appends: tell the connsrvs holding `devices` (seqs[i] is devices[i]'s) about the
- * new entry. `entry` is the DELIVER frame without SEQ/DEVICE/CONN_EPOCH. */
-void cs_deliver_notify(cs_server *srv, const sp_frame *entry, const uint64_t *devices,
-		       const uint64_t *seqs, size_t n);
+/* ---- members.c: addresses from the current cluster map ---- */
 /* NNG url of the inbox shard that owns `device` / of the blob id / of keysrv, copied into
  * buf (the cluster map may change under us). SP_OK or SP_EUNAVAIL when the map has none. */
-int cs_shard_url(cs_server *srv, uint64_t device, char *buf, size_t cap);
-int cs_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *buf, size_t cap);
-int cs_keysrv_url(cs_server *srv, char *buf, size_t cap);
+int cs_members_shard_url(cs_server *srv, uint64_t device, char *buf, size_t cap);
+int cs_members_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *buf,
+			size_t cap);
+int cs_members_keysrv_url(cs_server *srv, char *buf, size_t cap);
 
-/* send.c */
-void cs_send_one(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
-void cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
-void cs_send_read(cs_session *s, const sp_frame *f);
-/* Queues a receipt envelope from (user, device) to every device of `to_user`. */
-void cs_send_receipt(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64_t to_user,
-		     unsigned etype, const sp_bin *msg_ids, uint32_t n);
-
-/* proxy.c: keysrv and media frames. */
-bool cs_proxy_allowed_before_login(unsigned type);
-bool cs_proxy_handles(unsigned type);
-void cs_proxy(cs_session *s, const sp_frame *f);
-
-/* devcache.c: device lists of users (from keysrv), cached for a short time. */
+/* ---- devcache.c: device lists of users (from keysrv), cached for a short time ---- */
 typedef void (*cs_devices_cb)(void *arg, int rc, const uint64_t *devices, size_t n);
 int cs_devcache_new(cs_server *srv, cs_devcache **out);
 void cs_devcache_free(cs_devcache *c);
-/* Calls cb (now or later) with the devices of `user`; `fresh` bypasses the cache. */
+/* Calls cb once, later on the loop (never inside this call), with the devices of `user`;
+ * `fresh` bypasses the cache. */
 void cs_devcache_get(cs_server *srv, uint64_t user, bool fresh, cs_devices_cb cb, void *arg);
 void cs_devcache_forget(cs_server *srv, uint64_t user);
 

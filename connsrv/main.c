@@ -17,7 +17,11 @@
 #include <event2/thread.h>
 #include <sodium.h>
 
+#include "connsrv/deliver.h"
 #include "connsrv/internal.h"
+#include "connsrv/notify.h"
+#include "connsrv/peer.h"
+#include "connsrv/receipts.h"
 #include "sp_config.h"
 #include "sp_error.h"
 #include "sp_log.h"
@@ -28,6 +32,13 @@ static char *log_level;
 static bool log_json;
 
 static cs_cfg cfg;
+
+/* The concerns' links to each other (see cs_ops). */
+static const cs_ops ops = {
+	.push = cs_deliver_push,
+	.notify = cs_notify_appended,
+	.acked = cs_receipts_acked,
+};
 
 static const sp_config_opt opts[] = {
 	{"name", SP_CT_STR, &cfg.name, "connsrv-0", "cluster member name (as in the router's cluster file)", 0, 0},
@@ -85,6 +96,12 @@ register_metrics(cs_server *srv)
 	srv->m.rpc_latency = sp_metric_histogram("sp_connsrv_keysrv_login_seconds", "auth key lookup latency");
 	srv->m.rate_limited = sp_metric_counter("sp_connsrv_rate_limited_total", "sends refused by the rate limit");
 	srv->m.malformed = sp_metric_counter("sp_connsrv_malformed_total", "malformed frames (connection closed)");
+	srv->m.receipts_dropped = sp_metric_counter("sp_connsrv_receipts_dropped_total", "receipts not stored (per recipient device, or whole when the device list failed)");
+	srv->m.fetches_dropped = sp_metric_counter("sp_connsrv_fetches_dropped_total", "inbox fetches not made or failed (the check retries)");
+	srv->m.acks_dropped = sp_metric_counter("sp_connsrv_acks_dropped_total", "ACKs not applied on the shard (entries come again)");
+	srv->m.pushes_dropped = sp_metric_counter("sp_connsrv_pushes_dropped_total", "DELIVER hints (the check repairs) and KICKs not sent to peers");
+	srv->m.pushes_stale = sp_metric_counter("sp_connsrv_pushes_stale_total", "DELIVER hints for a device no longer here (stale route)");
+	srv->m.peer_dropped = sp_metric_counter("sp_connsrv_peer_frames_dropped_total", "frames on the pull socket not acted on");
 }
 
 static void
@@ -198,6 +215,7 @@ run_worker(void)
 	cs_server srv;
 	memset(&srv, 0, sizeof(srv));
 	srv.cfg = cfg;
+	srv.ops = &ops;
 	char err[512];
 	int rc = SP_OK;
 
@@ -207,6 +225,8 @@ run_worker(void)
 		sp_error("bad --pull or --advertise url");
 		return 2;
 	}
+	/* Every frame the catalogue says connsrv serves has its handler, and no other. */
+	SP_ASSERT(cs_session_dispatch_mismatch() < 0);
 	register_metrics(&srv);
 	evthread_use_pthreads();
 	srv.base = event_base_new();
@@ -229,7 +249,8 @@ run_worker(void)
 	}
 	if (sp_cluster_wait_map(srv.cluster, 30000) != SP_OK)
 		sp_warn("no cluster map from %s yet; requests fail until it comes", cfg.router);
-	if ((rc = cs_deliver_start(&srv)))
+	if ((rc = cs_session_start(&srv)) || (rc = cs_peer_start(&srv)) ||
+	    (rc = cs_deliver_start(&srv)))
 		goto out;
 	if ((rc = cs_server_accept_start(&srv))) {
 		sp_error("cannot listen on %s: %s", cfg.listen, strerror(errno));
@@ -265,14 +286,20 @@ out:
 		next = s->next;
 		cs_session_close(s, false);
 	}
+	for (cs_session *s = srv.closed, *next; s; s = next) {
+		next = s->next;
+		cs_session_close(s, false); /* ends a flush */
+	}
 	if (srv.listener)
 		evconnlistener_free(srv.listener);
+	cs_peer_stop(&srv);
 	cs_deliver_stop(&srv);
 	cs_rpc_free(srv.rpc); /* runs outstanding callbacks: sessions are released */
 	cs_appendq_free(srv.appendq); /* after: appends those callbacks queued are failed */
 	cs_routes_free(srv.routes);
 	sp_cluster_stop(srv.cluster);
 	cs_devcache_free(srv.devcache);
+	cs_session_stop(&srv);
 	if (srv.metrics_http)
 		evhttp_free(srv.metrics_http);
 	struct event *evs[] = {map_ev, srv.sig_hup, srv.sig_term, srv.sig_int, srv.drain_ev};

@@ -16,7 +16,7 @@ copy_addr(sp_cluster_map *m, const sp_cluster_member *mem, char *buf, size_t cap
 }
 
 int
-cs_shard_url(cs_server *srv, uint64_t device, char *buf, size_t cap)
+cs_members_shard_url(cs_server *srv, uint64_t device, char *buf, size_t cap)
 {
 	sp_cluster_map *m = sp_cluster_map_get(srv->cluster);
 	if (!m)
@@ -25,7 +25,8 @@ cs_shard_url(cs_server *srv, uint64_t device, char *buf, size_t cap)
 }
 
 int
-cs_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *buf, size_t cap)
+cs_members_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *buf,
+		    size_t cap)
 {
 	sp_cluster_map *m = sp_cluster_map_get(srv->cluster);
 	if (!m)
@@ -34,7 +35,7 @@ cs_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *buf, size_
 }
 
 int
-cs_keysrv_url(cs_server *srv, char *buf, size_t cap)
+cs_members_keysrv_url(cs_server *srv, char *buf, size_t cap)
 {
 	sp_cluster_map *m = sp_cluster_map_get(srv->cluster);
 	if (!m)

@@ -1,45 +1,11 @@
-/*
- * Key, account, group and media frames are not handled here: they are forwarded to keysrv
- * (with the authenticated identity and the client address attached, whatever the client
- * put there) or to the inbox shard that owns the blob, and the reply comes back with the
- * client's request id.
- */
+/* Forwarding of keysrv and media frames (see proxy.h). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "connsrv/internal.h"
+#include "connsrv/proxy.h"
 #include "sp_error.h"
 #include "sp_log.h"
-
-static const unsigned before_login[] = {SP_T_REGISTER, SP_T_VERIFY, SP_T_LINK_REQUEST,
-					SP_T_LINK_STATUS};
-static const unsigned after_login[] = {
-	SP_T_LINK_LOOKUP, SP_T_LINK_CONFIRM, SP_T_DEVICES_GET, SP_T_USER_LOOKUP, SP_T_REMOVE_DEVICE, SP_T_KEYS_UPLOAD,
-	SP_T_KEYS_STATUS, SP_T_BUNDLE_GET,   SP_T_GROUP_CREATE, SP_T_GROUP_ADD,     SP_T_GROUP_REMOVE,
-	SP_T_GROUP_LEAVE, SP_T_GROUP_ADMIN,  SP_T_GROUP_INFO,   SP_T_MEDIA_PUT,     SP_T_MEDIA_DONE,
-	SP_T_MEDIA_GET};
-
-static bool
-in(const unsigned *set, size_t n, unsigned t)
-{
-	for (size_t i = 0; i < n; i++)
-		if (set[i] == t)
-			return true;
-	return false;
-}
-
-bool
-cs_proxy_allowed_before_login(unsigned type)
-{
-	return in(before_login, sizeof(before_login) / sizeof(before_login[0]), type);
-}
-
-bool
-cs_proxy_handles(unsigned type)
-{
-	return cs_proxy_allowed_before_login(type) ||
-	       in(after_login, sizeof(after_login) / sizeof(after_login[0]), type);
-}
 
 typedef struct proxy_op {
 	cs_session *s;
@@ -75,7 +41,7 @@ after_remove(cs_server *srv, uint64_t user, uint64_t device)
 	char url[256];
 	uint64_t *arg = malloc(sizeof(*arg));
 	cs_devcache_forget(srv, user);
-	if (arg && cs_shard_url(srv, device, url, sizeof(url)) == SP_OK) {
+	if (arg && cs_members_shard_url(srv, device, url, sizeof(url)) == SP_OK) {
 		*arg = device;
 		sp_frame q;
 		sp_frame_init(&q, SP_T_PURGE, 0, false);
@@ -87,7 +53,7 @@ after_remove(cs_server *srv, uint64_t user, uint64_t device)
 	cs_session *s;
 	HASH_FIND(hh, srv->by_device, &device, sizeof(device), s);
 	if (s)
-		cs_auth_kick(srv, device, s->conn_epoch);
+		cs_session_kick(srv, device, s->conn_epoch);
 }
 
 static void
@@ -128,61 +94,12 @@ on_reply(void *arg, int rc, const sp_frame *reply)
 	free(op);
 }
 
-void
-cs_proxy(cs_session *s, const sp_frame *f)
+/* Sends `q` (the client's frame `f` rewritten for `url`) and relays the reply. */
+static void
+forward(cs_session *s, const sp_frame *f, int rc, const char *url, const sp_frame *q)
 {
-	cs_server *srv = s->srv;
-	char url[256], host[64];
-	sp_frame q = *f;
-	int rc;
-
-	q.zone = NULL; /* arrays stay owned by f */
-	q.has_id = false;
-	switch (f->type) {
-	case SP_T_MEDIA_PUT:
-	case SP_T_MEDIA_DONE:
-	case SP_T_MEDIA_GET: {
-		sp_bin id = sp_frame_bin(f, SP_F_BLOB_ID);
-		rc = cs_blob_url(srv, id.p, id.len, url, sizeof(url));
-		sp_frame_init(&q, f->type == SP_T_MEDIA_PUT    ? SP_T_BLOB_PUT
-				  : f->type == SP_T_MEDIA_DONE ? SP_T_BLOB_DONE
-							       : SP_T_BLOB_GET,
-			      0, false);
-		static const sp_field media[] = {SP_F_BLOB_ID, SP_F_OFFSET, SP_F_BYTES, SP_F_SIZE,
-						 SP_F_SHA256,  SP_F_DEVICES, SP_F_LEN};
-		for (size_t i = 0; i < sizeof(media) / sizeof(media[0]); i++) {
-			const sp_val *v = sp_frame_get(f, media[i]);
-			int slot = sp_frame_slot(q.type, media[i]);
-			if (v && slot >= 0) {
-				q.v[slot] = *v;
-				q.present |= 1u << slot;
-			}
-		}
-		if (f->type == SP_T_MEDIA_GET)
-			sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
-		break;
-	}
-	default:
-		rc = cs_keysrv_url(srv, url, sizeof(url));
-		unset(&q, SP_F_AUTH_USER);
-		unset(&q, SP_F_AUTH_DEVICE);
-		unset(&q, SP_F_SOURCE);
-		if (s->st == CS_ST_READY) {
-			sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
-			sp_frame_set_u64(&q, SP_F_AUTH_DEVICE, s->device);
-		}
-		/* The address without the port: rate limits are per client host. (host lives
-		 * until the frame is packed below: the frame borrows it.) */
-		snprintf(host, sizeof(host), "%s", s->peer);
-		char *colon = strrchr(host, ':');
-		if (colon)
-			*colon = '\0';
-		sp_frame_set_str(&q, SP_F_SOURCE, host);
-		break;
-	}
-	proxy_op *op = malloc(sizeof(*op));
+	proxy_op *op = rc ? NULL : malloc(sizeof(*op));
 	if (rc || !op) {
-		free(op);
 		cs_session_error(s, f->id, f->has_id, rc ? rc : SP_ENOMEM, "service unavailable, retry",
 				 NULL);
 		return;
@@ -192,9 +109,62 @@ cs_proxy(cs_session *s, const sp_frame *f)
 	op->has_id = f->has_id;
 	op->type = f->type;
 	cs_session_call_begin(s);
-	if ((rc = cs_rpc_call(srv->rpc, url, &q, on_reply, op))) {
+	if ((rc = cs_rpc_call(s->srv->rpc, url, q, on_reply, op))) {
 		cs_session_error(s, f->id, f->has_id, rc, "bad request", NULL);
 		cs_session_call_end(s);
 		free(op);
 	}
+}
+
+void
+cs_proxy_media(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	(void)raw;
+	(void)len;
+	char url[256];
+	sp_frame q;
+	sp_bin id = sp_frame_bin(f, SP_F_BLOB_ID);
+	int rc = cs_members_blob_url(s->srv, id.p, id.len, url, sizeof(url));
+	sp_frame_init(&q, f->type == SP_T_MEDIA_PUT    ? SP_T_BLOB_PUT
+			  : f->type == SP_T_MEDIA_DONE ? SP_T_BLOB_DONE
+						       : SP_T_BLOB_GET,
+		      0, false);
+	static const sp_field media[] = {SP_F_BLOB_ID, SP_F_OFFSET, SP_F_BYTES, SP_F_SIZE,
+					 SP_F_SHA256,  SP_F_DEVICES, SP_F_LEN};
+	for (size_t i = 0; i < sizeof(media) / sizeof(media[0]); i++) {
+		const sp_val *v = sp_frame_get(f, media[i]);
+		int slot = sp_frame_slot(q.type, media[i]);
+		if (v && slot >= 0) {
+			q.v[slot] = *v;
+			q.present |= 1u << slot;
+		}
+	}
+	if (f->type == SP_T_MEDIA_GET)
+		sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
+	forward(s, f, rc, url, &q);
+}
+
+void
+cs_proxy_keysrv(cs_session *s, const sp_frame *f)
+{
+	char url[256], host[64];
+	sp_frame q = *f;
+	q.zone = NULL; /* arrays stay owned by f */
+	q.has_id = false;
+	int rc = cs_members_keysrv_url(s->srv, url, sizeof(url));
+	unset(&q, SP_F_AUTH_USER);
+	unset(&q, SP_F_AUTH_DEVICE);
+	unset(&q, SP_F_SOURCE);
+	if (s->st == CS_ST_READY) {
+		sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
+		sp_frame_set_u64(&q, SP_F_AUTH_DEVICE, s->device);
+	}
+	/* The address without the port: rate limits are per client host. (host lives until
+	 * the frame is packed in forward: the frame borrows it.) */
+	snprintf(host, sizeof(host), "%s", s->peer);
+	char *colon = strrchr(host, ':');
+	if (colon)
+		*colon = '\0';
+	sp_frame_set_str(&q, SP_F_SOURCE, host);
+	forward(s, f, rc, url, &q);
 }

@@ -145,6 +145,31 @@ route_key(char key[32], uint64_t device)
 	snprintf(key, 32, "r:%llu", (unsigned long long)device);
 }
 
+/* The stored value: "<pull url>|<conn_epoch>". */
+static void
+route_value(char *buf, size_t cap, const char *url, uint64_t epoch)
+{
+	snprintf(buf, cap, "%s|%llu", url, (unsigned long long)epoch);
+}
+
+#define ROUTE_VALUE_MAX 300
+#define ROUTE_URL_MAX 256
+
+/* Parses a stored value in place: the url is cut at the last '|' (the reply buffer is ours
+ * until the callback returns). A value that is not a route reads as none. */
+static cs_route
+route_parse(char *value)
+{
+	cs_route rt = {NULL, 0};
+	char *bar = value ? strrchr(value, '|') : NULL;
+	if (!bar || (size_t)(bar - value) >= ROUTE_URL_MAX)
+		return rt;
+	*bar = '\0';
+	rt.url = value;
+	rt.epoch = strtoull(bar + 1, NULL, 10);
+	return rt;
+}
+
 typedef struct claim_op {
 	cs_route_claim_cb cb;
 	void *arg;
@@ -159,17 +184,20 @@ on_claim(redisAsyncContext *ac, void *reply, void *privdata)
 	claim_op *op = privdata;
 	redisReply *rep = reply;
 	sp_metric_observe(op->r->latency, (double)(sp_mono_ns() - op->t0) / 1e9);
-	if (!rep || rep->type == REDIS_REPLY_ERROR)
+	cs_route old = {NULL, 0};
+	if (!rep || rep->type == REDIS_REPLY_ERROR) {
 		op->cb(op->arg, SP_EREDIS, NULL);
-	else if (rep->type == REDIS_REPLY_STRING)
-		op->cb(op->arg, SP_OK, rep->str);
-	else
-		op->cb(op->arg, SP_OK, "");
+	} else {
+		if (rep->type == REDIS_REPLY_STRING)
+			old = route_parse(rep->str);
+		op->cb(op->arg, SP_OK, &old);
+	}
 	free(op);
 }
 
 int
-cs_routes_claim(cs_routes *r, uint64_t device, const char *value, cs_route_claim_cb cb, void *arg)
+cs_routes_claim(cs_routes *r, uint64_t device, const char *url, uint64_t epoch,
+		cs_route_claim_cb cb, void *arg)
 {
 	if (!r->connected)
 		return SP_EREDIS;
@@ -180,8 +208,9 @@ cs_routes_claim(cs_routes *r, uint64_t device, const char *value, cs_route_claim
 	op->arg = arg;
 	op->r = r;
 	op->t0 = sp_mono_ns();
-	char key[32];
+	char key[32], value[ROUTE_VALUE_MAX];
 	route_key(key, device);
+	route_value(value, sizeof(value), url, epoch);
 	if (redisAsyncCommand(r->ac, on_claim, op, "SET %s %s EX %d GET", key, value, r->ttl_s) !=
 	    REDIS_OK) {
 		free(op);
@@ -191,22 +220,24 @@ cs_routes_claim(cs_routes *r, uint64_t device, const char *value, cs_route_claim
 }
 
 void
-cs_routes_release(cs_routes *r, uint64_t device, const char *value)
+cs_routes_release(cs_routes *r, uint64_t device, const char *url, uint64_t epoch)
 {
 	if (!r->connected)
 		return;
-	char key[32];
+	char key[32], value[ROUTE_VALUE_MAX];
 	route_key(key, device);
+	route_value(value, sizeof(value), url, epoch);
 	redisAsyncCommand(r->ac, NULL, NULL, "EVAL %s 1 %s %s", cad_script, key, value);
 }
 
 void
-cs_routes_refresh(cs_routes *r, uint64_t device, const char *value)
+cs_routes_refresh(cs_routes *r, uint64_t device, const char *url, uint64_t epoch)
 {
 	if (!r->connected)
 		return;
-	char key[32];
+	char key[32], value[ROUTE_VALUE_MAX];
 	route_key(key, device);
+	route_value(value, sizeof(value), url, epoch);
 	redisAsyncCommand(r->ac, NULL, NULL, "EVAL %s 1 %s %s %d", cae_script, key, value, r->ttl_s);
 }
 
@@ -227,19 +258,19 @@ on_lookup(redisAsyncContext *ac, void *reply, void *privdata)
 		free(op);
 		return;
 	}
-	const char **vals = calloc(op->n, sizeof(char *));
-	if (!vals) {
+	cs_route *routes = calloc(op->n, sizeof(*routes));
+	if (!routes) {
 		op->cb(op->arg, SP_ENOMEM, NULL, 0);
 		free(op);
 		return;
 	}
 	for (size_t i = 0; i < op->n; i++)
-		vals[i] = rep->element[i]->type == REDIS_REPLY_STRING ? rep->element[i]->str : NULL;
-	op->cb(op->arg, SP_OK, vals, op->n);
-	free(vals);
+		if (rep->element[i]->type == REDIS_REPLY_STRING)
+			routes[i] = route_parse(rep->element[i]->str);
+	op->cb(op->arg, SP_OK, routes, op->n);
+	free(routes);
 	free(op);
 }
-
 int
 cs_routes_lookup(cs_routes *r, const uint64_t *devices, size_t n, cs_route_lookup_cb cb, void *arg)
 {

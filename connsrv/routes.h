@@ -1,8 +1,9 @@
 /*
  * Device routes in Redis: r:<device> -> "<connsrv pull url>|<conn_epoch>", with an expiry
- * refreshed while the device is connected. Redis holds soft state only: every failure here
- * delays real-time push (the periodic check and the next login repair it), none loses a
- * message. hiredis async on the worker's libevent loop; reconnects by itself.
+ * refreshed while the device is connected. routes.c is the only file that writes or parses
+ * that value; the rest of connsrv sees (url, epoch). Redis holds soft state only: every
+ * failure here delays real-time push (the periodic check and the next login repair it), none
+ * loses a message. hiredis async on the worker's libevent loop; reconnects by itself.
  */
 #ifndef CS_ROUTES_H
 #define CS_ROUTES_H
@@ -19,20 +20,28 @@ typedef struct cs_routes cs_routes;
 int cs_routes_new(struct event_base *base, const char *addr, int ttl_s, cs_routes **out);
 void cs_routes_free(cs_routes *r);
 
-/* old: the previous value ("" if none; NULL on error). Called once, later. */
-typedef void (*cs_route_claim_cb)(void *arg, int rc, const char *old);
-/* Sets the route and returns the one it replaced (SET ... EX ttl GET). SP_OK: cb will run;
- * an error: it will not. */
-int cs_routes_claim(cs_routes *r, uint64_t device, const char *value, cs_route_claim_cb cb,
-		    void *arg);
+/* A route read back from Redis, parsed: the pull url of the connsrv worker holding the
+ * device and the connection's epoch. url is NULL when there is no route (or the stored value
+ * is not one). Valid during the callback only. */
+typedef struct cs_route {
+	const char *url;
+	uint64_t epoch;
+} cs_route;
 
-/* Deletes / extends the route only if it still holds `value` (Lua compare-and-delete /
+/* old: the route replaced (old->url NULL if none); old is NULL on error. Called once, later. */
+typedef void (*cs_route_claim_cb)(void *arg, int rc, const cs_route *old);
+/* Sets the device's route to (url, epoch) and returns the one it replaced (SET ... EX ttl
+ * GET). SP_OK: cb will run; an error: it will not. */
+int cs_routes_claim(cs_routes *r, uint64_t device, const char *url, uint64_t epoch,
+		    cs_route_claim_cb cb, void *arg);
+
+/* Deletes / extends the route only if it still is (url, epoch) (Lua compare-and-delete /
  * compare-and-expire), fire-and-forget. */
-void cs_routes_release(cs_routes *r, uint64_t device, const char *value);
-void cs_routes_refresh(cs_routes *r, uint64_t device, const char *value);
+void cs_routes_release(cs_routes *r, uint64_t device, const char *url, uint64_t epoch);
+void cs_routes_refresh(cs_routes *r, uint64_t device, const char *url, uint64_t epoch);
 
-/* values[i]: route of devices[i] or NULL. Arrays valid during the call only. */
-typedef void (*cs_route_lookup_cb)(void *arg, int rc, const char *const *values, size_t n);
+/* routes[i]: route of devices[i]. */
+typedef void (*cs_route_lookup_cb)(void *arg, int rc, const cs_route *routes, size_t n);
 int cs_routes_lookup(cs_routes *r, const uint64_t *devices, size_t n, cs_route_lookup_cb cb,
 		     void *arg);
 

@@ -1,15 +1,8 @@
-/*
- * SEND (1:1), SEND_GROUP and READ, and the receipts the server makes. A SEND is answered
- * SENT only when every per-device append is durable on its shard; any failure is an ERROR
- * for that msg_id and the client retries with the same msg_id (the shard dedups). The
- * sender is always the authenticated device: nothing in the client's frame says who sends.
- */
+/* SEND and SEND_GROUP (see send.h). */
 #include <stdlib.h>
 #include <string.h>
 
-#include <sodium.h>
-
-#include "connsrv/internal.h"
+#include "connsrv/send.h"
 #include "sp_error.h"
 #include "sp_log.h"
 #include "sp_time.h"
@@ -119,6 +112,34 @@ entry_for(const send_op *op, size_t i, sp_frame *d)
 	}
 }
 
+/* The entries are stored: their holders hear of them. A 1:1 entry differs per device (its
+ * ciphertext); a group entry is one for every device without a ciphertext of its own, so
+ * those share one notify (one packed entry, one route lookup). */
+static void
+notify_appended(send_op *op)
+{
+	cs_server *srv = op->s->srv;
+	size_t shared = 0;
+	for (size_t i = 0; i < op->n; i++) {
+		if (!op->seqs[i])
+			continue;
+		sp_frame d;
+		entry_for(op, i, &d);
+		if (op->type == SP_T_SEND_GROUP && !sp_frame_has(&d, SP_F_CT)) {
+			/* Compacted in place: index `shared` <= i was already read. */
+			op->devices[shared] = op->devices[i];
+			op->seqs[shared++] = op->seqs[i];
+			continue;
+		}
+		srv->ops->notify(srv, &d, &op->devices[i], &op->seqs[i], 1);
+	}
+	if (shared) {
+		sp_frame d;
+		entry_for(op, 0, &d);
+		srv->ops->notify(srv, &d, op->devices, op->seqs, shared);
+	}
+}
+
 static void
 appends_done(send_op *op)
 {
@@ -131,13 +152,7 @@ appends_done(send_op *op)
 		sp_warn("group message from device %llu: %u member devices refused (queue full)",
 			(unsigned long long)s->device, op->refused);
 	answer_sent(op);
-	for (size_t i = 0; i < op->n; i++) {
-		if (!op->seqs[i])
-			continue;
-		sp_frame d;
-		entry_for(op, i, &d);
-		cs_deliver_notify(s->srv, &d, &op->devices[i], &op->seqs[i], 1);
-	}
+	notify_appended(op);
 	cs_session_call_end(s);
 	op_free(op);
 }
@@ -218,9 +233,10 @@ start_appends_one(send_op *op)
 	}
 	op->seqs = op->devices + op->n;
 	op->pending = 1; /* held until every append is queued */
+	/* One map snapshot for the whole send: a shard's address is read from it, not copied. */
+	sp_cluster_map *map = sp_cluster_map_get(s->srv->cluster);
 	for (size_t i = 0; i < op->n && !op->rc; i++) {
 		const sp_frame *it = &items->rs.v[i];
-		char url[256];
 		op->devices[i] = sp_frame_u64(it, SP_F_DEVICE);
 		sp_bin ct = sp_frame_bin(it, SP_F_CT);
 		sp_frame q;
@@ -232,14 +248,15 @@ start_appends_one(send_op *op)
 		sp_frame_set_u64(&q, SP_F_SERVER_TS, op->server_ts);
 		sp_frame_set_u64(&q, SP_F_ETYPE, sp_frame_u64(it, SP_F_ETYPE));
 		sp_frame_set_bin(&q, SP_F_ENV, ct.p, ct.len);
+		const sp_cluster_member *shard = map ? sp_cluster_map_shard_for(map, op->devices[i]) : NULL;
 		append_ctx *a = malloc(sizeof(*a));
-		int rc = a ? cs_shard_url(s->srv, op->devices[i], url, sizeof(url)) : SP_ENOMEM;
+		int rc = !a ? SP_ENOMEM : !shard ? SP_EUNAVAIL : SP_OK;
 		if (rc == SP_OK) {
 			a->op = op;
 			a->first = i;
 			a->count = 1;
 			op->pending++;
-			if ((rc = cs_appendq_add(s->srv->appendq, url, &q, on_item_appended, a)))
+			if ((rc = cs_appendq_add(s->srv->appendq, shard->addr, &q, on_item_appended, a)))
 				op->pending--;
 		}
 		if (rc) {
@@ -247,6 +264,8 @@ start_appends_one(send_op *op)
 			op->rc = rc;
 		}
 	}
+	if (map)
+		sp_cluster_map_put(map);
 	if (--op->pending == 0)
 		appends_done(op);
 }
@@ -324,20 +343,20 @@ check_devices(send_op *op)
 	cs_session *s = op->s;
 	const sp_val *items = sp_frame_get(&op->f, SP_F_ITEMS);
 	size_t n = items->rs.n;
-	uint64_t expect[2 * 8 + 2], missing[16], extra[64];
+	uint64_t expect[2 * 8 + 2], missing[16], extra[SP_MAX_SEND_DEVICES];
 	size_t ne = 0, nm = 0, nx = 0;
 	for (size_t i = 0; i < op->nto && ne < 8; i++)
 		expect[ne++] = op->to_devs[i];
 	for (size_t i = 0; i < op->nself && ne < 16; i++)
 		if (op->self_devs[i] != s->device && !contains(expect, ne, op->self_devs[i]))
 			expect[ne++] = op->self_devs[i];
-	uint64_t got[64];
-	for (size_t i = 0; i < n && i < 64; i++)
+	uint64_t got[SP_MAX_SEND_DEVICES];
+	for (size_t i = 0; i < n && i < SP_MAX_SEND_DEVICES; i++)
 		got[i] = sp_frame_u64(&items->rs.v[i], SP_F_DEVICE);
 	for (size_t i = 0; i < ne; i++)
 		if (!contains(got, n, expect[i]))
 			missing[nm++] = expect[i];
-	for (size_t i = 0; i < n && nx < 64; i++)
+	for (size_t i = 0; i < n && nx < SP_MAX_SEND_DEVICES; i++)
 		if (!contains(expect, ne, got[i]))
 			extra[nx++] = got[i];
 	if (nm == 0 && nx == 0) {
@@ -365,11 +384,11 @@ cs_send_one(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
 	const sp_val *items = sp_frame_get(f, SP_F_ITEMS);
 	const uint8_t *msg_id = sp_frame_bin(f, SP_F_MSG_ID).p;
-	if (items->rs.n == 0 || items->rs.n > 64) {
+	if (items->rs.n == 0 || items->rs.n > SP_MAX_SEND_DEVICES) {
 		cs_session_error(s, f->id, f->has_id, SP_EFIELDLEN, "items: 1 to 64 devices", msg_id);
 		return;
 	}
-	uint64_t devs[64];
+	uint64_t devs[SP_MAX_SEND_DEVICES];
 	for (uint32_t i = 0; i < items->rs.n; i++)
 		devs[i] = sp_frame_u64(&items->rs.v[i], SP_F_DEVICE);
 	qsort(devs, items->rs.n, sizeof(uint64_t), cmp_u64);
@@ -417,23 +436,28 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 			return;
 		}
 	}
-	/* Sort targets by shard so each shard gets one batch (the body stored once there). */
-	char (*urls)[256] = calloc(op->n ? op->n : 1, 256);
+	/* Sort targets by shard so each shard gets one batch (the body stored once there). The
+	 * shards are members of one map snapshot, held until the batches are sent: a target
+	 * carries its shard, and the address is read only for the call. */
+	const sp_cluster_member **shards = calloc(op->n ? op->n : 1, sizeof(*shards));
 	sp_frame *targets = calloc(op->n ? op->n : 1, sizeof(sp_frame));
-	if (!urls || !targets) {
-		free(urls);
+	sp_cluster_map *map = sp_cluster_map_get(s->srv->cluster);
+	if (!shards || !targets) {
+		free(shards);
 		free(targets);
+		if (map)
+			sp_cluster_map_put(map);
 		op_fail(op, SP_ENOMEM, NULL);
 		return;
 	}
 	for (size_t i = 0; i < op->n && !op->rc; i++)
-		op->rc = cs_shard_url(s->srv, op->devices[i], urls[i], 256);
-	for (size_t i = 1; i < op->n; i++) { /* insertion sort by url, small n per shard count */
-		for (size_t j = i; j > 0 && strcmp(urls[j - 1], urls[j]) > 0; j--) {
-			char t[256];
-			memcpy(t, urls[j], 256);
-			memcpy(urls[j], urls[j - 1], 256);
-			memcpy(urls[j - 1], t, 256);
+		if (!map || !(shards[i] = sp_cluster_map_shard_for(map, op->devices[i])))
+			op->rc = SP_EUNAVAIL;
+	for (size_t i = 1; i < op->n && !op->rc; i++) { /* insertion sort by shard */
+		for (size_t j = i; j > 0 && (uintptr_t)shards[j - 1] > (uintptr_t)shards[j]; j--) {
+			const sp_cluster_member *t = shards[j];
+			shards[j] = shards[j - 1];
+			shards[j - 1] = t;
 			uint64_t d = op->devices[j];
 			op->devices[j] = op->devices[j - 1];
 			op->devices[j - 1] = d;
@@ -443,7 +467,7 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 	op->pending = 1;
 	for (size_t i = 0; i < op->n && !op->rc;) {
 		size_t j = i;
-		while (j < op->n && strcmp(urls[j], urls[i]) == 0 && j - i < 5120)
+		while (j < op->n && shards[j] == shards[i] && j - i < SP_MAX_FANOUT_DEVICES)
 			j++;
 		for (size_t k = i; k < j; k++) {
 			sp_frame_init(&targets[k], SP_T_APPEND_TARGET, 0, false);
@@ -465,12 +489,14 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 		sp_frame_set_bin(&q, SP_F_BODY, body.p, body.len);
 		sp_frame_set_u64(&q, SP_F_GROUP, op->group);
 		sp_frame_set_recs(&q, SP_F_TARGETS, &targets[i], (uint32_t)(j - i));
-		int rc = call_batch(op, urls[i], &q, i, j - i);
+		int rc = call_batch(op, shards[i]->addr, &q, i, j - i);
 		if (rc)
 			op->rc = rc;
 		i = j;
 	}
-	free(urls);
+	if (map)
+		sp_cluster_map_put(map);
+	free(shards);
 	free(targets);
 	if (--op->pending == 0)
 		appends_done(op);
@@ -491,143 +517,9 @@ cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	sp_frame_init(&q, SP_T_GROUP_DEVICES, 0, false);
 	sp_frame_set_u64(&q, SP_F_GROUP, op->group);
 	sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
-	int rc = cs_keysrv_url(s->srv, url, sizeof(url));
+	int rc = cs_members_keysrv_url(s->srv, url, sizeof(url));
 	if (rc == SP_OK)
 		rc = cs_rpc_call(s->srv->rpc, url, &q, on_group_devices, op);
 	if (rc)
 		op_fail(op, SP_EUNAVAIL, "group unavailable, retry");
-}
-
-/* ---- receipts ---- */
-
-typedef struct receipt_op {
-	cs_server *srv;
-	uint64_t from_user, to_user, server_ts;
-	unsigned etype;
-	uint8_t msg_id[16];
-	msgpack_sbuffer env;
-} receipt_op;
-
-typedef struct receipt_append {
-	receipt_op *op;
-	uint64_t device;
-	int *pending;
-} receipt_append;
-
-static void
-receipt_release(receipt_op *op, int *pending)
-{
-	if (--*pending > 0)
-		return;
-	msgpack_sbuffer_destroy(&op->env);
-	free(pending);
-	free(op);
-}
-
-static void
-on_receipt_appended(void *arg, int rc, uint64_t seq)
-{
-	receipt_append *a = arg;
-	receipt_op *op = a->op;
-	if (rc == SP_OK) {
-		sp_frame d;
-		sp_frame_init(&d, SP_T_DELIVER, 0, false);
-		sp_frame_set_u64(&d, SP_F_SEQ, 0);
-		sp_frame_set_bin(&d, SP_F_MSG_ID, op->msg_id, 16);
-		sp_frame_set_u64(&d, SP_F_FROM_USER, op->from_user);
-		sp_frame_set_u64(&d, SP_F_FROM_DEVICE, 0);
-		sp_frame_set_u64(&d, SP_F_SERVER_TS, op->server_ts);
-		sp_frame_set_u64(&d, SP_F_ETYPE, op->etype);
-		sp_frame_set_bin(&d, SP_F_ENV, op->env.data, op->env.size);
-		cs_deliver_notify(op->srv, &d, &a->device, &seq, 1);
-		sp_metric_inc(op->srv->m.receipts);
-	} else {
-		/* Soft: the receipt is lost to this sender (the message itself was delivered). */
-		sp_warn("receipt to device %llu not stored: %s", (unsigned long long)a->device,
-			sp_strerror(rc));
-	}
-	receipt_release(op, a->pending);
-	free(a);
-}
-
-static void
-on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
-{
-	receipt_op *op = arg;
-	int *pending = malloc(sizeof(int));
-	if (rc || !pending) {
-		free(pending);
-		msgpack_sbuffer_destroy(&op->env);
-		free(op);
-		return;
-	}
-	*pending = 1;
-	for (size_t i = 0; i < n; i++) {
-		char url[256];
-		receipt_append *a = malloc(sizeof(*a));
-		if (!a || cs_shard_url(op->srv, devs[i], url, sizeof(url))) {
-			free(a);
-			continue;
-		}
-		a->op = op;
-		a->device = devs[i];
-		a->pending = pending;
-		sp_frame q;
-		sp_frame_init(&q, SP_T_APPEND_ITEM, 0, false);
-		sp_frame_set_u64(&q, SP_F_DEVICE, devs[i]);
-		sp_frame_set_bin(&q, SP_F_MSG_ID, op->msg_id, 16);
-		sp_frame_set_u64(&q, SP_F_FROM_USER, op->from_user);
-		sp_frame_set_u64(&q, SP_F_FROM_DEVICE, 0);
-		sp_frame_set_u64(&q, SP_F_SERVER_TS, op->server_ts);
-		sp_frame_set_u64(&q, SP_F_ETYPE, op->etype);
-		sp_frame_set_bin(&q, SP_F_ENV, op->env.data, op->env.size);
-		(*pending)++;
-		if (cs_appendq_add(op->srv->appendq, url, &q, on_receipt_appended, a) != SP_OK) {
-			(*pending)--;
-			free(a);
-		}
-	}
-	receipt_release(op, pending);
-}
-
-void
-cs_send_receipt(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64_t to_user,
-		unsigned etype, const sp_bin *msg_ids, uint32_t n)
-{
-	if (n == 0)
-		return;
-	receipt_op *op = calloc(1, sizeof(*op));
-	if (!op)
-		return;
-	op->srv = srv;
-	op->from_user = from_user;
-	op->to_user = to_user;
-	op->etype = etype;
-	op->server_ts = sp_time_ms();
-	msgpack_sbuffer_init(&op->env);
-	sp_frame r;
-	sp_frame_init(&r, SP_T_RECEIPT, 0, false);
-	sp_frame_set_u64(&r, SP_F_KIND, etype);
-	sp_frame_set_bins(&r, SP_F_MSG_IDS, msg_ids, n);
-	sp_frame_set_u64(&r, SP_F_FROM_USER, from_user);
-	sp_frame_set_u64(&r, SP_F_FROM_DEVICE, from_device);
-	if (sp_frame_pack(&r, &op->env) != SP_OK) {
-		msgpack_sbuffer_destroy(&op->env);
-		free(op);
-		return;
-	}
-	/* A deterministic id: the same receipt made twice (an ACK retried) is stored once. */
-	crypto_generichash(op->msg_id, 16, (const uint8_t *)op->env.data, op->env.size, NULL, 0);
-	cs_devcache_get(srv, to_user, false, on_receipt_devices, op);
-}
-
-void
-cs_send_read(cs_session *s, const sp_frame *f)
-{
-	const sp_val *ids = sp_frame_get(f, SP_F_MSG_IDS);
-	cs_send_receipt(s->srv, s->user, s->device, sp_frame_u64(f, SP_F_TO_USER), CS_ETYPE_RECEIPT_READ,
-			ids->bs.v, ids->bs.n);
-	sp_frame ok;
-	sp_frame_init(&ok, SP_T_OK, f->id, f->has_id);
-	cs_session_send(s, &ok);
 }

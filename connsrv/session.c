@@ -1,7 +1,7 @@
 /*
- * Client connections: TLS accept, the frame loop, dispatch by login state, bounded
- * buffers, and deferred close (a session is freed only when its last reference goes, never
- * inside the callback that closes it).
+ * Client connections: TLS accept, the frame loop, dispatch from the frame catalogue,
+ * bounded buffers, the registry of logged-in devices, and deferred free (a closing session
+ * is freed by the reaper on the loop, once no server call is outstanding for it).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -15,28 +15,99 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent_ssl.h>
 
+#include "connsrv/deliver.h"
 #include "connsrv/internal.h"
+#include "connsrv/login.h"
+#include "connsrv/proxy.h"
+#include "connsrv/receipts.h"
+#include "connsrv/send.h"
 #include "sp_error.h"
 #include "sp_framer.h"
 #include "sp_log.h"
 #include "sp_time.h"
 
-static void session_free(cs_session *s)
+/* Sessions live on one of three lists: srv->sessions (open), srv->closed (closing: still
+ * flushing its last frames, or a server call is outstanding for it) and srv->reap (nothing
+ * refers to it any more). The reap list is emptied by an event made active when a session
+ * joins it, so a session is freed from the loop, never inside a callback that touched it. */
+static void
+list_add(cs_session **head, cs_session *s)
 {
+	s->prev = NULL;
+	s->next = *head;
+	if (*head)
+		(*head)->prev = s;
+	*head = s;
+}
+
+static void
+list_del(cs_session **head, cs_session *s)
+{
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		*head = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	s->prev = s->next = NULL;
+}
+
+static void
+session_free(cs_session *s)
+{
+	if (s->bev)
+		bufferevent_free(s->bev);
 	free(s);
 }
 
-void
-cs_session_ref(cs_session *s)
+/* A closing session that no flush and no server call holds any more goes to the reaper. */
+static void
+reap_maybe(cs_session *s)
 {
-	s->refs++;
+	cs_server *srv = s->srv;
+	if (!s->closing || s->flush_close || s->inflight > 0 || s->reaping)
+		return;
+	s->reaping = true;
+	list_del(&srv->closed, s);
+	list_add(&srv->reap, s);
+	event_active(srv->reap_ev, EV_READ, 0);
+}
+
+static void
+on_reap(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	cs_server *srv = arg;
+	cs_session *s;
+	while ((s = srv->reap)) {
+		SP_ASSERT(s->closing && s->inflight == 0 && !s->flush_close);
+		list_del(&srv->reap, s);
+		session_free(s);
+	}
+}
+
+int
+cs_session_start(cs_server *srv)
+{
+	srv->reap_ev = event_new(srv->base, -1, 0, on_reap, srv);
+	return srv->reap_ev ? SP_OK : SP_ENOMEM;
 }
 
 void
-cs_session_unref(cs_session *s)
+cs_session_stop(cs_server *srv)
 {
-	if (--s->refs == 0)
+	cs_session *s;
+	/* Shutdown: every server and Redis call has completed (their owners are freed), so
+	 * nothing can refer to a session any more. */
+	while ((s = srv->closed)) {
+		list_del(&srv->closed, s);
 		session_free(s);
+	}
+	on_reap(-1, 0, srv);
+	if (srv->reap_ev)
+		event_free(srv->reap_ev);
+	srv->reap_ev = NULL;
 }
 
 bool
@@ -46,49 +117,100 @@ cs_session_output_full(const cs_session *s)
 				     (size_t)s->srv->cfg.out_pause_bytes;
 }
 
+/* The socket closes at once (libevent defers freeing a bufferevent inside its own callback
+ * until the callback returns); the session's memory waits for the reaper. */
+static void
+close_socket(cs_session *s)
+{
+	bufferevent_free(s->bev);
+	s->bev = NULL;
+}
+
 /* A session closed with flush: its last frames are written (or the socket died). */
 static void
 flush_done(cs_session *s)
 {
-	bufferevent_free(s->bev);
-	s->bev = NULL;
+	close_socket(s);
+	s->flush_close = false;
 	s->srv->nflushing--;
-	cs_session_unref(s);
+	reap_maybe(s);
+}
+
+/* The device no longer reaches this session: out of the registry, its route released. */
+static void
+logout(cs_session *s)
+{
+	cs_server *srv = s->srv;
+	cs_session *cur;
+	HASH_FIND(hh, srv->by_device, &s->device, sizeof(s->device), cur);
+	if (cur == s)
+		HASH_DEL(srv->by_device, s);
+	cs_routes_release(srv->routes, s->device, srv->pull_url, s->conn_epoch);
+	s->st = CS_ST_HELLO;
 }
 
 static void
-detach(cs_session *s)
+kick(cs_session *old, const char *why)
+{
+	sp_frame k;
+	sp_frame_init(&k, SP_T_KICKED, 0, false);
+	sp_frame_set_str(&k, SP_F_REASON, why);
+	cs_session_send(old, &k);
+	sp_metric_inc(old->srv->m.kicks);
+	cs_session_close(old, true);
+}
+
+void
+cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch)
+{
+	cs_session *old;
+	HASH_FIND(hh, srv->by_device, &device, sizeof(device), old);
+	if (old && old->conn_epoch == conn_epoch)
+		kick(old, "logged in elsewhere");
+}
+
+void
+cs_session_bind(cs_session *s)
 {
 	cs_server *srv = s->srv;
-	if (s->prev)
-		s->prev->next = s->next;
-	else
-		srv->sessions = s->next;
-	if (s->next)
-		s->next->prev = s->prev;
-	if (srv->check_cursor == s)
-		srv->check_cursor = s->next;
-	s->prev = s->next = NULL;
+	cs_session *old;
+	HASH_FIND(hh, srv->by_device, &s->device, sizeof(s->device), old);
+	if (old) {
+		HASH_DEL(srv->by_device, old);
+		old->st = CS_ST_HELLO; /* it no longer owns the route */
+		kick(old, "logged in elsewhere");
+	}
+	HASH_ADD(hh, srv->by_device, device, sizeof(s->device), s);
+	s->st = CS_ST_READY;
+}
+
+void
+cs_session_logged_in(cs_session *s, uint64_t last_seq)
+{
+	cs_deliver_login(s, last_seq);
 }
 
 void
 cs_session_close(cs_session *s, bool flush)
 {
 	if (s->closing) {
-		if (!flush && s->flush_close && s->bev)
+		if (!flush && s->flush_close)
 			flush_done(s);
 		return;
 	}
 	s->closing = true;
 	cs_server *srv = s->srv;
 	if (s->st == CS_ST_READY)
-		cs_auth_logout(s);
-	detach(s);
+		logout(s);
+	if (srv->check_cursor == s)
+		srv->check_cursor = s->next;
+	list_del(&srv->sessions, s);
+	list_add(&srv->closed, s);
 	srv->nconns--;
 	sp_metric_gauge_add(srv->m.conns, -1);
 	sp_cluster_set_conns(srv->cluster, srv->nconns);
 	if (flush && evbuffer_get_length(bufferevent_get_output(s->bev)) > 0) {
-		/* Let the queued ERROR/KICKED/DRAIN reach the client; on_write frees it. */
+		/* Let the queued ERROR/KICKED/DRAIN reach the client; on_write ends the flush. */
 		struct timeval limit = {5, 0};
 		s->flush_close = true;
 		srv->nflushing++;
@@ -96,9 +218,8 @@ cs_session_close(cs_session *s, bool flush)
 		bufferevent_set_timeouts(s->bev, NULL, &limit);
 		return;
 	}
-	bufferevent_free(s->bev);
-	s->bev = NULL;
-	cs_session_unref(s);
+	close_socket(s);
+	reap_maybe(s);
 }
 
 int
@@ -106,6 +227,7 @@ cs_session_send(cs_session *s, const sp_frame *f)
 {
 	if (s->closing)
 		return SP_ECLOSED;
+	SP_ASSERT(s->bev != NULL);
 	struct evbuffer *out = bufferevent_get_output(s->bev);
 	if (evbuffer_get_length(out) > (size_t)s->srv->cfg.out_max_bytes) {
 		/* Redis-style: a client that does not read its replies is cut off. */
@@ -137,7 +259,7 @@ cs_session_error(cs_session *s, uint64_t id, bool has_id, int code, const char *
 void
 cs_session_call_begin(cs_session *s)
 {
-	cs_session_ref(s);
+	SP_ASSERT(!s->reaping);
 	if (++s->inflight >= CS_MAX_INFLIGHT && !s->read_paused && !s->closing) {
 		s->read_paused = true;
 		bufferevent_disable(s->bev, EV_READ);
@@ -149,18 +271,21 @@ static void process_input(cs_session *s);
 void
 cs_session_call_end(cs_session *s)
 {
+	SP_ASSERT(s->inflight > 0);
 	s->inflight--;
-	if (s->read_paused && s->inflight < CS_MAX_INFLIGHT / 2 && !s->closing) {
+	if (s->closing) {
+		reap_maybe(s);
+		return;
+	}
+	if (s->read_paused && s->inflight < CS_MAX_INFLIGHT / 2) {
 		s->read_paused = false;
 		bufferevent_enable(s->bev, EV_READ);
-		/* Frames may already be buffered: handle them without waiting for more bytes.
-		 * The call's own reference keeps the session alive meanwhile. */
+		/* Frames may already be buffered: handle them without waiting for more bytes. */
 		process_input(s);
 	}
-	cs_session_unref(s);
 }
 
-/* Token bucket for SEND/SEND_GROUP/READ; returns 0 or the ms to wait. */
+/* Token bucket for the catalogue's SP_FL_RATED frames; returns 0 or the ms to wait. */
 static uint64_t
 rate_take(cs_session *s)
 {
@@ -177,85 +302,117 @@ rate_take(cs_session *s)
 	return (uint64_t)((1.0 - s->tokens) * 1000.0 / (double)c->send_rate) + 1;
 }
 
-static void
-dispatch_ready(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+/* Takes a token, or answers the frame ERROR{SP_ERATELIMIT, retry_after}. */
+static bool
+rate_admit(cs_session *s, const sp_frame *f)
 {
-	switch (f->type) {
-	case SP_T_PING: {
-		sp_frame p;
-		sp_frame_init(&p, SP_T_PONG, f->id, f->has_id);
-		cs_session_send(s, &p);
+	uint64_t wait = rate_take(s);
+	if (!wait)
+		return true;
+	sp_frame e;
+	sp_frame_init(&e, SP_T_ERROR, f->id, f->has_id);
+	sp_frame_set_i64(&e, SP_F_CODE, SP_ERATELIMIT);
+	sp_frame_set_str(&e, SP_F_REASON, "rate_limited");
+	sp_frame_set_u64(&e, SP_F_RETRY_AFTER, wait);
+	if (sp_frame_has(f, SP_F_MSG_ID))
+		sp_frame_set_bin(&e, SP_F_MSG_ID, sp_frame_bin(f, SP_F_MSG_ID).p, 16);
+	sp_metric_inc(s->srv->m.rate_limited);
+	cs_session_send(s, &e);
+	return false;
+}
+
+static void
+on_ping(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	(void)raw;
+	(void)len;
+	sp_frame p;
+	sp_frame_init(&p, SP_T_PONG, f->id, f->has_id);
+	cs_session_send(s, &p);
+}
+
+static void
+on_pong(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	(void)s;
+	(void)f;
+	(void)raw;
+	(void)len;
+}
+
+typedef void (*cs_handler_fn)(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
+
+typedef struct cs_handler {
+	cs_handler_fn fn;
+	/* Bit per cs_state the frame is accepted in; 0: whenever the catalogue's login column
+	 * lets a client send it. */
+	unsigned states;
+} cs_handler;
+
+#define CS_IN(st) (1u << (st))
+
+/* connsrv's own frames: exactly the catalogue's SP_TIER_CONNSRV rows (checked at start-up
+ * by cs_session_dispatch_mismatch). Client frames of SP_TIER_KEYSRV need no row: they all
+ * go to the one keysrv forwarder. */
+static const cs_handler handlers[SP_T__MAX] = {
+	[SP_T_PING] = {on_ping, 0},
+	[SP_T_PONG] = {on_pong, 0},
+	[SP_T_HELLO] = {cs_login_hello, CS_IN(CS_ST_HELLO)},
+	[SP_T_AUTH] = {cs_login_auth, CS_IN(CS_ST_CHALLENGED)},
+	[SP_T_SEND] = {cs_send_one, 0},
+	[SP_T_SEND_GROUP] = {cs_send_group, 0},
+	[SP_T_READ] = {cs_receipts_read, 0},
+	[SP_T_ACK] = {cs_deliver_ack, 0},
+	[SP_T_MEDIA_PUT] = {cs_proxy_media, 0},
+	[SP_T_MEDIA_DONE] = {cs_proxy_media, 0},
+	[SP_T_MEDIA_GET] = {cs_proxy_media, 0},
+};
+
+int
+cs_session_dispatch_mismatch(void)
+{
+	for (unsigned t = 0; t < SP_T__MAX; t++) {
+		const sp_frame_def *d = sp_frame_def_get(t);
+		bool ours = d && d->tier == SP_TIER_CONNSRV;
+		if (ours != (handlers[t].fn != NULL))
+			return (int)t;
+	}
+	return -1;
+}
+
+/* A frame the session may not send now: an error once logged in; before login an error
+ * and a close, unless the login is being checked (the AUTH answer decides then). */
+static void
+refuse(cs_session *s, const sp_frame *f)
+{
+	if (s->st == CS_ST_READY) {
+		cs_session_error(s, f->id, f->has_id, SP_EPROTO, "frame not accepted from a client", NULL);
 		return;
 	}
-	case SP_T_PONG:
-		return;
-	case SP_T_SEND:
-	case SP_T_SEND_GROUP:
-	case SP_T_READ: {
-		uint64_t wait = rate_take(s);
-		if (wait) {
-			sp_frame e;
-			sp_frame_init(&e, SP_T_ERROR, f->id, f->has_id);
-			sp_frame_set_i64(&e, SP_F_CODE, SP_ERATELIMIT);
-			sp_frame_set_str(&e, SP_F_REASON, "rate_limited");
-			sp_frame_set_u64(&e, SP_F_RETRY_AFTER, wait);
-			if (sp_frame_has(f, SP_F_MSG_ID))
-				sp_frame_set_bin(&e, SP_F_MSG_ID, sp_frame_bin(f, SP_F_MSG_ID).p, 16);
-			sp_metric_inc(s->srv->m.rate_limited);
-			cs_session_send(s, &e);
-			return;
-		}
-		if (f->type == SP_T_SEND)
-			cs_send_one(s, f, raw, len);
-		else if (f->type == SP_T_SEND_GROUP)
-			cs_send_group(s, f, raw, len);
-		else
-			cs_send_read(s, f);
-		return;
-	}
-	case SP_T_ACK:
-		cs_deliver_ack(s, f);
-		return;
-	default:
-		break;
-	}
-	if (cs_proxy_handles(f->type)) {
-		cs_proxy(s, f);
-		return;
-	}
-	cs_session_error(s, f->id, f->has_id, SP_EPROTO, "frame not accepted from a client", NULL);
+	cs_session_error(s, f->id, f->has_id, SP_EAUTH, "log in first (HELLO, AUTH)", NULL);
+	if (s->st != CS_ST_AUTHING)
+		cs_session_close(s, true);
 }
 
 static void
 dispatch(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
 	s->last_seen_ms = sp_time_ms();
-	if (s->st == CS_ST_READY) {
-		dispatch_ready(s, f, raw, len);
+	const sp_frame_def *d = sp_frame_def_get(f->type);
+	const cs_handler *h = &handlers[f->type];
+	if (!d || !sp_frame_client_may_send(f->type, s->st == CS_ST_READY) ||
+	    (h->states && !(h->states & CS_IN(s->st)))) {
+		refuse(s, f);
 		return;
 	}
-	if (f->type == SP_T_PING) {
-		sp_frame p;
-		sp_frame_init(&p, SP_T_PONG, f->id, f->has_id);
-		cs_session_send(s, &p);
+	if ((d->flags & SP_FL_RATED) && !rate_admit(s, f))
 		return;
-	}
-	if (f->type == SP_T_HELLO && s->st == CS_ST_HELLO) {
-		cs_auth_hello(s, f);
-		return;
-	}
-	if (f->type == SP_T_AUTH && s->st == CS_ST_CHALLENGED) {
-		cs_auth_auth(s, f);
-		return;
-	}
-	if (cs_proxy_allowed_before_login(f->type)) {
-		cs_proxy(s, f);
-		return;
-	}
-	cs_session_error(s, f->id, f->has_id, SP_EAUTH, "log in first (HELLO, AUTH)", NULL);
-	if (s->st == CS_ST_AUTHING)
-		return;
-	cs_session_close(s, true);
+	if (d->tier == SP_TIER_CONNSRV)
+		h->fn(s, f, raw, len);
+	else if (d->tier == SP_TIER_KEYSRV)
+		cs_proxy_keysrv(s, f);
+	else
+		refuse(s, f);
 }
 
 /* sp_connsrv_frames_in_total{type="..."}, made on first use of each type. */
@@ -295,8 +452,8 @@ process_input(cs_session *s)
 		const uint8_t *raw = evbuffer_pullup(in, (ev_ssize_t)used) + 4;
 		dispatch(s, &f, raw, used - 4);
 		sp_frame_fini(&f);
-		if (s->closing && !s->bev)
-			return;
+		if (s->closing)
+			return; /* the rest of the input is discarded with the session */
 		sp_framer_consume(in, used);
 	}
 }
@@ -305,10 +462,7 @@ static void
 on_read(struct bufferevent *bev, void *arg)
 {
 	(void)bev;
-	cs_session *s = arg;
-	cs_session_ref(s);
-	process_input(s);
-	cs_session_unref(s);
+	process_input(arg);
 }
 
 static void
@@ -341,6 +495,32 @@ on_event(struct bufferevent *bev, short what, void *arg)
 	cs_session_close(s, false);
 }
 
+cs_session *
+cs_session_new(cs_server *srv, struct bufferevent *bev, const char *peer)
+{
+	cs_session *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->srv = srv;
+	s->bev = bev;
+	s->st = CS_ST_HELLO;
+	s->tokens = (double)srv->cfg.send_burst;
+	s->tokens_ms = s->last_seen_ms = sp_time_ms();
+	snprintf(s->peer, sizeof(s->peer), "%s", peer);
+	struct timeval idle = {srv->cfg.idle_timeout_ms / 1000, (srv->cfg.idle_timeout_ms % 1000) * 1000};
+	bufferevent_set_timeouts(bev, &idle, NULL);
+	/* Reading stops while a whole maximum frame is buffered and not yet handled. */
+	bufferevent_setwatermark(bev, EV_READ, 0, sp_frame_limit_large() + 4);
+	bufferevent_setwatermark(bev, EV_WRITE, (size_t)srv->cfg.out_pause_bytes / 2, 0);
+	bufferevent_setcb(bev, on_read, on_write, on_event, s);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	list_add(&srv->sessions, s);
+	srv->nconns++;
+	sp_metric_gauge_add(srv->m.conns, 1);
+	sp_cluster_set_conns(srv->cluster, srv->nconns);
+	return s;
+}
+
 static void
 on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
@@ -354,31 +534,22 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		return;
 	}
 	SSL *ssl = SSL_new(srv->tls);
-	cs_session *s = calloc(1, sizeof(*s));
-	if (!ssl || !s) {
-		SSL_free(ssl);
-		free(s);
+	if (!ssl) {
 		evutil_closesocket(fd);
 		return;
 	}
-	s->bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-						BEV_OPT_CLOSE_ON_FREE);
-	if (!s->bev) {
+	struct bufferevent *bev = bufferevent_openssl_socket_new(
+		srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (!bev) {
 		SSL_free(ssl);
-		free(s);
 		evutil_closesocket(fd);
 		return;
 	}
 	/* Clients that vanish without close_notify are normal on mobile networks. */
-	bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	s->srv = srv;
-	s->refs = 1;
-	s->st = CS_ST_HELLO;
-	s->tokens = (double)srv->cfg.send_burst;
-	s->tokens_ms = s->last_seen_ms = sp_time_ms();
-	char host[INET6_ADDRSTRLEN] = "?";
+	char host[INET6_ADDRSTRLEN] = "?", peer[64];
 	int port = 0;
 	if (sa->sa_family == AF_INET) {
 		struct sockaddr_in *in = (struct sockaddr_in *)sa;
@@ -389,21 +560,9 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		inet_ntop(AF_INET6, &in->sin6_addr, host, sizeof(host));
 		port = ntohs(in->sin6_port);
 	}
-	snprintf(s->peer, sizeof(s->peer), "%s:%d", host, port);
-	struct timeval idle = {srv->cfg.idle_timeout_ms / 1000, (srv->cfg.idle_timeout_ms % 1000) * 1000};
-	bufferevent_set_timeouts(s->bev, &idle, NULL);
-	/* Reading stops while a whole maximum frame is buffered and not yet handled. */
-	bufferevent_setwatermark(s->bev, EV_READ, 0, sp_frame_limit_large() + 4);
-	bufferevent_setwatermark(s->bev, EV_WRITE, (size_t)srv->cfg.out_pause_bytes / 2, 0);
-	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
-	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-	s->next = srv->sessions;
-	if (srv->sessions)
-		srv->sessions->prev = s;
-	srv->sessions = s;
-	srv->nconns++;
-	sp_metric_gauge_add(srv->m.conns, 1);
-	sp_cluster_set_conns(srv->cluster, srv->nconns);
+	snprintf(peer, sizeof(peer), "%s:%d", host, port);
+	if (!cs_session_new(srv, bev, peer))
+		bufferevent_free(bev); /* frees the SSL and closes fd */
 }
 
 static void

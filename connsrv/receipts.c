@@ -1,0 +1,192 @@
+/* Receipts (see receipts.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "connsrv/receipts.h"
+#include "sp_error.h"
+#include "sp_log.h"
+#include "sp_time.h"
+
+typedef struct receipt_op {
+	cs_server *srv;
+	uint64_t from_user, to_user, server_ts;
+	unsigned etype;
+	uint8_t msg_id[16];
+	msgpack_sbuffer env;
+	int pending; /* appends in flight, plus one while they are being queued */
+} receipt_op;
+
+typedef struct receipt_append {
+	receipt_op *op;
+	uint64_t device;
+} receipt_append;
+
+/* Soft: the receipt is lost to this recipient (the message itself was delivered). */
+static void
+receipt_dropped(cs_server *srv, uint64_t user, uint64_t device, int rc)
+{
+	sp_metric_inc(srv->m.receipts_dropped);
+	sp_warn_rl("receipt to user %llu device %llu not stored: %s", (unsigned long long)user,
+		   (unsigned long long)device, sp_strerror(rc));
+}
+
+static void
+receipt_free(receipt_op *op)
+{
+	msgpack_sbuffer_destroy(&op->env);
+	free(op);
+}
+
+static void
+receipt_release(receipt_op *op)
+{
+	if (--op->pending == 0)
+		receipt_free(op);
+}
+
+static void
+on_receipt_appended(void *arg, int rc, uint64_t seq)
+{
+	receipt_append *a = arg;
+	receipt_op *op = a->op;
+	if (rc == SP_OK) {
+		sp_frame d;
+		sp_frame_init(&d, SP_T_DELIVER, 0, false);
+		sp_frame_set_u64(&d, SP_F_SEQ, 0);
+		sp_frame_set_bin(&d, SP_F_MSG_ID, op->msg_id, 16);
+		sp_frame_set_u64(&d, SP_F_FROM_USER, op->from_user);
+		sp_frame_set_u64(&d, SP_F_FROM_DEVICE, 0);
+		sp_frame_set_u64(&d, SP_F_SERVER_TS, op->server_ts);
+		sp_frame_set_u64(&d, SP_F_ETYPE, op->etype);
+		sp_frame_set_bin(&d, SP_F_ENV, op->env.data, op->env.size);
+		op->srv->ops->notify(op->srv, &d, &a->device, &seq, 1);
+		sp_metric_inc(op->srv->m.receipts);
+	} else {
+		receipt_dropped(op->srv, op->to_user, a->device, rc);
+	}
+	receipt_release(op);
+	free(a);
+}
+
+static void
+on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
+{
+	receipt_op *op = arg;
+	if (rc) {
+		receipt_dropped(op->srv, op->to_user, 0, rc);
+		receipt_free(op);
+		return;
+	}
+	op->pending = 1;
+	/* One map snapshot for all the appends: a shard's address is read from it, not copied. */
+	sp_cluster_map *map = sp_cluster_map_get(op->srv->cluster);
+	for (size_t i = 0; i < n; i++) {
+		const sp_cluster_member *shard = map ? sp_cluster_map_shard_for(map, devs[i]) : NULL;
+		receipt_append *a = shard ? malloc(sizeof(*a)) : NULL;
+		if (!a) {
+			receipt_dropped(op->srv, op->to_user, devs[i], shard ? SP_ENOMEM : SP_EUNAVAIL);
+			continue;
+		}
+		a->op = op;
+		a->device = devs[i];
+		sp_frame q;
+		sp_frame_init(&q, SP_T_APPEND_ITEM, 0, false);
+		sp_frame_set_u64(&q, SP_F_DEVICE, devs[i]);
+		sp_frame_set_bin(&q, SP_F_MSG_ID, op->msg_id, 16);
+		sp_frame_set_u64(&q, SP_F_FROM_USER, op->from_user);
+		sp_frame_set_u64(&q, SP_F_FROM_DEVICE, 0);
+		sp_frame_set_u64(&q, SP_F_SERVER_TS, op->server_ts);
+		sp_frame_set_u64(&q, SP_F_ETYPE, op->etype);
+		sp_frame_set_bin(&q, SP_F_ENV, op->env.data, op->env.size);
+		op->pending++;
+		if ((rc = cs_appendq_add(op->srv->appendq, shard->addr, &q, on_receipt_appended, a)) !=
+		    SP_OK) {
+			op->pending--;
+			free(a);
+			receipt_dropped(op->srv, op->to_user, devs[i], rc);
+		}
+	}
+	if (map)
+		sp_cluster_map_put(map);
+	receipt_release(op);
+}
+
+void
+cs_receipts_queue(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64_t to_user,
+		unsigned etype, const sp_bin *msg_ids, uint32_t n)
+{
+	if (n == 0)
+		return;
+	receipt_op *op = calloc(1, sizeof(*op));
+	if (!op) {
+		receipt_dropped(srv, to_user, 0, SP_ENOMEM);
+		return;
+	}
+	op->srv = srv;
+	op->from_user = from_user;
+	op->to_user = to_user;
+	op->etype = etype;
+	op->server_ts = sp_time_ms();
+	msgpack_sbuffer_init(&op->env);
+	sp_frame r;
+	sp_frame_init(&r, SP_T_RECEIPT, 0, false);
+	sp_frame_set_u64(&r, SP_F_KIND, etype);
+	sp_frame_set_bins(&r, SP_F_MSG_IDS, msg_ids, n);
+	sp_frame_set_u64(&r, SP_F_FROM_USER, from_user);
+	sp_frame_set_u64(&r, SP_F_FROM_DEVICE, from_device);
+	int rc = sp_frame_pack(&r, &op->env);
+	if (rc != SP_OK) {
+		receipt_dropped(srv, to_user, 0, rc);
+		receipt_free(op);
+		return;
+	}
+	/* A deterministic id: the same receipt made twice (an ACK retried) is stored once. */
+	crypto_generichash(op->msg_id, 16, (const uint8_t *)op->env.data, op->env.size, NULL, 0);
+	cs_devcache_get(srv, to_user, false, on_receipt_devices, op);
+}
+
+void
+cs_receipts_read(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	(void)raw;
+	(void)len;
+	const sp_val *ids = sp_frame_get(f, SP_F_MSG_IDS);
+	cs_receipts_queue(s->srv, s->user, s->device, sp_frame_u64(f, SP_F_TO_USER), SP_ETYPE_RECEIPT_READ,
+			ids->bs.v, ids->bs.n);
+	sp_frame ok;
+	sp_frame_init(&ok, SP_T_OK, f->id, f->has_id);
+	cs_session_send(s, &ok);
+}
+
+void
+cs_receipts_acked(cs_session *s, const sp_frame *reply)
+{
+	const sp_val *v = sp_frame_get(reply, SP_F_DELIVERED);
+	/* Receipts to each sender, one envelope per sender user. Receipts the server
+	 * made (from_device 0) are not acknowledged in turn. */
+	uint32_t n = v ? v->rs.n : 0;
+	bool *done = n ? calloc(n, sizeof(bool)) : NULL;
+	sp_bin *ids = n ? calloc(n, sizeof(sp_bin)) : NULL;
+	if (n && (!done || !ids))
+		receipt_dropped(s->srv, 0, 0, SP_ENOMEM);
+	for (uint32_t i = 0; done && ids && i < n; i++) {
+		const sp_frame *r = &v->rs.v[i];
+		uint64_t from_user = sp_frame_u64(r, SP_F_FROM_USER);
+		if (done[i] || sp_frame_u64(r, SP_F_FROM_DEVICE) == 0)
+			continue;
+		uint32_t k = 0;
+		for (uint32_t j = i; j < n && k < 1024; j++) {
+			const sp_frame *q = &v->rs.v[j];
+			if (!done[j] && sp_frame_u64(q, SP_F_FROM_USER) == from_user &&
+			    sp_frame_u64(q, SP_F_FROM_DEVICE) != 0) {
+				ids[k++] = sp_frame_bin(q, SP_F_MSG_ID);
+				done[j] = true;
+			}
+		}
+		cs_receipts_queue(s->srv, s->user, s->device, from_user, SP_ETYPE_RECEIPT_DELIVERED, ids, k);
+	}
+	free(done);
+	free(ids);
+}
