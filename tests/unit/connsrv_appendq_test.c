@@ -17,6 +17,7 @@
 #include "sp_error.h"
 #include "sp_metrics.h"
 #include "sp_nng.h"
+#include "check_run.h"
 
 /* A refused item (the fake answers it seq 0 + SP_EFULL, as a shard over a device's cap). */
 #define ETYPE_REFUSE 99
@@ -377,9 +378,5 @@ main(void)
 	tcase_add_test(tc, test_timeout_fails_every_item);
 	tcase_add_test(tc, test_bad_items_and_close);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }

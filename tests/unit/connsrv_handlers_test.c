@@ -31,6 +31,7 @@
 #include "sp_framer.h"
 #include "sp_nng.h"
 #include "sp_time.h"
+#include "check_run.h"
 
 #define ROUTER_URL "inproc://csh-router"
 #define PUB_URL "inproc://csh-pub"
@@ -883,9 +884,5 @@ main(void)
 	tcase_add_test(tc, test_devcache_answers_later);
 	tcase_add_test(tc, test_closed_session_freed_after_its_calls);
 	suite_add_tcase(s, tc);
-	SRunner *sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? 1 : 0;
+	return check_run(s);
 }
