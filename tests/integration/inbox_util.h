@@ -25,6 +25,7 @@
 #include "sp_frame.h"
 #include "sp_nng.h"
 #include "sp_time.h"
+#include "test_net.h"
 
 typedef struct shard {
 	char dir[128];
@@ -81,14 +82,9 @@ on_signal(int sig)
 static int
 free_port(void)
 {
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(a);
-	CHECK(fd >= 0, "socket");
-	CHECK(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0, "bind: %s", strerror(errno));
-	CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0, "getsockname");
-	close(fd);
-	return ntohs(a.sin_port);
+	int port = test_free_port();
+	CHECK(port > 0, "no free loopback port");
+	return port;
 }
 
 /* Creates the temp dir and picks the address; registers the cleanup. */

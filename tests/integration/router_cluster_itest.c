@@ -23,6 +23,7 @@
 #include "sp_cluster.h"
 #include "sp_error.h"
 #include "sp_nng.h"
+#include "test_net.h"
 
 static int passed, failed;
 
@@ -43,22 +44,6 @@ static char dir[64], cluster_path[128], log_path[128], bin[256];
 static int p_rep, p_pub, p_http;
 static char rep_url[64], pub_url[64];
 static pid_t router_pid = -1;
-
-static int
-free_port(void)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t sl = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) ||
-	    getsockname(fd, (struct sockaddr *)&a, &sl)) {
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	close(fd);
-	return ntohs(a.sin_port);
-}
 
 /* One HTTP/1.0 exchange on loopback. Returns the status (or -1) and the body in `body`. */
 static int
@@ -306,9 +291,9 @@ main(void)
 
 	int started = -1;
 	for (int attempt = 0; attempt < 5 && started; attempt++) {
-		p_rep = free_port();
-		p_pub = free_port();
-		p_http = free_port();
+		p_rep = test_free_port();
+		p_pub = test_free_port();
+		p_http = test_free_port();
 		snprintf(rep_url, sizeof(rep_url), "tcp://127.0.0.1:%d", p_rep);
 		snprintf(pub_url, sizeof(pub_url), "tcp://127.0.0.1:%d", p_pub);
 		FILE *f = fopen(cluster_path, "w");

@@ -10,22 +10,7 @@
 #include <unistd.h>
 
 #include "etcd_proc.h"
-
-static int
-free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(a);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
-	    getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-		if (fd >= 0)
-			close(fd);
-		return -1;
-	}
-	close(fd);
-	return ntohs(a.sin_port);
-}
+#include "test_net.h"
 
 static void
 sleep_ms(long ms)
@@ -53,8 +38,8 @@ etcd_proc_start(etcd_proc *p)
 		fprintf(stderr, "etcd_proc: mkdtemp: %s\n", strerror(errno));
 		return -1;
 	}
-	p->client_port = free_port();
-	p->peer_port = free_port();
+	p->client_port = test_free_port();
+	p->peer_port = test_free_port();
 	if (p->client_port < 0 || p->peer_port < 0 || p->client_port == p->peer_port) {
 		fprintf(stderr, "etcd_proc: no free port\n");
 		return -1;

@@ -27,6 +27,7 @@
 #include "keysrv/server.h"
 #include "sp_error.h"
 #include "sp_nng.h"
+#include "test_net.h"
 
 /* A client device's secrets and, once registered, its ids. */
 typedef struct kt_device {
@@ -352,21 +353,6 @@ kt_sleep_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
-/* A loopback TCP port that was free a moment ago. */
-static inline int
-kt_free_port(void)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-		port = ntohs(a.sin_port);
-	if (fd >= 0)
-		close(fd);
-	return port;
-}
-
 typedef struct kt_proc {
 	pid_t pid;
 	int slot;
@@ -407,7 +393,7 @@ kt_keysrv_start(kt_proc *p, const char *log, const char *const *args, char *read
 	for (int attempt = 0; attempt < 5; attempt++) {
 		const char *argv[40];
 		int n = 0, slot = -1;
-		snprintf(p->url, sizeof(p->url), "tcp://127.0.0.1:%d", kt_free_port());
+		snprintf(p->url, sizeof(p->url), "tcp://127.0.0.1:%d", test_free_port());
 		argv[n++] = bin;
 		argv[n++] = "--listen";
 		argv[n++] = p->url;
