@@ -13,9 +13,9 @@
  * "inc" is the copy's storage incarnation in hex; a copy is (name, incarnation).
  *
  * Threads. A repl_ha belongs to one thread: the caller's while it drives the calls below
- * itself, the loop's once repl_ha_loop_start ran. Two calls are safe from any thread at
- * any time: repl_ha_may_serve (an atomic load) and repl_ha_sync_set (it has an etcd
- * client and a lock of its own), plus repl_ha_loop_view while the loop runs.
+ * itself, the loop's once repl_ha_loop_start ran. These are safe from any thread at any
+ * time: repl_ha_may_serve and repl_ha_epoch (atomic loads), repl_ha_self, repl_ha_sync_set
+ * (it has an etcd client and a lock of its own) and repl_ha_loop_view.
  *
  * Errors are 0 or negative SP_E* codes; etcd failures come through as sp_etcd gives them
  * (SP_EUNAVAIL, SP_ETIMEDOUT, ...).
@@ -140,7 +140,8 @@ int repl_ha_read(repl_ha *ha, repl_ha_view *view);
  * repl_ha_may_serve turns true. Otherwise: SP_EEXIST a leader holds the key, SP_EPERM this
  * copy (name and incarnation) is not in the sync set (or the group lost its sync key),
  * SP_ESTATE the view was stale (the sync set or counter changed since it was read), or an
- * etcd error. A group with no sync key and no counter is new: the first campaign also
+ * etcd error: then the outcome is unknown, and the key may hold this copy's name without
+ * it serving; a later read shows it, and the copy must resign it (the loop does). A group with no sync key and no counter is new: the first campaign also
  * writes sync = {this copy}. Renews the lease first, so the fencing deadline is fresh. */
 int repl_ha_campaign(repl_ha *ha, const repl_ha_view *view, repl_ha_pos mine, int64_t *epoch);
 
@@ -155,7 +156,7 @@ int repl_ha_renew(repl_ha *ha);
  * thread. */
 bool repl_ha_may_serve(const repl_ha *ha, int64_t now_ms);
 
-/* This copy's epoch while primary, else 0. Owning thread. */
+/* This copy's epoch while primary, else 0. Any thread. */
 int64_t repl_ha_epoch(const repl_ha *ha);
 
 /* Sets the sync set to members[0..n) (this primary among them), by a transaction that

@@ -106,6 +106,18 @@ decide(repl_ha *ha, loop_state *s, int64_t now)
 			fence(ha, s, "the leader key is no longer ours");
 		return;
 	}
+	if (l->present && l->parsed && strcmp(l->id.name, ha->self.name) == 0) {
+		/* Our name on the key while we are not primary: a campaign whose answer was
+		 * lost, or a lease we dropped. Nobody serves under it; give it up. */
+		sp_warn("repl_ha %s: the leader key holds our name but we are not primary; "
+			"revoking its lease", ha->self.name);
+		int rc = l->lease == ha->lease ? repl_ha_resign(ha)
+					       : sp_etcd_lease_revoke(ha->etcd, l->lease);
+		if (rc && rc != SP_ENOTFOUND)
+			sp_warn_rl("repl_ha %s: revoking: %s", ha->self.name, sp_errname(rc));
+		s->have_view = false;
+		return;
+	}
 	if (l->present) {
 		s->defer_since = 0;
 		if (l->create_rev != s->followed_rev) {
