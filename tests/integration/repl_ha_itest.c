@@ -172,7 +172,7 @@ child(int idx, const char *path)
 	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0600);
 	if (fd < 0)
 		return 2;
-	char name[16], inc[16];
+	char name[16], inc[32];
 	snprintf(name, sizeof(name), "copy%d", idx);
 	snprintf(inc, sizeof(inc), "inc-%d-%d", idx, (int)getpid());
 	repl_ha_cfg cfg = {
