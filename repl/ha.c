@@ -214,14 +214,18 @@ static char *
 sync_json(int64_t epoch, const repl_ha_id *members, size_t n)
 {
 	json_t *o = json_object(), *arr = json_array();
-	bool ok = o && set(o, "epoch", json_integer(epoch)) && set(o, "members", arr);
+	if (!o || !arr) {
+		json_decref(o);
+		json_decref(arr);
+		return NULL;
+	}
+	/* set() takes the reference to arr even when it fails. */
+	bool ok = set(o, "members", arr) && set(o, "epoch", json_integer(epoch));
 	for (size_t i = 0; ok && i < n; i++) {
 		json_t *m = json_object();
 		ok = m && json_array_append_new(arr, m) == 0 &&
 		     set(m, "name", json_string(members[i].name)) && set(m, "inc", inc_json(&members[i]));
 	}
-	if (!ok && !o)
-		json_decref(arr);
 	return dump(o, ok);
 }
 

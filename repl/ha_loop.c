@@ -141,8 +141,10 @@ decide(repl_ha *ha, loop_state *s, int64_t now)
 	int rc = repl_ha_campaign(ha, &s->view, s->status.last, &epoch);
 	s->have_view = false; /* whatever happened, read again */
 	if (rc) {
-		if (rc != SP_EEXIST && rc != SP_ESTATE)
+		if (rc != SP_EEXIST && rc != SP_ESTATE) {
 			sp_warn_rl("repl_ha %s: campaign: %s", ha->self.name, sp_errname(rc));
+			sleep_ms(RETRY_MS); /* an etcd error: do not spin */
+		}
 		return;
 	}
 	s->primary = true;
