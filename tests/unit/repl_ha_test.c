@@ -643,6 +643,43 @@ START_TEST(test_loop_roles)
 }
 END_TEST
 
+/* The loop finds the leader key gone under it (deleted by hand): it fences at once and,
+ * alone in the group, campaigns again with a higher epoch. It also finds a key holding its
+ * name that it did not win through the loop (a campaign whose answer was lost): it revokes
+ * it instead of following itself. */
+START_TEST(test_loop_fences_and_recovers)
+{
+	repl_ha *a = mk("g-loop2", "a", "A");
+	sp_etcd *e = ctl();
+	int64_t lost = win(a); /* as if the loop had not heard the answer */
+	events ea = {.mu = PTHREAD_MUTEX_INITIALIZER};
+	repl_ha_callbacks ca = {ev_status, ev_primary, ev_following, ev_fenced, &ea};
+	ck_assert_int_eq(repl_ha_loop_start(a, &ca), SP_OK);
+	for (int i = 0; i < 50 && count(&ea, 0) == 0; i++)
+		sleep_ms(100);
+	ck_assert_int_eq(count(&ea, 0), 1);
+	ck_assert_int_eq(count(&ea, 1), 0); /* never followed itself */
+	ck_assert_int_gt(ea.epoch, lost);
+	int64_t first = ea.epoch;
+
+	int64_t t0 = repl_ha_now_ms();
+	ck_assert_int_eq(sp_etcd_delete(e, "/sealpost/test/g-loop2/leader", 29, false, NULL), SP_OK);
+	for (int i = 0; i < 100 && count(&ea, 2) == 0; i++)
+		sleep_ms(10);
+	ck_assert_int_eq(count(&ea, 2), 1);
+	ck_assert_int_lt(repl_ha_now_ms() - t0, 500);
+	for (int i = 0; i < 50 && count(&ea, 0) < 2; i++)
+		sleep_ms(100);
+	ck_assert_int_eq(count(&ea, 0), 2);
+	ck_assert_int_gt(ea.epoch, first);
+	ck_assert(repl_ha_may_serve(a, repl_ha_now_ms()));
+	repl_ha_loop_stop(a);
+	repl_ha_resign(a);
+	sp_etcd_free(e);
+	repl_ha_free(a);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -663,6 +700,7 @@ main(void)
 	tcase_add_test(tc, test_candidate_preference);
 	tcase_add_test(tc, test_config_checked);
 	tcase_add_test(tc, test_loop_roles);
+	tcase_add_test(tc, test_loop_fences_and_recovers);
 	suite_add_tcase(s, tc);
 	int rc = check_run(s);
 	etcd_proc_stop(&etcd);
