@@ -123,10 +123,13 @@ void repl_ha_free(repl_ha *ha);
  * stopped process, which CLOCK_MONOTONIC may not). */
 int64_t repl_ha_now_ms(void);
 
-/* Publishes this copy's status in copies/<name> under its lease. The first call of a
- * process starts afresh: it revokes the lease a previous process of the same name held
- * (found on its copies/ key and on the leader key), so its leader key goes at once. A lost
- * lease is replaced by a new one (the key is then written again). */
+/* Publishes this copy's status in copies/<name> under its lease. The first etcd work of a
+ * process (this, campaign or renew) starts afresh: it revokes the lease a previous process
+ * of the same name held (found on its copies/ key and on the leader key), so its leader
+ * key goes at once. That is safe only if that process is dead: revoking the lease of a
+ * live one cuts its fencing deadline short. The caller must therefore hold an exclusive
+ * lock on its data dir (which a second process of the same copy cannot take) before the
+ * first call. A lost lease is replaced by a new one (the key is then written again). */
 int repl_ha_publish(repl_ha *ha, const repl_ha_status *status);
 
 /* Reads the whole group into *view. SP_EPROTO when the sync key cannot be parsed (nobody
