@@ -680,6 +680,36 @@ START_TEST(test_loop_fences_and_recovers)
 }
 END_TEST
 
+/* The loop defers to a more advanced live sync member that does not campaign, for
+ * defer_max (TTL/2 here: 1 s), then campaigns anyway. */
+START_TEST(test_loop_defers_bounded)
+{
+	repl_ha *a = mk("g-defer", "a", "A"), *b = mk_ttl("g-defer", "b", "B", 30);
+	win(a);
+	repl_ha_view v = rd(a);
+	repl_ha_id ab[] = {id("a", "A"), id("b", "B")};
+	ck_assert_int_eq(repl_ha_sync_set(a, &v, ab, 2), SP_OK);
+	ck_assert_int_eq(repl_ha_resign(a), SP_OK);
+	publish(b, 1, 100); /* ahead of a (0, 0), alive, but never campaigns */
+
+	events ea = {.mu = PTHREAD_MUTEX_INITIALIZER};
+	repl_ha_callbacks ca = {ev_status, ev_primary, ev_following, ev_fenced, &ea};
+	int64_t t0 = repl_ha_now_ms();
+	ck_assert_int_eq(repl_ha_loop_start(a, &ca), SP_OK);
+	for (int i = 0; i < 100 && count(&ea, 0) == 0; i++)
+		sleep_ms(50);
+	int64_t took = repl_ha_now_ms() - t0;
+	ck_assert_int_eq(count(&ea, 0), 1);
+	ck_assert_int_ge(took, TTL_S * 1000 / 2);
+	ck_assert_int_lt(took, TTL_S * 1000 / 2 + 1500);
+	repl_ha_loop_stop(a);
+	repl_ha_resign(a);
+	repl_ha_resign(b);
+	repl_ha_free(a);
+	repl_ha_free(b);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -701,6 +731,7 @@ main(void)
 	tcase_add_test(tc, test_config_checked);
 	tcase_add_test(tc, test_loop_roles);
 	tcase_add_test(tc, test_loop_fences_and_recovers);
+	tcase_add_test(tc, test_loop_defers_bounded);
 	suite_add_tcase(s, tc);
 	int rc = check_run(s);
 	etcd_proc_stop(&etcd);
