@@ -696,6 +696,11 @@ recover(repl_log *log, const uint64_t *firsts, size_t nfirst)
 		if ((rc = seg_scan(log, s, i + 1 == nfirst, &next, &epoch, scanbuf, scancap)) != SP_OK)
 			goto fail;
 	}
+	/* What a crashed process left in the page cache is made durable before it counts as
+	 * flushed (earlier segments were synced when the next one was started). */
+	rc = SP_EIO;
+	if (fdatasync(log->segs[log->nseg - 1].fd) != 0 || fsync(log->dirfd) != 0)
+		goto fail;
 	log->last = (repl_log_pos){epoch, next - 1};
 	log->flushed = log->last.lsn;
 	log->committed = log->base_lsn;

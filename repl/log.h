@@ -78,7 +78,7 @@ typedef struct repl_log_rec {
  * A directory without an incarnation file gets a new one; repl_log_fresh() then says true
  * (also when old segments were found: a directory that lost its identity is not trusted).
  * After open, committed = the last trimmed LSN (the caller raises it to its applied LSN);
- * flushed = the last LSN (what survived a crash is on disk).
+ * flushed = the last LSN (recovery fsyncs what a crashed process left in the page cache).
  * Errors: SP_EINVAL, SP_ENOMEM, SP_EIO, SP_ESTORE, SP_ESTATE.
  */
 int repl_log_open(const char *dir, const repl_log_config *cfg, repl_log **out);
