@@ -34,6 +34,9 @@
 #define FILE_VERSION 1
 #define INC_FILE_LEN (4 + 4 + REPL_LOG_INCARNATION_LEN + 4)
 #define SCAN_CHUNK (1u << 20)
+/* Lengths are checked against the format's bound when reading, the configured one when
+ * appending: lowering max_record does not make existing records unreadable. */
+#define FORMAT_MAX_RECORD REPL_LOG_MAX_MAX_RECORD
 #define IOV_BATCH 1024 /* iovecs per pwritev (IOV_MAX on Linux) */
 
 /*
@@ -447,7 +450,7 @@ seg_unlink(repl_log *log, seg *s)
 	return SP_OK;
 }
 
-/* A reader over one segment file with a sliding buffer. */
+/* A reader over one segment file with a sliding buffer (grown for a big record). */
 typedef struct scan {
 	int fd;
 	uint64_t size;
@@ -468,6 +471,13 @@ scan_at(scan *sc, uint64_t off, size_t want, const uint8_t **p, size_t *avail)
 	if (end > sc->size)
 		end = sc->size;
 	if (off < sc->at || end > sc->at + sc->len) {
+		if (end - off > sc->cap) {
+			uint8_t *b = realloc(sc->buf, (size_t)(end - off));
+			if (!b)
+				return SP_ENOMEM;
+			sc->buf = b;
+			sc->cap = (size_t)(end - off);
+		}
 		size_t n = sc->size - off < sc->cap ? (size_t)(sc->size - off) : sc->cap;
 		int rc = pread_all(sc->fd, sc->buf, n, off);
 		if (rc != SP_OK)
@@ -515,8 +525,7 @@ scan_valid_after(scan *sc, uint64_t from, uint64_t min_lsn, uint32_t max_record,
  * is SP_ESTORE.
  */
 static int
-seg_scan(repl_log *log, seg *s, bool is_last, uint64_t *next_lsn, uint64_t *epoch, char *scanbuf,
-    size_t scancap)
+seg_scan(repl_log *log, seg *s, scan *sc, bool is_last, uint64_t *next_lsn, uint64_t *epoch)
 {
 	struct stat st;
 	if (fstat(s->fd, &st) != 0)
@@ -525,20 +534,23 @@ seg_scan(repl_log *log, seg *s, bool is_last, uint64_t *next_lsn, uint64_t *epoc
 		sp_error("repl log: segment %" PRIu64 " does not follow lsn %" PRIu64, s->first, *next_lsn - 1);
 		return SP_ESTORE;
 	}
-	scan sc = {.fd = s->fd, .size = (uint64_t)st.st_size, .buf = (uint8_t *)scanbuf, .cap = scancap};
+	sc->fd = s->fd;
+	sc->size = (uint64_t)st.st_size;
+	sc->at = 0;
+	sc->len = 0;
 	uint64_t o = 0;
-	while (o < sc.size) {
+	while (o < sc->size) {
 		const uint8_t *p;
 		size_t avail;
-		int rc = scan_at(&sc, o, REPL_LOG_HEADER_LEN, &p, &avail);
-		if (rc == SP_OK && avail >= REPL_LOG_HEADER_LEN && sp_be32_get(p) <= log->max_record)
-			rc = scan_at(&sc, o, REPL_LOG_HEADER_LEN + sp_be32_get(p), &p, &avail);
+		int rc = scan_at(sc, o, REPL_LOG_HEADER_LEN, &p, &avail);
+		if (rc == SP_OK && avail >= REPL_LOG_HEADER_LEN && sp_be32_get(p) <= FORMAT_MAX_RECORD)
+			rc = scan_at(sc, o, REPL_LOG_HEADER_LEN + sp_be32_get(p), &p, &avail);
 		if (rc != SP_OK)
 			return rc;
 		repl_log_rec r;
-		if (rec_parse(p, avail, log->max_record, &r) != SP_OK) {
+		if (rec_parse(p, avail, FORMAT_MAX_RECORD, &r) != SP_OK) {
 			bool later = false;
-			if (is_last && (rc = scan_valid_after(&sc, o + 1, *next_lsn, log->max_record, &later)) != SP_OK)
+			if (is_last && (rc = scan_valid_after(sc, o + 1, *next_lsn, FORMAT_MAX_RECORD, &later)) != SP_OK)
 				return rc;
 			if (!is_last || later) {
 				sp_error("repl log: corrupt record at offset %" PRIu64 " of segment %" PRIu64
@@ -546,11 +558,11 @@ seg_scan(repl_log *log, seg *s, bool is_last, uint64_t *next_lsn, uint64_t *epoc
 				    o, s->first, *next_lsn);
 				return SP_ESTORE;
 			}
-			sp_warn("repl log: torn tail: cutting %" PRIu64 " bytes at lsn %" PRIu64, sc.size - o,
+			sp_warn("repl log: torn tail: cutting %" PRIu64 " bytes at lsn %" PRIu64, sc->size - o,
 			    *next_lsn);
 			if (ftruncate(s->fd, (off_t)o) != 0 || fdatasync(s->fd) != 0)
 				return SP_EIO;
-			sc.size = o;
+			sc->size = o;
 			break;
 		}
 		if (r.lsn != *next_lsn || r.epoch < *epoch || r.epoch == 0) {
@@ -572,7 +584,7 @@ seg_scan(repl_log *log, seg *s, bool is_last, uint64_t *next_lsn, uint64_t *epoc
 		(*next_lsn)++;
 		o += REPL_LOG_HEADER_LEN + r.len;
 	}
-	s->size = sc.size;
+	s->size = sc->size;
 	return SP_OK;
 }
 
@@ -656,7 +668,7 @@ recover(repl_log *log, const uint64_t *firsts, size_t nfirst)
 {
 	epoch_ent *fep = NULL;
 	size_t nfep = 0;
-	char *scanbuf = NULL;
+	scan sc = {0};
 	int rc = epochs_read(log->dirfd, &fep, &nfep);
 	if (rc != SP_OK)
 		goto fail;
@@ -677,11 +689,10 @@ recover(repl_log *log, const uint64_t *firsts, size_t nfirst)
 		log->base_epoch = fep[keep - 1].epoch;
 	}
 	log->nep = keep;
-	size_t scancap = SCAN_CHUNK > REPL_LOG_HEADER_LEN + log->max_record ? SCAN_CHUNK
-									 : REPL_LOG_HEADER_LEN + log->max_record;
 	rc = SP_ENOMEM;
-	if (!(scanbuf = malloc(scancap)) || segs_reserve(log, nfirst) != SP_OK)
+	if (!(sc.buf = malloc(SCAN_CHUNK)) || segs_reserve(log, nfirst) != SP_OK)
 		goto fail;
+	sc.cap = SCAN_CHUNK;
 	uint64_t next = firsts[0], epoch = log->base_epoch;
 	for (size_t i = 0; i < nfirst; i++) {
 		char name[SEG_NAME_DIGITS + sizeof(SEG_SUFFIX)];
@@ -693,7 +704,7 @@ recover(repl_log *log, const uint64_t *firsts, size_t nfirst)
 			goto fail;
 		}
 		log->nseg++;
-		if ((rc = seg_scan(log, s, i + 1 == nfirst, &next, &epoch, scanbuf, scancap)) != SP_OK)
+		if ((rc = seg_scan(log, s, &sc, i + 1 == nfirst, &next, &epoch)) != SP_OK)
 			goto fail;
 	}
 	/* What a crashed process left in the page cache is made durable before it counts as
@@ -708,7 +719,7 @@ recover(repl_log *log, const uint64_t *firsts, size_t nfirst)
 		goto fail;
 	rc = SP_OK;
 fail:
-	free(scanbuf);
+	free(sc.buf);
 	free(fep);
 	return rc;
 }
@@ -837,12 +848,12 @@ append_check(const repl_log *log, uint64_t prev_epoch, uint64_t prev_lsn, const 
 	size_t new_epochs = 0;
 	for (size_t i = 0; i < n; i++) {
 		const repl_log_rec *r = &recs[i];
+		if (r->epoch == 0 || (r->len && !r->data))
+			return SP_EINVAL;
 		if (r->lsn != lsn + 1 || lsn == UINT64_MAX)
 			return SP_EGAP;
 		if (r->epoch < epoch)
 			return SP_ESTATE;
-		if (r->epoch == 0 || (r->len && !r->data))
-			return SP_EINVAL;
 		if (r->len > log->max_record)
 			return SP_ETOOBIG;
 		if (r->epoch != epoch || (log->nep == 0 && i == 0))
@@ -1199,7 +1210,7 @@ planned:
 			goto unlock;
 		for (size_t k = k0; k < k1; k++, got++, lsn++) {
 			const uint8_t *p = buf + at + (s->off[k] - s->off[k0]);
-			if (rec_parse(p, (size_t)rec_bytes(s, k), log->max_record, &recs[got]) != SP_OK ||
+			if (rec_parse(p, (size_t)rec_bytes(s, k), FORMAT_MAX_RECORD, &recs[got]) != SP_OK ||
 			    recs[got].lsn != lsn) {
 				sp_error("repl log: record %" PRIu64 " is damaged on disk", lsn);
 				rc = SP_ESTORE;
