@@ -111,8 +111,9 @@ uint64_t repl_sync_ignored_acks(const repl_sync *s);
  * Members (of any state) with outstanding data (flushed < the primary's) that have not
  * advanced for more than bound_ms (0: REPL_SYNC_DEFAULT_LAG_MS), counted from the later
  * of their last advancing ack and the moment data became outstanding for them. Up to `cap`
- * go to `out`; `*n` gets how many lag in all. The caller removes lagging SYNCING/MEMBER
- * copies from etcd, then here, before it acknowledges anything without them.
+ * go to `out`; `*n` gets how many lag in all. The caller removes a lagging MEMBER from etcd
+ * first and then here, before it acknowledges anything without it; a lagging JOINING or
+ * SYNCING copy is not in etcd and is removed here directly.
  */
 int repl_sync_lagging(const repl_sync *s, uint64_t now_ms, uint64_t bound_ms, repl_sync_info *out,
     size_t cap, size_t *n);

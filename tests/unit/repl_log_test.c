@@ -895,10 +895,9 @@ static size_t
 list_segments(uint64_t *first, off_t *size, size_t cap)
 {
 	size_t n = 0;
-	char p[160];
-	snprintf(p, sizeof(p), "%s", dir);
+	char p[512];
 	struct dirent **ents;
-	int cnt = scandir(p, &ents, NULL, alphasort);
+	int cnt = scandir(dir, &ents, NULL, alphasort);
 	ck_assert_int_ge(cnt, 0);
 	for (int i = 0; i < cnt; i++) {
 		const char *nm = ents[i]->d_name;

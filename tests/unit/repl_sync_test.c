@@ -269,7 +269,7 @@ END_TEST
 #define MAXACK 4096
 
 typedef struct replica {
-	char name[8];
+	char name[16];
 	uint8_t inc[16];
 	bool present; /* in the tracker */
 	uint64_t truth; /* durable on the replica */
