@@ -169,12 +169,12 @@ hdr_put(uint8_t h[REPL_LOG_HEADER_LEN], const repl_log_rec *r)
 /* Parses a record at p (avail bytes there); SP_OK with *r set, or SP_ETRUNC / SP_EDIGEST /
  * SP_ETOOBIG when it is not a whole valid record. */
 static int
-rec_parse(const uint8_t *p, size_t avail, uint32_t max_record, repl_log_rec *r)
+rec_parse(const uint8_t *p, size_t avail, repl_log_rec *r)
 {
 	if (avail < REPL_LOG_HEADER_LEN)
 		return SP_ETRUNC;
 	uint32_t len = sp_be32_get(p);
-	if (len > max_record)
+	if (len > FORMAT_MAX_RECORD)
 		return SP_ETOOBIG;
 	if (avail - REPL_LOG_HEADER_LEN < len)
 		return SP_ETRUNC;
@@ -493,7 +493,7 @@ scan_at(scan *sc, uint64_t off, size_t want, const uint8_t **p, size_t *avail)
 /* Is there a valid record with lsn >= min_lsn anywhere after `from` in the file? Used to
  * tell a torn tail (nothing valid after the bad record) from corruption in the middle. */
 static int
-scan_valid_after(scan *sc, uint64_t from, uint64_t min_lsn, uint32_t max_record, bool *found)
+scan_valid_after(scan *sc, uint64_t from, uint64_t min_lsn, bool *found)
 {
 	*found = false;
 	for (uint64_t o = from; o + REPL_LOG_HEADER_LEN <= sc->size; o++) {
@@ -504,13 +504,13 @@ scan_valid_after(scan *sc, uint64_t from, uint64_t min_lsn, uint32_t max_record,
 			return rc;
 		uint32_t len = sp_be32_get(p);
 		uint64_t lsn = sp_be64_get(p + 12);
-		if (len > max_record || o + REPL_LOG_HEADER_LEN + len > sc->size || lsn < min_lsn ||
+		if (len > FORMAT_MAX_RECORD || o + REPL_LOG_HEADER_LEN + len > sc->size || lsn < min_lsn ||
 		    lsn - min_lsn > sc->size / REPL_LOG_HEADER_LEN || sp_be64_get(p + 4) == 0)
 			continue;
 		if ((rc = scan_at(sc, o, REPL_LOG_HEADER_LEN + len, &p, &avail)) != SP_OK)
 			return rc;
 		repl_log_rec r;
-		if (rec_parse(p, avail, max_record, &r) == SP_OK) {
+		if (rec_parse(p, avail, &r) == SP_OK) {
 			*found = true;
 			return SP_OK;
 		}
@@ -548,9 +548,9 @@ seg_scan(repl_log *log, seg *s, scan *sc, bool is_last, uint64_t *next_lsn, uint
 		if (rc != SP_OK)
 			return rc;
 		repl_log_rec r;
-		if (rec_parse(p, avail, FORMAT_MAX_RECORD, &r) != SP_OK) {
+		if (rec_parse(p, avail, &r) != SP_OK) {
 			bool later = false;
-			if (is_last && (rc = scan_valid_after(sc, o + 1, *next_lsn, FORMAT_MAX_RECORD, &later)) != SP_OK)
+			if (is_last && (rc = scan_valid_after(sc, o + 1, *next_lsn, &later)) != SP_OK)
 				return rc;
 			if (!is_last || later) {
 				sp_error("repl log: corrupt record at offset %" PRIu64 " of segment %" PRIu64
@@ -1210,7 +1210,7 @@ planned:
 			goto unlock;
 		for (size_t k = k0; k < k1; k++, got++, lsn++) {
 			const uint8_t *p = buf + at + (s->off[k] - s->off[k0]);
-			if (rec_parse(p, (size_t)rec_bytes(s, k), FORMAT_MAX_RECORD, &recs[got]) != SP_OK ||
+			if (rec_parse(p, (size_t)rec_bytes(s, k), &recs[got]) != SP_OK ||
 			    recs[got].lsn != lsn) {
 				sp_error("repl log: record %" PRIu64 " is damaged on disk", lsn);
 				rc = SP_ESTORE;

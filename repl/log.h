@@ -94,7 +94,8 @@ void repl_log_close(repl_log *log);
  * >= 1 and never decrease (starting from prev_epoch); payloads are at most max_record.
  * Refusals write nothing: SP_EGAP (prev is not the last record, or an lsn does not follow),
  * SP_ESTATE (an epoch lower than the one before it), SP_ETOOBIG (payload or batch too big),
- * SP_EINVAL (epoch 0, NULL data with len > 0). SP_EIO: the write failed; the log is failed.
+ * SP_EINVAL (epoch 0, NULL data with len > 0), SP_ELIMIT (REPL_LOG_EPOCHS_MAX epochs in the
+ * table), SP_ENOMEM. SP_EIO: the write failed; the log is failed.
  * The records are visible to readers on return, durable after the next repl_log_sync().
  */
 int repl_log_append(repl_log *log, uint64_t prev_epoch, uint64_t prev_lsn, const repl_log_rec *recs,
