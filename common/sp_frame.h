@@ -25,6 +25,8 @@
 
 #include <msgpack.h>
 
+#include "sp_proto.h" /* bounds the catalogue uses */
+
 typedef enum {
 	SP_FT_UINT,  /* uint64 */
 	SP_FT_INT,   /* int64 (negative values allowed) */

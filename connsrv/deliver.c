@@ -302,6 +302,12 @@ on_last_seqs(void *arg, int rc, const sp_frame *reply)
 	const sp_val *v = rc == SP_OK ? sp_frame_get(reply, SP_F_SEQ_LIST) : NULL;
 	if (v && v->us.n != b->n)
 		v = NULL;
+	if (!v && b->n) {
+		/* The next tick checks these devices again; until then a lost push waits. */
+		sp_metric_inc(b->s[0]->srv->m.checks_failed);
+		sp_warn_rl("lost-push check of %u devices failed: %s", b->n,
+			   sp_strerror(rc ? rc : SP_EPROTO));
+	}
 	for (uint32_t i = 0; i < b->n; i++) {
 		cs_session *s = b->s[i];
 		s->checking = false;

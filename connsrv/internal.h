@@ -155,7 +155,7 @@ struct cs_server {
 			*frames_out, *sends, *sent_latency, *deliveries, *delivered_rt, *drains,
 			*gap_fetches, *checks, *errors, *acks, *receipts, *rpc_latency, *redis_latency,
 			*rate_limited, *malformed, *slow_pauses, *receipts_dropped, *fetches_dropped,
-			*acks_dropped, *pushes_dropped, *pushes_stale, *peer_dropped;
+			*acks_dropped, *pushes_dropped, *pushes_stale, *peer_dropped, *checks_failed;
 	} m;
 };
 
