@@ -5,6 +5,7 @@
 #include "sp_error.h"
 #include "sp_ring.h"
 #include "check_run.h"
+#include "test_rng.h"
 
 #define NIDS 1000000
 
@@ -12,10 +13,7 @@
 static uint64_t
 next_id(uint64_t *s)
 {
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
+	return test_rng_next(s);
 }
 
 START_TEST(test_balance_three_shards)

@@ -17,6 +17,7 @@
 #include "sp_bytes.h"
 #include "sp_error.h"
 #include "check_run.h"
+#include "test_rng.h"
 
 #define PAYLOAD_MAX 300
 
@@ -878,16 +879,13 @@ static uint64_t rng_state;
 static uint64_t
 rnd(void)
 {
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return rng_state;
+	return test_rng_next(&rng_state);
 }
 
 static uint64_t
 rnd_below(uint64_t n)
 {
-	return n ? rnd() % n : 0;
+	return test_rng_below(&rng_state, n);
 }
 
 /* Lists segment files (sorted) with their sizes. */

@@ -9,6 +9,7 @@
 #include "repl/sync.h"
 #include "sp_error.h"
 #include "check_run.h"
+#include "test_rng.h"
 
 static const uint8_t INC_A[16] = {0xa};
 static const uint8_t INC_B[16] = {0xb};
@@ -296,18 +297,9 @@ typedef struct world {
 static uint64_t rs;
 
 static uint64_t
-rnd(void)
-{
-	rs ^= rs << 13;
-	rs ^= rs >> 7;
-	rs ^= rs << 17;
-	return rs;
-}
-
-static uint64_t
 below(uint64_t n)
 {
-	return n ? rnd() % n : 0;
+	return test_rng_below(&rs, n);
 }
 
 static size_t
