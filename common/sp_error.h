@@ -44,7 +44,8 @@
 	X(SP_EREPLAY, -37, "replayed or already used")                      \
 	X(SP_EIDENTITY, -38, "identity key changed")                        \
 	X(SP_ESTATE, -39, "invalid state")                                  \
-	X(SP_ELIMIT, -40, "limit reached")
+	X(SP_ELIMIT, -40, "limit reached")                                  \
+	X(SP_ENOTPRIMARY, -41, "not the shard's primary")
 
 typedef enum {
 #define SP_ERR_ENUM(name, value, text) name = value,
