@@ -68,6 +68,7 @@ typedef enum {
 	SP_TIER_INBOX,
 	SP_TIER_ROUTER,
 	SP_TIER_PEER, /* connsrv's pull socket */
+	SP_TIER_REPL, /* a shard primary's replication endpoint (inboxsrv/repl.h) */
 } sp_tier;
 
 /* When a client may send a frame (the catalogue's serve column). */

@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -150,7 +151,7 @@ take_batch(inbox_commit *c, uint32_t *n)
 	size_t bytes = 0;
 	*n = 0;
 	while (r && *n < c->cfg.max_batch_ops
-	    && (*n == 0 || bytes + r->cost <= c->cfg.max_batch_bytes)) {
+	    && (*n == 0 || (bytes + r->cost <= c->cfg.max_batch_bytes && r->replay == first->replay))) {
 		bytes += r->cost;
 		(*n)++;
 		last = r;
@@ -267,6 +268,46 @@ collect_idle(inbox_commit *c)
 	sp_metric_set(inbox_m.garbage, (int64_t)inbox_store_garbage(c->store));
 }
 
+/* Hands the applied batch to the replication hook; on failure aborts `txn`. */
+static int
+replicate(inbox_commit *c, MDB_txn *txn, inbox_req *batch)
+{
+	bool any = false;
+	for (inbox_req *r = batch; r && !any; r = r->next)
+		any = r->op.rc == SP_OK && r->op.lsn;
+	if (!any)
+		return SP_OK;
+	int rc = c->cfg.repl->replicate(c->cfg.repl->arg, batch);
+	if (rc)
+		inbox_store_txn_abort(c->store, txn);
+	return rc;
+}
+
+void
+inbox_commit_fail_queued(inbox_commit *c, int rc)
+{
+	inbox_req *keep = NULL, **kt = &keep, *fail = NULL, **ft = &fail;
+	pthread_mutex_lock(&c->lock);
+	for (inbox_req *r = c->head, *next; r; r = next) {
+		next = r->next;
+		r->next = NULL;
+		if (r->replay) {
+			*kt = r;
+			kt = &r->next;
+		} else {
+			r->op.rc = rc;
+			*ft = r;
+			ft = &r->next;
+		}
+	}
+	c->head = keep;
+	c->tail = keep ? (inbox_req *)((char *)kt - offsetof(inbox_req, next)) : NULL;
+	pthread_mutex_unlock(&c->lock);
+	for (inbox_req *r = fail; r; r = r->next)
+		count_op(&r->op);
+	complete(fail);
+}
+
 static void
 run_batch(inbox_commit *c, inbox_req *batch, uint32_t n)
 {
@@ -278,9 +319,21 @@ run_batch(inbox_commit *c, inbox_req *batch, uint32_t n)
 	int rc;
 
 	sp_metric_set(inbox_m.disk_low, low);
+	if (!batch->replay && c->cfg.repl && (rc = c->cfg.repl->admit(c->cfg.repl->arg))) {
+		for (r = batch; r; r = r->next)
+			r->op.rc = rc;
+		goto done;
+	}
 	if ((rc = inbox_store_txn_begin(c->store, NULL, &txn)))
 		fatal("txn begin", rc);
-	if (!apply_direct(c, txn, batch, now, low)) {
+	if (batch->replay) {
+		/* The primary applied these: a copy that cannot is no longer a copy of it. */
+		if (!apply_direct(c, txn, batch, now, false))
+			fatal("replaying a replicated op", batch->op.rc);
+		for (r = batch; r; r = r->next)
+			if (r->op.rc != SP_OK)
+				fatal("replaying a replicated op", r->op.rc);
+	} else if (!apply_direct(c, txn, batch, now, low)) {
 		txn = NULL;
 		if (n > 1) {
 			/* Otherwise the op failed alone: its error is the reply, nothing to commit.
@@ -310,10 +363,21 @@ run_batch(inbox_commit *c, inbox_req *batch, uint32_t n)
 		inbox_store_queue_stat(c->store, &qd, &qe, &qb);
 		sp_metric_set(inbox_m.queue_devices, (int64_t)qd);
 		sp_metric_set(inbox_m.queue_index_bytes, (int64_t)qb);
+		if (batch && !batch->replay && c->cfg.repl && (rc = replicate(c, txn, batch))) {
+			for (r = batch; r; r = r->next) {
+				inbox_op_fini(&r->op);
+				r->op.rc = rc;
+			}
+			txn = NULL;
+		}
+	}
+	if (txn) {
 		uint64_t t1 = sp_mono_ns();
 		rc = inbox_store_txn_commit(c->store, txn);
 		sp_metric_observe(inbox_m.sync_seconds, (double)(sp_mono_ns() - t1) / 1e9);
-		if (rc == SP_EFULL) {
+		if (rc == SP_EFULL && !c->cfg.repl) {
+			/* Replicated, the batch is already in the log: refusing it here would
+			 * leave this copy behind its own log, so it is fatal below. */
 			for (r = batch; r; r = r->next)
 				r->op.rc = SP_EFULL;
 		} else if (rc) {
@@ -337,6 +401,7 @@ run_batch(inbox_commit *c, inbox_req *batch, uint32_t n)
 			requeue(c, rest);
 	}
 	sp_metric_observe(inbox_m.commit_seconds, (double)(sp_mono_ns() - t0) / 1e9);
+done:
 	if (!batch)
 		return;
 	inbox_req *last = batch;

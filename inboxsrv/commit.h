@@ -30,8 +30,26 @@ struct inbox_req {
 	inbox_done_fn done;
 	void *arg; /* for the caller */
 	size_t cost; /* approximate bytes written, bounds a batch */
+	/* A replicated op being replayed (op.lsn, ts, seqs already assigned by the primary
+	 * that logged it): applied without the replication hooks; a failure is fatal. A
+	 * batch holds replayed ops or new ones, never both. */
+	bool replay;
 	inbox_req *next;
 };
+
+/* Replication (inboxsrv/repl.h), called on the writer thread for batches of new ops:
+ * admit before a batch is applied (SP_OK, or the error every op of it gets: nothing is
+ * written); replicate after it is applied in the still-open transaction, with the batch
+ * (the ops whose op.lsn is set, in LSN order, are the ones to log). replicate returns
+ * SP_OK once they are durable on every copy the shard's commit needs; then the
+ * transaction commits and the ops complete. Any other result aborts the transaction
+ * and every op of the batch completes with it (the primary was fenced: the logged
+ * records stay in its log as an uncommitted tail). */
+typedef struct inbox_commit_repl {
+	int (*admit)(void *arg);
+	int (*replicate)(void *arg, inbox_req *batch);
+	void *arg;
+} inbox_commit_repl;
 
 typedef uint64_t (*inbox_clock_fn)(void *arg); /* ms */
 
@@ -41,6 +59,7 @@ typedef struct inbox_commit_config {
 	uint32_t max_batch_ops; /* 0: 4096 */
 	size_t max_batch_bytes; /* 0: 64 MiB */
 	uint64_t disk_reserve; /* refuse growth ops when the disk has less free; 0: off */
+	const inbox_commit_repl *repl; /* NULL: a shard of one copy */
 } inbox_commit_config;
 
 /* Starts the writer thread on `s` (which must outlive it). On SP_OK the caller owns *out
@@ -54,6 +73,11 @@ void inbox_commit_submit(inbox_commit *c, inbox_req *req);
 /* Queues a NULL-terminated list of reqs linked by `next`, in order, at once (so they land
  * in one batch); ownership as for inbox_commit_submit. */
 void inbox_commit_submit_chain(inbox_commit *c, inbox_req *first);
+
+/* Completes every queued new (not replayed) op with `rc` without applying it: called by
+ * a replicate hook that waits for copies, so requests arriving meanwhile get a retryable
+ * error instead of a timeout. Writer thread only. */
+void inbox_commit_fail_queued(inbox_commit *c, int rc);
 
 /* Total commits so far (each one durable fsync'd LMDB commit). */
 uint64_t inbox_commit_count(const inbox_commit *c);

@@ -775,6 +775,13 @@ inbox_dispatch_handle(inbox_dispatch *d, nng_msg *msg, inbox_reply_fn reply, voi
 		return;
 	}
 	const serve_entry *how = &serve[f.type]; /* f.type is a uint8_t */
+	if (d->cfg.gate && f.type != SP_T_PING && (how->read || how->build || how->take)
+	    && (rc = d->cfg.gate(d->cfg.gate_arg, !how->read))) {
+		reply_error(&f, rc, reply, arg);
+		sp_frame_fini(&f);
+		nng_msg_free(msg);
+		return;
+	}
 	if (how->take) {
 		how->take(d, msg, &f, reply, arg);
 		return;

@@ -30,6 +30,11 @@ typedef struct inbox_dispatch_config {
 	uint64_t shard;
 	uint32_t fetch_default_count; /* 0: 256 */
 	size_t fetch_default_bytes; /* 0: 256 KiB */
+	/* A replicated shard's gate (inbox_repl_gate): asked before every request but PING
+	 * is served; a non-zero result is the ERROR code of the answer (SP_ENOTPRIMARY,
+	 * SP_EUNAVAIL). NULL: a shard of one copy serves everything. */
+	int (*gate)(void *arg, bool write);
+	void *gate_arg;
 } inbox_dispatch_config;
 
 /* `s` and `c` must outlive the dispatcher. On SP_OK the caller owns *out. */

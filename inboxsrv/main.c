@@ -17,11 +17,14 @@
 #include "sp_metrics.h"
 #include "sp_time.h"
 #include "store.h"
+#include "repl.h"
 #include "sweep.h"
 
 #define DAY_S 86400LL
 
 static char *data_dir, *listen_url, *metrics_addr, *log_level, *name, *router, *router_pub;
+static char *etcd, *etcd_cluster, *repl_listen, *repl_advertise;
+static long long min_copies, lease_ttl, repl_lag_ms;
 static long long shard, contexts, msg_ttl, media_ttl, sweep_interval, sweep_batch, metrics_port;
 static size_t map_size, max_queue_entries, max_queue_bytes, max_blob_size, disk_reserve,
     dedup_max;
@@ -65,6 +68,24 @@ static const sp_config_opt opts[] = {
 	{ "router", SP_CT_STR, &router, NULL, "router REP url; when set, the shard heartbeats it",
 	    0, 0 },
 	{ "router-pub", SP_CT_STR, &router_pub, NULL, "router PUB url (with --router)", 0, 0 },
+	{ "etcd", SP_CT_STR, &etcd, NULL,
+	    "etcd endpoints (comma-separated http://host:port); when set, this process is one copy "
+	    "of a replicated shard (docs/REPLICATION.md) and needs --name and --repl-listen",
+	    0, 0 },
+	{ "etcd-cluster", SP_CT_STR, &etcd_cluster, "sealpost",
+	    "cluster name: the etcd keys live under /sealpost/<it>/inbox-<shard>/", 0, 0 },
+	{ "repl-listen", SP_CT_STR, &repl_listen, NULL,
+	    "NNG URL the shard's replicas fetch the log from while this copy is primary", 0, 0 },
+	{ "repl-advertise", SP_CT_STR, &repl_advertise, NULL,
+	    "URL other copies dial for --repl-listen (default: --repl-listen)", 0, 0 },
+	{ "min-copies", SP_CT_INT, &min_copies, "2",
+	    "fsynced copies (this one included) a write needs before it is acknowledged", 1, 16 },
+	{ "lease-ttl", SP_CT_INT, &lease_ttl, "5",
+	    "seconds of the primary's etcd lease: a dead primary is replaced after about this", 3,
+	    60 },
+	{ "repl-lag-ms", SP_CT_INT, &repl_lag_ms, "1000",
+	    "a sync-set copy that has not acknowledged for this long is dropped from the sync set",
+	    100, 600000 },
 	{ "log-level", SP_CT_STR, &log_level, "info", "debug|info|warn|error", 0, 0 },
 	{ "log-json", SP_CT_BOOL, &log_json, "false", "log JSON lines", 0, 0 },
 	{ NULL, 0, NULL, NULL, NULL, 0, 0 },
@@ -80,6 +101,7 @@ main(int argc, char **argv)
 	sp_cluster *cluster = NULL;
 	inbox_server *srv = NULL;
 	inbox_sweep *sweep = NULL;
+	inbox_repl *repl = NULL;
 	sigset_t sigs;
 	int rc, sig, status = 1;
 
@@ -140,6 +162,30 @@ main(int argc, char **argv)
 
 	inbox_commit_config ccfg = { .disk_reserve = disk_reserve };
 	inbox_dispatch_config dcfg = { .shard = (uint64_t)shard };
+	if (etcd && *etcd) {
+		if (!name || !repl_listen) {
+			sp_error("--etcd needs --name and --repl-listen");
+			rc = SP_ECONFIG;
+			goto out;
+		}
+		inbox_repl_config rcfg = {
+			.data_dir = data_dir,
+			.etcd = etcd,
+			.cluster = etcd_cluster,
+			.shard = (uint64_t)shard,
+			.name = name,
+			.listen = repl_listen,
+			.advertise = repl_advertise,
+			.min_copies = (unsigned)min_copies,
+			.lease_ttl_s = lease_ttl,
+			.lag_ms = (uint64_t)repl_lag_ms,
+		};
+		if ((rc = inbox_repl_open(&repl, &rcfg, store)))
+			goto out;
+		ccfg.repl = inbox_repl_hooks(repl);
+		dcfg.gate = inbox_repl_gate;
+		dcfg.gate_arg = repl;
+	}
 	if ((rc = inbox_commit_start(&commit, store, &ccfg))
 	    || (rc = inbox_dispatch_new(&disp, store, commit, &dcfg))
 	    || (rc = inbox_sweep_start(
@@ -154,6 +200,8 @@ main(int argc, char **argv)
 		}
 		sp_info("metrics on http://%s:%d/metrics", metrics_addr, bound);
 	}
+	if (repl && (rc = inbox_repl_start(repl, commit)))
+		goto out;
 	if ((rc = inbox_server_start(&srv, listen_url, (int)contexts, disp)))
 		goto out;
 	sp_info("shard %lld listening on %s (%lld contexts)", shard, listen_url, contexts);
@@ -180,10 +228,13 @@ out:
 	sp_cluster_stop(cluster);
 	if (srv)
 		inbox_server_close(srv);
+	/* A clean stop hands the leader key over at once instead of at the lease's end. */
+	inbox_repl_stop(repl, true);
 	inbox_sweep_stop(sweep);
 	inbox_commit_stop(commit);
 	inbox_server_free(srv);
 	inbox_dispatch_free(disp);
+	inbox_repl_free(repl);
 	inbox_store_close(store);
 	sp_config_free(opts);
 	return status;

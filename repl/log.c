@@ -899,7 +899,7 @@ repl_log_append(repl_log *log, uint64_t prev_epoch, uint64_t prev_lsn, const rep
 	if (rc != SP_OK || n == 0)
 		return rc;
 	uint8_t(*hdr)[REPL_LOG_HEADER_LEN] = malloc(n * REPL_LOG_HEADER_LEN);
-	struct iovec *iov = malloc(2 * IOV_BATCH * sizeof(*iov));
+	struct iovec *iov = malloc(IOV_BATCH * sizeof(*iov));
 	if (!hdr || !iov) {
 		free(hdr);
 		free(iov);
@@ -918,7 +918,7 @@ repl_log_append(repl_log *log, uint64_t prev_epoch, uint64_t prev_lsn, const rep
 		const repl_log_rec *r = &recs[i];
 		uint64_t rsize = REPL_LOG_HEADER_LEN + (uint64_t)r->len;
 		bool roll = s->n > 0 && s->size + rsize > log->seg_bytes;
-		if (niov && (roll || niov + 2 > 2 * IOV_BATCH)) {
+		if (niov && (roll || niov + 2 > IOV_BATCH)) {
 			if ((rc = pwritev_all(s->fd, iov, niov, wsize)) != SP_OK)
 				goto fail;
 			wsize = s->size;

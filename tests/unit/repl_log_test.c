@@ -212,6 +212,22 @@ START_TEST(test_append_sync_reopen)
 }
 END_TEST
 
+/* A batch of the largest size is more iovecs than one pwritev takes (IOV_MAX): it is
+ * written in several. */
+START_TEST(test_append_full_batch)
+{
+	repl_log *log = open_ok(NULL);
+	extend(log, 1, REPL_LOG_BATCH_MAX, 5);
+	ck_assert_int_eq(repl_log_sync(log), SP_OK);
+	extend(log, 1, REPL_LOG_BATCH_MAX / 2 + 1, 5);
+	ck_assert_int_eq(repl_log_sync(log), SP_OK);
+	repl_log_close(log);
+	log = open_ok(NULL);
+	ck_assert_uint_eq(repl_log_last(log).lsn, REPL_LOG_BATCH_MAX + REPL_LOG_BATCH_MAX / 2 + 1);
+	repl_log_close(log);
+}
+END_TEST
+
 /* Sum of the segment files' sizes. */
 static off_t
 dir_bytes(void)
@@ -1158,6 +1174,7 @@ main(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 300);
 	tcase_add_test(tc, test_append_sync_reopen);
+	tcase_add_test(tc, test_append_full_batch);
 	tcase_add_test(tc, test_log_matching_refusals);
 	tcase_add_test(tc, test_epoch_table);
 	tcase_add_test(tc, test_divergence_cases);

@@ -1,0 +1,77 @@
+/*
+ * A replicated shard copy (issue 12; docs/REPLICATION.md): this process's part in its
+ * shard's replication, built on repl/log (the durable log), repl/sync (the commit
+ * tracker) and repl/ha (the etcd arbiter).
+ *
+ * Roles. The HA loop decides, through etcd, whether this copy is primary:
+ *  - REPLICA: a follower thread fetches records from the primary (frames_repl.def),
+ *    appends them to the log, fsyncs, and with its next fetch acknowledges; it applies
+ *    records to the store (as replayed ops through the commit writer) only up to the
+ *    commit LSN the primary sends. Client requests are answered SP_ENOTPRIMARY.
+ *  - STARTING: won the leader key. Nothing is served (SP_EUNAVAIL) until the sync set
+ *    holds the whole log (its uncommitted tail included: the winner's log wins) and the
+ *    tail is applied to the store.
+ *  - PRIMARY: the commit writer's hooks (inbox_commit_repl) admit a batch only while the
+ *    copies that make a commit are reachable, log the applied ops, and return once the
+ *    commit LSN covers them; reads are served only while the lease cannot have expired.
+ * A primary that loses its lease is fenced (repl_ha_may_serve turns false at its
+ * deadline): the writer's wait ends with SP_ENOTPRIMARY and the transaction is aborted.
+ *
+ * Threads: the HA loop (repl/ha), a follower thread, a manager thread (sync-set changes
+ * in etcd, promotion), and one thread per replication context serving fetches. One mutex
+ * guards the role, the tracker and the counters; the log has its own.
+ */
+#ifndef INBOX_REPL_H
+#define INBOX_REPL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "commit.h"
+#include "store.h"
+
+typedef struct inbox_repl inbox_repl;
+
+typedef struct inbox_repl_config {
+	const char *data_dir; /* the log goes in <data_dir>/repl */
+	const char *etcd; /* comma-separated etcd endpoints (http://host:port) */
+	const char *cluster; /* etcd key prefix: /sealpost/<cluster>/inbox-<shard>/ */
+	uint64_t shard;
+	const char *name; /* this copy's member name */
+	const char *listen; /* NNG URL replicas fetch from */
+	const char *advertise; /* URL other copies dial (NULL: listen) */
+	unsigned min_copies; /* fsynced copies a write needs, this one included */
+	int64_t lease_ttl_s; /* 0: 5 */
+	uint64_t lag_ms; /* a sync-set copy silent this long is dropped (0: 1000) */
+	uint64_t fetch_wait_ms; /* a fetch's long-poll (0: 200) */
+} inbox_repl_config;
+
+/* Opens the log (checking it against the store: a store ahead of its log, or a log
+ * without its store, is refused: SP_ESTORE, the copy must be rebuilt from an empty
+ * data dir) and makes the etcd client. Nothing runs yet. */
+int inbox_repl_open(inbox_repl **out, const inbox_repl_config *cfg, inbox_store *store);
+
+/* The hooks for the commit writer (valid while `r` lives). */
+const inbox_commit_repl *inbox_repl_hooks(inbox_repl *r);
+
+/* Starts the threads; `c` is the writer the replayed ops go through (it must have been
+ * started with inbox_repl_hooks(r)). */
+int inbox_repl_start(inbox_repl *r, inbox_commit *c);
+
+/* The dispatch gate: SP_OK if this copy may serve a request now (a write: is primary and
+ * may accept writes; a read: is primary and its lease holds), else the error to answer
+ * (SP_ENOTPRIMARY, SP_EUNAVAIL). Any thread. */
+int inbox_repl_gate(void *r, bool write);
+
+/* Writes the primary's name (when known) into buf, "" otherwise. Any thread. */
+void inbox_repl_primary_name(inbox_repl *r, char *buf, size_t cap);
+
+/* Stops every thread (the HA loop without resigning: the lease runs out, as after a
+ * crash, unless `resign`). Writes waiting in the writer end with SP_ENOTPRIMARY. */
+void inbox_repl_stop(inbox_repl *r, bool resign);
+void inbox_repl_free(inbox_repl *r);
+
+/* Whether the replication endpoint serves request frames of `type`. */
+bool inbox_repl_serves(unsigned type);
+
+#endif
