@@ -132,6 +132,11 @@ inbox_store_apply_ack(inbox_store *s, MDB_txn *txn, inbox_op *op)
 			op->ack.nrefs++;
 		}
 	} else {
+		/* Acknowledging past the highest seq this shard ever gave the device means the
+		 * client's seqs came from another history of the shard (one that restarted its
+		 * seqs): deleting by them would drop entries the device never saw. */
+		if (op->ack.upto_seq > m.last_seq)
+			return SP_ERANGE;
 		uint64_t cap = m.count < INBOX_ACK_MAX ? m.count : INBOX_ACK_MAX, last = 0;
 		if ((rc = refs_reserve(op, (uint32_t)cap)))
 			return rc;

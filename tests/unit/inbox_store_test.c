@@ -414,6 +414,24 @@ END_TEST
 /* A data dir written with per-device queue tables (the first layout) is refused, never
  * opened as if it were empty. The data dir is a copy of a fixture written by that layout
  * (tests/fixtures/inbox_old_layout/data.mdb). */
+/* An ACK beyond the highest seq the shard gave the device (a client remembering seqs
+ * of another history of the shard) deletes nothing. */
+START_TEST(ack_beyond_last_seq_deletes_nothing)
+{
+	uint64_t seq;
+	for (int i = 1; i <= 3; i++)
+		ck_assert_int_eq(append(4, 7, 300 + (uint64_t)i, "x", 100, &seq, NULL), SP_OK);
+	inbox_op op = { .kind = INBOX_OP_ACK };
+	op.ack.device = 4;
+	op.ack.upto_seq = 500;
+	ck_assert_int_eq(apply1(&op, 1), SP_ERANGE);
+	inbox_op_fini(&op);
+	ck_assert_uint_eq(inbox_store_last_seq(st, 4), 3);
+	ck_assert_uint_eq(ack_upto(4, 2, NULL, 0), 2);
+	ck_assert_uint_eq(ack_upto(4, 3, NULL, 0), 1);
+}
+END_TEST
+
 START_TEST(old_layout_is_refused)
 {
 	char old[96], path[128];
@@ -592,8 +610,8 @@ START_TEST(batch_body_is_refcounted)
 	ck_assert(t2[0].dup && t2[1].dup && t2[2].dup);
 	ck_assert_uint_eq(shard_stat().bodies, 1);
 
-	ck_assert_uint_eq(ack_upto(1, 10, NULL, 0), 1);
-	ck_assert_uint_eq(ack_upto(2, 10, NULL, 0), 1);
+	ck_assert_uint_eq(ack_upto(1, 1, NULL, 0), 1);
+	ck_assert_uint_eq(ack_upto(2, 1, NULL, 0), 1);
 	ck_assert_uint_eq(shard_stat().bodies, 1);
 	inbox_op p = { .kind = INBOX_OP_PURGE };
 	p.purge.device = 3;
@@ -940,6 +958,7 @@ suite(void)
 	tcase_add_test(tc, seqs_never_restart);
 	tcase_add_test(tc, acked_entries_stay_acked_across_restart);
 	tcase_add_test(tc, old_layout_is_refused);
+	tcase_add_test(tc, ack_beyond_last_seq_deletes_nothing);
 	tcase_add_test(tc, dedup_max_forgets_the_oldest_first);
 	tcase_add_test(tc, ack_upto_and_list_are_idempotent);
 	tcase_add_test(tc, batch_body_is_refcounted);
