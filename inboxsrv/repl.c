@@ -29,7 +29,7 @@
 #define APPLY_CHUNK (8u << 20) /* record bytes replayed per writer batch */
 #define TICK_MS 50 /* the manager's period */
 #define UNWRITABLE_FAIL_MS 100 /* then queued writes get SP_EUNAVAIL instead of waiting */
-#define FETCH_TIMEOUT_SLACK_MS 2000
+#define FETCH_TIMEOUT_SLACK_MS 1000
 
 typedef enum { ROLE_NONE, ROLE_REPLICA, ROLE_STARTING, ROLE_PRIMARY } repl_role;
 
@@ -53,6 +53,10 @@ struct inbox_repl {
 	char leader_url[REPL_HA_URL_MAX + 1];
 	repl_sync *sync; /* PRIMARY and STARTING only */
 	bool stopping;
+	/* The follower is between taking the REPLICA role for a fetch and having handled its
+	 * answer: a promotion waits for it, so no record from the old primary lands after the
+	 * new one counted its log, and no two threads replay at once. */
+	bool follower_busy;
 
 	_Atomic uint64_t applied; /* the store's LSN */
 
@@ -585,12 +589,13 @@ take_records(inbox_repl *r, const sp_frame *rep)
 	uint32_t n = v ? v->rs.n : 0;
 
 	pthread_mutex_lock(&r->lock);
-	bool stale = (int64_t)epoch < r->highest_epoch || epoch >= LSN_MAX;
+	bool stale = (int64_t)epoch < r->highest_epoch || epoch >= LSN_MAX || r->role != ROLE_REPLICA;
 	if (!stale && (int64_t)epoch > r->highest_epoch)
 		r->highest_epoch = (int64_t)epoch;
 	pthread_mutex_unlock(&r->lock);
 	if (stale) {
-		sp_warn_rl("repl %s: ignoring records of epoch %" PRIu64 " (seen a newer one)",
+		sp_warn_rl("repl %s: ignoring a reply of epoch %" PRIu64
+			   " (a newer epoch was seen, or this copy no longer follows)",
 		    r->group, epoch);
 		return;
 	}
@@ -669,6 +674,7 @@ follow_main(void *arg)
 		if (r->stopping)
 			break;
 		int64_t epoch = r->highest_epoch;
+		r->follower_busy = true;
 		if (!open || strcmp(url, r->leader_url) != 0) {
 			snprintf(url, sizeof(url), "%s", r->leader_url);
 			pthread_mutex_unlock(&r->lock);
@@ -682,6 +688,8 @@ follow_main(void *arg)
 				    sp_strerror(rc));
 			pthread_mutex_lock(&r->lock);
 			if (!open) {
+				r->follower_busy = false;
+				pthread_cond_broadcast(&r->cond);
 				wait_ms(r, 200);
 				continue;
 			}
@@ -726,6 +734,8 @@ follow_main(void *arg)
 		}
 		sp_metric_set(inbox_m.repl_lag_ms, (int64_t)(mono_ms() - caught_up_ms));
 		pthread_mutex_lock(&r->lock);
+		r->follower_busy = false;
+		pthread_cond_broadcast(&r->cond);
 		if (pause && !r->stopping)
 			wait_ms(r, pause);
 	}
@@ -937,7 +947,12 @@ manage_main(void *arg)
 		repl_role role = r->role;
 		int64_t epoch = r->epoch;
 		uint64_t last = repl_log_last(r->log).lsn;
-		bool tail_done = role == ROLE_STARTING && repl_sync_commit_lsn(r->sync) >= last;
+		bool tail_done = false;
+		if (role == ROLE_STARTING && !r->follower_busy) {
+			/* Records the follower took after the tracker was made count too. */
+			repl_sync_set_flushed(r->sync, repl_log_flushed(r->log), (uint64_t)repl_ha_now_ms());
+			tail_done = repl_sync_commit_lsn(r->sync) >= last;
+		}
 		pthread_mutex_unlock(&r->lock);
 		if (role == ROLE_STARTING || role == ROLE_PRIMARY)
 			manage_sync(r, epoch);

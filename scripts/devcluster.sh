@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Sealpost dev cluster on loopback: Redis, router, keysrv, 3 inbox shards, 2 connsrvs,
-# with fresh dev TLS certificates (a dev CA the client trusts).
+# Sealpost dev cluster on loopback: Redis, etcd, router, keysrv, 3 inbox shards of
+# $SEALPOST_DEVCLUSTER_COPIES copies each (default 3: inbox-0a, inbox-0b, inbox-0c, ...),
+# 2 connsrvs, with fresh dev TLS certificates (a dev CA the client trusts).
 #
 #   scripts/devcluster.sh up|down|status|logs [NAME]|restart NAME|otp PHONE|env
 #
 # State lives in $SP_DEVCLUSTER_DIR (default .devcluster/): env (shell-sourceable),
-# pids/<name>.pid, logs/, data/, certs/. Ports start at $SP_PORT_BASE (default 17000).
+# pids/<name>.pid, logs/, data/<name>/, certs/. Ports start at $SP_PORT_BASE (default
+# 17000) and stay below base + 100.
 # `down` stops exactly the processes recorded in pids/. Tests run their own cluster by
 # setting SP_DEVCLUSTER_DIR and SP_PORT_BASE.
 set -euo pipefail
@@ -14,15 +16,26 @@ dir=${SP_DEVCLUSTER_DIR:-$root/.devcluster}
 base=${SP_PORT_BASE:-17000}
 bin=${SP_BIN:-$root/bin}
 [[ "$bin" = /* ]] || bin=$root/$bin
-names=(redis router keysrv inbox-0 inbox-1 inbox-2 connsrv-0 connsrv-1)
+copies=${SEALPOST_DEVCLUSTER_COPIES:-3}
+[[ "$copies" =~ ^[123]$ ]] || { echo "devcluster: SEALPOST_DEVCLUSTER_COPIES must be 1, 2 or 3" >&2; exit 2; }
+min_copies=$((copies < 2 ? copies : 2))
+letters=(a b c)
+inbox_names=()
+for i in 0 1 2; do for ((j = 0; j < copies; j++)); do inbox_names+=("inbox-$i${letters[$j]}"); done; done
+names=(redis etcd router keysrv "${inbox_names[@]}" connsrv-0 connsrv-1)
+etcd_cluster=dev
 
 die() { echo "devcluster: $*" >&2; exit 1; }
 
 port_redis=$base
 port_router_http=$((base + 1)) port_router_rep=$((base + 2)) port_router_pub=$((base + 3))
+port_etcd=$((base + 4)) port_etcd_peer=$((base + 5))
 port_keysrv=$((base + 10))
-inbox_port() { echo $((base + 20 + $1)); }
-inbox_metrics() { echo $((base + 30 + $1)); }
+# Copy j (0..2) of shard i (0..2) is number 3i + j.
+copy_no() { local n=${1#inbox-}; echo $((3 * ${n:0:1} + $(printf '%d' "'${n:1:1}") - 97)); }
+inbox_port() { echo $((base + 20 + $(copy_no "$1"))); }
+inbox_repl() { echo $((base + 30 + $(copy_no "$1"))); }
+inbox_metrics() { echo $((base + 11 + $(copy_no "$1"))); }
 conn_client() { echo $((base + 40 + $1)); }
 conn_pull() { echo $((base + 50 + 10 * $1)); }
 conn_metrics() { echo $((base + 80 + 10 * $1)); }
@@ -31,9 +44,10 @@ conn_metrics() { echo $((base + 80 + 10 * $1)); }
 port_of() {
 	case $1 in
 	redis) echo "$port_redis" ;;
+	etcd) echo "$port_etcd" ;;
 	router) echo "$port_router_http" ;;
 	keysrv) echo "$port_keysrv" ;;
-	inbox-*) inbox_port "${1#inbox-}" ;;
+	inbox-*) inbox_port "$1" ;;
 	connsrv-*) conn_client "${1#connsrv-}" ;;
 	esac
 }
@@ -70,8 +84,8 @@ write_config() {
 	local cf=$dir/cluster.ini
 	{
 		echo "[keysrv]"; echo "role = keysrv"; echo "addr = tcp://127.0.0.1:$port_keysrv"
-		for i in 0 1 2; do
-			echo "[inbox-$i]"; echo "role = inbox"; echo "addr = tcp://127.0.0.1:$(inbox_port $i)"; echo "shard = $i"
+		for n in "${inbox_names[@]}"; do
+			echo "[$n]"; echo "role = inbox"; echo "addr = tcp://127.0.0.1:$(inbox_port "$n")"; echo "shard = ${n:6:1}"
 		done
 		for i in 0 1; do
 			echo "[connsrv-$i]"; echo "role = connsrv"; echo "addr = tcp://127.0.0.1:$(conn_pull $i)"
@@ -89,11 +103,14 @@ export SEALPOST_REDIS=127.0.0.1:$port_redis
 export SEALPOST_CONNSRV_0=127.0.0.1:$(conn_client 0)
 export SEALPOST_CONNSRV_1=127.0.0.1:$(conn_client 1)
 export SEALPOST_KEYSRV=tcp://127.0.0.1:$port_keysrv
-export SEALPOST_INBOX_0=tcp://127.0.0.1:$(inbox_port 0)
-export SEALPOST_INBOX_1=tcp://127.0.0.1:$(inbox_port 1)
-export SEALPOST_INBOX_2=tcp://127.0.0.1:$(inbox_port 2)
+export SEALPOST_ETCD=http://127.0.0.1:$port_etcd
+export SEALPOST_ETCD_CLUSTER=$etcd_cluster
 export SEALPOST_OTP_DIR=$dir/data/keysrv/otp
 ENV
+	for n in "${inbox_names[@]}"; do
+		local v=${n#inbox-}
+		echo "export SEALPOST_INBOX_${v^^}=tcp://127.0.0.1:$(inbox_port "$n")" >>"$dir/env"
+	done
 }
 
 # The command line of one process, by name.
@@ -101,10 +118,11 @@ cmdline() {
 	local router="--router tcp://127.0.0.1:$port_router_rep --router-pub tcp://127.0.0.1:$port_router_pub"
 	case $1 in
 	redis) echo "redis-server --port $port_redis --bind 127.0.0.1 --save '' --appendonly no --dir $dir/data" ;;
-	router) echo "$bin/router --cluster-file $dir/cluster.ini --listen tcp://127.0.0.1:$port_router_rep --publish tcp://127.0.0.1:$port_router_pub --http-port $port_router_http" ;;
+	etcd) echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls http://127.0.0.1:$port_etcd --advertise-client-urls http://127.0.0.1:$port_etcd --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
+	router) echo "$bin/router --cluster-file $dir/cluster.ini --listen tcp://127.0.0.1:$port_router_rep --publish tcp://127.0.0.1:$port_router_pub --http-port $port_router_http --etcd http://127.0.0.1:$port_etcd --etcd-cluster $etcd_cluster" ;;
 	keysrv) echo "$bin/keysrv --data-dir $dir/data/keysrv --listen tcp://127.0.0.1:$port_keysrv --metrics-port -1 --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name keysrv" ;;
-	inbox-*) local i=${1#inbox-}
-		echo "$bin/inboxsrv --data-dir $dir/data/inbox-$i --listen tcp://127.0.0.1:$(inbox_port $i) --shard $i --map-size 1G --metrics-port $(inbox_metrics $i) $router --name inbox-$i" ;;
+	inbox-[012][abc]) [[ " ${inbox_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies copies per shard"
+		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 --etcd http://127.0.0.1:$port_etcd --etcd-cluster $etcd_cluster --repl-listen tcp://127.0.0.1:$(inbox_repl "$1") --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
 	connsrv-*) local i=${1#connsrv-}
 		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tcp://127.0.0.1:$(conn_pull $i) --redis 127.0.0.1:$port_redis --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router" ;;
 	*) die "unknown process '$1' (one of: ${names[*]})" ;;
@@ -131,12 +149,36 @@ wait_port() { # host port seconds
 	return 1
 }
 
+# The copy of shard $1 that holds the leader key and a sync set of min-copies, or "".
+shard_primary() {
+	local out leader n
+	out=$(ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port_etcd" --command-timeout=2s \
+		get --prefix "/sealpost/$etcd_cluster/inbox-$1/" 2>/dev/null) || return 0
+	leader=$(printf '%s\n' "$out" | awk 'f{print; exit} /\/leader$/{f=1}' | jq -r '.name // empty' 2>/dev/null)
+	n=$(printf '%s\n' "$out" | awk 'f{print; exit} /\/sync$/{f=1}' | jq '.members | length' 2>/dev/null || echo 0)
+	[ -n "$leader" ] && [ "${n:-0}" -ge "$min_copies" ] && echo "$leader"
+	return 0
+}
+
+# Every shard has a primary with a full sync set (so the first send is accepted).
+wait_primaries() {
+	local i s ok
+	for ((i = 0; i < 600; i++)); do
+		ok=1
+		for s in 0 1 2; do [ -n "$(shard_primary $s)" ] || ok=0; done
+		[ $ok = 1 ] && return 0
+		sleep 0.1
+	done
+	echo "devcluster: not every shard has a primary and $min_copies copies in sync after 60 s" >&2
+	return 1
+}
+
 wait_healthy() {
 	local i n
 	for ((i = 0; i < 300; i++)); do
 		n=$(curl -sf "http://127.0.0.1:$port_router_http/map" 2>/dev/null |
 			jq '[.members[] | select(.healthy)] | length' 2>/dev/null || echo 0)
-		[ "$n" = 6 ] && return 0
+		[ "$n" = $((3 + 3 * copies)) ] && return 0
 		for name in "${names[@]}"; do
 			alive "$name" || { echo "devcluster: $name exited; last lines of its log:" >&2
 				tail -n 20 "$dir/logs/$name.log" >&2; return 1; }
@@ -153,10 +195,13 @@ cmd_up() {
 	make_certs
 	start_one redis
 	wait_port 127.0.0.1 "$port_redis" 10 || die "redis did not start (see $dir/logs/redis.log)"
+	start_one etcd
+	wait_port 127.0.0.1 "$port_etcd" 15 || die "etcd did not start (see $dir/logs/etcd.log)"
 	start_one router
 	wait_port 127.0.0.1 "$port_router_http" 10 || die "router did not start (see $dir/logs/router.log)"
-	for n in keysrv inbox-0 inbox-1 inbox-2 connsrv-0 connsrv-1; do start_one "$n"; done
+	for n in keysrv "${inbox_names[@]}" connsrv-0 connsrv-1; do start_one "$n"; done
 	wait_healthy || exit 1
+	wait_primaries || exit 1
 	for i in 0 1; do wait_port 127.0.0.1 "$(conn_client $i)" 10 || die "connsrv-$i is not listening"; done
 	cat <<MSG
 Sealpost dev cluster is up (state in $dir).
@@ -170,7 +215,11 @@ MSG
 cmd_down() {
 	[ -d "$dir/pids" ] || { echo "devcluster: nothing running"; return 0; }
 	local name f pid
-	for name in connsrv-1 connsrv-0 inbox-2 inbox-1 inbox-0 keysrv router redis; do
+	local order=(connsrv-1 connsrv-0)
+	for ((k = ${#inbox_names[@]} - 1; k >= 0; k--)); do order+=("${inbox_names[$k]}"); done
+	order+=(keysrv router etcd redis)
+	# Stop every copy name there could be, whatever COPIES is now.
+	for name in "${order[@]}" inbox-{0,1,2}{a,b,c}; do
 		f=$(pidfile "$name")
 		[ -f "$f" ] || continue
 		pid=$(cat "$f")
@@ -190,6 +239,16 @@ cmd_status() {
 		if alive "$name"; then echo "$name running (pid $(cat "$(pidfile "$name")"))"; else echo "$name stopped"; fi
 	done
 	curl -sf "http://127.0.0.1:$port_router_http/map" 2>/dev/null | jq -r '.members[] | "  \(.name) healthy=\(.healthy) draining=\(.draining // false)"' 2>/dev/null || true
+	echo "inbox copies (from each copy's /metrics):"
+	local m role epoch applied flushed lag
+	for name in "${inbox_names[@]}"; do
+		m=$(curl -sf "http://127.0.0.1:$(inbox_metrics "$name")/metrics" 2>/dev/null) || { echo "  $name: no answer"; continue; }
+		metric() { printf '%s\n' "$m" | awk -v k="$1" '$1 == k {print $2; exit}'; }
+		case $(metric sp_inbox_repl_role) in 1) role=replica ;; 2) role=promoting ;; 3) role=PRIMARY ;; *) role=none ;; esac
+		epoch=$(metric sp_inbox_repl_epoch) applied=$(metric sp_inbox_repl_applied_lsn)
+		flushed=$(metric sp_inbox_repl_flushed_lsn) lag=$(metric sp_inbox_repl_lag_ms)
+		printf '  %-9s %-9s epoch=%s applied=%s flushed=%s lag_ms=%s\n' "$name" "$role" "$epoch" "$applied" "$flushed" "$lag"
+	done
 }
 
 case ${1:-} in
