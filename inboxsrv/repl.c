@@ -465,10 +465,15 @@ serve_fetch(inbox_repl *r, const sp_frame *f)
 	if (r->sync && r->epoch == my_epoch) {
 		int rc = repl_sync_ack(r->sync, name, inc.p, acked, now);
 		if (rc == SP_ENOTFOUND) {
+			/* A new storage incarnation of a known name: the copy lost its data dir
+			 * (a name runs as one process, and this one revoked the old one's lease),
+			 * so the old incarnation holds nothing any more and it joins afresh. In
+			 * etcd the old entry stays until the new one replaces it (manage_sync):
+			 * until then no copy can campaign under that name. */
 			repl_sync_info info;
-			if (repl_sync_member(r->sync, name, &info) == SP_ENOTFOUND
-			    && repl_sync_add(r->sync, name, inc.p, repl_log_flushed(r->log), now)
-				== SP_OK) {
+			if (repl_sync_member(r->sync, name, &info) == SP_OK)
+				repl_sync_remove(r->sync, name);
+			if (repl_sync_add(r->sync, name, inc.p, repl_log_flushed(r->log), now) == SP_OK) {
 				sp_info("repl %s: %s joins at barrier %" PRIu64, r->group, name,
 				    repl_log_flushed(r->log));
 				repl_sync_ack(r->sync, name, inc.p, acked, now);
@@ -850,7 +855,7 @@ view_has(const repl_ha_view *v, const char *name, const uint8_t *inc, bool match
 	return false;
 }
 
-/* Writes a new sync set to etcd: the view's, without `drop` or with `add`. */
+/* Writes a new sync set to etcd: the view's, without `drop` and/or with `add`. */
 static int
 change_sync(inbox_repl *r, repl_ha_view *view, const char *drop, const repl_sync_info *add)
 {
@@ -869,13 +874,14 @@ change_sync(inbox_repl *r, repl_ha_view *view, const char *drop, const repl_sync
 		n++;
 	}
 	int rc = repl_ha_sync_set(r->ha, view, ids, n);
+	const char *what = drop && add ? "renewing" : drop ? "without" : "with";
 	if (rc == SP_OK) {
 		sp_metric_inc(inbox_m.repl_sync_changes);
-		sp_info("repl %s: sync set %s %s (%zu copies)", r->group, drop ? "without" : "with",
-		    drop ? drop : add->name, n);
+		sp_info("repl %s: sync set %s %s (%zu copies)", r->group, what, drop ? drop : add->name,
+		    n);
 	} else {
-		sp_warn_rl("repl %s: sync-set change (%s %s) not written: %s", r->group,
-		    drop ? "drop" : "add", drop ? drop : add->name, sp_strerror(rc));
+		sp_warn_rl("repl %s: sync-set change (%s %s) not written: %s", r->group, what,
+		    drop ? drop : add->name, sp_strerror(rc));
 	}
 	return rc;
 }
@@ -908,8 +914,14 @@ manage_sync(inbox_repl *r, int64_t epoch)
 	 * write is acknowledged without it while etcd still names it a candidate. */
 	for (size_t i = 0; i < nlag; i++) {
 		int rc = SP_OK;
-		if (view_has(view, lag[i].name, NULL, false))
+		if (view_has(view, lag[i].name, NULL, false)) {
+			/* Below min-copies nothing commits with or without it, and kept it stays a
+			 * candidate holding every acknowledged write: if this primary dies too,
+			 * the shard can still fail over to it (rule 8). */
+			if (view->sync.n - 1 < r->cfg.min_copies)
+				continue;
 			rc = change_sync(r, view, lag[i].name, NULL);
+		}
 		if (rc == SP_OK) {
 			pthread_mutex_lock(&r->lock);
 			if (r->sync && r->epoch == epoch && repl_sync_remove(r->sync, lag[i].name) == SP_OK)
@@ -926,9 +938,10 @@ manage_sync(inbox_repl *r, int64_t epoch)
 	for (size_t i = 0; i < nmem; i++) {
 		if (mem[i].state != REPL_SYNC_MEMBER || view_has(view, mem[i].name, mem[i].incarnation, true))
 			continue;
-		if (view_has(view, mem[i].name, NULL, false))
-			continue; /* an old incarnation is named: it goes first, as lagging */
-		change_sync(r, view, NULL, &mem[i]);
+		/* A new incarnation of a named copy replaces the old entry in one transaction:
+		 * the set never shrinks below what it held (rule 8). */
+		change_sync(r, view, view_has(view, mem[i].name, NULL, false) ? mem[i].name : NULL,
+		    &mem[i]);
 		break;
 	}
 	sp_metric_set(inbox_m.repl_sync_size, (int64_t)view->sync.n);

@@ -227,6 +227,42 @@ find_primary(int timeout_ms)
 	return -1;
 }
 
+#define PENDING_DEVICE 9990
+static const uint8_t pending_id[16] = { 0xaa, 0xbb, 1, 2, 3 };
+static int pending_rc;
+
+/* Sends one append to the copy given and waits long for its answer. */
+static void *
+pending_append(void *arg)
+{
+	shard *c = arg;
+	nng_socket s = shard_connect(c, 20000);
+	uint8_t env[8] = { 3 };
+	sp_frame f, rep;
+	nng_msg *m;
+	append_frame(&f, PENDING_DEVICE, pending_id, 1, env, sizeof(env));
+	pending_rc = call(s, &f, &rep, &m);
+	call_done(&rep, m);
+	nng_close(s);
+	return NULL;
+}
+
+/* Entries of `device` the copy serves (FETCH from 0). */
+static uint32_t
+count_on(nng_socket s, uint64_t device)
+{
+	sp_frame f, rep;
+	nng_msg *m;
+	sp_frame_init(&f, SP_T_FETCH, 1, true);
+	sp_frame_set_u64(&f, SP_F_DEVICE, device);
+	sp_frame_set_u64(&f, SP_F_AFTER_SEQ, 0);
+	int rc = call(s, &f, &rep, &m);
+	CHECK(rc == SP_OK && rep.type == SP_T_ENTRIES_R, "fetch: %s", sp_strerror(rc));
+	uint32_t n = sp_frame_get(&rep, SP_F_ENTRIES)->rs.n;
+	call_done(&rep, m);
+	return n;
+}
+
 typedef struct found {
 	uint64_t msg, seq;
 } found;
@@ -443,6 +479,55 @@ main(void)
 	p = find_primary(15000);
 	CHECK(p >= 0, "no primary after the pause");
 	verify(p, "after a paused primary");
+
+	/* Rules 1 and 2. With both replicas stopped an append is logged on the primary but
+	 * not committed: FETCH does not show it and a retry of its msg_id is not answered
+	 * from the dedup record. The primary dies; a replica takes over; the old primary,
+	 * restarted, truncates the suffix nobody acknowledged; the append sent again is
+	 * stored once. */
+	{
+		int r1 = (p + 1) % COPIES, r2 = (p + 2) % COPIES;
+		kill(C[r1].pid, SIGSTOP);
+		kill(C[r2].pid, SIGSTOP);
+		pthread_t th;
+		CHECK(pthread_create(&th, NULL, pending_append, &C[p]) == 0, "thread");
+		usleep(400000);
+		nng_socket s = shard_connect(&C[p], 3000);
+		CHECK(count_on(s, PENDING_DEVICE) == 0, "an uncommitted append is visible to FETCH");
+		uint8_t env[8] = { 3 };
+		sp_frame f, rep;
+		nng_msg *m;
+		append_frame(&f, PENDING_DEVICE, pending_id, 1, env, sizeof(env));
+		int rc = call(s, &f, &rep, &m);
+		call_done(&rep, m);
+		CHECK(rc != SP_OK, "a retry of an uncommitted append was answered from the dedup record");
+		printf("rule 1: uncommitted append invisible; its retry answered %s\n", sp_strerror(rc));
+		nng_close(s);
+		shard_reap(&C[p], SIGKILL);
+		kill(C[r1].pid, SIGCONT);
+		kill(C[r2].pid, SIGCONT);
+		pthread_join(th, NULL);
+		CHECK(pending_rc != SP_OK, "the append to the killed primary was acknowledged");
+		copy_start(p);
+		np = find_primary(30000);
+		CHECK(np >= 0 && np != p, "no failover after the primary with a pending suffix died");
+		uint64_t t1 = sp_mono_ns() / 1000000;
+		while (!log_has(&C[p], "truncating after")) {
+			CHECK(sp_mono_ns() / 1000000 - t1 < 15000,
+			    "the old primary did not truncate its unacknowledged suffix");
+			usleep(50000);
+		}
+		s = shard_connect(&C[np], 3000);
+		append_frame(&f, PENDING_DEVICE, pending_id, 1, env, sizeof(env));
+		CHECK((rc = call(s, &f, &rep, &m)) == SP_OK, "append again: %s", sp_strerror(rc));
+		call_done(&rep, m);
+		CHECK(count_on(s, PENDING_DEVICE) == 1, "the append is not stored exactly once");
+		nng_close(s);
+		printf("rule 2: the old primary truncated its suffix; the append is stored once on %s\n",
+		    names[np]);
+		p = np;
+		verify(p, "after a lost uncommitted suffix");
+	}
 
 	/* A copy whose data dir is lost rebuilds from the primary's log and joins the sync
 	 * set; then the two others die and the third comes back empty: only the rebuilt copy
