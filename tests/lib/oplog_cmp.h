@@ -47,7 +47,8 @@ oplog_cmp_op(const inbox_op *a, const inbox_op *b, bool seqs)
 		for (uint32_t i = 0; i < x->ntargets; i++) {
 			const inbox_target *s = &x->targets[i], *t = &y->targets[i];
 			if (s->device != t->device || (seqs && s->seq != t->seq)
-			    || !oplog_cmp_bytes(s->ct, s->ct ? s->ct_len : 0, t->ct, t->ct ? t->ct_len : 0))
+			    || !oplog_cmp_bytes(
+			        s->ct, s->ct ? s->ct_len : 0, t->ct, t->ct ? t->ct_len : 0))
 				return false;
 		}
 		return true;

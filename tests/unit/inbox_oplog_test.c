@@ -452,8 +452,8 @@ same_state(void)
 
 /* A new (primary-style) append of `msg` from `from_device` to `device` on store s. */
 static inbox_target
-fresh_append(inbox_store *s, uint64_t device, uint64_t from_device, uint64_t msg,
-    const char *body, uint64_t now)
+fresh_append(inbox_store *s, uint64_t device, uint64_t from_device, uint64_t msg, const char *body,
+    uint64_t now)
 {
 	inbox_op op;
 	inbox_target t;
@@ -478,7 +478,8 @@ write_seeds(void)
 	for (size_t i = 0; i < nrecs; i++) {
 		if (!recs[i].name)
 			continue;
-		snprintf(path, sizeof(path), "%s/tests/fuzz/corpus/oplog_fuzz/%s", root, recs[i].name);
+		snprintf(
+		    path, sizeof(path), "%s/tests/fuzz/corpus/oplog_fuzz/%s", root, recs[i].name);
 		FILE *f = fopen(path, "wb");
 		ck_assert_ptr_nonnull(f);
 		ck_assert_uint_eq(fwrite(recs[i].p, 1, recs[i].len, f), recs[i].len);
@@ -757,8 +758,8 @@ START_TEST(every_truncation_is_refused)
 		ck_assert_int_eq(decode_copy(recs[i].p, recs[i].len), SP_OK);
 		for (size_t n = 0; n < recs[i].len; n++, prefixes++) {
 			int rc = decode_copy(recs[i].p, n);
-			ck_assert_msg(rc == SP_ETRUNC, "record %zu (kind %u), %zu of %zu bytes: %s", i,
-			    recs[i].p[1], n, recs[i].len, sp_strerror(rc));
+			ck_assert_msg(rc == SP_ETRUNC, "record %zu (kind %u), %zu of %zu bytes: %s",
+			    i, recs[i].p[1], n, recs[i].len, sp_strerror(rc));
 		}
 	}
 	ck_assert_uint_gt(prefixes, 1000);
