@@ -4,6 +4,11 @@
 #include "oplog.h"
 #include "sp_bytes.h"
 #include "sp_error.h"
+#include "sp_proto.h"
+#include "store_internal.h"
+
+_Static_assert(INBOX_OPLOG_MAX_TARGETS < 1u << TARGET_BITS, "a record the store cannot apply");
+_Static_assert(INBOX_OPLOG_MAX_TARGETS >= SP_MAX_FANOUT_DEVICES, "a batch the oplog refuses");
 
 #define FLAG_GROUP 1
 #define FLAG_SHARED 2
@@ -354,8 +359,11 @@ int
 inbox_oplog_check(const inbox_oplog_rec *rec)
 {
 	const inbox_op *op = &rec->op;
+	/* A refused APPEND (LSN, seq or body id mismatch) may leave its targets as decoded. */
+	if (op->rc != SP_OK)
+		return SP_EMISMATCH;
 	if (op->kind != INBOX_OP_APPEND)
-		return op->rc == SP_OK ? SP_OK : SP_EMISMATCH;
+		return SP_OK;
 	for (uint32_t i = 0; i < op->append.ntargets; i++) {
 		const inbox_target *t = &op->append.targets[i];
 		uint8_t got = t->rc != SP_OK ? OUT_FULL : t->dup ? OUT_DUP : OUT_STORED;

@@ -29,7 +29,9 @@
 #include "store.h"
 
 #define INBOX_OPLOG_VERSION 1
-#define INBOX_OPLOG_MAX_TARGETS 65536 /* below 1 << TARGET_BITS of the store */
+/* The most targets the store applies in one op (fewer than 1 << TARGET_BITS): a record
+ * with more could never be replayed. */
+#define INBOX_OPLOG_MAX_TARGETS 8191
 #define INBOX_OPLOG_MAX_LIST 65536 /* ACK seqs, BLOB_DONE devices */
 
 /* Bytes inbox_oplog_encode will write for `op`. */
@@ -56,8 +58,9 @@ typedef struct inbox_oplog_rec {
 int inbox_oplog_decode(const uint8_t *p, size_t len, inbox_oplog_rec *out);
 void inbox_oplog_fini(inbox_oplog_rec *rec);
 
-/* After applying rec->op on a replica: SP_OK if each target's outcome (stored / duplicate /
- * full, and its seq) is the recorded one, else SP_EMISMATCH. */
+/* After applying rec->op on a replica: SP_OK if the op was applied (rec->op.rc is SP_OK)
+ * and each target's outcome (stored / duplicate / full, and its seq) is the recorded one,
+ * else SP_EMISMATCH. */
 int inbox_oplog_check(const inbox_oplog_rec *rec);
 
 #endif

@@ -13,8 +13,9 @@ for f in "$build"/fuzz/*_fuzz; do
 	mkdir -p "$corpus"
 	seeds=()
 	[ -d "tests/fuzz/corpus/$name" ] && seeds+=("tests/fuzz/corpus/$name")
-	# The malformed-frame fixtures seed the frame decoder's fuzzer too.
+	# The malformed-frame (and -record) fixtures seed their decoder's fuzzer too.
 	[ "$name" = frame_fuzz ] && seeds+=("tests/fixtures/frames")
+	[ "$name" = oplog_fuzz ] && seeds+=("tests/fixtures/oplog_malformed")
 	echo "fuzz: $name for ${secs}s"
 	if "$f" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
 		-artifact_prefix="$build/" "$corpus" "${seeds[@]}" >"$build/$name.log" 2>&1; then
