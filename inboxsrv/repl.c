@@ -294,7 +294,7 @@ hook_replicate(void *arg, inbox_req *batch)
 		uint8_t *buf = len ? malloc(len) : NULL;
 		if (!buf) {
 			free_recs(recs, n);
-			return SP_ENOMEM;
+			return len ? SP_ENOMEM : SP_EINVAL; /* 0: an op the codec cannot hold */
 		}
 		long w = inbox_oplog_encode(&q->op, buf, len);
 		if (w < 0 || q->op.lsn != prev.lsn + n + 1) {
