@@ -551,11 +551,15 @@ router_map_apply_shard(router_map *m, uint32_t shard, const repl_ha_view *v, uns
 {
 	*what = 0;
 	bool any = false, changed = false, status = false;
-	uint64_t epoch;
-	if (v->leader.present)
-		epoch = (uint64_t)v->leader.epoch;
-	else
-		epoch = (uint64_t)(v->counter > v->sync.epoch ? v->counter : v->sync.epoch);
+	/* Without a leader: the last leader's epoch, max(its create revision, its counter).
+	 * The campaign wrote the counter in the leader key's transaction, so the counter's mod
+	 * revision is that create revision; the sync set's epoch is a floor. */
+	int64_t e = v->leader.present ? v->leader.epoch : v->counter;
+	if (!v->leader.present && v->counter_mod_rev > e)
+		e = v->counter_mod_rev;
+	if (!v->leader.present && v->sync.epoch > e)
+		e = v->sync.epoch;
+	uint64_t epoch = (uint64_t)e;
 	for (size_t i = 0; i < m->n; i++) {
 		router_member *mb = &m->members[i];
 		if (mb->role != SP_ROLE_INBOX || mb->shard != shard)

@@ -106,8 +106,8 @@ size_t router_map_shards(const router_map *m, uint32_t *out, size_t cap);
 /* Applies etcd's view of shard `shard`'s group (inbox-<shard>) to its copies: primary
  * (the leader key names it), in_sync (in the sync set by name; by incarnation too when
  * the copy's status key is there), lsn (its flushed LSN, 0 without a status key) and the
- * shard's epoch (the leader's; with no leader, the highest of the epoch counter and the
- * sync set's epoch, which every reader computes alike). Copies etcd names that are not in
+ * shard's epoch (the leader's; with no leader, the last leader's: max(the epoch counter,
+ * its mod revision, the sync set's epoch), which every reader computes alike). Copies etcd names that are not in
  * the cluster file are ignored. *what gets ROUTER_SHARD_* bits. SP_ENOTFOUND when no
  * member has that shard. */
 struct repl_ha_view;

@@ -467,6 +467,8 @@ START_TEST(test_apply_shard)
 	/* The primary dies: no leader, its status key gone (LSN 0); the shard's epoch stays
 	 * the last one etcd records. */
 	v = view(NULL, 50, ab, 2, abc + 1, lsns + 1, 2);
+	v.counter = 44;
+	v.counter_mod_rev = 50; /* the leader key's create revision */
 	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
 	ck_assert(what & ROUTER_SHARD_CHANGED);
 	ck_assert(!a->primary && !b->primary && a->lsn == 0 && a->shard_epoch == 50);
