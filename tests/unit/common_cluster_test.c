@@ -244,14 +244,14 @@ START_TEST(test_ring_ownership_kept)
 {
 	enum { N = 5 };
 	cdef one[N], many[3 * N];
-	char names[N][16];
+	char names[N][32];
 	const char *old_names[N];
 	for (int i = 0; i < N; i++) {
 		snprintf(names[i], sizeof(names[i]), "inbox-%d", i);
 		one[i] = (cdef){names[i], (uint32_t)i, i % 2 == 0, false};
 		old_names[i] = names[i];
 	}
-	char many_names[3 * N][16];
+	char many_names[3 * N][32];
 	for (int i = 0; i < 3 * N; i++) {
 		snprintf(many_names[i], sizeof(many_names[i]), "inbox-%d%c", i / 3, 'a' + i % 3);
 		many[i] = (cdef){many_names[i], (uint32_t)(i / 3), true, i % 3 == 1};
