@@ -52,6 +52,7 @@ struct router_etcd {
 	pthread_t thread;
 	bool running;
 	atomic_bool stop;
+	sp_metric *m_errors, *m_reachable; /* atomics: updated from the thread */
 
 	/* The mailbox: the latest view of each group not yet applied, under mu. */
 	pthread_mutex_t mu;
@@ -151,6 +152,7 @@ etcd_main(void *arg)
 			int r = repl_ha_read(e->readers[i], &v);
 			if (r) {
 				rc = r;
+				sp_metric_inc(e->m_errors);
 				sp_warn_rl("router: cannot read %s%s/ from etcd: %s; keeping its last view",
 					   e->prefix, e->groups[i], sp_strerror(r));
 				/* A group etcd holds garbage for must not hold up the others; an
@@ -168,6 +170,7 @@ etcd_main(void *arg)
 			watch_rev = min_rev + 1;
 		if (rc) {
 			down = rc != SP_EPROTO;
+			sp_metric_set(e->m_reachable, !down);
 			nap(e, backoff);
 			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 			if (watch_rev == 0)
@@ -176,6 +179,7 @@ etcd_main(void *arg)
 			if (down)
 				sp_info("router: etcd readable again");
 			down = false;
+			sp_metric_set(e->m_reachable, 1);
 			backoff = BACKOFF_MIN_MS;
 		}
 		if (watch_rev == 0 || atomic_load(&e->stop))
@@ -193,6 +197,8 @@ etcd_main(void *arg)
 		} else {
 			sp_warn_rl("router: cannot watch %s in etcd: %s; keeping the last views",
 				   e->prefix, sp_strerror(rc));
+			sp_metric_inc(e->m_errors);
+			sp_metric_set(e->m_reachable, 0);
 			down = true;
 			nap(e, backoff);
 			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
@@ -267,6 +273,10 @@ router_etcd_start(router *r, const char *endpoints, const char *cluster, router_
 		return SP_ENOMEM;
 	e->r = r;
 	e->wake[0] = e->wake[1] = -1;
+	e->m_errors = sp_metric_counter("sp_router_etcd_errors_total",
+					"Failed etcd reads and watches of the shard mirror");
+	e->m_reachable = sp_metric_gauge("sp_router_etcd_reachable",
+					 "1 while the shard mirror's etcd calls succeed");
 	size_t n = router_map_shards(r->map, NULL, 0);
 	e->shards = calloc(n ? n : 1, sizeof(*e->shards));
 	e->groups = calloc(n ? n : 1, sizeof(*e->groups));

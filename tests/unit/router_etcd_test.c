@@ -7,6 +7,7 @@
  * place. Every wait is bounded; only the processes started here are stopped. */
 #include <arpa/inet.h>
 #include <check.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -24,6 +25,7 @@
 #include "repl/ha.h"
 #include "sp_cluster.h"
 #include "sp_error.h"
+#include "sp_etcd.h"
 #include "test_net.h"
 
 static etcd_proc etcd;
@@ -33,6 +35,7 @@ typedef struct rproc {
 	pid_t pid;
 	int http;
 	char rep[64], pub[64];
+	const char *log; /* NULL: the router logs to this test's stderr */
 } rproc;
 
 static void
@@ -102,6 +105,9 @@ router_start(rproc *p, const char *ecluster)
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(1);
+		int fd = p->log ? open(p->log, O_WRONLY | O_CREAT | O_TRUNC, 0644) : -1;
+		if (fd >= 0)
+			dup2(fd, 2);
 		execl(bin, bin, "--cluster-file", cluster_path, a_rep, a_pub, "--http-port", a_http,
 		      a_state, a_etcd, a_cl, "--log-level", "info", (char *)NULL);
 		_exit(127);
@@ -401,6 +407,58 @@ START_TEST(test_mirror)
 }
 END_TEST
 
+/* The router falls behind etcd's compaction (stopped while two shards change and the
+ * history is compacted past the changes): its watch cannot resume, it reads every group
+ * again and shows both changes. */
+START_TEST(test_compacted)
+{
+	char log[128];
+	snprintf(log, sizeof(log), "%s/compact.log", dir);
+	rproc r = {.log = log};
+	router_start(&r, "rt3");
+	sp_cluster *c = observer(&r);
+	want none[] = {{"inbox-0a", false, false, 0, 0}, {"inbox-1a", false, false, 0, 0}};
+	ck_assert(wait_map(c, none, 2));
+	sleep_ms(200); /* into its watch */
+
+	kill(r.pid, SIGSTOP);
+	repl_ha *a0 = copy_new("rt3", "inbox-0", "inbox-0a"), *a1 = copy_new("rt3", "inbox-1", "inbox-1a");
+	copy_publish(a0, REPL_HA_REPLICA, 1);
+	uint64_t e0 = (uint64_t)copy_campaign(a0);
+	copy_publish(a1, REPL_HA_REPLICA, 2);
+	uint64_t e1 = (uint64_t)copy_campaign(a1);
+	/* Something outside the groups, then compact up to it. */
+	sp_etcd *ctl;
+	sp_etcd_cfg ecfg = {.endpoints = etcd.endpoint, .timeout_ms = 2000};
+	ck_assert_int_eq(sp_etcd_new(&ecfg, &ctl), SP_OK);
+	int64_t rev;
+	ck_assert_int_eq(sp_etcd_put(ctl, "/sealpost/rt3/keysrv/x", 22, "y", 1, 0, &rev), SP_OK);
+	ck_assert_int_eq(sp_etcd_put(ctl, "/elsewhere", 10, "y", 1, 0, &rev), SP_OK);
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "ETCDCTL_API=3 etcdctl --endpoints=%s compact %lld >/dev/null",
+		 etcd.endpoint, (long long)rev);
+	ck_assert_int_eq(system(cmd), 0);
+	sleep_ms(1500); /* past its watch window */
+	kill(r.pid, SIGCONT);
+
+	want both[] = {{"inbox-0a", true, true, 1, e0}, {"inbox-1a", true, true, 2, e1}};
+	bool shown = wait_map(c, both, 2);
+	sp_cluster_stop(c);
+	router_stop(&r);
+	snprintf(cmd, sizeof(cmd), "grep -q 'etcd compacted revision' %s", log);
+	bool compacted = system(cmd) == 0;
+	if (!shown || !compacted) {
+		snprintf(cmd, sizeof(cmd), "cat %s >&2", log);
+		ck_assert_int_ge(system(cmd), 0);
+	}
+	ck_assert_msg(shown, "changes made before the compaction never showed");
+	ck_assert_msg(compacted, "the router did not go through the compacted path");
+	sp_etcd_free(ctl);
+	repl_ha_free(a0);
+	repl_ha_free(a1);
+}
+END_TEST
+
 /* etcd dies: the router keeps the last map and goes on answering. Last test: it kills the
  * suite's etcd. */
 START_TEST(test_etcd_gone)
@@ -426,6 +484,9 @@ START_TEST(test_etcd_gone)
 		ck_assert(map_has(c, w, 2, &now_epoch));
 		ck_assert(now_epoch == me); /* nothing republished: nothing changed */
 	}
+	char body[65536];
+	ck_assert_int_eq(http_get(r.http, "/metrics", body, sizeof(body)), 200);
+	ck_assert_msg(strstr(body, "\nsp_router_etcd_reachable 0\n") != NULL, "%s", body);
 	sp_cluster_stop(c);
 	router_stop(&r);
 	repl_ha_free(a);
@@ -455,6 +516,7 @@ main(void)
 	TCase *tc = tcase_create("router_etcd");
 	tcase_set_timeout(tc, 90);
 	tcase_add_test(tc, test_mirror);
+	tcase_add_test(tc, test_compacted);
 	tcase_add_test(tc, test_etcd_gone);
 	suite_add_tcase(s, tc);
 	int rc = check_run(s);
