@@ -145,21 +145,26 @@ etcd_main(void *arg)
 	while (!atomic_load(&e->stop)) {
 		int rc = SP_OK;
 		int64_t min_rev = 0;
+		bool garbage = false;
 		for (size_t i = 0; i < e->n && !atomic_load(&e->stop); i++) {
 			if (!e->stale[i])
 				continue;
 			repl_ha_view v;
 			int r = repl_ha_read(e->readers[i], &v);
 			if (r) {
-				rc = r;
 				sp_metric_inc(e->m_errors);
 				sp_warn_rl("router: cannot read %s%s/ from etcd: %s; keeping its last view",
 					   e->prefix, e->groups[i], sp_strerror(r));
-				/* A group etcd holds garbage for must not hold up the others; an
-				 * unreachable etcd fails them all, so stop trying for now. */
-				if (r != SP_EPROTO)
-					break;
-				continue;
+				/* A group etcd holds garbage for must not hold up the others: it is
+				 * read again when the watch shows it changed (an operator fixed it).
+				 * An unreachable etcd fails them all: stop trying for now. */
+				if (r == SP_EPROTO) {
+					e->stale[i] = false;
+					garbage = true;
+					continue;
+				}
+				rc = r;
+				break;
 			}
 			e->stale[i] = false;
 			if (!min_rev || v.rev < min_rev)
@@ -168,9 +173,16 @@ etcd_main(void *arg)
 		}
 		if (!watch_rev && min_rev)
 			watch_rev = min_rev + 1;
+		if (!rc && !watch_rev && garbage) {
+			/* Every group read was garbage: no revision to watch from; try again
+			 * later. */
+			all_stale(e);
+			nap(e, BACKOFF_MAX_MS);
+			continue;
+		}
 		if (rc) {
-			down = rc != SP_EPROTO;
-			sp_metric_set(e->m_reachable, !down);
+			down = true;
+			sp_metric_set(e->m_reachable, 0);
 			nap(e, backoff);
 			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 			if (watch_rev == 0)

@@ -463,6 +463,14 @@ END_TEST
  * suite's etcd. */
 START_TEST(test_etcd_gone)
 {
+	/* Shard 0's group holds a sync key nobody can parse: it stays unknown, and does not
+	 * keep shard 1 from being mirrored. */
+	sp_etcd *ctl;
+	sp_etcd_cfg ecfg = {.endpoints = etcd.endpoint, .timeout_ms = 2000};
+	ck_assert_int_eq(sp_etcd_new(&ecfg, &ctl), SP_OK);
+	ck_assert_int_eq(sp_etcd_put(ctl, "/sealpost/rt2/inbox-0/sync", 26, "garbage", 7, 0, NULL),
+			 SP_OK);
+	sp_etcd_free(ctl);
 	rproc r = {0};
 	router_start(&r, "rt2");
 	sp_cluster *c = observer(&r);
@@ -473,6 +481,12 @@ START_TEST(test_etcd_gone)
 	ck_assert(wait_map(c, w, 2));
 	uint64_t me = 0;
 	ck_assert(map_has(c, w, 2, &me));
+	json_t *j = map_json(&r);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_member(j, "inbox-0a"), "epoch")), 0);
+	json_decref(j);
+	sp_cluster_map *m = sp_cluster_map_get(c);
+	ck_assert(!sp_cluster_map_find(m, "inbox-0a")->primary);
+	sp_cluster_map_put(m);
 
 	etcd_proc_signal(&etcd, SIGKILL);
 	char p[256];
