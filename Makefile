@@ -66,7 +66,7 @@ ALL_LIBS := $(TIER_LIBS) $(if $(HAVE_CLIENT),$(CLIENT_LIB)) $(COMMON_LIB)
 # link client code); the load generator drives connections through the client library.
 dir_archive = $(if $(filter client client/signal,$(1)),$(CLIENT_LIB),$(call libname,$(1)))
 USES_connsrv  := connsrv
-USES_router   := router
+USES_router   := router repl
 USES_inboxsrv := inboxsrv repl
 USES_keysrv   := keysrv
 USES_client   := client

@@ -1,4 +1,6 @@
+#include <inttypes.h>
 #include <limits.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -38,21 +40,31 @@ sp_cluster_role_parse(const char *name)
 	return -1;
 }
 
+/* An inbox shard: its copies are copies[first .. first + n) of the map, in name order. */
+typedef struct shard_entry {
+	uint32_t num;
+	size_t first, n;
+	size_t target; /* index in members of sp_cluster_map_shard_target's answer */
+} shard_entry;
+
 struct sp_cluster_map {
 	atomic_uint refs;
 	uint64_t epoch;
 	size_t n;
 	sp_cluster_member *members;
 	char *strings; /* every member's strings, NUL-terminated, one block */
-	sp_ring *ring;
-	size_t *ring_member; /* ring index -> index in members */
+	sp_ring *ring; /* ring index i = shards[i] */
+	size_t nshards;
+	shard_entry *shards; /* ascending number */
+	size_t *copies;      /* inbox member indices by (shard, name) */
 };
 
 static void
 map_free(sp_cluster_map *m)
 {
 	sp_ring_free(m->ring);
-	free(m->ring_member);
+	free(m->shards);
+	free(m->copies);
 	free(m->members);
 	free(m->strings);
 	free(m);
@@ -88,6 +100,65 @@ copy_str(const sp_frame *rec, sp_field fld, char **pos, const char **out)
 	return SP_OK;
 }
 
+/* Orders inbox member indices by (shard, name); qsort_r's context is the member array. */
+static int
+copy_cmp(const void *a, const void *b, void *arg)
+{
+	const sp_cluster_member *mb = arg;
+	const sp_cluster_member *x = &mb[*(const size_t *)a], *y = &mb[*(const size_t *)b];
+	if (x->shard != y->shard)
+		return x->shard < y->shard ? -1 : 1;
+	return strcmp(x->name, y->name);
+}
+
+/* Groups the inbox members (m->copies[0..ncopies), any order) into shards, picks each
+ * shard's target and builds the ring over the shards' point names. */
+static int
+build_shards(sp_cluster_map *m, size_t ncopies)
+{
+	qsort_r(m->copies, ncopies, sizeof(*m->copies), copy_cmp, m->members);
+	m->shards = calloc(ncopies ? ncopies : 1, sizeof(*m->shards));
+	char (*names)[24] = calloc(ncopies ? ncopies : 1, sizeof(*names));
+	const char **ptrs = calloc(ncopies ? ncopies : 1, sizeof(*ptrs));
+	int rc = SP_ENOMEM;
+	if (!m->shards || !names || !ptrs)
+		goto out;
+	for (size_t i = 0; i < ncopies; i++) {
+		const sp_cluster_member *mb = &m->members[m->copies[i]];
+		shard_entry *sh = m->nshards ? &m->shards[m->nshards - 1] : NULL;
+		if (!sh || sh->num != mb->shard) {
+			sh = &m->shards[m->nshards++];
+			sh->num = mb->shard;
+			sh->first = i;
+		}
+		sh->n++;
+	}
+	for (size_t k = 0; k < m->nshards; k++) {
+		shard_entry *sh = &m->shards[k];
+		size_t primary = SIZE_MAX, healthy = SIZE_MAX;
+		for (size_t j = sh->first; j < sh->first + sh->n; j++) {
+			const sp_cluster_member *mb = &m->members[m->copies[j]];
+			if (mb->primary && primary == SIZE_MAX)
+				primary = m->copies[j];
+			if (mb->healthy && healthy == SIZE_MAX)
+				healthy = m->copies[j];
+		}
+		sh->target = primary != SIZE_MAX ? primary
+			     : healthy != SIZE_MAX ? healthy
+						   : m->copies[sh->first];
+		/* The point name depends on the shard number only: see sp_cluster_map_ring. */
+		snprintf(names[k], sizeof(names[k]), "inbox-%" PRIu32, sh->num);
+		ptrs[k] = names[k];
+	}
+	rc = sp_ring_new(m->epoch, ptrs, m->nshards, SP_RING_DEFAULT_VNODES, &m->ring);
+	if (rc == SP_EINVAL)
+		rc = SP_EPROTO;
+out:
+	free(names);
+	free(ptrs);
+	return rc;
+}
+
 int
 sp_cluster_map_from_frame(const sp_frame *f, sp_cluster_map **out)
 {
@@ -95,7 +166,6 @@ sp_cluster_map_from_frame(const sp_frame *f, sp_cluster_map **out)
 		return SP_EBADTYPE;
 	const sp_val *v = sp_frame_get(f, SP_F_MEMBERS);
 	size_t n = v ? v->rs.n : 0;
-	const char **inbox_names = NULL;
 	int rc = SP_ENOMEM;
 
 	sp_cluster_map *m = calloc(1, sizeof(*m));
@@ -112,9 +182,8 @@ sp_cluster_map_from_frame(const sp_frame *f, sp_cluster_map **out)
 	}
 	m->members = calloc(n ? n : 1, sizeof(*m->members));
 	m->strings = malloc(bytes);
-	m->ring_member = calloc(n ? n : 1, sizeof(*m->ring_member));
-	inbox_names = calloc(n ? n : 1, sizeof(*inbox_names));
-	if (!m->members || !m->strings || !m->ring_member || !inbox_names)
+	m->copies = calloc(n ? n : 1, sizeof(*m->copies));
+	if (!m->members || !m->strings || !m->copies)
 		goto fail;
 
 	rc = SP_EPROTO;
@@ -139,21 +208,18 @@ sp_cluster_map_from_frame(const sp_frame *f, sp_cluster_map **out)
 		mb->healthy = sp_frame_u64(r, SP_F_HEALTHY) != 0;
 		mb->draining = sp_frame_u64(r, SP_F_DRAINING) != 0;
 		mb->conns = sp_frame_u64(r, SP_F_CONNS);
-		if (mb->role == SP_ROLE_INBOX) {
-			m->ring_member[ninbox] = i;
-			inbox_names[ninbox++] = mb->name;
-		}
+		mb->primary = sp_frame_u64(r, SP_F_PRIMARY) != 0;
+		mb->in_sync = sp_frame_u64(r, SP_F_IN_SYNC) != 0;
+		mb->lsn = sp_frame_u64(r, SP_F_LSN);
+		mb->epoch = sp_frame_u64(r, SP_F_EPOCH);
+		if (mb->role == SP_ROLE_INBOX)
+			m->copies[ninbox++] = i;
 	}
-	rc = sp_ring_new(m->epoch, inbox_names, ninbox, SP_RING_DEFAULT_VNODES, &m->ring);
-	if (rc == SP_EINVAL)
-		rc = SP_EPROTO;
-	if (rc)
+	if ((rc = build_shards(m, ninbox)))
 		goto fail;
-	free(inbox_names);
 	*out = m;
 	return SP_OK;
 fail:
-	free(inbox_names);
 	map_free(m);
 	return rc;
 }
@@ -197,7 +263,7 @@ sp_cluster_map_shard_for(const sp_cluster_map *m, uint64_t device_id)
 	int owner, replica;
 	if (sp_ring_lookup_u64(m->ring, device_id, &owner, &replica))
 		return NULL;
-	return &m->members[m->ring_member[owner]];
+	return &m->members[m->shards[owner].target];
 }
 
 const sp_cluster_member *
@@ -206,7 +272,72 @@ sp_cluster_map_shard_for_key(const sp_cluster_map *m, const void *key, size_t le
 	int owner, replica;
 	if (sp_ring_lookup(m->ring, key, len, &owner, &replica))
 		return NULL;
-	return &m->members[m->ring_member[owner]];
+	return &m->members[m->shards[owner].target];
+}
+
+int
+sp_cluster_map_shard_of(const sp_cluster_map *m, uint64_t device_id, uint32_t *shard)
+{
+	int owner, replica;
+	if (sp_ring_lookup_u64(m->ring, device_id, &owner, &replica))
+		return SP_ENOTFOUND;
+	*shard = m->shards[owner].num;
+	return SP_OK;
+}
+
+int
+sp_cluster_map_shard_of_key(const sp_cluster_map *m, const void *key, size_t len, uint32_t *shard)
+{
+	int owner, replica;
+	if (sp_ring_lookup(m->ring, key, len, &owner, &replica))
+		return SP_ENOTFOUND;
+	*shard = m->shards[owner].num;
+	return SP_OK;
+}
+
+size_t
+sp_cluster_map_shard_count(const sp_cluster_map *m)
+{
+	return m->nshards;
+}
+
+uint32_t
+sp_cluster_map_shard_num(const sp_cluster_map *m, size_t i)
+{
+	return i < m->nshards ? m->shards[i].num : 0;
+}
+
+static const shard_entry *
+find_shard(const sp_cluster_map *m, uint32_t shard)
+{
+	size_t lo = 0, hi = m->nshards;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (m->shards[mid].num < shard)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < m->nshards && m->shards[lo].num == shard ? &m->shards[lo] : NULL;
+}
+
+const sp_cluster_member *
+sp_cluster_map_shard_target(const sp_cluster_map *m, uint32_t shard)
+{
+	const shard_entry *sh = find_shard(m, shard);
+	return sh ? &m->members[sh->target] : NULL;
+}
+
+size_t
+sp_cluster_map_shard_copies(const sp_cluster_map *m, uint32_t shard, const sp_cluster_member **out,
+			    size_t cap)
+{
+	const shard_entry *sh = find_shard(m, shard);
+	if (!sh)
+		return 0;
+	for (size_t j = 0; j < sh->n && j < cap; j++)
+		out[j] = &m->members[m->copies[sh->first + j]];
+	return sh->n;
 }
 
 struct sp_cluster {

@@ -42,16 +42,22 @@ typedef struct sp_cluster_member {
 	const char *addr; /* NNG address other servers use to reach it */
 	const char *host; /* connsrv: client TLS listener */
 	uint16_t port;
-	uint32_t shard; /* inbox: shard number */
+	uint32_t shard; /* inbox: shard number; members sharing one are the shard's copies */
 	bool healthy;
 	bool draining;
 	uint64_t conns; /* as of the map's epoch: not refreshed between epochs */
+	/* Inbox copies, as the router last read etcd (all false/0 when it does not mirror
+	 * etcd): */
+	bool primary;  /* holds the shard's leader key */
+	bool in_sync;  /* in the shard's sync set */
+	uint64_t lsn;  /* flushed LSN it last published (as of the map's epoch, like conns) */
+	uint64_t epoch; /* the shard's epoch */
 } sp_cluster_member;
 
 typedef struct sp_cluster_map sp_cluster_map;
 
 /* Builds a snapshot from a decoded MAP frame (strings are copied: the frame may go away).
- * Duplicate names, a member name the ring refuses or a port above 65535 are SP_EPROTO.
+ * Duplicate names, a port above 65535 or a shard above UINT32_MAX are SP_EPROTO.
  * On SP_OK *out holds one reference, released with sp_cluster_map_put. */
 int sp_cluster_map_from_frame(const sp_frame *map, sp_cluster_map **out);
 
@@ -66,15 +72,38 @@ const sp_cluster_member *sp_cluster_map_member(const sp_cluster_map *m, size_t i
 /* NULL when no member has that name. */
 const sp_cluster_member *sp_cluster_map_find(const sp_cluster_map *m, const char *name);
 
-/* The ring over every inbox member (healthy or not, so that ownership does not move while
- * a shard is briefly down), SP_RING_DEFAULT_VNODES points each, epoch = the map's. */
+/* The ring over every inbox *shard* (healthy or not, so that ownership does not move while
+ * a shard is briefly down), SP_RING_DEFAULT_VNODES points each, epoch = the map's. A
+ * shard's point name is "inbox-<shard>", whatever its copies are called: adding or
+ * removing a copy moves no device, and a one-copy cluster whose members are named
+ * inbox-0, inbox-1, ... with shards 0, 1, ... keeps the ownership it had when the ring was
+ * over member names. Ring index i is the i-th shard in ascending number. */
 const sp_ring *sp_cluster_map_ring(const sp_cluster_map *m);
 
-/* The inbox member that owns a device's queue / a blob id; NULL when there is no inbox
- * member in the map. */
+/* The copy to send a device's queue / a blob id requests to: the owning shard's target
+ * (sp_cluster_map_shard_target); NULL when there is no inbox member in the map. */
 const sp_cluster_member *sp_cluster_map_shard_for(const sp_cluster_map *m, uint64_t device_id);
 const sp_cluster_member *sp_cluster_map_shard_for_key(const sp_cluster_map *m, const void *key,
 						      size_t len);
+
+/* The number of the shard that owns a device / a blob id: SP_OK, or SP_ENOTFOUND when the
+ * map has no inbox member. */
+int sp_cluster_map_shard_of(const sp_cluster_map *m, uint64_t device_id, uint32_t *shard);
+int sp_cluster_map_shard_of_key(const sp_cluster_map *m, const void *key, size_t len,
+				uint32_t *shard);
+
+/* Inbox shards in the map, and the i-th one's number (ascending; i < count). */
+size_t sp_cluster_map_shard_count(const sp_cluster_map *m);
+uint32_t sp_cluster_map_shard_num(const sp_cluster_map *m, size_t i);
+
+/* A shard's target: its primary as the map says; with none named, its first healthy copy
+ * in name order; with none healthy, its first copy. NULL for a shard not in the map. */
+const sp_cluster_member *sp_cluster_map_shard_target(const sp_cluster_map *m, uint32_t shard);
+
+/* A shard's copies in name order: up to `cap` pointers into `out`; returns how many
+ * copies the shard has (0: no such shard), which may exceed cap. */
+size_t sp_cluster_map_shard_copies(const sp_cluster_map *m, uint32_t shard,
+				   const sp_cluster_member **out, size_t cap);
 
 typedef struct sp_cluster sp_cluster;
 

@@ -345,6 +345,36 @@ repl_ha_new(const repl_ha_cfg *cfg, repl_ha **out)
 	return SP_OK;
 }
 
+int
+repl_ha_new_reader(const sp_etcd_cfg *etcd, const char *cluster, const char *group, repl_ha **out)
+{
+	if (!etcd || !valid_name(cluster) || !valid_name(group))
+		return SP_EINVAL;
+	repl_ha *ha = calloc(1, sizeof(*ha));
+	if (!ha)
+		return SP_ENOMEM;
+	ha->reader = true;
+	snprintf(ha->prefix, sizeof(ha->prefix), "/sealpost/%s/%s/", cluster, group);
+	ha->prefix_len = strlen(ha->prefix);
+	if (pthread_mutex_init(&ha->sync_mu, NULL) != 0) {
+		free(ha);
+		return SP_ENOMEM;
+	}
+	if (pthread_mutex_init(&ha->view_mu, NULL) != 0) {
+		pthread_mutex_destroy(&ha->sync_mu);
+		free(ha);
+		return SP_ENOMEM;
+	}
+	/* One client: a reader never changes the sync set. */
+	int rc = sp_etcd_new(etcd, &ha->etcd);
+	if (rc) {
+		repl_ha_free(ha);
+		return rc;
+	}
+	*out = ha;
+	return SP_OK;
+}
+
 void
 repl_ha_free(repl_ha *ha)
 {
@@ -441,6 +471,8 @@ ensure_lease(repl_ha *ha)
 int
 repl_ha_renew(repl_ha *ha)
 {
+	if (ha->reader)
+		return SP_EPERM;
 	if (!ha->lease)
 		return ensure_lease(ha);
 	int64_t sent = repl_ha_now_ms(), ttl;
@@ -474,6 +506,8 @@ repl_ha_epoch(const repl_ha *ha)
 int
 repl_ha_resign(repl_ha *ha)
 {
+	if (ha->reader)
+		return SP_EPERM;
 	int64_t lease = ha->lease;
 	lose_lease(ha);
 	if (!lease)
@@ -487,6 +521,8 @@ repl_ha_resign(repl_ha *ha)
 int
 repl_ha_publish(repl_ha *ha, const repl_ha_status *status)
 {
+	if (ha->reader)
+		return SP_EPERM;
 	if ((unsigned)status->role > REPL_HA_REPLICA || status->epoch < 0 || status->last.epoch < 0)
 		return SP_EINVAL;
 	char *val = copy_json(ha, status);
@@ -568,6 +604,8 @@ max64(int64_t a, int64_t b)
 int
 repl_ha_campaign(repl_ha *ha, const repl_ha_view *view, repl_ha_pos mine, int64_t *epoch)
 {
+	if (ha->reader)
+		return SP_EPERM;
 	if (view->leader.present)
 		return SP_EEXIST;
 	bool new_group = !view->sync.present && view->counter_mod_rev == 0;
@@ -649,6 +687,8 @@ surely_not_applied(int rc)
 int
 repl_ha_sync_set(repl_ha *ha, repl_ha_view *view, const repl_ha_id *members, size_t n)
 {
+	if (ha->reader)
+		return SP_EPERM;
 	if (n == 0 || n > REPL_HA_MAX_COPIES)
 		return SP_EINVAL;
 	bool self = false;

@@ -115,6 +115,13 @@ typedef struct repl_ha_view {
  * to etcd only later. SP_ECONFIG when the settings cannot fence in time (keepalive
  * interval + etcd timeout must stay below TTL - margin). On SP_OK the caller owns *out. */
 int repl_ha_new(const repl_ha_cfg *cfg, repl_ha **out);
+/* A reader of the group: no name, incarnation or lease, for observers such as the router
+ * that mirror a group without being a copy of it. Only repl_ha_read and repl_ha_wait may be
+ * called on it (and repl_ha_free); the calls that act as a copy answer SP_EPERM, and
+ * repl_ha_may_serve is false. `etcd` is copied (timeout_ms 0: sp_etcd's default). On SP_OK
+ * the caller owns *out; SP_EINVAL for a bad cluster or group name. */
+int repl_ha_new_reader(const sp_etcd_cfg *etcd, const char *cluster, const char *group,
+		       repl_ha **out);
 /* Stops the loop if it runs, then frees. Does not revoke the lease: a crash does not
  * either; call repl_ha_resign first for a clean handover. NULL is a no-op. */
 void repl_ha_free(repl_ha *ha);

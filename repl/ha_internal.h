@@ -15,6 +15,7 @@ struct repl_ha {
 	pthread_mutex_t sync_mu;
 	char prefix[REPL_HA_KEY_MAX];
 	size_t prefix_len;
+	bool reader;        /* repl_ha_new_reader: reads and watches only */
 	repl_ha_id self;
 	char url[REPL_HA_URL_MAX + 1];
 	int64_t ttl_s, keepalive_ms, margin_ms, defer_max_ms;

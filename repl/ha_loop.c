@@ -213,6 +213,8 @@ loop_main(void *arg)
 int
 repl_ha_loop_start(repl_ha *ha, const repl_ha_callbacks *cbs)
 {
+	if (ha->reader)
+		return SP_EPERM;
 	if (ha->running)
 		return SP_ESTATE;
 	ha->cbs = *cbs;

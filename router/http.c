@@ -91,8 +91,14 @@ member_json(const router_member *mb, uint64_t now_ms)
 		json_object_set_new(o, "port", json_integer(mb->port));
 		json_object_set_new(o, "draining", json_boolean(mb->draining));
 	}
-	if (mb->role == SP_ROLE_INBOX)
+	if (mb->role == SP_ROLE_INBOX) {
+		/* false/0 until etcd was read for the shard (or without --etcd): unknown. */
 		json_object_set_new(o, "shard", json_integer(mb->shard));
+		json_object_set_new(o, "primary", json_boolean(mb->primary));
+		json_object_set_new(o, "in_sync", json_boolean(mb->in_sync));
+		json_object_set_new(o, "lsn", json_integer((json_int_t)mb->lsn));
+		json_object_set_new(o, "epoch", json_integer((json_int_t)mb->shard_epoch));
+	}
 	if (mb->last_hb)
 		json_object_set_new(o, "last_heartbeat_ms_ago",
 				    json_integer((json_int_t)(now_ms - mb->last_hb)));

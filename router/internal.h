@@ -13,6 +13,7 @@ struct event_base;
 struct event;
 typedef struct router_server router_server;
 typedef struct router_http router_http;
+typedef struct router_etcd router_etcd;
 
 typedef struct router_config {
 	const char *cluster_file;
@@ -22,6 +23,8 @@ typedef struct router_config {
 	const char *http_addr;
 	int http_port; /* 0: any free port */
 	uint64_t heartbeat_timeout_ms;
+	const char *etcd_endpoints; /* NULL: no etcd mirror (every copy's role unknown) */
+	const char *etcd_cluster;   /* NULL: "sealpost" */
 } router_config;
 
 typedef struct router {
@@ -32,6 +35,10 @@ typedef struct router {
 	struct event *sigint, *sigterm;
 	router_server *server;
 	router_http *http;
+	router_etcd *etcd; /* NULL without --etcd */
+	struct event *status_timer; /* republishes LSN-only changes, at most once a second */
+	bool status_pending;
+	uint64_t last_publish_ms;
 	int http_port; /* as bound */
 	uint64_t timeout_ms;
 	sp_metric *m_members[4][2]; /* [role][healthy] */
@@ -44,6 +51,11 @@ uint64_t router_now_ms(void);
 /* After the map changed (epoch bumped): saves the state file (before anyone can see the
  * new epoch), publishes the MAP and updates the gauges. */
 void router_changed(router *r);
+
+/* After LSN-only changes (no epoch bump yet): bumps and publishes once at least a second
+ * has passed since the last publication, so that copies' status updates cannot flood the
+ * members with maps; any publication before then carries them anyway. */
+void router_status_changed(router *r);
 
 /* Sets up everything from `cfg`; on SP_ECONFIG `err` says why. On SP_OK *out is the
  * caller's: router_run, then router_free. */
@@ -60,6 +72,14 @@ int router_server_publish(router_server *s, const router_map *m);
 void router_server_free(router_server *s);
 /* Whether the REP socket has a handler for frame type `type`. */
 bool router_server_serves(unsigned type);
+
+/* The etcd mirror (etcd.c): a thread that reads and watches every inbox shard's group
+ * under /sealpost/<cluster>/ and applies each fresh view on the loop. SP_ECONFIG with
+ * `err` set for bad endpoints or cluster name. On SP_OK *out is the caller's. */
+int router_etcd_start(router *r, const char *endpoints, const char *cluster, router_etcd **out,
+		      char *err, size_t errlen);
+/* Stops and joins the thread (within about a second), then frees. NULL is a no-op. */
+void router_etcd_free(router_etcd *e);
 
 /* HTTP side (http.c): /where, /map, /drain, /undrain, /health, /metrics. *bound_port is
  * the port actually bound (useful with port 0). */

@@ -12,6 +12,7 @@ int
 main(int argc, char **argv)
 {
 	char *cluster_file, *state_file, *listen_url, *publish_url, *http_addr, *log_level;
+	char *etcd, *etcd_cluster;
 	long long http_port, timeout;
 	bool log_json;
 	char err[512];
@@ -30,6 +31,11 @@ main(int argc, char **argv)
 		{"heartbeat-timeout", SP_CT_INT, &timeout, "3000",
 		 "ms without a heartbeat before a member is unhealthy (members beat every 1000)", 1500,
 		 3600000},
+		{"etcd", SP_CT_STR, &etcd, NULL,
+		 "etcd endpoints (http://host:port,...) to mirror each inbox shard's primary, sync "
+		 "set and epoch from; without it every copy's role is unknown", 0, 0},
+		{"etcd-cluster", SP_CT_STR, &etcd_cluster, "sealpost",
+		 "the cluster's name in etcd keys (/sealpost/<name>/inbox-<shard>/...)", 0, 0},
 		{"log-level", SP_CT_STR, &log_level, "info", "debug, info, warn or error", 0, 0},
 		{"log-json", SP_CT_BOOL, &log_json, "false", "log JSON lines", 0, 0},
 		{NULL, 0, NULL, NULL, NULL, 0, 0},
@@ -63,6 +69,8 @@ main(int argc, char **argv)
 		.http_addr = http_addr,
 		.http_port = (int)http_port,
 		.heartbeat_timeout_ms = (uint64_t)timeout,
+		.etcd_endpoints = etcd && etcd[0] ? etcd : NULL,
+		.etcd_cluster = etcd_cluster,
 	};
 	router *r;
 	if ((rc = router_new(&cfg, &r, err, sizeof(err)))) {

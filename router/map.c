@@ -11,6 +11,7 @@
 #include <ini.h>
 
 #include "map.h"
+#include "repl/ha.h"
 #include "sp_cluster.h"
 #include "sp_error.h"
 #include "sp_frame.h"
@@ -193,6 +194,9 @@ on_entry(void *user, const char *section, const char *key, const char *value)
 	return 1;
 }
 
+static int pack_map(const router_map *m, uint64_t id, bool has_id, bool widest,
+		    msgpack_sbuffer *sb);
+
 /* Rules across keys and members, checked once the whole file is read. Returns true when
  * they hold; otherwise the error is set. */
 static bool
@@ -221,12 +225,15 @@ validate(parse_ctx *c)
 			return !fail(c, "an inbox needs 'shard' (its shard number)");
 		if (mb->role != SP_ROLE_INBOX && (seen & K_SHARD))
 			return !fail(c, "'shard' is only for an inbox");
+		size_t copies = 1;
 		for (size_t j = 0; j < i; j++) {
 			router_member *o = &m->members[j];
+			if (mb->role == SP_ROLE_INBOX && o->role == SP_ROLE_INBOX && o->shard == mb->shard &&
+			    ++copies > REPL_HA_MAX_COPIES)
+				return !fail(c, "shard %" PRIu32 " has more than %d copies", mb->shard,
+					     REPL_HA_MAX_COPIES);
 			if (strcmp(o->addr, mb->addr) == 0)
 				return !fail(c, "addr %s is also [%s]'s", mb->addr, o->name);
-			if (mb->role == SP_ROLE_INBOX && o->role == SP_ROLE_INBOX && o->shard == mb->shard)
-				return !fail(c, "shard number is also [%s]'s", o->name);
 			if (mb->role == SP_ROLE_CONNSRV && o->role == SP_ROLE_CONNSRV &&
 			    o->port == mb->port && strcmp(o->host, mb->host) == 0)
 				return !fail(c, "client address is also [%s]'s", o->name);
@@ -235,7 +242,8 @@ validate(parse_ctx *c)
 	c->cur = NULL;
 	msgpack_sbuffer sb;
 	msgpack_sbuffer_init(&sb);
-	int rc = router_map_pack(m, 0, false, &sb);
+	/* As large as the map can grow: with every etcd field at its widest. */
+	int rc = pack_map(m, 0, false, true, &sb);
 	msgpack_sbuffer_destroy(&sb);
 	if (rc) {
 		return !fail(c, "the map of %zu members does not fit in one frame: %s", m->n,
@@ -506,8 +514,108 @@ router_map_where(router_map *m)
 	return best;
 }
 
+size_t
+router_map_shards(const router_map *m, uint32_t *out, size_t cap)
+{
+	size_t n = 0;
+	uint32_t last = 0;
+	/* Ascending by selection: at most 256 members, so quadratic is nothing. */
+	for (;;) {
+		bool found = false;
+		uint32_t next = 0;
+		for (size_t i = 0; i < m->n; i++) {
+			const router_member *mb = &m->members[i];
+			if (mb->role != SP_ROLE_INBOX || (n && mb->shard <= last))
+				continue;
+			if (!found || mb->shard < next)
+				next = mb->shard;
+			found = true;
+		}
+		if (!found)
+			return n;
+		if (n < cap)
+			out[n] = next;
+		n++;
+		last = next;
+	}
+}
+
+static bool
+id_match(const repl_ha_id *a, const repl_ha_id *b)
+{
+	return a->inc_len == b->inc_len && memcmp(a->inc, b->inc, a->inc_len) == 0;
+}
+
+int
+router_map_apply_shard(router_map *m, uint32_t shard, const repl_ha_view *v, unsigned *what)
+{
+	*what = 0;
+	bool any = false, changed = false, status = false;
+	/* Without a leader: the last leader's epoch, max(its create revision, its counter).
+	 * The campaign wrote the counter in the leader key's transaction, so the counter's mod
+	 * revision is that create revision; the sync set's epoch is a floor. */
+	int64_t e = v->leader.present ? v->leader.epoch : v->counter;
+	if (!v->leader.present && v->counter_mod_rev > e)
+		e = v->counter_mod_rev;
+	if (!v->leader.present && v->sync.epoch > e)
+		e = v->sync.epoch;
+	uint64_t epoch = (uint64_t)e;
+	for (size_t i = 0; i < m->n; i++) {
+		router_member *mb = &m->members[i];
+		if (mb->role != SP_ROLE_INBOX || mb->shard != shard)
+			continue;
+		any = true;
+		const repl_ha_copy *copy = NULL;
+		for (size_t k = 0; k < v->ncopies && !copy; k++)
+			if (strcmp(v->copies[k].id.name, mb->name) == 0)
+				copy = &v->copies[k];
+		bool primary = v->leader.present && v->leader.parsed &&
+			       strcmp(v->leader.id.name, mb->name) == 0;
+		bool in_sync = false;
+		for (size_t k = 0; v->sync.present && k < v->sync.n && !in_sync; k++)
+			/* A copy whose status shows another incarnation (a new data dir under the
+			 * same name) is not the one the sync set names. */
+			in_sync = strcmp(v->sync.members[k].name, mb->name) == 0 &&
+				  (!copy || id_match(&v->sync.members[k], &copy->id));
+		uint64_t lsn = copy ? copy->status.flushed_lsn : 0;
+		if (!mb->repl_known || mb->primary != primary || mb->in_sync != in_sync ||
+		    mb->shard_epoch != epoch)
+			changed = true;
+		else if (mb->lsn != lsn)
+			status = true;
+		mb->repl_known = true;
+		mb->primary = primary;
+		mb->in_sync = in_sync;
+		mb->lsn = lsn;
+		mb->shard_epoch = epoch;
+	}
+	if (!any)
+		return SP_ENOTFOUND;
+	if (changed) {
+		bump(m);
+		*what |= ROUTER_SHARD_CHANGED;
+	}
+	if (status)
+		*what |= ROUTER_SHARD_STATUS;
+	return SP_OK;
+}
+
+void
+router_map_bump(router_map *m)
+{
+	bump(m);
+}
+
 int
 router_map_pack(const router_map *m, uint64_t id, bool has_id, msgpack_sbuffer *sb)
+{
+	return pack_map(m, id, has_id, false, sb);
+}
+
+/* The MAP frame; `widest` packs every etcd field of every inbox copy at its largest
+ * value, to check at start that the map can always fit in one frame. */
+static int
+pack_map(const router_map *m, uint64_t id, bool has_id, bool widest, msgpack_sbuffer *sb)
 {
 	sp_frame f;
 	sp_frame *recs = calloc(m->n ? m->n : 1, sizeof(*recs));
@@ -527,6 +635,13 @@ router_map_pack(const router_map *m, uint64_t id, bool has_id, msgpack_sbuffer *
 		}
 		if (mb->role == SP_ROLE_INBOX)
 			sp_frame_set_u64(r, SP_F_SHARD, mb->shard);
+		/* Absent until etcd was read: "unknown", and an old map stays byte-identical. */
+		if (mb->role == SP_ROLE_INBOX && (mb->repl_known || widest)) {
+			sp_frame_set_bool(r, SP_F_PRIMARY, mb->primary);
+			sp_frame_set_bool(r, SP_F_IN_SYNC, mb->in_sync);
+			sp_frame_set_u64(r, SP_F_LSN, widest ? UINT64_MAX : mb->lsn);
+			sp_frame_set_u64(r, SP_F_EPOCH, widest ? UINT64_MAX : mb->shard_epoch);
+		}
 		sp_frame_set_bool(r, SP_F_HEALTHY, mb->healthy);
 		sp_frame_set_u64(r, SP_F_CONNS, mb->conns);
 	}

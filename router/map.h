@@ -33,11 +33,19 @@ typedef struct router_member {
 	uint64_t conns;  /* as last heartbeated */
 	uint64_t placed; /* clients sent here by /where since that heartbeat */
 	uint64_t last_hb; /* ms (caller's clock) of the last heartbeat; 0: never */
+	/* Inbox copies, as etcd last said (router_map_apply_shard); all unset until then. */
+	bool repl_known;      /* etcd has been read for this copy's shard */
+	bool primary;         /* holds the shard's leader key */
+	bool in_sync;         /* in the shard's sync set (name, and incarnation when known) */
+	uint64_t lsn;         /* flushed LSN from its copies/ key; 0 when it has none */
+	uint64_t shard_epoch; /* the shard's epoch */
 } router_member;
 
 typedef struct router_map router_map;
 
 /* Loads a cluster file (INI: one section per member; keys role, addr, client, shard).
+ * Inbox members that share a shard number are that shard's copies (at most
+ * REPL_HA_MAX_COPIES each).
  * router_map_parse does the same from text, `src` naming it in messages. Every member
  * starts unhealthy, epoch 0 (see router_map_state_load). On SP_ECONFIG `err` holds a
  * one-line message. On SP_OK *out is the caller's (router_map_free). */
@@ -84,6 +92,30 @@ int router_map_set_draining(router_map *m, const char *name, bool draining, bool
  * already sent to it since its last heartbeat, so a burst spreads out; ties go to the
  * first in the cluster file), or NULL. Counts the placement. */
 const router_member *router_map_where(router_map *m);
+
+/* The distinct inbox shard numbers, ascending: up to `cap` into `out`; returns how many
+ * there are. */
+size_t router_map_shards(const router_map *m, uint32_t *out, size_t cap);
+
+/* What router_map_apply_shard found. */
+#define ROUTER_SHARD_CHANGED 1 /* a primary, sync set membership or epoch changed (or etcd
+				  was read for the first time): the epoch was bumped */
+#define ROUTER_SHARD_STATUS 2  /* only LSNs changed: no bump (the caller republishes
+				  them at its own pace, router_map_bump) */
+
+/* Applies etcd's view of shard `shard`'s group (inbox-<shard>) to its copies: primary
+ * (the leader key names it), in_sync (in the sync set by name; by incarnation too when
+ * the copy's status key is there), lsn (its flushed LSN, 0 without a status key) and the
+ * shard's epoch (the leader's; with no leader, the last leader's: max(the epoch counter,
+ * its mod revision, the sync set's epoch), which every reader computes alike). Copies etcd names that are not in
+ * the cluster file are ignored. *what gets ROUTER_SHARD_* bits. SP_ENOTFOUND when no
+ * member has that shard. */
+struct repl_ha_view;
+int router_map_apply_shard(router_map *m, uint32_t shard, const struct repl_ha_view *v,
+			   unsigned *what);
+
+/* Bumps the epoch (after changes that do not bump it themselves: LSNs). */
+void router_map_bump(router_map *m);
 
 /* Appends the MAP frame (with request id `id` when has_id) to `sb`. SP_OK or the codec's
  * error (SP_ETOOBIG: the map does not fit in one frame). */

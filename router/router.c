@@ -35,9 +35,17 @@ update_gauges(router *r)
 	sp_metric_set(r->m_epoch, (int64_t)router_map_epoch(r->map));
 }
 
+#define STATUS_REPUBLISH_MS 1000
+
 void
 router_changed(router *r)
 {
+	/* This publication carries every pending LSN. */
+	r->last_publish_ms = router_now_ms();
+	if (r->status_pending) {
+		r->status_pending = false;
+		event_del(r->status_timer);
+	}
 	int rc = router_map_state_save(r->map, r->state_path);
 	if (rc)
 		sp_error("cannot save %s: %s (a restart may reuse epochs up to %llu)", r->state_path,
@@ -48,6 +56,41 @@ router_changed(router *r)
 	else
 		sp_metric_inc(r->m_publishes);
 	update_gauges(r);
+}
+
+static void
+publish_status(router *r)
+{
+	router_map_bump(r->map);
+	router_changed(r);
+}
+
+static void
+on_status_timer(evutil_socket_t fd, short what, void *arg)
+{
+	router *r = arg;
+	(void)fd;
+	(void)what;
+	if (r->status_pending)
+		publish_status(r);
+}
+
+void
+router_status_changed(router *r)
+{
+	if (r->status_pending)
+		return; /* the timer will carry this one too */
+	uint64_t now = router_now_ms(), due = r->last_publish_ms + STATUS_REPUBLISH_MS;
+	if (now >= due) {
+		publish_status(r);
+		return;
+	}
+	uint64_t wait = due - now;
+	struct timeval tv = {(time_t)(wait / 1000), (suseconds_t)(wait % 1000) * 1000};
+	if (event_add(r->status_timer, &tv) == 0)
+		r->status_pending = true;
+	else
+		publish_status(r); /* cannot wait: publish now rather than never */
 }
 
 static void
@@ -149,8 +192,14 @@ router_new(const router_config *cfg, router **out, char *err, size_t errlen)
 	r->tick = event_new(r->base, -1, EV_PERSIST, on_tick, r);
 	r->sigint = evsignal_new(r->base, SIGINT, on_signal, r);
 	r->sigterm = evsignal_new(r->base, SIGTERM, on_signal, r);
-	if (!r->tick || !r->sigint || !r->sigterm || event_add(r->tick, &tv) ||
+	r->status_timer = evtimer_new(r->base, on_status_timer, r);
+	if (!r->tick || !r->sigint || !r->sigterm || !r->status_timer || event_add(r->tick, &tv) ||
 	    event_add(r->sigint, NULL) || event_add(r->sigterm, NULL))
+		goto fail;
+	if (cfg->etcd_endpoints &&
+	    (rc = router_etcd_start(r, cfg->etcd_endpoints,
+				    cfg->etcd_cluster ? cfg->etcd_cluster : "sealpost", &r->etcd, err,
+				    errlen)))
 		goto fail;
 	*out = r;
 	return SP_OK;
@@ -174,6 +223,10 @@ router_free(router *r)
 {
 	if (!r)
 		return;
+	/* First: its thread writes into what the rest below frees. */
+	router_etcd_free(r->etcd);
+	if (r->status_timer)
+		event_free(r->status_timer);
 	if (r->tick)
 		event_free(r->tick);
 	if (r->sigint)

@@ -128,6 +128,157 @@ START_TEST(test_snapshot_rejects)
 }
 END_TEST
 
+/* A MAP with inbox copies: `healthy`/`primary` per copy as given. */
+typedef struct cdef {
+	const char *name;
+	uint32_t shard;
+	bool healthy, primary;
+} cdef;
+
+static sp_cluster_map *
+copies_map(const cdef *d, size_t n, uint64_t epoch)
+{
+	sp_frame f, recs[16];
+	char addr[16][32];
+	ck_assert(n <= 16);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(addr[i], sizeof(addr[i]), "tcp://h:%zu", 100 + i);
+		sp_frame_init(&recs[i], SP_T_MEMBER, 0, false);
+		sp_frame_set_str(&recs[i], SP_F_NAME, d[i].name);
+		sp_frame_set_u64(&recs[i], SP_F_ROLE, SP_ROLE_INBOX);
+		sp_frame_set_str(&recs[i], SP_F_ADDR, addr[i]);
+		sp_frame_set_u64(&recs[i], SP_F_SHARD, d[i].shard);
+		sp_frame_set_bool(&recs[i], SP_F_HEALTHY, d[i].healthy);
+		sp_frame_set_bool(&recs[i], SP_F_PRIMARY, d[i].primary);
+		sp_frame_set_bool(&recs[i], SP_F_IN_SYNC, d[i].primary);
+		sp_frame_set_u64(&recs[i], SP_F_LSN, 1000 + i);
+		sp_frame_set_u64(&recs[i], SP_F_EPOCH, 40 + d[i].shard);
+	}
+	sp_frame_init(&f, SP_T_MAP, 0, false);
+	sp_frame_set_u64(&f, SP_F_EPOCH, epoch);
+	sp_frame_set_recs(&f, SP_F_MEMBERS, recs, (uint32_t)n);
+	/* Through the codec, as a member receives it. */
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	ck_assert_int_eq(sp_frame_pack(&f, &sb), SP_OK);
+	sp_frame g;
+	ck_assert_int_eq(sp_frame_decode((const uint8_t *)sb.data, sb.size, &g), SP_OK);
+	sp_cluster_map *m;
+	ck_assert_int_eq(sp_cluster_map_from_frame(&g, &m), SP_OK);
+	sp_frame_fini(&g);
+	msgpack_sbuffer_destroy(&sb);
+	return m;
+}
+
+START_TEST(test_shard_copies)
+{
+	/* Two shards of three copies, listed out of order. */
+	static const cdef d[] = {
+		{"inbox-1c", 1, true, false}, {"inbox-0b", 0, true, true},
+		{"inbox-0a", 0, true, false}, {"inbox-1a", 1, false, false},
+		{"inbox-0c", 0, false, false}, {"inbox-1b", 1, true, false},
+	};
+	sp_cluster_map *m = copies_map(d, 6, 9);
+	ck_assert_uint_eq(sp_cluster_map_shard_count(m), 2);
+	ck_assert_uint_eq(sp_cluster_map_shard_num(m, 0), 0);
+	ck_assert_uint_eq(sp_cluster_map_shard_num(m, 1), 1);
+	/* The ring has one point set per shard, not per copy. */
+	ck_assert_uint_eq(sp_ring_size(sp_cluster_map_ring(m)), 2);
+	ck_assert_str_eq(sp_ring_member(sp_cluster_map_ring(m), 0), "inbox-0");
+	ck_assert_str_eq(sp_ring_member(sp_cluster_map_ring(m), 1), "inbox-1");
+
+	const sp_cluster_member *c[4];
+	ck_assert_uint_eq(sp_cluster_map_shard_copies(m, 0, c, 4), 3);
+	ck_assert_str_eq(c[0]->name, "inbox-0a");
+	ck_assert_str_eq(c[1]->name, "inbox-0b");
+	ck_assert_str_eq(c[2]->name, "inbox-0c");
+	ck_assert_uint_eq(sp_cluster_map_shard_copies(m, 1, c, 1), 3);
+	ck_assert_str_eq(c[0]->name, "inbox-1a");
+	ck_assert_uint_eq(sp_cluster_map_shard_copies(m, 7, c, 4), 0);
+
+	/* The new fields came through. */
+	const sp_cluster_member *b = sp_cluster_map_find(m, "inbox-0b");
+	ck_assert(b->primary && b->in_sync);
+	ck_assert_uint_eq(b->lsn, 1001);
+	ck_assert_uint_eq(b->epoch, 40);
+	ck_assert(!sp_cluster_map_find(m, "inbox-0a")->primary);
+
+	/* Shard 0 names a primary (not the first by name); shard 1 none: its first healthy
+	 * copy by name (inbox-1a is not healthy). */
+	ck_assert_str_eq(sp_cluster_map_shard_target(m, 0)->name, "inbox-0b");
+	ck_assert_str_eq(sp_cluster_map_shard_target(m, 1)->name, "inbox-1b");
+	ck_assert_ptr_null(sp_cluster_map_shard_target(m, 2));
+	for (uint64_t dev = 0; dev < 2000; dev++) {
+		uint32_t sh;
+		ck_assert_int_eq(sp_cluster_map_shard_of(m, dev, &sh), SP_OK);
+		ck_assert_ptr_eq(sp_cluster_map_shard_for(m, dev), sp_cluster_map_shard_target(m, sh));
+		char key[16];
+		int len = snprintf(key, sizeof(key), "blob%llu", (unsigned long long)dev);
+		ck_assert_int_eq(sp_cluster_map_shard_of_key(m, key, (size_t)len, &sh), SP_OK);
+		ck_assert_ptr_eq(sp_cluster_map_shard_for_key(m, key, (size_t)len),
+				 sp_cluster_map_shard_target(m, sh));
+	}
+	sp_cluster_map_put(m);
+
+	/* No copy healthy and no primary: the first copy by name. */
+	static const cdef down[] = {{"z", 5, false, false}, {"y", 5, false, false}};
+	m = copies_map(down, 2, 9);
+	ck_assert_str_eq(sp_cluster_map_shard_target(m, 5)->name, "y");
+	sp_cluster_map_put(m);
+
+	/* No inbox member: no shard. */
+	sp_frame f, recs[1];
+	build_map(&f, recs, three + 1, 1, 1);
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &m), SP_OK);
+	uint32_t sh;
+	ck_assert_int_eq(sp_cluster_map_shard_of(m, 1, &sh), SP_ENOTFOUND);
+	ck_assert_int_eq(sp_cluster_map_shard_of_key(m, "k", 1, &sh), SP_ENOTFOUND);
+	ck_assert_uint_eq(sp_cluster_map_shard_count(m), 0);
+	sp_cluster_map_put(m);
+}
+END_TEST
+
+/* A one-copy cluster named inbox-0 .. inbox-N (shards 0 .. N) keeps the owners it had when
+ * the ring was built over member names; adding copies to each shard moves no device. */
+START_TEST(test_ring_ownership_kept)
+{
+	enum { N = 5 };
+	cdef one[N], many[3 * N];
+	char names[N][32];
+	const char *old_names[N];
+	for (int i = 0; i < N; i++) {
+		snprintf(names[i], sizeof(names[i]), "inbox-%d", i);
+		one[i] = (cdef){names[i], (uint32_t)i, i % 2 == 0, false};
+		old_names[i] = names[i];
+	}
+	char many_names[3 * N][32];
+	for (int i = 0; i < 3 * N; i++) {
+		snprintf(many_names[i], sizeof(many_names[i]), "inbox-%d%c", i / 3, 'a' + i % 3);
+		many[i] = (cdef){many_names[i], (uint32_t)(i / 3), true, i % 3 == 1};
+	}
+	/* The ring as it was: over the member names, in file order. */
+	sp_ring *old;
+	ck_assert_int_eq(sp_ring_new(1, old_names, N, SP_RING_DEFAULT_VNODES, &old), SP_OK);
+	sp_cluster_map *m1 = copies_map(one, N, 1), *m3 = copies_map(many, 3 * N, 2);
+	for (uint64_t dev = 0; dev < 20000; dev++) {
+		int o, rep;
+		ck_assert_int_eq(sp_ring_lookup_u64(old, dev * 7919, &o, &rep), SP_OK);
+		const sp_cluster_member *now = sp_cluster_map_shard_for(m1, dev * 7919);
+		ck_assert_str_eq(now->name, sp_ring_member(old, o));
+		uint32_t sh;
+		ck_assert_int_eq(sp_cluster_map_shard_of(m3, dev * 7919, &sh), SP_OK);
+		ck_assert_uint_eq(sh, now->shard);
+		/* ... and the three-copy map sends it to that shard's primary (copy b). */
+		const sp_cluster_member *t = sp_cluster_map_shard_for(m3, dev * 7919);
+		ck_assert_uint_eq(t->shard, now->shard);
+		ck_assert(t->primary);
+	}
+	sp_ring_free(old);
+	sp_cluster_map_put(m1);
+	sp_cluster_map_put(m3);
+}
+END_TEST
+
 /* The fake router: answers HEARTBEAT (or MAP_GET) with a MAP of epoch `reply_epoch`, or
  * refuses heartbeats when `refuse` is set, and records what it saw. */
 static struct {
@@ -339,6 +490,8 @@ main(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_snapshot);
 	tcase_add_test(tc, test_snapshot_rejects);
+	tcase_add_test(tc, test_shard_copies);
+	tcase_add_test(tc, test_ring_ownership_kept);
 	tcase_add_test(tc, test_member_thread);
 	tcase_add_test(tc, test_observer);
 	suite_add_tcase(s, tc);

@@ -447,6 +447,55 @@ START_TEST(test_wait_and_compaction)
 }
 END_TEST
 
+/* A reader (no name, no lease) sees what the copies see and can do nothing else. */
+START_TEST(test_reader)
+{
+	repl_ha *a = mk("g-reader", "a", "inc-a"), *r;
+	sp_etcd_cfg ecfg = {.endpoints = etcd.endpoint, .timeout_ms = 500};
+	ck_assert_int_eq(repl_ha_new_reader(&ecfg, "test", "bad/name", &r), SP_EINVAL);
+	ck_assert_int_eq(repl_ha_new_reader(&ecfg, "", "g-reader", &r), SP_EINVAL);
+	ck_assert_int_eq(repl_ha_new_reader(&ecfg, "test", "g-reader", &r), SP_OK);
+	repl_ha_view v = rd(r);
+	ck_assert(!v.leader.present && v.ncopies == 0);
+
+	publish(a, 0, 7);
+	int64_t epoch = win(a);
+	/* The change wakes the reader's wait with the copy's view of the group. */
+	ck_assert_int_eq(repl_ha_wait(r, &v, 5000), SP_OK);
+	repl_ha_view va = rd(a);
+	v = rd(r);
+	ck_assert(v.leader.present && v.leader.parsed);
+	ck_assert_str_eq(v.leader.id.name, "a");
+	ck_assert_int_eq(v.leader.epoch, epoch);
+	ck_assert_int_eq(v.leader.epoch, va.leader.epoch);
+	ck_assert(v.sync.present && v.sync.n == 1);
+	ck_assert_uint_eq(v.ncopies, 1);
+	ck_assert_uint_eq(v.copies[0].status.flushed_lsn, 7);
+
+	/* Nothing that acts as a copy. */
+	repl_ha_status s = st(REPL_HA_REPLICA, 1, 1, 1);
+	int64_t e = 0;
+	repl_ha_id me = id("r", "x");
+	repl_ha_callbacks cbs = {0};
+	ck_assert_int_eq(repl_ha_publish(r, &s), SP_EPERM);
+	ck_assert_int_eq(repl_ha_campaign(r, &v, (repl_ha_pos){0, 0}, &e), SP_EPERM);
+	ck_assert_int_eq(repl_ha_renew(r), SP_EPERM);
+	ck_assert_int_eq(repl_ha_sync_set(r, &v, &me, 1), SP_EPERM);
+	ck_assert_int_eq(repl_ha_resign(r), SP_EPERM);
+	ck_assert_int_eq(repl_ha_loop_start(r, &cbs), SP_EPERM);
+	ck_assert(!repl_ha_may_serve(r, repl_ha_now_ms()));
+	ck_assert_int_eq(repl_ha_epoch(r), 0);
+	/* And the group is as the copy left it. */
+	sp_etcd *c = ctl();
+	ck_assert(leader_present(c, "g-reader"));
+	sp_etcd_free(c);
+	ck_assert(repl_ha_may_serve(a, repl_ha_now_ms()));
+	repl_ha_free(r);
+	repl_ha_resign(a);
+	repl_ha_free(a);
+}
+END_TEST
+
 static repl_ha_copy
 copy(const char *name, const char *inc, int64_t epoch, uint64_t lsn)
 {
@@ -727,6 +776,7 @@ main(void)
 	tcase_add_test(tc, test_fencing_precedes_expiry);
 	tcase_add_test(tc, test_restart_revokes_old_lease);
 	tcase_add_test(tc, test_wait_and_compaction);
+	tcase_add_test(tc, test_reader);
 	tcase_add_test(tc, test_candidate_preference);
 	tcase_add_test(tc, test_config_checked);
 	tcase_add_test(tc, test_loop_roles);

@@ -8,6 +8,7 @@
 
 #include "router/internal.h"
 #include "router/map.h"
+#include "repl/ha.h"
 #include "sp_cluster.h"
 #include "sp_error.h"
 #include "check_run.h"
@@ -108,8 +109,6 @@ static const struct {
 	 "section [a] appears twice"},
 	{"[a]\nrole = keysrv\naddr = tcp://x:1\n[b]\nrole = keysrv\naddr = tcp://x:1\n",
 	 "[b]: addr tcp://x:1 is also [a]'s"},
-	{"[i]\nrole = inbox\naddr = tcp://x:1\nshard = 3\n[j]\nrole = inbox\naddr = tcp://x:2\nshard = 3\n",
-	 "[j]: shard number is also [i]'s"},
 	{"[c]\nrole = connsrv\naddr = tcp://x:1\nclient = h:1\n[d]\nrole = connsrv\naddr = tcp://x:2\n"
 	 "client = h:1\n",
 	 "[d]: client address is also [c]'s"},
@@ -334,6 +333,247 @@ START_TEST(test_map_frame)
 }
 END_TEST
 
+/* Three copies per shard: a valid file; the shards listed once each. */
+static const char *three_copies =
+	"[inbox-0a]\nrole = inbox\naddr = tcp://127.0.0.1:7401\nshard = 0\n"
+	"[inbox-0b]\nrole = inbox\naddr = tcp://127.0.0.1:7402\nshard = 0\n"
+	"[inbox-0c]\nrole = inbox\naddr = tcp://127.0.0.1:7403\nshard = 0\n"
+	"[inbox-1a]\nrole = inbox\naddr = tcp://127.0.0.1:7411\nshard = 1\n"
+	"[inbox-1b]\nrole = inbox\naddr = tcp://127.0.0.1:7412\nshard = 1\n"
+	"[inbox-1c]\nrole = inbox\naddr = tcp://127.0.0.1:7413\nshard = 1\n"
+	"[keysrv]\nrole = keysrv\naddr = tcp://127.0.0.1:7301\n"
+	"[connsrv-0]\nrole = connsrv\naddr = tcp://127.0.0.1:7501\nclient = 127.0.0.1:7443\n";
+
+static router_map *
+copies_map(void)
+{
+	router_map *m;
+	char err[256];
+	ck_assert_int_eq(router_map_parse(three_copies, "c.ini", &m, err, sizeof(err)), SP_OK);
+	router_map_set_wall_clock(m, zero_clock);
+	ck_assert_int_eq(router_map_state_load(m, "/nonexistent-dir/state", err, sizeof(err)), SP_OK);
+	return m;
+}
+
+START_TEST(test_parse_copies)
+{
+	router_map *m = copies_map();
+	ck_assert_uint_eq(router_map_count(m), 8);
+	uint32_t sh[4];
+	ck_assert_uint_eq(router_map_shards(m, sh, 4), 2);
+	ck_assert_uint_eq(sh[0], 0);
+	ck_assert_uint_eq(sh[1], 1);
+	ck_assert_uint_eq(router_map_shards(m, sh, 1), 2);
+	ck_assert_uint_eq(router_map_find(m, "inbox-1b")->shard, 1);
+	ck_assert(!router_map_find(m, "inbox-1b")->repl_known);
+	router_map_free(m);
+
+	/* At most REPL_HA_MAX_COPIES copies of a shard. */
+	char text[8192];
+	size_t off = 0;
+	for (int i = 0; i <= REPL_HA_MAX_COPIES; i++)
+		off += (size_t)snprintf(text + off, sizeof(text) - off,
+					"[c%d]\nrole = inbox\naddr = tcp://x:%d\nshard = 4\n", i, i + 1);
+	char err[256];
+	ck_assert_int_eq(router_map_parse(text, "t.ini", &m, err, sizeof(err)), SP_ECONFIG);
+	ck_assert_msg(strstr(err, "[c16]: shard 4 has more than 16 copies") != NULL, "%s", err);
+	/* Exactly the bound is fine. */
+	char *last = strstr(text, "[c16]");
+	*last = '\0';
+	ck_assert_int_eq(router_map_parse(text, "t.ini", &m, err, sizeof(err)), SP_OK);
+	router_map_free(m);
+}
+END_TEST
+
+static repl_ha_id
+hid(const char *name, const char *inc)
+{
+	repl_ha_id i = {0};
+	snprintf(i.name, sizeof(i.name), "%s", name);
+	memcpy(i.inc, inc, strlen(inc));
+	i.inc_len = strlen(inc);
+	return i;
+}
+
+/* A view of a group: leader `leader` (NULL: none) at `epoch`, sync set `sync` (names, each
+ * with incarnation "I"), copies' status keys for `up` with their LSNs. */
+static repl_ha_view
+view(const char *leader, int64_t epoch, const char *const *sync, size_t nsync,
+     const char *const *up, const uint64_t *lsn, size_t nup)
+{
+	repl_ha_view v;
+	memset(&v, 0, sizeof(v));
+	v.rev = 100;
+	if (leader) {
+		v.leader.present = v.leader.parsed = true;
+		v.leader.id = hid(leader, "I");
+		v.leader.epoch = epoch;
+		v.leader.counter = epoch;
+	}
+	v.counter = epoch;
+	v.sync.present = nsync > 0;
+	v.sync.epoch = epoch - 1;
+	v.sync.n = nsync;
+	for (size_t i = 0; i < nsync; i++)
+		v.sync.members[i] = hid(sync[i], "I");
+	v.ncopies = nup;
+	for (size_t i = 0; i < nup; i++) {
+		v.copies[i].id = hid(up[i], "I");
+		v.copies[i].status.flushed_lsn = lsn[i];
+		v.copies[i].status.last.lsn = lsn[i];
+	}
+	return v;
+}
+
+START_TEST(test_apply_shard)
+{
+	router_map *m = copies_map();
+	uint64_t e0 = router_map_epoch(m);
+	unsigned what;
+	const char *abc[] = {"inbox-0a", "inbox-0b", "inbox-0c"}, *ab[] = {"inbox-0a", "inbox-0b"};
+	uint64_t lsns[] = {10, 12, 9};
+
+	/* Unknown shard. */
+	repl_ha_view v = view("inbox-0a", 50, abc, 3, abc, lsns, 3);
+	ck_assert_int_eq(router_map_apply_shard(m, 7, &v, &what), SP_ENOTFOUND);
+
+	/* First read: a change (the fields become known), one bump. */
+	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_uint_eq(what, ROUTER_SHARD_CHANGED);
+	ck_assert(router_map_epoch(m) == e0 + 1);
+	const router_member *a = router_map_find(m, "inbox-0a"), *b = router_map_find(m, "inbox-0b"),
+			    *c = router_map_find(m, "inbox-0c"), *x = router_map_find(m, "inbox-1a");
+	ck_assert(a->repl_known && a->primary && a->in_sync && a->lsn == 10 && a->shard_epoch == 50);
+	ck_assert(!b->primary && b->in_sync && b->lsn == 12 && b->shard_epoch == 50);
+	ck_assert(!c->primary && c->in_sync && c->lsn == 9);
+	ck_assert(!x->repl_known && !x->primary); /* another shard: untouched */
+
+	/* The same view again: nothing. LSNs only: STATUS, no bump. */
+	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_uint_eq(what, 0);
+	lsns[1] = 20;
+	v = view("inbox-0a", 50, abc, 3, abc, lsns, 3);
+	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_uint_eq(what, ROUTER_SHARD_STATUS);
+	ck_assert(router_map_epoch(m) == e0 + 1);
+	ck_assert_uint_eq(b->lsn, 20);
+
+	/* A copy leaves the sync set: a change. */
+	v = view("inbox-0a", 50, ab, 2, abc, lsns, 3);
+	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_uint_eq(what, ROUTER_SHARD_CHANGED);
+	ck_assert(!c->in_sync && router_map_epoch(m) == e0 + 2);
+
+	/* The primary dies: no leader, its status key gone (LSN 0); the shard's epoch stays
+	 * the last one etcd records. */
+	v = view(NULL, 50, ab, 2, abc + 1, lsns + 1, 2);
+	v.counter = 44;
+	v.counter_mod_rev = 50; /* the leader key's create revision */
+	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert(what & ROUTER_SHARD_CHANGED);
+	ck_assert(!a->primary && !b->primary && a->lsn == 0 && a->shard_epoch == 50);
+	ck_assert(a->in_sync); /* no status key: judged by name */
+
+	/* b takes over at a higher epoch. */
+	v = view("inbox-0b", 57, ab, 2, abc + 1, lsns + 1, 2);
+	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert(what & ROUTER_SHARD_CHANGED);
+	ck_assert(b->primary && !a->primary && b->shard_epoch == 57 && a->shard_epoch == 57);
+
+	/* a comes back with a new data dir (another incarnation): not the sync set's a. */
+	v = view("inbox-0b", 57, ab, 2, abc, lsns, 3);
+	v.copies[0].id = hid("inbox-0a", "NEW");
+	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert(what & ROUTER_SHARD_CHANGED);
+	ck_assert(!a->in_sync && b->in_sync);
+
+	/* A leader key that is not ours names nobody primary; copies not in the file are
+	 * ignored. */
+	const char *stranger[] = {"inbox-0z"};
+	v = view("inbox-0z", 60, stranger, 1, stranger, lsns, 1);
+	v.leader.parsed = false;
+	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert(!a->primary && !b->primary && !c->primary && !b->in_sync);
+	ck_assert_uint_eq(b->shard_epoch, 60);
+	router_map_free(m);
+}
+END_TEST
+
+/* The MAP of a three-copy cluster mirrored from etcd: members see the copies' fields, and
+ * shard_for gives the primary. */
+START_TEST(test_map_frame_copies)
+{
+	router_map *m = copies_map();
+	const char *s0[] = {"inbox-0a", "inbox-0b", "inbox-0c"}, *s1[] = {"inbox-1c"};
+	uint64_t lsns[] = {7, 8, 9};
+	repl_ha_view v = view("inbox-0b", 33, s0, 3, s0, lsns, 3);
+	unsigned what;
+	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	v = view("inbox-1c", 44, s1, 1, s1, lsns, 1);
+	ck_assert_int_eq(router_map_apply_shard(m, 1, &v, &what), SP_OK);
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	ck_assert_int_eq(router_map_pack(m, 0, false, &sb), SP_OK);
+	sp_frame f;
+	ck_assert_int_eq(sp_frame_decode((const uint8_t *)sb.data, sb.size, &f), SP_OK);
+	sp_cluster_map *cm;
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &cm), SP_OK);
+	const sp_cluster_member *b = sp_cluster_map_find(cm, "inbox-0b");
+	ck_assert(b->primary && b->in_sync && b->lsn == 8 && b->epoch == 33);
+	const sp_cluster_member *a = sp_cluster_map_find(cm, "inbox-0a");
+	ck_assert(!a->primary && a->in_sync && a->lsn == 7 && a->epoch == 33);
+	const sp_cluster_member *x = sp_cluster_map_find(cm, "inbox-1a");
+	ck_assert(!x->primary && !x->in_sync && x->lsn == 0 && x->epoch == 44);
+	ck_assert_uint_eq(sp_cluster_map_shard_count(cm), 2);
+	ck_assert_uint_eq(sp_ring_size(sp_cluster_map_ring(cm)), 2);
+	for (uint64_t d = 1; d < 500; d++) {
+		const sp_cluster_member *t = sp_cluster_map_shard_for(cm, d);
+		ck_assert_str_eq(t->name, t->shard == 0 ? "inbox-0b" : "inbox-1c");
+	}
+	sp_cluster_map_put(cm);
+	sp_frame_fini(&f);
+	msgpack_sbuffer_destroy(&sb);
+	router_map_free(m);
+}
+END_TEST
+
+/* The cluster file of before copies (inbox-0, inbox-1, ... with shards 0, 1, ...): its
+ * devices keep the owners the ring over member names gave them, and without etcd the MAP
+ * carries none of the new fields. */
+START_TEST(test_old_file_ownership_unchanged)
+{
+	router_map *m = good_map();
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	ck_assert_int_eq(router_map_pack(m, 0, false, &sb), SP_OK);
+	sp_frame f;
+	ck_assert_int_eq(sp_frame_decode((const uint8_t *)sb.data, sb.size, &f), SP_OK);
+	const sp_val *recs = sp_frame_get(&f, SP_F_MEMBERS);
+	for (uint32_t i = 0; i < recs->rs.n; i++) {
+		ck_assert(!sp_frame_has(&recs->rs.v[i], SP_F_PRIMARY));
+		ck_assert(!sp_frame_has(&recs->rs.v[i], SP_F_IN_SYNC));
+		ck_assert(!sp_frame_has(&recs->rs.v[i], SP_F_LSN));
+		ck_assert(!sp_frame_has(&recs->rs.v[i], SP_F_EPOCH));
+	}
+	sp_cluster_map *cm;
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &cm), SP_OK);
+	/* The ring as it was built before: over the inbox members' names. */
+	const char *names[] = {"inbox-0", "inbox-1"};
+	sp_ring *old;
+	ck_assert_int_eq(sp_ring_new(1, names, 2, SP_RING_DEFAULT_VNODES, &old), SP_OK);
+	for (uint64_t d = 0; d < 20000; d++) {
+		int o, rep;
+		ck_assert_int_eq(sp_ring_lookup_u64(old, d * 104729, &o, &rep), SP_OK);
+		ck_assert_str_eq(sp_cluster_map_shard_for(cm, d * 104729)->name, names[o]);
+	}
+	sp_ring_free(old);
+	sp_cluster_map_put(cm);
+	sp_frame_fini(&f);
+	msgpack_sbuffer_destroy(&sb);
+	router_map_free(m);
+}
+END_TEST
+
 /* The REP socket's handler table and the catalogue name the same requests. */
 START_TEST(test_server_table_matches_catalogue)
 {
@@ -357,6 +597,10 @@ main(void)
 	tcase_add_test(tc, test_state_persists);
 	tcase_add_test(tc, test_where);
 	tcase_add_test(tc, test_map_frame);
+	tcase_add_test(tc, test_parse_copies);
+	tcase_add_test(tc, test_apply_shard);
+	tcase_add_test(tc, test_map_frame_copies);
+	tcase_add_test(tc, test_old_file_ownership_unchanged);
 	tcase_add_test(tc, test_server_table_matches_catalogue);
 	suite_add_tcase(s, tc);
 	return check_run(s);
