@@ -31,7 +31,7 @@ typedef struct batch {
 } batch;
 
 struct cs_appendq {
-	cs_rpc *rpc;
+	cs_shardcall *shards;
 	struct event *flush_ev;
 	bool armed;   /* flush_ev is active for this pass */
 	bool closing; /* cs_appendq_free began */
@@ -88,7 +88,11 @@ send_batch(cs_appendq *q, batch *b)
 	sp_frame_init(&req, SP_T_APPEND_MULTI, 0, false);
 	sp_frame_set_recs(&req, SP_F_APPEND_ITEMS, b->items, b->n);
 	q->queued -= b->n;
-	int rc = cs_rpc_call(q->rpc, b->url, &req, on_reply, b);
+	/* The items' devices route a retry to their shard's new primary. */
+	uint64_t devices[MAX_ITEMS];
+	for (uint32_t i = 0; i < b->n; i++)
+		devices[i] = sp_frame_u64(&b->items[i], SP_F_DEVICE);
+	int rc = cs_shardcall_devices(q->shards, b->url, devices, b->n, &req, on_reply, b);
 	/* Packed: the items (and what they borrow) are no longer needed here. */
 	free(b->items);
 	b->items = NULL;
@@ -123,12 +127,12 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 }
 
 int
-cs_appendq_new(struct event_base *base, cs_rpc *rpc, cs_appendq **out)
+cs_appendq_new(struct event_base *base, cs_shardcall *shards, cs_appendq **out)
 {
 	cs_appendq *q = calloc(1, sizeof(*q));
 	if (!q)
 		return SP_ENOMEM;
-	q->rpc = rpc;
+	q->shards = shards;
 	q->requests = sp_metric_counter("sp_connsrv_append_requests_total",
 					"APPEND_MULTI requests sent to inbox shards");
 	q->items = sp_metric_counter("sp_connsrv_append_items_total",

@@ -13,7 +13,7 @@
 
 #include <event2/event.h>
 
-#include "connsrv/rpc.h"
+#include "connsrv/shardcall.h"
 #include "sp_frame.h"
 
 /* Bytes of items per request: half the large-frame limit's default, so a request stays well
@@ -24,17 +24,20 @@ typedef struct cs_appendq cs_appendq;
 
 /* Called once per append, on the loop thread and never from inside cs_appendq_add. rc is
  * SP_OK with the entry's seq (for a duplicate: the first append's seq), the SP_E* code the
- * shard gave that item, the code of an ERROR reply to the request, or a transport error
- * (seq 0 unless SP_OK). */
+ * shard gave that item, or the request's failure as cs_shardcall gives it: the code of a
+ * non-retryable ERROR reply, a transport error, or SP_EUNAVAIL when the shard stayed
+ * unreachable through its retries (seq 0 unless SP_OK). */
 typedef void (*cs_appendq_cb)(void *arg, int rc, uint64_t seq);
 
-/* Creates the queues on `base`, sending through `rpc` (borrowed: both must outlive it). */
-int cs_appendq_new(struct event_base *base, cs_rpc *rpc, cs_appendq **out);
+/* Creates the queues on `base`, sending through `shards` (borrowed: both must outlive it).
+ * A request that meets a failover is retried there, the same bytes: APPEND_MULTI is safe
+ * to repeat, each item being deduplicated by the shard on (device, from_device, msg_id). */
+int cs_appendq_new(struct event_base *base, cs_shardcall *shards, cs_appendq **out);
 
 /* Completes every append not yet sent with SP_ECLOSED, then frees the queues. Appends
- * already sent complete through the rpc dispatcher (cs_rpc_free runs them), which holds no
- * reference to the queues; free the dispatcher first so that appends queued by those
- * completions are completed here. */
+ * already sent complete through the rpc dispatcher and the shard calls (cs_rpc_free and
+ * cs_shardcall_free run them), which hold no reference to the queues; free those first so
+ * that appends queued by their completions are completed here. */
 void cs_appendq_free(cs_appendq *q);
 
 /* Queues `item` (an APPEND_ITEM record) for the shard at `url`. The item is copied, but the

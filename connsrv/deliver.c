@@ -157,7 +157,7 @@ fetch(cs_session *s)
 	s->refetch = false;
 	cs_session_call_begin(s);
 	sp_metric_inc(srv->m.gap_fetches);
-	if ((rc = cs_rpc_call(srv->rpc, url, &q, on_fetched, op)) != SP_OK) {
+	if ((rc = cs_shardcall_devices(srv->shards, url, &s->device, 1, &q, on_fetched, op)) != SP_OK) {
 		s->fetching = false;
 		free(op);
 		fetch_dropped(s, rc);
@@ -215,7 +215,8 @@ on_acked(void *arg, int rc, const sp_frame *reply)
 				sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
 				sp_frame_set_u64(&q, SP_F_UPTO_SEQ, op->upto);
 				cs_session_call_begin(s);
-				if ((arc = cs_rpc_call(srv->rpc, url, &q, on_acked, again)) != SP_OK) {
+				if ((arc = cs_shardcall_devices(srv->shards, url, &s->device, 1, &q, on_acked,
+								again)) != SP_OK) {
 					free(again);
 					cs_session_call_end(s);
 				}
@@ -269,7 +270,7 @@ cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	if (seqs && seqs->us.n)
 		sp_frame_set_u64s(&q, SP_F_SEQS, seqs->us.v, seqs->us.n);
 	cs_session_call_begin(s);
-	int rc = cs_rpc_call(srv->rpc, url, &q, on_acked, op);
+	int rc = cs_shardcall_devices(srv->shards, url, &s->device, 1, &q, on_acked, op);
 	if (rc != SP_OK) {
 		free(op);
 		ack_dropped(s, rc);
@@ -327,7 +328,8 @@ check_send(cs_server *srv, check_batch *b)
 	sp_frame q;
 	sp_frame_init(&q, SP_T_LAST_SEQS, 0, false);
 	sp_frame_set_u64s(&q, SP_F_DEVICES, b->devices, b->n);
-	if (cs_rpc_call(srv->rpc, b->shard->addr, &q, on_last_seqs, b) != SP_OK)
+	if (cs_shardcall_devices(srv->shards, b->shard->addr, b->devices, b->n, &q, on_last_seqs, b) !=
+	    SP_OK)
 		on_last_seqs(b, SP_EUNAVAIL, NULL);
 }
 

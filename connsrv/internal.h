@@ -18,6 +18,7 @@
  *   devcache.c  users' device lists from keysrv, cached
  *   members.c   addresses of shards and keysrv from the cluster map
  *   appendq.c   per-shard coalescing of appends into APPEND_MULTI (appendq.h)
+ *   shardcall.c inbox shard calls, retried on the shard's new primary (shardcall.h)
  *   rpc.c       NNG requests and pushes, completed on the loop (rpc.h)
  */
 #ifndef CS_INTERNAL_H
@@ -37,6 +38,7 @@
 #include "connsrv/appendq.h"
 #include "connsrv/routes.h"
 #include "connsrv/rpc.h"
+#include "connsrv/shardcall.h"
 #include "sp_cluster.h"
 #include "sp_frame.h"
 #include "sp_metrics.h"
@@ -57,6 +59,7 @@ typedef struct cs_cfg {
 	long long max_conns;
 	long long idle_timeout_ms;
 	long long rpc_timeout_ms;
+	long long shard_retry_ms;   /* how long an inbox call is retried through a failover */
 	long long window;           /* DELIVERs written and not yet ACKed */
 	long long out_pause_bytes;  /* stop delivering while the socket holds more */
 	long long out_max_bytes;    /* disconnect a client that lets replies pile up past this */
@@ -128,6 +131,7 @@ struct cs_server {
 	SSL_CTX *tls;
 	struct evconnlistener *listener;
 	cs_rpc *rpc;
+	cs_shardcall *shards; /* every inbox shard call: retried on the shard's new primary */
 	cs_appendq *appendq; /* 1:1 and receipt appends, coalesced per shard */
 	cs_routes *routes;
 	sp_cluster *cluster;

@@ -55,6 +55,7 @@ static const sp_config_opt opts[] = {
 	{"max-conns", SP_CT_INT, &cfg.max_conns, "200000", "connections per worker", 1, 10000000},
 	{"idle-timeout", SP_CT_INT, &cfg.idle_timeout_ms, "180000", "ms without a frame before a connection is closed", 1000, 86400000},
 	{"rpc-timeout", SP_CT_INT, &cfg.rpc_timeout_ms, "5000", "ms a call to a shard or keysrv may take", 100, 600000},
+	{"shard-retry-ms", SP_CT_INT, &cfg.shard_retry_ms, "10000", "ms an inbox call is retried on the shard's (new) primary after a failover-like failure before the client is told to retry (0: never)", 0, 600000},
 	{"window", SP_CT_INT, &cfg.window, "256", "DELIVERs written and not yet ACKed per connection", 1, 4096},
 	{"out-pause-bytes", SP_CT_SIZE, &cfg.out_pause_bytes, "256K", "stop delivering while a socket holds this much", 4096, 1 << 30},
 	{"out-max-bytes", SP_CT_SIZE, &cfg.out_max_bytes, "4M", "disconnect a client whose unread output exceeds this", 65536, 1 << 30},
@@ -143,10 +144,10 @@ on_drain_tick(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	cs_server *srv = arg;
-	/* Appends queued or sent are finished (their SENT is written), and the DRAINs are on
-	 * the wire, before exit. */
-	if ((cs_rpc_inflight(srv->rpc) == 0 && cs_appendq_queued(srv->appendq) == 0 &&
-	     srv->nflushing == 0) ||
+	/* Appends queued, sent or waiting to be sent again are finished (their SENT is
+	 * written), and the DRAINs are on the wire, before exit. */
+	if ((cs_rpc_inflight(srv->rpc) == 0 && cs_shardcall_waiting(srv->shards) == 0 &&
+	     cs_appendq_queued(srv->appendq) == 0 && srv->nflushing == 0) ||
 	    sp_time_ms() >= srv->drain_deadline_ms) {
 		sp_info("drained; exiting");
 		event_base_loopexit(srv->base, NULL);
@@ -240,11 +241,13 @@ run_worker(void)
 		return 2;
 	}
 	if ((rc = cs_rpc_new(srv.base, (int)cfg.rpc_timeout_ms, &srv.rpc)) ||
-	    (rc = cs_appendq_new(srv.base, srv.rpc, &srv.appendq)) ||
 	    (rc = cs_routes_new(srv.base, cfg.redis, (int)cfg.route_ttl_s, &srv.routes)) ||
 	    (rc = cs_devcache_new(&srv, &srv.devcache)) ||
 	    (rc = sp_cluster_start(cfg.router, cfg.router_pub, cfg.worker == 0 ? cfg.name : NULL,
-				   SP_ROLE_CONNSRV, &srv.cluster))) {
+				   SP_ROLE_CONNSRV, &srv.cluster)) ||
+	    (rc = cs_shardcall_new(srv.base, srv.rpc, srv.cluster, (int)cfg.shard_retry_ms,
+				   &srv.shards)) ||
+	    (rc = cs_appendq_new(srv.base, srv.shards, &srv.appendq))) {
 		sp_error("start-up failed: %s", sp_strerror(rc));
 		goto out;
 	}
@@ -296,7 +299,8 @@ out:
 	cs_peer_stop(&srv);
 	cs_deliver_stop(&srv);
 	cs_rpc_free(srv.rpc); /* runs outstanding callbacks: sessions are released */
-	cs_appendq_free(srv.appendq); /* after: appends those callbacks queued are failed */
+	cs_shardcall_free(srv.shards); /* after: calls waiting for a retry are completed */
+	cs_appendq_free(srv.appendq); /* after both: appends their callbacks queued are failed */
 	cs_routes_free(srv.routes);
 	sp_cluster_stop(srv.cluster);
 	cs_devcache_free(srv.devcache);

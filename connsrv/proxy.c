@@ -46,7 +46,7 @@ after_remove(cs_server *srv, uint64_t user, uint64_t device)
 		sp_frame q;
 		sp_frame_init(&q, SP_T_PURGE, 0, false);
 		sp_frame_set_u64(&q, SP_F_DEVICE, device);
-		if (cs_rpc_call(srv->rpc, url, &q, purge_done, arg) == SP_OK)
+		if (cs_shardcall_devices(srv->shards, url, &device, 1, &q, purge_done, arg) == SP_OK)
 			arg = NULL;
 	}
 	free(arg);
@@ -94,9 +94,11 @@ on_reply(void *arg, int rc, const sp_frame *reply)
 	free(op);
 }
 
-/* Sends `q` (the client's frame `f` rewritten for `url`) and relays the reply. */
+/* Sends `q` (the client's frame `f` rewritten for `url`) and relays the reply. A media
+ * frame (`blob` set) goes to the blob's shard, where a failover is retried. */
 static void
-forward(cs_session *s, const sp_frame *f, int rc, const char *url, const sp_frame *q)
+forward(cs_session *s, const sp_frame *f, int rc, const char *url, const sp_frame *q,
+	const sp_bin *blob)
 {
 	proxy_op *op = rc ? NULL : malloc(sizeof(*op));
 	if (rc || !op) {
@@ -109,7 +111,9 @@ forward(cs_session *s, const sp_frame *f, int rc, const char *url, const sp_fram
 	op->has_id = f->has_id;
 	op->type = f->type;
 	cs_session_call_begin(s);
-	if ((rc = cs_rpc_call(s->srv->rpc, url, q, on_reply, op))) {
+	rc = blob ? cs_shardcall_blob(s->srv->shards, url, blob->p, blob->len, q, on_reply, op)
+		  : cs_rpc_call(s->srv->rpc, url, q, on_reply, op);
+	if (rc) {
 		cs_session_error(s, f->id, f->has_id, rc, "bad request", NULL);
 		cs_session_call_end(s);
 		free(op);
@@ -141,7 +145,7 @@ cs_proxy_media(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	}
 	if (f->type == SP_T_MEDIA_GET)
 		sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
-	forward(s, f, rc, url, &q);
+	forward(s, f, rc, url, &q, &id);
 }
 
 void
@@ -166,5 +170,5 @@ cs_proxy_keysrv(cs_session *s, const sp_frame *f)
 	if (colon)
 		*colon = '\0';
 	sp_frame_set_str(&q, SP_F_SOURCE, host);
-	forward(s, f, rc, url, &q);
+	forward(s, f, rc, url, &q, NULL);
 }

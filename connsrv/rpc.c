@@ -204,20 +204,15 @@ get_peer(cs_rpc *r, const char *url, bool push)
 	return p;
 }
 
-int
-cs_rpc_call(cs_rpc *r, const char *url, const sp_frame *req, cs_rpc_cb cb, void *arg)
+/* Sends `m` (taken in every case) to the REQ socket of `url`. */
+static int
+call_msg(cs_rpc *r, const char *url, nng_msg *m, cs_rpc_cb cb, void *arg)
 {
 	peer *p = get_peer(r, url, false);
-	if (!p)
-		return SP_EUNAVAIL;
-	nng_msg *m;
-	int rc = sp_nng_msg_from_frame(req, &m);
-	if (rc)
-		return rc;
-	call *c = calloc(1, sizeof(*c));
+	call *c = p ? calloc(1, sizeof(*c)) : NULL;
 	if (!c) {
 		nng_msg_free(m);
-		return SP_ENOMEM;
+		return p ? SP_ENOMEM : SP_EUNAVAIL;
 	}
 	c->rpc = r;
 	c->cb = cb;
@@ -240,6 +235,29 @@ cs_rpc_call(cs_rpc *r, const char *url, const sp_frame *req, cs_rpc_cb cb, void 
 	c->t0 = sp_mono_ns();
 	nng_ctx_send(c->ctx, c->aio);
 	return SP_OK;
+}
+
+int
+cs_rpc_call(cs_rpc *r, const char *url, const sp_frame *req, cs_rpc_cb cb, void *arg)
+{
+	nng_msg *m;
+	int rc = sp_nng_msg_from_frame(req, &m);
+	if (rc)
+		return rc;
+	return call_msg(r, url, m, cb, arg);
+}
+
+int
+cs_rpc_call_packed(cs_rpc *r, const char *url, const void *req, size_t len, cs_rpc_cb cb,
+		   void *arg)
+{
+	nng_msg *m;
+	int rv = nng_msg_alloc(&m, 0);
+	if (!rv && (rv = nng_msg_append(m, req, len)))
+		nng_msg_free(m);
+	if (rv)
+		return sp_nng_err(rv);
+	return call_msg(r, url, m, cb, arg);
 }
 
 int

@@ -6,6 +6,7 @@
 #ifndef CS_RPC_H
 #define CS_RPC_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <event2/event.h>
@@ -31,6 +32,11 @@ void cs_rpc_free(cs_rpc *r);
  * kept). `req` is packed before this returns (its borrowed values may go away after).
  * On SP_OK the callback runs exactly once, later; on error it never runs. */
 int cs_rpc_call(cs_rpc *r, const char *url, const sp_frame *req, cs_rpc_cb cb, void *arg);
+
+/* As cs_rpc_call with a frame already packed (`len` bytes of msgpack, copied before this
+ * returns): what a caller that sends the same request again keeps. */
+int cs_rpc_call_packed(cs_rpc *r, const char *url, const void *req, size_t len, cs_rpc_cb cb,
+		       void *arg);
 
 /* Fire-and-forget push of `f` to the PULL peer at `url` (a PUSH socket per url). A peer
  * that is down makes the frame be dropped after a short send timeout; callers never rely on

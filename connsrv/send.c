@@ -198,7 +198,8 @@ call_batch(send_op *op, const char *url, const sp_frame *q, size_t first, size_t
 	a->first = first;
 	a->count = count;
 	op->pending++;
-	int rc = cs_rpc_call(op->s->srv->rpc, url, q, on_batch_appended, a);
+	int rc = cs_shardcall_devices(op->s->srv->shards, url, &op->devices[first], count, q,
+				      on_batch_appended, a);
 	if (rc) {
 		op->pending--;
 		free(a);

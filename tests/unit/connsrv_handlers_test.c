@@ -6,8 +6,12 @@
  * recorded instead of going to Redis. Covers the dispatch table against the catalogue,
  * SEND (appends to the owning shards, SENT only after every append, ERROR on a failed
  * append, MISMATCHED_DEVICES), the delivery window (ACK opens it, a gap fetches), DELIVERED
- * receipts after an ACK, READ receipts, deferred device-cache answers, and a session freed
- * only after its last server call.
+ * receipts after an ACK, READ receipts, deferred device-cache answers, a session freed
+ * only after its last server call, and inbox calls through a failover: a copy that answers
+ * SP_ENOTPRIMARY or times out is tried again, on the new primary once the map names it,
+ * until the retry budget is spent; other errors are answered at once. The fake shards share
+ * one store, as a shard's copies do, and deduplicate appends by (device, from_device,
+ * msg_id) as a shard does.
  */
 #include <check.h>
 #include <pthread.h>
@@ -38,6 +42,7 @@
 #define SHARD0_URL "inproc://csh-inbox-0"
 #define SHARD1_URL "inproc://csh-inbox-1"
 #define KEYSRV_URL "inproc://csh-keysrv"
+#define SHARD2_URL "inproc://csh-inbox-new" /* a copy that becomes a shard's primary */
 
 /* Users and devices: user 1 has devices 11 and 12, user 2 has 21 and 22. */
 #define ALICE 1
@@ -51,6 +56,7 @@
 
 typedef struct entry {
 	uint64_t seq, from_user, from_device, etype;
+	uint64_t first_seq; /* seq, kept when the entry is deleted: what dedup answers */
 	uint8_t msg_id[16];
 	uint8_t env[256];
 	uint32_t envlen;
@@ -64,6 +70,17 @@ typedef struct item {
 	uint32_t envlen;
 } item;
 
+/* How a fake shard answers every inbox request. */
+typedef enum {
+	MODE_OK,
+	MODE_NOTPRIMARY, /* ERROR{SP_ENOTPRIMARY}: a copy that is no longer primary */
+	MODE_SILENT,     /* no answer: a dead copy (the call times out) */
+	MODE_FULL,       /* ERROR{SP_EFULL}: not retryable */
+	MODE_BUSY,       /* ERROR{SP_EUNAVAIL, retry_after 5000} */
+} fake_mode;
+
+#define NFAKES 4
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
 	entry inbox[MAX_DEV][MAX_ENTRIES]; /* per device, seq order; seq 0: deleted */
@@ -74,11 +91,17 @@ static struct {
 	int fetches, devices_gets;
 	atomic_bool hold[2];     /* shard i holds its APPEND_MULTI replies */
 	atomic_bool fail_append; /* APPEND_MULTI answered ERROR{SP_EIO} */
+	_Atomic int mode[NFAKES]; /* fake_mode of each fake shard */
+	_Atomic int reqs[NFAKES]; /* inbox requests each fake shard received */
+	/* The map the fake router serves: inbox member i's address, and the epoch. */
+	const char *inbox_addr[2];
+	uint64_t epoch;
 } fk;
 
 typedef struct fake_srv {
 	const char *url;
 	int shard; /* -1: keysrv */
+	int slot;  /* index into fk.mode and fk.reqs */
 	nng_socket sock;
 	pthread_t th;
 } fake_srv;
@@ -94,6 +117,31 @@ store_entry(uint64_t device, const item *it, uint64_t seq)
 	memcpy(e->msg_id, it->msg_id, 16);
 	memcpy(e->env, it->env, it->envlen);
 	e->envlen = it->envlen;
+	e->first_seq = seq;
+}
+
+/* The seq of the entry `it` already made in `device`'s inbox (deleted or not), or 0. */
+static uint64_t
+dedup_seq(uint64_t device, const item *it)
+{
+	for (int i = 0; i < fk.ninbox[device]; i++) {
+		const entry *e = &fk.inbox[device][i];
+		if (e->from_device == it->from_device && memcmp(e->msg_id, it->msg_id, 16) == 0)
+			return e->first_seq;
+	}
+	return 0;
+}
+
+/* Stored entries of `device` (deleted or not) with msg_id byte 0 `b`. */
+static int
+stored(uint64_t device, uint8_t b)
+{
+	int n = 0;
+	pthread_mutex_lock(&lock);
+	for (int i = 0; i < fk.ninbox[device]; i++)
+		n += fk.inbox[device][i].msg_id[0] == b;
+	pthread_mutex_unlock(&lock);
+	return n;
 }
 
 static void
@@ -121,8 +169,11 @@ answer_append_multi(fake_srv *fs, const sp_frame *q)
 		ck_assert_uint_le(env.len, sizeof(it->env));
 		memcpy(it->env, env.p, env.len);
 		it->envlen = env.len;
-		uint64_t seq = ++fk.last_seq[it->device];
-		store_entry(it->device, it, seq);
+		uint64_t seq = dedup_seq(it->device, it);
+		if (!seq) {
+			seq = ++fk.last_seq[it->device];
+			store_entry(it->device, it, seq);
+		}
 		sp_frame_init(&res[i], SP_T_APPEND_RESULT, 0, false);
 		sp_frame_set_u64(&res[i], SP_F_SEQ, seq);
 	}
@@ -224,6 +275,49 @@ answer_devices_get(fake_srv *fs, const sp_frame *q)
 	ck_assert_int_eq(sp_nng_send_frame(fs->sock, &r), SP_OK);
 }
 
+static void
+answer_blob_get(fake_srv *fs, const sp_frame *q)
+{
+	sp_frame r;
+	sp_bin id = sp_frame_bin(q, SP_F_BLOB_ID);
+	sp_frame_init(&r, SP_T_BLOB_DATA, q->id, q->has_id);
+	sp_frame_set_bin(&r, SP_F_BLOB_ID, id.p, id.len);
+	sp_frame_set_u64(&r, SP_F_OFFSET, 0);
+	sp_frame_set_bin(&r, SP_F_BYTES, "blob", 4);
+	sp_frame_set_u64(&r, SP_F_SIZE, 4);
+	ck_assert_int_eq(sp_nng_send_frame(fs->sock, &r), SP_OK);
+}
+
+/* A scripted failure of an inbox request, if the fake's mode says so: true when handled. */
+static bool
+answer_scripted(fake_srv *fs, const sp_frame *q)
+{
+	if (fs->shard < 0)
+		return false;
+	atomic_fetch_add(&fk.reqs[fs->slot], 1);
+	switch ((fake_mode)atomic_load(&fk.mode[fs->slot])) {
+	case MODE_NOTPRIMARY:
+		sp_nng_send_error(fs->sock, q->id, q->has_id, SP_ENOTPRIMARY, "not primary");
+		return true;
+	case MODE_SILENT:
+		return true; /* the next receive abandons the request */
+	case MODE_FULL:
+		sp_nng_send_error(fs->sock, q->id, q->has_id, SP_EFULL, "full");
+		return true;
+	case MODE_BUSY: {
+		sp_frame e;
+		sp_frame_init(&e, SP_T_ERROR, q->id, q->has_id);
+		sp_frame_set_i64(&e, SP_F_CODE, SP_EUNAVAIL);
+		sp_frame_set_u64(&e, SP_F_RETRY_AFTER, 5000);
+		ck_assert_int_eq(sp_nng_send_frame(fs->sock, &e), SP_OK);
+		return true;
+	}
+	case MODE_OK:
+		break;
+	}
+	return false;
+}
+
 static void *
 fake_run(void *arg)
 {
@@ -232,6 +326,11 @@ fake_run(void *arg)
 	while (nng_recvmsg(fs->sock, &m, 0) == 0) {
 		sp_frame q;
 		ck_assert_int_eq(sp_nng_msg_decode(m, &q), SP_OK);
+		if (answer_scripted(fs, &q)) {
+			sp_frame_fini(&q);
+			nng_msg_free(m);
+			continue;
+		}
 		switch (q.type) {
 		case SP_T_APPEND_MULTI:
 			answer_append_multi(fs, &q);
@@ -245,6 +344,9 @@ fake_run(void *arg)
 		case SP_T_DEVICES_GET:
 			answer_devices_get(fs, &q);
 			break;
+		case SP_T_BLOB_GET:
+			answer_blob_get(fs, &q);
+			break;
 		default:
 			sp_nng_send_error(fs->sock, q.id, q.has_id, SP_EPROTO, "not faked");
 		}
@@ -254,38 +356,38 @@ fake_run(void *arg)
 	return NULL;
 }
 
-/* The router: every MAP_GET is answered with the same map. */
+/* The router: every MAP_GET is answered with the map of fk.inbox_addr and fk.epoch. */
 static nng_socket router_sock, pub_sock;
 static pthread_t router_th;
+
+static void
+map_frame(sp_frame *f, sp_frame recs[3], uint64_t id, bool has_id)
+{
+	static const char *names[2] = {"inbox-0", "inbox-1"};
+	pthread_mutex_lock(&lock);
+	for (int i = 0; i < 3; i++) {
+		sp_frame_init(&recs[i], SP_T_MEMBER, 0, false);
+		sp_frame_set_str(&recs[i], SP_F_NAME, i < 2 ? names[i] : "keysrv");
+		sp_frame_set_u64(&recs[i], SP_F_ROLE, i < 2 ? SP_ROLE_INBOX : SP_ROLE_KEYSRV);
+		sp_frame_set_str(&recs[i], SP_F_ADDR, i < 2 ? fk.inbox_addr[i] : KEYSRV_URL);
+		sp_frame_set_u64(&recs[i], SP_F_SHARD, i < 2 ? (uint64_t)i : 0);
+		sp_frame_set_bool(&recs[i], SP_F_HEALTHY, true);
+	}
+	sp_frame_init(f, SP_T_MAP, id, has_id);
+	sp_frame_set_u64(f, SP_F_EPOCH, fk.epoch);
+	sp_frame_set_recs(f, SP_F_MEMBERS, recs, 3);
+	pthread_mutex_unlock(&lock);
+}
 
 static void *
 router_run(void *arg)
 {
 	(void)arg;
-	static const struct {
-		const char *name, *addr;
-		int role;
-		uint64_t shard;
-	} members[] = {
-		{"inbox-0", SHARD0_URL, SP_ROLE_INBOX, 0},
-		{"inbox-1", SHARD1_URL, SP_ROLE_INBOX, 1},
-		{"keysrv", KEYSRV_URL, SP_ROLE_KEYSRV, 0},
-	};
 	nng_msg *m;
 	while (nng_recvmsg(router_sock, &m, 0) == 0) {
 		sp_frame q, f, recs[3];
 		if (sp_nng_msg_decode(m, &q) == SP_OK) {
-			for (int i = 0; i < 3; i++) {
-				sp_frame_init(&recs[i], SP_T_MEMBER, 0, false);
-				sp_frame_set_str(&recs[i], SP_F_NAME, members[i].name);
-				sp_frame_set_u64(&recs[i], SP_F_ROLE, (uint64_t)members[i].role);
-				sp_frame_set_str(&recs[i], SP_F_ADDR, members[i].addr);
-				sp_frame_set_u64(&recs[i], SP_F_SHARD, members[i].shard);
-				sp_frame_set_bool(&recs[i], SP_F_HEALTHY, true);
-			}
-			sp_frame_init(&f, SP_T_MAP, q.id, q.has_id);
-			sp_frame_set_u64(&f, SP_F_EPOCH, 7);
-			sp_frame_set_recs(&f, SP_F_MEMBERS, recs, 3);
+			map_frame(&f, recs, q.id, q.has_id);
 			sp_nng_send_frame(router_sock, &f);
 			sp_frame_fini(&q);
 		}
@@ -294,10 +396,11 @@ router_run(void *arg)
 	return NULL;
 }
 
-static fake_srv fakes[3] = {
-	{SHARD0_URL, 0, {0}, 0},
-	{SHARD1_URL, 1, {0}, 0},
-	{KEYSRV_URL, -1, {0}, 0},
+static fake_srv fakes[NFAKES] = {
+	{SHARD0_URL, 0, 0, {0}, 0},
+	{SHARD1_URL, 1, 1, {0}, 0},
+	{KEYSRV_URL, -1, 2, {0}, 0},
+	{SHARD2_URL, 0, 3, {0}, 0},
 };
 
 /* ---- the connsrv side ---- */
@@ -409,16 +512,20 @@ run_until(bool (*pred)(void), int ms)
 	return ok;
 }
 
+/* rpc_ms bounds each NNG call; retry_ms is --shard-retry-ms. */
 static void
-setup(void)
+setup_with(int rpc_ms, int retry_ms)
 {
 	memset(&fk, 0, sizeof(fk));
+	fk.inbox_addr[0] = SHARD0_URL;
+	fk.inbox_addr[1] = SHARD1_URL;
+	fk.epoch = 7;
 	evthread_use_pthreads();
 	ck_assert_int_eq(sp_nng_rep_listen(&router_sock, ROUTER_URL), SP_OK);
 	ck_assert_int_eq(nng_pub0_open(&pub_sock), 0);
 	ck_assert_int_eq(nng_listen(pub_sock, PUB_URL, NULL, 0), 0);
 	pthread_create(&router_th, NULL, router_run, NULL);
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < NFAKES; i++) {
 		ck_assert_int_eq(sp_nng_rep_listen(&fakes[i].sock, fakes[i].url), SP_OK);
 		pthread_create(&fakes[i].th, NULL, fake_run, &fakes[i]);
 	}
@@ -433,13 +540,14 @@ setup(void)
 	srv.ops = &test_ops;
 	snprintf(srv.pull_url, sizeof(srv.pull_url), "inproc://csh-pull");
 	ck_assert_ptr_nonnull(srv.base = event_base_new());
-	ck_assert_int_eq(cs_rpc_new(srv.base, 5000, &srv.rpc), SP_OK);
-	ck_assert_int_eq(cs_appendq_new(srv.base, srv.rpc, &srv.appendq), SP_OK);
+	ck_assert_int_eq(cs_rpc_new(srv.base, rpc_ms, &srv.rpc), SP_OK);
 	/* Nothing listens there: routes stay disconnected (claims fail, releases are no-ops). */
 	ck_assert_int_eq(cs_routes_new(srv.base, "127.0.0.1:1", 90, &srv.routes), SP_OK);
 	ck_assert_int_eq(cs_devcache_new(&srv, &srv.devcache), SP_OK);
 	ck_assert_int_eq(sp_cluster_start(ROUTER_URL, PUB_URL, NULL, 0, &srv.cluster), SP_OK);
 	ck_assert_int_eq(sp_cluster_wait_map(srv.cluster, 5000), SP_OK);
+	ck_assert_int_eq(cs_shardcall_new(srv.base, srv.rpc, srv.cluster, retry_ms, &srv.shards), SP_OK);
+	ck_assert_int_eq(cs_appendq_new(srv.base, srv.shards, &srv.appendq), SP_OK);
 	ck_assert_int_eq(cs_session_start(&srv), SP_OK);
 	srv.m.receipts = sp_metric_counter("test_receipts_total", "");
 	srv.m.receipts_dropped = sp_metric_counter("test_receipts_dropped_total", "");
@@ -452,6 +560,12 @@ setup(void)
 	bufferevent_enable(client, EV_READ | EV_WRITE);
 	ck_assert_ptr_nonnull(sess = cs_session_new(&srv, pair[0], "test:1"));
 	ngot = nnotes = 0;
+}
+
+static void
+setup(void)
+{
+	setup_with(5000, 10000);
 }
 
 /* Logs the session in as (user, device) without the HELLO/AUTH exchange. */
@@ -472,6 +586,7 @@ teardown(void)
 		cs_session_close(s, false);
 	}
 	cs_rpc_free(srv.rpc);
+	cs_shardcall_free(srv.shards);
 	cs_appendq_free(srv.appendq);
 	cs_routes_free(srv.routes);
 	sp_cluster_stop(srv.cluster);
@@ -482,7 +597,7 @@ teardown(void)
 	ck_assert_ptr_null(srv.reap);
 	bufferevent_free(client);
 	event_base_free(srv.base);
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < NFAKES; i++) {
 		nng_close(fakes[i].sock);
 		pthread_join(fakes[i].th, NULL);
 	}
@@ -608,6 +723,8 @@ START_TEST(test_send_failed_append_is_error)
 	ck_assert_int_eq(sp_frame_i64(e, SP_F_CODE), SP_EIO);
 	ck_assert_uint_eq(sp_frame_bin(e, SP_F_MSG_ID).p[0], 0x42);
 	ck_assert_int_eq(nnotes, 0);
+	/* Not a failover: answered as it came, not retried. */
+	ck_assert_int_eq(sp_metric_value(sp_metric_counter("sp_connsrv_shard_retries_total", "")), 0);
 	teardown();
 }
 END_TEST
@@ -868,6 +985,278 @@ START_TEST(test_closed_session_freed_after_its_calls)
 }
 END_TEST
 
+/* ---- inbox calls through a failover ---- */
+
+static int64_t
+counter(const char *name)
+{
+	return sp_metric_value(sp_metric_counter(name, ""));
+}
+
+static int64_t retries_before;
+static bool retried(void) { return counter("sp_connsrv_shard_retries_total") > retries_before; }
+static int64_t giveups(void) { return counter("sp_connsrv_shard_giveups_total"); }
+static int reqs_slot, reqs_want;
+static bool got_reqs(void) { return atomic_load(&fk.reqs[reqs_slot]) >= reqs_want; }
+
+/* The fake (slot) at the address the current map gives the owner of `device` / of a key. */
+static int
+slot_of(const char *url)
+{
+	for (int i = 0; i < NFAKES; i++)
+		if (strcmp(fakes[i].url, url) == 0)
+			return i;
+	ck_abort_msg("no fake at %s", url);
+	return -1;
+}
+
+static int
+owner_slot(uint64_t device)
+{
+	return slot_of(owner_url(device));
+}
+
+static uint64_t want_epoch;
+
+static bool
+map_installed(void)
+{
+	sp_cluster_map *m = sp_cluster_map_get(srv.cluster);
+	bool ok = sp_cluster_map_epoch(m) == want_epoch;
+	sp_cluster_map_put(m);
+	return ok;
+}
+
+/* Inbox member `member`'s primary is now the fake at `url`: the router publishes a new map
+ * (same ring, the member's new address), and connsrv installs it. */
+static void
+fail_over(int member, const char *url)
+{
+	sp_frame f, recs[3];
+	pthread_mutex_lock(&lock);
+	fk.inbox_addr[member] = url;
+	want_epoch = ++fk.epoch;
+	pthread_mutex_unlock(&lock);
+	map_frame(&f, recs, 0, false);
+	ck_assert_int_eq(sp_nng_send_frame(pub_sock, &f), SP_OK);
+	ck_assert(run_until(map_installed, 5000));
+}
+
+static const uint64_t bob_and_alice12[3] = {21, 22, 12};
+
+START_TEST(test_append_retried_on_new_primary)
+{
+	setup();
+	login_as(ALICE, 11);
+	int m = owner_slot(21);
+	atomic_store(&fk.mode[m], MODE_NOTPRIMARY);
+	retries_before = 0;
+	send_msg(BOB, bob_and_alice12, 3, 0x45);
+	/* Refused, and tried again on the same copy while the map still names it. */
+	reqs_slot = m;
+	reqs_want = 2;
+	ck_assert(run_until(got_reqs, 3000));
+	ck_assert(retried());
+	ck_assert_int_eq(count(SP_T_SENT) + count(SP_T_ERROR), 0);
+	fail_over(m, SHARD2_URL);
+	ck_assert(run_until(got_sent, 5000));
+	ck_assert_int_eq(count(SP_T_ERROR), 0);
+	/* Every append was stored once, at the primary of its device's shard in the new map
+	 * (the refused copy stored nothing), with the client's msg_id. */
+	ck_assert_int_eq(nitems(), 3);
+	bool moved = false;
+	for (int i = 0; i < 3; i++) {
+		ck_assert_str_eq(fk.items[i].url, owner_url(fk.items[i].device));
+		ck_assert_uint_eq(fk.items[i].msg_id[0], 0x45);
+		moved |= strcmp(fk.items[i].url, SHARD2_URL) == 0;
+		ck_assert_int_eq(stored(fk.items[i].device, 0x45), 1);
+	}
+	ck_assert(moved);
+	ck_assert_int_eq(nnotes, 3);
+	ck_assert_int_eq(giveups(), 0);
+	teardown();
+}
+END_TEST
+
+START_TEST(test_append_retried_after_timeout)
+{
+	setup_with(200, 10000); /* calls time out after 200 ms */
+	login_as(ALICE, 11);
+	int m = owner_slot(21);
+	atomic_store(&fk.mode[m], MODE_SILENT);
+	retries_before = 0;
+	send_msg(BOB, bob_and_alice12, 3, 0x46);
+	ck_assert(run_until(retried, 3000));
+	ck_assert_int_eq(count(SP_T_SENT) + count(SP_T_ERROR), 0);
+	/* The copy answers again (or a new one would): the retry goes through, and an attempt
+	 * the copy served late could not store the entry twice. */
+	atomic_store(&fk.mode[m], MODE_OK);
+	ck_assert(run_until(got_sent, 5000));
+	ck_assert_int_eq(count(SP_T_ERROR), 0);
+	for (int i = 0; i < 3; i++)
+		ck_assert_int_eq(stored(bob_and_alice12[i], 0x46), 1);
+	ck_assert_int_eq(giveups(), 0);
+	teardown();
+}
+END_TEST
+
+START_TEST(test_giveup_after_budget)
+{
+	setup_with(5000, 300); /* --shard-retry-ms 300 */
+	login_as(ALICE, 11);
+	int m = owner_slot(21);
+	atomic_store(&fk.mode[m], MODE_NOTPRIMARY);
+	uint64_t t0 = sp_mono_ns();
+	send_msg(BOB, bob_and_alice12, 3, 0x47);
+	ck_assert(run_until(got_error, 3000));
+	uint64_t ms = (sp_mono_ns() - t0) / 1000000;
+	ck_assert_uint_ge(ms, 290);
+	ck_assert_uint_lt(ms, 2000);
+	/* The client hears the retryable error it always heard for a shard it cannot reach,
+	 * never the copy's SP_ENOTPRIMARY. */
+	const sp_frame *e = nth(SP_T_ERROR, 0);
+	ck_assert_uint_eq(e->id, 0x47);
+	ck_assert_int_eq(sp_frame_i64(e, SP_F_CODE), SP_EUNAVAIL);
+	ck_assert_uint_eq(sp_frame_bin(e, SP_F_MSG_ID).p[0], 0x47);
+	ck_assert_int_eq(count(SP_T_SENT), 0);
+	ck_assert_int_ge(counter("sp_connsrv_shard_retries_total"), 2);
+	ck_assert_int_eq(giveups(), 1);
+	teardown();
+}
+END_TEST
+
+START_TEST(test_retry_after_honoured)
+{
+	setup_with(5000, 300);
+	login_as(ALICE, 11);
+	int m = owner_slot(21);
+	/* ERROR{SP_EUNAVAIL, retry_after 5000}: the next attempt waits for it, cut to the
+	 * budget, so there are exactly two, where the backoff alone would make four or more. */
+	atomic_store(&fk.mode[m], MODE_BUSY);
+	uint64_t t0 = sp_mono_ns();
+	send_msg(BOB, bob_and_alice12, 3, 0x49);
+	ck_assert(run_until(got_error, 3000));
+	ck_assert_uint_ge((sp_mono_ns() - t0) / 1000000, 290);
+	ck_assert_int_eq(sp_frame_i64(nth(SP_T_ERROR, 0), SP_F_CODE), SP_EUNAVAIL);
+	ck_assert_int_eq(atomic_load(&fk.reqs[m]), 2);
+	ck_assert_int_eq(giveups(), 1);
+	teardown();
+}
+END_TEST
+
+START_TEST(test_non_retryable_error_answered_at_once)
+{
+	setup();
+	login_as(ALICE, 11);
+	int m = owner_slot(21);
+	atomic_store(&fk.mode[m], MODE_FULL);
+	send_msg(BOB, bob_and_alice12, 3, 0x4a);
+	ck_assert(run_until(got_error, 3000));
+	run_until(NULL, 200);
+	ck_assert_int_eq(sp_frame_i64(nth(SP_T_ERROR, 0), SP_F_CODE), SP_EFULL);
+	ck_assert_int_eq(count(SP_T_ERROR), 1);
+	ck_assert_int_eq(atomic_load(&fk.reqs[m]), 1);
+	ck_assert_int_eq(counter("sp_connsrv_shard_retries_total"), 0);
+	ck_assert_int_eq(giveups(), 0);
+	teardown();
+}
+END_TEST
+
+static bool
+inbox_deleted(void)
+{
+	pthread_mutex_lock(&lock);
+	bool all = true;
+	for (int i = 0; i < fk.ninbox[21]; i++)
+		all &= fk.inbox[21][i].seq == 0;
+	pthread_mutex_unlock(&lock);
+	return all;
+}
+
+START_TEST(test_fetch_and_ack_follow_the_primary)
+{
+	setup();
+	fill_inbox(21, 3);
+	int m = owner_slot(21);
+	atomic_store(&fk.mode[m], MODE_NOTPRIMARY);
+	login_as(BOB, 21);
+	retries_before = 0;
+	cs_session_logged_in(sess, 0);
+	ck_assert(run_until(retried, 3000));
+	ck_assert_int_eq(count(SP_T_DELIVER), 0);
+	/* The shard's copies hold the same entries: the new primary serves the drain. */
+	fail_over(m, SHARD2_URL);
+	ck_assert(run_until(got_queue_empty, 5000));
+	ck_assert_int_eq(count(SP_T_DELIVER), 3);
+	/* And back: the ACK meets the old primary's refusal, then the copy named next. */
+	atomic_store(&fk.mode[m], MODE_OK);
+	atomic_store(&fk.mode[3], MODE_NOTPRIMARY);
+	retries_before = counter("sp_connsrv_shard_retries_total");
+	client_ack(3);
+	ck_assert(run_until(retried, 3000));
+	ck_assert(!inbox_deleted());
+	fail_over(m, fakes[m].url);
+	ck_assert(run_until(inbox_deleted, 5000));
+	/* Its ACKED reply made the DELIVERED receipts to the sender's two devices. */
+	want_items = 2;
+	ck_assert(run_until(got_items, 5000));
+	ck_assert_int_eq(giveups(), 0);
+	teardown();
+}
+END_TEST
+
+static bool got_media(void) { return count(SP_T_MEDIA_DATA) > 0; }
+
+START_TEST(test_media_follows_the_primary)
+{
+	setup();
+	login_as(ALICE, 11);
+	uint8_t blob[16] = {9, 9};
+	sp_cluster_map *map = sp_cluster_map_get(srv.cluster);
+	int m = slot_of(sp_cluster_map_shard_for_key(map, blob, 16)->addr);
+	sp_cluster_map_put(map);
+	atomic_store(&fk.mode[m], MODE_NOTPRIMARY);
+	retries_before = 0;
+	sp_frame g;
+	sp_frame_init(&g, SP_T_MEDIA_GET, 9, true);
+	sp_frame_set_bin(&g, SP_F_BLOB_ID, blob, 16);
+	sp_frame_set_u64(&g, SP_F_OFFSET, 0);
+	sp_frame_set_u64(&g, SP_F_LEN, 4);
+	client_send(&g);
+	ck_assert(run_until(retried, 3000));
+	fail_over(m, SHARD2_URL);
+	ck_assert(run_until(got_media, 5000));
+	const sp_frame *d = nth(SP_T_MEDIA_DATA, 0);
+	ck_assert_uint_eq(d->id, 9);
+	ck_assert(memcmp(sp_frame_bin(d, SP_F_BYTES).p, "blob", 4) == 0);
+	ck_assert_int_eq(count(SP_T_ERROR), 0);
+	teardown();
+}
+END_TEST
+
+START_TEST(test_session_closed_while_retrying)
+{
+	setup();
+	login_as(ALICE, 11);
+	int m = owner_slot(21);
+	atomic_store(&fk.mode[m], MODE_NOTPRIMARY);
+	retries_before = 0;
+	send_msg(BOB, bob_and_alice12, 3, 0x48);
+	ck_assert(run_until(retried, 3000));
+	/* The client goes away between two attempts: the session is kept (its SEND is still
+	 * a call outstanding) and never written to; it is freed once the retry is over. */
+	cs_session_close(sess, false);
+	run_until(NULL, 200);
+	ck_assert_ptr_eq(srv.closed, sess);
+	fail_over(m, SHARD2_URL);
+	ck_assert(run_until(reaped, 5000));
+	ck_assert_int_eq(count(SP_T_SENT) + count(SP_T_ERROR), 0);
+	/* Stored all the same: the client's own retry (same msg_id) is answered from dedup. */
+	ck_assert_int_eq(stored(21, 0x48), 1);
+	teardown();
+}
+END_TEST
+
 int
 main(void)
 {
@@ -883,6 +1272,14 @@ main(void)
 	tcase_add_test(tc, test_read_receipt);
 	tcase_add_test(tc, test_devcache_answers_later);
 	tcase_add_test(tc, test_closed_session_freed_after_its_calls);
+	tcase_add_test(tc, test_append_retried_on_new_primary);
+	tcase_add_test(tc, test_append_retried_after_timeout);
+	tcase_add_test(tc, test_giveup_after_budget);
+	tcase_add_test(tc, test_retry_after_honoured);
+	tcase_add_test(tc, test_non_retryable_error_answered_at_once);
+	tcase_add_test(tc, test_fetch_and_ack_follow_the_primary);
+	tcase_add_test(tc, test_media_follows_the_primary);
+	tcase_add_test(tc, test_session_closed_while_retrying);
 	suite_add_tcase(s, tc);
 	return check_run(s);
 }
