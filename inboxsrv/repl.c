@@ -57,6 +57,10 @@ struct inbox_repl {
 	 * answer: a promotion waits for it, so no record from the old primary lands after the
 	 * new one counted its log, and no two threads replay at once. */
 	bool follower_busy;
+	/* The follower's REQ socket to the primary; closed by whoever sees the primary change
+	 * (or stop), which aborts a fetch in flight to a primary that is gone. */
+	nng_socket follow_sock;
+	bool follow_open;
 
 	_Atomic uint64_t applied; /* the store's LSN */
 
@@ -113,6 +117,16 @@ dup_or_null(const char *s, bool *oom)
 	if (!d)
 		*oom = true;
 	return d;
+}
+
+/* Lock held. */
+static void
+follow_abort(inbox_repl *r)
+{
+	if (r->follow_open) {
+		nng_close(r->follow_sock);
+		r->follow_open = false;
+	}
 }
 
 static void
@@ -668,8 +682,6 @@ follow_main(void *arg)
 {
 	inbox_repl *r = arg;
 	char url[REPL_HA_URL_MAX + 1] = "";
-	nng_socket sock = NNG_SOCKET_INITIALIZER;
-	bool open = false;
 	uint64_t caught_up_ms = mono_ms();
 
 	pthread_mutex_lock(&r->lock);
@@ -680,25 +692,23 @@ follow_main(void *arg)
 			break;
 		int64_t epoch = r->highest_epoch;
 		r->follower_busy = true;
-		if (!open || strcmp(url, r->leader_url) != 0) {
+		if (!r->follow_open || strcmp(url, r->leader_url) != 0) {
+			follow_abort(r);
 			snprintf(url, sizeof(url), "%s", r->leader_url);
-			pthread_mutex_unlock(&r->lock);
-			if (open)
-				nng_close(sock);
-			int rc = sp_nng_req_open(&sock, url,
+			/* The dial is asynchronous: holding the lock here is short. */
+			int rc = sp_nng_req_open(&r->follow_sock, url,
 			    (int)(r->cfg.fetch_wait_ms + FETCH_TIMEOUT_SLACK_MS), 0);
-			open = rc == SP_OK;
-			if (!open)
+			r->follow_open = rc == SP_OK;
+			if (!r->follow_open) {
 				sp_warn_rl("repl %s: cannot dial the primary at %s: %s", r->group, url,
 				    sp_strerror(rc));
-			pthread_mutex_lock(&r->lock);
-			if (!open) {
 				r->follower_busy = false;
 				pthread_cond_broadcast(&r->cond);
 				wait_ms(r, 200);
 				continue;
 			}
 		}
+		nng_socket sock = r->follow_sock;
 		pthread_mutex_unlock(&r->lock);
 
 		repl_log_pos last = repl_log_last(r->log);
@@ -726,6 +736,8 @@ follow_main(void *arg)
 				   ": this copy needs a snapshot (rebuild it from an empty data dir)",
 			    r->group, last.lsn);
 			pause = 1000;
+		} else if (rc == SP_ECLOSED) {
+			pause = 0; /* aborted: the primary changed */
 		} else if (rc) {
 			if (rc != SP_ENOTPRIMARY)
 				sp_warn_rl("repl %s: fetch from %s: %s", r->group, url, sp_strerror(rc));
@@ -744,9 +756,8 @@ follow_main(void *arg)
 		if (pause && !r->stopping)
 			wait_ms(r, pause);
 	}
+	follow_abort(r);
 	pthread_mutex_unlock(&r->lock);
-	if (open)
-		nng_close(sock);
 	return NULL;
 }
 
@@ -796,6 +807,7 @@ cb_primary(void *arg, int64_t epoch, const repl_ha_view *view)
 		r->highest_epoch = epoch;
 	snprintf(r->leader_name, sizeof(r->leader_name), "%s", r->name);
 	snprintf(r->leader_url, sizeof(r->leader_url), "%s", r->advertise);
+	follow_abort(r);
 	set_role(r, ROLE_STARTING);
 	pthread_mutex_unlock(&r->lock);
 	sp_metric_set(inbox_m.repl_epoch, epoch);
@@ -818,6 +830,7 @@ cb_following(void *arg, const repl_ha_leader *leader)
 		r->highest_epoch = leader->epoch;
 	snprintf(r->leader_name, sizeof(r->leader_name), "%s", leader->parsed ? leader->id.name : "");
 	snprintf(r->leader_url, sizeof(r->leader_url), "%s", leader->parsed ? leader->url : "");
+	follow_abort(r);
 	set_role(r, ROLE_REPLICA);
 	pthread_mutex_unlock(&r->lock);
 	sp_metric_set(inbox_m.repl_epoch, leader->epoch);
@@ -850,6 +863,19 @@ view_has(const repl_ha_view *v, const char *name, const uint8_t *inc, bool match
 		    && (!match_inc
 			|| (m->inc_len == REPL_SYNC_INCARNATION_LEN
 			    && memcmp(m->inc, inc, REPL_SYNC_INCARNATION_LEN) == 0)))
+			return true;
+	}
+	return false;
+}
+
+/* Whether the view lists a status key of this member's incarnation. */
+static bool
+copy_alive(const repl_ha_view *v, const repl_sync_info *m)
+{
+	for (size_t i = 0; i < v->ncopies; i++) {
+		const repl_ha_id *c = &v->copies[i].id;
+		if (strcmp(c->name, m->name) == 0 && c->inc_len == REPL_SYNC_INCARNATION_LEN
+		    && memcmp(c->inc, m->incarnation, REPL_SYNC_INCARNATION_LEN) == 0)
 			return true;
 	}
 	return false;
@@ -909,6 +935,18 @@ manage_sync(inbox_repl *r, int64_t epoch)
 			nmem = REPL_HA_MAX_COPIES;
 	}
 	pthread_mutex_unlock(&r->lock);
+	/* A member whose status key is gone has no live process (its lease expired): it is
+	 * treated as lagging now rather than after the lag bound, which after a failover
+	 * would hold the first commit back by that long for the dead old primary. */
+	for (size_t i = 0; i < nmem && nlag < REPL_HA_MAX_COPIES; i++) {
+		if (mem[i].state == REPL_SYNC_JOINING || copy_alive(view, &mem[i]))
+			continue;
+		bool listed = false;
+		for (size_t k = 0; k < nlag && !listed; k++)
+			listed = strcmp(lag[k].name, mem[i].name) == 0;
+		if (!listed)
+			lag[nlag++] = mem[i];
+	}
 
 	/* Drop a lagging copy: from etcd first (guarded by the leader key), then here, so no
 	 * write is acknowledged without it while etcd still names it a candidate. */
@@ -925,9 +963,8 @@ manage_sync(inbox_repl *r, int64_t epoch)
 		if (rc == SP_OK) {
 			pthread_mutex_lock(&r->lock);
 			if (r->sync && r->epoch == epoch && repl_sync_remove(r->sync, lag[i].name) == SP_OK)
-				sp_warn("repl %s: %s dropped from the sync set (silent for %" PRIu64
-					" ms)",
-				    r->group, lag[i].name, r->cfg.lag_ms);
+				sp_warn("repl %s: %s dropped from the sync set (%s)", r->group,
+				    lag[i].name, copy_alive(view, &lag[i]) ? "silent too long" : "no live process");
 			pthread_cond_broadcast(&r->cond);
 			pthread_mutex_unlock(&r->lock);
 		}
@@ -976,6 +1013,7 @@ manage_main(void *arg)
 			pthread_mutex_lock(&r->lock);
 			if (r->role == ROLE_STARTING && r->epoch == epoch) {
 				set_role(r, ROLE_PRIMARY);
+				sp_metric_set(inbox_m.repl_lag_ms, 0);
 				sp_metric_inc(inbox_m.repl_promotions);
 				sp_info("repl %s: primary of epoch %" PRId64 " at LSN %" PRIu64, r->group,
 				    epoch, last);
@@ -1163,6 +1201,7 @@ inbox_repl_stop(inbox_repl *r, bool resign)
 	}
 	pthread_mutex_lock(&r->lock);
 	r->stopping = true;
+	follow_abort(r);
 	repl_sync_free(r->sync);
 	r->sync = NULL;
 	set_role(r, ROLE_NONE);
