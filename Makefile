@@ -84,7 +84,7 @@ ITESTS      := $(patsubst tests/integration/%.c,$(BUILD)/tests/%,$(wildcard test
 TEST_HELPERS := $(call dir_srcs,tests/lib)
 FUZZERS     := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/*_fuzz.c))
 
-.PHONY: all test unit asan fuzz fuzz-build clean format bench
+.PHONY: all test unit asan fuzz fuzz-build clean format bench chaos
 # Keep objects of test helpers (they are intermediate to make otherwise).
 .SECONDARY:
 all: $(BINS)
@@ -136,6 +136,18 @@ unit: $(BINS) $(UNIT_TESTS) $(ITESTS)
 test:
 	$(MAKE) unit
 	SP_BUILD=$(BUILD) SP_BIN=$(BIN) tests/run.sh
+
+# The replication fault tests over and over (CHAOS_ROUNDS times each, default 10): the
+# long fault schedule whose one round runs in `make test`.
+CHAOS_ROUNDS ?= 10
+CHAOS_TESTS ?= inbox_repl_itest inbox_partition_itest inbox_etcd_restart_itest
+chaos:
+	$(MAKE) unit
+	@set -e; for t in $(CHAOS_TESTS); do [ -x $(BUILD)/tests/$$t ] || continue; \
+		for i in $$(seq $(CHAOS_ROUNDS)); do echo "chaos: $$t round $$i/$(CHAOS_ROUNDS)"; \
+			SP_BIN=$(BIN) $(BUILD)/tests/$$t > $(BUILD)/chaos-$$t.log 2>&1 || \
+			{ echo "chaos: $$t failed in round $$i"; tail -n 40 $(BUILD)/chaos-$$t.log; exit 1; }; \
+		done; done; echo "chaos: all rounds passed"
 
 asan:
 	$(MAKE) BUILD=build-asan BIN=build-asan/bin \
