@@ -254,6 +254,9 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	while (read(fd, buf, sizeof(buf)) > 0)
 		;
+	/* One publication (and one state-file write) for everything this wake-up brought:
+	 * at start every shard arrives at once. */
+	bool changed = false, status = false;
 	for (size_t i = 0; i < e->n; i++) {
 		pthread_mutex_lock(&e->mu);
 		bool dirty = e->dirty[i];
@@ -266,13 +269,15 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 		unsigned changes;
 		if (router_map_apply_shard(e->r->map, e->shards[i], &e->applying, &changes))
 			continue;
-		if (changes & ROUTER_SHARD_CHANGED) {
+		if (changes & ROUTER_SHARD_CHANGED)
 			log_shard(e->r, e->shards[i]);
-			router_changed(e->r);
-		} else if (changes & ROUTER_SHARD_STATUS) {
-			router_status_changed(e->r);
-		}
+		changed = changed || (changes & ROUTER_SHARD_CHANGED);
+		status = status || (changes & ROUTER_SHARD_STATUS);
 	}
+	if (changed)
+		router_changed(e->r); /* carries the LSNs too */
+	else if (status)
+		router_status_changed(e->r);
 }
 
 int
