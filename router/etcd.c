@@ -285,6 +285,13 @@ router_etcd_start(router *r, const char *endpoints, const char *cluster, router_
 		  char *err, size_t errlen)
 {
 	int rc = SP_ENOMEM;
+	size_t clen = strlen(cluster);
+	if (clen == 0 || clen > REPL_HA_NAME_MAX ||
+	    strspn(cluster, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != clen) {
+		snprintf(err, errlen, "etcd-cluster '%s': only letters, digits, '.', '_' and '-', at "
+				      "most %d", cluster, REPL_HA_NAME_MAX);
+		return SP_ECONFIG;
+	}
 	router_etcd *e = calloc(1, sizeof(*e));
 	if (!e)
 		return SP_ENOMEM;
@@ -311,15 +318,16 @@ router_etcd_start(router *r, const char *endpoints, const char *cluster, router_
 		snprintf(e->groups[i], sizeof(e->groups[i]), "inbox-%" PRIu32, e->shards[i]);
 		if ((rc = repl_ha_new_reader(&ecfg, cluster, e->groups[i], &e->readers[i]))) {
 			snprintf(err, errlen, "etcd: %s",
-				 rc == SP_EINVAL ? "bad endpoints (http://host:port,...) or etcd-cluster "
-						   "name ([A-Za-z0-9._-], at most 63)"
+				 rc == SP_EINVAL ? "bad endpoints (expected http://host:port,...)"
 						 : sp_strerror(rc));
 			rc = rc == SP_EINVAL ? SP_ECONFIG : rc;
 			goto fail;
 		}
 	}
 	if ((rc = sp_etcd_new(&ecfg, &e->watcher))) {
-		snprintf(err, errlen, "etcd: %s", rc == SP_EINVAL ? "bad endpoints" : sp_strerror(rc));
+		snprintf(err, errlen, "etcd: %s",
+			 rc == SP_EINVAL ? "bad endpoints (expected http://host:port,...)"
+					 : sp_strerror(rc));
 		rc = rc == SP_EINVAL ? SP_ECONFIG : rc;
 		goto fail;
 	}
