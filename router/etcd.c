@@ -254,6 +254,9 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	while (read(fd, buf, sizeof(buf)) > 0)
 		;
+	/* One publication (and one state-file write) for everything this wake-up brought:
+	 * at start every shard arrives at once. */
+	bool changed = false, status = false;
 	for (size_t i = 0; i < e->n; i++) {
 		pthread_mutex_lock(&e->mu);
 		bool dirty = e->dirty[i];
@@ -266,13 +269,15 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 		unsigned changes;
 		if (router_map_apply_shard(e->r->map, e->shards[i], &e->applying, &changes))
 			continue;
-		if (changes & ROUTER_SHARD_CHANGED) {
+		if (changes & ROUTER_SHARD_CHANGED)
 			log_shard(e->r, e->shards[i]);
-			router_changed(e->r);
-		} else if (changes & ROUTER_SHARD_STATUS) {
-			router_status_changed(e->r);
-		}
+		changed = changed || (changes & ROUTER_SHARD_CHANGED);
+		status = status || (changes & ROUTER_SHARD_STATUS);
 	}
+	if (changed)
+		router_changed(e->r); /* carries the LSNs too */
+	else if (status)
+		router_status_changed(e->r);
 }
 
 int
@@ -280,6 +285,13 @@ router_etcd_start(router *r, const char *endpoints, const char *cluster, router_
 		  char *err, size_t errlen)
 {
 	int rc = SP_ENOMEM;
+	size_t clen = strlen(cluster);
+	if (clen == 0 || clen > REPL_HA_NAME_MAX ||
+	    strspn(cluster, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != clen) {
+		snprintf(err, errlen, "etcd-cluster '%s': only letters, digits, '.', '_' and '-', at "
+				      "most %d", cluster, REPL_HA_NAME_MAX);
+		return SP_ECONFIG;
+	}
 	router_etcd *e = calloc(1, sizeof(*e));
 	if (!e)
 		return SP_ENOMEM;
@@ -306,15 +318,16 @@ router_etcd_start(router *r, const char *endpoints, const char *cluster, router_
 		snprintf(e->groups[i], sizeof(e->groups[i]), "inbox-%" PRIu32, e->shards[i]);
 		if ((rc = repl_ha_new_reader(&ecfg, cluster, e->groups[i], &e->readers[i]))) {
 			snprintf(err, errlen, "etcd: %s",
-				 rc == SP_EINVAL ? "bad endpoints (http://host:port,...) or etcd-cluster "
-						   "name ([A-Za-z0-9._-], at most 63)"
+				 rc == SP_EINVAL ? "bad endpoints (expected http://host:port,...)"
 						 : sp_strerror(rc));
 			rc = rc == SP_EINVAL ? SP_ECONFIG : rc;
 			goto fail;
 		}
 	}
 	if ((rc = sp_etcd_new(&ecfg, &e->watcher))) {
-		snprintf(err, errlen, "etcd: %s", rc == SP_EINVAL ? "bad endpoints" : sp_strerror(rc));
+		snprintf(err, errlen, "etcd: %s",
+			 rc == SP_EINVAL ? "bad endpoints (expected http://host:port,...)"
+					 : sp_strerror(rc));
 		rc = rc == SP_EINVAL ? SP_ECONFIG : rc;
 		goto fail;
 	}

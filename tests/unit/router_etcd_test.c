@@ -501,9 +501,14 @@ START_TEST(test_etcd_gone)
 	char body[65536];
 	ck_assert_int_eq(http_get(r.http, "/metrics", body, sizeof(body)), 200);
 	ck_assert_msg(strstr(body, "\nsp_router_etcd_reachable 0\n") != NULL, "%s", body);
+	/* Points for Check's "after this point" should a stop ever hang. */
+	mark_point();
 	sp_cluster_stop(c);
+	mark_point();
 	router_stop(&r);
+	mark_point();
 	repl_ha_free(a);
+	mark_point();
 }
 END_TEST
 
