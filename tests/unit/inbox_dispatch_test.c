@@ -13,6 +13,7 @@
 
 #include "inboxsrv/commit.h"
 #include "inboxsrv/dispatch.h"
+#include "inboxsrv/repl.h"
 #include "inboxsrv/store.h"
 #include "sp_error.h"
 #include "sp_frame.h"
@@ -294,6 +295,8 @@ START_TEST(table_serves_the_inbox_requests)
 		const sp_frame_def *def = sp_frame_def_get(t);
 		if (def && def->tier == SP_TIER_INBOX)
 			ck_assert_msg(inbox_dispatch_serves(t), "%s has no handler", def->name);
+		/* The replication endpoint serves exactly the catalogue's REPL frames. */
+		ck_assert_msg(inbox_repl_serves(t) == (def && def->tier == SP_TIER_REPL), "type %u", t);
 	}
 
 	/* A well-formed frame the shard does not serve (a reply type) is an ERROR. */
