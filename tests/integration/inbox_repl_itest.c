@@ -406,6 +406,78 @@ kill_primary(int p, const char *phase)
 	return np;
 }
 
+/* Hostile input on the primary's replication endpoint: each is answered with an error
+ * (or a divergence answer), nothing is counted as a copy's acknowledgement, and the shard
+ * keeps serving. */
+static void
+malformed_fetches(int p)
+{
+	nng_socket s;
+	CHECK(sp_nng_req_open(&s, repl_url[p], 3000, 0) == SP_OK, "dial repl");
+	struct {
+		const char *what;
+		uint64_t epoch, last_epoch, last_lsn;
+		const char *name;
+		int want;
+	} cases[] = {
+		{ "epoch past the bound", 1ULL << 63, 0, 0, "intruder", SP_ERANGE },
+		{ "lsn past the bound", 1, 1, 1ULL << 62, "intruder", SP_ERANGE },
+		{ "the primary's own name", 0, 0, 0, names[p], SP_EPERM },
+		{ "a newer epoch than the primary's", 1ULL << 40, 0, 0, "intruder", SP_ENOTPRIMARY },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		sp_frame f, rep;
+		nng_msg *m;
+		uint8_t inc[16] = { 9 };
+		sp_frame_init(&f, SP_T_REPL_FETCH, 1, true);
+		sp_frame_set_u64(&f, SP_F_EPOCH, cases[i].epoch);
+		sp_frame_set_str(&f, SP_F_NAME, cases[i].name);
+		sp_frame_set_bin(&f, SP_F_REPL_INC, inc, sizeof(inc));
+		sp_frame_set_u64(&f, SP_F_LAST_EPOCH, cases[i].last_epoch);
+		sp_frame_set_u64(&f, SP_F_LAST_LSN, cases[i].last_lsn);
+		sp_frame_set_u64(&f, SP_F_FLUSHED_LSN, cases[i].last_lsn);
+		sp_frame_set_u64(&f, SP_F_COMMIT_LSN, 0);
+		int rc = call(s, &f, &rep, &m);
+		call_done(&rep, m);
+		CHECK(rc == cases[i].want, "%s: answered %s", cases[i].what, sp_strerror(rc));
+	}
+	/* A record the copy does not hold, claimed as its last: a divergence answer, no ack. */
+	{
+		sp_frame f, rep;
+		nng_msg *m;
+		uint8_t inc[16] = { 9 };
+		sp_frame_init(&f, SP_T_REPL_FETCH, 1, true);
+		sp_frame_set_u64(&f, SP_F_EPOCH, 0);
+		sp_frame_set_str(&f, SP_F_NAME, "intruder");
+		sp_frame_set_bin(&f, SP_F_REPL_INC, inc, sizeof(inc));
+		sp_frame_set_u64(&f, SP_F_LAST_EPOCH, 1);
+		sp_frame_set_u64(&f, SP_F_LAST_LSN, 1000000000);
+		sp_frame_set_u64(&f, SP_F_FLUSHED_LSN, 1000000000);
+		sp_frame_set_u64(&f, SP_F_COMMIT_LSN, 0);
+		int rc = call(s, &f, &rep, &m);
+		CHECK(rc == SP_OK && rep.type == SP_T_REPL_DIVERGED, "a foreign last record: %s type %d",
+		    sp_strerror(rc), rep.type);
+		call_done(&rep, m);
+	}
+	/* A frame of another type, and bytes that are no frame. */
+	{
+		sp_frame f, rep;
+		nng_msg *m;
+		sp_frame_init(&f, SP_T_PING, 1, true);
+		int rc = call(s, &f, &rep, &m);
+		call_done(&rep, m);
+		CHECK(rc == SP_EBADTYPE, "PING on the replication endpoint: %s", sp_strerror(rc));
+		nng_msg *raw;
+		CHECK(nng_msg_alloc(&raw, 0) == 0 && nng_msg_append(raw, "\xff\x00garbage", 9) == 0, "msg");
+		CHECK(nng_sendmsg(s, raw, 0) == 0, "send");
+		CHECK(nng_recvmsg(s, &raw, 0) == 0, "no answer to garbage");
+		nng_msg_free(raw);
+	}
+	nng_close(s);
+	CHECK(find_primary(5000) == p, "the primary stopped serving after hostile fetches");
+	printf("hostile fetches on the replication endpoint refused; %s still primary\n", names[p]);
+}
+
 int
 main(void)
 {
@@ -431,6 +503,7 @@ main(void)
 	int p = find_primary(20000);
 	CHECK(p >= 0, "no copy became a writable primary in 20 s");
 	printf("primary: %s\n", names[p]);
+	malformed_fetches(p);
 
 	workers_start();
 	usleep(1500000);
