@@ -78,11 +78,11 @@ finish(sc_call *c, int rc, const sp_frame *reply)
 }
 
 static void
-give_up(sc_call *c, int why)
+give_up(sc_call *c, const char *why)
 {
 	sp_metric_inc(c->sc->giveups);
 	sp_warn_rl("%s to inbox shard %s given up after %u attempts: %s",
-		   sp_frame_type_name(c->type), c->url, c->attempts, sp_strerror(why));
+		   sp_frame_type_name(c->type), c->url, c->attempts, why);
 	finish(c, SP_EUNAVAIL, NULL);
 }
 
@@ -130,6 +130,8 @@ unlink_waiting(sc_call *c)
 	sc->nwaiting--;
 }
 
+static void retry_later(sc_call *c, uint64_t retry_after_ms);
+
 /* Loop: the backoff is over; the next attempt goes to the primary the newest map names. */
 static void
 on_timer(evutil_socket_t fd, short what, void *arg)
@@ -140,16 +142,19 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	unlink_waiting(c);
 	sp_metric_inc(c->sc->retries);
 	int rc = resolve(c);
-	if (rc == SP_OK)
-		rc = send_attempt(c);
-	if (rc == SP_OK)
-		return;
-	if (rc == SP_EUNAVAIL) {
-		/* No owner in the map right now (or no socket to it): that too may pass. */
-		on_reply(c, rc, NULL);
+	if (rc == SP_EMISMATCH) {
+		give_up(c, "its devices are on different shards in the new map");
 		return;
 	}
-	give_up(c, rc);
+	if (rc == SP_OK && (rc = send_attempt(c)) == SP_OK)
+		return;
+	if (rc == SP_EUNAVAIL) {
+		/* No owner in the map right now, or no socket to it: that may pass too. */
+		c->last_rc = rc;
+		retry_later(c, 0);
+		return;
+	}
+	give_up(c, sp_strerror(rc));
 }
 
 /* After a failed attempt: waits and tries again, or gives up once the budget is spent. */
@@ -159,7 +164,7 @@ retry_later(sc_call *c, uint64_t retry_after_ms)
 	cs_shardcall *sc = c->sc;
 	uint64_t now = mono_ms();
 	if (sc->closing || c->last || now >= c->deadline_ms) {
-		give_up(c, c->last_rc);
+		give_up(c, sp_strerror(c->last_rc));
 		return;
 	}
 	uint64_t delay = retry_after_ms;
@@ -179,7 +184,7 @@ retry_later(sc_call *c, uint64_t retry_after_ms)
 		c->last = true;
 	}
 	if (!c->timer && !(c->timer = evtimer_new(sc->base, on_timer, c))) {
-		give_up(c, SP_ENOMEM);
+		give_up(c, sp_strerror(SP_ENOMEM));
 		return;
 	}
 	struct timeval tv = {(time_t)(delay / 1000), (suseconds_t)(delay % 1000) * 1000};
