@@ -334,23 +334,31 @@ cs_shardcall_blob(cs_shardcall *sc, const char *url, const uint8_t *key, size_t 
 	return call_start(c);
 }
 
+static bool
+is_cut(void *arg)
+{
+	return ((sc_call *)arg)->cut;
+}
+
 void
 cs_shardcall_map_changed(cs_shardcall *sc)
 {
 	sp_cluster_map *m = sc->cluster ? sp_cluster_map_get(sc->cluster) : NULL;
 	if (!m)
 		return;
-	/* The list is stable here: the cancelled attempts complete later, on the loop. */
+	bool any = false;
 	for (sc_call *c = sc->sent; c; c = c->next) {
 		const sp_cluster_member *owner =
 			c->n ? sp_cluster_map_shard_for(m, c->devices[0])
 			     : sp_cluster_map_shard_for_key(m, c->key, c->key_len);
-		if (!c->cut && owner && strcmp(owner->addr, c->url) != 0) {
-			c->cut = true;
-			cs_rpc_cancel(sc->rpc, on_reply, c);
-		}
+		if (!c->cut && owner && strcmp(owner->addr, c->url) != 0)
+			any = c->cut = true;
 	}
 	sp_cluster_map_put(m);
+	/* Marked first, then cancelled in one pass: the cancelled attempts complete later, on
+	 * the loop. One marked earlier and still in flight (its cancel missed) goes again too. */
+	if (any)
+		cs_rpc_cancel(sc->rpc, on_reply, is_cut);
 }
 
 unsigned
