@@ -168,7 +168,8 @@ on_sigterm(evutil_socket_t fd, short what, void *arg)
 	on_drain_tick(-1, 0, srv);
 }
 
-/* Router said this connsrv drains (or no longer): runs on the loop via drain_check. */
+/* A new map: shard calls in flight to a copy it no longer names go to the new primary, and
+ * the router may say this connsrv drains (or no longer). Runs on the loop. */
 static struct event *map_ev;
 
 static void
@@ -187,6 +188,7 @@ on_map_loop(evutil_socket_t fd, short what, void *arg)
 	sp_cluster_map *m = sp_cluster_map_get(srv->cluster);
 	if (!m)
 		return;
+	cs_shardcall_map_changed(srv->shards);
 	const sp_cluster_member *me = sp_cluster_map_find(m, srv->cfg.name);
 	if (me && me->draining && !srv->draining) {
 		start_drain(srv, "drained by the router");

@@ -260,6 +260,17 @@ cs_rpc_call_packed(cs_rpc *r, const char *url, const void *req, size_t len, cs_r
 	return call_msg(r, url, m, cb, arg);
 }
 
+void
+cs_rpc_cancel(cs_rpc *r, cs_rpc_cb cb, bool (*pick)(void *arg))
+{
+	/* Cancelled, not stopped: an operation begun on a stopped aio may end without its
+	 * callback (nng 1.5), which would lose the call. A cancel that falls between the send and
+	 * the receive is missed, and that call ends by its timeout as before. */
+	for (call *c = r->live; c; c = c->next_live)
+		if (c->cb == cb && pick(c->arg))
+			nng_aio_cancel(c->aio);
+}
+
 int
 cs_rpc_push(cs_rpc *r, const char *url, const sp_frame *f)
 {

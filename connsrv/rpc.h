@@ -6,6 +6,7 @@
 #ifndef CS_RPC_H
 #define CS_RPC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,6 +38,12 @@ int cs_rpc_call(cs_rpc *r, const char *url, const sp_frame *req, cs_rpc_cb cb, v
  * returns): what a caller that sends the same request again keeps. */
 int cs_rpc_call_packed(cs_rpc *r, const char *url, const void *req, size_t len, cs_rpc_cb cb,
 		       void *arg);
+
+/* Cancels the calls in flight made with callback `cb` whose `arg` `pick` chooses (one pass
+ * over the calls in flight): each still completes exactly once, later on the loop, with
+ * SP_ENNG (cancelled) unless its answer came first, or, rarely, by its timeout. For a caller
+ * that learns the answers will not come from where its calls went. */
+void cs_rpc_cancel(cs_rpc *r, cs_rpc_cb cb, bool (*pick)(void *arg));
 
 /* Fire-and-forget push of `f` to the PULL peer at `url` (a PUSH socket per url). A peer
  * that is down makes the frame be dropped after a short send timeout; callers never rely on

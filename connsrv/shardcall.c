@@ -28,9 +28,10 @@ typedef struct sc_call {
 	uint64_t deadline_ms; /* monotonic: no attempt starts after it */
 	unsigned attempts;
 	bool last;            /* the attempt in flight or waiting is the one at the deadline */
+	bool cut;             /* the attempt in flight was cancelled: the map names another primary */
 	int last_rc;          /* why the last attempt failed */
 	struct event *timer;  /* made at the first retry */
-	struct sc_call *prev, *next; /* sc->waiting, while the timer is armed */
+	struct sc_call *prev, *next; /* sc->sent while an attempt is in flight, else sc->waiting */
 } sc_call;
 
 struct cs_shardcall {
@@ -39,7 +40,8 @@ struct cs_shardcall {
 	sp_cluster *cluster;
 	uint64_t budget_ms;
 	bool closing;
-	sc_call *waiting;
+	sc_call *sent;    /* calls with an attempt in flight */
+	sc_call *waiting; /* calls waiting for their next attempt */
 	unsigned nwaiting;
 	uint64_t rng; /* xorshift state for the jitter */
 	sp_metric *retries, *giveups;
@@ -57,6 +59,28 @@ static bool
 retryable(int rc)
 {
 	return rc == SP_ENOTPRIMARY || rc == SP_EUNAVAIL || rc == SP_ETIMEDOUT || rc == SP_ECLOSED;
+}
+
+static void
+list_add(sc_call **head, sc_call *c)
+{
+	c->prev = NULL;
+	c->next = *head;
+	if (*head)
+		(*head)->prev = c;
+	*head = c;
+}
+
+static void
+list_del(sc_call **head, sc_call *c)
+{
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		*head = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
 }
 
 static void
@@ -78,11 +102,11 @@ finish(sc_call *c, int rc, const sp_frame *reply)
 }
 
 static void
-give_up(sc_call *c, int why)
+give_up(sc_call *c, const char *why)
 {
 	sp_metric_inc(c->sc->giveups);
 	sp_warn_rl("%s to inbox shard %s given up after %u attempts: %s",
-		   sp_frame_type_name(c->type), c->url, c->attempts, sp_strerror(why));
+		   sp_frame_type_name(c->type), c->url, c->attempts, why);
 	finish(c, SP_EUNAVAIL, NULL);
 }
 
@@ -92,7 +116,10 @@ static int
 send_attempt(sc_call *c)
 {
 	c->attempts++;
-	return cs_rpc_call_packed(c->sc->rpc, c->url, c->req.data, c->req.size, on_reply, c);
+	int rc = cs_rpc_call_packed(c->sc->rpc, c->url, c->req.data, c->req.size, on_reply, c);
+	if (rc == SP_OK)
+		list_add(&c->sc->sent, c);
+	return rc;
 }
 
 /* The url of the shard that owns the call's devices or key in the newest map: SP_OK,
@@ -116,19 +143,7 @@ resolve(sc_call *c)
 	return rc;
 }
 
-static void
-unlink_waiting(sc_call *c)
-{
-	cs_shardcall *sc = c->sc;
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		sc->waiting = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	c->prev = c->next = NULL;
-	sc->nwaiting--;
-}
+static void retry_later(sc_call *c, uint64_t retry_after_ms);
 
 /* Loop: the backoff is over; the next attempt goes to the primary the newest map names. */
 static void
@@ -137,19 +152,23 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	sc_call *c = arg;
-	unlink_waiting(c);
+	list_del(&c->sc->waiting, c);
+	c->sc->nwaiting--;
 	sp_metric_inc(c->sc->retries);
 	int rc = resolve(c);
-	if (rc == SP_OK)
-		rc = send_attempt(c);
-	if (rc == SP_OK)
-		return;
-	if (rc == SP_EUNAVAIL) {
-		/* No owner in the map right now (or no socket to it): that too may pass. */
-		on_reply(c, rc, NULL);
+	if (rc == SP_EMISMATCH) {
+		give_up(c, "its devices are on different shards in the new map");
 		return;
 	}
-	give_up(c, rc);
+	if (rc == SP_OK && (rc = send_attempt(c)) == SP_OK)
+		return;
+	if (rc == SP_EUNAVAIL) {
+		/* No owner in the map right now, or no socket to it: that may pass too. */
+		c->last_rc = rc;
+		retry_later(c, 0);
+		return;
+	}
+	give_up(c, sp_strerror(rc));
 }
 
 /* After a failed attempt: waits and tries again, or gives up once the budget is spent. */
@@ -159,7 +178,7 @@ retry_later(sc_call *c, uint64_t retry_after_ms)
 	cs_shardcall *sc = c->sc;
 	uint64_t now = mono_ms();
 	if (sc->closing || c->last || now >= c->deadline_ms) {
-		give_up(c, c->last_rc);
+		give_up(c, sp_strerror(c->last_rc));
 		return;
 	}
 	uint64_t delay = retry_after_ms;
@@ -179,16 +198,12 @@ retry_later(sc_call *c, uint64_t retry_after_ms)
 		c->last = true;
 	}
 	if (!c->timer && !(c->timer = evtimer_new(sc->base, on_timer, c))) {
-		give_up(c, SP_ENOMEM);
+		give_up(c, sp_strerror(SP_ENOMEM));
 		return;
 	}
 	struct timeval tv = {(time_t)(delay / 1000), (suseconds_t)(delay % 1000) * 1000};
 	evtimer_add(c->timer, &tv);
-	c->prev = NULL;
-	c->next = sc->waiting;
-	if (sc->waiting)
-		sc->waiting->prev = c;
-	sc->waiting = c;
+	list_add(&sc->waiting, c);
 	sc->nwaiting++;
 }
 
@@ -196,6 +211,12 @@ static void
 on_reply(void *arg, int rc, const sp_frame *reply)
 {
 	sc_call *c = arg;
+	list_del(&c->sc->sent, c);
+	/* Cancelled by cs_shardcall_map_changed: the copy it went to is no longer primary. An
+	 * answer that came first stands. */
+	if (c->cut && rc == SP_ENNG)
+		rc = SP_ENOTPRIMARY;
+	c->cut = false;
 	if (!retryable(rc)) {
 		finish(c, rc, reply);
 		return;
@@ -231,9 +252,11 @@ cs_shardcall_free(cs_shardcall *sc)
 	if (!sc)
 		return;
 	sc->closing = true;
+	/* Attempts in flight were completed by cs_rpc_free, which comes first. */
 	sc_call *c;
 	while ((c = sc->waiting)) {
-		unlink_waiting(c);
+		list_del(&sc->waiting, c);
+		sc->nwaiting--;
 		finish(c, SP_ECLOSED, NULL);
 	}
 	free(sc);
@@ -309,6 +332,33 @@ cs_shardcall_blob(cs_shardcall *sc, const char *url, const uint8_t *key, size_t 
 	memcpy(c->key, key, key_len);
 	c->key_len = key_len;
 	return call_start(c);
+}
+
+static bool
+is_cut(void *arg)
+{
+	return ((sc_call *)arg)->cut;
+}
+
+void
+cs_shardcall_map_changed(cs_shardcall *sc)
+{
+	sp_cluster_map *m = sc->cluster ? sp_cluster_map_get(sc->cluster) : NULL;
+	if (!m)
+		return;
+	bool any = false;
+	for (sc_call *c = sc->sent; c; c = c->next) {
+		const sp_cluster_member *owner =
+			c->n ? sp_cluster_map_shard_for(m, c->devices[0])
+			     : sp_cluster_map_shard_for_key(m, c->key, c->key_len);
+		if (!c->cut && owner && strcmp(owner->addr, c->url) != 0)
+			any = c->cut = true;
+	}
+	sp_cluster_map_put(m);
+	/* Marked first, then cancelled in one pass: the cancelled attempts complete later, on
+	 * the loop. One marked earlier and still in flight (its cancel missed) goes again too. */
+	if (any)
+		cs_rpc_cancel(sc->rpc, on_reply, is_cut);
 }
 
 unsigned

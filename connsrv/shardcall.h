@@ -6,7 +6,8 @@
  * connection closed). Such a call is sent again, the same bytes, after a backoff (50 ms
  * doubling to 1 s, jittered so that the calls of a failover do not return in step, or the
  * shard's retry_after), each time to the shard's primary in the newest installed map, until
- * a copy answers it or `budget_ms` after the first attempt have passed. Then it gives up
+ * a copy answers it or `budget_ms` after the first attempt have passed (an attempt in flight
+ * to a copy that a new map no longer names is cut short). Then it gives up
  * with SP_EUNAVAIL, which clients take as "not done, retry later". Any other answer,
  * success or error, goes to the caller at once.
  *
@@ -57,6 +58,11 @@ int cs_shardcall_devices(cs_shardcall *sc, const char *url, const uint64_t *devi
  * else SP_EINVAL). */
 int cs_shardcall_blob(cs_shardcall *sc, const char *url, const uint8_t *key, size_t key_len,
 		      const sp_frame *req, cs_rpc_cb cb, void *arg);
+
+/* A new cluster map is installed (loop thread): an attempt in flight to a copy that the map
+ * no longer names as its shard's primary is cancelled and goes to the new primary after the
+ * usual backoff, instead of waiting out its timeout at a copy that may be dead. */
+void cs_shardcall_map_changed(cs_shardcall *sc);
 
 /* Calls waiting for their next attempt (not in flight: cs_rpc_inflight counts those). A
  * drain waits for both. */

@@ -9,7 +9,8 @@
  * receipts after an ACK, READ receipts, deferred device-cache answers, a session freed
  * only after its last server call, and inbox calls through a failover: a copy that answers
  * SP_ENOTPRIMARY or times out is tried again, on the new primary once the map names it,
- * until the retry budget is spent; other errors are answered at once. The fake shards share
+ * until the retry budget is spent, and an attempt waiting at a dead copy is cut short by the
+ * map that names the new primary; other errors are answered at once. The fake shards share
  * one store, as a shard's copies do, and deduplicate appends by (device, from_device,
  * msg_id) as a shard does.
  */
@@ -1040,6 +1041,7 @@ fail_over(int member, const char *url)
 	map_frame(&f, recs, 0, false);
 	ck_assert_int_eq(sp_nng_send_frame(pub_sock, &f), SP_OK);
 	ck_assert(run_until(map_installed, 5000));
+	cs_shardcall_map_changed(srv.shards); /* as main.c does on every new map */
 }
 
 static const uint64_t bob_and_alice12[3] = {21, 22, 12};
@@ -1095,6 +1097,31 @@ START_TEST(test_append_retried_after_timeout)
 	ck_assert_int_eq(count(SP_T_ERROR), 0);
 	for (int i = 0; i < 3; i++)
 		ck_assert_int_eq(stored(bob_and_alice12[i], 0x46), 1);
+	ck_assert_int_eq(giveups(), 0);
+	teardown();
+}
+END_TEST
+
+START_TEST(test_attempt_to_dead_copy_cut_short_by_new_map)
+{
+	setup(); /* calls time out after 5 s */
+	login_as(ALICE, 11);
+	int m = owner_slot(21);
+	atomic_store(&fk.mode[m], MODE_SILENT); /* the primary died with the request */
+	send_msg(BOB, bob_and_alice12, 3, 0x4b);
+	reqs_slot = m;
+	reqs_want = 1;
+	ck_assert(run_until(got_reqs, 3000));
+	/* The new map names another copy: the attempt still waiting at the dead one is cut
+	 * short and sent there, well before its timeout. */
+	uint64_t t0 = sp_mono_ns();
+	fail_over(m, SHARD2_URL);
+	ck_assert(run_until(got_sent, 2000));
+	ck_assert_uint_lt((sp_mono_ns() - t0) / 1000000, 2000);
+	ck_assert_int_eq(count(SP_T_ERROR), 0);
+	for (int i = 0; i < 3; i++)
+		ck_assert_int_eq(stored(bob_and_alice12[i], 0x4b), 1);
+	ck_assert_int_eq(counter("sp_connsrv_shard_retries_total"), 1);
 	ck_assert_int_eq(giveups(), 0);
 	teardown();
 }
@@ -1173,6 +1200,8 @@ inbox_deleted(void)
 	return all;
 }
 
+static bool two_receipts(void) { return sp_metric_value(srv.m.receipts) == 2; }
+
 START_TEST(test_fetch_and_ack_follow_the_primary)
 {
 	setup();
@@ -1198,8 +1227,7 @@ START_TEST(test_fetch_and_ack_follow_the_primary)
 	fail_over(m, fakes[m].url);
 	ck_assert(run_until(inbox_deleted, 5000));
 	/* Its ACKED reply made the DELIVERED receipts to the sender's two devices. */
-	want_items = 2;
-	ck_assert(run_until(got_items, 5000));
+	ck_assert(run_until(two_receipts, 5000));
 	ck_assert_int_eq(giveups(), 0);
 	teardown();
 }
@@ -1274,6 +1302,7 @@ main(void)
 	tcase_add_test(tc, test_closed_session_freed_after_its_calls);
 	tcase_add_test(tc, test_append_retried_on_new_primary);
 	tcase_add_test(tc, test_append_retried_after_timeout);
+	tcase_add_test(tc, test_attempt_to_dead_copy_cut_short_by_new_map);
 	tcase_add_test(tc, test_giveup_after_budget);
 	tcase_add_test(tc, test_retry_after_honoured);
 	tcase_add_test(tc, test_non_retryable_error_answered_at_once);
