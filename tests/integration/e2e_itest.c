@@ -660,6 +660,51 @@ START_TEST(test_sigterm_drains)
 }
 END_TEST
 
+/* Every shard's primary SIGKILLed at once (issue 12): sends are SENT again once the
+ * in-sync copies take over (connsrv retries on the new primary), nothing acknowledged is
+ * lost, an offline recipient's queue drains from the new primaries, and the dead copies
+ * come back as replicas. */
+START_TEST(test_inbox_primaries_sigkill_loses_nothing)
+{
+	itest_user a, b, c;
+	pair_online(&a, &b);
+	new_user(&c, 0);
+	for (int i = 0; i < 5; i++) {
+		char text[32];
+		snprintf(text, sizeof(text), "before-%d", i);
+		ck_assert_int_eq(send_text(&a, &b, text, NULL), SP_OK);
+		snprintf(text, sizeof(text), "off-%d", i);
+		ck_assert_int_eq(send_text(&a, &c, text, NULL), SP_OK);
+	}
+	expect_messages(&b, "before-", 0, 5);
+	ck_assert_int_eq(itest_sh(&cl,
+		"rm -f $SEALPOST_DEVCLUSTER/killed; for s in 0 1 2; do "
+		"n=$(ETCDCTL_API=3 etcdctl --endpoints $SEALPOST_ETCD get --print-value-only "
+		"/sealpost/$SEALPOST_ETCD_CLUSTER/inbox-$s/leader | jq -r .name) && [ -n \"$n\" ] && "
+		"echo $n >>$SEALPOST_DEVCLUSTER/killed && kill -9 $(cat $SEALPOST_DEVCLUSTER/pids/$n.pid) "
+		"|| exit 1; done"), 0);
+	for (int i = 0; i < 20; i++) {
+		char text[32];
+		snprintf(text, sizeof(text), "after-%d", i);
+		int rc = send_text(&a, &b, text, NULL);
+		ck_assert_msg(rc == SP_OK, "send %d after the primaries died: %s", i, sp_strerror(rc));
+	}
+	expect_messages(&b, "after-", 0, 20);
+	ck_assert_int_eq(itest_login(&cl, 1, &c), SP_OK);
+	expect_messages(&c, "off-", 0, 5);
+	char path[300], name[64];
+	snprintf(path, sizeof(path), "%s/killed", cl.dir);
+	FILE *f = fopen(path, "r");
+	ck_assert_ptr_nonnull(f);
+	while (fscanf(f, "%63s", name) == 1)
+		itest_restart(&cl, name);
+	fclose(f);
+	itest_logout(&a);
+	itest_logout(&b);
+	itest_logout(&c);
+}
+END_TEST
+
 static void
 up(void)
 {
@@ -691,6 +736,7 @@ main(void)
 	tcase_add_test(tc, test_redis_restart_loses_nothing);
 	tcase_add_test(tc, test_sighup_rotates_certificate_without_dropping);
 	tcase_add_test(tc, test_sigterm_drains);
+	tcase_add_test(tc, test_inbox_primaries_sigkill_loses_nothing);
 	suite_add_tcase(s, tc);
 	SRunner *sr = srunner_create(s);
 	srunner_run_all(sr, CK_NORMAL);
