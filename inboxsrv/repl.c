@@ -61,6 +61,10 @@ struct inbox_repl {
 	 * (or stop), which aborts a fetch in flight to a primary that is gone. */
 	nng_socket follow_sock;
 	bool follow_open;
+	/* A lagging sync-set copy is kept because dropping it would leave fewer than
+	 * min-copies: the commit waits for it, so new writes are refused (SP_EUNAVAIL) rather
+	 * than queued behind it. Set by the manager each tick. */
+	bool stalled;
 
 	_Atomic uint64_t applied; /* the store's LSN */
 
@@ -259,7 +263,7 @@ hook_admit(void *arg)
 	int rc;
 	pthread_mutex_lock(&r->lock);
 	if (r->role == ROLE_PRIMARY)
-		rc = repl_sync_writable(r->sync) ? SP_OK : SP_EUNAVAIL;
+		rc = repl_sync_writable(r->sync) && !r->stalled ? SP_OK : SP_EUNAVAIL;
 	else
 		rc = r->role == ROLE_STARTING ? SP_EUNAVAIL : SP_ENOTPRIMARY;
 	pthread_mutex_unlock(&r->lock);
@@ -350,7 +354,7 @@ hook_replicate(void *arg, inbox_req *batch)
 			rc = SP_OK;
 			break;
 		}
-		if (!repl_sync_writable(r->sync)) {
+		if (!repl_sync_writable(r->sync) || r->stalled) {
 			/* This batch waits for a copy to come back (its records are in the log
 			 * and may be on a replica: they are never given up while primary);
 			 * requests arriving meanwhile are told to retry. */
@@ -808,6 +812,7 @@ cb_primary(void *arg, int64_t epoch, const repl_ha_view *view)
 	snprintf(r->leader_name, sizeof(r->leader_name), "%s", r->name);
 	snprintf(r->leader_url, sizeof(r->leader_url), "%s", r->advertise);
 	follow_abort(r);
+	r->stalled = false;
 	set_role(r, ROLE_STARTING);
 	pthread_mutex_unlock(&r->lock);
 	sp_metric_set(inbox_m.repl_epoch, epoch);
@@ -913,6 +918,21 @@ change_sync(inbox_repl *r, repl_ha_view *view, const char *drop, const repl_sync
 }
 
 static void
+set_stalled(inbox_repl *r, int64_t epoch, bool stalled)
+{
+	pthread_mutex_lock(&r->lock);
+	if (r->epoch == epoch) {
+		if (stalled && !r->stalled)
+			sp_warn("repl %s: a sync-set copy is silent and fewer than %u copies would "
+				"remain without it: writes are refused until it returns or another "
+				"copy joins",
+			    r->group, r->cfg.min_copies);
+		r->stalled = stalled;
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+static void
 manage_sync(inbox_repl *r, int64_t epoch)
 {
 	repl_sync_info lag[REPL_HA_MAX_COPIES], mem[REPL_HA_MAX_COPIES];
@@ -950,14 +970,17 @@ manage_sync(inbox_repl *r, int64_t epoch)
 
 	/* Drop a lagging copy: from etcd first (guarded by the leader key), then here, so no
 	 * write is acknowledged without it while etcd still names it a candidate. */
+	bool stalled = false;
 	for (size_t i = 0; i < nlag; i++) {
 		int rc = SP_OK;
 		if (view_has(view, lag[i].name, NULL, false)) {
 			/* Below min-copies nothing commits with or without it, and kept it stays a
 			 * candidate holding every acknowledged write: if this primary dies too,
 			 * the shard can still fail over to it (rule 8). */
-			if (view->sync.n - 1 < r->cfg.min_copies)
+			if (view->sync.n - 1 < r->cfg.min_copies) {
+				stalled = true;
 				continue;
+			}
 			rc = change_sync(r, view, lag[i].name, NULL);
 		}
 		if (rc == SP_OK) {
@@ -968,9 +991,11 @@ manage_sync(inbox_repl *r, int64_t epoch)
 			pthread_cond_broadcast(&r->cond);
 			pthread_mutex_unlock(&r->lock);
 		}
+		set_stalled(r, epoch, stalled);
 		free(view);
 		return; /* one etcd change per tick: the next works on a fresh view */
 	}
+	set_stalled(r, epoch, stalled);
 	/* Add a caught-up copy: here first (done: it is a MEMBER), then in etcd. */
 	for (size_t i = 0; i < nmem; i++) {
 		if (mem[i].state != REPL_SYNC_MEMBER || view_has(view, mem[i].name, mem[i].incarnation, true))
@@ -1171,7 +1196,7 @@ inbox_repl_gate(void *arg, bool write)
 	int rc;
 	pthread_mutex_lock(&r->lock);
 	if (r->role == ROLE_PRIMARY)
-		rc = write && !repl_sync_writable(r->sync) ? SP_EUNAVAIL : SP_OK;
+		rc = write && (!repl_sync_writable(r->sync) || r->stalled) ? SP_EUNAVAIL : SP_OK;
 	else
 		rc = r->role == ROLE_STARTING ? SP_EUNAVAIL : SP_ENOTPRIMARY;
 	pthread_mutex_unlock(&r->lock);

@@ -605,6 +605,45 @@ main(void)
 		verify(p, "after a lost uncommitted suffix");
 	}
 
+	/* Replicas die under load: with one gone writes go on; with both gone (fewer than
+	 * min-copies) appends are refused retryably, and they resume when one returns. */
+	{
+		int r1 = (p + 1) % COPIES, r2 = (p + 2) % COPIES;
+		workers_start();
+		usleep(500000);
+		shard_reap(&C[r1], SIGKILL);
+		size_t before = acked_count();
+		uint64_t t1 = sp_mono_ns() / 1000000;
+		while (acked_count() < before + 200) {
+			CHECK(sp_mono_ns() / 1000000 - t1 < 15000, "writes stopped with one replica dead");
+			usleep(10000);
+		}
+		printf("one replica dead: %zu more appends acknowledged\n", acked_count() - before);
+		workers_stop();
+		shard_reap(&C[r2], SIGKILL);
+		nng_socket s = shard_connect(&C[p], 3000);
+		uint8_t env[8] = { 4 }, id[16];
+		sp_frame f, rep;
+		nng_msg *m;
+		int rc = SP_OK;
+		for (int k = 0; k < 100 && rc == SP_OK; k++) {
+			msg_id_of(id, 0xfdULL << 56 | (uint64_t)k, 2);
+			append_frame(&f, 9997, id, 1, env, sizeof(env));
+			rc = call(s, &f, &rep, &m);
+			call_done(&rep, m);
+			usleep(50000);
+		}
+		CHECK(rc == SP_EUNAVAIL, "with both replicas dead an append was answered %s",
+		    sp_strerror(rc));
+		printf("both replicas dead: appends answered %s\n", sp_strerror(rc));
+		nng_close(s);
+		copy_start(r2);
+		CHECK(find_primary(20000) == p, "writes did not resume when a replica returned");
+		copy_start(r1);
+		printf("a replica back: appends acknowledged again by %s\n", names[p]);
+		verify(p, "after replicas died");
+	}
+
 	/* A copy whose data dir is lost rebuilds from the primary's log and joins the sync
 	 * set; then the two others die and the third comes back empty: only the rebuilt copy
 	 * may take over, and the empty one rebuilds from it. */
