@@ -43,6 +43,11 @@ sweep_once(inbox_sweep *sw)
 	while (!sw->op_done)
 		pthread_cond_wait(&sw->cond, &sw->lock);
 	pthread_mutex_unlock(&sw->lock);
+	if (r->op.rc == SP_ENOTPRIMARY) {
+		/* A replica: its primary sweeps, and the sweep reaches it through the log. */
+		sp_debug("ttl sweep: skipped (%s)", sp_strerror(r->op.rc));
+		return false;
+	}
 	if (r->op.rc != SP_OK) {
 		sp_warn("ttl sweep: %s", sp_strerror(r->op.rc));
 		return false;
