@@ -603,10 +603,13 @@ sp_cluster_stop(sp_cluster *c)
 	if (!c)
 		return;
 	atomic_store(&c->stop, true);
-	/* Closing aborts a request in flight, so the thread sees the flag at once. */
+	/* Closing aborts a request in flight, so the thread sees the flag at once. The SUB
+	 * socket is closed only after the thread is gone: its receive returns every
+	 * SUB_POLL_MS, and closing a SUB socket under a blocked receive can crash NNG 1.5
+	 * (seen as a mutex panic in its sub0 code). */
 	nng_close(c->req);
-	nng_close(c->sub);
 	pthread_join(c->thread, NULL);
+	nng_close(c->sub);
 	sp_cluster_map_put(c->map);
 	pthread_cond_destroy(&c->cond);
 	pthread_mutex_destroy(&c->lock);
