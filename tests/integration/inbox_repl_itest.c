@@ -495,8 +495,8 @@ main(void)
 		CHECK((size_t)snprintf(C[i].dir, sizeof(C[i].dir), "%.60s/%.15s", root, names[i])
 			< sizeof(C[i].dir), "path");
 		CHECK(mkdir(C[i].dir, 0700) == 0, "mkdir");
-		CHECK((size_t)snprintf(C[i].log, sizeof(C[i].log), "%.100s/inboxsrv.log", C[i].dir)
-			< sizeof(C[i].log), "path");
+		CHECK((size_t)snprintf(C[i].log, sizeof(C[i].log), "%.60s/%.15s/inboxsrv.log", root,
+			  names[i]) < sizeof(C[i].log), "path");
 		snprintf(repl_url[i], sizeof(repl_url[i]), "tcp://127.0.0.1:%d", free_port());
 		copy_start(i);
 	}
