@@ -2,25 +2,28 @@
  * Network partitions of a replicated inbox shard, with real processes in network
  * namespaces this test makes (named sppart<pid>-*, deleted at exit, on failure and on
  * SIGINT/SIGTERM/SIGHUP; nothing is added to the root namespace). A "hub" namespace holds
- * etcd and the test's writer threads, with two bridges: 10.77.0.0/24 for etcd and
- * replication, 10.78.0.0/24 for clients. Each of the three inboxsrv copies (lease 3 s,
- * lag bound 1 s) runs in a namespace of its own with one veth into each bridge: its
- * --repl-listen and its etcd traffic on the first, its --listen and /metrics on the
- * second. Under load (writers append to whichever copy acknowledges, every
- * acknowledgement recorded with its copy and the test's monotonic send/answer times):
- *   1. the primary is cut off entirely (both of its bridge ports down): it can reach
- *      neither etcd nor the replicas nor the writers;
- *   2. the next primary is cut off from etcd and the replicas only: the writers, and a
- *      prober thread appending to it alone, still reach it.
+ * etcd and the test's writer threads, with three bridges: 10.79.0.0/24 for etcd,
+ * 10.77.0.0/24 for replication, 10.78.0.0/24 for clients. Each of the three inboxsrv
+ * copies (lease 3 s, lag bound 1 s) runs in a namespace of its own with one veth into
+ * each bridge (its etcd traffic, its --repl-listen, its --listen and /metrics). Under load
+ * (writers append to whichever copy acknowledges; every acknowledgement is recorded with
+ * its copy and the test's monotonic send/answer times), the primary's hub-side ports are
+ * set down, three times in a row:
+ *   1. all of them: it reaches neither etcd nor the replicas nor the writers;
+ *   2. etcd and replication only: the writers, and a prober thread appending to it alone,
+ *      still reach it (it cannot commit: it must stop answering SP_OK for good);
+ *   3. etcd only: the replicas and the writers still reach it, so it keeps committing
+ *      until its fencing deadline (cut + TTL - margin at the latest) and must stop there.
  * Each time another copy takes over, and the test checks that no write was acknowledged
  * by two primaries: the old primary's last acknowledgement arrived before the request of
  * the new primary's first was sent, it acknowledged no request sent after its fencing
- * deadline (cut + TTL - margin), and over the whole run the copies' acknowledging windows
- * never overlap. Then the partition heals; the old primary must rejoin as a replica
- * (role 1 in its metrics, its "no longer primary" log line, the sync set back to 3, its
- * applied LSN equal to the primary's) and every acknowledged append, by whichever copy, must
- * be on the current primary exactly once with its seq and content. Partition 2 is the
- * second failover. Takes ~30 s; needs root (ip netns, setns).
+ * deadline, and over the whole run the copies' acknowledging windows never overlap. Then
+ * the partition heals; the old primary must rejoin as a replica (its "no longer primary"
+ * line and fenced_total, role 1 in its metrics, the new primary's sync set back to 3 copies,
+ * its applied LSN equal to the primary's once the load stops), and every acknowledged
+ * append, by whichever copy, must be on the new primary exactly once with its seq and
+ * content. Phases 2 and 3 are the second and third failovers. Takes ~40 s; needs root
+ * (ip netns, setns).
  */
 #include <sodium.h>
 #include <sys/stat.h>
@@ -32,7 +35,10 @@
 #define FENCE_MARGIN_MS 1000 /* repl_ha's default fencing margin */
 #define TAKEOVER_MAX_MS 15000
 #define REJOIN_MAX_MS 20000
-#define HUB_IP "10.77.0.100"
+#define ETCD_IP "10.79.0.100"
+
+/* Which of the primary's links a partition cuts. */
+enum { CUT_ETCD = 1, CUT_REPL = 2, CUT_CLIENTS = 4 };
 
 static etcd_proc E;
 static char root[64];
@@ -123,11 +129,14 @@ net_sweep_stale(void)
 	pclose(p);
 }
 
-/* The hub (bridges br-r, br-c) and one namespace per copy (eth-r, eth-c), see above. */
+/* The hub (bridges br-e, br-r, br-c) and one namespace per copy (eth-e, eth-r, eth-c),
+ * see above. */
 static void
 net_setup(void)
 {
-	char script[4096];
+	static const char *link[3] = { "e", "r", "c" };
+	static const int net[3] = { 79, 77, 78 };
+	char script[8192];
 	int n = 0;
 	snprintf(ns_hub, sizeof(ns_hub), "sppart%d-hub", (int)getpid());
 	for (int i = 0; i < COPIES; i++)
@@ -135,32 +144,36 @@ net_setup(void)
 	net_sweep_stale();
 	net_made = true;
 	n += snprintf(script + n, sizeof(script) - n,
-	    "set -e; H=%s; ip netns add $H; ip -n $H link set lo up;"
-	    " ip -n $H link add br-r type bridge; ip -n $H link add br-c type bridge;"
-	    " ip -n $H addr add " HUB_IP "/24 dev br-r; ip -n $H addr add 10.78.0.100/24 dev br-c;"
-	    " ip -n $H link set br-r up; ip -n $H link set br-c up;",
-	    ns_hub);
-	for (int i = 0; i < COPIES; i++)
+	    "set -e; H=%s; ip netns add $H; ip -n $H link set lo up;", ns_hub);
+	for (int l = 0; l < 3; l++)
 		n += snprintf(script + n, sizeof(script) - n,
-		    " N=%s; ip netns add $N; ip -n $N link set lo up;"
-		    " ip -n $H link add r%d type veth peer name eth-r netns $N;"
-		    " ip -n $H link add c%d type veth peer name eth-c netns $N;"
-		    " ip -n $H link set r%d master br-r up; ip -n $H link set c%d master br-c up;"
-		    " ip -n $N addr add 10.77.0.%d/24 dev eth-r; ip -n $N addr add 10.78.0.%d/24 dev eth-c;"
-		    " ip -n $N link set eth-r up; ip -n $N link set eth-c up;",
-		    ns_copy[i], i, i, i, i, i + 1, i + 1);
+		    " ip -n $H link add br-%s type bridge; ip -n $H addr add 10.%d.0.100/24 dev br-%s;"
+		    " ip -n $H link set br-%s up;",
+		    link[l], net[l], link[l], link[l]);
+	for (int i = 0; i < COPIES; i++) {
+		n += snprintf(script + n, sizeof(script) - n,
+		    " N=%s; ip netns add $N; ip -n $N link set lo up;", ns_copy[i]);
+		for (int l = 0; l < 3; l++)
+			n += snprintf(script + n, sizeof(script) - n,
+			    " ip -n $H link add %s%d type veth peer name eth-%s netns $N;"
+			    " ip -n $H link set %s%d master br-%s up;"
+			    " ip -n $N addr add 10.%d.0.%d/24 dev eth-%s; ip -n $N link set eth-%s up;",
+			    link[l], i, link[l], link[l], i, link[l], net[l], i + 1, link[l], link[l]);
+	}
 	CHECK((size_t)n < sizeof(script), "script");
 	CHECK(sh("sh -c '%s'", script) == 0, "network namespace setup failed (root needed)");
 }
 
-/* Sets copy i's hub-side ports down or up: both (clients too) or the etcd/replication
- * one only. */
+/* Sets the hub-side ports of copy i named in `cut` (CUT_*) down or up. */
 static void
-net_link(int i, bool clients_too, bool up)
+net_link(int i, int cut, bool up)
 {
 	const char *st = up ? "up" : "down";
-	CHECK(sh("ip -n %s link set r%d %s", ns_hub, i, st) == 0, "ip link");
-	if (clients_too)
+	if (cut & CUT_ETCD)
+		CHECK(sh("ip -n %s link set e%d %s", ns_hub, i, st) == 0, "ip link");
+	if (cut & CUT_REPL)
+		CHECK(sh("ip -n %s link set r%d %s", ns_hub, i, st) == 0, "ip link");
+	if (cut & CUT_CLIENTS)
 		CHECK(sh("ip -n %s link set c%d %s", ns_hub, i, st) == 0, "ip link");
 }
 
@@ -186,11 +199,11 @@ ms_since(uint64_t t0_us, uint64_t t_us)
 	return ((double)t_us - (double)t0_us) / 1000.0;
 }
 
-/* Cuts primary p off (all of it, or only from etcd and the replicas), waits for another
- * copy to take over, checks the handover, heals, waits for p to rejoin as a replica and
- * verifies. Returns the new primary. */
+/* Cuts primary p's links named in `cut` (CUT_*), waits for another copy to take over,
+ * checks the handover, heals, waits for p to rejoin as a replica and verifies. Returns the
+ * new primary. */
 static int
-partition(int p, bool full, const char *phase)
+partition(int p, int cut, const char *phase)
 {
 	long mark[COPIES];
 	for (int i = 0; i < COPIES; i++)
@@ -202,8 +215,9 @@ partition(int p, bool full, const char *phase)
 	    names[p]);
 
 	uint64_t t_cut = now_us();
-	net_link(p, full, false);
-	if (!full)
+	bool reachable = !(cut & CUT_CLIENTS);
+	net_link(p, cut, false);
+	if (reachable)
 		prober_start(p);
 	int np = -1;
 	uint64_t t_new;
@@ -222,7 +236,7 @@ partition(int p, bool full, const char *phase)
 	       "was sent at %+.1f ms (gap %.1f ms)\n",
 	    phase, names[p], ms_since(t_cut, old_last), names[np], ms_since(t_cut, t_new),
 	    ms_since(old_last, t_new));
-	if (!full)
+	if (reachable)
 		printf("%s: the prober's appends to %s: %llu acknowledged, %llu SP_ENOTPRIMARY, %llu "
 		       "SP_EUNAVAIL, %llu unanswered\n",
 		    phase, names[p], (unsigned long long)atomic_load(&prober_ok),
@@ -242,11 +256,26 @@ partition(int p, bool full, const char *phase)
 		    phase, names[p], ms_since(t_cut, acks[k].t_send),
 		    LEASE_TTL_S * 1000 - FENCE_MARGIN_MS);
 	pthread_mutex_unlock(&acks_lock);
-	if (!full)
+	if (reachable)
 		CHECK(atomic_load(&prober_notprimary) > 0,
 		    "%s: the reachable old primary never answered SP_ENOTPRIMARY", phase);
+	if (!(cut & CUT_REPL)) {
+		/* Still reaching its replicas, it commits until its fencing deadline. */
+		uint64_t last_send = 0;
+		pthread_mutex_lock(&acks_lock);
+		for (size_t k = 0; k < nacks; k++)
+			if (acks[k].copy == p && acks[k].t_send > last_send)
+				last_send = acks[k].t_send;
+		pthread_mutex_unlock(&acks_lock);
+		printf("%s: %s acknowledged requests sent up to %+.1f ms after the cut (fencing "
+		       "deadline at the latest %+d ms)\n",
+		    phase, names[p], ms_since(t_cut, last_send), LEASE_TTL_S * 1000 - FENCE_MARGIN_MS);
+		CHECK(last_send > t_cut, "%s: %s stopped acknowledging at the cut, not at its "
+					 "fencing deadline",
+		    phase, names[p]);
+	}
 
-	if (!full)
+	if (reachable)
 		printf("%s: before healing, %s's log ends at LSN %lld, its store at %lld\n", phase,
 		    names[p], metric(p, "sp_inbox_repl_flushed_lsn"),
 		    metric(p, "sp_inbox_repl_applied_lsn"));
@@ -254,7 +283,7 @@ partition(int p, bool full, const char *phase)
 	/* Heal: the old primary follows the new one (truncating what it logged alone, if
 	 * anything: a batch it had already shipped is in the new primary's log, which wins). */
 	uint64_t t_heal = now_us();
-	net_link(p, full, true);
+	net_link(p, cut, true);
 	long long role = -1, sync_size = -1;
 	while (!((role = metric(p, "sp_inbox_repl_role")) == 1
 	    && (sync_size = metric(np, "sp_inbox_repl_sync_set_size")) == COPIES)) {
@@ -313,7 +342,7 @@ main(void)
 	CHECK(fd >= 0 && setns(fd, CLONE_NEWNET) == 0, "setns %s: %s", nspath, strerror(errno));
 	close(fd);
 
-	CHECK(etcd_proc_start_on(&E, HUB_IP) == 0, "etcd");
+	CHECK(etcd_proc_start_on(&E, ETCD_IP) == 0, "etcd");
 	for (int i = 0; i < COPIES; i++) {
 		snprintf(names[i], sizeof(names[i]), "inbox-0%c", 'a' + i);
 		CHECK((size_t)snprintf(C[i].dir, sizeof(C[i].dir), "%.60s/%.15s", root, names[i])
@@ -339,9 +368,11 @@ main(void)
 
 	workers_start();
 	usleep(1500000);
-	p = partition(p, true, "partition 1 (primary isolated)");
-	usleep(1500000);
-	p = partition(p, false, "partition 2 (primary cut from etcd and replicas, not clients)");
+	p = partition(p, CUT_ETCD | CUT_REPL | CUT_CLIENTS, "partition 1 (primary isolated)");
+	usleep(1000000);
+	p = partition(p, CUT_ETCD | CUT_REPL, "partition 2 (primary cut from etcd and replicas)");
+	usleep(1000000);
+	p = partition(p, CUT_ETCD, "partition 3 (primary cut from etcd only)");
 	usleep(500000);
 	workers_stop();
 	check_tenures("whole run");
