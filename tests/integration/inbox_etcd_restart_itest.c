@@ -1,21 +1,23 @@
 /*
  * etcd failures under a replicated inbox shard: a real etcd and three real inboxsrv copies
- * of shard 0 with the default lease (5 s; fencing margin 1 s), writers appending to
- * whichever copy acknowledges, every acknowledgement recorded with its copy and the
- * test's monotonic send/answer times.
- *   1. etcd is SIGKILLed and started again on the same data dir and ports (back in ~1 s).
- *      The data path does not depend on etcd while the primary's lease holds, and etcd
- *      keeps the lease across its restart, so the shard keeps its leader: every append
- *      sent during the restart and for one lease after it is acknowledged by the same
- *      copy, its epoch does not change, it is never fenced, and appends go on while etcd
- *      is down (the longest pause without an acknowledgement is printed).
- *   2. etcd is SIGSTOPped for 8 s (longer than the lease). The primary cannot renew: it
- *      acknowledges no request sent after its fencing deadline (stop + TTL - margin), so
- *      acknowledgements stop within ~4 s; after SIGCONT a primary is elected again (a new
- *      epoch) and appends are acknowledged again.
+ * of shard 0 with the default lease (5 s; fencing margin 1 s, so a primary stops serving
+ * at most 4 s after its last renewal), writers appending to whichever copy acknowledges,
+ * every acknowledgement recorded with its copy and the test's monotonic send/answer times.
+ *   1. etcd is SIGKILLed and started again at once on the same data dir and ports (it
+ *      serves again after ~1.5 s, its own election timeout). The data path does not need
+ *      etcd while the primary's lease holds, and etcd keeps the lease across its restart,
+ *      so the shard keeps its leader: every append sent from 2 s before the kill to one
+ *      lease after etcd is back is acknowledged by the same copy, its epoch does not
+ *      change, it is never fenced, and appends go on while etcd is down (the number and
+ *      the longest pause without an acknowledgement are printed).
+ *   2. etcd SIGSTOPped for 4.5 s: past the fencing deadline, within the lease;
+ *   3. etcd SIGSTOPped for 8 s, longer than the lease (it must expire: a new election);
+ *   4. etcd SIGKILLed, down for 4.5 s, then restarted on its data.
+ *      In 2-4 the primary acknowledges no request sent after its fencing deadline (the
+ *      outage's start + TTL - margin), and once etcd is back a primary serves again.
  * After each phase every acknowledged append must be on the current primary exactly once
  * with its seq and content, and over the whole run no two copies' acknowledging windows
- * overlap. Takes ~35 s.
+ * overlap. Takes ~45 s.
  */
 #include <sodium.h>
 #include <sys/stat.h>
@@ -109,7 +111,7 @@ wait_ack_after(uint64_t from, int max_ms, const char *phase)
 	}
 }
 
-/* Phase 1: etcd SIGKILLed and restarted at once. Returns the primary (unchanged). */
+/* etcd SIGKILLed and restarted at once: the primary keeps its lease. Returns it. */
 static int
 etcd_restart(int p)
 {
@@ -158,17 +160,21 @@ etcd_restart(int p)
 	return p;
 }
 
-/* Phase 2: etcd stalled for longer than the lease. Returns the primary after it. */
+/* etcd unavailable for `ms` (SIGSTOP then SIGCONT, or SIGKILL then a restart on its data),
+ * longer than the primary's fencing deadline: it acknowledges no request sent after the
+ * deadline; once etcd is back a primary serves again (a new election when `expire`: the
+ * lease must have expired). Returns the primary after it. */
 static int
-etcd_stall(int p)
+etcd_outage(int p, bool kill_it, int ms, bool expire, const char *phase)
 {
-	const char *phase = "etcd stall";
 	long long epoch0 = metric(p, "sp_inbox_repl_epoch");
+	long long fenced0 = metric(p, "sp_inbox_repl_fenced_total");
 	usleep(1000000);
+	CHECK(last_ack_us(p, now_us() - 500000) > 0, "%s: %s acknowledged nothing in the last 0.5 s",
+	    phase, names[p]);
 	uint64_t t_stop = now_us();
-	etcd_proc_signal(&E, SIGSTOP);
-	usleep(STALL_MS * 1000);
-	uint64_t t_cont = now_us();
+	etcd_proc_signal(&E, kill_it ? SIGKILL : SIGSTOP);
+	usleep((useconds_t)ms * 1000);
 	uint64_t last = last_ack_us(-1, 0), deadline = t_stop + (LEASE_TTL_MS - FENCE_MARGIN_MS) * 1000ULL;
 	uint64_t last_send = 0;
 	pthread_mutex_lock(&acks_lock);
@@ -176,33 +182,41 @@ etcd_stall(int p)
 		if (acks[k].t_send > last_send)
 			last_send = acks[k].t_send;
 	pthread_mutex_unlock(&acks_lock);
-	etcd_proc_signal(&E, SIGCONT);
-	printf("%s: etcd stopped for %.0f ms; the last acknowledgement arrived %.1f ms into the "
-	       "stall (its request sent at %.1f ms; fencing deadline at the latest %d ms)\n",
-	    phase, ms_since(t_stop, t_cont), ms_since(t_stop, last), ms_since(t_stop, last_send),
-	    LEASE_TTL_MS - FENCE_MARGIN_MS);
+	long down_ms = 0;
+	if (kill_it)
+		CHECK(etcd_proc_restart(&E, &down_ms) == 0, "%s: etcd did not come back", phase);
+	else
+		etcd_proc_signal(&E, SIGCONT);
+	uint64_t t_back = now_us();
+	printf("%s: etcd %s for %.0f ms; the last acknowledgement arrived %.1f ms into it (its "
+	       "request sent at %.1f ms; fencing deadline at the latest %d ms)\n",
+	    phase, kill_it ? "SIGKILLed and restarted" : "stopped", ms_since(t_stop, t_back),
+	    ms_since(t_stop, last), ms_since(t_stop, last_send), LEASE_TTL_MS - FENCE_MARGIN_MS);
 	/* 20 ms for the difference between CLOCK_BOOTTIME (repl_ha) and CLOCK_MONOTONIC. */
 	CHECK(last_send <= deadline + 20000,
-	    "%s: a request sent %.1f ms into the stall was acknowledged, past the fencing "
+	    "%s: a request sent %.1f ms into the outage was acknowledged, past the fencing "
 	    "deadline",
 	    phase, ms_since(t_stop, last_send));
-	CHECK(last > t_stop, "%s: nothing was acknowledged after etcd stopped (expected until "
+	CHECK(last > t_stop, "%s: nothing was acknowledged after etcd went away (expected until "
 			     "the fencing deadline)",
 	    phase);
-	int np = wait_ack_after(t_cont, RESUME_MAX_MS, phase);
-	uint64_t t_first = first_other_ack_us(-1, t_cont, NULL);
-	printf("%s: appends acknowledged again by %s, %.1f ms after SIGCONT\n", phase, names[np],
-	    ms_since(t_cont, t_first));
-	long long fenced = metric(p, "sp_inbox_repl_fenced_total");
-	CHECK(fenced >= 1, "%s: %s's fenced_total is %lld", phase, names[p], fenced);
+	int np = wait_ack_after(t_back, RESUME_MAX_MS, phase);
+	uint64_t t_first = first_other_ack_us(-1, t_back, NULL);
+	printf("%s: appends acknowledged again by %s, %.1f ms after etcd was back\n", phase,
+	    names[np], ms_since(t_back, t_first));
 	usleep(1500000);
+	long long fenced = metric(p, "sp_inbox_repl_fenced_total");
 	long long epoch1 = metric(np, "sp_inbox_repl_epoch");
-	printf("%s: %s fenced (fenced_total %lld); %s primary of epoch %lld (was %lld)\n", phase,
-	    names[p], fenced, names[np], epoch1, epoch0);
-	CHECK(epoch1 > epoch0, "%s: no new election after the stall", phase);
+	printf("%s: %s's fenced_total %lld -> %lld; %s primary of epoch %lld (was %lld)\n", phase,
+	    names[p], fenced0, fenced, names[np], epoch1, epoch0);
+	if (expire) {
+		CHECK(fenced > fenced0, "%s: %s's fenced_total did not grow", phase, names[p]);
+		CHECK(epoch1 > epoch0, "%s: no new election after the lease expired", phase);
+	}
 	workers_stop();
 	check_tenures(phase);
 	verify(np, phase);
+	workers_start();
 	return np;
 }
 
@@ -242,8 +256,15 @@ main(void)
 	workers_start();
 	usleep(2000000);
 	p = etcd_restart(p);
-	p = etcd_stall(p);
+	/* Past the fencing deadline (4 s), within the lease (5 s) as etcd counts it. */
+	p = etcd_outage(p, false, 4500, false, "etcd stall within the lease");
+	/* Longer than the lease: it expires. */
+	p = etcd_outage(p, false, STALL_MS, true, "etcd stall past the lease");
+	/* Down past the fencing deadline: etcd extends leases when it restarts. */
+	p = etcd_outage(p, true, 4500, false, "etcd down past the fencing deadline");
+	workers_stop();
 	check_tenures("whole run");
+	verify(p, "end");
 	printf("ok\n");
 	return 0;
 }

@@ -549,10 +549,12 @@ proc_start(shard *s, const char *netns, char *const argv[])
 		mark = ftell(lf);
 		fclose(lf);
 	}
-	pid_t pid = fork();
+	pid_t parent = getpid(), pid = fork();
 	CHECK(pid >= 0, "fork");
 	if (pid == 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
 		if (nsfd >= 0 && setns(nsfd, CLONE_NEWNET) != 0)
 			_exit(126);
 		int fd = open(s->log, O_WRONLY | O_CREAT | O_APPEND, 0600);

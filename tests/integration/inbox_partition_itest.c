@@ -22,7 +22,7 @@
  * line and fenced_total, role 1 in its metrics, the new primary's sync set back to 3 copies,
  * its applied LSN equal to the primary's once the load stops), and every acknowledged
  * append, by whichever copy, must be on the new primary exactly once with its seq and
- * content. Phases 2 and 3 are the second and third failovers. Takes ~40 s; needs root
+ * content. Phases 2 and 3 are the second and third failovers. Takes ~30 s; needs root
  * (ip netns, setns).
  */
 #include <sodium.h>

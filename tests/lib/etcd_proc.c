@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -39,12 +40,17 @@ spawn(etcd_proc *p)
 	snprintf(peer, sizeof(peer), "http://%s:%d", p->host, p->peer_port);
 	snprintf(cluster, sizeof(cluster), "default=%s", peer);
 	snprintf(log, sizeof(log), "%s/etcd.log", p->dir);
+	pid_t parent = getpid();
 	p->pid = fork();
 	if (p->pid < 0) {
 		p->pid = 0;
 		return -1;
 	}
 	if (p->pid == 0) {
+		/* A test that dies without its cleanup (SIGKILL) takes its etcd with it. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
 		FILE *out = freopen(log, "a", stderr);
 		(void)out;
 		execlp("etcd", "etcd", "--data-dir", data, "--listen-client-urls", client,

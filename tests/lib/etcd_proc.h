@@ -1,6 +1,7 @@
 /*
  * A real single-member etcd for tests: started on free loopback ports in a temporary data
- * dir, stopped by its PID (only the process this started), its dir removed.
+ * dir, stopped by its PID (only the process this started), its dir removed. It gets SIGKILL
+ * if the thread that started it dies (a test killed before its cleanup ran).
  */
 #ifndef ETCD_PROC_H
 #define ETCD_PROC_H
