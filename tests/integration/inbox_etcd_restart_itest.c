@@ -223,6 +223,7 @@ etcd_outage(int p, bool kill_it, int ms, bool expire, const char *phase)
 int
 main(void)
 {
+	setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines in order with CHECK failures */
 	CHECK(sodium_init() >= 0, "sodium");
 	const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
 	snprintf(root, sizeof(root), "%s/inbox_etcdr.XXXXXX", tmp);

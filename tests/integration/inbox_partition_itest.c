@@ -324,6 +324,7 @@ int
 main(void)
 {
 	CHECK(getuid() == 0, "needs root (network namespaces)");
+	setvbuf(stdout, NULL, _IOLBF, 0); /* progress lines in order with CHECK failures */
 	CHECK(sodium_init() >= 0, "sodium");
 	const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
 	snprintf(root, sizeof(root), "%s/inbox_part.XXXXXX", tmp);
