@@ -105,6 +105,8 @@ wait_ack_after(uint64_t from, int max_ms, const char *phase)
 		pthread_mutex_unlock(&acks_lock);
 		if (who >= 0)
 			return who;
+		if (now_us() - from >= (uint64_t)max_ms * 1000)
+			dump_copies(phase);
 		CHECK(now_us() - from < (uint64_t)max_ms * 1000, "%s: nothing acknowledged %d ms after %.0f",
 		    phase, max_ms, (double)from);
 		usleep(5000);

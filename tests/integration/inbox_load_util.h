@@ -503,6 +503,23 @@ metric(int i, const char *name)
 	return v;
 }
 
+/* Prints each copy's replication metrics on stderr (when a wait times out). A copy whose
+ * role is 1 (replica) but whose flushed LSN stays behind the primary's is not fetching. */
+static void
+dump_copies(const char *why)
+{
+	static const char *keys[] = { "sp_inbox_repl_role", "sp_inbox_repl_epoch",
+		"sp_inbox_repl_flushed_lsn", "sp_inbox_repl_applied_lsn", "sp_inbox_repl_commit_lsn",
+		"sp_inbox_repl_sync_set_size", "sp_inbox_repl_records_fetched_total" };
+	fprintf(stderr, "%s; the copies now (-1: no answer):\n", why);
+	for (int i = 0; i < COPIES; i++) {
+		fprintf(stderr, "  %s (pid %d):", names[i], (int)C[i].pid);
+		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
+			fprintf(stderr, " %s %lld", keys[k] + strlen("sp_inbox_repl_"), metric(i, keys[k]));
+		fprintf(stderr, "\n");
+	}
+}
+
 /* Bytes in copy `i`'s log now: log_since() looks only past such a mark. */
 static long
 log_mark(int i)

@@ -222,6 +222,8 @@ partition(int p, int cut, const char *phase)
 	int np = -1;
 	uint64_t t_new;
 	while ((t_new = first_other_ack_us(p, t_cut, &np)) == UINT64_MAX) {
+		if (now_us() - t_cut >= TAKEOVER_MAX_MS * 1000ULL)
+			dump_copies(phase);
 		CHECK(now_us() - t_cut < TAKEOVER_MAX_MS * 1000ULL,
 		    "%s: no other copy acknowledged anything %d s after the cut", phase,
 		    TAKEOVER_MAX_MS / 1000);
@@ -287,6 +289,8 @@ partition(int p, int cut, const char *phase)
 	long long role = -1, sync_size = -1;
 	while (!((role = metric(p, "sp_inbox_repl_role")) == 1
 	    && (sync_size = metric(np, "sp_inbox_repl_sync_set_size")) == COPIES)) {
+		if (now_us() - t_heal >= REJOIN_MAX_MS * 1000ULL)
+			dump_copies(phase);
 		CHECK(now_us() - t_heal < REJOIN_MAX_MS * 1000ULL,
 		    "%s: %s did not rejoin in %d s (role %lld, %s's sync set %lld)", phase, names[p],
 		    REJOIN_MAX_MS / 1000, role, names[np], sync_size);
@@ -306,6 +310,8 @@ partition(int p, int cut, const char *phase)
 	while ((want = metric(np, "sp_inbox_repl_applied_lsn")) != (got = metric(p,
 		    "sp_inbox_repl_applied_lsn"))
 	    || want <= 0) {
+		if (now_us() - t0 >= 10000000ULL)
+			dump_copies(phase);
 		CHECK(now_us() - t0 < 10000000ULL, "%s: %s applied %lld, primary %s at %lld", phase,
 		    names[p], got, names[np], want);
 		usleep(50000);
