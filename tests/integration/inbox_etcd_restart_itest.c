@@ -107,8 +107,8 @@ wait_ack_after(uint64_t from, int max_ms, const char *phase)
 			return who;
 		if (now_us() - from >= (uint64_t)max_ms * 1000)
 			dump_copies(phase);
-		CHECK(now_us() - from < (uint64_t)max_ms * 1000, "%s: nothing acknowledged %d ms after %.0f",
-		    phase, max_ms, (double)from);
+		CHECK(now_us() - from < (uint64_t)max_ms * 1000,
+		    "%s: nothing acknowledged %d ms after %.0f", phase, max_ms, (double)from);
 		usleep(5000);
 	}
 }
@@ -150,8 +150,8 @@ etcd_restart(int p)
 	    (double)longest_ack_gap_us(t0, t_end) / 1000, epoch0, epoch1);
 	CHECK(epoch1 == epoch0, "%s: the epoch changed (%lld -> %lld): a new election", phase,
 	    epoch0, epoch1);
-	CHECK(fenced1 == fenced0 && !log_since(p, mark, "no longer primary"),
-	    "%s: %s was fenced", phase, names[p]);
+	CHECK(fenced1 == fenced0 && !log_since(p, mark, "no longer primary"), "%s: %s was fenced",
+	    phase, names[p]);
 	for (int i = 0; i < COPIES; i++)
 		CHECK(i == p || metric(i, "sp_inbox_repl_role") == 1, "%s: %s is not a replica",
 		    phase, names[i]);
@@ -172,12 +172,13 @@ etcd_outage(int p, bool kill_it, int ms, bool expire, const char *phase)
 	long long epoch0 = metric(p, "sp_inbox_repl_epoch");
 	long long fenced0 = metric(p, "sp_inbox_repl_fenced_total");
 	usleep(1000000);
-	CHECK(last_ack_us(p, now_us() - 500000) > 0, "%s: %s acknowledged nothing in the last 0.5 s",
-	    phase, names[p]);
+	CHECK(last_ack_us(p, now_us() - 500000) > 0,
+	    "%s: %s acknowledged nothing in the last 0.5 s", phase, names[p]);
 	uint64_t t_stop = now_us();
 	etcd_proc_signal(&E, kill_it ? SIGKILL : SIGSTOP);
 	usleep((useconds_t)ms * 1000);
-	uint64_t last = last_ack_us(-1, 0), deadline = t_stop + (LEASE_TTL_MS - FENCE_MARGIN_MS) * 1000ULL;
+	uint64_t last = last_ack_us(-1, 0),
+	         deadline = t_stop + (LEASE_TTL_MS - FENCE_MARGIN_MS) * 1000ULL;
 	uint64_t last_send = 0;
 	pthread_mutex_lock(&acks_lock);
 	for (size_t k = 0; k < nacks; k++)
@@ -199,8 +200,9 @@ etcd_outage(int p, bool kill_it, int ms, bool expire, const char *phase)
 	    "%s: a request sent %.1f ms into the outage was acknowledged, past the fencing "
 	    "deadline",
 	    phase, ms_since(t_stop, last_send));
-	CHECK(last > t_stop, "%s: nothing was acknowledged after etcd went away (expected until "
-			     "the fencing deadline)",
+	CHECK(last > t_stop,
+	    "%s: nothing was acknowledged after etcd went away (expected until "
+	    "the fencing deadline)",
 	    phase);
 	int np = wait_ack_after(t_back, RESUME_MAX_MS, phase);
 	uint64_t t_first = first_other_ack_us(-1, t_back, NULL);
@@ -239,10 +241,12 @@ main(void)
 	for (int i = 0; i < COPIES; i++) {
 		snprintf(names[i], sizeof(names[i]), "inbox-0%c", 'a' + i);
 		CHECK((size_t)snprintf(C[i].dir, sizeof(C[i].dir), "%.60s/%.15s", root, names[i])
-			< sizeof(C[i].dir), "path");
+		        < sizeof(C[i].dir),
+		    "path");
 		CHECK(mkdir(C[i].dir, 0700) == 0, "mkdir");
 		CHECK((size_t)snprintf(C[i].log, sizeof(C[i].log), "%.100s/inboxsrv.log", C[i].dir)
-			< sizeof(C[i].log), "path");
+		        < sizeof(C[i].log),
+		    "path");
 		snprintf(C[i].url, sizeof(C[i].url), "tcp://127.0.0.1:%d", free_port());
 		snprintf(repl_url[i], sizeof(repl_url[i]), "tcp://127.0.0.1:%d", free_port());
 		copy_start(i);

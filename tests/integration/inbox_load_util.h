@@ -135,19 +135,21 @@ send_once(nng_socket s, int copy, int source, uint64_t msg, bool batch)
 	if (rc == SP_OK) {
 		if (batch) {
 			const sp_val *v = sp_frame_get(&rep, SP_F_SEQ_LIST);
-			CHECK(rep.type == SP_T_APPENDED_BATCH && v && v->us.n == ndev, "batch reply");
+			CHECK(
+			    rep.type == SP_T_APPENDED_BATCH && v && v->us.n == ndev, "batch reply");
 			for (uint32_t i = 0; i < ndev; i++) {
 				CHECK(v->us.v[i] != 0, "batch target refused");
 				ack_record(devs[i], msg, v->us.v[i], copy, t_send, t_recv);
 			}
 		} else {
 			CHECK(rep.type == SP_T_APPENDED, "append reply type %d", rep.type);
-			ack_record(devs[0], msg, sp_frame_u64(&rep, SP_F_SEQ), copy, t_send, t_recv);
+			ack_record(
+			    devs[0], msg, sp_frame_u64(&rep, SP_F_SEQ), copy, t_send, t_recv);
 		}
 	}
 	call_done(&rep, m);
-	CHECK(rc == SP_OK || retryable(rc), "append to %s answered %s", names[copy],
-	    sp_strerror(rc));
+	CHECK(
+	    rc == SP_OK || retryable(rc), "append to %s answered %s", names[copy], sp_strerror(rc));
 	return rc;
 }
 
@@ -181,7 +183,8 @@ workers_start(void)
 	atomic_store(&stop_load, false);
 	for (int t = 0; t < THREADS; t++) {
 		worker_idx[t] = t;
-		CHECK(pthread_create(&worker_th[t], NULL, worker_main, &worker_idx[t]) == 0, "thread");
+		CHECK(pthread_create(&worker_th[t], NULL, worker_main, &worker_idx[t]) == 0,
+		    "thread");
 	}
 }
 
@@ -279,7 +282,8 @@ last_ack_us(int copy, uint64_t from)
 	uint64_t t = 0;
 	pthread_mutex_lock(&acks_lock);
 	for (size_t k = 0; k < nacks; k++)
-		if ((copy < 0 || acks[k].copy == copy) && acks[k].t_send >= from && acks[k].t_recv > t)
+		if ((copy < 0 || acks[k].copy == copy) && acks[k].t_send >= from
+		    && acks[k].t_recv > t)
 			t = acks[k].t_recv;
 	pthread_mutex_unlock(&acks_lock);
 	return t;
@@ -388,8 +392,8 @@ check_tenures(const char *phase)
 			CHECK(prev_last < first_send,
 			    "%s: two primaries: %s acknowledged until %.3f s but %s acknowledged a "
 			    "request sent at %.3f s",
-			    phase, names[prev_copy], (double)(prev_last - t0) / 1e6, names[a[start].copy],
-			    (double)(first_send - t0) / 1e6);
+			    phase, names[prev_copy], (double)(prev_last - t0) / 1e6,
+			    names[a[start].copy], (double)(first_send - t0) / 1e6);
 		prev_last = last_recv;
 		prev_copy = a[start].copy;
 		start = k;
@@ -429,13 +433,14 @@ verify(int i, const char *phase)
 			sp_frame_set_u64(&f, SP_F_AFTER_SEQ, after);
 			sp_frame_set_u64(&f, SP_F_MAX_COUNT, 1000);
 			int rc = call(sock, &f, &rep, &m);
-			CHECK(rc == SP_OK && rep.type == SP_T_ENTRIES_R, "%s: fetch from %s: %s", phase,
-			    names[i], sp_strerror(rc));
+			CHECK(rc == SP_OK && rep.type == SP_T_ENTRIES_R, "%s: fetch from %s: %s",
+			    phase, names[i], sp_strerror(rc));
 			const sp_val *v = sp_frame_get(&rep, SP_F_ENTRIES);
 			for (uint32_t k = 0; k < v->rs.n; k++) {
 				const sp_frame *e = &v->rs.v[k];
 				uint64_t seq = sp_frame_u64(e, SP_F_SEQ), msg;
-				sp_bin id = sp_frame_bin(e, SP_F_MSG_ID), body = sp_frame_bin(e, SP_F_ENV);
+				sp_bin id = sp_frame_bin(e, SP_F_MSG_ID),
+				       body = sp_frame_bin(e, SP_F_ENV);
 				memcpy(&msg, id.p, 8);
 				CHECK(seq > last, "%s: device %llu: seq %llu after %llu", phase,
 				    (unsigned long long)d, (unsigned long long)seq,
@@ -461,18 +466,20 @@ verify(int i, const char *phase)
 		}
 		qsort(dev[d], ndev[d], sizeof(found), cmp_found);
 		for (size_t k = 1; k < ndev[d]; k++)
-			CHECK(dev[d][k].msg != dev[d][k - 1].msg, "%s: device %llu: message %llx twice",
-			    phase, (unsigned long long)d, (unsigned long long)dev[d][k].msg);
+			CHECK(dev[d][k].msg != dev[d][k - 1].msg,
+			    "%s: device %llu: message %llx twice", phase, (unsigned long long)d,
+			    (unsigned long long)dev[d][k].msg);
 		total += ndev[d];
 	}
 	pthread_mutex_lock(&acks_lock);
 	for (size_t k = 0; k < nacks; k++) {
 		const ack *a = &acks[k];
 		found key = { a->msg, 0 };
-		found *hit = bsearch(&key, dev[a->device], ndev[a->device], sizeof(found), cmp_found);
+		found *hit
+		    = bsearch(&key, dev[a->device], ndev[a->device], sizeof(found), cmp_found);
 		CHECK(hit, "%s: message %llx acknowledged by %s (device %llu seq %llu) lost on %s",
-		    phase, (unsigned long long)a->msg, names[a->copy], (unsigned long long)a->device,
-		    (unsigned long long)a->seq, names[i]);
+		    phase, (unsigned long long)a->msg, names[a->copy],
+		    (unsigned long long)a->device, (unsigned long long)a->seq, names[i]);
 		CHECK(hit->seq == a->seq,
 		    "%s: message %llx acknowledged by %s as seq %llu, held as %llu on %s", phase,
 		    (unsigned long long)a->msg, names[a->copy], (unsigned long long)a->seq,
@@ -481,8 +488,8 @@ verify(int i, const char *phase)
 	}
 	pthread_mutex_unlock(&acks_lock);
 	nng_close(sock);
-	printf("%s: %s holds all %zu acknowledged appends (%zu entries)\n", phase, names[i], checked,
-	    total);
+	printf("%s: %s holds all %zu acknowledged appends (%zu entries)\n", phase, names[i],
+	    checked, total);
 }
 
 /* A gauge or counter of copy `i`'s GET /metrics, or -1 when it cannot be read. */
@@ -508,14 +515,16 @@ metric(int i, const char *name)
 static void
 dump_copies(const char *why)
 {
-	static const char *keys[] = { "sp_inbox_repl_role", "sp_inbox_repl_epoch",
-		"sp_inbox_repl_flushed_lsn", "sp_inbox_repl_applied_lsn", "sp_inbox_repl_commit_lsn",
-		"sp_inbox_repl_sync_set_size", "sp_inbox_repl_records_fetched_total" };
+	static const char *keys[]
+	    = { "sp_inbox_repl_role", "sp_inbox_repl_epoch", "sp_inbox_repl_flushed_lsn",
+		      "sp_inbox_repl_applied_lsn", "sp_inbox_repl_commit_lsn",
+		      "sp_inbox_repl_sync_set_size", "sp_inbox_repl_records_fetched_total" };
 	fprintf(stderr, "%s; the copies now (-1: no answer):\n", why);
 	for (int i = 0; i < COPIES; i++) {
 		fprintf(stderr, "  %s (pid %d):", names[i], (int)C[i].pid);
 		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++)
-			fprintf(stderr, " %s %lld", keys[k] + strlen("sp_inbox_repl_"), metric(i, keys[k]));
+			fprintf(stderr, " %s %lld", keys[k] + strlen("sp_inbox_repl_"),
+			    metric(i, keys[k]));
 		fprintf(stderr, "\n");
 	}
 }

@@ -60,8 +60,7 @@ unused_helpers(void)
 	(void)longest_ack_gap_us;
 }
 
-static int
-sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int
 sh(const char *fmt, ...)
 {
@@ -147,7 +146,8 @@ net_setup(void)
 	    "set -e; H=%s; ip netns add $H; ip -n $H link set lo up;", ns_hub);
 	for (int l = 0; l < 3; l++)
 		n += snprintf(script + n, sizeof(script) - n,
-		    " ip -n $H link add br-%s type bridge; ip -n $H addr add 10.%d.0.100/24 dev br-%s;"
+		    " ip -n $H link add br-%s type bridge; ip -n $H addr add 10.%d.0.100/24 dev "
+		    "br-%s;"
 		    " ip -n $H link set br-%s up;",
 		    link[l], net[l], link[l], link[l]);
 	for (int i = 0; i < COPIES; i++) {
@@ -157,8 +157,10 @@ net_setup(void)
 			n += snprintf(script + n, sizeof(script) - n,
 			    " ip -n $H link add %s%d type veth peer name eth-%s netns $N;"
 			    " ip -n $H link set %s%d master br-%s up;"
-			    " ip -n $N addr add 10.%d.0.%d/24 dev eth-%s; ip -n $N link set eth-%s up;",
-			    link[l], i, link[l], link[l], i, link[l], net[l], i + 1, link[l], link[l]);
+			    " ip -n $N addr add 10.%d.0.%d/24 dev eth-%s; ip -n $N link set eth-%s "
+			    "up;",
+			    link[l], i, link[l], link[l], i, link[l], net[l], i + 1, link[l],
+			    link[l]);
 	}
 	CHECK((size_t)n < sizeof(script), "script");
 	CHECK(sh("sh -c '%s'", script) == 0, "network namespace setup failed (root needed)");
@@ -239,8 +241,9 @@ partition(int p, int cut, const char *phase)
 	    phase, names[p], ms_since(t_cut, old_last), names[np], ms_since(t_cut, t_new),
 	    ms_since(old_last, t_new));
 	if (reachable)
-		printf("%s: the prober's appends to %s: %llu acknowledged, %llu SP_ENOTPRIMARY, %llu "
-		       "SP_EUNAVAIL, %llu unanswered\n",
+		printf(
+		    "%s: the prober's appends to %s: %llu acknowledged, %llu SP_ENOTPRIMARY, %llu "
+		    "SP_EUNAVAIL, %llu unanswered\n",
 		    phase, names[p], (unsigned long long)atomic_load(&prober_ok),
 		    (unsigned long long)atomic_load(&prober_notprimary),
 		    (unsigned long long)atomic_load(&prober_unavail),
@@ -271,9 +274,11 @@ partition(int p, int cut, const char *phase)
 		pthread_mutex_unlock(&acks_lock);
 		printf("%s: %s acknowledged requests sent up to %+.1f ms after the cut (fencing "
 		       "deadline at the latest %+d ms)\n",
-		    phase, names[p], ms_since(t_cut, last_send), LEASE_TTL_S * 1000 - FENCE_MARGIN_MS);
-		CHECK(last_send > t_cut, "%s: %s stopped acknowledging at the cut, not at its "
-					 "fencing deadline",
+		    phase, names[p], ms_since(t_cut, last_send),
+		    LEASE_TTL_S * 1000 - FENCE_MARGIN_MS);
+		CHECK(last_send > t_cut,
+		    "%s: %s stopped acknowledging at the cut, not at its "
+		    "fencing deadline",
 		    phase, names[p]);
 	}
 
@@ -292,8 +297,8 @@ partition(int p, int cut, const char *phase)
 		if (now_us() - t_heal >= REJOIN_MAX_MS * 1000ULL)
 			dump_copies(phase);
 		CHECK(now_us() - t_heal < REJOIN_MAX_MS * 1000ULL,
-		    "%s: %s did not rejoin in %d s (role %lld, %s's sync set %lld)", phase, names[p],
-		    REJOIN_MAX_MS / 1000, role, names[np], sync_size);
+		    "%s: %s did not rejoin in %d s (role %lld, %s's sync set %lld)", phase,
+		    names[p], REJOIN_MAX_MS / 1000, role, names[np], sync_size);
 		usleep(50000);
 	}
 	printf("%s: healed; %s is a replica again and %s's sync set holds %d copies after %.0f "
@@ -307,8 +312,8 @@ partition(int p, int cut, const char *phase)
 	/* The rejoined copy replays everything the primary committed. */
 	long long want = -1, got = -1;
 	uint64_t t0 = now_us();
-	while ((want = metric(np, "sp_inbox_repl_applied_lsn")) != (got = metric(p,
-		    "sp_inbox_repl_applied_lsn"))
+	while ((want = metric(np, "sp_inbox_repl_applied_lsn"))
+	        != (got = metric(p, "sp_inbox_repl_applied_lsn"))
 	    || want <= 0) {
 		if (now_us() - t0 >= 10000000ULL)
 			dump_copies(phase);
@@ -318,8 +323,8 @@ partition(int p, int cut, const char *phase)
 	}
 	printf("%s: %s applied up to LSN %lld like %s%s\n", phase, names[p], got, names[np],
 	    log_since(p, mark[p], "truncating after") ? ", after truncating the suffix it had "
-							"logged alone"
-						      : "");
+	                                                "logged alone"
+	                                              : "");
 	check_tenures(phase);
 	verify(np, phase);
 	workers_start();
@@ -353,10 +358,12 @@ main(void)
 	for (int i = 0; i < COPIES; i++) {
 		snprintf(names[i], sizeof(names[i]), "inbox-0%c", 'a' + i);
 		CHECK((size_t)snprintf(C[i].dir, sizeof(C[i].dir), "%.60s/%.15s", root, names[i])
-			< sizeof(C[i].dir), "path");
+		        < sizeof(C[i].dir),
+		    "path");
 		CHECK(mkdir(C[i].dir, 0700) == 0, "mkdir");
 		CHECK((size_t)snprintf(C[i].log, sizeof(C[i].log), "%.100s/inboxsrv.log", C[i].dir)
-			< sizeof(C[i].log), "path");
+		        < sizeof(C[i].log),
+		    "path");
 		snprintf(C[i].url, sizeof(C[i].url), "tcp://10.78.0.%d:7401", i + 1);
 		snprintf(repl_url[i], sizeof(repl_url[i]), "tcp://10.77.0.%d:7501", i + 1);
 		snprintf(metrics_url[i], sizeof(metrics_url[i]), "http://10.78.0.%d:9100/metrics",
