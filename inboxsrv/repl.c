@@ -57,14 +57,19 @@ struct inbox_repl {
 	 * answer: a promotion waits for it, so no record from the old primary lands after the
 	 * new one counted its log, and no two threads replay at once. */
 	bool follower_busy;
-	/* The follower's REQ socket to the primary; closed by whoever sees the primary change
-	 * (or stop), which aborts a fetch in flight to a primary that is gone. */
-	nng_socket follow_sock;
-	bool follow_open;
+	/* The fetch in flight: whoever sees the primary change (or stop) cancels it, so a
+	 * fetch waiting on a primary that is gone ends at once. Sockets are never closed
+	 * while the process runs (one per primary URL, see follow_main): closing one can
+	 * hang in NNG 1.5 (nanomsg/nng#1543). NULL while the follower is not running. */
+	nng_aio *follow_aio;
 	/* A lagging sync-set copy is kept because dropping it would leave fewer than
 	 * min-copies: the commit waits for it, so new writes are refused (SP_EUNAVAIL) rather
 	 * than queued behind it. Set by the manager each tick. */
 	bool stalled;
+	/* The sync key's revision after this primary's last successful change: the manager
+	 * waits for the HA loop's view to reach it before the next change (an older view
+	 * would only be refused by etcd). Reset for each term. */
+	int64_t sync_rev_written;
 
 	_Atomic uint64_t applied; /* the store's LSN */
 
@@ -127,10 +132,8 @@ dup_or_null(const char *s, bool *oom)
 static void
 follow_abort(inbox_repl *r)
 {
-	if (r->follow_open) {
-		nng_close(r->follow_sock);
-		r->follow_open = false;
-	}
+	if (r->follow_aio)
+		nng_aio_cancel(r->follow_aio);
 }
 
 static void
@@ -681,14 +684,84 @@ take_diverged(inbox_repl *r, const sp_frame *rep)
 	sp_metric_inc(inbox_m.repl_diverged);
 }
 
+/* The follower's sockets, one per primary URL it has followed, kept until stop. */
+typedef struct follow_socks {
+	struct {
+		char url[REPL_HA_URL_MAX + 1];
+		nng_socket sock;
+	} v[REPL_HA_MAX_COPIES];
+	size_t n;
+} follow_socks;
+
+static int
+follow_sock(inbox_repl *r, follow_socks *fs, const char *url, nng_socket *out)
+{
+	for (size_t i = 0; i < fs->n; i++)
+		if (strcmp(fs->v[i].url, url) == 0) {
+			*out = fs->v[i].sock;
+			return SP_OK;
+		}
+	if (fs->n == REPL_HA_MAX_COPIES)
+		return SP_ELIMIT; /* more primaries than a shard has copies: a misconfiguration */
+	int rc = sp_nng_req_open(&fs->v[fs->n].sock, url,
+	    (int)(r->cfg.fetch_wait_ms + FETCH_TIMEOUT_SLACK_MS), 0);
+	if (rc)
+		return rc;
+	snprintf(fs->v[fs->n].url, sizeof(fs->v[fs->n].url), "%s", url);
+	*out = fs->v[fs->n++].sock;
+	return SP_OK;
+}
+
+/* One request/reply on `sock` through the follower's aio (cancellable by follow_abort).
+ * On SP_OK (or an ERROR frame's code) *msg holds the reply and *rep its decoded frame. */
+static int
+follow_call(inbox_repl *r, nng_aio *aio, nng_socket sock, const sp_frame *req, nng_msg **msg,
+    sp_frame *rep)
+{
+	nng_msg *m;
+	int rc = sp_nng_msg_from_frame(req, &m);
+	*msg = NULL;
+	if (rc)
+		return rc;
+	nng_aio_set_timeout(aio, (nng_duration)(r->cfg.fetch_wait_ms + FETCH_TIMEOUT_SLACK_MS));
+	nng_aio_set_msg(aio, m);
+	nng_send_aio(sock, aio);
+	nng_aio_wait(aio);
+	int rv = nng_aio_result(aio);
+	if (rv) {
+		nng_msg_free(nng_aio_get_msg(aio));
+		return rv == NNG_ECANCELED ? SP_ECLOSED : sp_nng_err(rv);
+	}
+	nng_recv_aio(sock, aio);
+	nng_aio_wait(aio);
+	if ((rv = nng_aio_result(aio)))
+		return rv == NNG_ECANCELED ? SP_ECLOSED : sp_nng_err(rv);
+	m = nng_aio_get_msg(aio);
+	if ((rc = sp_nng_msg_decode(m, rep))) {
+		nng_msg_free(m);
+		return rc;
+	}
+	*msg = m;
+	if (rep->type == SP_T_ERROR) {
+		rc = (int)sp_frame_i64(rep, SP_F_CODE);
+		return rc < 0 ? rc : SP_EPROTO;
+	}
+	return SP_OK;
+}
+
 static void *
 follow_main(void *arg)
 {
 	inbox_repl *r = arg;
 	char url[REPL_HA_URL_MAX + 1] = "";
 	uint64_t caught_up_ms = mono_ms();
+	follow_socks fs = { .n = 0 };
+	nng_aio *aio;
 
+	if (nng_aio_alloc(&aio, NULL, NULL))
+		fatal("the follower's aio", SP_ENOMEM);
 	pthread_mutex_lock(&r->lock);
+	r->follow_aio = aio;
 	for (;;) {
 		while (!r->stopping && (r->role != ROLE_REPLICA || !r->leader_url[0]))
 			wait_ms(r, 200);
@@ -696,23 +769,18 @@ follow_main(void *arg)
 			break;
 		int64_t epoch = r->highest_epoch;
 		r->follower_busy = true;
-		if (!r->follow_open || strcmp(url, r->leader_url) != 0) {
-			follow_abort(r);
-			snprintf(url, sizeof(url), "%s", r->leader_url);
-			/* The dial is asynchronous: holding the lock here is short. */
-			int rc = sp_nng_req_open(&r->follow_sock, url,
-			    (int)(r->cfg.fetch_wait_ms + FETCH_TIMEOUT_SLACK_MS), 0);
-			r->follow_open = rc == SP_OK;
-			if (!r->follow_open) {
-				sp_warn_rl("repl %s: cannot dial the primary at %s: %s", r->group, url,
-				    sp_strerror(rc));
-				r->follower_busy = false;
-				pthread_cond_broadcast(&r->cond);
-				wait_ms(r, 200);
-				continue;
-			}
+		snprintf(url, sizeof(url), "%s", r->leader_url);
+		nng_socket sock;
+		/* The dial is asynchronous: holding the lock here is short. */
+		int rc = follow_sock(r, &fs, url, &sock);
+		if (rc) {
+			sp_warn_rl("repl %s: cannot dial the primary at %s: %s", r->group, url,
+			    sp_strerror(rc));
+			r->follower_busy = false;
+			pthread_cond_broadcast(&r->cond);
+			wait_ms(r, 200);
+			continue;
 		}
-		nng_socket sock = r->follow_sock;
 		pthread_mutex_unlock(&r->lock);
 
 		repl_log_pos last = repl_log_last(r->log);
@@ -726,7 +794,7 @@ follow_main(void *arg)
 		sp_frame_set_u64(&req, SP_F_LAST_LSN, last.lsn);
 		sp_frame_set_u64(&req, SP_F_FLUSHED_LSN, repl_log_flushed(r->log));
 		sp_frame_set_u64(&req, SP_F_COMMIT_LSN, repl_log_committed(r->log));
-		int rc = sp_nng_call(sock, &req, &msg, &rep);
+		rc = follow_call(r, aio, sock, &req, &msg, &rep);
 		uint64_t pause = 0;
 		if (rc == SP_OK && rep.type == SP_T_REPL_RECORDS) {
 			take_records(r, &rep);
@@ -741,7 +809,7 @@ follow_main(void *arg)
 			    r->group, last.lsn);
 			pause = 1000;
 		} else if (rc == SP_ECLOSED) {
-			pause = 0; /* aborted: the primary changed */
+			pause = 0; /* cancelled: the primary changed */
 		} else if (rc) {
 			if (rc != SP_ENOTPRIMARY)
 				sp_warn_rl("repl %s: fetch from %s: %s", r->group, url, sp_strerror(rc));
@@ -760,8 +828,11 @@ follow_main(void *arg)
 		if (pause && !r->stopping)
 			wait_ms(r, pause);
 	}
-	follow_abort(r);
+	r->follow_aio = NULL;
 	pthread_mutex_unlock(&r->lock);
+	nng_aio_free(aio);
+	for (size_t i = 0; i < fs.n; i++)
+		nng_close(fs.v[i].sock);
 	return NULL;
 }
 
@@ -813,6 +884,7 @@ cb_primary(void *arg, int64_t epoch, const repl_ha_view *view)
 	snprintf(r->leader_url, sizeof(r->leader_url), "%s", r->advertise);
 	follow_abort(r);
 	r->stalled = false;
+	r->sync_rev_written = 0;
 	set_role(r, ROLE_STARTING);
 	pthread_mutex_unlock(&r->lock);
 	sp_metric_set(inbox_m.repl_epoch, epoch);
@@ -890,7 +962,7 @@ copy_alive(const repl_ha_view *v, const repl_sync_info *m)
 static int
 change_sync(inbox_repl *r, repl_ha_view *view, const char *drop, const repl_sync_info *add)
 {
-	repl_ha_id ids[REPL_HA_MAX_COPIES];
+	repl_ha_id ids[REPL_HA_MAX_COPIES] = { 0 };
 	size_t n = 0;
 	for (size_t i = 0; i < view->sync.n; i++)
 		if (!drop || strcmp(view->sync.members[i].name, drop) != 0)
@@ -905,6 +977,11 @@ change_sync(inbox_repl *r, repl_ha_view *view, const char *drop, const repl_sync
 		n++;
 	}
 	int rc = repl_ha_sync_set(r->ha, view, ids, n);
+	if (rc == SP_OK) {
+		pthread_mutex_lock(&r->lock);
+		r->sync_rev_written = view->sync.mod_rev;
+		pthread_mutex_unlock(&r->lock);
+	}
 	const char *what = drop && add ? "renewing" : drop ? "without" : "with";
 	if (rc == SP_OK) {
 		sp_metric_inc(inbox_m.repl_sync_changes);
@@ -940,7 +1017,11 @@ manage_sync(inbox_repl *r, int64_t epoch)
 	repl_ha_view *view = malloc(sizeof(*view));
 	if (!view)
 		return;
-	if (repl_ha_loop_view(r->ha, view) != SP_OK || view->leader.epoch != epoch) {
+	pthread_mutex_lock(&r->lock);
+	int64_t written = r->sync_rev_written;
+	pthread_mutex_unlock(&r->lock);
+	if (repl_ha_loop_view(r->ha, view) != SP_OK || view->leader.epoch != epoch
+	    || view->sync.mod_rev < written) {
 		free(view);
 		return;
 	}
