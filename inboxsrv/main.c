@@ -143,6 +143,7 @@ main(int argc, char **argv)
 		.max_blob_size = max_blob_size,
 		.max_readers = (unsigned)contexts + 64,
 		.dedup_max = dedup_max,
+		.log_is_durable = etcd && *etcd,
 	};
 	uint64_t t0 = sp_mono_ns();
 	if ((rc = inbox_store_open(&store, &scfg)))

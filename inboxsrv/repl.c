@@ -71,7 +71,8 @@ struct inbox_repl {
 	 * would only be refused by etcd). Reset for each term. */
 	int64_t sync_rev_written;
 
-	_Atomic uint64_t applied; /* the store's LSN */
+	_Atomic uint64_t applied; /* the store's LSN (changed under the lock) */
+	_Atomic uint64_t submitted; /* records handed to the writer to apply, >= applied */
 
 	nng_socket rep;
 	bool rep_open;
@@ -146,20 +147,15 @@ set_role(inbox_repl *r, repl_role role)
 
 /* ---- replaying committed records into the store ---- */
 
-typedef struct applier {
-	pthread_mutex_t m;
-	pthread_cond_t c;
-	size_t left;
-} applier;
-
 typedef struct replay {
 	inbox_req req;
 	inbox_oplog_rec rec;
 	uint8_t *data;
-	applier *ap;
+	inbox_repl *r;
 } replay;
 
 typedef struct collect_ctx {
+	inbox_repl *r;
 	replay *head, **tail;
 	size_t n;
 	uint64_t last;
@@ -170,19 +166,24 @@ static void
 replay_done(inbox_req *req)
 {
 	replay *rp = (replay *)req;
+	inbox_repl *r = rp->r;
 	rp->rec.op = rp->req.op; /* what the writer applied, with its results */
 	/* The writer refused nothing (a failed replay is fatal there); the outcome of each
 	 * target must also be the one the primary recorded. */
 	if (inbox_oplog_check(&rp->rec) != SP_OK)
 		fatal("a replayed op had another outcome than on the primary", SP_EMISMATCH);
-	applier *ap = rp->ap;
+	uint64_t lsn = rp->rec.op.lsn;
 	inbox_oplog_fini(&rp->rec);
 	free(rp->data);
 	free(rp);
-	pthread_mutex_lock(&ap->m);
-	if (--ap->left == 0)
-		pthread_cond_signal(&ap->c);
-	pthread_mutex_unlock(&ap->m);
+	/* Completions come in LSN order, after the commit that made the op durable. */
+	pthread_mutex_lock(&r->lock);
+	if (lsn > atomic_load(&r->applied)) {
+		atomic_store(&r->applied, lsn);
+		sp_metric_set(inbox_m.repl_applied, (int64_t)lsn);
+	}
+	pthread_cond_broadcast(&r->cond);
+	pthread_mutex_unlock(&r->lock);
 }
 
 static int
@@ -206,6 +207,7 @@ collect_rec(void *arg, const repl_log_rec *rec)
 		    sp_strerror(rc));
 		return cc->rc = rc;
 	}
+	rp->r = cc->r;
 	rp->req.op = rp->rec.op;
 	rp->req.replay = true;
 	rp->req.done = replay_done;
@@ -217,14 +219,16 @@ collect_rec(void *arg, const repl_log_rec *rec)
 	return 0;
 }
 
-/* Applies the log's records up to `upto` (committed) to the store, through the writer,
- * and waits until they are durable there. */
+/* Queues the log's records up to `upto` (committed) for the writer to apply to the
+ * store; with `wait`, returns once they are durable there. A replica does not wait: its
+ * next fetch (its acknowledgement) goes out while the store catches up. One caller at a
+ * time (the follower while replica, the manager while promoting). */
 static void
-apply_upto(inbox_repl *r, uint64_t upto)
+apply_upto(inbox_repl *r, uint64_t upto, bool wait)
 {
-	while (atomic_load(&r->applied) < upto) {
-		uint64_t from = atomic_load(&r->applied) + 1;
-		collect_ctx cc = { NULL, NULL, 0, 0, SP_OK };
+	while (atomic_load(&r->submitted) < upto) {
+		uint64_t from = atomic_load(&r->submitted) + 1;
+		collect_ctx cc = { r, NULL, NULL, 0, 0, SP_OK };
 		cc.tail = &cc.head;
 		size_t count = 0;
 		int rc = repl_log_read(r->log, from, upto, APPLY_CHUNK, collect_rec, &cc, &count);
@@ -239,22 +243,16 @@ apply_upto(inbox_repl *r, uint64_t upto)
 			}
 			fatal("reading committed records to apply", rc);
 		}
-		applier ap = { .left = cc.n };
-		pthread_mutex_init(&ap.m, NULL);
-		pthread_cond_init(&ap.c, NULL);
-		for (replay *rp = cc.head; rp; rp = (replay *)rp->req.next)
-			rp->ap = &ap;
+		atomic_store(&r->submitted, cc.last);
 		inbox_commit_submit_chain(r->commit, &cc.head->req);
-		pthread_mutex_lock(&ap.m);
-		while (ap.left)
-			pthread_cond_wait(&ap.c, &ap.m);
-		pthread_mutex_unlock(&ap.m);
-		pthread_mutex_destroy(&ap.m);
-		pthread_cond_destroy(&ap.c);
-		atomic_store(&r->applied, cc.last);
-		sp_metric_set(inbox_m.repl_applied, (int64_t)cc.last);
 		sp_metric_inc(inbox_m.repl_applied_batches);
 	}
+	if (!wait)
+		return;
+	pthread_mutex_lock(&r->lock);
+	while (atomic_load(&r->applied) < upto)
+		wait_ms(r, 50);
+	pthread_mutex_unlock(&r->lock);
 }
 
 /* ---- the writer's hooks (writer thread) ---- */
@@ -381,7 +379,10 @@ hook_replicate(void *arg, inbox_req *batch)
 		rc = SP_ENOTPRIMARY; /* fenced while waiting: acknowledge nothing */
 	if (rc == SP_OK) {
 		repl_log_set_committed(r->log, last);
+		atomic_store(&r->submitted, last);
+		pthread_mutex_lock(&r->lock);
 		atomic_store(&r->applied, last);
+		pthread_mutex_unlock(&r->lock);
 		sp_metric_set(inbox_m.repl_applied, (int64_t)last);
 		sp_metric_set(inbox_m.repl_commit, (int64_t)commit);
 	}
@@ -663,8 +664,8 @@ take_records(inbox_repl *r, const sp_frame *rep)
 		commit = last.lsn;
 	if (commit > repl_log_committed(r->log))
 		repl_log_set_committed(r->log, commit);
-	if (commit > atomic_load(&r->applied))
-		apply_upto(r, commit);
+	if (commit > atomic_load(&r->submitted))
+		apply_upto(r, commit, false);
 }
 
 static void
@@ -1115,7 +1116,7 @@ manage_main(void *arg)
 		if (tail_done) {
 			/* The sync set holds the whole log: apply its tail, then serve. */
 			repl_log_set_committed(r->log, last);
-			apply_upto(r, last);
+			apply_upto(r, last, true);
 			pthread_mutex_lock(&r->lock);
 			if (r->role == ROLE_STARTING && r->epoch == epoch) {
 				set_role(r, ROLE_PRIMARY);
@@ -1209,6 +1210,7 @@ inbox_repl_open(inbox_repl **out, const inbox_repl_config *cfg, inbox_store *sto
 	}
 	repl_log_set_committed(r->log, applied);
 	atomic_store(&r->applied, applied);
+	atomic_store(&r->submitted, applied);
 	repl_log_incarnation(r->log, r->inc);
 
 	int64_t ttl_s = cfg->lease_ttl_s ? cfg->lease_ttl_s : 5;

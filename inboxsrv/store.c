@@ -146,7 +146,7 @@ inbox_store_open(inbox_store **out, const inbox_store_config *cfg)
 	if ((rc = mdb_env_set_maxdbs(s->env, 16))
 	    || (rc = mdb_env_set_mapsize(s->env, cfg->map_size))
 	    || (rc = mdb_env_set_maxreaders(s->env, cfg->max_readers ? cfg->max_readers : 256))
-	    || (rc = mdb_env_open(s->env, s->dir, MDB_NOTLS, 0600))) {
+	    || (rc = mdb_env_open(s->env, s->dir, MDB_NOTLS | (cfg->log_is_durable ? MDB_NOMETASYNC : 0), 0600))) {
 		sp_error("store: open %s: %s", s->dir, mdb_strerror(rc));
 		rc = SP_ESTORE;
 		goto fail;

@@ -40,6 +40,11 @@ typedef struct inbox_store_config {
 	/* Most dedup records held in memory (0: no limit). Past it the oldest are forgotten
 	 * early (a retry that old is stored again), counted in sp_inbox_dedup_evicted_total. */
 	uint64_t dedup_max;
+	/* A replicated copy: its replication log, fsynced before anything is acknowledged,
+	 * is the durable record, so a commit skips LMDB's meta-page flush (MDB_NOMETASYNC:
+	 * integrity is kept; a host crash may undo the last commits, which are then applied
+	 * again from the log). */
+	bool log_is_durable;
 } inbox_store_config;
 
 typedef enum {
