@@ -244,7 +244,7 @@ main(void)
 		        < sizeof(C[i].dir),
 		    "path");
 		CHECK(mkdir(C[i].dir, 0700) == 0, "mkdir");
-		CHECK((size_t)snprintf(C[i].log, sizeof(C[i].log), "%.100s/inboxsrv.log", C[i].dir)
+		CHECK((size_t)snprintf(C[i].log, sizeof(C[i].log), "%.60s/%.15s/inboxsrv.log", root, names[i])
 		        < sizeof(C[i].log),
 		    "path");
 		snprintf(C[i].url, sizeof(C[i].url), "tcp://127.0.0.1:%d", free_port());

@@ -13,7 +13,7 @@ typedef struct etcd_proc {
 	int client_port, peer_port;
 	char dir[128];
 	char host[48];     /* the address it listens on (127.0.0.1 unless started on another) */
-	char endpoint[64]; /* http://<host>:<client_port> */
+	char endpoint[80]; /* http://<host>:<client_port> */
 } etcd_proc;
 
 /* Starts etcd and waits (up to 15 s) until it serves. Returns 0, or -1 with a message on
