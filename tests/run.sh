@@ -23,11 +23,13 @@ pass=0 fail=0 failed=()
 for t in "${progs[@]}"; do
 	name=$(basename "$t")
 	start=$(date +%s)
+	lsan=${LSAN_OPTIONS:-}
+	[[ "$name" == *_itest ]] && lsan="suppressions=$SP_ROOT/tests/lsan-nng.supp${lsan:+:$lsan}"
 	if [ "${SP_TEST_VERBOSE:-0}" = 1 ]; then
-		"$t" 2>&1 | tee "$logdir/$name.log"
+		LSAN_OPTIONS=$lsan "$t" 2>&1 | tee "$logdir/$name.log"
 		rc=${PIPESTATUS[0]}
 	else
-		"$t" >"$logdir/$name.log" 2>&1
+		LSAN_OPTIONS=$lsan "$t" >"$logdir/$name.log" 2>&1
 		rc=$?
 	fi
 	secs=$(( $(date +%s) - start ))
