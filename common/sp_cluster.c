@@ -455,12 +455,6 @@ poll_router(sp_cluster *c)
 	c->router_down = down;
 }
 
-static uint64_t
-mono_ms(void)
-{
-	return sp_mono_ns() / 1000000;
-}
-
 static void *
 cluster_thread(void *arg)
 {
@@ -468,7 +462,7 @@ cluster_thread(void *arg)
 	uint64_t next = 0;
 
 	while (!atomic_load(&c->stop)) {
-		uint64_t now = mono_ms();
+		uint64_t now = sp_mono_ms();
 		if (now >= next) {
 			/* From the start of the call: a timed-out call does not stretch the period. */
 			poll_router(c);

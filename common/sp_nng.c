@@ -196,13 +196,28 @@ sp_nng_send_frame(nng_socket s, const sp_frame *f)
 	return SP_OK;
 }
 
+/* ERROR{code, reason}: the reason is left out when NULL, and sent empty when too long. */
+static void
+error_frame(sp_frame *f, uint64_t id, bool has_id, int code, const char *reason)
+{
+	sp_frame_init(f, SP_T_ERROR, id, has_id);
+	sp_frame_set_i64(f, SP_F_CODE, code);
+	if (reason)
+		sp_frame_set_str(f, SP_F_REASON, strlen(reason) > 256 ? "" : reason);
+}
+
+int
+sp_nng_error_msg(uint64_t id, bool has_id, int code, const char *reason, nng_msg **out)
+{
+	sp_frame f;
+	error_frame(&f, id, has_id, code, reason);
+	return sp_nng_msg_from_frame(&f, out);
+}
+
 int
 sp_nng_send_error(nng_socket s, uint64_t id, bool has_id, int code, const char *reason)
 {
 	sp_frame f;
-	sp_frame_init(&f, SP_T_ERROR, id, has_id);
-	sp_frame_set_i64(&f, SP_F_CODE, code);
-	if (reason)
-		sp_frame_set_str(&f, SP_F_REASON, strlen(reason) > 256 ? "" : reason);
+	error_frame(&f, id, has_id, code, reason);
 	return sp_nng_send_frame(s, &f);
 }

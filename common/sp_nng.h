@@ -51,6 +51,10 @@ int sp_nng_call(nng_socket s, const sp_frame *req, nng_msg **rep_msg, sp_frame *
 /* Sends one frame on a socket (PUSH, or REP in reply). */
 int sp_nng_send_frame(nng_socket s, const sp_frame *f);
 
+/* Builds ERROR{code, reason (omitted when NULL)} with a request's id; on SP_OK the caller
+ * owns *out. */
+int sp_nng_error_msg(uint64_t id, bool has_id, int code, const char *reason, nng_msg **out);
+
 /* Builds and sends ERROR{code, reason} on `s` with the request id of the request. */
 int sp_nng_send_error(nng_socket s, uint64_t id, bool has_id, int code, const char *reason);
 

@@ -21,4 +21,10 @@ sp_mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+static inline uint64_t
+sp_mono_ms(void)
+{
+	return sp_mono_ns() / 1000000;
+}
+
 #endif

@@ -47,12 +47,6 @@ struct cs_shardcall {
 	sp_metric *retries, *giveups;
 };
 
-static uint64_t
-mono_ms(void)
-{
-	return sp_mono_ns() / 1000000;
-}
-
 /* The failures a failover produces. Anything else (SP_EFULL, SP_EINVAL, a malformed reply,
  * a cancelled call at shutdown: SP_ENNG) is the answer, and goes to the caller as it is. */
 static bool
@@ -176,7 +170,7 @@ static void
 retry_later(sc_call *c, uint64_t retry_after_ms)
 {
 	cs_shardcall *sc = c->sc;
-	uint64_t now = mono_ms();
+	uint64_t now = sp_mono_ms();
 	if (sc->closing || c->last || now >= c->deadline_ms) {
 		give_up(c, sp_strerror(c->last_rc));
 		return;
@@ -284,7 +278,7 @@ call_new(cs_shardcall *sc, const char *url, const sp_frame *req, cs_rpc_cb cb, v
 	c->cb = cb;
 	c->arg = arg;
 	c->type = req->type;
-	c->deadline_ms = mono_ms() + sc->budget_ms;
+	c->deadline_ms = sp_mono_ms() + sc->budget_ms;
 	*out = c;
 	return SP_OK;
 }

@@ -83,12 +83,6 @@ struct inbox_repl {
 
 /* ---- small helpers ---- */
 
-static uint64_t
-mono_ms(void)
-{
-	return sp_mono_ns() / 1000000;
-}
-
 static void
 fatal(const char *what, int rc)
 {
@@ -257,19 +251,27 @@ apply_upto(inbox_repl *r, uint64_t upto, bool wait)
 
 /* ---- the writer's hooks (writer thread) ---- */
 
+/* Whether this copy may serve a write (or a read) now: SP_OK, SP_EUNAVAIL (promoting, or
+ * too few copies in sync) or SP_ENOTPRIMARY (not primary, or past its fencing deadline). */
 static int
-hook_admit(void *arg)
+serve_check(inbox_repl *r, bool write)
 {
-	inbox_repl *r = arg;
 	int rc;
 	pthread_mutex_lock(&r->lock);
 	if (r->role == ROLE_PRIMARY)
-		rc = repl_sync_writable(r->sync) && !r->stalled ? SP_OK : SP_EUNAVAIL;
+		rc = write && (!repl_sync_writable(r->sync) || r->stalled) ? SP_EUNAVAIL : SP_OK;
 	else
 		rc = r->role == ROLE_STARTING ? SP_EUNAVAIL : SP_ENOTPRIMARY;
 	pthread_mutex_unlock(&r->lock);
 	if (rc == SP_OK && !repl_ha_may_serve(r->ha, repl_ha_now_ms()))
 		rc = SP_ENOTPRIMARY;
+	return rc;
+}
+
+static int
+hook_admit(void *arg)
+{
+	int rc = serve_check(arg, true);
 	if (rc == SP_EUNAVAIL)
 		sp_metric_inc(inbox_m.repl_unavailable);
 	return rc;
@@ -359,7 +361,7 @@ hook_replicate(void *arg, inbox_req *batch)
 			/* This batch waits for a copy to come back (its records are in the log
 			 * and may be on a replica: they are never given up while primary);
 			 * requests arriving meanwhile are told to retry. */
-			uint64_t now = mono_ms();
+			uint64_t now = sp_mono_ms();
 			if (!unwritable_since)
 				unwritable_since = now;
 			if (now - unwritable_since >= UNWRITABLE_FAIL_MS) {
@@ -394,14 +396,10 @@ hook_replicate(void *arg, inbox_req *batch)
 static nng_msg *
 error_reply(const sp_frame *req, int code, const char *reason)
 {
-	sp_frame rep;
-	nng_msg *m = NULL;
-	sp_frame_init(&rep, SP_T_ERROR, req ? req->id : 0, req ? req->has_id : false);
-	sp_frame_set_i64(&rep, SP_F_CODE, code);
-	if (reason && reason[0])
-		sp_frame_set_str(&rep, SP_F_REASON, reason);
-	if (sp_nng_msg_from_frame(&rep, &m))
-		m = NULL;
+	nng_msg *m;
+	if (sp_nng_error_msg(req ? req->id : 0, req && req->has_id, code,
+		reason && reason[0] ? reason : NULL, &m))
+		return NULL;
 	return m;
 }
 
@@ -755,7 +753,7 @@ follow_main(void *arg)
 {
 	inbox_repl *r = arg;
 	char url[REPL_HA_URL_MAX + 1] = "";
-	uint64_t caught_up_ms = mono_ms();
+	uint64_t caught_up_ms = sp_mono_ms();
 	follow_socks fs = { .n = 0 };
 	nng_aio *aio;
 
@@ -801,7 +799,7 @@ follow_main(void *arg)
 			take_records(r, &rep);
 			const sp_val *v = sp_frame_get(&rep, SP_F_REPL_RECS);
 			if (!v || v->rs.n == 0)
-				caught_up_ms = mono_ms();
+				caught_up_ms = sp_mono_ms();
 		} else if (rc == SP_OK && rep.type == SP_T_REPL_DIVERGED) {
 			take_diverged(r, &rep);
 		} else if (rc == SP_ERANGE) {
@@ -822,7 +820,7 @@ follow_main(void *arg)
 			sp_frame_fini(&rep);
 			nng_msg_free(msg);
 		}
-		sp_metric_set(inbox_m.repl_lag_ms, (int64_t)(mono_ms() - caught_up_ms));
+		sp_metric_set(inbox_m.repl_lag_ms, (int64_t)(sp_mono_ms() - caught_up_ms));
 		pthread_mutex_lock(&r->lock);
 		r->follower_busy = false;
 		pthread_cond_broadcast(&r->cond);
@@ -1275,17 +1273,7 @@ inbox_repl_start(inbox_repl *r, inbox_commit *c)
 int
 inbox_repl_gate(void *arg, bool write)
 {
-	inbox_repl *r = arg;
-	int rc;
-	pthread_mutex_lock(&r->lock);
-	if (r->role == ROLE_PRIMARY)
-		rc = write && (!repl_sync_writable(r->sync) || r->stalled) ? SP_EUNAVAIL : SP_OK;
-	else
-		rc = r->role == ROLE_STARTING ? SP_EUNAVAIL : SP_ENOTPRIMARY;
-	pthread_mutex_unlock(&r->lock);
-	if (rc == SP_OK && !repl_ha_may_serve(r->ha, repl_ha_now_ms()))
-		rc = SP_ENOTPRIMARY;
-	return rc;
+	return serve_check(arg, write);
 }
 
 void
