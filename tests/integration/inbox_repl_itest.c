@@ -565,6 +565,10 @@ main(void)
 		int r1 = (p + 1) % COPIES, r2 = (p + 2) % COPIES;
 		kill(C[r1].pid, SIGSTOP);
 		kill(C[r2].pid, SIGSTOP);
+		/* A fetch already waiting at the primary (a 200 ms long-poll) would carry the
+		 * append into the stopped replica's socket buffer, to be read after SIGCONT:
+		 * the append is sent only once every such fetch has been answered. */
+		usleep(800000);
 		pthread_t th;
 		CHECK(pthread_create(&th, NULL, pending_append, &C[p]) == 0, "thread");
 		usleep(400000);
