@@ -43,6 +43,10 @@ typedef struct inbox_metrics {
 	sp_metric *repl_lag_lsn, *repl_lag_ms, *repl_sync_size, *repl_shipped, *repl_fetched;
 	sp_metric *repl_applied_batches, *repl_promotions, *repl_fenced, *repl_unavailable;
 	sp_metric *repl_sync_changes, *repl_diverged;
+	sp_metric *repl_log_bytes, *repl_log_first;
+	/* snapshots (inboxsrv/snapshot.c) */
+	sp_metric *snap_made, *snap_sent_bytes, *snap_installed, *snap_install_bytes;
+	sp_metric *snap_install_ms;
 } inbox_metrics;
 
 extern inbox_metrics inbox_m;

@@ -1,9 +1,12 @@
 /* inboxsrv: one durable inbox shard (per-device queues and media blobs in LMDB) serving
  * msgpack frames over NNG req/rep. */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "commit.h"
 #include "dispatch.h"
@@ -18,6 +21,7 @@
 #include "sp_time.h"
 #include "store.h"
 #include "repl.h"
+#include "snapshot.h"
 #include "sweep.h"
 
 #define DAY_S 86400LL
@@ -25,6 +29,7 @@
 static char *data_dir, *listen_url, *metrics_addr, *log_level, *name, *router, *router_pub;
 static char *etcd, *etcd_cluster, *repl_listen, *repl_advertise;
 static long long min_copies, lease_ttl, repl_lag_ms;
+static size_t repl_segment, repl_retain, snapshot_rate;
 static long long shard, contexts, msg_ttl, media_ttl, sweep_interval, sweep_batch, metrics_port;
 static size_t map_size, max_queue_entries, max_queue_bytes, max_blob_size, disk_reserve,
     dedup_max;
@@ -86,10 +91,51 @@ static const sp_config_opt opts[] = {
 	{ "repl-lag-ms", SP_CT_INT, &repl_lag_ms, "1000",
 	    "a sync-set copy that has not acknowledged for this long is dropped from the sync set",
 	    100, 600000 },
+	{ "repl-segment", SP_CT_SIZE, &repl_segment, "64M",
+	    "replication log segment size (retention deletes whole segments)", 64 << 10, 1 << 30 },
+	{ "repl-retain", SP_CT_SIZE, &repl_retain, "256M",
+	    "replication log kept beyond what every sync-set copy holds, so a copy that was away "
+	    "catches up from the log instead of by snapshot",
+	    0, 1LL << 40 },
+	{ "snapshot-rate", SP_CT_SIZE, &snapshot_rate, "0",
+	    "bytes per second a primary sends a snapshot at (0: no limit)", 0, 1LL << 40 },
 	{ "log-level", SP_CT_STR, &log_level, "info", "debug|info|warn|error", 0, 0 },
 	{ "log-json", SP_CT_BOOL, &log_json, "false", "log JSON lines", 0, 0 },
 	{ NULL, 0, NULL, NULL, NULL, 0, 0 },
 };
+
+/* Whether SIGTERM or SIGINT (blocked, taken by sigwait) is pending. */
+static bool
+stop_pending(void *arg)
+{
+	sigset_t pending;
+	(void)arg;
+	return sigpending(&pending) == 0
+	    && (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1);
+}
+
+/* A copy without data of its own (or marked for it) starts from a snapshot of the
+ * primary's store (inboxsrv/snapshot.h). */
+static int
+snapshot_bootstrap(void)
+{
+	char group[32];
+	sp_etcd_cfg ecfg = { .endpoints = etcd };
+	if (!name) {
+		sp_error("--etcd needs --name and --repl-listen");
+		return SP_ECONFIG;
+	}
+	snprintf(group, sizeof(group), "inbox-%lld", shard);
+	inbox_snap_boot_cfg bcfg = {
+		.data_dir = data_dir,
+		.etcd = &ecfg,
+		.cluster = etcd_cluster,
+		.group = group,
+		.name = name,
+		.stop = stop_pending,
+	};
+	return inbox_snap_bootstrap(&bcfg);
+}
 
 int
 main(int argc, char **argv)
@@ -145,6 +191,8 @@ main(int argc, char **argv)
 		.dedup_max = dedup_max,
 		.log_is_durable = etcd && *etcd,
 	};
+	if (etcd && *etcd && (rc = snapshot_bootstrap()))
+		goto out;
 	uint64_t t0 = sp_mono_ns();
 	if ((rc = inbox_store_open(&store, &scfg)))
 		goto out;
@@ -180,6 +228,9 @@ main(int argc, char **argv)
 			.min_copies = (unsigned)min_copies,
 			.lease_ttl_s = lease_ttl,
 			.lag_ms = (uint64_t)repl_lag_ms,
+			.segment_bytes = (uint32_t)repl_segment,
+			.retain_bytes = repl_retain,
+			.snapshot_rate = snapshot_rate,
 		};
 		if ((rc = inbox_repl_open(&repl, &rcfg, store)))
 			goto out;
@@ -235,8 +286,17 @@ out:
 	inbox_commit_stop(commit);
 	inbox_server_free(srv);
 	inbox_dispatch_free(disp);
+	bool again = inbox_repl_restart_wanted(repl);
 	inbox_repl_free(repl);
 	inbox_store_close(store);
 	sp_config_free(opts);
+	if (again) {
+		/* The same process (pid, arguments) starts over; its start-up installs the
+		 * snapshot the data dir is marked for. Descriptors are all close-on-exec. */
+		sp_info("restarting to install a snapshot");
+		execv("/proc/self/exe", argv);
+		sp_error("exec /proc/self/exe: %s", strerror(errno));
+		return 75;
+	}
 	return status;
 }

@@ -92,6 +92,20 @@ inbox_metrics_init(void)
 	    "Sync-set transactions written to etcd by this primary");
 	m->repl_diverged = sp_metric_counter("sp_inbox_repl_truncations_total",
 	    "Replica: log truncations after a divergence from the primary's history");
+	m->repl_log_bytes = sp_metric_gauge("sp_inbox_repl_log_bytes",
+	    "Bytes of replication log segments held (retention trims whole segments)");
+	m->repl_log_first = sp_metric_gauge("sp_inbox_repl_log_first_lsn",
+	    "First LSN the replication log still holds (a copy behind it needs a snapshot)");
+	m->snap_made = sp_metric_counter("sp_inbox_repl_snapshots_made_total",
+	    "Primary: snapshots of the store made for copies that needed one");
+	m->snap_sent_bytes = sp_metric_counter("sp_inbox_repl_snapshot_sent_bytes_total",
+	    "Primary: snapshot bytes sent");
+	m->snap_installed = sp_metric_counter("sp_inbox_repl_snapshots_installed_total",
+	    "Snapshots this copy downloaded and installed at start-up");
+	m->snap_install_bytes = sp_metric_gauge("sp_inbox_repl_snapshot_install_bytes",
+	    "Size of the last snapshot this copy installed");
+	m->snap_install_ms = sp_metric_gauge("sp_inbox_repl_snapshot_install_ms",
+	    "Duration of the last snapshot download and install, ms");
 	m->lsn = sp_metric_gauge("sp_inbox_lsn", "Last applied op sequence number");
 	m->entries = sp_metric_gauge("sp_inbox_queue_entries", "Queue entries held by the shard");
 	m->blobs = sp_metric_gauge("sp_inbox_blobs", "Media blobs held by the shard");

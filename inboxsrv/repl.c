@@ -2,6 +2,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,7 @@
 #include "repl/ha.h"
 #include "repl/log.h"
 #include "repl/sync.h"
+#include "snapshot.h"
 #include "sp_error.h"
 #include "sp_frame.h"
 #include "sp_log.h"
@@ -73,6 +75,10 @@ struct inbox_repl {
 
 	_Atomic uint64_t applied; /* the store's LSN (changed under the lock) */
 	_Atomic uint64_t submitted; /* records handed to the writer to apply, >= applied */
+
+	inbox_snap_src *snap; /* snapshots this copy serves while it leads */
+	uint64_t trim_ms; /* the last retention pass (writer thread of the role) */
+	_Atomic bool restart; /* the follower marked the data dir for a snapshot */
 
 	nng_socket rep;
 	bool rep_open;
@@ -285,6 +291,32 @@ free_recs(repl_log_rec *recs, size_t n)
 	free(recs);
 }
 
+/* Retention, on the thread that writes the log in the copy's role (the writer while
+ * primary, the follower while replica), at most once a second: whole segments whose
+ * records every copy of the sync set has (the log's commit LSN bounds trim), that this
+ * copy's store holds durably, and that no snapshot being served still needs, keeping
+ * retain_bytes for copies that fall behind for a while. */
+static void
+maybe_trim(inbox_repl *r)
+{
+	uint64_t now = sp_mono_ms();
+	if (now - r->trim_ms < 1000)
+		return;
+	r->trim_ms = now;
+	uint64_t upto = atomic_load(&r->applied), pin = inbox_snap_pin(r->snap);
+	if (pin < upto)
+		upto = pin;
+	int rc = SP_OK;
+	if (upto > repl_log_first_lsn(r->log) && (rc = inbox_store_sync(r->store)) == SP_OK)
+		rc = repl_log_retain(r->log, upto, r->cfg.retain_bytes);
+	if (rc == SP_EIO)
+		fatal("log trim", rc);
+	if (rc)
+		sp_warn_rl("repl %s: retention: %s", r->group, sp_strerror(rc));
+	sp_metric_set(inbox_m.repl_log_bytes, (int64_t)repl_log_bytes(r->log));
+	sp_metric_set(inbox_m.repl_log_first, (int64_t)repl_log_first_lsn(r->log));
+}
+
 static int
 hook_replicate(void *arg, inbox_req *batch)
 {
@@ -301,6 +333,7 @@ hook_replicate(void *arg, inbox_req *batch)
 	pthread_mutex_unlock(&r->lock);
 	if (rc)
 		return rc;
+	maybe_trim(r);
 	repl_log_pos prev = repl_log_last(r->log);
 	for (inbox_req *q = batch; q; q = q->next)
 		cap += q->op.rc == SP_OK && q->op.lsn;
@@ -549,6 +582,20 @@ serve_fetch(inbox_repl *r, const sp_frame *f)
 	return m;
 }
 
+/* A snapshot is served by the copy that leads (its store holds only committed ops). */
+static nng_msg *
+serve_snapshot(inbox_repl *r, const sp_frame *f)
+{
+	char primary[REPL_HA_NAME_MAX + 1];
+	pthread_mutex_lock(&r->lock);
+	bool leading = r->role == ROLE_PRIMARY || r->role == ROLE_STARTING;
+	snprintf(primary, sizeof(primary), "%s", r->leader_name);
+	pthread_mutex_unlock(&r->lock);
+	if (!leading)
+		return error_reply(f, SP_ENOTPRIMARY, primary);
+	return inbox_snap_serve(r->snap, f);
+}
+
 static void *
 serve_main(void *arg)
 {
@@ -574,10 +621,12 @@ serve_main(void *arg)
 		int rc = sp_nng_msg_decode(msg, &f);
 		if (rc)
 			rep = error_reply(NULL, rc, "bad frame");
-		else if (f.type != SP_T_REPL_FETCH)
-			rep = error_reply(&f, SP_EBADTYPE, NULL);
-		else
+		else if (f.type == SP_T_REPL_FETCH)
 			rep = serve_fetch(r, &f);
+		else if (f.type == SP_T_REPL_SNAP_GET)
+			rep = serve_snapshot(r, &f);
+		else
+			rep = error_reply(&f, SP_EBADTYPE, NULL);
 		if (rc == SP_OK)
 			sp_frame_fini(&f);
 		nng_msg_free(msg);
@@ -600,7 +649,13 @@ serve_main(void *arg)
 bool
 inbox_repl_serves(unsigned type)
 {
-	return type == SP_T_REPL_FETCH;
+	return type == SP_T_REPL_FETCH || type == SP_T_REPL_SNAP_GET;
+}
+
+bool
+inbox_repl_restart_wanted(inbox_repl *r)
+{
+	return r && atomic_load(&r->restart);
 }
 
 /* ---- the replica's follower ---- */
@@ -655,6 +710,7 @@ take_records(inbox_repl *r, const sp_frame *rep)
 			fatal("log fsync", rc);
 		sp_metric_add(inbox_m.repl_fetched, n);
 	}
+	maybe_trim(r);
 	repl_log_pos last = repl_log_last(r->log);
 	sp_metric_set(inbox_m.repl_flushed, (int64_t)last.lsn);
 	sp_metric_set(inbox_m.repl_commit, (int64_t)commit);
@@ -803,9 +859,15 @@ follow_main(void *arg)
 		} else if (rc == SP_OK && rep.type == SP_T_REPL_DIVERGED) {
 			take_diverged(r, &rep);
 		} else if (rc == SP_ERANGE) {
-			sp_warn_rl("repl %s: the primary no longer holds the records after LSN %" PRIu64
-				   ": this copy needs a snapshot (rebuild it from an empty data dir)",
+			/* Its place in the primary's log is gone: start again from a snapshot. */
+			int mrc = inbox_snap_mark_needed(r->data_dir);
+			if (mrc)
+				fatal("marking the data dir for a snapshot", mrc);
+			sp_error("repl %s: the primary no longer holds the records after LSN %" PRIu64
+				 ": restarting to install a snapshot",
 			    r->group, last.lsn);
+			if (!atomic_exchange(&r->restart, true))
+				kill(getpid(), SIGTERM);
 			pause = 1000;
 		} else if (rc == SP_ECLOSED) {
 			pause = 0; /* cancelled: the primary changed */
@@ -1111,6 +1173,7 @@ manage_main(void *arg)
 		pthread_mutex_unlock(&r->lock);
 		if (role == ROLE_STARTING || role == ROLE_PRIMARY)
 			manage_sync(r, epoch);
+		inbox_snap_expire(r->snap, sp_mono_ms(), role != ROLE_STARTING && role != ROLE_PRIMARY);
 		if (tail_done) {
 			/* The sync set holds the whole log: apply its tail, then serve. */
 			repl_log_set_committed(r->log, last);
@@ -1185,7 +1248,8 @@ inbox_repl_open(inbox_repl **out, const inbox_repl_config *cfg, inbox_store *sto
 		inbox_repl_free(r);
 		return SP_EINVAL;
 	}
-	if ((rc = repl_log_open(path, NULL, &r->log))) {
+	repl_log_config lcfg = { .segment_bytes = cfg->segment_bytes };
+	if ((rc = repl_log_open(path, &lcfg, &r->log))) {
 		sp_error("repl: cannot open the log in %s: %s", path, sp_strerror(rc));
 		inbox_repl_free(r);
 		return rc;
@@ -1207,6 +1271,10 @@ inbox_repl_open(inbox_repl **out, const inbox_repl_config *cfg, inbox_store *sto
 		return SP_ESTORE;
 	}
 	repl_log_set_committed(r->log, applied);
+	if ((rc = inbox_snap_src_new(&r->snap, cfg->data_dir, store, r->log, cfg->snapshot_rate))) {
+		inbox_repl_free(r);
+		return rc;
+	}
 	atomic_store(&r->applied, applied);
 	atomic_store(&r->submitted, applied);
 	repl_log_incarnation(r->log, r->inc);
@@ -1323,6 +1391,7 @@ inbox_repl_free(inbox_repl *r)
 		return;
 	inbox_repl_stop(r, false);
 	repl_ha_free(r->ha);
+	inbox_snap_src_free(r->snap);
 	repl_log_close(r->log);
 	repl_sync_free(r->sync);
 	pthread_mutex_destroy(&r->lock);

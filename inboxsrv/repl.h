@@ -44,6 +44,9 @@ typedef struct inbox_repl_config {
 	int64_t lease_ttl_s; /* 0: 5 */
 	uint64_t lag_ms; /* a sync-set copy silent this long is dropped (0: 1000) */
 	uint64_t fetch_wait_ms; /* a fetch's long-poll (0: 200) */
+	uint32_t segment_bytes; /* log segment size (0: 64 MiB); retention drops whole ones */
+	uint64_t retain_bytes; /* log kept past what every copy applied, for late copies */
+	uint64_t snapshot_rate; /* snapshot bytes served per second (0: no limit) */
 } inbox_repl_config;
 
 /* Opens the log (checking it against the store: a store ahead of its log, or a log
@@ -70,6 +73,11 @@ void inbox_repl_primary_name(inbox_repl *r, char *buf, size_t cap);
  * crash, unless `resign`). Writes waiting in the writer end with SP_ENOTPRIMARY. */
 void inbox_repl_stop(inbox_repl *r, bool resign);
 void inbox_repl_free(inbox_repl *r);
+
+/* True once the copy found its place in the primary's log gone: it marked its data dir
+ * for a snapshot and raised SIGTERM; the caller stops cleanly and starts again (the
+ * start-up installs the snapshot, inboxsrv/snapshot.h). Any thread. */
+bool inbox_repl_restart_wanted(inbox_repl *r);
 
 /* Whether the replication endpoint serves request frames of `type`. */
 bool inbox_repl_serves(unsigned type);

@@ -396,3 +396,49 @@ inbox_store_write(inbox_store *s, inbox_op **ops, size_t n, uint64_t now)
 	inbox_store_collect(s, txn, INBOX_COLLECT_LIMIT, &collected);
 	return inbox_store_txn_commit(s, txn);
 }
+
+int
+inbox_store_copy_fd(inbox_store *s, int fd)
+{
+	int rc = mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT);
+	if (rc) {
+		sp_error("store: snapshot copy: %s", mdb_strerror(rc));
+		return SP_ESTORE;
+	}
+	return SP_OK;
+}
+
+int
+inbox_store_file_lsn(const char *path, uint64_t *lsn)
+{
+	MDB_env *env = NULL;
+	MDB_txn *txn = NULL;
+	MDB_dbi meta;
+	int rc;
+	if ((rc = mdb_env_create(&env)) || (rc = mdb_env_set_maxdbs(env, 16))
+	    || (rc = mdb_env_open(env, path, MDB_NOSUBDIR | MDB_RDONLY | MDB_NOLOCK, 0600))
+	    || (rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
+	    || (rc = mdb_dbi_open(txn, "meta", 0, &meta))) {
+		sp_error("store: %s: %s", path, mdb_strerror(rc));
+		if (txn)
+			mdb_txn_abort(txn);
+		if (env)
+			mdb_env_close(env);
+		return SP_ESTORE;
+	}
+	rc = inbox_store_get_u64(txn, meta, "lsn", 3, lsn);
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return rc ? SP_ESTORE : SP_OK;
+}
+
+int
+inbox_store_sync(inbox_store *s)
+{
+	int rc = mdb_env_sync(s->env, 1);
+	if (rc) {
+		sp_error("store: sync: %s", mdb_strerror(rc));
+		return SP_EIO;
+	}
+	return SP_OK;
+}

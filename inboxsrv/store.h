@@ -265,4 +265,20 @@ long inbox_store_blob_read(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id,
 int inbox_store_blob_sha256(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, uint64_t size,
     uint8_t out[INBOX_SHA256_LEN]);
 
+/* ---- snapshots (inboxsrv/snapshot.c) ---- */
+
+/* Writes a consistent, compacted copy of the environment, as of one read txn, to `fd`
+ * (mdb_env_copyfd2 with MDB_CP_COMPACT): a data.mdb another copy can open. Any thread;
+ * writes go on meanwhile. SP_OK or SP_ESTORE. */
+int inbox_store_copy_fd(inbox_store *s, int fd);
+
+/* Flushes every commit to disk (mdb_env_sync, forced): before the replication log drops
+ * records, the store must hold them durably even with MDB_NOMETASYNC. Any thread. SP_OK or
+ * SP_EIO. */
+int inbox_store_sync(inbox_store *s);
+
+/* The LSN held by an environment file written by inbox_store_copy_fd, opened read-only
+ * without a lock file. SP_OK, or SP_ESTORE when it is not such a file. */
+int inbox_store_file_lsn(const char *path, uint64_t *lsn);
+
 #endif

@@ -735,8 +735,28 @@ config_check(const repl_log_config *cfg, uint32_t *seg_bytes, uint32_t *max_reco
 	return SP_OK;
 }
 
-int
-repl_log_open(const char *dir, const repl_log_config *cfg, repl_log **out)
+/* A new log whose trim point is `base` (a copy rebuilt from a snapshot): the first segment
+ * starts after it and the epoch table says base.lsn is in base.epoch, so a fetch asking
+ * about that epoch is answered and one asking about an older epoch needs a snapshot. */
+static int
+create_at(repl_log *log, repl_log_pos base)
+{
+	int rc = ep_reserve(log, 1);
+	if (rc != SP_OK)
+		return rc;
+	log->ep[0] = (epoch_ent){base.epoch, base.lsn};
+	log->nep = 1;
+	log->base_lsn = base.lsn;
+	log->base_epoch = base.epoch;
+	log->last = base;
+	log->flushed = log->committed = base.lsn;
+	if ((rc = epochs_write(log->dirfd, log->ep, log->nep)) != SP_OK)
+		return rc;
+	return seg_create(log, base.lsn + 1);
+}
+
+static int
+log_open(const char *dir, const repl_log_config *cfg, const repl_log_pos *base, repl_log **out)
 {
 	uint32_t seg_bytes, max_record;
 	if (!dir || !*dir || !out || config_check(cfg, &seg_bytes, &max_record) != SP_OK)
@@ -775,12 +795,16 @@ repl_log_open(const char *dir, const repl_log_config *cfg, repl_log **out)
 			rc = SP_ESTORE;
 			goto fail;
 		}
-		if ((rc = seg_create(log, 1)) != SP_OK)
+		if ((rc = base ? create_at(log, *base) : seg_create(log, 1)) != SP_OK)
 			goto fail;
 		rc = SP_EIO;
 		if (fsync(log->dirfd) != 0)
 			goto fail;
 		log->dir_dirty = false;
+	} else if (base) {
+		sp_error("repl log: %s already holds a log", dir);
+		rc = SP_EEXIST;
+		goto fail;
 	} else if ((rc = recover(log, firsts, nfirst)) != SP_OK) {
 		goto fail;
 	}
@@ -793,6 +817,20 @@ fail:
 	free(firsts);
 	repl_log_close(log);
 	return rc;
+}
+
+int
+repl_log_open(const char *dir, const repl_log_config *cfg, repl_log **out)
+{
+	return log_open(dir, cfg, NULL, out);
+}
+
+int
+repl_log_open_at(const char *dir, const repl_log_config *cfg, repl_log_pos base, repl_log **out)
+{
+	if (base.epoch == 0 || base.lsn == 0 || base.lsn == UINT64_MAX)
+		return SP_EINVAL;
+	return log_open(dir, cfg, &base, out);
 }
 
 void
@@ -1089,18 +1127,28 @@ fail:
 int
 repl_log_trim(repl_log *log, uint64_t upto_lsn)
 {
+	return repl_log_retain(log, upto_lsn, 0);
+}
+
+int
+repl_log_retain(repl_log *log, uint64_t upto_lsn, uint64_t keep_bytes)
+{
 	if (!log)
 		return SP_EINVAL;
 	if (log->failed)
 		return SP_EIO;
 	pthread_mutex_lock(&log->mu);
 	uint64_t limit = upto_lsn < log->committed ? upto_lsn : log->committed;
+	uint64_t left = 0;
+	for (size_t i = 0; i < log->nseg; i++)
+		left += log->segs[i].size;
 	size_t drop = 0;
 	while (drop + 1 < log->nseg) {
 		const seg *s = &log->segs[drop];
 		uint64_t end = s->first + s->n - 1;
-		if (s->n == 0 || end > limit || end >= log->last.lsn)
+		if (s->n == 0 || end > limit || end >= log->last.lsn || left - s->size < keep_bytes)
 			break;
+		left -= s->size;
 		drop++;
 	}
 	int rc = SP_OK;
@@ -1238,6 +1286,32 @@ unlock:
 	free(buf);
 	free(recs);
 	return rc;
+}
+
+int
+repl_log_epoch_at(repl_log *log, uint64_t lsn, uint64_t *epoch)
+{
+	if (!log || !epoch)
+		return SP_EINVAL;
+	pthread_mutex_lock(&log->mu);
+	int rc = SP_OK;
+	if (lsn < log->base_lsn || lsn > log->last.lsn)
+		rc = SP_ERANGE;
+	else
+		*epoch = lsn == 0 ? 0 : lsn == log->base_lsn ? log->base_epoch : epoch_of(log, lsn);
+	pthread_mutex_unlock(&log->mu);
+	return rc;
+}
+
+uint64_t
+repl_log_bytes(repl_log *log)
+{
+	uint64_t n = 0;
+	pthread_mutex_lock(&log->mu);
+	for (size_t i = 0; i < log->nseg; i++)
+		n += log->segs[i].size;
+	pthread_mutex_unlock(&log->mu);
+	return n;
 }
 
 int

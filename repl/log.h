@@ -83,6 +83,16 @@ typedef struct repl_log_rec {
  */
 int repl_log_open(const char *dir, const repl_log_config *cfg, repl_log **out);
 
+/*
+ * Creates a new log in `dir` (which must hold no log) whose trim point is `base`: it holds
+ * no record, its last position is `base`, and the next append follows it. For a copy
+ * rebuilt from a snapshot of a store at base.lsn, base.epoch being that record's epoch on
+ * the primary. base.epoch and base.lsn >= 1. A crash part-way leaves a directory without
+ * an incarnation, which a later open treats as fresh. Errors as repl_log_open, and
+ * SP_EEXIST if `dir` already holds segments.
+ */
+int repl_log_open_at(const char *dir, const repl_log_config *cfg, repl_log_pos base, repl_log **out);
+
 /* Closes the files and frees the log; does not sync (unsynced records may or may not
  * survive, as after a crash). NULL is a no-op. No other thread may be using the log. */
 void repl_log_close(repl_log *log);
@@ -120,6 +130,10 @@ int repl_log_truncate(repl_log *log, uint64_t after_lsn);
  * before the new trim point are dropped, except the one covering it.
  */
 int repl_log_trim(repl_log *log, uint64_t upto_lsn);
+
+/* repl_log_trim that also keeps at least `keep_bytes` of segments (a retention floor for
+ * copies that fall behind for a while: they catch up from the log, not by snapshot). */
+int repl_log_retain(repl_log *log, uint64_t upto_lsn, uint64_t keep_bytes);
 
 /* Records the commit LSN (any thread). Lower than the current value: ignored (SP_OK);
  * above the last record: SP_ERANGE (a replica commits only what it holds: it passes
@@ -166,6 +180,13 @@ int repl_log_epoch_end(repl_log *log, uint64_t epoch, repl_log_pos *out);
  * SP_ERANGE there means a committed record would go: the copy must be rebuilt.
  */
 uint64_t repl_divergence(repl_log_pos follower_last, repl_log_pos leader_answer);
+
+/* The epoch of the record at `lsn` (any thread): for the trim point and every retained
+ * record; SP_ERANGE outside [trim point, last]; 0 for lsn 0. */
+int repl_log_epoch_at(repl_log *log, uint64_t lsn, uint64_t *epoch);
+
+/* Bytes of segment files the log holds (any thread). */
+uint64_t repl_log_bytes(repl_log *log);
 
 /* Accessors (any thread). first_lsn: the first retained record's LSN (trim point + 1;
  * last + 1 when the log holds no record). */

@@ -713,6 +713,81 @@ START_TEST(test_trim_and_range)
 }
 END_TEST
 
+/* A log made at a snapshot's position: no records, its last position is the base, the
+ * base's epoch is known and older ones are not; it survives a reopen. */
+START_TEST(test_open_at)
+{
+	repl_log *log;
+	repl_log_pos p;
+	uint64_t e;
+	ck_assert_int_eq(repl_log_open_at(dir, &small, (repl_log_pos){0, 5}, &log), SP_EINVAL);
+	ck_assert_int_eq(repl_log_open_at(dir, &small, (repl_log_pos){4, 0}, &log), SP_EINVAL);
+	ck_assert_int_eq(repl_log_open_at(dir, &small, (repl_log_pos){4, 300}, &log), SP_OK);
+	ck_assert(repl_log_fresh(log));
+	ck_assert_uint_eq(repl_log_last(log).lsn, 300);
+	ck_assert_uint_eq(repl_log_last(log).epoch, 4);
+	ck_assert_uint_eq(repl_log_first_lsn(log), 301);
+	ck_assert_uint_eq(repl_log_committed(log), 300);
+	ck_assert_uint_eq(repl_log_flushed(log), 300);
+	ck_assert_int_eq(repl_log_epoch_at(log, 300, &e), SP_OK);
+	ck_assert_uint_eq(e, 4);
+	ck_assert_int_eq(repl_log_epoch_at(log, 299, &e), SP_ERANGE);
+	ck_assert_int_eq(repl_log_epoch_at(log, 301, &e), SP_ERANGE);
+	ck_assert_int_eq(repl_log_epoch_end(log, 3, &p), SP_ERANGE);
+	expect_end(log, 4, 4, 300);
+	got g = {0};
+	ck_assert_int_eq(repl_log_read(log, 300, UINT64_MAX, 1 << 20, collect, &g, NULL), SP_ERANGE);
+	ck_assert_int_eq(append_n(log, 4, 299, 4, 1, 1), SP_EGAP);
+	extend(log, 4, 10, 3);
+	extend(log, 6, 10, 3);
+	ck_assert_int_eq(repl_log_sync(log), SP_OK);
+	ck_assert_int_eq(repl_log_epoch_at(log, 310, &e), SP_OK);
+	ck_assert_uint_eq(e, 4);
+	ck_assert_int_eq(repl_log_epoch_at(log, 311, &e), SP_OK);
+	ck_assert_uint_eq(e, 6);
+	repl_log_close(log);
+	/* A directory that holds a log is refused. */
+	ck_assert_int_eq(repl_log_open_at(dir, &small, (repl_log_pos){4, 300}, &log), SP_EEXIST);
+
+	log = open_ok(&small);
+	ck_assert(!repl_log_fresh(log));
+	ck_assert_uint_eq(repl_log_first_lsn(log), 301);
+	ck_assert_uint_eq(repl_log_last(log).lsn, 320);
+	ck_assert_uint_eq(repl_log_committed(log), 300);
+	expect_end(log, 4, 4, 310);
+	expect_end(log, 5, 4, 310);
+	ck_assert_int_eq(repl_log_epoch_end(log, 3, &p), SP_ERANGE);
+	ck_assert_int_eq(repl_log_read(log, 301, 320, 1 << 20, collect, &g, NULL), SP_OK);
+	ck_assert_uint_eq(g.n, 20);
+	ck_assert_uint_eq(g.r[0].lsn, 301);
+	got_free(&g);
+	repl_log_close(log);
+}
+END_TEST
+
+/* Retention keeps at least keep_bytes of segments. */
+START_TEST(test_retain)
+{
+	repl_log *log = open_ok(&small);
+	for (int i = 0; i < 40; i++)
+		extend(log, 1, 10, 8);
+	ck_assert_int_eq(repl_log_sync(log), SP_OK);
+	ck_assert_int_eq(repl_log_set_committed(log, 400), SP_OK);
+	uint64_t total = repl_log_bytes(log);
+	ck_assert_uint_gt(total, 4 * 4096);
+	ck_assert_int_eq(repl_log_retain(log, 400, total), SP_OK);
+	ck_assert_uint_eq(repl_log_first_lsn(log), 1);
+	ck_assert_int_eq(repl_log_retain(log, 400, total / 2), SP_OK);
+	uint64_t first = repl_log_first_lsn(log);
+	ck_assert_uint_gt(first, 1);
+	ck_assert_uint_ge(repl_log_bytes(log), total / 2);
+	ck_assert_int_eq(repl_log_retain(log, 400, 0), SP_OK);
+	ck_assert_uint_gt(repl_log_first_lsn(log), first);
+	ck_assert_uint_lt(repl_log_bytes(log), total / 2);
+	repl_log_close(log);
+}
+END_TEST
+
 START_TEST(test_read_bounds)
 {
 	repl_log *log = open_ok(NULL);
@@ -1186,6 +1261,8 @@ main(void)
 	tcase_add_test(tc, test_corrupt_middle);
 	tcase_add_test(tc, test_corrupt_earlier_segment);
 	tcase_add_test(tc, test_trim_and_range);
+	tcase_add_test(tc, test_open_at);
+	tcase_add_test(tc, test_retain);
 	tcase_add_test(tc, test_read_bounds);
 	tcase_add_test(tc, test_incarnation);
 	tcase_add_test(tc, test_concurrent_readers);
