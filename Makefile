@@ -140,7 +140,7 @@ test:
 # The replication fault tests over and over (CHAOS_ROUNDS times each, default 10): the
 # long fault schedule whose one round runs in `make test`.
 CHAOS_ROUNDS ?= 10
-CHAOS_TESTS ?= inbox_repl_itest inbox_partition_itest inbox_etcd_restart_itest
+CHAOS_TESTS ?= inbox_repl_itest inbox_partition_itest inbox_etcd_restart_itest inbox_snapshot_itest
 chaos:
 	$(MAKE) unit
 	@set -e; for t in $(CHAOS_TESTS); do [ -x $(BUILD)/tests/$$t ] || continue; \

@@ -511,6 +511,7 @@ serve_fetch(inbox_repl *r, const sp_frame *f)
 	if (repl_log_first_lsn(r->log) > last_lsn + 1)
 		return error_reply(f, SP_ERANGE, "needs a snapshot");
 
+	inbox_snap_fetched(r->snap, name, last_lsn);
 	/* Matched up to last_lsn: what it has fsynced of that counts. */
 	uint64_t now = (uint64_t)repl_ha_now_ms();
 	uint64_t acked = flushed < last_lsn ? flushed : last_lsn;

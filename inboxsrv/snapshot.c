@@ -57,6 +57,13 @@ struct inbox_snap_src {
 	uint8_t sha[crypto_hash_sha256_BYTES];
 	uint64_t made_ms, used_ms;
 	unsigned busy; /* chunk reads in progress on fd */
+	/* The copies that started downloading it, and which of them have since fetched the
+	 * log from its LSN on: when all have, it stops pinning the log (and is not reused:
+	 * the records after it may go). */
+	char who[REPL_HA_MAX_COPIES][REPL_HA_NAME_MAX + 1];
+	bool who_done[REPL_HA_MAX_COPIES];
+	size_t nwho;
+	bool released;
 };
 
 static int
@@ -111,6 +118,8 @@ snap_drop(inbox_snap_src *s)
 	unlink(s->path);
 	s->state = SNAP_NONE;
 	s->pin = UINT64_MAX;
+	s->nwho = 0;
+	s->released = false;
 }
 
 static void *
@@ -202,6 +211,28 @@ inbox_snap_src_free(inbox_snap_src *s)
 	free(s);
 }
 
+void
+inbox_snap_fetched(inbox_snap_src *s, const char *name, uint64_t last_lsn)
+{
+	pthread_mutex_lock(&s->mu);
+	if (s->state == SNAP_READY && !s->released && last_lsn >= s->lsn) {
+		bool all = s->nwho > 0;
+		for (size_t k = 0; k < s->nwho; k++) {
+			if (strcmp(s->who[k], name) == 0)
+				s->who_done[k] = true;
+			all = all && s->who_done[k];
+		}
+		if (all) {
+			s->released = true;
+			s->pin = UINT64_MAX;
+			sp_info("snapshot: at %" PRIu64 ": every copy that took it fetches the log "
+				"after it; the log is no longer pinned",
+			    s->lsn);
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
 uint64_t
 inbox_snap_pin(inbox_snap_src *s)
 {
@@ -254,6 +285,8 @@ start_making(inbox_snap_src *s)
 	}
 	/* Pinned before the copy's read txn starts: the copy holds at least this LSN. */
 	s->pin = applied;
+	s->nwho = 0;
+	s->released = false;
 	s->state = SNAP_MAKING;
 	if (pthread_create(&s->th, NULL, make_main, s)) {
 		s->state = SNAP_NONE;
@@ -293,7 +326,7 @@ inbox_snap_serve(inbox_snap_src *s, const sp_frame *req)
 	pthread_mutex_lock(&s->mu);
 	uint64_t now = sp_mono_ms();
 	if (!has_id) {
-		bool reuse = s->state == SNAP_READY
+		bool reuse = s->state == SNAP_READY && !s->released
 		    && (now - s->made_ms < INBOX_SNAP_REUSE_MS || now - s->used_ms < BUSY_REUSE_MS);
 		if (!reuse && s->state != SNAP_MAKING) {
 			while (s->busy)
@@ -318,6 +351,15 @@ inbox_snap_serve(inbox_snap_src *s, const sp_frame *req)
 		pthread_mutex_unlock(&s->mu);
 		return error_msg(req, SP_ERANGE, "offset past the snapshot's end", 0);
 	}
+	if (offset == 0) {
+		size_t k = 0;
+		while (k < s->nwho && strcmp(s->who[k], name) != 0)
+			k++;
+		if (k == s->nwho && k < REPL_HA_MAX_COPIES)
+			snprintf(s->who[s->nwho++], sizeof(s->who[0]), "%s", name);
+		if (k < s->nwho)
+			s->who_done[k] = false;
+	}
 	s->used_ms = now;
 	s->busy++;
 	int fd = s->fd;
@@ -327,7 +369,11 @@ inbox_snap_serve(inbox_snap_src *s, const sp_frame *req)
 	memcpy(sha, s->sha, sizeof(sha));
 	pthread_mutex_unlock(&s->mu);
 
-	size_t n = size - offset < INBOX_SNAP_CHUNK ? (size_t)(size - offset) : INBOX_SNAP_CHUNK;
+	/* Throttled, a chunk is a quarter second's worth: the asker's call never waits long. */
+	size_t cap = INBOX_SNAP_CHUNK;
+	if (s->rate && s->rate / 4 < cap)
+		cap = s->rate / 4 < 4096 ? 4096 : (size_t)(s->rate / 4);
+	size_t n = size - offset < cap ? (size_t)(size - offset) : cap;
 	uint8_t *buf = n ? malloc(n) : NULL;
 	int rc = n && !buf ? SP_ENOMEM : n ? read_all(fd, buf, n, offset) : SP_OK;
 

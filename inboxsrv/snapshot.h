@@ -4,9 +4,9 @@
  * The primary's side (inbox_snap_src): on a copy's first REPL_SNAP_GET it makes a
  * consistent, compacted copy of its LMDB environment in a file of its data dir (on a thread
  * of its own; the asker polls meanwhile), learns the LSN the copy holds and that record's
- * epoch, and serves the file in chunks by offset. While a snapshot exists its LSN pins the
- * log (inbox_snap_pin): the records after it stay until the copy has fetched them. A
- * snapshot unused for a while is deleted.
+ * epoch, and serves the file in chunks by offset. Its LSN pins the log (inbox_snap_pin):
+ * the records after it stay until every copy that downloaded it fetches the log from there
+ * (inbox_snap_fetched), or it goes unused for INBOX_SNAP_KEEP_MS and is deleted.
  *
  * The new copy's side (inbox_snap_bootstrap) runs at start-up, before the store is opened:
  * a copy whose data dir holds no store and no log (new or emptied), or one marked by
@@ -54,6 +54,10 @@ nng_msg *inbox_snap_serve(inbox_snap_src *s, const sp_frame *req);
 /* The lowest LSN after which a snapshot being made or served needs the log's records
  * (UINT64_MAX: none). */
 uint64_t inbox_snap_pin(inbox_snap_src *s);
+
+/* A copy named `name` fetches the log after `last_lsn` (serve_fetch): once every copy
+ * that downloaded the snapshot does so from its LSN on, the snapshot pins nothing. */
+void inbox_snap_fetched(inbox_snap_src *s, const char *name, uint64_t last_lsn);
 
 /* Deletes a snapshot unused for INBOX_SNAP_KEEP_MS, and every snapshot when `all`. */
 void inbox_snap_expire(inbox_snap_src *s, uint64_t now_ms, bool all);

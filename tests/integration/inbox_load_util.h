@@ -559,10 +559,10 @@ log_since(int i, long mark, const char *text)
 }
 
 /* Forks and execs argv (its output appended to s->log) inside the network namespace
- * mounted at `netns` (NULL: this one), and waits for its "listening on" line. The child
- * gets SIGKILL if the test dies. */
-static void
-proc_start(shard *s, const char *netns, char *const argv[])
+ * mounted at `netns` (NULL: this one). The child gets SIGKILL if the test dies. Returns
+ * the log's size before the start (for proc_wait_up). */
+static long
+proc_spawn(shard *s, const char *netns, char *const argv[])
 {
 	int nsfd = -1;
 	if (netns)
@@ -594,10 +594,19 @@ proc_start(shard *s, const char *netns, char *const argv[])
 	if (nsfd >= 0)
 		close(nsfd);
 	s->pid = pid;
-	uint64_t deadline = sp_mono_ns() + 15000000000ULL;
+	return mark;
+}
+
+/* Waits for the "listening on" line a process started by proc_spawn writes once it
+ * serves (after `mark` in its log), for at most max_ms. */
+static void
+proc_wait_up(shard *s, long mark, const char *what, int max_ms)
+{
+	pid_t pid = s->pid;
+	uint64_t deadline = sp_mono_ns() + (uint64_t)max_ms * 1000000ULL;
 	for (;;) {
 		int status;
-		CHECK(waitpid(pid, &status, WNOHANG) == 0, "%s exited at start-up; see %s", argv[0],
+		CHECK(waitpid(pid, &status, WNOHANG) == 0, "%s exited at start-up; see %s", what,
 		    s->log);
 		FILE *f = fopen(s->log, "r");
 		char line[1024];
@@ -610,9 +619,16 @@ proc_start(shard *s, const char *netns, char *const argv[])
 		}
 		if (up)
 			break;
-		CHECK(sp_mono_ns() < deadline, "%s not ready in 15 s; see %s", argv[0], s->log);
+		CHECK(sp_mono_ns() < deadline, "%s not ready in %d ms; see %s", what, max_ms, s->log);
 		usleep(20000);
 	}
+}
+
+/* proc_spawn, then proc_wait_up for 15 s. */
+static void
+proc_start(shard *s, const char *netns, char *const argv[])
+{
+	proc_wait_up(s, proc_spawn(s, netns, argv), argv[0], 15000);
 }
 
 #endif
