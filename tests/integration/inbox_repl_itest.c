@@ -459,6 +459,47 @@ malformed_fetches(int p)
 		    sp_strerror(rc), rep.type);
 		call_done(&rep, m);
 	}
+	/* Snapshot requests for a snapshot it does not serve, or past its end. */
+	{
+		sp_frame f, rep;
+		nng_msg *m;
+		uint8_t id[16] = { 7 };
+		sp_frame_init(&f, SP_T_REPL_SNAP_GET, 1, true);
+		sp_frame_set_str(&f, SP_F_NAME, "intruder");
+		sp_frame_set_bin(&f, SP_F_SNAP_ID, id, sizeof(id));
+		sp_frame_set_u64(&f, SP_F_OFFSET, 0);
+		int rc = call(s, &f, &rep, &m);
+		call_done(&rep, m);
+		CHECK(rc == SP_ESTATE, "a snapshot id never served: %s", sp_strerror(rc));
+		/* A new download: made on demand (SP_EUNAVAIL until it is), then served. */
+		uint64_t t0 = sp_mono_ns() / 1000000;
+		do {
+			sp_frame_init(&f, SP_T_REPL_SNAP_GET, 1, true);
+			sp_frame_set_str(&f, SP_F_NAME, "intruder");
+			sp_frame_set_u64(&f, SP_F_OFFSET, 0);
+			rc = call(s, &f, &rep, &m);
+			if (rc == SP_OK) {
+				CHECK(rep.type == SP_T_REPL_SNAP_CHUNK, "snapshot reply type %d", rep.type);
+				sp_bin sid = sp_frame_bin(&rep, SP_F_SNAP_ID);
+				CHECK(sid.len == sizeof(id), "snapshot id");
+				memcpy(id, sid.p, sizeof(id));
+				uint64_t size = sp_frame_u64(&rep, SP_F_SIZE);
+				call_done(&rep, m);
+				sp_frame_init(&f, SP_T_REPL_SNAP_GET, 1, true);
+				sp_frame_set_str(&f, SP_F_NAME, "intruder");
+				sp_frame_set_bin(&f, SP_F_SNAP_ID, id, sizeof(id));
+				sp_frame_set_u64(&f, SP_F_OFFSET, size + 1);
+				rc = call(s, &f, &rep, &m);
+				call_done(&rep, m);
+				CHECK(rc == SP_ERANGE, "an offset past the snapshot: %s", sp_strerror(rc));
+				break;
+			}
+			call_done(&rep, m);
+			CHECK(rc == SP_EUNAVAIL, "a new snapshot download: %s", sp_strerror(rc));
+			CHECK(sp_mono_ns() / 1000000 - t0 < 10000, "no snapshot made in 10 s");
+			usleep(100000);
+		} while (rc != SP_OK);
+	}
 	/* A frame of another type, and bytes that are no frame. */
 	{
 		sp_frame f, rep;
