@@ -27,7 +27,7 @@
 #define DAY_S 86400LL
 
 static char *data_dir, *listen_url, *metrics_addr, *log_level, *name, *router, *router_pub;
-static char *etcd, *etcd_cluster, *repl_listen, *repl_advertise;
+static char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key, *repl_listen, *repl_advertise;
 static long long min_copies, lease_ttl, repl_lag_ms;
 static size_t repl_segment, repl_retain, snapshot_rate;
 static long long shard, contexts, msg_ttl, media_ttl, sweep_interval, sweep_batch, metrics_port;
@@ -79,6 +79,11 @@ static const sp_config_opt opts[] = {
 	    0, 0 },
 	{ "etcd-cluster", SP_CT_STR, &etcd_cluster, "sealpost",
 	    "cluster name: the etcd keys live under /sealpost/<it>/inbox-<shard>/", 0, 0 },
+	{ "etcd-ca", SP_CT_STR, &etcd_ca, NULL,
+	    "PEM file of the CA that signs etcd's certificate (https:// endpoints)", 0, 0 },
+	{ "etcd-cert", SP_CT_STR, &etcd_cert, NULL,
+	    "PEM client certificate presented to etcd (etcd --client-cert-auth)", 0, 0 },
+	{ "etcd-key", SP_CT_STR, &etcd_key, NULL, "PEM key of --etcd-cert", 0, 0 },
 	{ "repl-listen", SP_CT_STR, &repl_listen, NULL,
 	    "NNG URL the shard's replicas fetch the log from while this copy is primary", 0, 0 },
 	{ "repl-advertise", SP_CT_STR, &repl_advertise, NULL,
@@ -120,7 +125,7 @@ static int
 snapshot_bootstrap(void)
 {
 	char group[32];
-	sp_etcd_cfg ecfg = { .endpoints = etcd };
+	sp_etcd_cfg ecfg = { .endpoints = etcd, .ca = etcd_ca, .cert = etcd_cert, .key = etcd_key };
 	if (!name) {
 		sp_error("--etcd needs --name and --repl-listen");
 		return SP_ECONFIG;
@@ -220,6 +225,9 @@ main(int argc, char **argv)
 		inbox_repl_config rcfg = {
 			.data_dir = data_dir,
 			.etcd = etcd,
+			.etcd_ca = etcd_ca,
+			.etcd_cert = etcd_cert,
+			.etcd_key = etcd_key,
 			.cluster = etcd_cluster,
 			.shard = (uint64_t)shard,
 			.name = name,

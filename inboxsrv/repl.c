@@ -1283,7 +1283,8 @@ inbox_repl_open(inbox_repl **out, const inbox_repl_config *cfg, inbox_store *sto
 	int64_t ttl_s = cfg->lease_ttl_s ? cfg->lease_ttl_s : 5;
 	repl_ha_cfg hc = {
 		/* keepalive (TTL/3) + one etcd call must end before TTL - margin: the fence. */
-		.etcd = { .endpoints = r->etcd, .timeout_ms = ttl_s * 1000 / 6 },
+		.etcd = { .endpoints = r->etcd, .ca = cfg->etcd_ca, .cert = cfg->etcd_cert,
+			.key = cfg->etcd_key, .timeout_ms = ttl_s * 1000 / 6 },
 		.cluster = r->cluster,
 		.group = r->group,
 		.name = r->name,

@@ -34,7 +34,8 @@ typedef struct inbox_repl inbox_repl;
 
 typedef struct inbox_repl_config {
 	const char *data_dir; /* the log goes in <data_dir>/repl */
-	const char *etcd; /* comma-separated etcd endpoints (http://host:port) */
+	const char *etcd; /* comma-separated etcd endpoints (http://host:port, https://...) */
+	const char *etcd_ca, *etcd_cert, *etcd_key; /* PEM files for https and client auth */
 	const char *cluster; /* etcd key prefix: /sealpost/<cluster>/inbox-<shard>/ */
 	uint64_t shard;
 	const char *name; /* this copy's member name */

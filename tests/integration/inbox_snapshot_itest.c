@@ -1,6 +1,7 @@
 /*
  * Log retention and snapshots of a replicated inbox shard (issue 12, "Catch-up and
- * rebuild"): a real etcd and three real inboxsrv copies of shard 0 with 64 KiB log
+ * rebuild"): a real etcd (https only, client certificates required: the copies present
+ * theirs) and three real inboxsrv copies of shard 0 with 64 KiB log
  * segments, no retention floor (--repl-retain 0) and snapshots sent at 256 KiB/s, writers
  * appending to whichever copy acknowledges all along. In a row:
  *   1. the log is trimmed on every copy (its first LSN moves past 1) while writes go on;
@@ -82,6 +83,7 @@ copy_spawn(int i, bool wait)
 		"--shard", "0", "--name", names[i], "--etcd", E.endpoint, "--repl-listen",
 		repl_url[i], "--repl-lag-ms", "1000", "--min-copies", "2", "--lease-ttl", "3",
 		"--repl-segment", SEGMENT, "--repl-retain", "0", "--snapshot-rate", RATE,
+		"--etcd-ca", E.ca, "--etcd-cert", E.client_cert, "--etcd-key", E.client_key,
 		"--log-level", "debug", "--metrics-port", mport, NULL };
 	long mark = proc_spawn(&C[i], NULL, argv);
 	if (wait)
@@ -185,7 +187,12 @@ main(void)
 	signal(SIGTERM, on_signal);
 	signal(SIGHUP, on_signal);
 	signal(SIGPIPE, SIG_IGN);
-	CHECK(etcd_proc_start(&E) == 0, "etcd");
+	CHECK(etcd_proc_start_tls(&E) == 0, "etcd");
+	/* etcd serves only clients with a certificate of its CA: the copies present one. */
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "curl -sf -m 2 --cacert %s %s/v3/kv/range -d '{\"key\":\"AA==\"}' "
+		"> /dev/null 2>&1", E.ca, E.endpoint);
+	CHECK(system(cmd) != 0, "etcd answered a client without a certificate");
 	for (int i = 0; i < COPIES; i++) {
 		snprintf(names[i], sizeof(names[i]), "inbox-0%c", 'a' + i);
 		CHECK((size_t)snprintf(C[i].dir, sizeof(C[i].dir), "%.60s/%.15s", root, names[i])

@@ -24,9 +24,15 @@ sleep_ms(long ms)
 static int
 healthy(const etcd_proc *p)
 {
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "curl -sf -m 1 %s/health 2>/dev/null | grep -q '\"true\"'",
-		 p->endpoint);
+	char cmd[768];
+	if (p->tls)
+		snprintf(cmd, sizeof(cmd),
+			 "curl -sf -m 1 --cacert %s --cert %s --key %s %s/health 2>/dev/null | "
+			 "grep -q '\"true\"'",
+			 p->ca, p->client_cert, p->client_key, p->endpoint);
+	else
+		snprintf(cmd, sizeof(cmd), "curl -sf -m 1 %s/health 2>/dev/null | grep -q '\"true\"'",
+			 p->endpoint);
 	return system(cmd) == 0;
 }
 
@@ -34,9 +40,12 @@ healthy(const etcd_proc *p)
 static int
 spawn(etcd_proc *p)
 {
-	char data[160], client[80], peer[80], cluster[96], log[160];
+	char data[160], client[80], peer[80], cluster[96], log[160], cert[160], key[160];
 	snprintf(data, sizeof(data), "%s/data", p->dir);
-	snprintf(client, sizeof(client), "http://%s:%d", p->host, p->client_port);
+	snprintf(client, sizeof(client), "%s://%s:%d", p->tls ? "https" : "http", p->host,
+		 p->client_port);
+	snprintf(cert, sizeof(cert), "%s/etcd.pem", p->dir);
+	snprintf(key, sizeof(key), "%s/etcd.key", p->dir);
 	snprintf(peer, sizeof(peer), "http://%s:%d", p->host, p->peer_port);
 	snprintf(cluster, sizeof(cluster), "default=%s", peer);
 	snprintf(log, sizeof(log), "%s/etcd.log", p->dir);
@@ -53,10 +62,17 @@ spawn(etcd_proc *p)
 			_exit(127);
 		FILE *out = freopen(log, "a", stderr);
 		(void)out;
-		execlp("etcd", "etcd", "--data-dir", data, "--listen-client-urls", client,
-		       "--advertise-client-urls", client, "--listen-peer-urls", peer,
-		       "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster,
-		       "--log-level", "warn", (char *)NULL);
+		if (p->tls)
+			execlp("etcd", "etcd", "--data-dir", data, "--listen-client-urls", client,
+			       "--advertise-client-urls", client, "--listen-peer-urls", peer,
+			       "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster,
+			       "--cert-file", cert, "--key-file", key, "--trusted-ca-file", p->ca,
+			       "--client-cert-auth", "--log-level", "warn", (char *)NULL);
+		else
+			execlp("etcd", "etcd", "--data-dir", data, "--listen-client-urls", client,
+			       "--advertise-client-urls", client, "--listen-peer-urls", peer,
+			       "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster,
+			       "--log-level", "warn", (char *)NULL);
 		_exit(127);
 	}
 	return 0;
@@ -88,7 +104,32 @@ etcd_proc_start(etcd_proc *p)
 }
 
 int
-etcd_proc_start_on(etcd_proc *p, const char *host)
+etcd_proc_make_certs(const char *dir, const char *const *names)
+{
+	char cmd[2048];
+	snprintf(cmd, sizeof(cmd),
+		 "cd '%s' && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+		 "-days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem >/dev/null 2>&1 && printf "
+		 "'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth,"
+		 "clientAuth\\n' > san.ext",
+		 dir);
+	if (system(cmd) != 0)
+		return -1;
+	for (const char *const *n = names; *n; n++) {
+		snprintf(cmd, sizeof(cmd),
+			 "cd '%s' && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+			 "-subj /CN=%s -keyout %s.key -out %s.csr >/dev/null 2>&1 && openssl x509 -req "
+			 "-in %s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext "
+			 "-out %s.pem >/dev/null 2>&1",
+			 dir, *n, *n, *n, *n, *n);
+		if (system(cmd) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int
+start(etcd_proc *p, const char *host, bool tls)
 {
 	memset(p, 0, sizeof(*p));
 	snprintf(p->host, sizeof(p->host), "%s", host);
@@ -98,19 +139,43 @@ etcd_proc_start_on(etcd_proc *p, const char *host)
 		p->dir[0] = '\0';
 		return -1;
 	}
+	if (tls) {
+		static const char *const names[] = { "etcd", "client", NULL };
+		p->tls = true;
+		snprintf(p->ca, sizeof(p->ca), "%s/ca.pem", p->dir);
+		snprintf(p->client_cert, sizeof(p->client_cert), "%s/client.pem", p->dir);
+		snprintf(p->client_key, sizeof(p->client_key), "%s/client.key", p->dir);
+		if (etcd_proc_make_certs(p->dir, names) != 0) {
+			fprintf(stderr, "etcd_proc: could not make certificates in %s\n", p->dir);
+			return -1;
+		}
+	}
 	p->client_port = test_free_port();
 	p->peer_port = test_free_port();
 	if (p->client_port < 0 || p->peer_port < 0 || p->client_port == p->peer_port) {
 		fprintf(stderr, "etcd_proc: no free port\n");
 		return -1;
 	}
-	snprintf(p->endpoint, sizeof(p->endpoint), "http://%s:%d", p->host, p->client_port);
+	snprintf(p->endpoint, sizeof(p->endpoint), "%s://%s:%d", tls ? "https" : "http", p->host,
+		 p->client_port);
 	if (spawn(p))
 		return -1;
 	if (wait_healthy(p) == 0)
 		return 0;
 	etcd_proc_stop(p);
 	return -1;
+}
+
+int
+etcd_proc_start_on(etcd_proc *p, const char *host)
+{
+	return start(p, host, false);
+}
+
+int
+etcd_proc_start_tls(etcd_proc *p)
+{
+	return start(p, "127.0.0.1", true);
 }
 
 int

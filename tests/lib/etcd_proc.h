@@ -6,6 +6,7 @@
 #ifndef ETCD_PROC_H
 #define ETCD_PROC_H
 
+#include <stdbool.h>
 #include <sys/types.h>
 
 typedef struct etcd_proc {
@@ -13,8 +14,21 @@ typedef struct etcd_proc {
 	int client_port, peer_port;
 	char dir[128];
 	char host[48];     /* the address it listens on (127.0.0.1 unless started on another) */
-	char endpoint[80]; /* http://<host>:<client_port> */
+	char endpoint[80]; /* http://<host>:<client_port>, or https:// with TLS */
+	/* TLS (etcd_proc_start_tls): the files etcd_proc_make_certs wrote, in `dir`. */
+	bool tls;
+	char ca[160], client_cert[160], client_key[160];
 } etcd_proc;
+
+/* Makes a CA (ca.pem, ca.key) and, signed by it, a certificate and key for each of the
+ * NULL-terminated `names` (<name>.pem, <name>.key: CN=name, SAN IP 127.0.0.1 and
+ * localhost, usable as server and client) in `dir`, with the openssl command. 0 or -1. */
+int etcd_proc_make_certs(const char *dir, const char *const *names);
+
+/* As etcd_proc_start, with etcd serving https only and requiring a client certificate
+ * signed by the CA (--client-cert-auth): ca, client_cert and client_key name the files a
+ * client presents (the certificate "client"). */
+int etcd_proc_start_tls(etcd_proc *p);
 
 /* Starts etcd and waits (up to 15 s) until it serves. Returns 0, or -1 with a message on
  * stderr (no etcd binary, no port, no answer). */
