@@ -143,26 +143,60 @@ apply_nested(inbox_commit *c, MDB_txn *txn, inbox_req *r, uint64_t now)
 	return true;
 }
 
-/* Takes a batch off the queue (lock held). */
+static bool
+is_blob_op(const inbox_req *r)
+{
+	return r->op.kind == INBOX_OP_BLOB_PUT || r->op.kind == INBOX_OP_BLOB_DONE
+	    || r->op.kind == INBOX_OP_BLOB_FETCHED;
+}
+
+/*
+ * Takes a batch off the queue (lock held). Replayed ops go in queue order, as they were
+ * logged. New ops go in two lanes (rule 7 of docs/REPLICATION.md): every queued op that is
+ * not a media op, in order, and media ops, in order, only up to INBOX_MEDIA_LANE_BYTES (at
+ * least one), so a small append waits for at most one lane's worth of chunk bytes to be
+ * written, shipped and fsynced, never for every upload queued before it. Media ops keep
+ * their order among themselves (BLOB_DONE after its chunks); they touch no queue, so
+ * letting other ops pass them changes nothing but timing.
+ */
 static inbox_req *
 take_batch(inbox_commit *c, uint32_t *n)
 {
-	inbox_req *first = c->head, *last = NULL, *r = c->head;
-	size_t bytes = 0;
+	inbox_req *first = c->head, *taken = NULL, **tail = &taken, *prev = NULL;
+	size_t bytes = 0, media = 0;
+	bool media_full = false;
 	*n = 0;
-	while (r && *n < c->cfg.max_batch_ops
-	    && (*n == 0 || (bytes + r->cost <= c->cfg.max_batch_bytes && r->replay == first->replay))) {
-		bytes += r->cost;
-		(*n)++;
-		last = r;
-		r = r->next;
+	for (inbox_req *r = c->head; r && *n < c->cfg.max_batch_ops;) {
+		inbox_req *next = r->next;
+		if (*n > 0 && (bytes + r->cost > c->cfg.max_batch_bytes || r->replay != first->replay))
+			break;
+		bool take = true;
+		if (!r->replay && is_blob_op(r)) {
+			if (media_full || (media > 0 && media + r->cost > INBOX_MEDIA_LANE_BYTES)) {
+				media_full = true;
+				take = false;
+			} else {
+				media += r->cost;
+			}
+		}
+		if (take) {
+			bytes += r->cost;
+			(*n)++;
+			if (prev)
+				prev->next = next;
+			else
+				c->head = next;
+			if (c->tail == r)
+				c->tail = prev;
+			r->next = NULL;
+			*tail = r;
+			tail = &r->next;
+		} else {
+			prev = r;
+		}
+		r = next;
 	}
-	c->head = r;
-	if (!r)
-		c->tail = NULL;
-	if (last)
-		last->next = NULL;
-	return first;
+	return taken;
 }
 
 /* Puts `rest` (a list) back at the front of the queue. */

@@ -16,6 +16,9 @@
 
 #include "store.h"
 
+/* Bytes of media ops (chunks) one batch of new ops takes at most, beyond its first. */
+#define INBOX_MEDIA_LANE_BYTES (1u << 20)
+
 typedef struct inbox_commit inbox_commit;
 typedef struct inbox_req inbox_req;
 
