@@ -1,12 +1,16 @@
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <nng/nng.h>
+#include <nng/supplemental/tls/tls.h>
 #include <nng/protocol/pipeline0/pull.h>
 #include <nng/protocol/pipeline0/push.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
 
 #include "sp_error.h"
+#include "sp_log.h"
 #include "sp_nng.h"
 
 int
@@ -39,6 +43,131 @@ open_fail(nng_socket *s, int rv)
 	return sp_nng_err(rv);
 }
 
+/* The process's TLS identity (sp_nng_tls_init). */
+static struct {
+	bool set;
+	char *cert, *key, *peer_ca;
+} tls_id;
+
+static char *
+read_file(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	char *buf = NULL;
+	long n = -1;
+	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && n < (1L << 20)
+	    && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
+		if (fread(buf, 1, (size_t)n, f) == (size_t)n) {
+			buf[n] = '\0';
+		} else {
+			free(buf);
+			buf = NULL;
+		}
+	}
+	fclose(f);
+	return buf;
+}
+
+void
+sp_nng_tls_fini(void)
+{
+	if (tls_id.key)
+		memset(tls_id.key, 0, strlen(tls_id.key));
+	free(tls_id.cert);
+	free(tls_id.key);
+	free(tls_id.peer_ca);
+	memset(&tls_id, 0, sizeof(tls_id));
+}
+
+int
+sp_nng_tls_init(const sp_nng_tls *tls)
+{
+	if (!tls || !tls->cert || !tls->key || !tls->peer_ca)
+		return SP_EINVAL;
+	sp_nng_tls_fini();
+	tls_id.cert = read_file(tls->cert);
+	tls_id.key = read_file(tls->key);
+	tls_id.peer_ca = strdup(tls->peer_ca);
+	if (!tls_id.cert || !tls_id.key || !tls_id.peer_ca) {
+		sp_error("internal TLS: cannot read %s", !tls_id.cert ? tls->cert : tls->key);
+		sp_nng_tls_fini();
+		return SP_EIO;
+	}
+	tls_id.set = true;
+	return SP_OK;
+}
+
+bool
+sp_nng_url_tls(const char *url)
+{
+	return url && strncmp(url, "tls+", 4) == 0;
+}
+
+/* A TLS config with the process's identity, certificates required from the peer. */
+static int
+tls_config(nng_tls_mode mode, const char *peer_ca, nng_tls_config **out)
+{
+	if (!tls_id.set) {
+		sp_error("a tls+tcp:// URL, but no certificate was set (the tier's TLS options)");
+		return NNG_EINVAL;
+	}
+	nng_tls_config *cfg;
+	int rv = nng_tls_config_alloc(&cfg, mode);
+	if (rv)
+		return rv;
+	if ((rv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED))
+	    || (rv = nng_tls_config_ca_file(cfg, peer_ca ? peer_ca : tls_id.peer_ca))
+	    || (rv = nng_tls_config_own_cert(cfg, tls_id.cert, tls_id.key, NULL))) {
+		sp_error("internal TLS: %s", nng_strerror(rv));
+		nng_tls_config_free(cfg);
+		return rv;
+	}
+	*out = cfg;
+	return 0;
+}
+
+static int
+dial(nng_socket s, const char *url)
+{
+	if (!sp_nng_url_tls(url))
+		return nng_dial(s, url, NULL, NNG_FLAG_NONBLOCK);
+	nng_dialer d;
+	nng_tls_config *cfg;
+	int rv = tls_config(NNG_TLS_MODE_CLIENT, NULL, &cfg);
+	if (rv)
+		return rv;
+	if ((rv = nng_dialer_create(&d, s, url)) == 0) {
+		if ((rv = nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, cfg)) == 0)
+			rv = nng_dialer_start(d, NNG_FLAG_NONBLOCK);
+		if (rv)
+			nng_dialer_close(d);
+	}
+	nng_tls_config_free(cfg); /* the dialer holds its own reference */
+	return rv;
+}
+
+static int
+listen_on(nng_socket s, const char *url, const char *peer_ca)
+{
+	if (!sp_nng_url_tls(url))
+		return nng_listen(s, url, NULL, 0);
+	nng_listener l;
+	nng_tls_config *cfg;
+	int rv = tls_config(NNG_TLS_MODE_SERVER, peer_ca, &cfg);
+	if (rv)
+		return rv;
+	if ((rv = nng_listener_create(&l, s, url)) == 0) {
+		if ((rv = nng_listener_set_ptr(l, NNG_OPT_TLS_CONFIG, cfg)) == 0)
+			rv = nng_listener_start(l, 0);
+		if (rv)
+			nng_listener_close(l);
+	}
+	nng_tls_config_free(cfg);
+	return rv;
+}
+
 int
 sp_nng_req_open(nng_socket *s, const char *url, int timeout_ms, int resend_ms)
 {
@@ -51,7 +180,19 @@ sp_nng_req_open(nng_socket *s, const char *url, int timeout_ms, int resend_ms)
 	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, 1000)) ||
 	    (resend_ms > 0 && (rv = nng_socket_set_ms(*s, NNG_OPT_REQ_RESENDTIME, resend_ms))) ||
 	    (rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_large() + 64)) ||
-	    (rv = nng_dial(*s, url, NULL, NNG_FLAG_NONBLOCK)))
+	    (rv = dial(*s, url)))
+		return open_fail(s, rv);
+	return SP_OK;
+}
+
+int
+sp_nng_rep_listen_ca(nng_socket *s, const char *url, const char *peer_ca)
+{
+	int rv = nng_rep0_open(s);
+	if (rv)
+		return sp_nng_err(rv);
+	if ((rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_large() + 64)) ||
+	    (rv = listen_on(*s, url, peer_ca)))
 		return open_fail(s, rv);
 	return SP_OK;
 }
@@ -59,13 +200,7 @@ sp_nng_req_open(nng_socket *s, const char *url, int timeout_ms, int resend_ms)
 int
 sp_nng_rep_listen(nng_socket *s, const char *url)
 {
-	int rv = nng_rep0_open(s);
-	if (rv)
-		return sp_nng_err(rv);
-	if ((rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_large() + 64)) ||
-	    (rv = nng_listen(*s, url, NULL, 0)))
-		return open_fail(s, rv);
-	return SP_OK;
+	return sp_nng_rep_listen_ca(s, url, NULL);
 }
 
 int
@@ -80,7 +215,7 @@ sp_nng_push_open(nng_socket *s, const char *url, int send_timeout_ms)
 	    (rv = nng_socket_set_int(*s, NNG_OPT_SENDBUF, SP_NNG_QUEUE)) ||
 	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMINT, 20)) ||
 	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, 1000)) ||
-	    (rv = nng_dial(*s, url, NULL, NNG_FLAG_NONBLOCK)))
+	    (rv = dial(*s, url)))
 		return open_fail(s, rv);
 	return SP_OK;
 }
@@ -93,7 +228,7 @@ sp_nng_pull_listen(nng_socket *s, const char *url)
 		return sp_nng_err(rv);
 	if ((rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_large() + 64)) ||
 	    (rv = nng_socket_set_int(*s, NNG_OPT_RECVBUF, SP_NNG_QUEUE)) ||
-	    (rv = nng_listen(*s, url, NULL, 0)))
+	    (rv = listen_on(*s, url, NULL)))
 		return open_fail(s, rv);
 	return SP_OK;
 }

@@ -21,6 +21,28 @@
 /* Maps an nng error to SP_ETIMEDOUT, SP_ECLOSED, SP_ENOMEM or SP_ENNG. */
 int sp_nng_err(int nng_rv);
 
+/*
+ * Mutual TLS for links between servers (docs/SECURITY.md "Internal links"). A process
+ * sets its identity once, before it opens a socket: its certificate (PEM, with the chain up
+ * to but excluding the root when it is signed by an intermediate), its key, and the CAs a
+ * peer's certificate must chain to (PEM bundle: the role CAs this process talks to).
+ * From then on every socket opened here on a `tls+tcp://` URL uses TLS 1.2+ with
+ * certificates required on both ends: a listener accepts only a peer whose certificate
+ * chains to `peer_ca` (or a listener's own list, sp_nng_rep_listen_ca), a dialer only a
+ * server whose certificate does. nng 1.5 does not expose the peer's subject, so which
+ * roles may connect is decided by which role CAs a listener trusts. `tcp://` URLs stay
+ * plain. Files are read at once (the key is kept in memory). Not thread-safe with opens.
+ * SP_EINVAL (a missing setting), SP_EIO (unreadable file), SP_ENOMEM.
+ */
+typedef struct sp_nng_tls {
+	const char *cert, *key, *peer_ca;
+} sp_nng_tls;
+int sp_nng_tls_init(const sp_nng_tls *tls);
+/* Forgets the identity (frees the key). */
+void sp_nng_tls_fini(void);
+/* True when `url` is a TLS URL (tls+tcp://). */
+bool sp_nng_url_tls(const char *url);
+
 /* Opens a REQ socket dialling `url` (asynchronously: the dial is retried in the
  * background until the peer listens). timeout_ms bounds each sp_nng_call; resend_ms is
  * REQ's resend interval (0: nng default, 60 s). */
@@ -28,6 +50,9 @@ int sp_nng_req_open(nng_socket *s, const char *url, int timeout_ms, int resend_m
 
 /* Opens a REP socket listening on `url`. */
 int sp_nng_rep_listen(nng_socket *s, const char *url);
+/* The same, a tls+tcp:// listener accepting only peers whose certificate chains to the
+ * CAs in `peer_ca` (PEM bundle; NULL: the process's peer_ca). */
+int sp_nng_rep_listen_ca(nng_socket *s, const char *url, const char *peer_ca);
 
 /* Opens a PUSH socket dialling `url` / a PULL socket listening on `url`. send_timeout_ms
  * bounds a push when no peer is connected (the message is dropped after it). */

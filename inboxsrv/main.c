@@ -18,6 +18,7 @@
 #include "sp_frame.h"
 #include "sp_log.h"
 #include "sp_metrics.h"
+#include "sp_nng.h"
 #include "sp_time.h"
 #include "store.h"
 #include "repl.h"
@@ -30,6 +31,7 @@ static char *data_dir, *listen_url, *metrics_addr, *log_level, *name, *router, *
 static char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key, *repl_listen, *repl_advertise;
 static long long min_copies, lease_ttl, repl_lag_ms;
 static size_t repl_segment, repl_retain, snapshot_rate;
+static char *internal_cert, *internal_key, *internal_ca, *repl_peer_ca;
 static long long shard, contexts, msg_ttl, media_ttl, sweep_interval, sweep_batch, metrics_port;
 static size_t map_size, max_queue_entries, max_queue_bytes, max_blob_size, disk_reserve,
     dedup_max;
@@ -84,6 +86,17 @@ static const sp_config_opt opts[] = {
 	{ "etcd-cert", SP_CT_STR, &etcd_cert, NULL,
 	    "PEM client certificate presented to etcd (etcd --client-cert-auth)", 0, 0 },
 	{ "etcd-key", SP_CT_STR, &etcd_key, NULL, "PEM key of --etcd-cert", 0, 0 },
+	{ "internal-cert", SP_CT_STR, &internal_cert, NULL,
+	    "PEM certificate (with its role CA) this process presents on tls+tcp:// links", 0, 0 },
+	{ "internal-key", SP_CT_STR, &internal_key, NULL, "PEM key of --internal-cert", 0, 0 },
+	{ "internal-ca", SP_CT_STR, &internal_ca, NULL,
+	    "PEM bundle of the role CAs whose members may connect to this process's tls+tcp:// "
+	    "listeners and that the servers it dials must chain to",
+	    0, 0 },
+	{ "repl-peer-ca", SP_CT_STR, &repl_peer_ca, NULL,
+	    "PEM bundle of the CAs a copy connecting to --repl-listen must chain to (default "
+	    "--internal-ca; give the inbox role CA alone so that only copies can fetch)",
+	    0, 0 },
 	{ "repl-listen", SP_CT_STR, &repl_listen, NULL,
 	    "NNG URL the shard's replicas fetch the log from while this copy is primary", 0, 0 },
 	{ "repl-advertise", SP_CT_STR, &repl_advertise, NULL,
@@ -196,6 +209,17 @@ main(int argc, char **argv)
 		.dedup_max = dedup_max,
 		.log_is_durable = etcd && *etcd,
 	};
+	if (internal_cert || internal_key || internal_ca) {
+		sp_nng_tls tls = { internal_cert, internal_key, internal_ca };
+		if ((rc = sp_nng_tls_init(&tls))) {
+			sp_error("--internal-cert, --internal-key and --internal-ca go together");
+			goto out;
+		}
+	}
+	if (etcd && *etcd && repl_listen && !sp_nng_url_tls(repl_listen))
+		sp_warn("--repl-listen %s is not tls+tcp://: anyone who reaches it can read this "
+			"shard's log and snapshots (docs/SECURITY.md)",
+		    repl_listen);
 	if (etcd && *etcd && (rc = snapshot_bootstrap()))
 		goto out;
 	uint64_t t0 = sp_mono_ns();
@@ -239,6 +263,7 @@ main(int argc, char **argv)
 			.segment_bytes = (uint32_t)repl_segment,
 			.retain_bytes = repl_retain,
 			.snapshot_rate = snapshot_rate,
+			.peer_ca = repl_peer_ca,
 		};
 		if ((rc = inbox_repl_open(&repl, &rcfg, store)))
 			goto out;
@@ -297,6 +322,7 @@ out:
 	bool again = inbox_repl_restart_wanted(repl);
 	inbox_repl_free(repl);
 	inbox_store_close(store);
+	sp_nng_tls_fini();
 	sp_config_free(opts);
 	if (again) {
 		/* The same process (pid, arguments) starts over; its start-up installs the

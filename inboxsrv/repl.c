@@ -1319,7 +1319,7 @@ inbox_repl_start(inbox_repl *r, inbox_commit *c)
 {
 	int rc;
 	r->commit = c;
-	if ((rc = sp_nng_rep_listen(&r->rep, r->listen))) {
+	if ((rc = sp_nng_rep_listen_ca(&r->rep, r->listen, r->cfg.peer_ca))) {
 		sp_error("repl: cannot listen on %s: %s", r->listen, sp_strerror(rc));
 		return rc;
 	}

@@ -48,6 +48,8 @@ typedef struct inbox_repl_config {
 	uint32_t segment_bytes; /* log segment size (0: 64 MiB); retention drops whole ones */
 	uint64_t retain_bytes; /* log kept past what every copy applied, for late copies */
 	uint64_t snapshot_rate; /* snapshot bytes served per second (0: no limit) */
+	const char *peer_ca; /* CAs a copy fetching over tls+tcp:// must chain to (NULL: the
+			      * process's internal CA bundle, sp_nng_tls_init) */
 } inbox_repl_config;
 
 /* Opens the log (checking it against the store: a store ahead of its log, or a log

@@ -1,7 +1,8 @@
 /*
  * Log retention and snapshots of a replicated inbox shard (issue 12, "Catch-up and
  * rebuild"): a real etcd (https only, client certificates required: the copies present
- * theirs) and three real inboxsrv copies of shard 0 with 64 KiB log
+ * theirs) and three real inboxsrv copies of shard 0 whose replication endpoints are mutual
+ * TLS (tls+tcp://, certificates of one test CA; another CA's is refused), with 64 KiB log
  * segments, no retention floor (--repl-retain 0) and snapshots sent at 256 KiB/s, writers
  * appending to whichever copy acknowledges all along. In a row:
  *   1. the log is trimmed on every copy (its first LSN moves past 1) while writes go on;
@@ -29,6 +30,7 @@
 static etcd_proc E;
 static char root[64];
 static char repl_url[COPIES][64];
+static char certs[96], ca[128], cert[COPIES][128], key[COPIES][128];
 
 /* inbox_util.h's and inbox_load_util.h's helpers this test does not use. */
 static void unused_helpers(void) __attribute__((unused));
@@ -84,6 +86,7 @@ copy_spawn(int i, bool wait)
 		repl_url[i], "--repl-lag-ms", "1000", "--min-copies", "2", "--lease-ttl", "3",
 		"--repl-segment", SEGMENT, "--repl-retain", "0", "--snapshot-rate", RATE,
 		"--etcd-ca", E.ca, "--etcd-cert", E.client_cert, "--etcd-key", E.client_key,
+		"--internal-cert", cert[i], "--internal-key", key[i], "--internal-ca", ca,
 		"--log-level", "debug", "--metrics-port", mport, NULL };
 	long mark = proc_spawn(&C[i], NULL, argv);
 	if (wait)
@@ -131,6 +134,32 @@ partial_exists(int i)
 	char p[256];
 	snprintf(p, sizeof(p), "%.200s/data/snapshot.partial", C[i].dir);
 	return access(p, F_OK) == 0;
+}
+
+/* A snapshot request with an id never served, over the replication endpoint's TLS with
+ * the certificate `name` of the CA in `dir`: the answer's code, or the transport error. */
+static int
+snap_probe(int p, const char *dir, const char *name)
+{
+	char c[160], k[160];
+	snprintf(c, sizeof(c), "%s/%s.pem", dir, name);
+	snprintf(k, sizeof(k), "%s/%s.key", dir, name);
+	sp_nng_tls tls = { c, k, ca };
+	CHECK(sp_nng_tls_init(&tls) == SP_OK, "tls init");
+	nng_socket s;
+	CHECK(sp_nng_req_open(&s, repl_url[p], 3000, 0) == SP_OK, "dial");
+	sp_frame f, rep;
+	nng_msg *m;
+	uint8_t id[16] = { 5 };
+	sp_frame_init(&f, SP_T_REPL_SNAP_GET, 1, true);
+	sp_frame_set_str(&f, SP_F_NAME, name);
+	sp_frame_set_bin(&f, SP_F_SNAP_ID, id, sizeof(id));
+	sp_frame_set_u64(&f, SP_F_OFFSET, 0);
+	int rc = call(s, &f, &rep, &m);
+	call_done(&rep, m);
+	nng_close(s);
+	sp_nng_tls_fini();
+	return rc;
 }
 
 /* Verifies on the current primary without stopping the load for long. */
@@ -193,6 +222,18 @@ main(void)
 	snprintf(cmd, sizeof(cmd), "curl -sf -m 2 --cacert %s %s/v3/kv/range -d '{\"key\":\"AA==\"}' "
 		"> /dev/null 2>&1", E.ca, E.endpoint);
 	CHECK(system(cmd) != 0, "etcd answered a client without a certificate");
+	/* The cluster CA signs each copy's certificate (and one for the test); another CA
+	 * signs a stranger's. */
+	snprintf(certs, sizeof(certs), "%.60s/certs", root);
+	CHECK(mkdir(certs, 0700) == 0, "mkdir");
+	static const char *const member_names[] = { "inbox-0a", "inbox-0b", "inbox-0c", "probe", NULL };
+	CHECK(etcd_proc_make_certs(certs, member_names) == 0, "certificates");
+	char otherca[128];
+	snprintf(otherca, sizeof(otherca), "%.60s/other", root);
+	CHECK(mkdir(otherca, 0700) == 0, "mkdir");
+	static const char *const stranger[] = { "stranger", NULL };
+	CHECK(etcd_proc_make_certs(otherca, stranger) == 0, "certificates");
+	snprintf(ca, sizeof(ca), "%s/ca.pem", certs);
 	for (int i = 0; i < COPIES; i++) {
 		snprintf(names[i], sizeof(names[i]), "inbox-0%c", 'a' + i);
 		CHECK((size_t)snprintf(C[i].dir, sizeof(C[i].dir), "%.60s/%.15s", root, names[i])
@@ -204,13 +245,23 @@ main(void)
 		        < sizeof(C[i].log),
 		    "path");
 		snprintf(C[i].url, sizeof(C[i].url), "tcp://127.0.0.1:%d", free_port());
-		snprintf(repl_url[i], sizeof(repl_url[i]), "tcp://127.0.0.1:%d", free_port());
+		snprintf(repl_url[i], sizeof(repl_url[i]), "tls+tcp://127.0.0.1:%d", free_port());
+		snprintf(cert[i], sizeof(cert[i]), "%s/%s.pem", certs, names[i]);
+		snprintf(key[i], sizeof(key[i]), "%s/%s.key", certs, names[i]);
 		copy_spawn(i, true);
 	}
 	int p = find_primary(20000);
 	CHECK(p >= 0, "no copy became a writable primary in 20 s");
 	wait_metric(p, "sp_inbox_repl_sync_set_size", COPIES, 15000);
 	printf("primary: %s\n", names[p]);
+	/* The replication endpoint is mutual TLS: a certificate of another CA gets no answer;
+	 * one of the cluster's CA is served. */
+	int rc = snap_probe(p, otherca, "stranger");
+	CHECK(rc == SP_ETIMEDOUT || rc == SP_ECLOSED || rc == SP_ENNG,
+	    "a stranger's certificate was answered: %s", sp_strerror(rc));
+	rc = snap_probe(p, certs, "probe");
+	CHECK(rc == SP_ESTATE, "the cluster's certificate: %s", sp_strerror(rc));
+	printf("mutual TLS: another CA's certificate refused, the cluster's served\n");
 
 	/* 1. Retention on every copy while writes go on. */
 	workers_start();
