@@ -38,15 +38,6 @@ typedef struct inbox_metrics {
 	sp_metric *unserved, *dropped_requests, *dropped_replies, *dropped_ops;
 	sp_metric *batch[INBOX_BATCH_BUCKETS];
 	sp_metric *lsn, *entries, *blobs, *map_used, *disk_low;
-	/* replication (inboxsrv/repl.c) */
-	sp_metric *repl_role, *repl_epoch, *repl_applied, *repl_flushed, *repl_commit;
-	sp_metric *repl_lag_lsn, *repl_lag_ms, *repl_sync_size, *repl_shipped, *repl_fetched;
-	sp_metric *repl_applied_batches, *repl_promotions, *repl_fenced, *repl_unavailable;
-	sp_metric *repl_sync_changes, *repl_diverged;
-	sp_metric *repl_log_bytes, *repl_log_first;
-	/* snapshots (inboxsrv/snapshot.c) */
-	sp_metric *snap_made, *snap_sent_bytes, *snap_installed, *snap_install_bytes;
-	sp_metric *snap_install_ms;
 } inbox_metrics;
 
 extern inbox_metrics inbox_m;

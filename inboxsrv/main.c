@@ -22,7 +22,6 @@
 #include "sp_time.h"
 #include "store.h"
 #include "repl.h"
-#include "snapshot.h"
 #include "sweep.h"
 
 #define DAY_S 86400LL
@@ -135,7 +134,7 @@ stop_pending(void *arg)
 /* A copy without data of its own (or marked for it) starts from a snapshot of the
  * primary's store (inboxsrv/snapshot.h). */
 static int
-snapshot_bootstrap(void)
+snapshot_bootstrap(repl_snap_boot_result *boot)
 {
 	char group[32];
 	sp_etcd_cfg ecfg = { .endpoints = etcd, .ca = etcd_ca, .cert = etcd_cert, .key = etcd_key };
@@ -144,15 +143,16 @@ snapshot_bootstrap(void)
 		return SP_ECONFIG;
 	}
 	snprintf(group, sizeof(group), "inbox-%lld", shard);
-	inbox_snap_boot_cfg bcfg = {
+	repl_snap_boot_cfg bcfg = {
 		.data_dir = data_dir,
+		.files = &inbox_repl_files,
 		.etcd = &ecfg,
 		.cluster = etcd_cluster,
 		.group = group,
 		.name = name,
 		.stop = stop_pending,
 	};
-	return inbox_snap_bootstrap(&bcfg);
+	return repl_snap_bootstrap(&bcfg, boot);
 }
 
 int
@@ -220,7 +220,8 @@ main(int argc, char **argv)
 		sp_warn("--repl-listen %s is not tls+tcp://: anyone who reaches it can read this "
 			"shard's log and snapshots (docs/SECURITY.md)",
 		    repl_listen);
-	if (etcd && *etcd && (rc = snapshot_bootstrap()))
+	repl_snap_boot_result boot = { 0 };
+	if (etcd && *etcd && (rc = snapshot_bootstrap(&boot)))
 		goto out;
 	uint64_t t0 = sp_mono_ns();
 	if ((rc = inbox_store_open(&store, &scfg)))
@@ -264,6 +265,7 @@ main(int argc, char **argv)
 			.retain_bytes = repl_retain,
 			.snapshot_rate = snapshot_rate,
 			.peer_ca = repl_peer_ca,
+			.boot = &boot,
 		};
 		if ((rc = inbox_repl_open(&repl, &rcfg, store)))
 			goto out;

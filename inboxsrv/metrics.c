@@ -64,48 +64,6 @@ inbox_metrics_init(void)
 	m->batch[3] = sp_metric_counter("sp_inbox_commit_batches_total{ops=\"17-64\"}", NULL);
 	m->batch[4] = sp_metric_counter("sp_inbox_commit_batches_total{ops=\"65-256\"}", NULL);
 	m->batch[5] = sp_metric_counter("sp_inbox_commit_batches_total{ops=\"257+\"}", NULL);
-	m->repl_role = sp_metric_gauge("sp_inbox_repl_role",
-	    "Replication role: 0 none (no etcd, or not yet decided), 1 replica, 2 promoting, 3 primary");
-	m->repl_epoch = sp_metric_gauge("sp_inbox_repl_epoch", "The shard epoch this copy follows or leads");
-	m->repl_applied = sp_metric_gauge("sp_inbox_repl_applied_lsn", "Last LSN applied to the store");
-	m->repl_flushed = sp_metric_gauge("sp_inbox_repl_flushed_lsn", "Last LSN fsynced in the log");
-	m->repl_commit = sp_metric_gauge("sp_inbox_repl_commit_lsn", "The shard's commit LSN as this copy knows it");
-	m->repl_lag_lsn = sp_metric_gauge("sp_inbox_repl_lag_lsn",
-	    "Replica: LSNs behind the primary's log end at the last fetch");
-	m->repl_lag_ms = sp_metric_gauge("sp_inbox_repl_lag_ms",
-	    "Replica: ms since the last fetch that found it caught up with the primary");
-	m->repl_sync_size = sp_metric_gauge("sp_inbox_repl_sync_set_size",
-	    "Primary: copies in the sync set (itself included)");
-	m->repl_shipped = sp_metric_counter("sp_inbox_repl_records_shipped_total",
-	    "Primary: log records sent to replicas");
-	m->repl_fetched = sp_metric_counter("sp_inbox_repl_records_fetched_total",
-	    "Replica: log records received and fsynced");
-	m->repl_applied_batches = sp_metric_counter("sp_inbox_repl_applied_batches_total",
-	    "Batches of committed records replayed into the store");
-	m->repl_promotions = sp_metric_counter("sp_inbox_repl_promotions_total",
-	    "Times this copy became primary (failovers it took over)");
-	m->repl_fenced = sp_metric_counter("sp_inbox_repl_fenced_total",
-	    "Times this copy stopped being primary (lease lost or resigned)");
-	m->repl_unavailable = sp_metric_counter("sp_inbox_repl_unavailable_total",
-	    "Write batches refused: too few copies in sync (SP_EUNAVAIL)");
-	m->repl_sync_changes = sp_metric_counter("sp_inbox_repl_sync_set_changes_total",
-	    "Sync-set transactions written to etcd by this primary");
-	m->repl_diverged = sp_metric_counter("sp_inbox_repl_truncations_total",
-	    "Replica: log truncations after a divergence from the primary's history");
-	m->repl_log_bytes = sp_metric_gauge("sp_inbox_repl_log_bytes",
-	    "Bytes of replication log segments held (retention trims whole segments)");
-	m->repl_log_first = sp_metric_gauge("sp_inbox_repl_log_first_lsn",
-	    "First LSN the replication log still holds (a copy behind it needs a snapshot)");
-	m->snap_made = sp_metric_counter("sp_inbox_repl_snapshots_made_total",
-	    "Primary: snapshots of the store made for copies that needed one");
-	m->snap_sent_bytes = sp_metric_counter("sp_inbox_repl_snapshot_sent_bytes_total",
-	    "Primary: snapshot bytes sent");
-	m->snap_installed = sp_metric_counter("sp_inbox_repl_snapshots_installed_total",
-	    "Snapshots this copy downloaded and installed at start-up");
-	m->snap_install_bytes = sp_metric_gauge("sp_inbox_repl_snapshot_install_bytes",
-	    "Size of the last snapshot this copy installed");
-	m->snap_install_ms = sp_metric_gauge("sp_inbox_repl_snapshot_install_ms",
-	    "Duration of the last snapshot download and install, ms");
 	m->lsn = sp_metric_gauge("sp_inbox_lsn", "Last applied op sequence number");
 	m->entries = sp_metric_gauge("sp_inbox_queue_entries", "Queue entries held by the shard");
 	m->blobs = sp_metric_gauge("sp_inbox_blobs", "Media blobs held by the shard");

@@ -1,151 +1,31 @@
-#include <errno.h>
+/* The inbox shard on the replication mechanism (repl/node.h): the writer's hooks encode each
+ * applied op as an effect record (oplog.h) for the node to log and ship; a replica's
+ * committed records are decoded and replayed through the same writer. */
 #include <inttypes.h>
-#include <limits.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
-
-#include <nng/nng.h>
 
 #include "internal.h"
 #include "oplog.h"
 #include "repl.h"
-#include "repl/ha.h"
-#include "repl/log.h"
-#include "repl/sync.h"
-#include "snapshot.h"
+#include "repl/node.h"
 #include "sp_error.h"
-#include "sp_frame.h"
 #include "sp_log.h"
-#include "sp_nng.h"
-#include "sp_time.h"
 
-#define NSERVE 4 /* fetches served at once: one per replica, with room for a rejoining one */
-#define LSN_MAX (1ULL << 62)
-#define REPLY_SLACK 8192 /* room for a reply's own keys and each record's */
-#define APPLY_CHUNK (8u << 20) /* record bytes replayed per writer batch */
-#define TICK_MS 50 /* the manager's period */
-#define UNWRITABLE_FAIL_MS 100 /* then queued writes get SP_EUNAVAIL instead of waiting */
-#define FETCH_TIMEOUT_SLACK_MS 1000
+#define STORE_FILE "data.mdb"
+#define STORE_LOCK_FILE "lock.mdb"
 
-typedef enum { ROLE_NONE, ROLE_REPLICA, ROLE_STARTING, ROLE_PRIMARY } repl_role;
+const repl_snap_files inbox_repl_files = { STORE_FILE, STORE_LOCK_FILE };
 
 struct inbox_repl {
-	inbox_repl_config cfg;
-	char *data_dir, *etcd, *cluster, *name, *listen, *advertise;
-	char group[32];
+	repl_node *node;
 	inbox_store *store;
 	inbox_commit *commit;
-	repl_log *log;
-	repl_ha *ha;
 	inbox_commit_repl hooks;
-	uint8_t inc[REPL_LOG_INCARNATION_LEN];
-
-	pthread_mutex_t lock; /* guards everything below */
-	pthread_cond_t cond; /* log appended, commit advanced, role changed, stopping */
-	repl_role role;
-	int64_t epoch; /* led (PRIMARY, STARTING) or followed (REPLICA) */
-	int64_t highest_epoch; /* the highest epoch seen: older primaries are refused */
-	char leader_name[REPL_HA_NAME_MAX + 1];
-	char leader_url[REPL_HA_URL_MAX + 1];
-	repl_sync *sync; /* PRIMARY and STARTING only */
-	bool stopping;
-	/* The follower is between taking the REPLICA role for a fetch and having handled its
-	 * answer: a promotion waits for it, so no record from the old primary lands after the
-	 * new one counted its log, and no two threads replay at once. */
-	bool follower_busy;
-	/* The fetch in flight: whoever sees the primary change (or stop) cancels it, so a
-	 * fetch waiting on a primary that is gone ends at once. Sockets are never closed
-	 * while the process runs (one per primary URL, see follow_main): closing one can
-	 * hang in NNG 1.5 (nanomsg/nng#1543). NULL while the follower is not running. */
-	nng_aio *follow_aio;
-	/* A lagging sync-set copy is kept because dropping it would leave fewer than
-	 * min-copies: the commit waits for it, so new writes are refused (SP_EUNAVAIL) rather
-	 * than queued behind it. Set by the manager each tick. */
-	bool stalled;
-	/* The sync key's revision after this primary's last successful change: the manager
-	 * waits for the HA loop's view to reach it before the next change (an older view
-	 * would only be refused by etcd). Reset for each term. */
-	int64_t sync_rev_written;
-
-	_Atomic uint64_t applied; /* the store's LSN (changed under the lock) */
-	_Atomic uint64_t submitted; /* records handed to the writer to apply, >= applied */
-
-	inbox_snap_src *snap; /* snapshots this copy serves while it leads */
-	uint64_t trim_ms; /* the last retention pass (writer thread of the role) */
-	_Atomic bool restart; /* the follower marked the data dir for a snapshot */
-
-	nng_socket rep;
-	bool rep_open;
-	pthread_t serve_th[NSERVE], follow_th, manage_th;
-	int nserve;
-	bool follow_started, manage_started, ha_started;
 };
 
-/* ---- small helpers ---- */
-
-static void
-fatal(const char *what, int rc)
-{
-	sp_error("FATAL: replication: %s (%s): exiting; if this repeats, rebuild this copy from "
-		 "an empty data dir",
-	    what, sp_strerror(rc));
-	_exit(70);
-}
-
-static void
-deadline_in(struct timespec *ts, uint64_t ms)
-{
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += (time_t)(ms / 1000);
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
-static void
-wait_ms(inbox_repl *r, uint64_t ms)
-{
-	struct timespec ts;
-	deadline_in(&ts, ms);
-	pthread_cond_timedwait(&r->cond, &r->lock, &ts);
-}
-
-static char *
-dup_or_null(const char *s, bool *oom)
-{
-	if (!s)
-		return NULL;
-	char *d = strdup(s);
-	if (!d)
-		*oom = true;
-	return d;
-}
-
-/* Lock held. */
-static void
-follow_abort(inbox_repl *r)
-{
-	if (r->follow_aio)
-		nng_aio_cancel(r->follow_aio);
-}
-
-static void
-set_role(inbox_repl *r, repl_role role)
-{
-	r->role = role;
-	sp_metric_set(inbox_m.repl_role, (int64_t)role);
-	pthread_cond_broadcast(&r->cond);
-}
-
-/* ---- replaying committed records into the store ---- */
+/* ---- a replica's replay through the writer ---- */
 
 typedef struct replay {
 	inbox_req req;
@@ -154,13 +34,13 @@ typedef struct replay {
 	inbox_repl *r;
 } replay;
 
-typedef struct collect_ctx {
-	inbox_repl *r;
-	replay *head, **tail;
-	size_t n;
-	uint64_t last;
-	int rc;
-} collect_ctx;
+static void
+replay_free(replay *rp)
+{
+	inbox_oplog_fini(&rp->rec);
+	free(rp->data);
+	free(rp);
+}
 
 static void
 replay_done(inbox_req *req)
@@ -170,117 +50,105 @@ replay_done(inbox_req *req)
 	rp->rec.op = rp->req.op; /* what the writer applied, with its results */
 	/* The writer refused nothing (a failed replay is fatal there); the outcome of each
 	 * target must also be the one the primary recorded. */
-	if (inbox_oplog_check(&rp->rec) != SP_OK)
-		fatal("a replayed op had another outcome than on the primary", SP_EMISMATCH);
-	uint64_t lsn = rp->rec.op.lsn;
-	inbox_oplog_fini(&rp->rec);
-	free(rp->data);
-	free(rp);
-	/* Completions come in LSN order, after the commit that made the op durable. */
-	pthread_mutex_lock(&r->lock);
-	if (lsn > atomic_load(&r->applied)) {
-		atomic_store(&r->applied, lsn);
-		sp_metric_set(inbox_m.repl_applied, (int64_t)lsn);
+	if (inbox_oplog_check(&rp->rec) != SP_OK) {
+		sp_error("FATAL: replication: a replayed op had another outcome than on the "
+			 "primary: exiting; rebuild this copy from an empty data dir");
+		_exit(70);
 	}
-	pthread_cond_broadcast(&r->cond);
-	pthread_mutex_unlock(&r->lock);
+	uint64_t lsn = rp->rec.op.lsn;
+	replay_free(rp);
+	repl_node_applied(r->node, lsn);
 }
 
 static int
-collect_rec(void *arg, const repl_log_rec *rec)
+sm_apply(void *arg, repl_node *node, const repl_log_rec *recs, size_t n)
 {
-	collect_ctx *cc = arg;
-	replay *rp = calloc(1, sizeof(*rp));
-	if (!rp || !(rp->data = malloc(rec->len ? rec->len : 1))) {
-		free(rp);
-		return cc->rc = SP_ENOMEM;
+	inbox_repl *r = arg;
+	replay *head = NULL, **tail = &head;
+	(void)node;
+	for (size_t i = 0; i < n; i++) {
+		replay *rp = calloc(1, sizeof(*rp));
+		if (!rp || !(rp->data = malloc(recs[i].len ? recs[i].len : 1))) {
+			free(rp);
+			goto fail_nomem;
+		}
+		memcpy(rp->data, recs[i].data, recs[i].len);
+		int rc = inbox_oplog_decode(rp->data, recs[i].len, &rp->rec);
+		if (rc == SP_OK && rp->rec.op.lsn != recs[i].lsn)
+			rc = SP_EMISMATCH;
+		if (rc) {
+			replay_free(rp);
+			sp_error("repl: log record %" PRIu64 " does not decode: %s", recs[i].lsn,
+			    sp_strerror(rc));
+			for (replay *q = head, *next; q; q = next) {
+				next = (replay *)q->req.next;
+				replay_free(q);
+			}
+			return rc;
+		}
+		rp->r = r;
+		rp->req.op = rp->rec.op;
+		rp->req.replay = true;
+		rp->req.done = replay_done;
+		rp->req.cost = recs[i].len;
+		*tail = rp;
+		tail = (replay **)&rp->req.next;
 	}
-	memcpy(rp->data, rec->data, rec->len);
-	int rc = inbox_oplog_decode(rp->data, rec->len, &rp->rec);
-	if (rc == SP_OK && rp->rec.op.lsn != rec->lsn)
-		rc = SP_EMISMATCH;
-	if (rc) {
-		inbox_oplog_fini(&rp->rec);
-		free(rp->data);
-		free(rp);
-		sp_error("repl: log record %" PRIu64 " does not decode: %s", rec->lsn,
-		    sp_strerror(rc));
-		return cc->rc = rc;
+	if (head)
+		inbox_commit_submit_chain(r->commit, &head->req);
+	return SP_OK;
+fail_nomem:
+	for (replay *q = head, *next; q; q = next) {
+		next = (replay *)q->req.next;
+		replay_free(q);
 	}
-	rp->r = cc->r;
-	rp->req.op = rp->rec.op;
-	rp->req.replay = true;
-	rp->req.done = replay_done;
-	rp->req.cost = rec->len;
-	*cc->tail = rp;
-	cc->tail = (replay **)&rp->req.next;
-	cc->n++;
-	cc->last = rec->lsn;
-	return 0;
+	return SP_ENOMEM;
 }
 
-/* Queues the log's records up to `upto` (committed) for the writer to apply to the
- * store; with `wait`, returns once they are durable there. A replica does not wait: its
- * next fetch (its acknowledgement) goes out while the store catches up. One caller at a
- * time (the follower while replica, the manager while promoting). */
-static void
-apply_upto(inbox_repl *r, uint64_t upto, bool wait)
+static int
+sm_store_lsn(void *arg, uint64_t *lsn)
 {
-	while (atomic_load(&r->submitted) < upto) {
-		uint64_t from = atomic_load(&r->submitted) + 1;
-		collect_ctx cc = { r, NULL, NULL, 0, 0, SP_OK };
-		cc.tail = &cc.head;
-		size_t count = 0;
-		int rc = repl_log_read(r->log, from, upto, APPLY_CHUNK, collect_rec, &cc, &count);
-		if (rc == SP_OK && cc.n == 0)
-			rc = SP_ERANGE;
-		if (rc) {
-			for (replay *rp = cc.head, *next; rp; rp = next) {
-				next = (replay *)rp->req.next;
-				inbox_oplog_fini(&rp->rec);
-				free(rp->data);
-				free(rp);
-			}
-			fatal("reading committed records to apply", rc);
-		}
-		atomic_store(&r->submitted, cc.last);
-		inbox_commit_submit_chain(r->commit, &cc.head->req);
-		sp_metric_inc(inbox_m.repl_applied_batches);
-	}
-	if (!wait)
-		return;
-	pthread_mutex_lock(&r->lock);
-	while (atomic_load(&r->applied) < upto)
-		wait_ms(r, 50);
-	pthread_mutex_unlock(&r->lock);
+	inbox_repl *r = arg;
+	MDB_txn *txn;
+	inbox_shard_stat st;
+	int rc = inbox_store_read_begin(r->store, &txn);
+	if (rc)
+		return rc;
+	rc = inbox_store_shard_stat(r->store, txn, &st);
+	inbox_store_read_end(txn);
+	*lsn = st.lsn;
+	return rc;
+}
+
+static int
+sm_store_sync(void *arg)
+{
+	inbox_repl *r = arg;
+	return inbox_store_sync(r->store);
+}
+
+static void
+sm_fail_queued(void *arg, int rc)
+{
+	inbox_repl *r = arg;
+	inbox_commit_fail_queued(r->commit, rc);
+}
+
+static int
+sm_snapshot_copy(void *arg, int fd, const char *path, uint64_t *lsn)
+{
+	inbox_repl *r = arg;
+	int rc = inbox_store_copy_fd(r->store, fd);
+	return rc ? rc : inbox_store_file_lsn(path, lsn);
 }
 
 /* ---- the writer's hooks (writer thread) ---- */
 
-/* Whether this copy may serve a write (or a read) now: SP_OK, SP_EUNAVAIL (promoting, or
- * too few copies in sync) or SP_ENOTPRIMARY (not primary, or past its fencing deadline). */
-static int
-serve_check(inbox_repl *r, bool write)
-{
-	int rc;
-	pthread_mutex_lock(&r->lock);
-	if (r->role == ROLE_PRIMARY)
-		rc = write && (!repl_sync_writable(r->sync) || r->stalled) ? SP_EUNAVAIL : SP_OK;
-	else
-		rc = r->role == ROLE_STARTING ? SP_EUNAVAIL : SP_ENOTPRIMARY;
-	pthread_mutex_unlock(&r->lock);
-	if (rc == SP_OK && !repl_ha_may_serve(r->ha, repl_ha_now_ms()))
-		rc = SP_ENOTPRIMARY;
-	return rc;
-}
-
 static int
 hook_admit(void *arg)
 {
-	int rc = serve_check(arg, true);
-	if (rc == SP_EUNAVAIL)
-		sp_metric_inc(inbox_m.repl_unavailable);
-	return rc;
+	inbox_repl *r = arg;
+	return repl_node_admit(r->node);
 }
 
 static void
@@ -291,55 +159,17 @@ free_recs(repl_log_rec *recs, size_t n)
 	free(recs);
 }
 
-/* Retention, on the thread that writes the log in the copy's role (the writer while
- * primary, the follower while replica), at most once a second: whole segments whose
- * records every copy of the sync set has (the log's commit LSN bounds trim), that this
- * copy's store holds durably, and that no snapshot being served still needs, keeping
- * retain_bytes for copies that fall behind for a while. */
-static void
-maybe_trim(inbox_repl *r)
-{
-	uint64_t now = sp_mono_ms();
-	if (now - r->trim_ms < 1000)
-		return;
-	r->trim_ms = now;
-	uint64_t upto = atomic_load(&r->applied), pin = inbox_snap_pin(r->snap);
-	if (pin < upto)
-		upto = pin;
-	int rc = SP_OK;
-	if (upto > repl_log_first_lsn(r->log) && (rc = inbox_store_sync(r->store)) == SP_OK)
-		rc = repl_log_retain(r->log, upto, r->cfg.retain_bytes);
-	if (rc == SP_EIO)
-		fatal("log trim", rc);
-	if (rc)
-		sp_warn_rl("repl %s: retention: %s", r->group, sp_strerror(rc));
-	sp_metric_set(inbox_m.repl_log_bytes, (int64_t)repl_log_bytes(r->log));
-	sp_metric_set(inbox_m.repl_log_first, (int64_t)repl_log_first_lsn(r->log));
-}
-
 static int
 hook_replicate(void *arg, inbox_req *batch)
 {
 	inbox_repl *r = arg;
 	size_t n = 0, cap = 0;
-	repl_log_rec *recs = NULL;
-	int64_t epoch;
-	int rc = SP_OK;
-
-	pthread_mutex_lock(&r->lock);
-	epoch = r->epoch;
-	if (r->role != ROLE_PRIMARY)
-		rc = SP_ENOTPRIMARY;
-	pthread_mutex_unlock(&r->lock);
-	if (rc)
-		return rc;
-	maybe_trim(r);
-	repl_log_pos prev = repl_log_last(r->log);
 	for (inbox_req *q = batch; q; q = q->next)
 		cap += q->op.rc == SP_OK && q->op.lsn;
 	if (cap > REPL_LOG_BATCH_MAX)
 		return SP_ETOOBIG; /* the writer's batch bound is below it */
-	if (!(recs = calloc(cap, sizeof(*recs))))
+	repl_log_rec *recs = calloc(cap ? cap : 1, sizeof(*recs));
+	if (!recs)
 		return SP_ENOMEM;
 	for (inbox_req *q = batch; q; q = q->next) {
 		if (q->op.rc != SP_OK || !q->op.lsn)
@@ -351,959 +181,68 @@ hook_replicate(void *arg, inbox_req *batch)
 			return len ? SP_ENOMEM : SP_EINVAL; /* 0: an op the codec cannot hold */
 		}
 		long w = inbox_oplog_encode(&q->op, buf, len);
-		if (w < 0 || q->op.lsn != prev.lsn + n + 1) {
-			/* LSNs come from the store, which holds exactly the log's records. */
+		if (w < 0) {
 			free(buf);
 			free_recs(recs, n);
-			sp_error("repl: op lsn %" PRIu64 " does not follow the log's %" PRIu64
-				 " (%s)",
-			    q->op.lsn, prev.lsn + n, w < 0 ? sp_strerror((int)w) : "order");
-			return w < 0 ? (int)w : SP_ESTATE;
+			sp_error("repl: op lsn %" PRIu64 " does not encode: %s", q->op.lsn,
+			    sp_strerror((int)w));
+			return (int)w;
 		}
-		recs[n++] = (repl_log_rec) { (uint64_t)epoch, q->op.lsn, buf, (uint32_t)w };
+		recs[n++] = (repl_log_rec) { 0, q->op.lsn, buf, (uint32_t)w };
 	}
-	rc = repl_log_append(r->log, prev.epoch, prev.lsn, recs, n);
+	int rc = repl_node_replicate(r->node, recs, n);
 	free_recs(recs, n);
-	if (rc == SP_EIO)
-		fatal("log append", rc);
-	if (rc)
-		return rc;
-	uint64_t last = prev.lsn + n;
-	pthread_mutex_lock(&r->lock);
-	pthread_cond_broadcast(&r->cond); /* fetches waiting for records */
-	pthread_mutex_unlock(&r->lock);
-	if ((rc = repl_log_sync(r->log)))
-		fatal("log fsync", rc);
-	sp_metric_set(inbox_m.repl_flushed, (int64_t)last);
-
-	uint64_t unwritable_since = 0;
-	pthread_mutex_lock(&r->lock);
-	if (r->sync)
-		repl_sync_set_flushed(r->sync, last, (uint64_t)repl_ha_now_ms());
-	pthread_cond_broadcast(&r->cond);
-	for (;;) {
-		if (r->role != ROLE_PRIMARY || r->epoch != epoch || r->stopping) {
-			rc = SP_ENOTPRIMARY;
-			break;
-		}
-		if (repl_sync_commit_lsn(r->sync) >= last) {
-			rc = SP_OK;
-			break;
-		}
-		if (!repl_sync_writable(r->sync) || r->stalled) {
-			/* This batch waits for a copy to come back (its records are in the log
-			 * and may be on a replica: they are never given up while primary);
-			 * requests arriving meanwhile are told to retry. */
-			uint64_t now = sp_mono_ms();
-			if (!unwritable_since)
-				unwritable_since = now;
-			if (now - unwritable_since >= UNWRITABLE_FAIL_MS) {
-				pthread_mutex_unlock(&r->lock);
-				inbox_commit_fail_queued(r->commit, SP_EUNAVAIL);
-				pthread_mutex_lock(&r->lock);
-				unwritable_since = now;
-			}
-		} else {
-			unwritable_since = 0;
-		}
-		wait_ms(r, 20);
-	}
-	uint64_t commit = r->sync ? repl_sync_commit_lsn(r->sync) : 0;
-	pthread_mutex_unlock(&r->lock);
-	if (rc == SP_OK && !repl_ha_may_serve(r->ha, repl_ha_now_ms()))
-		rc = SP_ENOTPRIMARY; /* fenced while waiting: acknowledge nothing */
-	if (rc == SP_OK) {
-		repl_log_set_committed(r->log, last);
-		atomic_store(&r->submitted, last);
-		pthread_mutex_lock(&r->lock);
-		atomic_store(&r->applied, last);
-		pthread_mutex_unlock(&r->lock);
-		sp_metric_set(inbox_m.repl_applied, (int64_t)last);
-		sp_metric_set(inbox_m.repl_commit, (int64_t)commit);
-	}
 	return rc;
-}
-
-/* ---- the primary's replication endpoint ---- */
-
-static nng_msg *
-error_reply(const sp_frame *req, int code, const char *reason)
-{
-	nng_msg *m;
-	if (sp_nng_error_msg(req ? req->id : 0, req && req->has_id, code,
-		reason && reason[0] ? reason : NULL, &m))
-		return NULL;
-	return m;
-}
-
-typedef struct ship_ctx {
-	sp_frame *recs;
-	uint8_t **bufs;
-	size_t n, cap, bytes, budget;
-} ship_ctx;
-
-static int
-ship_rec(void *arg, const repl_log_rec *rec)
-{
-	ship_ctx *sc = arg;
-	if (sc->n && sc->bytes + rec->len + 64 > sc->budget)
-		return 1;
-	if (sc->n == sc->cap)
-		return 1;
-	uint8_t *copy = malloc(rec->len ? rec->len : 1);
-	if (!copy)
-		return SP_ENOMEM;
-	memcpy(copy, rec->data, rec->len);
-	sc->bufs[sc->n] = copy;
-	sp_frame *f = &sc->recs[sc->n];
-	sp_frame_init(f, SP_T_REPL_REC, 0, false);
-	sp_frame_set_u64(f, SP_F_EPOCH, rec->epoch);
-	sp_frame_set_u64(f, SP_F_LSN, rec->lsn);
-	sp_frame_set_bin(f, SP_F_REPL_DATA, copy, rec->len);
-	sc->n++;
-	sc->bytes += rec->len + 64;
-	return 0;
-}
-
-/* The answer to one REPL_FETCH (see frames_repl.def). */
-static nng_msg *
-serve_fetch(inbox_repl *r, const sp_frame *f)
-{
-	char name[REPL_SYNC_NAME_MAX + 1], primary[REPL_HA_NAME_MAX + 1];
-	uint64_t epoch = sp_frame_u64(f, SP_F_EPOCH), last_epoch = sp_frame_u64(f, SP_F_LAST_EPOCH);
-	uint64_t last_lsn = sp_frame_u64(f, SP_F_LAST_LSN), flushed = sp_frame_u64(f, SP_F_FLUSHED_LSN);
-	uint64_t known = sp_frame_u64(f, SP_F_COMMIT_LSN);
-	sp_bin inc = sp_frame_bin(f, SP_F_REPL_INC);
-
-	if (epoch >= LSN_MAX || last_epoch >= LSN_MAX || last_lsn >= LSN_MAX || flushed >= LSN_MAX
-	    || known >= LSN_MAX || sp_frame_str(f, SP_F_NAME, name, sizeof(name)))
-		return error_reply(f, SP_ERANGE, "epoch, lsn or name out of range");
-	if (strcmp(name, r->name) == 0)
-		return error_reply(f, SP_EPERM, "a copy cannot follow itself");
-
-	pthread_mutex_lock(&r->lock);
-	bool leading = r->role == ROLE_PRIMARY || r->role == ROLE_STARTING;
-	int64_t my_epoch = r->epoch;
-	snprintf(primary, sizeof(primary), "%s", r->leader_name);
-	pthread_mutex_unlock(&r->lock);
-	if (!leading || (int64_t)epoch > my_epoch)
-		return error_reply(f, SP_ENOTPRIMARY, primary);
-
-	if (last_lsn > 0) {
-		repl_log_pos end;
-		int rc = repl_log_epoch_end(r->log, last_epoch, &end);
-		if (rc == SP_ERANGE)
-			return error_reply(f, SP_ERANGE, "needs a snapshot");
-		if (rc)
-			return error_reply(f, rc, NULL);
-		if (end.epoch != last_epoch || end.lsn < last_lsn) {
-			sp_frame rep;
-			nng_msg *m = NULL;
-			sp_frame_init(&rep, SP_T_REPL_DIVERGED, f->id, f->has_id);
-			sp_frame_set_u64(&rep, SP_F_EPOCH, (uint64_t)my_epoch);
-			sp_frame_set_u64(&rep, SP_F_LAST_EPOCH, end.epoch);
-			sp_frame_set_u64(&rep, SP_F_LAST_LSN, end.lsn);
-			if (sp_nng_msg_from_frame(&rep, &m))
-				m = NULL;
-			return m;
-		}
-	}
-	if (repl_log_first_lsn(r->log) > last_lsn + 1)
-		return error_reply(f, SP_ERANGE, "needs a snapshot");
-
-	inbox_snap_fetched(r->snap, name, last_lsn);
-	/* Matched up to last_lsn: what it has fsynced of that counts. */
-	uint64_t now = (uint64_t)repl_ha_now_ms();
-	uint64_t acked = flushed < last_lsn ? flushed : last_lsn;
-	pthread_mutex_lock(&r->lock);
-	if (r->sync && r->epoch == my_epoch) {
-		int rc = repl_sync_ack(r->sync, name, inc.p, acked, now);
-		if (rc == SP_ENOTFOUND) {
-			/* A new storage incarnation of a known name: the copy lost its data dir
-			 * (a name runs as one process, and this one revoked the old one's lease),
-			 * so the old incarnation holds nothing any more and it joins afresh. In
-			 * etcd the old entry stays until the new one replaces it (manage_sync):
-			 * until then no copy can campaign under that name. */
-			repl_sync_info info;
-			if (repl_sync_member(r->sync, name, &info) == SP_OK)
-				repl_sync_remove(r->sync, name);
-			if (repl_sync_add(r->sync, name, inc.p, repl_log_flushed(r->log), now) == SP_OK) {
-				sp_info("repl %s: %s joins at barrier %" PRIu64, r->group, name,
-				    repl_log_flushed(r->log));
-				repl_sync_ack(r->sync, name, inc.p, acked, now);
-			}
-		}
-		pthread_cond_broadcast(&r->cond);
-	}
-	/* Long-poll: until records or a newer commit LSN can be sent. */
-	struct timespec until;
-	deadline_in(&until, r->cfg.fetch_wait_ms);
-	while (!r->stopping && r->sync && r->epoch == my_epoch
-	    && repl_log_last(r->log).lsn <= last_lsn && repl_sync_commit_lsn(r->sync) <= known)
-		if (pthread_cond_timedwait(&r->cond, &r->lock, &until) == ETIMEDOUT)
-			break;
-	uint64_t commit = r->sync && r->epoch == my_epoch ? repl_sync_commit_lsn(r->sync) : 0;
-	leading = r->sync && r->epoch == my_epoch;
-	pthread_mutex_unlock(&r->lock);
-	if (!leading)
-		return error_reply(f, SP_ENOTPRIMARY, NULL);
-
-	ship_ctx sc = { 0 };
-	sc.budget = sp_frame_limit_large() - REPLY_SLACK;
-	sc.cap = 4096;
-	sc.recs = calloc(sc.cap, sizeof(*sc.recs));
-	sc.bufs = calloc(sc.cap, sizeof(*sc.bufs));
-	nng_msg *m = NULL;
-	int rc = SP_ENOMEM;
-	if (sc.recs && sc.bufs) {
-		rc = SP_OK;
-		if (repl_log_last(r->log).lsn > last_lsn)
-			rc = repl_log_read(r->log, last_lsn + 1, UINT64_MAX, sc.budget, ship_rec, &sc,
-			    NULL);
-		if (rc == 1)
-			rc = SP_OK;
-	}
-	if (rc == SP_OK) {
-		sp_frame rep;
-		sp_frame_init(&rep, SP_T_REPL_RECORDS, f->id, f->has_id);
-		sp_frame_set_u64(&rep, SP_F_EPOCH, (uint64_t)my_epoch);
-		sp_frame_set_u64(&rep, SP_F_COMMIT_LSN, commit);
-		sp_frame_set_recs(&rep, SP_F_REPL_RECS, sc.recs, (uint32_t)sc.n);
-		if ((rc = sp_nng_msg_from_frame(&rep, &m)))
-			m = NULL;
-		else
-			sp_metric_add(inbox_m.repl_shipped, sc.n);
-	}
-	if (!m)
-		m = error_reply(f, rc, NULL);
-	for (size_t i = 0; i < sc.n; i++)
-		free(sc.bufs[i]);
-	free(sc.bufs);
-	free(sc.recs);
-	return m;
-}
-
-/* A snapshot is served by the copy that leads (its store holds only committed ops). */
-static nng_msg *
-serve_snapshot(inbox_repl *r, const sp_frame *f)
-{
-	char primary[REPL_HA_NAME_MAX + 1];
-	pthread_mutex_lock(&r->lock);
-	bool leading = r->role == ROLE_PRIMARY || r->role == ROLE_STARTING;
-	snprintf(primary, sizeof(primary), "%s", r->leader_name);
-	pthread_mutex_unlock(&r->lock);
-	if (!leading)
-		return error_reply(f, SP_ENOTPRIMARY, primary);
-	return inbox_snap_serve(r->snap, f);
-}
-
-static void *
-serve_main(void *arg)
-{
-	inbox_repl *r = arg;
-	nng_ctx ctx;
-	nng_aio *aio;
-	if (nng_aio_alloc(&aio, NULL, NULL))
-		return NULL;
-	if (nng_ctx_open(&ctx, r->rep)) {
-		nng_aio_free(aio);
-		return NULL;
-	}
-	for (;;) {
-		nng_ctx_recv(ctx, aio);
-		nng_aio_wait(aio);
-		int rv = nng_aio_result(aio);
-		if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
-			break;
-		if (rv)
-			continue;
-		nng_msg *msg = nng_aio_get_msg(aio), *rep;
-		sp_frame f;
-		int rc = sp_nng_msg_decode(msg, &f);
-		if (rc)
-			rep = error_reply(NULL, rc, "bad frame");
-		else if (f.type == SP_T_REPL_FETCH)
-			rep = serve_fetch(r, &f);
-		else if (f.type == SP_T_REPL_SNAP_GET)
-			rep = serve_snapshot(r, &f);
-		else
-			rep = error_reply(&f, SP_EBADTYPE, NULL);
-		if (rc == SP_OK)
-			sp_frame_fini(&f);
-		nng_msg_free(msg);
-		if (!rep)
-			continue;
-		nng_aio_set_msg(aio, rep);
-		nng_ctx_send(ctx, aio);
-		nng_aio_wait(aio);
-		if ((rv = nng_aio_result(aio))) {
-			nng_msg_free(rep);
-			if (rv == NNG_ECLOSED)
-				break;
-		}
-	}
-	nng_ctx_close(ctx);
-	nng_aio_free(aio);
-	return NULL;
-}
-
-bool
-inbox_repl_serves(unsigned type)
-{
-	return type == SP_T_REPL_FETCH || type == SP_T_REPL_SNAP_GET;
-}
-
-bool
-inbox_repl_restart_wanted(inbox_repl *r)
-{
-	return r && atomic_load(&r->restart);
-}
-
-/* ---- the replica's follower ---- */
-
-/* Appends the records of one REPL_RECORDS reply, fsyncs, and applies what is committed. */
-static void
-take_records(inbox_repl *r, const sp_frame *rep)
-{
-	uint64_t epoch = sp_frame_u64(rep, SP_F_EPOCH), commit = sp_frame_u64(rep, SP_F_COMMIT_LSN);
-	const sp_val *v = sp_frame_get(rep, SP_F_REPL_RECS);
-	uint32_t n = v ? v->rs.n : 0;
-
-	pthread_mutex_lock(&r->lock);
-	bool stale = (int64_t)epoch < r->highest_epoch || epoch >= LSN_MAX || r->role != ROLE_REPLICA;
-	if (!stale && (int64_t)epoch > r->highest_epoch)
-		r->highest_epoch = (int64_t)epoch;
-	pthread_mutex_unlock(&r->lock);
-	if (stale) {
-		sp_warn_rl("repl %s: ignoring a reply of epoch %" PRIu64
-			   " (a newer epoch was seen, or this copy no longer follows)",
-		    r->group, epoch);
-		return;
-	}
-	if (n) {
-		repl_log_rec *recs = calloc(n, sizeof(*recs));
-		if (!recs)
-			return;
-		for (uint32_t i = 0; i < n; i++) {
-			const sp_frame *f = &v->rs.v[i];
-			sp_bin d = sp_frame_bin(f, SP_F_REPL_DATA);
-			recs[i] = (repl_log_rec) { sp_frame_u64(f, SP_F_EPOCH), sp_frame_u64(f, SP_F_LSN),
-				d.p, d.len };
-			if (recs[i].epoch > epoch || recs[i].lsn >= LSN_MAX) {
-				sp_warn_rl("repl %s: record %" PRIu64 " of a later epoch than its "
-					   "primary's: reply ignored",
-				    r->group, recs[i].lsn);
-				free(recs);
-				return;
-			}
-		}
-		repl_log_pos prev = repl_log_last(r->log);
-		int rc = repl_log_append(r->log, prev.epoch, prev.lsn, recs, n);
-		free(recs);
-		if (rc == SP_EIO)
-			fatal("log append", rc);
-		if (rc) {
-			sp_warn_rl("repl %s: records from the primary refused (%s): fetching again",
-			    r->group, sp_strerror(rc));
-			return;
-		}
-		if ((rc = repl_log_sync(r->log)))
-			fatal("log fsync", rc);
-		sp_metric_add(inbox_m.repl_fetched, n);
-	}
-	maybe_trim(r);
-	repl_log_pos last = repl_log_last(r->log);
-	sp_metric_set(inbox_m.repl_flushed, (int64_t)last.lsn);
-	sp_metric_set(inbox_m.repl_commit, (int64_t)commit);
-	if (commit > last.lsn)
-		commit = last.lsn;
-	if (commit > repl_log_committed(r->log))
-		repl_log_set_committed(r->log, commit);
-	if (commit > atomic_load(&r->submitted))
-		apply_upto(r, commit, false);
-}
-
-static void
-take_diverged(inbox_repl *r, const sp_frame *rep)
-{
-	repl_log_pos answer = { sp_frame_u64(rep, SP_F_LAST_EPOCH), sp_frame_u64(rep, SP_F_LAST_LSN) };
-	repl_log_pos mine = repl_log_last(r->log);
-	uint64_t to = repl_divergence(mine, answer);
-	sp_info("repl %s: my log ends at (%" PRIu64 ", %" PRIu64 "), the primary's history of "
-		"epoch %" PRIu64 " at (%" PRIu64 ", %" PRIu64 "): truncating after %" PRIu64,
-	    r->group, mine.epoch, mine.lsn, mine.epoch, answer.epoch, answer.lsn, to);
-	int rc = repl_log_truncate(r->log, to);
-	if (rc == SP_ERANGE)
-		fatal("the primary's history leaves out records this copy committed", rc);
-	if (rc)
-		fatal("log truncate", rc);
-	sp_metric_inc(inbox_m.repl_diverged);
-}
-
-/* The follower's sockets, one per primary URL it has followed, kept until stop. */
-typedef struct follow_socks {
-	struct {
-		char url[REPL_HA_URL_MAX + 1];
-		nng_socket sock;
-	} v[REPL_HA_MAX_COPIES];
-	size_t n;
-} follow_socks;
-
-static int
-follow_sock(inbox_repl *r, follow_socks *fs, const char *url, nng_socket *out)
-{
-	for (size_t i = 0; i < fs->n; i++)
-		if (strcmp(fs->v[i].url, url) == 0) {
-			*out = fs->v[i].sock;
-			return SP_OK;
-		}
-	if (fs->n == REPL_HA_MAX_COPIES)
-		return SP_ELIMIT; /* more primaries than a shard has copies: a misconfiguration */
-	int rc = sp_nng_req_open(&fs->v[fs->n].sock, url,
-	    (int)(r->cfg.fetch_wait_ms + FETCH_TIMEOUT_SLACK_MS), 0);
-	if (rc)
-		return rc;
-	snprintf(fs->v[fs->n].url, sizeof(fs->v[fs->n].url), "%s", url);
-	*out = fs->v[fs->n++].sock;
-	return SP_OK;
-}
-
-/* One request/reply on `sock` through the follower's aio (cancellable by follow_abort).
- * On SP_OK (or an ERROR frame's code) *msg holds the reply and *rep its decoded frame. */
-static int
-follow_call(inbox_repl *r, nng_aio *aio, nng_socket sock, const sp_frame *req, nng_msg **msg,
-    sp_frame *rep)
-{
-	nng_msg *m;
-	int rc = sp_nng_msg_from_frame(req, &m);
-	*msg = NULL;
-	if (rc)
-		return rc;
-	nng_aio_set_timeout(aio, (nng_duration)(r->cfg.fetch_wait_ms + FETCH_TIMEOUT_SLACK_MS));
-	nng_aio_set_msg(aio, m);
-	nng_send_aio(sock, aio);
-	nng_aio_wait(aio);
-	int rv = nng_aio_result(aio);
-	if (rv) {
-		nng_msg_free(nng_aio_get_msg(aio));
-		return rv == NNG_ECANCELED ? SP_ECLOSED : sp_nng_err(rv);
-	}
-	nng_recv_aio(sock, aio);
-	nng_aio_wait(aio);
-	if ((rv = nng_aio_result(aio)))
-		return rv == NNG_ECANCELED ? SP_ECLOSED : sp_nng_err(rv);
-	m = nng_aio_get_msg(aio);
-	if ((rc = sp_nng_msg_decode(m, rep))) {
-		nng_msg_free(m);
-		return rc;
-	}
-	*msg = m;
-	if (rep->type == SP_T_ERROR) {
-		rc = (int)sp_frame_i64(rep, SP_F_CODE);
-		return rc < 0 ? rc : SP_EPROTO;
-	}
-	return SP_OK;
-}
-
-static void *
-follow_main(void *arg)
-{
-	inbox_repl *r = arg;
-	char url[REPL_HA_URL_MAX + 1] = "";
-	uint64_t caught_up_ms = sp_mono_ms();
-	follow_socks fs = { .n = 0 };
-	nng_aio *aio;
-
-	if (nng_aio_alloc(&aio, NULL, NULL))
-		fatal("the follower's aio", SP_ENOMEM);
-	pthread_mutex_lock(&r->lock);
-	r->follow_aio = aio;
-	for (;;) {
-		while (!r->stopping && (r->role != ROLE_REPLICA || !r->leader_url[0]))
-			wait_ms(r, 200);
-		if (r->stopping)
-			break;
-		int64_t epoch = r->highest_epoch;
-		r->follower_busy = true;
-		snprintf(url, sizeof(url), "%s", r->leader_url);
-		nng_socket sock;
-		/* The dial is asynchronous: holding the lock here is short. */
-		int rc = follow_sock(r, &fs, url, &sock);
-		if (rc) {
-			sp_warn_rl("repl %s: cannot dial the primary at %s: %s", r->group, url,
-			    sp_strerror(rc));
-			r->follower_busy = false;
-			pthread_cond_broadcast(&r->cond);
-			wait_ms(r, 200);
-			continue;
-		}
-		pthread_mutex_unlock(&r->lock);
-
-		repl_log_pos last = repl_log_last(r->log);
-		sp_frame req, rep;
-		nng_msg *msg = NULL;
-		sp_frame_init(&req, SP_T_REPL_FETCH, 0, false);
-		sp_frame_set_u64(&req, SP_F_EPOCH, (uint64_t)epoch);
-		sp_frame_set_str(&req, SP_F_NAME, r->name);
-		sp_frame_set_bin(&req, SP_F_REPL_INC, r->inc, sizeof(r->inc));
-		sp_frame_set_u64(&req, SP_F_LAST_EPOCH, last.epoch);
-		sp_frame_set_u64(&req, SP_F_LAST_LSN, last.lsn);
-		sp_frame_set_u64(&req, SP_F_FLUSHED_LSN, repl_log_flushed(r->log));
-		sp_frame_set_u64(&req, SP_F_COMMIT_LSN, repl_log_committed(r->log));
-		rc = follow_call(r, aio, sock, &req, &msg, &rep);
-		uint64_t pause = 0;
-		if (rc == SP_OK && rep.type == SP_T_REPL_RECORDS) {
-			take_records(r, &rep);
-			const sp_val *v = sp_frame_get(&rep, SP_F_REPL_RECS);
-			if (!v || v->rs.n == 0)
-				caught_up_ms = sp_mono_ms();
-		} else if (rc == SP_OK && rep.type == SP_T_REPL_DIVERGED) {
-			take_diverged(r, &rep);
-		} else if (rc == SP_ERANGE) {
-			/* Its place in the primary's log is gone: start again from a snapshot. */
-			int mrc = inbox_snap_mark_needed(r->data_dir);
-			if (mrc)
-				fatal("marking the data dir for a snapshot", mrc);
-			sp_error("repl %s: the primary no longer holds the records after LSN %" PRIu64
-				 ": restarting to install a snapshot",
-			    r->group, last.lsn);
-			if (!atomic_exchange(&r->restart, true))
-				kill(getpid(), SIGTERM);
-			pause = 1000;
-		} else if (rc == SP_ECLOSED) {
-			pause = 0; /* cancelled: the primary changed */
-		} else if (rc) {
-			if (rc != SP_ENOTPRIMARY)
-				sp_warn_rl("repl %s: fetch from %s: %s", r->group, url, sp_strerror(rc));
-			pause = 100;
-		} else {
-			pause = 100; /* an unexpected reply type */
-		}
-		if (msg) {
-			sp_frame_fini(&rep);
-			nng_msg_free(msg);
-		}
-		sp_metric_set(inbox_m.repl_lag_ms, (int64_t)(sp_mono_ms() - caught_up_ms));
-		pthread_mutex_lock(&r->lock);
-		r->follower_busy = false;
-		pthread_cond_broadcast(&r->cond);
-		if (pause && !r->stopping)
-			wait_ms(r, pause);
-	}
-	r->follow_aio = NULL;
-	pthread_mutex_unlock(&r->lock);
-	nng_aio_free(aio);
-	for (size_t i = 0; i < fs.n; i++)
-		nng_close(fs.v[i].sock);
-	return NULL;
-}
-
-/* ---- the HA loop's callbacks (its thread) ---- */
-
-static void
-cb_status(void *arg, repl_ha_status *out)
-{
-	inbox_repl *r = arg;
-	pthread_mutex_lock(&r->lock);
-	out->role = r->role == ROLE_REPLICA ? REPL_HA_REPLICA
-	    : r->role == ROLE_NONE	    ? REPL_HA_NONE
-					    : REPL_HA_PRIMARY;
-	out->epoch = r->epoch > r->highest_epoch ? r->epoch : r->highest_epoch;
-	pthread_mutex_unlock(&r->lock);
-	repl_log_pos last = repl_log_last(r->log);
-	out->last = (repl_ha_pos) { (int64_t)last.epoch, last.lsn };
-	out->flushed_lsn = repl_log_flushed(r->log);
-}
-
-static void
-cb_primary(void *arg, int64_t epoch, const repl_ha_view *view)
-{
-	inbox_repl *r = arg;
-	repl_sync *s;
-	repl_sync_config sc = {
-		.min_copies = r->cfg.min_copies,
-		.max_members = REPL_HA_MAX_COPIES,
-		.flushed = repl_log_flushed(r->log),
-		.commit = atomic_load(&r->applied),
-	};
-	if (repl_sync_new(&sc, &s) != SP_OK)
-		fatal("commit tracker", SP_ENOMEM);
-	uint64_t now = (uint64_t)repl_ha_now_ms();
-	/* The sync set's copies hold every acknowledged write: the commit waits for each
-	 * until it acknowledges or is dropped (from etcd first) for lagging. */
-	for (size_t i = 0; i < view->sync.n; i++) {
-		const repl_ha_id *m = &view->sync.members[i];
-		if (strcmp(m->name, r->name) != 0 && m->inc_len == REPL_SYNC_INCARNATION_LEN)
-			repl_sync_add(s, m->name, m->inc, 0, now);
-	}
-	pthread_mutex_lock(&r->lock);
-	repl_sync_free(r->sync);
-	r->sync = s;
-	r->epoch = epoch;
-	if (epoch > r->highest_epoch)
-		r->highest_epoch = epoch;
-	snprintf(r->leader_name, sizeof(r->leader_name), "%s", r->name);
-	snprintf(r->leader_url, sizeof(r->leader_url), "%s", r->advertise);
-	follow_abort(r);
-	r->stalled = false;
-	r->sync_rev_written = 0;
-	set_role(r, ROLE_STARTING);
-	pthread_mutex_unlock(&r->lock);
-	sp_metric_set(inbox_m.repl_epoch, epoch);
-	sp_info("repl %s: won epoch %" PRId64 "; promoting once the sync set holds the log to "
-		"LSN %" PRIu64,
-	    r->group, epoch, repl_log_last(r->log).lsn);
-}
-
-static void
-cb_following(void *arg, const repl_ha_leader *leader)
-{
-	inbox_repl *r = arg;
-	pthread_mutex_lock(&r->lock);
-	if (r->role == ROLE_PRIMARY || r->role == ROLE_STARTING) {
-		repl_sync_free(r->sync);
-		r->sync = NULL;
-	}
-	r->epoch = leader->epoch;
-	if (leader->epoch > r->highest_epoch)
-		r->highest_epoch = leader->epoch;
-	snprintf(r->leader_name, sizeof(r->leader_name), "%s", leader->parsed ? leader->id.name : "");
-	snprintf(r->leader_url, sizeof(r->leader_url), "%s", leader->parsed ? leader->url : "");
-	follow_abort(r);
-	set_role(r, ROLE_REPLICA);
-	pthread_mutex_unlock(&r->lock);
-	sp_metric_set(inbox_m.repl_epoch, leader->epoch);
-}
-
-static void
-cb_fenced(void *arg, int64_t epoch)
-{
-	inbox_repl *r = arg;
-	pthread_mutex_lock(&r->lock);
-	if (r->role == ROLE_PRIMARY || r->role == ROLE_STARTING) {
-		repl_sync_free(r->sync);
-		r->sync = NULL;
-		r->leader_name[0] = r->leader_url[0] = '\0';
-		set_role(r, ROLE_NONE);
-	}
-	pthread_mutex_unlock(&r->lock);
-	sp_metric_inc(inbox_m.repl_fenced);
-	sp_warn("repl %s: no longer primary of epoch %" PRId64, r->group, epoch);
-}
-
-/* ---- the manager: promotion and sync-set changes in etcd ---- */
-
-static bool
-view_has(const repl_ha_view *v, const char *name, const uint8_t *inc, bool match_inc)
-{
-	for (size_t i = 0; i < v->sync.n; i++) {
-		const repl_ha_id *m = &v->sync.members[i];
-		if (strcmp(m->name, name) == 0
-		    && (!match_inc
-			|| (m->inc_len == REPL_SYNC_INCARNATION_LEN
-			    && memcmp(m->inc, inc, REPL_SYNC_INCARNATION_LEN) == 0)))
-			return true;
-	}
-	return false;
-}
-
-/* Whether the view lists a status key of this member's incarnation. */
-static bool
-copy_alive(const repl_ha_view *v, const repl_sync_info *m)
-{
-	for (size_t i = 0; i < v->ncopies; i++) {
-		const repl_ha_id *c = &v->copies[i].id;
-		if (strcmp(c->name, m->name) == 0 && c->inc_len == REPL_SYNC_INCARNATION_LEN
-		    && memcmp(c->inc, m->incarnation, REPL_SYNC_INCARNATION_LEN) == 0)
-			return true;
-	}
-	return false;
-}
-
-/* Writes a new sync set to etcd: the view's, without `drop` and/or with `add`. */
-static int
-change_sync(inbox_repl *r, repl_ha_view *view, const char *drop, const repl_sync_info *add)
-{
-	repl_ha_id ids[REPL_HA_MAX_COPIES] = { 0 };
-	size_t n = 0;
-	for (size_t i = 0; i < view->sync.n; i++)
-		if (!drop || strcmp(view->sync.members[i].name, drop) != 0)
-			ids[n++] = view->sync.members[i];
-	if (add) {
-		if (n == REPL_HA_MAX_COPIES)
-			return SP_ELIMIT;
-		memset(&ids[n], 0, sizeof(ids[n]));
-		memcpy(ids[n].name, add->name, strnlen(add->name, REPL_HA_NAME_MAX));
-		memcpy(ids[n].inc, add->incarnation, REPL_SYNC_INCARNATION_LEN);
-		ids[n].inc_len = REPL_SYNC_INCARNATION_LEN;
-		n++;
-	}
-	int rc = repl_ha_sync_set(r->ha, view, ids, n);
-	if (rc == SP_OK) {
-		pthread_mutex_lock(&r->lock);
-		r->sync_rev_written = view->sync.mod_rev;
-		pthread_mutex_unlock(&r->lock);
-	}
-	const char *what = drop && add ? "renewing" : drop ? "without" : "with";
-	if (rc == SP_OK) {
-		sp_metric_inc(inbox_m.repl_sync_changes);
-		sp_info("repl %s: sync set %s %s (%zu copies)", r->group, what, drop ? drop : add->name,
-		    n);
-	} else {
-		sp_warn_rl("repl %s: sync-set change (%s %s) not written: %s", r->group, what,
-		    drop ? drop : add->name, sp_strerror(rc));
-	}
-	return rc;
-}
-
-static void
-set_stalled(inbox_repl *r, int64_t epoch, bool stalled)
-{
-	pthread_mutex_lock(&r->lock);
-	if (r->epoch == epoch) {
-		if (stalled && !r->stalled)
-			sp_warn("repl %s: a sync-set copy is silent and fewer than %u copies would "
-				"remain without it: writes are refused until it returns or another "
-				"copy joins",
-			    r->group, r->cfg.min_copies);
-		r->stalled = stalled;
-	}
-	pthread_mutex_unlock(&r->lock);
-}
-
-static void
-manage_sync(inbox_repl *r, int64_t epoch)
-{
-	repl_sync_info lag[REPL_HA_MAX_COPIES], mem[REPL_HA_MAX_COPIES];
-	size_t nlag = 0, nmem = 0;
-	repl_ha_view *view = malloc(sizeof(*view));
-	if (!view)
-		return;
-	pthread_mutex_lock(&r->lock);
-	int64_t written = r->sync_rev_written;
-	pthread_mutex_unlock(&r->lock);
-	if (repl_ha_loop_view(r->ha, view) != SP_OK || view->leader.epoch != epoch
-	    || view->sync.mod_rev < written) {
-		free(view);
-		return;
-	}
-	pthread_mutex_lock(&r->lock);
-	if (r->sync && r->epoch == epoch) {
-		repl_sync_lagging(r->sync, (uint64_t)repl_ha_now_ms(), r->cfg.lag_ms, lag,
-		    REPL_HA_MAX_COPIES, &nlag);
-		if (nlag > REPL_HA_MAX_COPIES)
-			nlag = REPL_HA_MAX_COPIES;
-		nmem = repl_sync_members(r->sync, mem, REPL_HA_MAX_COPIES);
-		if (nmem > REPL_HA_MAX_COPIES)
-			nmem = REPL_HA_MAX_COPIES;
-	}
-	pthread_mutex_unlock(&r->lock);
-	/* A member whose status key is gone has no live process (its lease expired): it is
-	 * treated as lagging now rather than after the lag bound, which after a failover
-	 * would hold the first commit back by that long for the dead old primary. */
-	for (size_t i = 0; i < nmem && nlag < REPL_HA_MAX_COPIES; i++) {
-		if (mem[i].state == REPL_SYNC_JOINING || copy_alive(view, &mem[i]))
-			continue;
-		bool listed = false;
-		for (size_t k = 0; k < nlag && !listed; k++)
-			listed = strcmp(lag[k].name, mem[i].name) == 0;
-		if (!listed)
-			lag[nlag++] = mem[i];
-	}
-
-	/* Drop a lagging copy: from etcd first (guarded by the leader key), then here, so no
-	 * write is acknowledged without it while etcd still names it a candidate. */
-	bool stalled = false;
-	for (size_t i = 0; i < nlag; i++) {
-		int rc = SP_OK;
-		if (view_has(view, lag[i].name, NULL, false)) {
-			/* Below min-copies nothing commits with or without it, and kept it stays a
-			 * candidate holding every acknowledged write: if this primary dies too,
-			 * the shard can still fail over to it (rule 8). */
-			if (view->sync.n - 1 < r->cfg.min_copies) {
-				stalled = true;
-				continue;
-			}
-			rc = change_sync(r, view, lag[i].name, NULL);
-		}
-		if (rc == SP_OK) {
-			pthread_mutex_lock(&r->lock);
-			if (r->sync && r->epoch == epoch && repl_sync_remove(r->sync, lag[i].name) == SP_OK)
-				sp_warn("repl %s: %s dropped from the sync set (%s)", r->group,
-				    lag[i].name, copy_alive(view, &lag[i]) ? "silent too long" : "no live process");
-			pthread_cond_broadcast(&r->cond);
-			pthread_mutex_unlock(&r->lock);
-		}
-		set_stalled(r, epoch, stalled);
-		free(view);
-		return; /* one etcd change per tick: the next works on a fresh view */
-	}
-	set_stalled(r, epoch, stalled);
-	/* Add a caught-up copy: here first (done: it is a MEMBER), then in etcd. */
-	for (size_t i = 0; i < nmem; i++) {
-		if (mem[i].state != REPL_SYNC_MEMBER || view_has(view, mem[i].name, mem[i].incarnation, true))
-			continue;
-		/* A new incarnation of a named copy replaces the old entry in one transaction:
-		 * the set never shrinks below what it held (rule 8). */
-		change_sync(r, view, view_has(view, mem[i].name, NULL, false) ? mem[i].name : NULL,
-		    &mem[i]);
-		break;
-	}
-	sp_metric_set(inbox_m.repl_sync_size, (int64_t)view->sync.n);
-	free(view);
-}
-
-static void *
-manage_main(void *arg)
-{
-	inbox_repl *r = arg;
-	pthread_mutex_lock(&r->lock);
-	while (!r->stopping) {
-		wait_ms(r, TICK_MS);
-		if (r->stopping)
-			break;
-		repl_role role = r->role;
-		int64_t epoch = r->epoch;
-		uint64_t last = repl_log_last(r->log).lsn;
-		bool tail_done = false;
-		if (role == ROLE_STARTING && !r->follower_busy) {
-			/* Records the follower took after the tracker was made count too. */
-			repl_sync_set_flushed(r->sync, repl_log_flushed(r->log), (uint64_t)repl_ha_now_ms());
-			tail_done = repl_sync_commit_lsn(r->sync) >= last;
-		}
-		pthread_mutex_unlock(&r->lock);
-		if (role == ROLE_STARTING || role == ROLE_PRIMARY)
-			manage_sync(r, epoch);
-		inbox_snap_expire(r->snap, sp_mono_ms(), role != ROLE_STARTING && role != ROLE_PRIMARY);
-		if (tail_done) {
-			/* The sync set holds the whole log: apply its tail, then serve. */
-			repl_log_set_committed(r->log, last);
-			apply_upto(r, last, true);
-			pthread_mutex_lock(&r->lock);
-			if (r->role == ROLE_STARTING && r->epoch == epoch) {
-				set_role(r, ROLE_PRIMARY);
-				sp_metric_set(inbox_m.repl_lag_ms, 0);
-				sp_metric_inc(inbox_m.repl_promotions);
-				sp_info("repl %s: primary of epoch %" PRId64 " at LSN %" PRIu64, r->group,
-				    epoch, last);
-			}
-			pthread_mutex_unlock(&r->lock);
-		}
-		pthread_mutex_lock(&r->lock);
-	}
-	pthread_mutex_unlock(&r->lock);
-	return NULL;
 }
 
 /* ---- life cycle ---- */
 
-static int
-store_lsn(inbox_store *s, uint64_t *lsn)
-{
-	MDB_txn *txn;
-	inbox_shard_stat st;
-	int rc = inbox_store_read_begin(s, &txn);
-	if (rc)
-		return rc;
-	rc = inbox_store_shard_stat(s, txn, &st);
-	inbox_store_read_end(txn);
-	*lsn = st.lsn;
-	return rc;
-}
-
 int
 inbox_repl_open(inbox_repl **out, const inbox_repl_config *cfg, inbox_store *store)
 {
-	char path[PATH_MAX];
-	bool oom = false;
-	int rc;
-
-	if (!cfg->data_dir || !cfg->etcd || !cfg->cluster || !cfg->name || !cfg->listen)
-		return SP_EINVAL;
+	char group[32];
 	inbox_repl *r = calloc(1, sizeof(*r));
 	if (!r)
 		return SP_ENOMEM;
-	r->cfg = *cfg;
-	r->data_dir = dup_or_null(cfg->data_dir, &oom);
-	r->etcd = dup_or_null(cfg->etcd, &oom);
-	r->cluster = dup_or_null(cfg->cluster, &oom);
-	r->name = dup_or_null(cfg->name, &oom);
-	r->listen = dup_or_null(cfg->listen, &oom);
-	r->advertise = dup_or_null(cfg->advertise ? cfg->advertise : cfg->listen, &oom);
-	pthread_mutex_init(&r->lock, NULL);
-	pthread_cond_init(&r->cond, NULL);
-	if (oom) {
-		inbox_repl_free(r);
-		return SP_ENOMEM;
-	}
-	if (!r->cfg.min_copies)
-		r->cfg.min_copies = REPL_SYNC_DEFAULT_MIN_COPIES;
-	if (!r->cfg.lag_ms)
-		r->cfg.lag_ms = REPL_SYNC_DEFAULT_LAG_MS;
-	if (!r->cfg.fetch_wait_ms)
-		r->cfg.fetch_wait_ms = 200;
 	r->store = store;
-	snprintf(r->group, sizeof(r->group), "inbox-%" PRIu64, cfg->shard);
-
-	if ((size_t)snprintf(path, sizeof(path), "%s/repl", cfg->data_dir) >= sizeof(path)) {
-		inbox_repl_free(r);
-		return SP_EINVAL;
-	}
-	repl_log_config lcfg = { .segment_bytes = cfg->segment_bytes };
-	if ((rc = repl_log_open(path, &lcfg, &r->log))) {
-		sp_error("repl: cannot open the log in %s: %s", path, sp_strerror(rc));
-		inbox_repl_free(r);
-		return rc;
-	}
-	uint64_t applied;
-	if ((rc = store_lsn(store, &applied))) {
-		inbox_repl_free(r);
-		return rc;
-	}
-	repl_log_pos last = repl_log_last(r->log);
-	if (applied > last.lsn || (applied > 0 && repl_log_fresh(r->log))
-	    || applied + 1 < repl_log_first_lsn(r->log)) {
-		sp_error("repl: the store in %s is at LSN %" PRIu64 " but its log holds %" PRIu64
-			 "..%" PRIu64 "%s: the two do not belong together; rebuild this copy from "
-			 "an empty data dir",
-		    cfg->data_dir, applied, repl_log_first_lsn(r->log), last.lsn,
-		    repl_log_fresh(r->log) ? " (a new log)" : "");
-		inbox_repl_free(r);
-		return SP_ESTORE;
-	}
-	repl_log_set_committed(r->log, applied);
-	if ((rc = inbox_snap_src_new(&r->snap, cfg->data_dir, store, r->log, cfg->snapshot_rate))) {
-		inbox_repl_free(r);
-		return rc;
-	}
-	atomic_store(&r->applied, applied);
-	atomic_store(&r->submitted, applied);
-	repl_log_incarnation(r->log, r->inc);
-
-	int64_t ttl_s = cfg->lease_ttl_s ? cfg->lease_ttl_s : 5;
-	repl_ha_cfg hc = {
-		/* keepalive (TTL/3) + one etcd call must end before TTL - margin: the fence. */
-		.etcd = { .endpoints = r->etcd, .ca = cfg->etcd_ca, .cert = cfg->etcd_cert,
-			.key = cfg->etcd_key, .timeout_ms = ttl_s * 1000 / 6 },
-		.cluster = r->cluster,
-		.group = r->group,
-		.name = r->name,
-		.inc = r->inc,
-		.inc_len = sizeof(r->inc),
-		.url = r->advertise,
-		.lease_ttl_s = ttl_s,
+	snprintf(group, sizeof(group), "inbox-%" PRIu64, cfg->shard);
+	repl_node_config nc = {
+		.data_dir = cfg->data_dir,
+		.etcd = cfg->etcd,
+		.etcd_ca = cfg->etcd_ca,
+		.etcd_cert = cfg->etcd_cert,
+		.etcd_key = cfg->etcd_key,
+		.cluster = cfg->cluster,
+		.group = group,
+		.name = cfg->name,
+		.listen = cfg->listen,
+		.advertise = cfg->advertise,
+		.peer_ca = cfg->peer_ca,
+		.metric_prefix = "sp_inbox_repl",
+		.files = &inbox_repl_files,
+		.min_copies = cfg->min_copies,
+		.lease_ttl_s = cfg->lease_ttl_s,
+		.lag_ms = cfg->lag_ms,
+		.fetch_wait_ms = cfg->fetch_wait_ms,
+		.segment_bytes = cfg->segment_bytes,
+		.retain_bytes = cfg->retain_bytes,
+		.snapshot_rate = cfg->snapshot_rate,
+		.boot = cfg->boot,
 	};
-	if ((rc = repl_ha_new(&hc, &r->ha))) {
-		sp_error("repl: %s", sp_strerror(rc));
-		inbox_repl_free(r);
+	repl_node_sm sm = {
+		.arg = r,
+		.store_lsn = sm_store_lsn,
+		.store_sync = sm_store_sync,
+		.apply = sm_apply,
+		.fail_queued = sm_fail_queued,
+		.snapshot_copy = sm_snapshot_copy,
+	};
+	int rc = repl_node_open(&r->node, &nc, &sm);
+	if (rc) {
+		free(r);
 		return rc;
 	}
 	r->hooks = (inbox_commit_repl) { hook_admit, hook_replicate, r };
-	sp_metric_set(inbox_m.repl_applied, (int64_t)applied);
-	sp_metric_set(inbox_m.repl_flushed, (int64_t)last.lsn);
-	sp_info("repl %s: copy %s, log %" PRIu64 "..%" PRIu64 " (epoch %" PRIu64
-		"), store at %" PRIu64,
-	    r->group, r->name, repl_log_first_lsn(r->log), last.lsn, last.epoch, applied);
 	*out = r;
 	return SP_OK;
 }
@@ -1317,73 +256,34 @@ inbox_repl_hooks(inbox_repl *r)
 int
 inbox_repl_start(inbox_repl *r, inbox_commit *c)
 {
-	int rc;
 	r->commit = c;
-	if ((rc = sp_nng_rep_listen_ca(&r->rep, r->listen, r->cfg.peer_ca))) {
-		sp_error("repl: cannot listen on %s: %s", r->listen, sp_strerror(rc));
-		return rc;
-	}
-	r->rep_open = true;
-	for (r->nserve = 0; r->nserve < NSERVE; r->nserve++)
-		if (pthread_create(&r->serve_th[r->nserve], NULL, serve_main, r))
-			return SP_ENOMEM;
-	if (pthread_create(&r->follow_th, NULL, follow_main, r))
-		return SP_ENOMEM;
-	r->follow_started = true;
-	if (pthread_create(&r->manage_th, NULL, manage_main, r))
-		return SP_ENOMEM;
-	r->manage_started = true;
-	repl_ha_callbacks cbs = { cb_status, cb_primary, cb_following, cb_fenced, r };
-	if ((rc = repl_ha_loop_start(r->ha, &cbs)))
-		return rc;
-	r->ha_started = true;
-	return SP_OK;
+	return repl_node_start(r->node);
 }
 
 int
 inbox_repl_gate(void *arg, bool write)
 {
-	return serve_check(arg, write);
+	inbox_repl *r = arg;
+	return repl_node_gate(r->node, write);
 }
 
 void
 inbox_repl_primary_name(inbox_repl *r, char *buf, size_t cap)
 {
-	pthread_mutex_lock(&r->lock);
-	snprintf(buf, cap, "%s", r->leader_name);
-	pthread_mutex_unlock(&r->lock);
+	repl_node_primary_name(r->node, buf, cap);
+}
+
+bool
+inbox_repl_restart_wanted(inbox_repl *r)
+{
+	return r && repl_node_restart_wanted(r->node);
 }
 
 void
 inbox_repl_stop(inbox_repl *r, bool resign)
 {
-	if (!r)
-		return;
-	if (r->ha_started) {
-		repl_ha_loop_stop(r->ha);
-		r->ha_started = false;
-		if (resign)
-			repl_ha_resign(r->ha);
-	}
-	pthread_mutex_lock(&r->lock);
-	r->stopping = true;
-	follow_abort(r);
-	repl_sync_free(r->sync);
-	r->sync = NULL;
-	set_role(r, ROLE_NONE);
-	pthread_mutex_unlock(&r->lock);
-	if (r->rep_open) {
-		nng_close(r->rep);
-		r->rep_open = false;
-	}
-	for (int i = 0; i < r->nserve; i++)
-		pthread_join(r->serve_th[i], NULL);
-	r->nserve = 0;
-	if (r->follow_started)
-		pthread_join(r->follow_th, NULL);
-	if (r->manage_started)
-		pthread_join(r->manage_th, NULL);
-	r->follow_started = r->manage_started = false;
+	if (r)
+		repl_node_stop(r->node, resign);
 }
 
 void
@@ -1391,18 +291,12 @@ inbox_repl_free(inbox_repl *r)
 {
 	if (!r)
 		return;
-	inbox_repl_stop(r, false);
-	repl_ha_free(r->ha);
-	inbox_snap_src_free(r->snap);
-	repl_log_close(r->log);
-	repl_sync_free(r->sync);
-	pthread_mutex_destroy(&r->lock);
-	pthread_cond_destroy(&r->cond);
-	free(r->data_dir);
-	free(r->etcd);
-	free(r->cluster);
-	free(r->name);
-	free(r->listen);
-	free(r->advertise);
+	repl_node_free(r->node);
 	free(r);
+}
+
+bool
+inbox_repl_serves(unsigned type)
+{
+	return repl_node_serves(type);
 }

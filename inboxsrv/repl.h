@@ -1,25 +1,10 @@
 /*
- * A replicated shard copy (issue 12; docs/REPLICATION.md): this process's part in its
- * shard's replication, built on repl/log (the durable log), repl/sync (the commit
- * tracker) and repl/ha (the etcd arbiter).
- *
- * Roles. The HA loop decides, through etcd, whether this copy is primary:
- *  - REPLICA: a follower thread fetches records from the primary (frames_repl.def),
- *    appends them to the log, fsyncs, and with its next fetch acknowledges; it applies
- *    records to the store (as replayed ops through the commit writer) only up to the
- *    commit LSN the primary sends. Client requests are answered SP_ENOTPRIMARY.
- *  - STARTING: won the leader key. Nothing is served (SP_EUNAVAIL) until the sync set
- *    holds the whole log (its uncommitted tail included: the winner's log wins) and the
- *    tail is applied to the store.
- *  - PRIMARY: the commit writer's hooks (inbox_commit_repl) admit a batch only while the
- *    copies that make a commit are reachable, log the applied ops, and return once the
- *    commit LSN covers them; reads are served only while the lease cannot have expired.
- * A primary that loses its lease is fenced (repl_ha_may_serve turns false at its
- * deadline): the writer's wait ends with SP_ENOTPRIMARY and the transaction is aborted.
- *
- * Threads: the HA loop (repl/ha), a follower thread, a manager thread (sync-set changes
- * in etcd, promotion), and one thread per replication context serving fetches. One mutex
- * guards the role, the tracker and the counters; the log has its own.
+ * A replicated shard copy (issue 12; docs/REPLICATION.md): the inbox store and its
+ * group-commit writer plugged into the replication mechanism (repl/node.h, which has the
+ * roles, threads and protocol). The writer's hooks (inbox_commit_repl) admit a batch and
+ * hand its applied ops, encoded as effect records (oplog.h), to the node, which returns
+ * once the sync set holds them; a replica's committed records are decoded and replayed
+ * through the same writer, each checked against the outcome the primary recorded.
  */
 #ifndef INBOX_REPL_H
 #define INBOX_REPL_H
@@ -28,6 +13,7 @@
 #include <stdint.h>
 
 #include "commit.h"
+#include "repl/snapshot.h"
 #include "store.h"
 
 typedef struct inbox_repl inbox_repl;
@@ -50,7 +36,11 @@ typedef struct inbox_repl_config {
 	uint64_t snapshot_rate; /* snapshot bytes served per second (0: no limit) */
 	const char *peer_ca; /* CAs a copy fetching over tls+tcp:// must chain to (NULL: the
 			      * process's internal CA bundle, sp_nng_tls_init) */
+	const repl_snap_boot_result *boot; /* what the start-up's snapshot did (metrics) */
 } inbox_repl_config;
+
+/* The shard's store files, for the snapshot start-up (repl/snapshot.h). */
+extern const repl_snap_files inbox_repl_files;
 
 /* Opens the log (checking it against the store: a store ahead of its log, or a log
  * without its store, is refused: SP_ESTORE, the copy must be rebuilt from an empty

@@ -15,7 +15,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
 #include "repl/ha.h"
 #include "sp_error.h"
 #include "sp_log.h"
@@ -26,8 +25,6 @@
 #define PARTIAL_FILE "snapshot.partial"
 #define READY_PREFIX "snapshot-" /* snapshot-<epoch>-<lsn>.mdb: downloaded, not installed */
 #define READY_SUFFIX ".mdb"
-#define STORE_FILE "data.mdb"
-#define STORE_LOCK_FILE "lock.mdb"
 #define LOG_DIR "repl"
 #define SNAP_MAX_SIZE (1ULL << 46) /* bytes: far above any map size we configure */
 #define POS_MAX (1ULL << 62)
@@ -39,12 +36,14 @@
 
 typedef enum { SNAP_NONE, SNAP_MAKING, SNAP_READY } snap_state;
 
-struct inbox_snap_src {
+struct repl_snap_src {
 	char dir[PATH_MAX];
 	char path[PATH_MAX];
-	inbox_store *store;
+	repl_snap_copy_fn copy;
+	void *copy_arg;
 	repl_log *log;
 	uint64_t rate;
+	sp_metric *m_made, *m_sent;
 
 	pthread_mutex_t mu; /* guards everything below */
 	pthread_cond_t cv; /* busy dropped to 0, a snapshot got made */
@@ -65,20 +64,6 @@ struct inbox_snap_src {
 	size_t nwho;
 	bool released;
 };
-
-static int
-store_applied(inbox_store *st, uint64_t *lsn)
-{
-	MDB_txn *txn;
-	inbox_shard_stat ss;
-	int rc = inbox_store_read_begin(st, &txn);
-	if (rc)
-		return rc;
-	rc = inbox_store_shard_stat(st, txn, &ss);
-	inbox_store_read_end(txn);
-	*lsn = ss.lsn;
-	return rc;
-}
 
 static int
 file_sha256(int fd, uint64_t size, uint8_t out[crypto_hash_sha256_BYTES])
@@ -109,7 +94,7 @@ file_sha256(int fd, uint64_t size, uint8_t out[crypto_hash_sha256_BYTES])
 
 /* Drops the snapshot (lock held, no reader busy). */
 static void
-snap_drop(inbox_snap_src *s)
+snap_drop(repl_snap_src *s)
 {
 	if (s->state != SNAP_READY)
 		return;
@@ -125,18 +110,17 @@ snap_drop(inbox_snap_src *s)
 static void *
 make_main(void *arg)
 {
-	inbox_snap_src *s = arg;
+	repl_snap_src *s = arg;
 	uint64_t t0 = sp_mono_ms(), lsn = 0, epoch = 0, size = 0;
 	uint8_t sha[crypto_hash_sha256_BYTES];
 	struct stat stt;
 	int rc = SP_EIO;
 	int fd = open(s->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd >= 0 && (rc = inbox_store_copy_fd(s->store, fd)) == SP_OK) {
+	if (fd >= 0 && (rc = s->copy(s->copy_arg, fd, s->path, &lsn)) == SP_OK) {
 		rc = SP_EIO;
 		if (fstat(fd, &stt) == 0) {
 			size = (uint64_t)stt.st_size;
-			if ((rc = inbox_store_file_lsn(s->path, &lsn)) == SP_OK
-			    && (rc = repl_log_epoch_at(s->log, lsn, &epoch)) == SP_OK)
+			if ((rc = repl_log_epoch_at(s->log, lsn, &epoch)) == SP_OK)
 				rc = file_sha256(fd, size, sha);
 		}
 	}
@@ -151,7 +135,7 @@ make_main(void *arg)
 		randombytes_buf(s->id, sizeof(s->id));
 		s->made_ms = s->used_ms = sp_mono_ms();
 		s->state = SNAP_READY;
-		sp_metric_inc(inbox_m.snap_made);
+		sp_metric_inc(s->m_made);
 		sp_info("snapshot: made at (%" PRIu64 ", %" PRIu64 "), %" PRIu64 " bytes in %" PRIu64
 			" ms",
 		    epoch, lsn, size, sp_mono_ms() - t0);
@@ -169,10 +153,10 @@ make_main(void *arg)
 }
 
 int
-inbox_snap_src_new(inbox_snap_src **out, const char *data_dir, inbox_store *store,
-    repl_log *log, uint64_t rate_bytes)
+repl_snap_src_new(repl_snap_src **out, const char *data_dir, repl_snap_copy_fn copy,
+    void *copy_arg, repl_log *log, uint64_t rate_bytes, sp_metric *made, sp_metric *sent)
 {
-	inbox_snap_src *s = calloc(1, sizeof(*s));
+	repl_snap_src *s = calloc(1, sizeof(*s));
 	if (!s)
 		return SP_ENOMEM;
 	if ((size_t)snprintf(s->dir, sizeof(s->dir), "%s", data_dir) >= sizeof(s->dir)
@@ -181,7 +165,10 @@ inbox_snap_src_new(inbox_snap_src **out, const char *data_dir, inbox_store *stor
 		free(s);
 		return SP_EINVAL;
 	}
-	s->store = store;
+	s->copy = copy;
+	s->copy_arg = copy_arg;
+	s->m_made = made;
+	s->m_sent = sent;
 	s->log = log;
 	s->rate = rate_bytes;
 	s->fd = -1;
@@ -194,11 +181,11 @@ inbox_snap_src_new(inbox_snap_src **out, const char *data_dir, inbox_store *stor
 }
 
 void
-inbox_snap_src_free(inbox_snap_src *s)
+repl_snap_src_free(repl_snap_src *s)
 {
 	if (!s)
 		return;
-	inbox_snap_expire(s, 0, true);
+	repl_snap_expire(s, 0, true);
 	if (s->th_joinable)
 		pthread_join(s->th, NULL);
 	pthread_mutex_lock(&s->mu);
@@ -212,7 +199,7 @@ inbox_snap_src_free(inbox_snap_src *s)
 }
 
 void
-inbox_snap_fetched(inbox_snap_src *s, const char *name, uint64_t last_lsn)
+repl_snap_fetched(repl_snap_src *s, const char *name, uint64_t last_lsn)
 {
 	pthread_mutex_lock(&s->mu);
 	if (s->state == SNAP_READY && !s->released && last_lsn >= s->lsn) {
@@ -234,7 +221,7 @@ inbox_snap_fetched(inbox_snap_src *s, const char *name, uint64_t last_lsn)
 }
 
 uint64_t
-inbox_snap_pin(inbox_snap_src *s)
+repl_snap_pin(repl_snap_src *s)
 {
 	pthread_mutex_lock(&s->mu);
 	uint64_t pin = s->pin;
@@ -243,14 +230,14 @@ inbox_snap_pin(inbox_snap_src *s)
 }
 
 void
-inbox_snap_expire(inbox_snap_src *s, uint64_t now_ms, bool all)
+repl_snap_expire(repl_snap_src *s, uint64_t now_ms, bool all)
 {
 	pthread_mutex_lock(&s->mu);
 	if (all)
 		while (s->state == SNAP_MAKING)
 			pthread_cond_wait(&s->cv, &s->mu);
 	if (s->state == SNAP_READY && s->busy == 0
-	    && (all || now_ms - s->used_ms > INBOX_SNAP_KEEP_MS)) {
+	    && (all || now_ms - s->used_ms > REPL_SNAP_KEEP_MS)) {
 		sp_info("snapshot: at %" PRIu64 " deleted (%s)", s->lsn, all ? "stopping" : "unused");
 		snap_drop(s);
 	}
@@ -273,18 +260,15 @@ error_msg(const sp_frame *req, int code, const char *reason, uint64_t retry_afte
 
 /* Starts making a snapshot (lock held, state NONE). */
 static int
-start_making(inbox_snap_src *s)
+start_making(repl_snap_src *s)
 {
-	uint64_t applied;
-	int rc = store_applied(s->store, &applied);
-	if (rc)
-		return rc;
 	if (s->th_joinable) {
 		pthread_join(s->th, NULL); /* the last maker, long finished */
 		s->th_joinable = false;
 	}
-	/* Pinned before the copy's read txn starts: the copy holds at least this LSN. */
-	s->pin = applied;
+	/* Nothing more is trimmed while the copy is made: whatever LSN it holds, the log
+	 * keeps the records after it. */
+	s->pin = repl_log_first_lsn(s->log) - 1;
 	s->nwho = 0;
 	s->released = false;
 	s->state = SNAP_MAKING;
@@ -314,7 +298,7 @@ read_all(int fd, uint8_t *buf, size_t n, uint64_t off)
 }
 
 nng_msg *
-inbox_snap_serve(inbox_snap_src *s, const sp_frame *req)
+repl_snap_serve(repl_snap_src *s, const sp_frame *req)
 {
 	char name[REPL_HA_NAME_MAX + 1];
 	uint64_t offset = sp_frame_u64(req, SP_F_OFFSET);
@@ -327,7 +311,7 @@ inbox_snap_serve(inbox_snap_src *s, const sp_frame *req)
 	uint64_t now = sp_mono_ms();
 	if (!has_id) {
 		bool reuse = s->state == SNAP_READY && !s->released
-		    && (now - s->made_ms < INBOX_SNAP_REUSE_MS || now - s->used_ms < BUSY_REUSE_MS);
+		    && (now - s->made_ms < REPL_SNAP_REUSE_MS || now - s->used_ms < BUSY_REUSE_MS);
 		if (!reuse && s->state != SNAP_MAKING) {
 			while (s->busy)
 				pthread_cond_wait(&s->cv, &s->mu);
@@ -370,7 +354,7 @@ inbox_snap_serve(inbox_snap_src *s, const sp_frame *req)
 	pthread_mutex_unlock(&s->mu);
 
 	/* Throttled, a chunk is a quarter second's worth: the asker's call never waits long. */
-	size_t cap = INBOX_SNAP_CHUNK;
+	size_t cap = REPL_SNAP_CHUNK;
 	if (s->rate && s->rate / 4 < cap)
 		cap = s->rate / 4 < 4096 ? 4096 : (size_t)(s->rate / 4);
 	size_t n = size - offset < cap ? (size_t)(size - offset) : cap;
@@ -400,7 +384,7 @@ inbox_snap_serve(inbox_snap_src *s, const sp_frame *req)
 	free(buf);
 	if (!m)
 		return error_msg(req, rc ? rc : SP_ENOMEM, "cannot read the snapshot", 0);
-	sp_metric_add(inbox_m.snap_sent_bytes, n);
+	sp_metric_add(s->m_sent, n);
 	if (s->rate && n) {
 		/* The throttle (like pg_basebackup --max-rate): this chunk's share of a second. */
 		uint64_t us = (uint64_t)n * 1000000 / s->rate;
@@ -498,15 +482,16 @@ find_ready(const char *dir, char *name, size_t cap, repl_log_pos *pos)
  * crash: the snapshot file is renamed onto the store last, and until then it is found
  * again at start-up. */
 static int
-install(const char *dir, const char *file, repl_log_pos pos)
+install(const char *dir, const repl_snap_files *files, const char *file, repl_log_pos pos)
 {
 	char from[PATH_MAX], to[PATH_MAX], logdir[PATH_MAX];
 	int rc;
-	if ((rc = path_in(from, sizeof(from), dir, file)) || (rc = path_in(to, sizeof(to), dir, STORE_FILE))
+	if ((rc = path_in(from, sizeof(from), dir, file)) || (rc = path_in(to, sizeof(to), dir, files->store))
 	    || (rc = path_in(logdir, sizeof(logdir), dir, LOG_DIR)))
 		return rc;
-	if ((rc = remove_log_dir(dir)) || (rc = unlink_in(dir, STORE_FILE))
-	    || (rc = unlink_in(dir, STORE_LOCK_FILE)) || (rc = fsync_dir(dir))) {
+	if ((rc = remove_log_dir(dir)) || (rc = unlink_in(dir, files->store))
+	    || (files->store_lock && (rc = unlink_in(dir, files->store_lock)))
+	    || (rc = fsync_dir(dir))) {
 		sp_error("snapshot: cannot clear %s for the snapshot: %s", dir, sp_strerror(rc));
 		return rc;
 	}
@@ -522,7 +507,7 @@ install(const char *dir, const char *file, repl_log_pos pos)
 		sp_error("snapshot: rename %s: %s", from, strerror(errno));
 		return SP_EIO;
 	}
-	if ((rc = unlink_in(dir, INBOX_SNAP_MARKER)) || (rc = fsync_dir(dir)))
+	if ((rc = unlink_in(dir, REPL_SNAP_MARKER)) || (rc = fsync_dir(dir)))
 		return rc;
 	sp_info("snapshot: installed in %s: the store at (%" PRIu64 ", %" PRIu64 ")", dir, pos.epoch,
 	    pos.lsn);
@@ -575,7 +560,7 @@ take_chunk(download *dl, const sp_frame *rep)
 	    || dl->size != size || dl->lsn != lsn || dl->epoch != epoch) {
 		return SP_EPROTO;
 	}
-	if (offset != dl->offset || data.len > INBOX_SNAP_CHUNK || data.len > size - offset
+	if (offset != dl->offset || data.len > REPL_SNAP_CHUNK || data.len > size - offset
 	    || (data.len == 0 && offset < size))
 		return SP_EPROTO;
 	int rc = write_all(dl->fd, data.p, data.len, offset);
@@ -587,7 +572,7 @@ take_chunk(download *dl, const sp_frame *rep)
 }
 
 static bool
-should_stop(const inbox_snap_boot_cfg *cfg)
+should_stop(const repl_snap_boot_cfg *cfg)
 {
 	return cfg->stop && cfg->stop(cfg->stop_arg);
 }
@@ -603,8 +588,8 @@ sleep_ms(uint64_t ms)
  * to its ready name. SP_OK with *pos set; SP_ENOTPRIMARY (ask etcd again), SP_ECLOSED
  * (stop), or another error (retry). */
 static int
-download_from(const inbox_snap_boot_cfg *cfg, nng_socket sock, char *ready, size_t cap,
-    repl_log_pos *pos)
+download_from(const repl_snap_boot_cfg *cfg, nng_socket sock, char *ready, size_t cap,
+    repl_log_pos *pos, uint64_t *bytes)
 {
 	char partial[PATH_MAX];
 	download dl = { .fd = -1 };
@@ -671,7 +656,7 @@ download_from(const inbox_snap_boot_cfg *cfg, nng_socket sock, char *ready, size
 			}
 			snprintf(ready, cap, "%s", name);
 			*pos = (repl_log_pos) { dl.epoch, dl.lsn };
-			sp_metric_set(inbox_m.snap_install_bytes, (int64_t)dl.size);
+			*bytes = dl.size;
 			break;
 		}
 	}
@@ -682,10 +667,10 @@ download_from(const inbox_snap_boot_cfg *cfg, nng_socket sock, char *ready, size
 }
 
 int
-inbox_snap_mark_needed(const char *data_dir)
+repl_snap_mark_needed(const char *data_dir)
 {
 	char p[PATH_MAX];
-	if (path_in(p, sizeof(p), data_dir, INBOX_SNAP_MARKER))
+	if (path_in(p, sizeof(p), data_dir, REPL_SNAP_MARKER))
 		return SP_EINVAL;
 	int fd = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
 	if (fd < 0)
@@ -696,11 +681,12 @@ inbox_snap_mark_needed(const char *data_dir)
 }
 
 int
-inbox_snap_bootstrap(const inbox_snap_boot_cfg *cfg)
+repl_snap_bootstrap(const repl_snap_boot_cfg *cfg, repl_snap_boot_result *result)
 {
 	char ready[NAME_MAX + 1], inc[PATH_MAX];
 	repl_log_pos pos;
-	uint64_t t0 = sp_mono_ms();
+	uint64_t t0 = sp_mono_ms(), bytes = 0;
+	*result = (repl_snap_boot_result) { 0 };
 	if (mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST) {
 		sp_error("snapshot: mkdir %s: %s", cfg->data_dir, strerror(errno));
 		return SP_EIO;
@@ -708,12 +694,12 @@ inbox_snap_bootstrap(const inbox_snap_boot_cfg *cfg)
 	unlink_in(cfg->data_dir, PARTIAL_FILE); /* a download cut by a crash starts again */
 	if (find_ready(cfg->data_dir, ready, sizeof(ready), &pos)) {
 		sp_info("snapshot: %s was downloaded but not installed: installing it", ready);
-		return install(cfg->data_dir, ready, pos);
+		return install(cfg->data_dir, cfg->files, ready, pos);
 	}
 	if (path_in(inc, sizeof(inc), cfg->data_dir, LOG_DIR "/incarnation"))
 		return SP_EINVAL;
-	bool marked = exists_in(cfg->data_dir, INBOX_SNAP_MARKER);
-	if (!marked && (exists_in(cfg->data_dir, STORE_FILE) || access(inc, F_OK) == 0))
+	bool marked = exists_in(cfg->data_dir, REPL_SNAP_MARKER);
+	if (!marked && (exists_in(cfg->data_dir, cfg->files->store) || access(inc, F_OK) == 0))
 		return SP_OK; /* data of its own: it catches up from the log */
 
 	repl_ha *reader;
@@ -768,9 +754,9 @@ inbox_snap_bootstrap(const inbox_snap_boot_cfg *cfg)
 			snprintf(sock_url, sizeof(sock_url), "%s", view.leader.url);
 		}
 		sp_info("snapshot: downloading from %s (%s)", view.leader.id.name, view.leader.url);
-		rc = download_from(cfg, sock, ready, sizeof(ready), &pos);
+		rc = download_from(cfg, sock, ready, sizeof(ready), &pos, &bytes);
 		if (rc == SP_OK) {
-			rc = install(cfg->data_dir, ready, pos);
+			rc = install(cfg->data_dir, cfg->files, ready, pos);
 			break;
 		}
 		if (rc == SP_ECLOSED)
@@ -782,9 +768,7 @@ inbox_snap_bootstrap(const inbox_snap_boot_cfg *cfg)
 	if (sock_open)
 		nng_close(sock);
 	repl_ha_free(reader);
-	if (rc == SP_OK && exists_in(cfg->data_dir, STORE_FILE)) {
-		sp_metric_inc(inbox_m.snap_installed);
-		sp_metric_set(inbox_m.snap_install_ms, (int64_t)(sp_mono_ms() - t0));
-	}
+	if (rc == SP_OK && exists_in(cfg->data_dir, cfg->files->store))
+		*result = (repl_snap_boot_result) { true, bytes, sp_mono_ms() - t0 };
 	return rc;
 }
