@@ -201,7 +201,8 @@ pin_precheck(keys_req *r, const char *phone, const uint8_t hash[KEYS_HASH_LEN], 
 	keys_ctx *ctx = r->ctx;
 	keys_otp o;
 	keys_pin p;
-	uint64_t uid;
+	keys_budget b;
+	uint64_t uid, now = ctx->now_ms();
 	MDB_txn *txn;
 	int rc;
 
@@ -210,8 +211,15 @@ pin_precheck(keys_req *r, const char *phone, const uint8_t hash[KEYS_HASH_LEN], 
 		return SP_OK;
 	if ((rc = keys_store_begin(ctx->store, false, &txn)))
 		return rc;
-	rc = keys_otp_get(ctx->store, txn, phone, &o);
-	if (rc == SP_OK && (o.state != KEYS_OTP_PENDING || o.expires_ms <= ctx->now_ms() ||
+	rc = keys_budget_get(ctx->store, txn, phone, now, &b);
+	/* A spent budget is refused later without looking at the PIN: no need to hash. */
+	if (rc == SP_OK &&
+	    ((ctx->cfg.phone_verify_fails && b.verify_fails >= ctx->cfg.phone_verify_fails) ||
+		(ctx->cfg.phone_pin_fails && b.pin_fails >= ctx->cfg.phone_pin_fails)))
+		rc = SP_ENOTFOUND;
+	if (rc == SP_OK)
+		rc = keys_otp_get(ctx->store, txn, phone, &o);
+	if (rc == SP_OK && (o.state != KEYS_OTP_PENDING || o.expires_ms <= now ||
 			       sodium_memcmp(o.hash, hash, KEYS_HASH_LEN) != 0))
 		rc = SP_ENOTFOUND;
 	if (rc == SP_OK)

@@ -29,6 +29,7 @@ struct keys_otp_sender {
 	char *dir;
 	/* webhook */
 	char *url, *ca_file;
+	char *log_url; /* scheme://host[:port]/path: no user info or query (may hold a token) */
 	bool insecure;
 	struct curl_slist *headers;
 	int timeout_ms;
@@ -113,7 +114,7 @@ webhook_post_once(keys_otp_sender *s, CURL *c, const char *body, int attempt)
 		return 1;
 	bool tls = cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE ||
 	    cc == CURLE_SSL_CERTPROBLEM || cc == CURLE_SSL_CONNECT_ERROR;
-	sp_warn_rl("otp webhook %s: attempt %d failed: %s (HTTP %ld)", s->url, attempt,
+	sp_warn_rl("otp webhook %s: attempt %d failed: %s (HTTP %ld)", s->log_url, attempt,
 	    cc == CURLE_OK ? "answer" : curl_easy_strerror(cc), status);
 	if (tls || (cc == CURLE_OK && status >= 400 && status < 500 && status != 429))
 		return -1;
@@ -217,25 +218,31 @@ static int
 webhook_parse(keys_otp_sender *s, const char *url, bool insecure)
 {
 	CURLU *u;
-	char *scheme = NULL, *host = NULL;
+	char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
 	int rc = SP_ECONFIG;
 
 	if (!url || !(u = curl_url()))
 		return url ? SP_ENOMEM : SP_ECONFIG;
 	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
 	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
-	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host)
+	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host ||
+	    curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
 		goto out;
 	if (strcmp(scheme, "https") != 0 && !(insecure && strcmp(scheme, "http") == 0))
 		goto out;
-	if (!(s->url = strdup(url))) {
+	size_t n = strlen(scheme) + strlen(host) + strlen(port) + strlen(path) + 8;
+	if (!(s->url = strdup(url)) || !(s->log_url = malloc(n))) {
 		rc = SP_ENOMEM;
 		goto out;
 	}
+	snprintf(s->log_url, n, "%s://%s:%s%s", scheme, host, port, path);
 	rc = SP_OK;
 out:
 	curl_free(scheme);
 	curl_free(host);
+	curl_free(port);
+	curl_free(path);
 	curl_url_cleanup(u);
 	return rc;
 }
@@ -279,10 +286,9 @@ keys_otp_sender_new(keys_otp_sender **out, const keys_otp_sender_cfg *cfg)
 		}
 		if ((rc = webhook_parse(s, cfg->url, cfg->insecure_http))) {
 			if (rc == SP_ECONFIG)
-				sp_error("otp-webhook-url must be https://host[:port][/path]%s, got '%s'",
+				sp_error("otp-webhook-url must be https://host[:port][/path]%s",
 				    cfg->insecure_http ? " or http://..." :
-							 " (http:// only with otp-webhook-insecure-http)",
-				    cfg->url ? cfg->url : "");
+							 " (http:// only with otp-webhook-insecure-http)");
 			goto fail;
 		}
 		if (cfg->ca_file && *cfg->ca_file && !(s->ca_file = strdup(cfg->ca_file))) {
@@ -295,9 +301,9 @@ keys_otp_sender_new(keys_otp_sender **out, const keys_otp_sender_cfg *cfg)
 			goto fail;
 		}
 		s->insecure = cfg->insecure_http;
-		if (s->insecure && strncmp(s->url, "http://", 7) == 0)
+		if (s->insecure && strncmp(s->log_url, "http://", 7) == 0)
 			sp_warn("otp webhook: INSECURE: codes are posted in clear text to %s "
-				"(otp-webhook-insecure-http); use https:// outside tests", s->url);
+				"(otp-webhook-insecure-http); use https:// outside tests", s->log_url);
 		if (!(s->headers = curl_slist_append(NULL, "Content-Type: application/json"))) {
 			rc = SP_ENOMEM;
 			goto fail;
@@ -344,6 +350,7 @@ keys_otp_sender_free(keys_otp_sender *s)
 	free(s->queue);
 	free(s->dir);
 	free(s->url);
+	free(s->log_url);
 	free(s->ca_file);
 	curl_slist_free_all(s->headers);
 	free(s);
