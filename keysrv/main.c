@@ -119,10 +119,12 @@ main(int argc, char **argv)
 		return 2;
 	}
 	sp_log_init("keysrv", (sp_log_level)level, log_json);
-	if (production && strcmp(otp_sender, "dev") == 0) {
-		/* The dev sender logs codes and writes them to files: never in production. */
-		sp_error("keysrv: --production refuses otp-sender=dev (it logs the codes); use "
-			 "otp-sender=webhook with an https:// otp-webhook-url");
+	/* The dev sender logs codes and writes them to files, and an insecure webhook posts
+	 * them in clear text: never in production. */
+	if (production && (strcmp(otp_sender, "dev") == 0 || webhook_insecure)) {
+		sp_error("keysrv: --production refuses %s; use otp-sender=webhook with an https:// "
+			 "otp-webhook-url",
+		    webhook_insecure ? "otp-webhook-insecure-http" : "otp-sender=dev (it logs the codes)");
 		sp_config_free(opts);
 		return 2;
 	}

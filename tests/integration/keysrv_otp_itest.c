@@ -3,8 +3,8 @@
  *   - the per-phone budget of wrong codes holds across re-registrations and a restart,
  *     and refusals carry retry_after and are counted and logged;
  *   - registration lock: SET_PIN, then VERIFY needs the PIN; wrong PINs have a budget;
- *   - --production refuses the dev sender (exit 2), and an http:// webhook without
- *     --otp-webhook-insecure-http is refused at start;
+ *   - --production refuses the dev sender and an insecure webhook (exit 2), and an
+ *     http:// webhook without --otp-webhook-insecure-http is refused at start;
  *   - the webhook sender over https to a loopback TLS receiver (a CA and a certificate
  *     made with openssl in a temp dir): the code arrives and verifies, never appears in
  *     keysrv's log; with another CA the receiver is refused and nothing is posted.
@@ -328,6 +328,11 @@ startup_refusals(void)
 	KT_CHECK(run_to_exit(prod_dev, log) == 2);
 	KT_CHECK(kt_file_has(log, "--production refuses otp-sender=dev", NULL, 0));
 	KT_CHECK(!kt_file_has(log, "keysrv ready", NULL, 0));
+	const char *prod_plain[] = {"--data-dir", data, "--production", "--otp-sender", "webhook",
+		"--otp-webhook-url", "http://127.0.0.1:9/otp", "--otp-webhook-insecure-http",
+		"--metrics-port", "-1", NULL};
+	KT_CHECK(run_to_exit(prod_plain, log) == 2);
+	KT_CHECK(kt_file_has(log, "--production refuses otp-webhook-insecure-http", NULL, 0));
 	const char *plain[] = {"--data-dir", data, "--otp-sender", "webhook", "--otp-webhook-url",
 		"http://127.0.0.1:9/otp", "--metrics-port", "-1", NULL};
 	KT_CHECK(run_to_exit(plain, log) != 0);
