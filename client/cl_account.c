@@ -189,6 +189,12 @@ set_keys(sp_frame *q, const sealpost *sp, const sig_bundle *b, uint32_t reg_id)
 int
 sealpost_verify(sealpost *sp, const char *phone, const char *code)
 {
+	return sealpost_verify_pin(sp, phone, code, NULL);
+}
+
+int
+sealpost_verify_pin(sealpost *sp, const char *phone, const char *code, const char *pin)
+{
 	sig_store *s;
 	sig_bundle b;
 	int rc;
@@ -198,6 +204,8 @@ sealpost_verify(sealpost *sp, const char *phone, const char *code)
 	sp_frame_init(&q, SP_T_VERIFY, 0, false);
 	sp_frame_set_str(&q, SP_F_PHONE, phone);
 	sp_frame_set_str(&q, SP_F_OTP, code);
+	if (pin)
+		sp_frame_set_str(&q, SP_F_PIN, pin);
 	set_keys(&q, sp, &b, sig_store_registration_id(s));
 	if ((rc = cl_call_want(sp, &q, SP_T_VERIFIED, &r))) {
 		sig_store_free(s);
@@ -206,6 +214,22 @@ sealpost_verify(sealpost *sp, const char *phone, const char *code)
 	uint64_t user = sp_frame_u64(&r, SP_F_USER), device = sp_frame_u64(&r, SP_F_DEVICE);
 	sp_frame_fini(&r);
 	return save_account(sp, s, user, device, phone);
+}
+
+int
+sealpost_set_pin(sealpost *sp, const char *pin)
+{
+	int rc;
+	if ((rc = cl_need_account(sp)) || (rc = cl_online(sp, cl_attempts(sp))))
+		return rc;
+	sp_frame q, r;
+	sp_frame_init(&q, SP_T_SET_PIN, 0, false);
+	if (pin)
+		sp_frame_set_str(&q, SP_F_PIN, pin);
+	if ((rc = cl_call_want(sp, &q, SP_T_PIN_SET, &r)))
+		return rc;
+	sp_frame_fini(&r);
+	return SP_OK;
 }
 
 int

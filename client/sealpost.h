@@ -69,6 +69,13 @@ int sealpost_register(sealpost *sp, const char *phone, uint64_t *ttl_s);
 /* Creates this device's identity, verifies the code, uploads a signed prekey and 100
  * one-time prekeys. The home must not hold an account yet. */
 int sealpost_verify(sealpost *sp, const char *phone, const char *code);
+/* The same with the registration-lock PIN (NULL: none), needed to re-register a number
+ * whose account set one. */
+int sealpost_verify_pin(sealpost *sp, const char *phone, const char *code, const char *pin);
+
+/* (Primary device) sets the account's registration lock PIN (4-64 printable ASCII), or
+ * clears it with NULL. */
+int sealpost_set_pin(sealpost *sp, const char *pin);
 
 /* This device: user id, device id and phone (buffer of at least 33 bytes). */
 int sealpost_whoami(sealpost *sp, uint64_t *user, uint64_t *device, char *phone, size_t cap);

@@ -4,6 +4,7 @@
  * 3 network, 4 server refused, 5 crypto/identity, 1 other).
  */
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +18,8 @@
 static const char usage_text[] =
 	"usage: sealpost [--home DIR] [--server HOST:PORT | --router HOST:PORT] [--ca FILE] COMMAND\n"
 	"  register PHONE                 ask for a one-time code\n"
-	"  verify PHONE CODE              create this device's account\n"
+	"  verify PHONE CODE [--pin PIN]  create this device's account (--pin: registration lock)\n"
+	"  set-pin PIN | set-pin --clear  (primary) set or clear the registration lock PIN\n"
 	"  whoami                         this device's user, device and phone\n"
 	"  contact add PHONE USER_ID      remember a contact's user id\n"
 	"  send PHONE|#USER|@GROUP TEXT   send a text (\"queued\" when offline)\n"
@@ -325,11 +327,22 @@ run(sealpost *sp, int argc, char **argv)
 		emit(j);
 		return 0;
 	}
+	if (strcmp(cmd, "set-pin") == 0) {
+		if (argc != 1)
+			return usage("set-pin PIN | set-pin --clear");
+		bool clear = strcmp(argv[0], "--clear") == 0;
+		if ((rc = sealpost_set_pin(sp, clear ? NULL : argv[0])))
+			return fail(sp, rc);
+		json_t *j = json_object();
+		json_object_set_new(j, "status", json_string(clear ? "pin_cleared" : "pin_set"));
+		emit(j);
+		return 0;
+	}
 	if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "whoami") == 0 || strcmp(cmd, "link") == 0) {
 		if (cmd[0] == 'v') {
-			if (argc != 2)
-				return usage("verify PHONE CODE");
-			if ((rc = sealpost_verify(sp, argv[0], argv[1])))
+			if (argc != 2 && !(argc == 4 && strcmp(argv[2], "--pin") == 0))
+				return usage("verify PHONE CODE [--pin PIN]");
+			if ((rc = sealpost_verify_pin(sp, argv[0], argv[1], argc == 4 ? argv[3] : NULL)))
 				return fail(sp, rc);
 		} else if (cmd[0] == 'l') {
 			long wait = 120;

@@ -30,6 +30,12 @@ typedef struct keys_cfg {
 	unsigned otp_attempts;
 	uint64_t link_ttl_ms;
 	unsigned low_water;
+	/* Per-phone budgets per 24-hour window, kept in the store (0: no budget): codes sent
+	 * (REGISTER), wrong codes (VERIFY) and wrong registration-lock PINs. */
+	unsigned phone_sends, phone_verify_fails, phone_pin_fails;
+	/* argon2id limits for PIN hashes (0: libsodium's interactive limits). */
+	unsigned long long pin_opslimit;
+	size_t pin_memlimit;
 } keys_cfg;
 
 /* Everything a handler needs; shared by all worker threads (the members are thread-safe
@@ -46,6 +52,8 @@ typedef struct keys_ctx {
 	sp_metric *m_low_events;  /* a device's count fell under the low-water mark */
 	sp_metric *m_low_devices; /* devices currently under it (since start) */
 	sp_metric *m_opk_given, *m_opk_empty, *m_ratelimited;
+	sp_metric *m_budget_register, *m_budget_verify, *m_budget_pin; /* refused by a budget */
+	sp_metric *m_pin_wrong;
 } keys_ctx;
 
 /* Bump allocator for reply data that must outlive the handler's transaction. */

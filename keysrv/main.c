@@ -27,7 +27,9 @@ main(int argc, char **argv)
 	size_t map_size;
 	long long workers, otp_ttl, otp_attempts, link_ttl, low_water, metrics_port, webhook_timeout;
 	long long rp_burst, rp_rate, rs_burst, rs_rate, rb_burst, rb_rate, rl_burst, rl_rate, rl_keys;
-	bool log_json;
+	long long ph_sends, ph_verify, ph_pin, webhook_retries, webhook_backoff;
+	char *webhook_ca;
+	bool log_json, production, webhook_insecure;
 	const sp_config_opt opts[] = {
 		{"data-dir", SP_CT_STR, &data_dir, "keysrv-data", "LMDB directory (created if missing)", 0, 0},
 		{"listen", SP_CT_STR, &listen, "tcp://127.0.0.1:7301", "NNG URL to serve requests on", 0, 0},
@@ -38,11 +40,29 @@ main(int argc, char **argv)
 		{"otp-dir", SP_CT_STR, &otp_dir, NULL,
 		    "dev sender: directory of <phone> code files [default: DATA-DIR/otp]", 0, 0},
 		{"otp-webhook-url", SP_CT_STR, &webhook_url, NULL,
-		    "webhook sender: http:// URL that receives {\"phone\",\"code\"} as JSON", 0, 0},
+		    "webhook sender: https:// URL that receives {\"phone\",\"code\"} as JSON", 0, 0},
+		{"otp-webhook-ca", SP_CT_STR, &webhook_ca, NULL,
+		    "webhook sender: PEM CA file the receiver's certificate must chain to [default: system CAs]",
+		    0, 0},
+		{"otp-webhook-insecure-http", SP_CT_BOOL, &webhook_insecure, NULL,
+		    "webhook sender: also accept an http:// URL (codes in clear text; tests only)", 0, 0},
 		{"otp-webhook-timeout-ms", SP_CT_INT, &webhook_timeout, "5000", "webhook request timeout",
 		    100, 60000},
+		{"otp-webhook-retries", SP_CT_INT, &webhook_retries, "3",
+		    "webhook sender: tries after the first on no answer, 5xx or 429", 0, 10},
+		{"otp-webhook-backoff-ms", SP_CT_INT, &webhook_backoff, "500",
+		    "webhook sender: first retry delay, doubled each retry", 10, 60000},
+		{"production", SP_CT_BOOL, &production, NULL,
+		    "refuse settings meant for development only (the dev OTP sender)", 0, 0},
 		{"otp-ttl", SP_CT_INT, &otp_ttl, "600", "seconds a registration code stays valid", 1, 86400},
 		{"otp-attempts", SP_CT_INT, &otp_attempts, "5", "wrong guesses allowed per code", 1, 20},
+		{"phone-max-codes", SP_CT_INT, &ph_sends, "10",
+		    "codes sent (REGISTER) per phone number per 24 hours, kept across restarts", 1, 1000000},
+		{"phone-max-wrong-codes", SP_CT_INT, &ph_verify, "10",
+		    "wrong codes (VERIFY) per phone number per 24 hours, across codes and restarts", 1,
+		    1000000},
+		{"phone-max-wrong-pins", SP_CT_INT, &ph_pin, "5",
+		    "wrong registration-lock PINs per phone number per 24 hours", 1, 1000000},
 		{"link-ttl", SP_CT_INT, &link_ttl, "600", "seconds a device-link code stays valid", 1, 86400},
 		{"prekey-low-water", SP_CT_INT, &low_water, "20",
 		    "devices with fewer one-time prekeys are told to refill", 0, 1000},
@@ -99,6 +119,15 @@ main(int argc, char **argv)
 		return 2;
 	}
 	sp_log_init("keysrv", (sp_log_level)level, log_json);
+	/* The dev sender logs codes and writes them to files, and an insecure webhook posts
+	 * them in clear text: never in production. */
+	if (production && (strcmp(otp_sender, "dev") == 0 || webhook_insecure)) {
+		sp_error("keysrv: --production refuses %s; use otp-sender=webhook with an https:// "
+			 "otp-webhook-url",
+		    webhook_insecure ? "otp-webhook-insecure-http" : "otp-sender=dev (it logs the codes)");
+		sp_config_free(opts);
+		return 2;
+	}
 	snprintf(otp_default, sizeof(otp_default), "%s/otp", data_dir);
 
 	/* Signals are taken synchronously by the main thread; every other thread inherits
@@ -113,9 +142,10 @@ main(int argc, char **argv)
 	keys_ctx_cfg cfg = {
 		.data_dir = data_dir,
 		.map_size = map_size,
-		.otp = {otp_sender, otp_dir ? otp_dir : otp_default, webhook_url, (int)webhook_timeout, 1024},
+		.otp = {otp_sender, otp_dir ? otp_dir : otp_default, webhook_url, (int)webhook_timeout, 1024,
+		    webhook_ca, webhook_insecure, (unsigned)webhook_retries, (unsigned)webhook_backoff},
 		.keys = {(uint64_t)otp_ttl * 1000, (unsigned)otp_attempts, (uint64_t)link_ttl * 1000,
-		    (unsigned)low_water},
+		    (unsigned)low_water, (unsigned)ph_sends, (unsigned)ph_verify, (unsigned)ph_pin, 0, 0},
 		.rate_phone = {(unsigned)rp_burst, (unsigned)rp_rate},
 		.rate_source = {(unsigned)rs_burst, (unsigned)rs_rate},
 		.rate_bundle = {(unsigned)rb_burst, (unsigned)rb_rate},
@@ -146,8 +176,8 @@ main(int argc, char **argv)
 			goto out;
 		}
 	}
-	sp_info("keysrv ready listen=%s data-dir=%s otp-sender=%s metrics-port=%d workers=%lld", listen,
-	    data_dir, otp_sender, mport, workers);
+	sp_info("keysrv ready listen=%s data-dir=%s otp-sender=%s%s metrics-port=%d workers=%lld", listen,
+	    data_dir, otp_sender, production ? " production" : "", mport, workers);
 
 	uint64_t next_sweep = sp_mono_ns() / 1000000000ULL;
 	for (;;) {

@@ -5,12 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <curl/curl.h>
+#include <sodium.h>
 
 #include "keysrv/otp_sender.h"
 #include "sp_error.h"
@@ -29,9 +28,12 @@ struct keys_otp_sender {
 	bool webhook;
 	char *dir;
 	/* webhook */
-	char *host, *path;
-	int port;
+	char *url, *ca_file;
+	char *log_url; /* scheme://host[:port]/path: no user info or query (may hold a token) */
+	bool insecure;
+	struct curl_slist *headers;
 	int timeout_ms;
+	unsigned retries, backoff_ms;
 	pthread_t thread;
 	bool thread_started;
 	pthread_mutex_t lock;
@@ -39,7 +41,7 @@ struct keys_otp_sender {
 	bool stop;
 	otp_item *queue;
 	unsigned qmax, qhead, qlen;
-	sp_metric *m_sent, *m_failed, *m_dropped;
+	sp_metric *m_sent, *m_failed, *m_dropped, *m_retried;
 };
 
 /* ---- dev sender ---- */
@@ -72,67 +74,111 @@ dev_send(keys_otp_sender *s, const char *phone, const char *code)
 
 /* ---- webhook sender ---- */
 
-typedef struct post_state {
-	struct event_base *base;
-	int status; /* HTTP status, 0 for a transport failure or timeout */
-} post_state;
-
-static void
-on_response(struct evhttp_request *req, void *arg)
+static size_t
+discard_body(char *p, size_t size, size_t n, void *arg)
 {
-	post_state *st = arg;
-	st->status = req ? evhttp_request_get_response_code(req) : 0;
-	event_base_loopexit(st->base, NULL);
+	(void)p;
+	(void)arg;
+	return size * n;
 }
 
-/* Posts one code and waits for the answer (or the timeout) on the thread's own base. */
+/* Waits up to ms or until stop; returns true when stopping. Called with s->lock held. */
 static bool
-webhook_post(keys_otp_sender *s, struct event_base *base, const otp_item *it)
+wait_stop(keys_otp_sender *s, unsigned ms)
 {
-	post_state st = {base, 0};
-	struct evhttp_connection *conn = evhttp_connection_base_new(base, NULL, s->host,
-	    (unsigned short)s->port);
-	struct evhttp_request *req = NULL;
-	char body[128], hostport[300];
-	bool ok = false;
-
-	if (!conn)
-		return false;
-	struct timeval tv = {s->timeout_ms / 1000, (s->timeout_ms % 1000) * 1000};
-	evhttp_connection_set_timeout_tv(conn, &tv);
-	evhttp_connection_set_retries(conn, 0);
-	if (!(req = evhttp_request_new(on_response, &st)))
-		goto out;
-	/* phone and code were validated (digits and a leading '+'): nothing to escape. */
-	int n = snprintf(body, sizeof(body), "{\"phone\":\"%s\",\"code\":\"%s\"}", it->phone, it->code);
-	snprintf(hostport, sizeof(hostport), "%s:%d", s->host, s->port);
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-	if (evhttp_add_header(h, "Host", hostport) ||
-	    evhttp_add_header(h, "Content-Type", "application/json") ||
-	    evhttp_add_header(h, "Connection", "close") ||
-	    evbuffer_add(evhttp_request_get_output_buffer(req), body, (size_t)n)) {
-		evhttp_request_free(req);
-		goto out;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += ms / 1000;
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
 	}
-	/* On failure evhttp_make_request frees the request itself. */
-	if (evhttp_make_request(conn, req, EVHTTP_REQ_POST, s->path) != 0)
-		goto out;
-	event_base_dispatch(base);
-	ok = st.status >= 200 && st.status < 300;
-	if (!ok)
-		sp_warn("otp webhook: %s:%d%s answered %d (0: no answer)", s->host, s->port, s->path,
-		    st.status);
-out:
-	evhttp_connection_free(conn);
+	while (!s->stop && pthread_cond_timedwait(&s->cond, &s->lock, &ts) == 0)
+		;
+	return s->stop;
+}
+
+/* One POST. Returns 1 on a 2xx answer, 0 for a failure worth retrying (no answer, 5xx,
+ * 429), -1 for one that is not (another 4xx, a certificate the CA does not vouch for).
+ * The log lines name the URL and the failure, never the body (it holds the code). */
+static int
+webhook_post_once(keys_otp_sender *s, CURL *c, const char *body, int attempt)
+{
+	long status = 0;
+	curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+	CURLcode cc = curl_easy_perform(c);
+	if (cc == CURLE_OK)
+		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+	if (cc == CURLE_OK && status >= 200 && status < 300)
+		return 1;
+	bool tls = cc == CURLE_PEER_FAILED_VERIFICATION || cc == CURLE_SSL_CACERT_BADFILE ||
+	    cc == CURLE_SSL_CERTPROBLEM || cc == CURLE_SSL_CONNECT_ERROR;
+	sp_warn_rl("otp webhook %s: attempt %d failed: %s (HTTP %ld)", s->log_url, attempt,
+	    cc == CURLE_OK ? "answer" : curl_easy_strerror(cc), status);
+	if (tls || (cc == CURLE_OK && status >= 400 && status < 500 && status != 429))
+		return -1;
+	return 0;
+}
+
+/* Posts one code, retrying transient failures up to `retries` times with a doubling
+ * backoff (cut short by stop). */
+static bool
+webhook_post(keys_otp_sender *s, CURL *c, const otp_item *it)
+{
+	char body[128];
+	/* phone and code were validated (digits and a leading '+'): nothing to escape. */
+	snprintf(body, sizeof(body), "{\"phone\":\"%s\",\"code\":\"%s\"}", it->phone, it->code);
+	unsigned backoff = s->backoff_ms;
+	bool ok = false;
+	for (unsigned attempt = 0;; attempt++) {
+		int res = webhook_post_once(s, c, body, (int)attempt + 1);
+		if (res != 0) {
+			ok = res > 0;
+			break;
+		}
+		if (attempt >= s->retries)
+			break;
+		sp_metric_inc(s->m_retried);
+		pthread_mutex_lock(&s->lock);
+		bool stop = wait_stop(s, backoff);
+		pthread_mutex_unlock(&s->lock);
+		if (stop)
+			break;
+		backoff = backoff > 30000 ? 60000 : backoff * 2;
+	}
+	sodium_memzero(body, sizeof(body));
 	return ok;
+}
+
+static CURL *
+webhook_handle(keys_otp_sender *s)
+{
+	CURL *c = curl_easy_init();
+	if (!c)
+		return NULL;
+	curl_easy_setopt(c, CURLOPT_URL, s->url);
+	curl_easy_setopt(c, CURLOPT_POST, 1L);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, s->headers);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)s->timeout_ms);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, s->insecure ? "http,https" : "https");
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (s->ca_file)
+		curl_easy_setopt(c, CURLOPT_CAINFO, s->ca_file);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard_body);
+	return c;
 }
 
 static void *
 webhook_thread(void *arg)
 {
 	keys_otp_sender *s = arg;
-	struct event_base *base = event_base_new();
+	CURL *c = webhook_handle(s);
 
+	if (!c)
+		sp_error("otp webhook: cannot create a curl handle; codes will not be delivered");
 	for (;;) {
 		otp_item it;
 		pthread_mutex_lock(&s->lock);
@@ -143,42 +189,61 @@ webhook_thread(void *arg)
 			break;
 		}
 		it = s->queue[s->qhead];
+		sodium_memzero(&s->queue[s->qhead], sizeof(it));
 		s->qhead = (s->qhead + 1) % s->qmax;
 		s->qlen--;
 		pthread_mutex_unlock(&s->lock);
-		if (base && webhook_post(s, base, &it))
+		if (c && webhook_post(s, c, &it))
 			sp_metric_inc(s->m_sent);
 		else
 			sp_metric_inc(s->m_failed);
+		sodium_memzero(&it, sizeof(it));
 	}
-	if (base)
-		event_base_free(base);
+	if (c)
+		curl_easy_cleanup(c);
 	return NULL;
 }
 
-static int
-webhook_parse(keys_otp_sender *s, const char *url)
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_rc;
+
+static void
+curl_init_once(void)
 {
-	struct evhttp_uri *u = url ? evhttp_uri_parse(url) : NULL;
+	curl_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* https://host[:port][/path]; http:// only when insecure. The host must be non-empty. */
+static int
+webhook_parse(keys_otp_sender *s, const char *url, bool insecure)
+{
+	CURLU *u;
+	char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
 	int rc = SP_ECONFIG;
-	if (!u)
+
+	if (!url || !(u = curl_url()))
+		return url ? SP_ENOMEM : SP_ECONFIG;
+	if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host ||
+	    curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
+	    curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK)
 		goto out;
-	const char *scheme = evhttp_uri_get_scheme(u), *host = evhttp_uri_get_host(u);
-	const char *path = evhttp_uri_get_path(u), *query = evhttp_uri_get_query(u);
-	if (!scheme || strcmp(scheme, "http") != 0 || !host || !*host)
+	if (strcmp(scheme, "https") != 0 && !(insecure && strcmp(scheme, "http") == 0))
 		goto out;
-	s->port = evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : 80;
-	size_t plen = (path && *path ? strlen(path) : 1) + (query ? strlen(query) + 1 : 0) + 1;
-	if (!(s->host = strdup(host)) || !(s->path = malloc(plen))) {
+	size_t n = strlen(scheme) + strlen(host) + strlen(port) + strlen(path) + 8;
+	if (!(s->url = strdup(url)) || !(s->log_url = malloc(n))) {
 		rc = SP_ENOMEM;
 		goto out;
 	}
-	snprintf(s->path, plen, "%s%s%s", path && *path ? path : "/", query ? "?" : "",
-	    query ? query : "");
+	snprintf(s->log_url, n, "%s://%s:%s%s", scheme, host, port, path);
 	rc = SP_OK;
 out:
-	if (u)
-		evhttp_uri_free(u);
+	curl_free(scheme);
+	curl_free(host);
+	curl_free(port);
+	curl_free(path);
+	curl_url_cleanup(u);
 	return rc;
 }
 
@@ -198,6 +263,8 @@ keys_otp_sender_new(keys_otp_sender **out, const keys_otp_sender_cfg *cfg)
 	    "one-time codes the sender failed to deliver");
 	s->m_dropped = sp_metric_counter("keysrv_otp_queue_full_total",
 	    "one-time codes refused because the webhook queue was full");
+	s->m_retried = sp_metric_counter("keysrv_otp_webhook_retries_total",
+	    "webhook posts tried again after a transient failure");
 	if (cfg->mode && strcmp(cfg->mode, "dev") == 0) {
 		if (!cfg->dir || !*cfg->dir) {
 			sp_error("otp-sender dev needs otp-dir");
@@ -212,12 +279,37 @@ keys_otp_sender_new(keys_otp_sender **out, const keys_otp_sender_cfg *cfg)
 			goto fail;
 		}
 	} else if (cfg->mode && strcmp(cfg->mode, "webhook") == 0) {
-		if ((rc = webhook_parse(s, cfg->url))) {
-			if (rc == SP_ECONFIG)
-				sp_error("otp-webhook-url must be http://host[:port][/path], got '%s'",
-				    cfg->url ? cfg->url : "");
+		pthread_once(&curl_once, curl_init_once);
+		if (curl_rc != CURLE_OK) {
+			sp_error("otp webhook: curl_global_init: %s", curl_easy_strerror(curl_rc));
 			goto fail;
 		}
+		if ((rc = webhook_parse(s, cfg->url, cfg->insecure_http))) {
+			if (rc == SP_ECONFIG)
+				sp_error("otp-webhook-url must be https://host[:port][/path]%s",
+				    cfg->insecure_http ? " or http://..." :
+							 " (http:// only with otp-webhook-insecure-http)");
+			goto fail;
+		}
+		if (cfg->ca_file && *cfg->ca_file && !(s->ca_file = strdup(cfg->ca_file))) {
+			rc = SP_ENOMEM;
+			goto fail;
+		}
+		if (cfg->ca_file && *cfg->ca_file && access(cfg->ca_file, R_OK) != 0) {
+			sp_error("otp-webhook-ca %s: %s", cfg->ca_file, strerror(errno));
+			rc = SP_ECONFIG;
+			goto fail;
+		}
+		s->insecure = cfg->insecure_http;
+		if (s->insecure && strncmp(s->log_url, "http://", 7) == 0)
+			sp_warn("otp webhook: INSECURE: codes are posted in clear text to %s "
+				"(otp-webhook-insecure-http); use https:// outside tests", s->log_url);
+		if (!(s->headers = curl_slist_append(NULL, "Content-Type: application/json"))) {
+			rc = SP_ENOMEM;
+			goto fail;
+		}
+		s->retries = cfg->retries;
+		s->backoff_ms = cfg->backoff_ms ? cfg->backoff_ms : 500;
 		s->webhook = true;
 		s->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 5000;
 		s->qmax = cfg->queue_max ? cfg->queue_max : 1024;
@@ -257,8 +349,10 @@ keys_otp_sender_free(keys_otp_sender *s)
 	pthread_cond_destroy(&s->cond);
 	free(s->queue);
 	free(s->dir);
-	free(s->host);
-	free(s->path);
+	free(s->url);
+	free(s->log_url);
+	free(s->ca_file);
+	curl_slist_free_all(s->headers);
 	free(s);
 }
 

@@ -140,6 +140,7 @@ static const route routes[256] = {
 	[SP_T_GROUP_ADMIN] = {AUTH_DEVICE, keys_groups_admin},
 	[SP_T_GROUP_INFO] = {AUTH_DEVICE, keys_groups_info},
 	[SP_T_GROUP_DEVICES] = {AUTH_USER, keys_groups_devices},
+	[SP_T_SET_PIN] = {AUTH_DEVICE, keys_accounts_set_pin},
 };
 
 static sp_metric *m_requests[256];
@@ -318,6 +319,14 @@ keys_ctx_open(keys_ctx **out, const keys_ctx_cfg *cfg)
 	    "bundles for a device that had no one-time prekey left");
 	ctx->m_ratelimited = sp_metric_counter("keysrv_rate_limited_total",
 	    "requests refused by a rate limit");
+	ctx->m_budget_register = sp_metric_counter("keysrv_phone_budget_refused_total{kind=\"register\"}",
+	    "requests refused because a phone's daily budget was spent");
+	ctx->m_budget_verify = sp_metric_counter("keysrv_phone_budget_refused_total{kind=\"verify\"}",
+	    "requests refused because a phone's daily budget was spent");
+	ctx->m_budget_pin = sp_metric_counter("keysrv_phone_budget_refused_total{kind=\"pin\"}",
+	    "requests refused because a phone's daily budget was spent");
+	ctx->m_pin_wrong = sp_metric_counter("keysrv_pin_wrong_total",
+	    "re-registrations refused for a wrong registration-lock PIN");
 	int64_t low = 0;
 	if ((rc = keys_prekeys_count_low(ctx, &low))) {
 		keys_ctx_close(ctx);

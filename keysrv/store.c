@@ -20,7 +20,8 @@ struct keys_store {
 };
 
 static const char *const db_names[KDB__COUNT] = {
-	"meta", "phones", "users", "devices", "opks", "otps", "links", "groups", "members",
+	"meta", "phones", "users", "devices", "opks", "otps", "links", "groups", "members", "budgets",
+	"pins",
 };
 
 int
@@ -458,6 +459,78 @@ keys_otp_put(keys_store *s, MDB_txn *txn, const char *phone, const keys_otp *o)
 	return put_rec(s, txn, KDB_OTPS, phone, strlen(phone), &w);
 }
 
+/* ---- per-phone budgets and PINs ---- */
+
+int
+keys_budget_get(keys_store *s, MDB_txn *txn, const char *phone, uint64_t now_ms, keys_budget *b)
+{
+	uint8_t buf[REC_MAX];
+	rbuf r;
+	int rc = get_rec(s, txn, KDB_BUDGETS, phone, strlen(phone), buf, &r);
+	memset(b, 0, sizeof(*b));
+	if (rc == SP_ENOTFOUND)
+		goto fresh;
+	if (rc)
+		return rc;
+	b->expires_ms = r_uint(&r, 8);
+	b->sends = (uint32_t)r_uint(&r, 4);
+	b->verify_fails = (uint32_t)r_uint(&r, 4);
+	b->pin_fails = (uint32_t)r_uint(&r, 4);
+	if ((rc = r_done(&r)))
+		return rc;
+	if (b->expires_ms > now_ms)
+		return SP_OK;
+fresh:
+	memset(b, 0, sizeof(*b));
+	b->expires_ms = now_ms + KEYS_BUDGET_WINDOW_MS;
+	return SP_OK;
+}
+
+int
+keys_budget_put(keys_store *s, MDB_txn *txn, const char *phone, const keys_budget *b)
+{
+	uint8_t buf[REC_MAX];
+	wbuf w = {buf, 0, sizeof(buf), false};
+	w_uint(&w, REC_VERSION, 1);
+	w_uint(&w, b->expires_ms, 8);
+	w_uint(&w, b->sends, 4);
+	w_uint(&w, b->verify_fails, 4);
+	w_uint(&w, b->pin_fails, 4);
+	return put_rec(s, txn, KDB_BUDGETS, phone, strlen(phone), &w);
+}
+
+int
+keys_pin_get(keys_store *s, MDB_txn *txn, uint64_t user, keys_pin *p)
+{
+	uint8_t key[8], buf[REC_MAX];
+	rbuf r;
+	sp_be64_put(key, user);
+	int rc = get_rec(s, txn, KDB_PINS, key, 8, buf, &r);
+	if (rc)
+		return rc;
+	memset(p, 0, sizeof(*p));
+	p->set_ms = r_uint(&r, 8);
+	r_str(&r, p->hash, KEYS_PIN_HASH_MAX - 1);
+	if (!p->hash[0])
+		return SP_ESTORE;
+	return r_done(&r);
+}
+
+int
+keys_pin_put(keys_store *s, MDB_txn *txn, uint64_t user, const keys_pin *p)
+{
+	uint8_t key[8], buf[REC_MAX];
+	wbuf w = {buf, 0, sizeof(buf), false};
+	size_t n = strnlen(p->hash, KEYS_PIN_HASH_MAX);
+	if (n == 0 || n >= KEYS_PIN_HASH_MAX)
+		return SP_EINVAL;
+	sp_be64_put(key, user);
+	w_uint(&w, REC_VERSION, 1);
+	w_uint(&w, p->set_ms, 8);
+	w_str(&w, p->hash, n);
+	return put_rec(s, txn, KDB_PINS, key, 8, &w);
+}
+
 /* ---- links ---- */
 
 int
@@ -568,8 +641,8 @@ keys_store_new_id(keys_store *s, MDB_txn *txn, keys_db db, uint64_t *id)
 	return SP_ESTORE;
 }
 
-/* Expiry sits at a fixed offset in both record kinds: OTP after the version byte and the
- * hash, link after the version and state bytes. */
+/* Expiry sits at a fixed offset in each swept record kind: OTP after the version byte and
+ * the hash, link after the version and state bytes, budget right after the version. */
 static int
 sweep_db(keys_store *s, MDB_txn *txn, keys_db db, size_t exp_off, uint64_t now_ms, unsigned max,
     unsigned *deleted)
@@ -604,7 +677,8 @@ keys_store_sweep(keys_store *s, uint64_t now_ms, unsigned max, unsigned *deleted
 	if (rc)
 		return rc;
 	if ((rc = sweep_db(s, txn, KDB_OTPS, 1 + KEYS_HASH_LEN, now_ms, max, deleted)) ||
-	    (rc = sweep_db(s, txn, KDB_LINKS, 2, now_ms, max, deleted))) {
+	    (rc = sweep_db(s, txn, KDB_LINKS, 2, now_ms, max, deleted)) ||
+	    (rc = sweep_db(s, txn, KDB_BUDGETS, 1, now_ms, max, deleted))) {
 		keys_store_abort(txn);
 		return rc;
 	}

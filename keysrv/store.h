@@ -12,6 +12,8 @@
  *   links    keyed hash of the link code (32) -> keys_link
  *   groups   group (8) -> keys_group
  *   members  group (8) || user (8) -> flags (1)
+ *   budgets  E.164 string -> keys_budget (per-phone daily counters; swept when expired)
+ *   pins     user (8) -> keys_pin (registration lock: the PIN's argon2id hash string)
  *
  * Every call takes the caller's transaction; values read are copied into the records, so
  * nothing returned points into the map. Write transactions are serialized by LMDB, and a
@@ -45,6 +47,8 @@ typedef enum {
 	KDB_LINKS,
 	KDB_GROUPS,
 	KDB_MEMBERS,
+	KDB_BUDGETS,
+	KDB_PINS,
 	KDB__COUNT
 } keys_db;
 
@@ -123,6 +127,24 @@ typedef struct keys_group {
 
 #define KEYS_MEMBER_ADMIN 0x1
 
+/* Per-phone counters of one window (KEYS_BUDGET_WINDOW_MS from the first counted event):
+ * codes sent, wrong codes and wrong PINs. Durable, so that neither a new REGISTER nor a
+ * restart gives an attacker fresh guesses; swept once the window is over. */
+#define KEYS_BUDGET_WINDOW_MS (24ULL * 3600 * 1000)
+
+typedef struct keys_budget {
+	uint64_t expires_ms; /* end of the window */
+	uint32_t sends, verify_fails, pin_fails;
+} keys_budget;
+
+/* crypto_pwhash_STRBYTES (128): "$argon2id$v=19$m=...,t=...,p=1$salt$hash" and a NUL. */
+#define KEYS_PIN_HASH_MAX 128
+
+typedef struct keys_pin {
+	uint64_t set_ms;
+	char hash[KEYS_PIN_HASH_MAX]; /* NUL-terminated */
+} keys_pin;
+
 /* Opens (creating if needed) the store in directory `dir` with a map of `map_size`
  * bytes, and creates the server secret on first use. On SP_OK the caller owns *out
  * (keys_store_close). SP_ESTORE on any LMDB failure (logged). */
@@ -161,13 +183,18 @@ int keys_otp_get(keys_store *s, MDB_txn *txn, const char *phone, keys_otp *o);
 int keys_otp_put(keys_store *s, MDB_txn *txn, const char *phone, const keys_otp *o);
 int keys_link_get(keys_store *s, MDB_txn *txn, const uint8_t key[KEYS_HASH_LEN], keys_link *l);
 int keys_link_put(keys_store *s, MDB_txn *txn, const uint8_t key[KEYS_HASH_LEN], const keys_link *l);
+/* A phone's budget; absent or expired (at now_ms) reads as a fresh zeroed window. */
+int keys_budget_get(keys_store *s, MDB_txn *txn, const char *phone, uint64_t now_ms, keys_budget *b);
+int keys_budget_put(keys_store *s, MDB_txn *txn, const char *phone, const keys_budget *b);
+int keys_pin_get(keys_store *s, MDB_txn *txn, uint64_t user, keys_pin *p);
+int keys_pin_put(keys_store *s, MDB_txn *txn, uint64_t user, const keys_pin *p);
 int keys_group_get(keys_store *s, MDB_txn *txn, uint64_t id, keys_group *g);
 int keys_group_put(keys_store *s, MDB_txn *txn, const keys_group *g);
 
 /* A fresh random id that is non-zero and not a key of `db` (users, devices, groups). */
 int keys_store_new_id(keys_store *s, MDB_txn *txn, keys_db db, uint64_t *id);
 
-/* Deletes expired OTP and link records (at most `max` of each); returns how many. */
+/* Deletes expired OTP, link and budget records (at most `max` of each); returns how many. */
 int keys_store_sweep(keys_store *s, uint64_t now_ms, unsigned max, unsigned *deleted);
 
 #endif

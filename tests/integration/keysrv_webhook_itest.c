@@ -1,7 +1,9 @@
 /*
  * keysrv's webhook OTP sender against a tiny evhttp receiver on loopback: the code
  * arrives as {"phone","code"} JSON in a POST to the configured URL and verifies; a
- * receiver that answers 500 is counted as a failure in /metrics.
+ * receiver that answers 500 is retried (once here) and then counted as a failure in
+ * /metrics. The receiver is plain http://, which keysrv accepts only with
+ * --otp-webhook-insecure-http (warned at start); https is keysrv_otp_itest's.
  */
 #include <pthread.h>
 
@@ -133,8 +135,10 @@ main(void)
 	kt_proc p;
 	kt_conn c;
 	const char *args[] = {"--data-dir", data_dir, "--otp-sender", "webhook", "--otp-webhook-url", url,
-		"--otp-webhook-timeout-ms", "5000", "--metrics-port", "0", NULL};
+		"--otp-webhook-timeout-ms", "5000", "--otp-webhook-insecure-http", "--otp-webhook-retries",
+		"1", "--otp-webhook-backoff-ms", "50", "--metrics-port", "0", NULL};
 	KT_CHECK_RC(kt_keysrv_start(&p, log_path, args, ready, sizeof(ready)), SP_OK);
+	KT_CHECK(kt_file_has(log_path, "INSECURE", NULL, 0));
 	const char *mp = strstr(ready, "metrics-port=");
 	KT_CHECK(mp != NULL);
 	int mport = atoi(mp + strlen("metrics-port="));
@@ -169,14 +173,21 @@ main(void)
 	KT_CHECK_RC(kt_rpc(&c, &f), SP_OK);
 	KT_CHECK(wait_metric(mport, "keysrv_otp_sent_total", 1) == 1);
 
-	/* A refusing receiver is a counted failure (and the request itself still succeeds:
-	 * the code is stored; the user asks again). */
+	/* The code never reaches keysrv's log with the webhook sender. */
+	KT_CHECK(!kt_file_has(log_path, code, NULL, 0));
+
+	/* A refusing receiver is retried, then a counted failure (and the request itself
+	 * still succeeds: the code is stored; the user asks again). */
 	sp_frame_init(&f, SP_T_REGISTER, 3, true);
 	sp_frame_set_str(&f, SP_F_PHONE, "+14155557099");
 	KT_CHECK_RC(kt_rpc(&c, &f), SP_OK);
-	KT_CHECK(wait_posts(2));
+	KT_CHECK(wait_posts(3));
 	KT_CHECK(wait_metric(mport, "keysrv_otp_send_failures_total", 1) == 1);
+	KT_CHECK(metric(mport, "keysrv_otp_webhook_retries_total") == 1);
 	KT_CHECK(metric(mport, "keysrv_otp_sent_total") == 1);
+	/* The URL is logged without its query (which may carry a token). */
+	KT_CHECK(kt_file_has(log_path, "/hook: attempt 1 failed", NULL, 0));
+	KT_CHECK(!kt_file_has(log_path, "x=1", NULL, 0));
 
 	kt_conn_close(&c);
 	KT_CHECK(kt_proc_stop(&p, SIGTERM) == 0);

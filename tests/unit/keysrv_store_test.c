@@ -181,7 +181,7 @@ START_TEST(dev_sender_file)
 	keys_otp_sender *s;
 	char otp_dir[300], code[7];
 	snprintf(otp_dir, sizeof(otp_dir), "%s/codes", dir);
-	keys_otp_sender_cfg cfg = {"dev", otp_dir, NULL, 1000, 4};
+	keys_otp_sender_cfg cfg = {.mode = "dev", .dir = otp_dir, .timeout_ms = 1000, .queue_max = 4};
 	ck_assert_int_eq(keys_otp_sender_new(&s, &cfg), SP_OK);
 	ck_assert_int_eq(keys_otp_send(s, "+15551234567", "012345"), SP_OK);
 	ck_assert_int_eq(kt_read_otp(otp_dir, "+15551234567", code), 0);
@@ -191,10 +191,26 @@ START_TEST(dev_sender_file)
 	ck_assert_str_eq(code, "999999");
 	keys_otp_sender_free(s);
 	/* Bad configurations. */
-	keys_otp_sender_cfg bad = {"sms", otp_dir, NULL, 1000, 4};
+	keys_otp_sender_cfg bad = {.mode = "sms", .dir = otp_dir, .timeout_ms = 1000, .queue_max = 4};
 	ck_assert_int_eq(keys_otp_sender_new(&s, &bad), SP_ECONFIG);
-	keys_otp_sender_cfg nourl = {"webhook", NULL, "https://example.com/x", 1000, 4};
-	ck_assert_int_eq(keys_otp_sender_new(&s, &nourl), SP_ECONFIG);
+	/* The webhook wants https://, or http:// only when told it is insecure. */
+	keys_otp_sender_cfg wh = {.mode = "webhook", .timeout_ms = 1000, .queue_max = 4};
+	ck_assert_int_eq(keys_otp_sender_new(&s, &wh), SP_ECONFIG);
+	wh.url = "http://127.0.0.1:1/x";
+	ck_assert_int_eq(keys_otp_sender_new(&s, &wh), SP_ECONFIG);
+	wh.url = "ftp://127.0.0.1/x";
+	wh.insecure_http = true;
+	ck_assert_int_eq(keys_otp_sender_new(&s, &wh), SP_ECONFIG);
+	wh.url = "http://127.0.0.1:1/x";
+	ck_assert_int_eq(keys_otp_sender_new(&s, &wh), SP_OK);
+	keys_otp_sender_free(s);
+	wh.url = "https://127.0.0.1:1/x?token=t";
+	wh.insecure_http = false;
+	wh.ca_file = "/nonexistent/ca.pem";
+	ck_assert_int_eq(keys_otp_sender_new(&s, &wh), SP_ECONFIG);
+	wh.ca_file = NULL;
+	ck_assert_int_eq(keys_otp_sender_new(&s, &wh), SP_OK);
+	keys_otp_sender_free(s);
 }
 END_TEST
 
