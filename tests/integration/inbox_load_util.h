@@ -1,7 +1,7 @@
 /*
- * Load and bookkeeping shared by the replicated-shard fault tests (inbox_partition_itest,
- * inbox_etcd_restart_itest), after inbox_repl_itest's approach: writer threads append
- * (single appends and 3-target group batches) to whichever of the COPIES acknowledges,
+ * Load and bookkeeping shared by the replicated-shard fault tests (inbox_repl_itest,
+ * inbox_partition_itest, inbox_etcd_restart_itest, inbox_snapshot_itest): writer threads
+ * append (single appends and 3-target group batches) to whichever of the COPIES acknowledges,
  * moving on when a copy answers SP_ENOTPRIMARY / SP_EUNAVAIL or does not answer. Every
  * acknowledgement is recorded with the copy that gave it and when (the test's monotonic
  * clock: the request's send time and the answer's arrival), so a test can check that no
@@ -30,6 +30,10 @@
 #define DEVICES 12
 #define BATCH_TARGETS 3
 #define CALL_TIMEOUT_MS 1000
+
+/* Marks the helpers not every including test calls, so that such a test need not list them
+ * as unused. */
+#define LOAD_OPTIONAL __attribute__((unused))
 
 typedef struct ack {
 	uint64_t device, msg, seq;
@@ -220,7 +224,7 @@ prober_main(void *arg)
 }
 
 /* Starts appending to copy `i` alone (one message every ~10 ms plus the answer's time). */
-static void
+static void LOAD_OPTIONAL
 prober_start(int i)
 {
 	atomic_store(&prober_copy, i);
@@ -233,7 +237,7 @@ prober_start(int i)
 	atomic_store(&prober_on, true);
 }
 
-static void
+static void LOAD_OPTIONAL
 prober_stop_join(void)
 {
 	if (!atomic_load(&prober_on))
@@ -265,7 +269,81 @@ find_primary(int timeout_ms)
 	return -1;
 }
 
-static size_t
+/* One append of message `msg` (content env_for(msg)) to `device` on `s`, outside the load:
+ * neither recorded nor counted as sent, so `device` must be past DEVICES (verify() does not
+ * read it). For appends whose answer the test checks itself. Returns call()'s result. */
+static int LOAD_OPTIONAL
+append_unrecorded(nng_socket s, uint64_t device, uint64_t msg)
+{
+	uint8_t env[256], id[16];
+	size_t n = env_for(msg, env);
+	sp_frame f, rep;
+	nng_msg *m;
+	CHECK(device > DEVICES, "device %llu is read by verify()", (unsigned long long)device);
+	msg_id_of(id, msg, ~msg);
+	append_frame(&f, device, id, 1, env, n);
+	int rc = call(s, &f, &rep, &m);
+	call_done(&rep, m);
+	return rc;
+}
+
+/* An append_unrecorded left outstanding while the test goes on (a primary that cannot
+ * commit holds its answer), sent from a thread of its own: pending_start, then
+ * pending_join for the answer. The struct must live until pending_join. */
+typedef struct pending_append {
+	const shard *copy;
+	uint64_t device, msg;
+	int timeout_ms, rc;
+	pthread_t th;
+} pending_append;
+
+static void *
+pending_main(void *arg)
+{
+	pending_append *p = arg;
+	nng_socket s = shard_connect(p->copy, p->timeout_ms);
+	p->rc = append_unrecorded(s, p->device, p->msg);
+	nng_close(s);
+	return NULL;
+}
+
+/* Sends the append to `copy`, waiting up to timeout_ms for its answer. */
+static void LOAD_OPTIONAL
+pending_start(pending_append *p, const shard *copy, uint64_t device, uint64_t msg, int timeout_ms)
+{
+	*p = (pending_append) {
+		.copy = copy, .device = device, .msg = msg, .timeout_ms = timeout_ms
+	};
+	CHECK(pthread_create(&p->th, NULL, pending_main, p) == 0, "thread");
+}
+
+/* Waits for the answer; returns append_unrecorded's result. */
+static int LOAD_OPTIONAL
+pending_join(pending_append *p)
+{
+	pthread_join(p->th, NULL);
+	return p->rc;
+}
+
+/* How many entries of `device` (one outside the load, holding a few) the copy on `s`
+ * serves: one FETCH from the start. */
+static uint32_t LOAD_OPTIONAL
+device_entries(nng_socket s, uint64_t device)
+{
+	sp_frame f, rep;
+	nng_msg *m;
+	sp_frame_init(&f, SP_T_FETCH, 1, true);
+	sp_frame_set_u64(&f, SP_F_DEVICE, device);
+	sp_frame_set_u64(&f, SP_F_AFTER_SEQ, 0);
+	int rc = call(s, &f, &rep, &m);
+	CHECK(rc == SP_OK && rep.type == SP_T_ENTRIES_R, "fetch of device %llu: %s",
+	    (unsigned long long)device, sp_strerror(rc));
+	uint32_t n = sp_frame_get(&rep, SP_F_ENTRIES)->rs.n;
+	call_done(&rep, m);
+	return n;
+}
+
+static size_t LOAD_OPTIONAL
 acks_count(void)
 {
 	pthread_mutex_lock(&acks_lock);
@@ -276,7 +354,7 @@ acks_count(void)
 
 /* The latest answer arrival of an acknowledgement given by `copy` (any copy: -1) for a
  * request sent at or after `from` (us); 0 if none. */
-static uint64_t
+static uint64_t LOAD_OPTIONAL
 last_ack_us(int copy, uint64_t from)
 {
 	uint64_t t = 0;
@@ -289,25 +367,44 @@ last_ack_us(int copy, uint64_t from)
 	return t;
 }
 
-/* The earliest send time of a request acknowledged by a copy other than `copy`, sent at or
- * after `from`; UINT64_MAX if none. *who gets that copy. */
+/* The earliest acknowledgement by a copy other than `copy` (-1: any) at or after `from`
+ * (us), by its request's send time or, when `by_answer`, by its answer's arrival: that time,
+ * or UINT64_MAX if none. *who gets that copy. */
 static uint64_t
-first_other_ack_us(int copy, uint64_t from, int *who)
+first_other(int copy, uint64_t from, bool by_answer, int *who)
 {
 	uint64_t t = UINT64_MAX;
 	pthread_mutex_lock(&acks_lock);
-	for (size_t k = 0; k < nacks; k++)
-		if (acks[k].copy != copy && acks[k].t_send >= from && acks[k].t_send < t) {
-			t = acks[k].t_send;
+	for (size_t k = 0; k < nacks; k++) {
+		uint64_t at = by_answer ? acks[k].t_recv : acks[k].t_send;
+		if (acks[k].copy != copy && at >= from && at < t) {
+			t = at;
 			if (who)
 				*who = acks[k].copy;
 		}
+	}
 	pthread_mutex_unlock(&acks_lock);
 	return t;
 }
 
+/* The earliest send time of a request acknowledged by a copy other than `copy`, sent at or
+ * after `from`; UINT64_MAX if none. *who gets that copy. */
+static uint64_t LOAD_OPTIONAL
+first_other_ack_us(int copy, uint64_t from, int *who)
+{
+	return first_other(copy, from, false, who);
+}
+
+/* The earliest arrival, at or after `from`, of an acknowledgement by a copy other than
+ * `copy`; UINT64_MAX if none. *who gets that copy. */
+static uint64_t LOAD_OPTIONAL
+first_other_answer_us(int copy, uint64_t from, int *who)
+{
+	return first_other(copy, from, true, who);
+}
+
 /* Acknowledgements by copies other than `copy` of requests sent at or after `from`. */
-static size_t
+static size_t LOAD_OPTIONAL
 acks_by_others(int copy, uint64_t from)
 {
 	size_t n = 0;
@@ -319,7 +416,7 @@ acks_by_others(int copy, uint64_t from)
 }
 
 /* The longest time without an acknowledgement arriving, between `from` and `to` (us). */
-static uint64_t
+static uint64_t LOAD_OPTIONAL
 longest_ack_gap_us(uint64_t from, uint64_t to)
 {
 	pthread_mutex_lock(&acks_lock);
@@ -358,7 +455,7 @@ cmp_ack_recv(const void *a, const void *b)
  * fall into tenures (runs by one copy); each tenure's last answer arrived before the first
  * request of the next tenure was sent, so the two copies' acknowledging windows do not
  * overlap. Prints the tenures. */
-static void
+static void LOAD_OPTIONAL
 check_tenures(const char *phase)
 {
 	pthread_mutex_lock(&acks_lock);
@@ -512,7 +609,7 @@ metric(int i, const char *name)
 
 /* Prints each copy's replication metrics on stderr (when a wait times out). A copy whose
  * role is 1 (replica) but whose flushed LSN stays behind the primary's is not fetching. */
-static void
+static void LOAD_OPTIONAL
 dump_copies(const char *why)
 {
 	static const char *keys[]
@@ -530,7 +627,7 @@ dump_copies(const char *why)
 }
 
 /* Bytes in copy `i`'s log now: log_since() looks only past such a mark. */
-static long
+static long LOAD_OPTIONAL
 log_mark(int i)
 {
 	FILE *f = fopen(C[i].log, "r");
@@ -625,7 +722,7 @@ proc_wait_up(shard *s, long mark, const char *what, int max_ms)
 }
 
 /* proc_spawn, then proc_wait_up for 15 s. */
-static void
+static void LOAD_OPTIONAL
 proc_start(shard *s, const char *netns, char *const argv[])
 {
 	proc_wait_up(s, proc_spawn(s, netns, argv), argv[0], 15000);
