@@ -24,6 +24,19 @@ sp_be64_get(const uint8_t in[8])
 }
 
 static inline void
+sp_be16_put(uint8_t out[2], uint16_t v)
+{
+	out[0] = (uint8_t)(v >> 8);
+	out[1] = (uint8_t)v;
+}
+
+static inline uint16_t
+sp_be16_get(const uint8_t in[2])
+{
+	return (uint16_t)(in[0] << 8 | in[1]);
+}
+
+static inline void
 sp_be32_put(uint8_t out[4], uint32_t v)
 {
 	for (int i = 0; i < 4; i++)
