@@ -443,9 +443,9 @@ dispatch(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 		if (s->st != CS_ST_READY)
 			login_deadline_arm(s);
 		cs_proxy_keysrv(s, f);
-	}
-	else
+	} else {
 		refuse(s, f);
+	}
 }
 
 /* sp_connsrv_frames_in_total{type="..."}, made on first use of each type. */
