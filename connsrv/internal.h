@@ -216,7 +216,7 @@ int cs_session_dispatch_mismatch(void);
 /* Login checked (user, device, conn_epoch set): the session becomes the device's, an older
  * session of the device on this worker is kicked, and the session is READY. */
 void cs_session_bind(cs_session *s);
-/* The login's AUTH_OK is written: delivery starts after `last_seq`. */
+/* The login's AUTH_OK is written: delivery starts (see cs_deliver_login for `last_seq`). */
 void cs_session_logged_in(cs_session *s, uint64_t last_seq);
 /* KICKED and closes the device's session if it is still the one of `conn_epoch`. */
 void cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);
