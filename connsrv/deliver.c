@@ -168,7 +168,12 @@ fetch(cs_session *s)
 void
 cs_deliver_login(cs_session *s, uint64_t last_seq)
 {
-	s->sent_seq = s->acked_seq = last_seq;
+	/* last_seq is the client's word, and an ACK deletes (and makes DELIVERED receipts for)
+	 * entries up to what was delivered. So delivery starts at the oldest stored entry: what
+	 * the client already has comes again (it dedups and ACKs it), and nothing it was never
+	 * sent can be ACKed. last_seq is kept only to recognise the client's re-ACK of it. */
+	s->sent_seq = s->acked_seq = 0;
+	s->claimed_seq = last_seq;
 	s->queue_empty_sent = false;
 	fetch(s);
 }
@@ -233,6 +238,18 @@ on_acked(void *arg, int rc, const sp_frame *reply)
 	cs_session_call_end(s);
 }
 
+/* Refuses an ACK that names an entry beyond what this session delivered and beyond
+ * AUTH's last_seq: nothing of it is deleted. */
+static void
+ack_refuse(cs_session *s, const sp_frame *f, uint64_t seq)
+{
+	sp_metric_inc(s->srv->m.acks_refused);
+	sp_warn_rl("device %llu ACKed seq %llu, beyond what was delivered (%llu): refused",
+		   (unsigned long long)s->device, (unsigned long long)seq,
+		   (unsigned long long)s->sent_seq);
+	cs_session_error(s, f->id, f->has_id, SP_ERANGE, "ACK beyond what was delivered", NULL);
+}
+
 void
 cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
@@ -241,22 +258,61 @@ cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	cs_server *srv = s->srv;
 	const sp_val *seqs = sp_frame_get(f, SP_F_SEQS);
 	uint64_t upto = sp_frame_u64(f, SP_F_UPTO_SEQ);
-	if (!upto && (!seqs || seqs->us.n == 0)) {
+	uint32_t nseqs = seqs ? seqs->us.n : 0;
+	if (!upto && nseqs == 0) {
 		cs_session_error(s, f->id, f->has_id, SP_EMISSING, "ACK needs upto_seq or seqs", NULL);
 		return;
 	}
-	/* Only what was delivered on this connection (or before it) can be acknowledged. */
-	if (upto > s->sent_seq)
+	/* Only what was delivered on this session can be acknowledged: every stored entry at
+	 * or below sent_seq was written here. A seq up to AUTH's last_seq but not delivered
+	 * yet is the client re-ACKing what it had (its first ACK may have been lost): it is
+	 * left out quietly, and the entry is acknowledged when it comes again. Anything beyond
+	 * both is refused whole. */
+	uint64_t bound = s->sent_seq > s->claimed_seq ? s->sent_seq : s->claimed_seq;
+	if (upto > bound) {
+		ack_refuse(s, f, upto);
+		return;
+	}
+	for (uint32_t i = 0; i < nseqs; i++) {
+		if (seqs->us.v[i] > bound) {
+			ack_refuse(s, f, seqs->us.v[i]);
+			return;
+		}
+	}
+	bool clamped = upto > s->sent_seq;
+	if (clamped)
 		upto = s->sent_seq;
+	uint64_t *keep = nseqs ? malloc(nseqs * sizeof(uint64_t)) : NULL;
+	uint32_t nkeep = 0;
+	if (nseqs && !keep) {
+		cs_session_error(s, f->id, f->has_id, SP_ENOMEM, NULL, NULL);
+		return;
+	}
 	uint64_t top = upto;
-	for (uint32_t i = 0; seqs && i < seqs->us.n; i++)
-		if (seqs->us.v[i] <= s->sent_seq && seqs->us.v[i] > top)
-			top = seqs->us.v[i];
+	for (uint32_t i = 0; i < nseqs; i++) {
+		uint64_t q = seqs->us.v[i];
+		if (q > s->sent_seq) {
+			clamped = true;
+			continue;
+		}
+		if (q == 0 || q <= upto)
+			continue; /* covered by upto (or names no entry) */
+		keep[nkeep++] = q;
+		if (q > top)
+			top = q;
+	}
 	sp_metric_inc(srv->m.acks);
+	if (clamped)
+		sp_metric_inc(srv->m.acks_clamped);
+	if (!upto && nkeep == 0) {
+		free(keep);
+		return; /* nothing delivered here was named */
+	}
 	char url[256];
 	ack_op *op = malloc(sizeof(*op));
 	if (!op || cs_members_shard_url(srv, s->device, url, sizeof(url))) {
 		free(op);
+		free(keep);
 		cs_session_error(s, f->id, f->has_id, SP_EUNAVAIL, NULL, NULL);
 		return;
 	}
@@ -267,10 +323,11 @@ cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
 	if (upto)
 		sp_frame_set_u64(&q, SP_F_UPTO_SEQ, upto);
-	if (seqs && seqs->us.n)
-		sp_frame_set_u64s(&q, SP_F_SEQS, seqs->us.v, seqs->us.n);
+	if (nkeep)
+		sp_frame_set_u64s(&q, SP_F_SEQS, keep, nkeep);
 	cs_session_call_begin(s);
 	int rc = cs_shardcall_devices(srv->shards, url, &s->device, 1, &q, on_acked, op);
+	free(keep);
 	if (rc != SP_OK) {
 		free(op);
 		ack_dropped(s, rc);

@@ -6,7 +6,9 @@
  * Files (who calls whom: session.c dispatches client frames to the handler files; handler
  * files reach other concerns only through srv->ops, set up by main.c):
  *   main.c      options, start-up and shutdown, drain, signals; fills srv->ops
- *   session.c   TLS accept, frame loop, dispatch table, device registry, kicks, close/reap
+ *   session.c   TLS accept, frame loop, dispatch table, device registry, kicks, close/reap,
+ *               pre-login limits (frame size, login deadline)
+ *   admit.c     per-source admission at accept: unauthenticated connections, handshake rate
  *   login.c     HELLO/AUTH: challenge, key check at keysrv, route claim (login.h)
  *   send.c      SEND and SEND_GROUP: device checks, appends, SENT (send.h)
  *   deliver.c   delivery window, FETCH, push hints, ACK, lost-push check (deliver.h)
@@ -35,6 +37,7 @@
 #include <openssl/ssl.h>
 #include <uthash.h>
 
+#include "connsrv/admit.h"
 #include "connsrv/appendq.h"
 #include "connsrv/routes.h"
 #include "connsrv/rpc.h"
@@ -71,6 +74,14 @@ typedef struct cs_cfg {
 	char *metrics_addr;
 	long long metrics_port;
 	long long drain_timeout_ms;
+	/* Before login (0: off): frame size, the time to log in (PING does not extend it), and
+	 * per source (admit.h) unauthenticated connections, handshakes per second and burst,
+	 * and the size of the table of sources. */
+	long long prelogin_frame_max;
+	long long login_timeout_ms;
+	long long prelogin_per_source;
+	long long handshake_rate, handshake_burst;
+	long long source_table_size;
 } cs_cfg;
 
 typedef enum {
@@ -92,10 +103,16 @@ typedef struct cs_session {
 	uint8_t nonce[SP_LOGIN_NONCE_LEN];
 	uint64_t user, device, conn_epoch;
 	char peer[64];
+	cs_admit_key src;   /* the source the connection came from */
+	bool admit_held;    /* holds one of its source's unauthenticated slots (admit.h) */
+	struct event *login_ev; /* the login deadline; NULL when off or logged in */
 	unsigned inflight; /* server calls outstanding (cs_session_call_begin/_end) */
 	bool read_paused;
-	/* Delivery (deliver.c): seqs written to the client, and the client's cumulative ACK. */
-	uint64_t sent_seq, acked_seq;
+	/* Delivery (deliver.c): the highest seq written to the client on this session (every
+	 * stored entry at or below it was written on this session: delivery starts at the
+	 * oldest entry whatever AUTH's last_seq says), the client's cumulative ACK, and the
+	 * last_seq AUTH claimed (only tells a legitimate re-ACK from an out-of-range one). */
+	uint64_t sent_seq, acked_seq, claimed_seq;
 	bool fetching, refetch, queue_empty_sent, checking;
 	/* Token bucket of the SP_FL_RATED frames. */
 	double tokens;
@@ -130,6 +147,7 @@ struct cs_server {
 	struct event_base *base;
 	SSL_CTX *tls;
 	struct evconnlistener *listener;
+	cs_admit *admit; /* per-source admission of the listener's connections */
 	cs_rpc *rpc;
 	cs_shardcall *shards; /* every inbox shard call: retried on the shard's new primary */
 	cs_appendq *appendq; /* 1:1 and receipt appends, coalesced per shard */
@@ -159,7 +177,11 @@ struct cs_server {
 			*frames_out, *sends, *sent_latency, *deliveries, *delivered_rt, *drains,
 			*gap_fetches, *checks, *errors, *acks, *receipts, *rpc_latency, *redis_latency,
 			*rate_limited, *malformed, *slow_pauses, *receipts_dropped, *fetches_dropped,
-			*acks_dropped, *pushes_dropped, *pushes_stale, *peer_dropped, *checks_failed;
+			*acks_dropped, *pushes_dropped, *pushes_stale, *peer_dropped, *checks_failed,
+			*acks_refused, *acks_clamped;
+		/* sp_connsrv_prelogin_refused_total{reason}: admit verdicts, then frame size
+		 * and login deadline. */
+		sp_metric *prelogin_refused[CS_ADMIT_TABLE + 1], *prelogin_frame, *prelogin_timeout;
 	} m;
 };
 
@@ -186,6 +208,7 @@ void cs_session_close(cs_session *s, bool flush);
 void cs_session_call_begin(cs_session *s);
 void cs_session_call_end(cs_session *s);
 bool cs_session_output_full(const cs_session *s);
+/* Listens on cfg.listen with per-source admission (srv->admit, freed by cs_session_stop). */
 int cs_server_accept_start(cs_server *srv);
 /* The first frame type whose catalogue tier (SP_TIER_CONNSRV or not) disagrees with the
  * dispatch table (a handler or none), or -1 when they agree. */
@@ -193,7 +216,7 @@ int cs_session_dispatch_mismatch(void);
 /* Login checked (user, device, conn_epoch set): the session becomes the device's, an older
  * session of the device on this worker is kicked, and the session is READY. */
 void cs_session_bind(cs_session *s);
-/* The login's AUTH_OK is written: delivery starts after `last_seq`. */
+/* The login's AUTH_OK is written: delivery starts (see cs_deliver_login for `last_seq`). */
 void cs_session_logged_in(cs_session *s, uint64_t last_seq);
 /* KICKED and closes the device's session if it is still the one of `conn_epoch`. */
 void cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);

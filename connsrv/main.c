@@ -61,6 +61,12 @@ static const sp_config_opt opts[] = {
 	{"out-max-bytes", SP_CT_SIZE, &cfg.out_max_bytes, "4M", "disconnect a client whose unread output exceeds this", 65536, 1 << 30},
 	{"send-rate", SP_CT_INT, &cfg.send_rate, "200", "sends per second per device (token bucket)", 1, 1000000},
 	{"send-burst", SP_CT_INT, &cfg.send_burst, "400", "token bucket size", 1, 1000000},
+	{"prelogin-max-frame", SP_CT_SIZE, &cfg.prelogin_frame_max, "4K", "largest frame a connection may send before it has logged in (HELLO, AUTH, REGISTER, VERIFY, LINK_* are under 1 KiB)", 512, 1 << 20},
+	{"login-timeout", SP_CT_INT, &cfg.login_timeout_ms, "10000", "ms a connection has to log in (restarted by REGISTER/VERIFY/LINK_* frames, not by PING)", 1000, 600000},
+	{"prelogin-per-source", SP_CT_INT, &cfg.prelogin_per_source, "64", "connections not yet logged in per source address (IPv6: per /64)", 1, 1000000},
+	{"handshake-rate", SP_CT_INT, &cfg.handshake_rate, "50", "new connections (TLS handshakes) per second per source address", 1, 1000000},
+	{"handshake-burst", SP_CT_INT, &cfg.handshake_burst, "200", "burst of new connections per source address", 1, 1000000},
+	{"source-table-size", SP_CT_INT, &cfg.source_table_size, "65536", "source addresses tracked for the per-source limits (idle ones evicted oldest first)", 16, 10000000},
 	{"route-ttl", SP_CT_INT, &cfg.route_ttl_s, "90", "seconds a route lives in Redis without refresh", 3, 86400},
 	{"check-interval", SP_CT_INT, &cfg.check_interval_ms, "2000", "ms between lost-delivery checks", 100, 600000},
 	{"check-per-tick", SP_CT_INT, &cfg.check_per_tick, "200000", "connections checked per interval (one call per shard per 1024)", 1, 10000000},
@@ -103,6 +109,16 @@ register_metrics(cs_server *srv)
 	srv->m.checks_failed = sp_metric_counter("sp_connsrv_checks_failed_total", "lost-push checks (LAST_SEQS) that failed (the next tick retries)");
 	srv->m.pushes_dropped = sp_metric_counter("sp_connsrv_pushes_dropped_total", "DELIVER hints (the check repairs) and KICKs not sent to peers");
 	srv->m.pushes_stale = sp_metric_counter("sp_connsrv_pushes_stale_total", "DELIVER hints for a device no longer here (stale route)");
+	srv->m.acks_refused = sp_metric_counter("sp_connsrv_acks_refused_total", "ACKs naming entries beyond what was delivered (ERROR, nothing deleted)");
+	srv->m.acks_clamped = sp_metric_counter("sp_connsrv_acks_clamped_total", "ACKs cut to what this session delivered (a re-ACK of AUTH's last_seq)");
+	for (int v = CS_ADMIT_UNAUTH; v <= CS_ADMIT_TABLE; v++) {
+		char name[96];
+		snprintf(name, sizeof(name), "sp_connsrv_prelogin_refused_total{reason=\"%s\"}",
+			 cs_admit_verdict_name((cs_admit_verdict)v));
+		srv->m.prelogin_refused[v] = sp_metric_counter(name, "connections refused before login, by reason");
+	}
+	srv->m.prelogin_frame = sp_metric_counter("sp_connsrv_prelogin_refused_total{reason=\"frame_size\"}", "connections refused before login, by reason");
+	srv->m.prelogin_timeout = sp_metric_counter("sp_connsrv_prelogin_refused_total{reason=\"login_timeout\"}", "connections refused before login, by reason");
 	srv->m.peer_dropped = sp_metric_counter("sp_connsrv_peer_frames_dropped_total", "frames on the pull socket not acted on");
 }
 

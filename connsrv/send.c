@@ -410,6 +410,34 @@ cs_send_one(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 
 /* ---- groups ---- */
 
+/* An item of a SEND_GROUP by device (its index in `items`), and a target by shard. */
+typedef struct dev_ref {
+	uint64_t device;
+	uint32_t idx;
+} dev_ref;
+
+typedef struct shard_ref {
+	const sp_cluster_member *shard;
+	uint64_t device;
+} shard_ref;
+
+/* By device only: bsearch looks a device up with a bare uint64_t key. */
+static int
+cmp_dev_ref(const void *x, const void *y)
+{
+	return cmp_u64(x, y);
+}
+
+/* By shard, then device: a total order, so the batches do not depend on qsort. */
+static int
+cmp_shard_ref(const void *x, const void *y)
+{
+	const shard_ref *a = x, *b = y;
+	if (a->shard != b->shard)
+		return (uintptr_t)a->shard < (uintptr_t)b->shard ? -1 : 1;
+	return cmp_u64(&a->device, &b->device);
+}
+
 static void
 on_group_devices(void *arg, int rc, const sp_frame *reply)
 {
@@ -430,40 +458,64 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 	for (size_t i = 0; i < n; i++)
 		if (v->us.v[i] != s->device)
 			op->devices[op->n++] = v->us.v[i];
+	/* Up to SP_MAX_FANOUT_DEVICES targets and items: everything below is sorted and
+	 * searched in O(n log n), never compared pairwise, on the loop thread. */
 	const sp_val *items = sp_frame_get(&op->f, SP_F_ITEMS);
-	for (uint32_t k = 0; items && k < items->rs.n; k++) {
-		if (!contains(op->devices, op->n, sp_frame_u64(&items->rs.v[k], SP_F_DEVICE))) {
-			op_fail(op, SP_EMISMATCH, "an item names a device outside the group");
-			return;
-		}
-	}
-	/* Sort targets by shard so each shard gets one batch (the body stored once there). The
-	 * shards are members of one map snapshot, held until the batches are sent: a target
-	 * carries its shard, and the address is read only for the call. */
+	uint32_t nitems = items ? items->rs.n : 0;
+	dev_ref *by_dev = calloc(nitems ? nitems : 1, sizeof(*by_dev));
+	shard_ref *order = calloc(op->n ? op->n : 1, sizeof(*order));
 	const sp_cluster_member **shards = calloc(op->n ? op->n : 1, sizeof(*shards));
 	sp_frame *targets = calloc(op->n ? op->n : 1, sizeof(sp_frame));
-	sp_cluster_map *map = sp_cluster_map_get(s->srv->cluster);
-	if (!shards || !targets) {
+	if (!by_dev || !order || !shards || !targets) {
+		free(by_dev);
+		free(order);
 		free(shards);
 		free(targets);
-		if (map)
-			sp_cluster_map_put(map);
 		op_fail(op, SP_ENOMEM, NULL);
 		return;
 	}
-	for (size_t i = 0; i < op->n && !op->rc; i++)
-		if (!map || !(shards[i] = sp_cluster_map_shard_for(map, op->devices[i])))
-			op->rc = SP_EUNAVAIL;
-	for (size_t i = 1; i < op->n && !op->rc; i++) { /* insertion sort by shard */
-		for (size_t j = i; j > 0 && (uintptr_t)shards[j - 1] > (uintptr_t)shards[j]; j--) {
-			const sp_cluster_member *t = shards[j];
-			shards[j] = shards[j - 1];
-			shards[j - 1] = t;
-			uint64_t d = op->devices[j];
-			op->devices[j] = op->devices[j - 1];
-			op->devices[j - 1] = d;
+	qsort(op->devices, op->n, sizeof(uint64_t), cmp_u64);
+	for (uint32_t k = 0; k < nitems; k++) {
+		by_dev[k].device = sp_frame_u64(&items->rs.v[k], SP_F_DEVICE);
+		by_dev[k].idx = k;
+	}
+	qsort(by_dev, nitems, sizeof(*by_dev), cmp_dev_ref);
+	const char *bad = NULL;
+	int bad_rc = SP_OK;
+	for (uint32_t k = 0; k < nitems && !bad; k++) {
+		if (k > 0 && by_dev[k].device == by_dev[k - 1].device) {
+			bad = "a device appears twice in items";
+			bad_rc = SP_EINVAL;
+		} else if (!bsearch(&by_dev[k].device, op->devices, op->n, sizeof(uint64_t), cmp_u64)) {
+			bad = "an item names a device outside the group";
+			bad_rc = SP_EMISMATCH;
 		}
 	}
+	if (bad) {
+		free(by_dev);
+		free(order);
+		free(shards);
+		free(targets);
+		op_fail(op, bad_rc, bad);
+		return;
+	}
+	/* Group targets by shard so each shard gets one batch (the body stored once there). The
+	 * shards are members of one map snapshot, held until the batches are sent: a target
+	 * carries its shard, and the address is read only for the call. */
+	sp_cluster_map *map = sp_cluster_map_get(s->srv->cluster);
+	for (size_t i = 0; i < op->n && !op->rc; i++) {
+		order[i].device = op->devices[i];
+		if (!map || !(order[i].shard = sp_cluster_map_shard_for(map, op->devices[i])))
+			op->rc = SP_EUNAVAIL;
+	}
+	if (!op->rc) {
+		qsort(order, op->n, sizeof(*order), cmp_shard_ref);
+		for (size_t i = 0; i < op->n; i++) {
+			shards[i] = order[i].shard;
+			op->devices[i] = order[i].device;
+		}
+	}
+	free(order);
 	sp_bin body = sp_frame_bin(&op->f, SP_F_BODY);
 	op->pending = 1;
 	for (size_t i = 0; i < op->n && !op->rc;) {
@@ -473,11 +525,11 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 		for (size_t k = i; k < j; k++) {
 			sp_frame_init(&targets[k], SP_T_APPEND_TARGET, 0, false);
 			sp_frame_set_u64(&targets[k], SP_F_DEVICE, op->devices[k]);
-			for (uint32_t m = 0; items && m < items->rs.n; m++) {
-				if (sp_frame_u64(&items->rs.v[m], SP_F_DEVICE) == op->devices[k]) {
-					sp_bin ct = sp_frame_bin(&items->rs.v[m], SP_F_CT);
-					sp_frame_set_bin(&targets[k], SP_F_CT, ct.p, ct.len);
-				}
+			const dev_ref *it = bsearch(&op->devices[k], by_dev, nitems, sizeof(*by_dev),
+						    cmp_dev_ref);
+			if (it) {
+				sp_bin ct = sp_frame_bin(&items->rs.v[it->idx], SP_F_CT);
+				sp_frame_set_bin(&targets[k], SP_F_CT, ct.p, ct.len);
 			}
 		}
 		sp_frame q;
@@ -497,6 +549,7 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 	}
 	if (map)
 		sp_cluster_map_put(map);
+	free(by_dev);
 	free(shards);
 	free(targets);
 	if (--op->pending == 0)

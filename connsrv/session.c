@@ -55,6 +55,8 @@ list_del(cs_session **head, cs_session *s)
 static void
 session_free(cs_session *s)
 {
+	if (s->login_ev)
+		event_free(s->login_ev);
 	if (s->bev)
 		bufferevent_free(s->bev);
 	free(s);
@@ -108,6 +110,8 @@ cs_session_stop(cs_server *srv)
 	if (srv->reap_ev)
 		event_free(srv->reap_ev);
 	srv->reap_ev = NULL;
+	cs_admit_free(srv->admit);
+	srv->admit = NULL;
 }
 
 bool
@@ -134,6 +138,25 @@ flush_done(cs_session *s)
 	s->flush_close = false;
 	s->srv->nflushing--;
 	reap_maybe(s);
+}
+
+/* The connection no longer counts against its source's unauthenticated connections. */
+static void
+admit_release(cs_session *s)
+{
+	if (!s->admit_held)
+		return;
+	cs_admit_release(s->srv->admit, &s->src);
+	s->admit_held = false;
+}
+
+/* Logged in or closing: the pre-login deadline and frame limit end. */
+static void
+prelogin_end(cs_session *s)
+{
+	admit_release(s);
+	if (s->login_ev)
+		event_del(s->login_ev);
 }
 
 /* The device no longer reaches this session: out of the registry, its route released. */
@@ -182,6 +205,8 @@ cs_session_bind(cs_session *s)
 	}
 	HASH_ADD(hh, srv->by_device, device, sizeof(s->device), s);
 	s->st = CS_ST_READY;
+	prelogin_end(s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, sp_frame_limit_large() + 4);
 }
 
 void
@@ -200,6 +225,7 @@ cs_session_close(cs_session *s, bool flush)
 	}
 	s->closing = true;
 	cs_server *srv = s->srv;
+	prelogin_end(s);
 	if (s->st == CS_ST_READY)
 		logout(s);
 	if (srv->check_cursor == s)
@@ -267,6 +293,7 @@ cs_session_call_begin(cs_session *s)
 }
 
 static void process_input(cs_session *s);
+static void login_deadline_arm(cs_session *s);
 
 void
 cs_session_call_end(cs_session *s)
@@ -407,12 +434,18 @@ dispatch(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	}
 	if ((d->flags & SP_FL_RATED) && !rate_admit(s, f))
 		return;
-	if (d->tier == SP_TIER_CONNSRV)
+	if (d->tier == SP_TIER_CONNSRV) {
 		h->fn(s, f, raw, len);
-	else if (d->tier == SP_TIER_KEYSRV)
+	} else if (d->tier == SP_TIER_KEYSRV) {
+		/* Registration and linking make progress through keysrv (which rate-limits each
+		 * source), and a new device polls LINK_STATUS until its link is confirmed: such
+		 * a frame restarts the login deadline. PING never does. */
+		if (s->st != CS_ST_READY)
+			login_deadline_arm(s);
 		cs_proxy_keysrv(s, f);
-	else
+	} else {
 		refuse(s, f);
+	}
 }
 
 /* sp_connsrv_frames_in_total{type="..."}, made on first use of each type. */
@@ -429,6 +462,14 @@ type_counter(unsigned type)
 	return by_type[type & 255];
 }
 
+/* The largest frame the session may send now: small until it has logged in. */
+static size_t
+frame_max(const cs_session *s)
+{
+	long long pre = s->srv->cfg.prelogin_frame_max;
+	return s->st == CS_ST_READY || pre <= 0 ? sp_frame_limit_large() : (size_t)pre;
+}
+
 static void
 process_input(cs_session *s)
 {
@@ -436,9 +477,19 @@ process_input(cs_session *s)
 	while (!s->closing && !s->read_paused) {
 		sp_frame f;
 		size_t used;
-		int rc = sp_framer_next(in, sp_frame_limit_large(), &f, &used);
+		size_t max = frame_max(s);
+		int rc = sp_framer_next(in, max, &f, &used);
 		if (rc == SP_EAGAIN)
 			return;
+		if (rc == SP_ETOOBIG && max < sp_frame_limit_large()) {
+			/* Before login only small frames are legitimate: refused at the length
+			 * prefix, before the body is buffered. */
+			sp_metric_inc(s->srv->m.prelogin_frame);
+			sp_warn_rl("%s: frame over %zu bytes before login, closing", s->peer, max);
+			cs_session_error(s, 0, false, SP_ETOOBIG, "frame too large before login", NULL);
+			cs_session_close(s, true);
+			return;
+		}
 		if (rc != SP_OK) {
 			/* The stream cannot be trusted after a bad frame: answer and close. */
 			sp_metric_inc(s->srv->m.malformed);
@@ -495,12 +546,41 @@ on_event(struct bufferevent *bev, short what, void *arg)
 	cs_session_close(s, false);
 }
 
+static void
+on_login_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	cs_session *s = arg;
+	if (s->closing || s->st == CS_ST_READY)
+		return;
+	sp_metric_inc(s->srv->m.prelogin_timeout);
+	sp_warn_rl("%s: not logged in within %lld ms, closing", s->peer, s->srv->cfg.login_timeout_ms);
+	cs_session_error(s, 0, false, SP_ETIMEDOUT, "log in sooner", NULL);
+	cs_session_close(s, true);
+}
+
+static void
+login_deadline_arm(cs_session *s)
+{
+	if (!s->login_ev)
+		return;
+	long long ms = s->srv->cfg.login_timeout_ms;
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	evtimer_add(s->login_ev, &tv);
+}
+
 cs_session *
 cs_session_new(cs_server *srv, struct bufferevent *bev, const char *peer)
 {
 	cs_session *s = calloc(1, sizeof(*s));
 	if (!s)
 		return NULL;
+	if (srv->cfg.login_timeout_ms > 0 &&
+	    !(s->login_ev = evtimer_new(srv->base, on_login_deadline, s))) {
+		free(s);
+		return NULL;
+	}
 	s->srv = srv;
 	s->bev = bev;
 	s->st = CS_ST_HELLO;
@@ -509,11 +589,13 @@ cs_session_new(cs_server *srv, struct bufferevent *bev, const char *peer)
 	snprintf(s->peer, sizeof(s->peer), "%s", peer);
 	struct timeval idle = {srv->cfg.idle_timeout_ms / 1000, (srv->cfg.idle_timeout_ms % 1000) * 1000};
 	bufferevent_set_timeouts(bev, &idle, NULL);
-	/* Reading stops while a whole maximum frame is buffered and not yet handled. */
-	bufferevent_setwatermark(bev, EV_READ, 0, sp_frame_limit_large() + 4);
+	/* Reading stops while a whole maximum frame is buffered and not yet handled (before
+	 * login: the pre-login maximum). */
+	bufferevent_setwatermark(bev, EV_READ, 0, frame_max(s) + 4);
 	bufferevent_setwatermark(bev, EV_WRITE, (size_t)srv->cfg.out_pause_bytes / 2, 0);
 	bufferevent_setcb(bev, on_read, on_write, on_event, s);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	login_deadline_arm(s);
 	list_add(&srv->sessions, s);
 	srv->nconns++;
 	sp_metric_gauge_add(srv->m.conns, 1);
@@ -533,14 +615,32 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		evutil_closesocket(fd);
 		return;
 	}
+	/* Per-source limits, decided before any TLS work: a refused connection costs an
+	 * accept and a close. */
+	cs_admit_key src;
+	cs_admit_key_of(sa, &src);
+	cs_admit_verdict v = cs_admit_take(srv->admit, &src, sp_mono_ms());
+	if (v != CS_ADMIT_OK) {
+		char who[INET6_ADDRSTRLEN] = "?";
+		if (sa->sa_family == AF_INET)
+			inet_ntop(AF_INET, &((struct sockaddr_in *)sa)->sin_addr, who, sizeof(who));
+		else if (sa->sa_family == AF_INET6)
+			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)sa)->sin6_addr, who, sizeof(who));
+		sp_metric_inc(srv->m.prelogin_refused[v]);
+		sp_warn_rl("%s: connection refused before TLS: %s", who, cs_admit_verdict_name(v));
+		evutil_closesocket(fd);
+		return;
+	}
 	SSL *ssl = SSL_new(srv->tls);
 	if (!ssl) {
+		cs_admit_release(srv->admit, &src);
 		evutil_closesocket(fd);
 		return;
 	}
 	struct bufferevent *bev = bufferevent_openssl_socket_new(
 		srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
 	if (!bev) {
+		cs_admit_release(srv->admit, &src);
 		SSL_free(ssl);
 		evutil_closesocket(fd);
 		return;
@@ -561,8 +661,14 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 		port = ntohs(in->sin6_port);
 	}
 	snprintf(peer, sizeof(peer), "%s:%d", host, port);
-	if (!cs_session_new(srv, bev, peer))
+	cs_session *s = cs_session_new(srv, bev, peer);
+	if (!s) {
+		cs_admit_release(srv->admit, &src);
 		bufferevent_free(bev); /* frees the SSL and closes fd */
+		return;
+	}
+	s->src = src;
+	s->admit_held = true;
 }
 
 static void
@@ -589,6 +695,15 @@ cs_server_accept_start(cs_server *srv)
 	snprintf(spec, sizeof(spec), "%s:%s", host, colon + 1);
 	if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &sslen))
 		return SP_ECONFIG;
+	cs_admit_cfg ac = {
+		.max_unauth = srv->cfg.prelogin_per_source,
+		.hs_rate = (double)srv->cfg.handshake_rate,
+		.hs_burst = srv->cfg.handshake_burst,
+		.max_sources = (size_t)srv->cfg.source_table_size,
+	};
+	int rc = cs_admit_new(&ac, &srv->admit);
+	if (rc)
+		return rc;
 	/* SO_REUSEPORT: several worker processes share the port, the kernel spreads accepts. */
 	srv->listener = evconnlistener_new_bind(
 		srv->base, on_accept, srv,

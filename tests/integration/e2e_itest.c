@@ -190,10 +190,13 @@ START_TEST(test_spoofing_and_foreign_inbox)
 	/* c is offline with a message waiting. */
 	ck_assert_int_eq(send_text(&a, &c, "for-c", NULL), SP_OK);
 
-	/* b tries to ACK far ahead: only its own (empty) inbox is touched. */
+	/* b tries to ACK far ahead: refused (beyond what it was delivered), nothing touched. */
 	online(&b, 0);
 	ck_assert_int_eq(itest_ack(&b, 1000000), SP_OK);
 	sp_frame q, f;
+	ck_assert_int_eq(itest_wait(&b, SP_T_ERROR, 5000, &f), SP_OK);
+	ck_assert_int_eq(sp_frame_i64(&f, SP_F_CODE), SP_ERANGE);
+	sp_frame_fini(&f);
 	/* A client cannot fetch from a shard directly. */
 	sp_frame_init(&q, SP_T_FETCH, 5, true);
 	sp_frame_set_u64(&q, SP_F_DEVICE, c.device);
