@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "repl/lmdbfx.h"
 #include "sp_error.h"
@@ -24,10 +25,24 @@ fail(const char *what)
 	abort();
 }
 
+static char dir[] = "/tmp/repl_fx_fuzz.XXXXXX";
+
+/* The scratch environment goes when the run ends. */
+static void
+remove_env(void)
+{
+	char p[64];
+	mdb_env_close(env);
+	snprintf(p, sizeof(p), "%s/data.mdb", dir);
+	unlink(p);
+	snprintf(p, sizeof(p), "%s/lock.mdb", dir);
+	unlink(p);
+	rmdir(dir);
+}
+
 static void
 open_env(void)
 {
-	static char dir[] = "/tmp/repl_fx_fuzz.XXXXXX";
 	MDB_txn *t;
 	if (!mkdtemp(dir) || mdb_env_create(&env) || mdb_env_set_maxdbs(env, NDB)
 	    || mdb_env_set_mapsize(env, 256u << 20) || mdb_env_open(env, dir, MDB_NOSYNC, 0600)
@@ -40,6 +55,7 @@ open_env(void)
 	}
 	if (mdb_txn_commit(t))
 		fail("commit");
+	atexit(remove_env);
 }
 
 int
