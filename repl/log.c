@@ -18,6 +18,7 @@
 
 #include "sp_bytes.h"
 #include "sp_error.h"
+#include "sp_io.h"
 #include "sp_log.h"
 
 #if defined(__x86_64__)
@@ -189,36 +190,6 @@ rec_parse(const uint8_t *p, size_t avail, repl_log_rec *r)
 	return SP_OK;
 }
 
-static int
-write_all(int fd, const uint8_t *p, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return SP_EIO;
-		p += w;
-		n -= (size_t)w;
-	}
-	return SP_OK;
-}
-
-static int
-pread_all(int fd, uint8_t *p, size_t n, uint64_t off)
-{
-	while (n) {
-		ssize_t r = pread(fd, p, n, (off_t)off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return SP_EIO;
-		p += r;
-		n -= (size_t)r;
-		off += (uint64_t)r;
-	}
-	return SP_OK;
-}
 
 /* Writes `name` in the directory atomically and durably: temp file, fsync, rename, fsync
  * of the directory. */
@@ -230,7 +201,7 @@ write_file_atomic(int dirfd, const char *name, const uint8_t *data, size_t len)
 	int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return SP_EIO;
-	int rc = write_all(fd, data, len);
+	int rc = sp_write_all(fd, data, len);
 	if (rc == SP_OK && fsync(fd) != 0)
 		rc = SP_EIO;
 	if (close(fd) != 0 && rc == SP_OK)
@@ -261,7 +232,7 @@ read_small_file(int dirfd, const char *name, size_t max, uint8_t **out, size_t *
 	rc = SP_ENOMEM;
 	if (!(buf = malloc((size_t)st.st_size + 1)))
 		goto fail;
-	if ((rc = pread_all(fd, buf, (size_t)st.st_size, 0)) != SP_OK)
+	if ((rc = sp_pread_all(fd, buf, (size_t)st.st_size, 0)) != SP_OK)
 		goto fail;
 	close(fd);
 	*out = buf;
@@ -479,7 +450,7 @@ scan_at(scan *sc, uint64_t off, size_t want, const uint8_t **p, size_t *avail)
 			sc->cap = (size_t)(end - off);
 		}
 		size_t n = sc->size - off < sc->cap ? (size_t)(sc->size - off) : sc->cap;
-		int rc = pread_all(sc->fd, sc->buf, n, off);
+		int rc = sp_pread_all(sc->fd, sc->buf, n, off);
 		if (rc != SP_OK)
 			return rc;
 		sc->at = off;
@@ -1254,7 +1225,7 @@ planned:
 		size_t k1 = k0 + (nrec - got < s->n - k0 ? nrec - got : s->n - k0);
 		uint64_t end = k1 < s->n ? s->off[k1] : s->size;
 		uint64_t len = end - s->off[k0];
-		if ((rc = pread_all(s->fd, buf + at, (size_t)len, s->off[k0])) != SP_OK)
+		if ((rc = sp_pread_all(s->fd, buf + at, (size_t)len, s->off[k0])) != SP_OK)
 			goto unlock;
 		for (size_t k = k0; k < k1; k++, got++, lsn++) {
 			const uint8_t *p = buf + at + (s->off[k] - s->off[k0]);

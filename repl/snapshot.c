@@ -17,6 +17,7 @@
 
 #include "repl/ha.h"
 #include "sp_error.h"
+#include "sp_io.h"
 #include "sp_log.h"
 #include "sp_nng.h"
 #include "sp_time.h"
@@ -281,21 +282,6 @@ start_making(repl_snap_src *s)
 	return SP_OK;
 }
 
-static int
-read_all(int fd, uint8_t *buf, size_t n, uint64_t off)
-{
-	while (n) {
-		ssize_t r = pread(fd, buf, n, (off_t)off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return SP_EIO;
-		buf += r;
-		n -= (size_t)r;
-		off += (uint64_t)r;
-	}
-	return SP_OK;
-}
 
 nng_msg *
 repl_snap_serve(repl_snap_src *s, const sp_frame *req)
@@ -359,7 +345,7 @@ repl_snap_serve(repl_snap_src *s, const sp_frame *req)
 		cap = s->rate / 4 < 4096 ? 4096 : (size_t)(s->rate / 4);
 	size_t n = size - offset < cap ? (size_t)(size - offset) : cap;
 	uint8_t *buf = n ? malloc(n) : NULL;
-	int rc = n && !buf ? SP_ENOMEM : n ? read_all(fd, buf, n, offset) : SP_OK;
+	int rc = n && !buf ? SP_ENOMEM : n ? sp_pread_all(fd, buf, n, offset) : SP_OK;
 
 	pthread_mutex_lock(&s->mu);
 	s->busy--;
@@ -522,21 +508,6 @@ typedef struct download {
 	crypto_hash_sha256_state h;
 } download;
 
-static int
-write_all(int fd, const uint8_t *p, size_t n, uint64_t off)
-{
-	while (n) {
-		ssize_t w = pwrite(fd, p, n, (off_t)off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return SP_EIO;
-		p += w;
-		n -= (size_t)w;
-		off += (uint64_t)w;
-	}
-	return SP_OK;
-}
 
 /* Takes one REPL_SNAP_CHUNK (hostile input: every field is checked against the first). */
 static int
@@ -563,7 +534,7 @@ take_chunk(download *dl, const sp_frame *rep)
 	if (offset != dl->offset || data.len > REPL_SNAP_CHUNK || data.len > size - offset
 	    || (data.len == 0 && offset < size))
 		return SP_EPROTO;
-	int rc = write_all(dl->fd, data.p, data.len, offset);
+	int rc = sp_pwrite_all(dl->fd, data.p, data.len, offset);
 	if (rc)
 		return rc;
 	crypto_hash_sha256_update(&dl->h, data.p, data.len);
