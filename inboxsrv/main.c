@@ -247,14 +247,13 @@ main(int argc, char **argv)
 			rc = SP_ECONFIG;
 			goto out;
 		}
-		inbox_repl_config rcfg = {
+		repl_node_config rcfg = {
 			.data_dir = data_dir,
 			.etcd = etcd,
 			.etcd_ca = etcd_ca,
 			.etcd_cert = etcd_cert,
 			.etcd_key = etcd_key,
 			.cluster = etcd_cluster,
-			.shard = (uint64_t)shard,
 			.name = name,
 			.listen = repl_listen,
 			.advertise = repl_advertise,
@@ -267,7 +266,7 @@ main(int argc, char **argv)
 			.peer_ca = repl_peer_ca,
 			.boot = &boot,
 		};
-		if ((rc = inbox_repl_open(&repl, &rcfg, store)))
+		if ((rc = inbox_repl_open(&repl, &rcfg, (uint64_t)shard, store)))
 			goto out;
 		ccfg.repl = inbox_repl_hooks(repl);
 		dcfg.gate = inbox_repl_gate;

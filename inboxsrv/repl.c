@@ -198,37 +198,18 @@ hook_replicate(void *arg, inbox_req *batch)
 /* ---- life cycle ---- */
 
 int
-inbox_repl_open(inbox_repl **out, const inbox_repl_config *cfg, inbox_store *store)
+inbox_repl_open(inbox_repl **out, const repl_node_config *cfg, uint64_t shard, inbox_store *store)
 {
 	char group[32];
 	inbox_repl *r = calloc(1, sizeof(*r));
 	if (!r)
 		return SP_ENOMEM;
 	r->store = store;
-	snprintf(group, sizeof(group), "inbox-%" PRIu64, cfg->shard);
-	repl_node_config nc = {
-		.data_dir = cfg->data_dir,
-		.etcd = cfg->etcd,
-		.etcd_ca = cfg->etcd_ca,
-		.etcd_cert = cfg->etcd_cert,
-		.etcd_key = cfg->etcd_key,
-		.cluster = cfg->cluster,
-		.group = group,
-		.name = cfg->name,
-		.listen = cfg->listen,
-		.advertise = cfg->advertise,
-		.peer_ca = cfg->peer_ca,
-		.metric_prefix = "sp_inbox_repl",
-		.files = &inbox_repl_files,
-		.min_copies = cfg->min_copies,
-		.lease_ttl_s = cfg->lease_ttl_s,
-		.lag_ms = cfg->lag_ms,
-		.fetch_wait_ms = cfg->fetch_wait_ms,
-		.segment_bytes = cfg->segment_bytes,
-		.retain_bytes = cfg->retain_bytes,
-		.snapshot_rate = cfg->snapshot_rate,
-		.boot = cfg->boot,
-	};
+	snprintf(group, sizeof(group), "inbox-%" PRIu64, shard);
+	repl_node_config nc = *cfg;
+	nc.group = group;
+	nc.metric_prefix = "sp_inbox_repl";
+	nc.files = &inbox_repl_files;
 	repl_node_sm sm = {
 		.arg = r,
 		.store_lsn = sm_store_lsn,

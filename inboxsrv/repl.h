@@ -13,39 +13,19 @@
 #include <stdint.h>
 
 #include "commit.h"
+#include "repl/node.h"
 #include "repl/snapshot.h"
 #include "store.h"
 
 typedef struct inbox_repl inbox_repl;
 
-typedef struct inbox_repl_config {
-	const char *data_dir; /* the log goes in <data_dir>/repl */
-	const char *etcd; /* comma-separated etcd endpoints (http://host:port, https://...) */
-	const char *etcd_ca, *etcd_cert, *etcd_key; /* PEM files for https and client auth */
-	const char *cluster; /* etcd key prefix: /sealpost/<cluster>/inbox-<shard>/ */
-	uint64_t shard;
-	const char *name; /* this copy's member name */
-	const char *listen; /* NNG URL replicas fetch from */
-	const char *advertise; /* URL other copies dial (NULL: listen) */
-	unsigned min_copies; /* fsynced copies a write needs, this one included */
-	int64_t lease_ttl_s; /* 0: 5 */
-	uint64_t lag_ms; /* a sync-set copy silent this long is dropped (0: 1000) */
-	uint64_t fetch_wait_ms; /* a fetch's long-poll (0: 200) */
-	uint32_t segment_bytes; /* log segment size (0: 64 MiB); retention drops whole ones */
-	uint64_t retain_bytes; /* log kept past what every copy applied, for late copies */
-	uint64_t snapshot_rate; /* snapshot bytes served per second (0: no limit) */
-	const char *peer_ca; /* CAs a copy fetching over tls+tcp:// must chain to (NULL: the
-			      * process's internal CA bundle, sp_nng_tls_init) */
-	const repl_snap_boot_result *boot; /* what the start-up's snapshot did (metrics) */
-} inbox_repl_config;
-
 /* The shard's store files, for the snapshot start-up (repl/snapshot.h). */
 extern const repl_snap_files inbox_repl_files;
 
-/* Opens the log (checking it against the store: a store ahead of its log, or a log
- * without its store, is refused: SP_ESTORE, the copy must be rebuilt from an empty
- * data dir) and makes the etcd client. Nothing runs yet. */
-int inbox_repl_open(inbox_repl **out, const inbox_repl_config *cfg, inbox_store *store);
+/* Opens shard `shard`'s copy (repl_node_open with `cfg`, whose group, metric prefix and
+ * files this sets: inbox-<shard>, sp_inbox_repl, inbox_repl_files). Nothing runs yet. */
+int inbox_repl_open(inbox_repl **out, const repl_node_config *cfg, uint64_t shard,
+    inbox_store *store);
 
 /* The hooks for the commit writer (valid while `r` lives). */
 const inbox_commit_repl *inbox_repl_hooks(inbox_repl *r);
@@ -69,7 +49,7 @@ void inbox_repl_free(inbox_repl *r);
 
 /* True once the copy found its place in the primary's log gone: it marked its data dir
  * for a snapshot and raised SIGTERM; the caller stops cleanly and starts again (the
- * start-up installs the snapshot, inboxsrv/snapshot.h). Any thread. */
+ * start-up installs the snapshot, repl/snapshot.h). Any thread. */
 bool inbox_repl_restart_wanted(inbox_repl *r);
 
 /* Whether the replication endpoint serves request frames of `type`. */
