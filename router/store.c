@@ -281,10 +281,10 @@ store_main(void *arg)
 			pthread_mutex_lock(&s->mu);
 			uint64_t floor = s->want_floor;
 			pthread_mutex_unlock(&s->mu);
-			rc = create_base(s, floor);
-			continue; /* read it back at once */
+			if ((rc = create_base(s, floor)) == SP_OK)
+				continue; /* read it back at once */
 		}
-		if (rc == SP_OK && mine && differs) {
+		if (rc == SP_OK && mine && have_base && differs) {
 			pthread_mutex_lock(&s->mu);
 			size_t len = s->want_len;
 			uint8_t *content = malloc(len);
