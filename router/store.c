@@ -44,9 +44,10 @@
 #define POLL_MS 100          /* how often the thread reads the router keys */
 #define ETCD_TIMEOUT_MS 1000 /* per call */
 #define MAX_DRAINING ROUTER_MAX_MEMBERS
-/* A router does not campaign in its first 1.5 heartbeat periods: until every member has
- * heartbeated it once, its view would show them all unhealthy. */
-#define GRACE_MS (SP_CLUSTER_HEARTBEAT_MS * 3 / 2)
+/* A router does not campaign in its first two heartbeat periods: until every member has
+ * heartbeated it once (a member whose other router is down reaches it up to 250 ms late),
+ * its view would show them all unhealthy. */
+#define GRACE_MS (SP_CLUSTER_HEARTBEAT_MS * 2)
 
 struct router_store {
 	router *r;

@@ -280,7 +280,14 @@ down) cmd_down ;;
 status) cmd_status ;;
 logs) if [ -n "${2:-}" ]; then tail -n 100 -f "$dir/logs/$2.log"; else tail -n 20 "$dir"/logs/*.log; fi ;;
 restart) [ -n "${2:-}" ] || die "restart NAME"; cmdline "$2" >/dev/null
-	f=$(pidfile "$2"); if alive "$2"; then kill -TERM "$(cat "$f")"; sleep 0.5; fi; rm -f "$f"; start_one "$2"
+	f=$(pidfile "$2"); if alive "$2"; then kill -TERM "$(cat "$f")"; sleep 0.5; fi
+	# A router's etcd threads may take a second to stop: its ports are free only once it
+	# is gone.
+	if [[ $2 == router-* ]]; then
+		for _ in $(seq 50); do alive "$2" || break; sleep 0.1; done
+		alive "$2" && kill -KILL "$(cat "$f")" 2>/dev/null && sleep 0.2
+	fi
+	rm -f "$f"; start_one "$2"
 	wait_port 127.0.0.1 "$(port_of "$2")" 30 || die "$2 did not come back (see $dir/logs/$2.log)" ;;
 otp) [ -n "${2:-}" ] || die "otp PHONE"; f="$dir/data/keysrv/otp/$2"
 	[ -f "$f" ] || die "no code for $2 (register it first)"; cat "$f"; echo ;;
