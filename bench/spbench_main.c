@@ -17,6 +17,7 @@
 #include <signal.h>
 
 #include "bench/sb.h"
+#include "client/spc_conn.h"
 #include "sp_config.h"
 #include "sp_error.h"
 
@@ -28,7 +29,7 @@ static long long o_procs, o_conns, o_hold, o_conc, o_sources, o_pairs, o_window,
 	o_size, o_users, o_queued, o_storm_senders, o_group_msgs, o_timeout;
 
 static const sp_config_opt opts[] = {
-	{"router", SP_CT_STR, &o_router, NULL, "router HTTP host:port (default $SEALPOST_ROUTER)", 0, 0},
+	{"router", SP_CT_STR, &o_router, NULL, "router HTTP host:port, or several comma-separated (the first that answers; default $SEALPOST_ROUTER)", 0, 0},
 	{"ca", SP_CT_STR, &o_ca, NULL, "CA file the connsrv certificates chain to (default $SEALPOST_CA)", 0, 0},
 	{"accounts", SP_CT_STR, &o_accounts, NULL,
 	 "account cache (default $SEALPOST_DEVCLUSTER/spbench-accounts.txt)", 0, 0},
@@ -287,6 +288,18 @@ main(int argc, char **argv)
 	if (!sb_o.router || !sb_o.ca) {
 		fprintf(stderr, "spbench: set SEALPOST_ROUTER and SEALPOST_CA (. .devcluster/env) or --router/--ca\n");
 		return 2;
+	}
+	/* A list of routers: the first that answers, found as the CLI finds it. */
+	static char picked[300];
+	if (strchr(sb_o.router, ',')) {
+		spc_server sv[1];
+		size_t nsv;
+		char err[512];
+		if (spc_bootstrap_list(sb_o.router, sv, 1, &nsv, picked, sizeof(picked), err, sizeof(err))) {
+			fprintf(stderr, "spbench: %s\n", err);
+			return 1;
+		}
+		sb_o.router = picked;
 	}
 	/* Processes: as asked, else what the scenario needs (connections: ~15,000 per
 	 * process under the 20,000-file cap). */

@@ -81,6 +81,73 @@ split_hostport(const char *s, char *host, size_t cap, int *port)
 	return SP_OK;
 }
 
+#define CL_MAX_SERVERS 16
+#define CL_META_SERVERS "connsrvs"
+
+/* Keeps the connsrv list a router gave in the home's store ("host:port" lines), so that a
+ * later process can connect while every router is down. */
+static void
+save_servers(sealpost *sp, const spc_server *sv, size_t n)
+{
+	char buf[CL_MAX_SERVERS * 264];
+	size_t len = 0;
+	for (size_t i = 0; i < n && i < CL_MAX_SERVERS; i++)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s:%d\n", sv[i].host, sv[i].port);
+	char old[sizeof(buf)];
+	int olen = cl_meta_blob(sp, CL_META_SERVERS, old, sizeof(old));
+	if (olen == (int)len && memcmp(old, buf, len) == 0)
+		return; /* the usual case: no write */
+	/* A failure to save costs only the fallback: the connection goes on. */
+	cl_meta_set_blob(sp, CL_META_SERVERS, buf, len);
+}
+
+/* The saved list, starting at a random entry (so that clients without a router do not all
+ * pick the first). Returns how many. */
+static size_t
+load_servers(sealpost *sp, spc_server *sv, size_t cap)
+{
+	char buf[CL_MAX_SERVERS * 264 + 1];
+	int len = cl_meta_blob(sp, CL_META_SERVERS, buf, sizeof(buf) - 1);
+	spc_server all[CL_MAX_SERVERS];
+	size_t n = 0;
+	if (len <= 0)
+		return 0;
+	buf[len] = '\0';
+	for (char *line = buf, *nl; *line && n < CL_MAX_SERVERS; line = nl + 1) {
+		nl = strchr(line, '\n');
+		if (!nl)
+			break;
+		if (spc_hostport(line, (size_t)(nl - line), all[n].host, sizeof(all[n].host),
+				 &all[n].port) == SP_OK)
+			n++;
+	}
+	size_t start = n ? randombytes_uniform((uint32_t)n) : 0;
+	for (size_t i = 0; i < n && i < cap; i++)
+		sv[i] = all[(start + i) % n];
+	return n < cap ? n : cap;
+}
+
+/* Opens a connection to the first of sv[0..n) that takes it. */
+static int
+open_any(sealpost *sp, const spc_server *sv, size_t n, char *host, size_t hostcap, int *port,
+	 char *err, size_t errlen)
+{
+	int rc = SP_EUNAVAIL;
+	for (size_t i = 0; i < n; i++) {
+		rc = spc_conn_open(sv[i].host, sv[i].port, sp->cfg.ca, 5000, &sp->conn, err, errlen);
+		if (rc == SP_OK) {
+			size_t hl = strnlen(sv[i].host, hostcap - 1);
+			memcpy(host, sv[i].host, hl);
+			host[hl] = '\0';
+			*port = sv[i].port;
+			return SP_OK;
+		}
+		if (rc == SP_ENOMEM)
+			return rc;
+	}
+	return rc;
+}
+
 static int
 connect_once(sealpost *sp)
 {
@@ -92,16 +159,27 @@ connect_once(sealpost *sp)
 		if (split_hostport(sp->cfg.server, host, sizeof(host), &port))
 			return cl_fail(sp, SP_EINVAL, SEALPOST_ERR_USAGE, "--server must be HOST:PORT, got '%s'",
 				       sp->cfg.server);
+		if ((rc = spc_conn_open(host, port, sp->cfg.ca, 5000, &sp->conn, err, sizeof(err))))
+			return cl_fail(sp, rc == SP_ENOMEM ? rc : SP_ECLOSED, SEALPOST_ERR_NET, "%s", err);
 	} else if (sp->cfg.router) {
-		if ((rc = spc_bootstrap(sp->cfg.router, host, sizeof(host), &port, err, sizeof(err))))
-			return cl_fail(sp, rc == SP_EINVAL ? SP_EINVAL : SP_EUNAVAIL,
-				       rc == SP_EINVAL ? SEALPOST_ERR_USAGE : SEALPOST_ERR_NET, "%s", err);
+		/* Routers in turn; with none answering, the connsrvs the last one listed. */
+		spc_server sv[CL_MAX_SERVERS];
+		size_t n = 0;
+		rc = spc_bootstrap_list(sp->cfg.router, sv, CL_MAX_SERVERS, &n, NULL, 0, err, sizeof(err));
+		if (rc == SP_EINVAL)
+			return cl_fail(sp, SP_EINVAL, SEALPOST_ERR_USAGE, "%s", err);
+		if (rc == SP_OK)
+			save_servers(sp, sv, n);
+		else if ((n = load_servers(sp, sv, CL_MAX_SERVERS)) == 0)
+			return cl_fail(sp, SP_EUNAVAIL, SEALPOST_ERR_NET, "%s", err);
+		char oerr[512] = "";
+		if ((rc = open_any(sp, sv, n, host, sizeof(host), &port, oerr, sizeof(oerr))))
+			return cl_fail(sp, rc == SP_ENOMEM ? rc : SP_ECLOSED, SEALPOST_ERR_NET, "%s%s%s",
+				       err[0] ? err : "", err[0] ? "; " : "", oerr);
 	} else {
 		return cl_fail(sp, SP_EINVAL, SEALPOST_ERR_USAGE,
 			       "no server: use --server, --router or SEALPOST_ROUTER");
 	}
-	if ((rc = spc_conn_open(host, port, sp->cfg.ca, 5000, &sp->conn, err, sizeof(err))))
-		return cl_fail(sp, rc == SP_ENOMEM ? rc : SP_ECLOSED, SEALPOST_ERR_NET, "%s", err);
 	sp->queue_empty = false;
 	if (!cl_registered(sp))
 		return SP_OK;

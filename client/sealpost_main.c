@@ -16,7 +16,7 @@
 #include "sp_error.h"
 
 static const char usage_text[] =
-	"usage: sealpost [--home DIR] [--server HOST:PORT | --router HOST:PORT] [--ca FILE] COMMAND\n"
+	"usage: sealpost [--home DIR] [--server HOST:PORT | --router HOST:PORT[,HOST:PORT...]] [--ca FILE] COMMAND\n"
 	"  register PHONE                 ask for a one-time code\n"
 	"  verify PHONE CODE [--pin PIN]  create this device's account (--pin: registration lock)\n"
 	"  set-pin PIN | set-pin --clear  (primary) set or clear the registration lock PIN\n"
@@ -33,7 +33,9 @@ static const char usage_text[] =
 	"  link [--wait SECONDS]          (new device) show a code, wait for the primary\n"
 	"  link-confirm CODE              (primary) approve a new device\n"
 	"  devices  |  devices remove ID\n"
-	"Defaults from SEALPOST_HOME, SEALPOST_SERVER, SEALPOST_ROUTER, SEALPOST_CA.\n";
+	"Defaults from SEALPOST_HOME, SEALPOST_SERVER, SEALPOST_ROUTER, SEALPOST_CA.\n"
+	"Routers are tried in turn; with none answering, the connsrvs the last one listed\n"
+	"(kept in the home) are.\n";
 
 static int
 usage(const char *why)

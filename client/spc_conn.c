@@ -1,4 +1,5 @@
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -31,26 +32,17 @@ struct spc_conn {
 	size_t len, cap, handed; /* handed: bytes of the frame last returned (dropped next time) */
 };
 
+/* One address: a non-blocking connect bounded by timeout_ms. */
 static int
-connect_tcp(const char *host, int port, int timeout_ms, char *err, size_t errlen)
+connect_addr(const struct addrinfo *ai, const char *host, int port, int timeout_ms, char *err,
+	     size_t errlen)
 {
-	struct addrinfo hints = {0}, *res;
-	char ps[16];
-	snprintf(ps, sizeof(ps), "%d", port);
-	hints.ai_socktype = SOCK_STREAM;
-	int g = getaddrinfo(host, ps, &hints, &res);
-	if (g) {
-		snprintf(err, errlen, "%s: %s", host, gai_strerror(g));
-		return -1;
-	}
-	int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0) {
 		snprintf(err, errlen, "socket: %s", strerror(errno));
-		freeaddrinfo(res);
 		return -1;
 	}
-	int rc = connect(fd, res->ai_addr, res->ai_addrlen);
-	freeaddrinfo(res);
+	int rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
 	if (rc && errno == EINPROGRESS) {
 		struct pollfd p = {fd, POLLOUT, 0};
 		int e = 0;
@@ -67,6 +59,27 @@ connect_tcp(const char *host, int port, int timeout_ms, char *err, size_t errlen
 	}
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
+/* Connects to host:port; a name with several addresses is tried address by address
+ * (timeout_ms each), so one name can stand for several routers or servers. */
+static int
+connect_tcp(const char *host, int port, int timeout_ms, char *err, size_t errlen)
+{
+	struct addrinfo hints = {0}, *res;
+	char ps[16];
+	snprintf(ps, sizeof(ps), "%d", port);
+	hints.ai_socktype = SOCK_STREAM;
+	int g = getaddrinfo(host, ps, &hints, &res);
+	if (g) {
+		snprintf(err, errlen, "%s: %s", host, gai_strerror(g));
+		return -1;
+	}
+	int fd = -1;
+	for (const struct addrinfo *ai = res; ai && fd < 0; ai = ai->ai_next)
+		fd = connect_addr(ai, host, port, timeout_ms, err, errlen);
+	freeaddrinfo(res);
 	return fd;
 }
 
@@ -261,29 +274,60 @@ spc_conn_login(spc_conn *c, uint64_t user, uint64_t device,
 }
 
 int
-spc_bootstrap(const char *router, char *host, size_t hostcap, int *port, char *err, size_t errlen)
+spc_hostport(const char *s, size_t len, char *host, size_t hostcap, int *port)
 {
-	char rhost[256];
-	const char *colon = strrchr(router, ':');
-	if (!colon || (size_t)(colon - router) >= sizeof(rhost)) {
-		snprintf(err, errlen, "router address must be host:port, got '%s'", router);
+	const char *colon = len ? memrchr(s, ':', len) : NULL;
+	if (!colon || colon == s || (size_t)(colon - s) >= hostcap)
 		return SP_EINVAL;
-	}
-	memcpy(rhost, router, (size_t)(colon - router));
-	rhost[colon - router] = '\0';
-	int fd = connect_tcp(rhost, atoi(colon + 1), 5000, err, errlen);
+	char ps[8];
+	size_t pl = len - (size_t)(colon + 1 - s);
+	if (pl == 0 || pl >= sizeof(ps))
+		return SP_EINVAL;
+	memcpy(ps, colon + 1, pl);
+	ps[pl] = '\0';
+	char *end;
+	long p = strtol(ps, &end, 10);
+	if (*end || p <= 0 || p > 65535)
+		return SP_EINVAL;
+	memcpy(host, s, (size_t)(colon - s));
+	host[colon - s] = '\0';
+	*port = (int)p;
+	return SP_OK;
+}
+
+/* Copies one {"host","port"} object into *sv; false when it is not one. */
+static bool
+server_from_json(json_t *o, spc_server *sv)
+{
+	const char *h = NULL;
+	json_int_t jp = 0;
+	if (json_unpack(o, "{s:s, s:I}", "host", &h, "port", &jp) || !h[0] ||
+	    strlen(h) >= sizeof(sv->host) || jp <= 0 || jp > 65535)
+		return false;
+	strcpy(sv->host, h);
+	sv->port = (int)jp;
+	return true;
+}
+
+/* GET /where from one router. */
+static int
+where_one(const char *rhost, int rport, spc_server *sv, size_t cap, size_t *n, char *err,
+	  size_t errlen)
+{
+	int fd = connect_tcp(rhost, rport, SPC_ROUTER_TIMEOUT_MS, err, errlen);
 	if (fd < 0)
 		return SP_EUNAVAIL;
 	int fl = fcntl(fd, F_GETFL);
 	fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-	struct timeval tv = {5, 0};
+	struct timeval tv = {SPC_ROUTER_TIMEOUT_MS / 1000, (SPC_ROUTER_TIMEOUT_MS % 1000) * 1000};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	char req[512], resp[4096];
-	int n = snprintf(req, sizeof(req), "GET /where HTTP/1.0\r\nHost: %s\r\n\r\n", router);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	char req[512], resp[8192];
+	int rn = snprintf(req, sizeof(req), "GET /where HTTP/1.0\r\nHost: %s:%d\r\n\r\n", rhost, rport);
 	size_t got = 0;
-	if (write(fd, req, (size_t)n) != n) {
+	if (write(fd, req, (size_t)rn) != rn) {
 		close(fd);
-		snprintf(err, errlen, "router %s: write failed", router);
+		snprintf(err, errlen, "router %s:%d: write failed", rhost, rport);
 		return SP_EUNAVAIL;
 	}
 	ssize_t r;
@@ -293,20 +337,73 @@ spc_bootstrap(const char *router, char *host, size_t hostcap, int *port, char *e
 	resp[got] = '\0';
 	const char *body = strstr(resp, "\r\n\r\n");
 	if (strncmp(resp, "HTTP/1.", 7) != 0 || strncmp(resp + 8, " 200", 4) != 0 || !body) {
-		snprintf(err, errlen, "router %s has no connsrv to offer", router);
+		snprintf(err, errlen, "router %s:%d has no connsrv to offer", rhost, rport);
 		return SP_EUNAVAIL;
 	}
 	json_error_t jerr;
 	json_t *j = json_loads(body + 4, 0, &jerr);
-	const char *h = NULL;
-	json_int_t jp = 0;
-	if (!j || json_unpack(j, "{s:s, s:I}", "host", &h, "port", &jp) || strlen(h) >= hostcap) {
-		snprintf(err, errlen, "router %s: bad reply", router);
+	if (!j || !server_from_json(j, &sv[0])) {
+		snprintf(err, errlen, "router %s:%d: bad reply", rhost, rport);
 		json_decref(j);
 		return SP_EPROTO;
 	}
-	strcpy(host, h);
-	*port = (int)jp;
+	*n = 1;
+	/* The other connsrvs (routers before several-router support send none). */
+	json_t *all = json_object_get(j, "servers"), *o;
+	size_t i;
+	json_array_foreach(all, i, o)
+	{
+		if (*n >= cap)
+			break;
+		spc_server x;
+		if (!server_from_json(o, &x) ||
+		    (strcmp(x.host, sv[0].host) == 0 && x.port == sv[0].port))
+			continue;
+		sv[(*n)++] = x;
+	}
 	json_decref(j);
-	return *port > 0 && *port < 65536 ? SP_OK : SP_EPROTO;
+	return SP_OK;
+}
+
+int
+spc_bootstrap_list(const char *routers, spc_server *servers, size_t cap, size_t *n,
+		   char *answered, size_t answered_cap, char *err, size_t errlen)
+{
+	char rhost[256];
+	int rport, rc = SP_EINVAL;
+	assert(cap >= 1);
+	*n = 0;
+	const char *p = routers;
+	for (;;) {
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+		if (spc_hostport(p, len, rhost, sizeof(rhost), &rport)) {
+			snprintf(err, errlen, "router address must be host:port[,host:port...], got '%s'",
+				 routers);
+			return SP_EINVAL;
+		}
+		rc = where_one(rhost, rport, servers, cap, n, err, errlen);
+		if (rc == SP_OK && answered && answered_cap)
+			snprintf(answered, answered_cap, "%.*s", (int)len, p);
+		if (rc == SP_OK || !comma)
+			return rc == SP_OK ? SP_OK : SP_EUNAVAIL;
+		p = comma + 1;
+	}
+}
+
+int
+spc_bootstrap(const char *router, char *host, size_t hostcap, int *port, char *err, size_t errlen)
+{
+	spc_server sv[1];
+	size_t n;
+	int rc = spc_bootstrap_list(router, sv, 1, &n, NULL, 0, err, errlen);
+	if (rc)
+		return rc;
+	if (strlen(sv[0].host) >= hostcap) {
+		snprintf(err, errlen, "router: host name too long");
+		return SP_EPROTO;
+	}
+	strcpy(host, sv[0].host);
+	*port = sv[0].port;
+	return SP_OK;
 }

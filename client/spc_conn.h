@@ -38,7 +38,30 @@ int spc_conn_login(spc_conn *c, uint64_t user, uint64_t device,
 		   const uint8_t auth_sk[crypto_sign_SECRETKEYBYTES], uint64_t last_seq,
 		   uint64_t *conn_epoch);
 
-/* Asks the router (host:port of its HTTP endpoint) which connsrv to use. */
+/* A connsrv's client listener, as a router offers it. */
+typedef struct spc_server {
+	char host[256];
+	int port;
+} spc_server;
+
+/* How long one router may take to connect and to answer /where. */
+#define SPC_ROUTER_TIMEOUT_MS 2000
+
+/* Parses "host:port" (len bytes of s, no NUL needed) into host (hostcap) and *port.
+ * SP_OK or SP_EINVAL. */
+int spc_hostport(const char *s, size_t len, char *host, size_t hostcap, int *port);
+
+/* Asks the routers (comma-separated host:port of their HTTP endpoints; a host with several
+ * addresses is tried address by address) in turn which connsrv to use: GET /where, until
+ * one answers. On SP_OK servers[0] is the connsrv to use and servers[1 .. *n) the other
+ * healthy connsrvs that router listed (at most cap in all; cap >= 1), and `answered` (when
+ * not NULL) the router's host:port as given in the list. SP_EINVAL (with err)
+ * for a malformed list; SP_EUNAVAIL when no router offered a connsrv (err says why, for
+ * the last router tried). */
+int spc_bootstrap_list(const char *routers, spc_server *servers, size_t cap, size_t *n,
+		       char *answered, size_t answered_cap, char *err, size_t errlen);
+
+/* spc_bootstrap_list for one connsrv: the routers' first offer. */
 int spc_bootstrap(const char *router, char *host, size_t hostcap, int *port, char *err,
 		  size_t errlen);
 

@@ -19,6 +19,7 @@
 /* How long one request to the router may take, and how often the thread looks at its stop
  * flag while waiting for published maps. */
 #define CALL_TIMEOUT_MS 1000
+#define DOWN_CALL_TIMEOUT_MS 250
 #define SUB_POLL_MS 100
 
 static const char *const role_names[] = {NULL, "connsrv", "inbox", "keysrv"};
@@ -340,10 +341,21 @@ sp_cluster_map_shard_copies(const sp_cluster_map *m, uint32_t shard, const sp_cl
 	return sh->n;
 }
 
+/* One router's REQ side and what was last logged about it (cluster thread only). */
+typedef struct router_conn {
+	char *url;
+	nng_socket req;
+	bool open;
+	bool down;    /* the last call got no answer */
+	bool refused; /* the last heartbeat was refused: MAP_GET instead */
+} router_conn;
+
 struct sp_cluster {
 	char *name; /* NULL: observer */
 	int role;
-	nng_socket req, sub;
+	router_conn routers[SP_CLUSTER_MAX_ROUTERS];
+	size_t nrouters;
+	nng_socket sub; /* dials every router's PUB address */
 	pthread_t thread;
 	pthread_mutex_t lock;
 	pthread_cond_t cond; /* signalled when a map is installed */
@@ -352,10 +364,7 @@ struct sp_cluster {
 	void *cb_arg;
 	_Atomic uint64_t conns;
 	atomic_bool stop;
-	/* Cluster thread only: what was last logged, so that a state is logged once. */
-	bool router_down;
-	bool refused;
-	bool stale; /* the router offered an older epoch than the installed one */
+	bool stale; /* a router offered an older epoch than the installed one (thread only) */
 };
 
 /* Installs a MAP whose epoch is newer than the current one; anything else is ignored. */
@@ -400,29 +409,42 @@ install(sp_cluster *c, const sp_frame *f)
 		cb(arg);
 }
 
-/* One request to the router; installs the MAP it answers with. Returns SP_OK, the code of
+/* One request to a router; installs the MAP it answers with. Returns SP_OK, the code of
  * an ERROR reply, or a transport error. */
 static int
-call_router(sp_cluster *c, const sp_frame *q)
+call_router(sp_cluster *c, router_conn *rc_, const sp_frame *q)
 {
 	nng_msg *msg = NULL;
 	sp_frame r;
-	int rc = sp_nng_call(c->req, q, &msg, &r);
+	/* A router that did not answer last time gets a short wait, so that one dead router
+	 * does not stretch the heartbeats to the others; its dialer reconnects meanwhile. */
+	int ms = rc_->down ? DOWN_CALL_TIMEOUT_MS : CALL_TIMEOUT_MS;
+	nng_socket_set_ms(rc_->req, NNG_OPT_RECVTIMEO, ms);
+	nng_socket_set_ms(rc_->req, NNG_OPT_SENDTIMEO, ms);
+	int rc = sp_nng_call(rc_->req, q, &msg, &r);
 	if (!msg)
 		return rc;
 	if (rc == SP_OK)
 		install(c, &r);
-	else if (!c->refused)
-		sp_warn("cluster: the router refused %s from '%s': %s", sp_frame_type_name(q->type),
-			c->name ? c->name : "(observer)", sp_strerror(rc));
+	else if (!rc_->refused && rc != SP_EUNAVAIL)
+		sp_warn("cluster: the router %s refused %s from '%s': %s", rc_->url,
+			sp_frame_type_name(q->type), c->name ? c->name : "(observer)", sp_strerror(rc));
 	sp_frame_fini(&r);
 	nng_msg_free(msg);
 	return rc;
 }
 
-/* A heartbeat (or, for an observer or a member the router does not know, a MAP_GET). */
+static bool
+transport_error(int rc)
+{
+	return rc == SP_ETIMEDOUT || rc == SP_ECLOSED || rc == SP_ENNG;
+}
+
+/* A heartbeat (or, for an observer or a member the router does not know, a MAP_GET) to
+ * one router. SP_EUNAVAIL is a router with no map to give yet (its map lives in etcd and
+ * it has not read it): the heartbeat counted, nothing to install. */
 static void
-poll_router(sp_cluster *c)
+poll_one(sp_cluster *c, router_conn *rt)
 {
 	sp_frame q;
 	int rc = SP_EINVAL;
@@ -432,27 +454,36 @@ poll_router(sp_cluster *c)
 		sp_frame_set_str(&q, SP_F_NAME, c->name);
 		sp_frame_set_u64(&q, SP_F_ROLE, (uint64_t)c->role);
 		sp_frame_set_u64(&q, SP_F_CONNS, atomic_load(&c->conns));
-		rc = call_router(c, &q);
-		c->refused = rc != SP_OK && rc != SP_ETIMEDOUT && rc != SP_ECLOSED && rc != SP_ENNG;
+		rc = call_router(c, rt, &q);
+		rt->refused = rc != SP_OK && rc != SP_EUNAVAIL && !transport_error(rc);
 	}
-	if (!c->name || c->refused) {
+	if (!c->name || rt->refused) {
 		sp_frame_init(&q, SP_T_MAP_GET, 0, false);
-		rc = call_router(c, &q);
+		rc = call_router(c, rt, &q);
 	}
-	bool down = rc == SP_ETIMEDOUT || rc == SP_ECLOSED || rc == SP_ENNG;
-	if (down && !c->router_down && !atomic_load(&c->stop)) {
+	bool down = transport_error(rc);
+	if (down && !rt->down && !atomic_load(&c->stop)) {
 		pthread_mutex_lock(&c->lock);
 		uint64_t epoch = c->map ? c->map->epoch : 0;
 		pthread_mutex_unlock(&c->lock);
 		if (epoch)
-			sp_warn("cluster: router unreachable (%s); keeping map epoch %llu",
+			sp_warn("cluster: router %s unreachable (%s); keeping map epoch %llu", rt->url,
 				sp_strerror(rc), (unsigned long long)epoch);
 		else
-			sp_warn("cluster: router unreachable (%s); no map yet", sp_strerror(rc));
-	} else if (!down && c->router_down) {
-		sp_info("cluster: router reachable again");
+			sp_warn("cluster: router %s unreachable (%s); no map yet", rt->url,
+				sp_strerror(rc));
+	} else if (!down && rt->down) {
+		sp_info("cluster: router %s reachable again", rt->url);
 	}
-	c->router_down = down;
+	rt->down = down;
+}
+
+/* Every router in turn: each one tracks health from its own heartbeats. */
+static void
+poll_router(sp_cluster *c)
+{
+	for (size_t i = 0; i < c->nrouters && !atomic_load(&c->stop); i++)
+		poll_one(c, &c->routers[i]);
 }
 
 static void *
@@ -485,8 +516,29 @@ cluster_thread(void *arg)
 	return NULL;
 }
 
+/* Splits a comma-separated list of URLs into out[] (strdup'ed). SP_EINVAL for an empty
+ * item or more than SP_CLUSTER_MAX_ROUTERS. */
 static int
-sub_open(nng_socket *s, const char *url)
+split_urls(const char *list, char **out, size_t *n)
+{
+	*n = 0;
+	const char *p = list;
+	for (;;) {
+		const char *comma = strchr(p, ',');
+		size_t len = comma ? (size_t)(comma - p) : strlen(p);
+		if (len == 0 || *n >= SP_CLUSTER_MAX_ROUTERS)
+			return SP_EINVAL;
+		if (!(out[*n] = strndup(p, len)))
+			return SP_ENOMEM;
+		(*n)++;
+		if (!comma)
+			return SP_OK;
+		p = comma + 1;
+	}
+}
+
+static int
+sub_open(nng_socket *s, char **urls, size_t n)
 {
 	int rv = nng_sub0_open(s);
 	if (rv)
@@ -495,12 +547,32 @@ sub_open(nng_socket *s, const char *url)
 	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECVTIMEO, SUB_POLL_MS)) ||
 	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMINT, 20)) ||
 	    (rv = nng_socket_set_ms(*s, NNG_OPT_RECONNMAXT, 1000)) ||
-	    (rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_small() + 64)) ||
-	    (rv = nng_dial(*s, url, NULL, NNG_FLAG_NONBLOCK))) {
+	    (rv = nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, sp_frame_limit_small() + 64))) {
 		nng_close(*s);
 		return sp_nng_err(rv);
 	}
+	/* One socket for every router: each publication arrives once per router, and the
+	 * copies after the first are not newer, so they are ignored. */
+	for (size_t i = 0; i < n; i++)
+		if ((rv = nng_dial(*s, urls[i], NULL, NNG_FLAG_NONBLOCK))) {
+			nng_close(*s);
+			return sp_nng_err(rv);
+		}
 	return SP_OK;
+}
+
+static void
+cluster_free(sp_cluster *c)
+{
+	for (size_t i = 0; i < c->nrouters; i++) {
+		if (c->routers[i].open)
+			nng_close(c->routers[i].req);
+		free(c->routers[i].url);
+	}
+	pthread_cond_destroy(&c->cond);
+	pthread_mutex_destroy(&c->lock);
+	free(c->name);
+	free(c);
 }
 
 int
@@ -508,6 +580,8 @@ sp_cluster_start(const char *router_url, const char *pub_url, const char *self_n
 		 sp_cluster **out)
 {
 	int rc;
+	char *pubs[SP_CLUSTER_MAX_ROUTERS] = {0};
+	size_t npub = 0;
 	if (!router_url || !pub_url ||
 	    (self_name && (!self_name[0] || strlen(self_name) > sp_field_def_get(SP_F_NAME)->max)))
 		return SP_EINVAL;
@@ -515,35 +589,43 @@ sp_cluster_start(const char *router_url, const char *pub_url, const char *self_n
 	if (!c)
 		return SP_ENOMEM;
 	c->role = self_role;
-	if (self_name && !(c->name = strdup(self_name))) {
-		free(c);
-		return SP_ENOMEM;
-	}
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->cond, &ca);
 	pthread_condattr_destroy(&ca);
-	if ((rc = sp_nng_req_open(&c->req, router_url, CALL_TIMEOUT_MS, 0)))
+	rc = SP_ENOMEM;
+	if (self_name && !(c->name = strdup(self_name)))
 		goto fail;
-	if ((rc = sub_open(&c->sub, pub_url))) {
-		nng_close(c->req);
+	char *reqs[SP_CLUSTER_MAX_ROUTERS] = {0};
+	size_t nreq = 0;
+	rc = split_urls(router_url, reqs, &nreq);
+	for (size_t i = 0; i < nreq; i++)
+		c->routers[i].url = reqs[i];
+	c->nrouters = nreq;
+	if (rc || (rc = split_urls(pub_url, pubs, &npub)))
 		goto fail;
+	for (size_t i = 0; i < c->nrouters; i++) {
+		if ((rc = sp_nng_req_open(&c->routers[i].req, c->routers[i].url, CALL_TIMEOUT_MS, 0)))
+			goto fail;
+		c->routers[i].open = true;
 	}
+	if ((rc = sub_open(&c->sub, pubs, npub)))
+		goto fail;
 	if (pthread_create(&c->thread, NULL, cluster_thread, c)) {
-		nng_close(c->req);
 		nng_close(c->sub);
 		rc = SP_ENOMEM;
 		goto fail;
 	}
+	for (size_t i = 0; i < npub; i++)
+		free(pubs[i]);
 	*out = c;
 	return SP_OK;
 fail:
-	pthread_cond_destroy(&c->cond);
-	pthread_mutex_destroy(&c->lock);
-	free(c->name);
-	free(c);
+	for (size_t i = 0; i < npub; i++)
+		free(pubs[i]);
+	cluster_free(c);
 	return rc;
 }
 
@@ -601,12 +683,12 @@ sp_cluster_stop(sp_cluster *c)
 	 * socket is closed only after the thread is gone: its receive returns every
 	 * SUB_POLL_MS, and closing a SUB socket under a blocked receive can crash NNG 1.5
 	 * (seen as a mutex panic in its sub0 code). */
-	nng_close(c->req);
+	for (size_t i = 0; i < c->nrouters; i++) {
+		nng_close(c->routers[i].req);
+		c->routers[i].open = false;
+	}
 	pthread_join(c->thread, NULL);
 	nng_close(c->sub);
 	sp_cluster_map_put(c->map);
-	pthread_cond_destroy(&c->cond);
-	pthread_mutex_destroy(&c->lock);
-	free(c->name);
-	free(c);
+	cluster_free(c);
 }

@@ -27,6 +27,8 @@
 #define SP_ROLE_KEYSRV 3
 
 #define SP_CLUSTER_HEARTBEAT_MS 1000
+/* Routers one member heartbeats and subscribes to. */
+#define SP_CLUSTER_MAX_ROUTERS 8
 
 /* "connsrv", "inbox", "keysrv", or "?" for anything else. */
 const char *sp_cluster_role_name(int role);
@@ -108,11 +110,15 @@ size_t sp_cluster_map_shard_copies(const sp_cluster_map *m, uint32_t shard,
 typedef struct sp_cluster sp_cluster;
 
 /* Starts the cluster thread. router_url: the router's REP address (listen); pub_url: its
- * PUB address (publish). self_name/self_role: this member, as named in the router's cluster
+ * PUB address (publish). Either may be a comma-separated list (up to
+ * SP_CLUSTER_MAX_ROUTERS), for several routers sharing their map through etcd: the member
+ * heartbeats every router in turn each period (a router that did not answer last time is
+ * given DOWN_CALL_TIMEOUT_MS, 250 ms), subscribes to every PUB address, and installs
+ * whichever map is newest, from whichever router. self_name/self_role: this member, as named in the router's cluster
  * file; with self_name NULL the process is an observer that polls MAP_GET instead of
  * heartbeating. Returns at once (the router need not be up). On SP_OK *out is the
- * caller's, ended with sp_cluster_stop; SP_EINVAL for a missing URL or an empty or too
- * long (over 64 bytes) name. */
+ * caller's, ended with sp_cluster_stop; SP_EINVAL for a missing URL, an empty item in a
+ * list, too many routers, or an empty or too long (over 64 bytes) name. */
 int sp_cluster_start(const char *router_url, const char *pub_url, const char *self_name,
 		     int self_role, sp_cluster **out);
 

@@ -73,9 +73,22 @@ on_where(struct evhttp_request *req, void *arg)
 		return;
 	}
 	sp_metric_inc(r->m_where_ok);
-	send_json(req, 200, "OK",
-		  json_pack("{s:s, s:i, s:s}", "host", mb->host, "port", (int)mb->port, "name",
-			    mb->name));
+	json_t *body = json_pack("{s:s, s:i, s:s}", "host", mb->host, "port", (int)mb->port,
+				 "name", mb->name);
+	/* Every healthy, non-draining connsrv: clients keep this list and try it in turn when
+	 * no router answers (docs/CLIENT.md). */
+	json_t *all = json_array();
+	for (size_t i = 0; all && i < router_map_count(r->map); i++) {
+		const router_member *c = router_map_member(r->map, i);
+		if (c->role == SP_ROLE_CONNSRV && c->healthy && !c->draining)
+			json_array_append_new(all, json_pack("{s:s, s:i, s:s}", "host", c->host,
+							     "port", (int)c->port, "name", c->name));
+	}
+	if (body && all)
+		json_object_set_new(body, "servers", all);
+	else
+		json_decref(all);
+	send_json(req, 200, "OK", body);
 }
 
 static json_t *
@@ -105,6 +118,21 @@ member_json(const router_member *mb, uint64_t now_ms)
 	return o;
 }
 
+/* With the map in etcd, "epoch" is the published map's (the same on every router) and
+ * "etcd_revision" the map key's revision; without etcd, the router's own epoch. */
+static void
+add_published(router *r, json_t *body)
+{
+	if (!body || !r->store)
+		return;
+	uint64_t epoch = 0;
+	int64_t rev = 0;
+	router_store_map(r->store, &epoch, &rev);
+	json_object_set_new(body, "epoch", json_integer((json_int_t)epoch));
+	json_object_set_new(body, "etcd_revision", json_integer((json_int_t)rev));
+	json_object_set_new(body, "map_writer", json_boolean(router_store_leader(r->store)));
+}
+
 static void
 on_map(struct evhttp_request *req, void *arg)
 {
@@ -116,9 +144,10 @@ on_map(struct evhttp_request *req, void *arg)
 	for (size_t i = 0; members && i < router_map_count(r->map); i++)
 		if (json_array_append_new(members, member_json(router_map_member(r->map, i), now)))
 			break;
-	send_json(req, 200, "OK",
-		  json_pack("{s:I, s:o}", "epoch", (json_int_t)router_map_epoch(r->map), "members",
-			    members));
+	json_t *body = json_pack("{s:I, s:o}", "epoch", (json_int_t)router_map_epoch(r->map),
+				 "members", members);
+	add_published(r, body);
+	send_json(req, 200, "OK", body);
 }
 
 static void
@@ -137,7 +166,17 @@ set_draining(struct evhttp_request *req, router *r, bool draining)
 		return;
 	}
 	const char *name = evhttp_find_header(&q, "name");
-	int rc = name ? router_map_set_draining(r->map, name, draining, &changed) : SP_EINVAL;
+	const router_member *mb = name ? router_map_find(r->map, name) : NULL;
+	int rc = name ? SP_OK : SP_EINVAL;
+	/* With the map in etcd the flag lives there, so that every router sees it. */
+	if (r->store && mb && mb->role == SP_ROLE_CONNSRV &&
+	    router_store_set_draining(r->store, name, draining)) {
+		send_err(req, 503, "Service Unavailable", "cannot write the flag to etcd");
+		evhttp_clear_headers(&q);
+		return;
+	}
+	if (name)
+		rc = router_map_set_draining(r->map, name, draining, &changed);
 	if (!name) {
 		send_err(req, 400, "Bad Request", "expected ?name=MEMBER");
 	} else if (rc == SP_ENOTFOUND) {
@@ -177,9 +216,10 @@ on_health(struct evhttp_request *req, void *arg)
 	router *r = arg;
 	if (!method_is(req, EVHTTP_REQ_GET))
 		return;
-	send_json(req, 200, "OK",
-		  json_pack("{s:s, s:I}", "status", "ok", "epoch",
-			    (json_int_t)router_map_epoch(r->map)));
+	json_t *body = json_pack("{s:s, s:I}", "status", "ok", "epoch",
+				 (json_int_t)router_map_epoch(r->map));
+	add_published(r, body);
+	send_json(req, 200, "OK", body);
 }
 
 static void

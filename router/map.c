@@ -194,7 +194,7 @@ on_entry(void *user, const char *section, const char *key, const char *value)
 	return 1;
 }
 
-static int pack_map(const router_map *m, uint64_t id, bool has_id, bool widest,
+static int pack_map(const router_map *m, uint64_t epoch, uint64_t id, bool has_id, bool widest,
 		    msgpack_sbuffer *sb);
 
 /* Rules across keys and members, checked once the whole file is read. Returns true when
@@ -243,7 +243,7 @@ validate(parse_ctx *c)
 	msgpack_sbuffer sb;
 	msgpack_sbuffer_init(&sb);
 	/* As large as the map can grow: with every etcd field at its widest. */
-	int rc = pack_map(m, 0, false, true, &sb);
+	int rc = pack_map(m, UINT64_MAX, 0, false, true, &sb);
 	msgpack_sbuffer_destroy(&sb);
 	if (rc) {
 		return !fail(c, "the map of %zu members does not fit in one frame: %s", m->n,
@@ -609,13 +609,20 @@ router_map_bump(router_map *m)
 int
 router_map_pack(const router_map *m, uint64_t id, bool has_id, msgpack_sbuffer *sb)
 {
-	return pack_map(m, id, has_id, false, sb);
+	return pack_map(m, m->epoch, id, has_id, false, sb);
+}
+
+int
+router_map_pack_content(const router_map *m, msgpack_sbuffer *sb)
+{
+	return pack_map(m, 0, 0, false, false, sb);
 }
 
 /* The MAP frame; `widest` packs every etcd field of every inbox copy at its largest
  * value, to check at start that the map can always fit in one frame. */
 static int
-pack_map(const router_map *m, uint64_t id, bool has_id, bool widest, msgpack_sbuffer *sb)
+pack_map(const router_map *m, uint64_t epoch, uint64_t id, bool has_id, bool widest,
+	 msgpack_sbuffer *sb)
 {
 	sp_frame f;
 	sp_frame *recs = calloc(m->n ? m->n : 1, sizeof(*recs));
@@ -646,7 +653,7 @@ pack_map(const router_map *m, uint64_t id, bool has_id, bool widest, msgpack_sbu
 		sp_frame_set_u64(r, SP_F_CONNS, mb->conns);
 	}
 	sp_frame_init(&f, SP_T_MAP, id, has_id);
-	sp_frame_set_u64(&f, SP_F_EPOCH, m->epoch);
+	sp_frame_set_u64(&f, SP_F_EPOCH, epoch);
 	sp_frame_set_recs(&f, SP_F_MEMBERS, recs, (uint32_t)m->n);
 	int rc = sp_frame_pack(&f, sb);
 	free(recs);

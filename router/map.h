@@ -121,4 +121,8 @@ void router_map_bump(router_map *m);
  * error (SP_ETOOBIG: the map does not fit in one frame). */
 int router_map_pack(const router_map *m, uint64_t id, bool has_id, msgpack_sbuffer *sb);
 
+/* The MAP frame with epoch 0 and no request id: the map's content, which routers sharing
+ * etcd store there and compare (router/store.c). */
+int router_map_pack_content(const router_map *m, msgpack_sbuffer *sb);
+
 #endif

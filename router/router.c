@@ -32,7 +32,10 @@ update_gauges(router *r)
 		for (int h = 0; h < 2; h++)
 			sp_metric_set(r->m_members[role][h], counts[role][h]);
 	sp_metric_set(r->m_draining, draining);
-	sp_metric_set(r->m_epoch, (int64_t)router_map_epoch(r->map));
+	uint64_t epoch = router_map_epoch(r->map);
+	if (r->store && !router_store_map(r->store, &epoch, NULL))
+		epoch = 0;
+	sp_metric_set(r->m_epoch, (int64_t)epoch);
 }
 
 #define STATUS_REPUBLISH_MS 1000
@@ -50,9 +53,29 @@ router_changed(router *r)
 	if (rc)
 		sp_error("cannot save %s: %s (a restart may reuse epochs up to %llu)", r->state_path,
 			 sp_strerror(rc), (unsigned long long)router_map_epoch(r->map));
+	if (r->store) {
+		/* Published once etcd holds it (router_published). */
+		router_store_offer(r->store, r->map);
+		update_gauges(r);
+		return;
+	}
 	if ((rc = router_server_publish(r->server, r->map)))
 		sp_warn("cannot publish map epoch %llu: %s (members catch up on their next heartbeat)",
 			(unsigned long long)router_map_epoch(r->map), sp_strerror(rc));
+	else
+		sp_metric_inc(r->m_publishes);
+	update_gauges(r);
+}
+
+void
+router_published(router *r)
+{
+	uint64_t epoch = 0;
+	const sp_frame *f = router_store_map(r->store, &epoch, NULL);
+	int rc = f ? router_server_publish_frame(r->server, f) : SP_ENOTFOUND;
+	if (rc)
+		sp_warn("cannot publish map epoch %llu: %s (members catch up on their next heartbeat)",
+			(unsigned long long)epoch, sp_strerror(rc));
 	else
 		sp_metric_inc(r->m_publishes);
 	update_gauges(r);
@@ -201,6 +224,13 @@ router_new(const router_config *cfg, router **out, char *err, size_t errlen)
 				    cfg->etcd_cluster ? cfg->etcd_cluster : "sealpost", &r->etcd, err,
 				    errlen)))
 		goto fail;
+	if (cfg->etcd_endpoints &&
+	    (rc = router_store_start(r, cfg->etcd_endpoints,
+				     cfg->etcd_cluster ? cfg->etcd_cluster : "sealpost", cfg->listen_url,
+				     &r->store, err, errlen)))
+		goto fail;
+	if (r->store)
+		router_store_offer(r->store, r->map);
 	*out = r;
 	return SP_OK;
 fail:
@@ -223,7 +253,8 @@ router_free(router *r)
 {
 	if (!r)
 		return;
-	/* First: its thread writes into what the rest below frees. */
+	/* First: their threads write into what the rest below frees. */
+	router_store_free(r->store);
 	router_etcd_free(r->etcd);
 	if (r->status_timer)
 		event_free(r->status_timer);

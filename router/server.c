@@ -68,8 +68,23 @@ static void
 reply_map(router_server *s, const sp_frame *q)
 {
 	msgpack_sbuffer sb;
-	msgpack_sbuffer_init(&sb);
-	int rc = router_map_pack(s->r->map, q->id, q->has_id, &sb);
+	int rc;
+	if (s->r->store) {
+		const sp_frame *m = router_store_map(s->r->store, NULL, NULL);
+		if (!m) {
+			/* Never this router's own epoch: it could pass etcd's and stick. */
+			reply_error(s, q, SP_EUNAVAIL, "no cluster map in etcd yet");
+			return;
+		}
+		sp_frame f = *m;
+		f.id = q->id;
+		f.has_id = q->has_id;
+		msgpack_sbuffer_init(&sb);
+		rc = sp_frame_pack(&f, &sb);
+	} else {
+		msgpack_sbuffer_init(&sb);
+		rc = router_map_pack(s->r->map, q->id, q->has_id, &sb);
+	}
 	if (rc == SP_OK)
 		rc = send_packed(s->rep, &sb);
 	else
@@ -170,6 +185,18 @@ router_server_publish(router_server *s, const router_map *m)
 	msgpack_sbuffer sb;
 	msgpack_sbuffer_init(&sb);
 	int rc = router_map_pack(m, 0, false, &sb);
+	if (rc == SP_OK)
+		rc = send_packed(s->pub, &sb);
+	msgpack_sbuffer_destroy(&sb);
+	return rc;
+}
+
+int
+router_server_publish_frame(router_server *s, const sp_frame *f)
+{
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	int rc = sp_frame_pack(f, &sb);
 	if (rc == SP_OK)
 		rc = send_packed(s->pub, &sb);
 	msgpack_sbuffer_destroy(&sb);

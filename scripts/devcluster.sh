@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sealpost dev cluster on loopback: Redis, etcd, router, keysrv, 3 inbox shards of
+# Sealpost dev cluster on loopback: Redis, etcd, two routers (router-a, router-b, sharing
+# the map through etcd), keysrv, 3 inbox shards of
 # $SEALPOST_DEVCLUSTER_COPIES copies each (default 3: inbox-0a, inbox-0b, inbox-0c, ...),
 # 2 connsrvs, with fresh dev TLS certificates (a dev CA the client trusts).
 #
@@ -22,7 +23,8 @@ min_copies=$((copies < 2 ? copies : 2))
 letters=(a b c)
 inbox_names=()
 for i in 0 1 2; do for ((j = 0; j < copies; j++)); do inbox_names+=("inbox-$i${letters[$j]}"); done; done
-names=(redis etcd router keysrv "${inbox_names[@]}" connsrv-0 connsrv-1)
+routers=(router-a router-b)
+names=(redis etcd "${routers[@]}" keysrv "${inbox_names[@]}" connsrv-0 connsrv-1)
 etcd_cluster=dev
 
 die() { echo "devcluster: $*" >&2; exit 1; }
@@ -30,6 +32,11 @@ die() { echo "devcluster: $*" >&2; exit 1; }
 port_redis=$base
 port_router_http=$((base + 1)) port_router_rep=$((base + 2)) port_router_pub=$((base + 3))
 port_etcd=$((base + 4)) port_etcd_peer=$((base + 5))
+# router-b: http, rep, pub.
+port_routerb_http=$((base + 6)) port_routerb_rep=$((base + 7)) port_routerb_pub=$((base + 8))
+router_http() { case $1 in router-a) echo "$port_router_http" ;; *) echo "$port_routerb_http" ;; esac; }
+router_rep() { case $1 in router-a) echo "$port_router_rep" ;; *) echo "$port_routerb_rep" ;; esac; }
+router_pub() { case $1 in router-a) echo "$port_router_pub" ;; *) echo "$port_routerb_pub" ;; esac; }
 port_keysrv=$((base + 10))
 # Copy j (0..2) of shard i (0..2) is number 3i + j.
 copy_no() { local n=${1#inbox-}; echo $((3 * ${n:0:1} + $(printf '%d' "'${n:1:1}") - 97)); }
@@ -45,7 +52,7 @@ port_of() {
 	case $1 in
 	redis) echo "$port_redis" ;;
 	etcd) echo "$port_etcd" ;;
-	router) echo "$port_router_http" ;;
+	router-[ab]) router_http "$1" ;;
 	keysrv) echo "$port_keysrv" ;;
 	inbox-*) inbox_port "$1" ;;
 	connsrv-*) conn_client "${1#connsrv-}" ;;
@@ -94,7 +101,9 @@ write_config() {
 	} >"$cf"
 	cat >"$dir/env" <<ENV
 # source this file: . $dir/env
-export SEALPOST_ROUTER=127.0.0.1:$port_router_http
+export SEALPOST_ROUTER=127.0.0.1:$port_router_http,127.0.0.1:$port_routerb_http
+export SEALPOST_ROUTER_A=127.0.0.1:$port_router_http
+export SEALPOST_ROUTER_B=127.0.0.1:$port_routerb_http
 export SEALPOST_CA=$dir/certs/ca.pem
 export SEALPOST_DEVCLUSTER=$dir
 export SEALPOST_LOGS=$dir/logs
@@ -115,11 +124,12 @@ ENV
 
 # The command line of one process, by name.
 cmdline() {
-	local router="--router tcp://127.0.0.1:$port_router_rep --router-pub tcp://127.0.0.1:$port_router_pub"
+	# Members heartbeat and subscribe to both routers.
+	local router="--router tcp://127.0.0.1:$port_router_rep,tcp://127.0.0.1:$port_routerb_rep --router-pub tcp://127.0.0.1:$port_router_pub,tcp://127.0.0.1:$port_routerb_pub"
 	case $1 in
 	redis) echo "redis-server --port $port_redis --bind 127.0.0.1 --save '' --appendonly no --dir $dir/data" ;;
 	etcd) echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls http://127.0.0.1:$port_etcd --advertise-client-urls http://127.0.0.1:$port_etcd --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
-	router) echo "$bin/router --cluster-file $dir/cluster.ini --listen tcp://127.0.0.1:$port_router_rep --publish tcp://127.0.0.1:$port_router_pub --http-port $port_router_http --etcd http://127.0.0.1:$port_etcd --etcd-cluster $etcd_cluster" ;;
+	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tcp://127.0.0.1:$(router_rep "$1") --publish tcp://127.0.0.1:$(router_pub "$1") --http-port $(router_http "$1") --etcd http://127.0.0.1:$port_etcd --etcd-cluster $etcd_cluster" ;;
 	keysrv) echo "$bin/keysrv --data-dir $dir/data/keysrv --listen tcp://127.0.0.1:$port_keysrv --metrics-port -1 --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name keysrv" ;;
 	inbox-[012][abc]) [[ " ${inbox_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies copies per shard"
 		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 --etcd http://127.0.0.1:$port_etcd --etcd-cluster $etcd_cluster --repl-listen tcp://127.0.0.1:$(inbox_repl "$1") --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
@@ -197,8 +207,10 @@ cmd_up() {
 	wait_port 127.0.0.1 "$port_redis" 10 || die "redis did not start (see $dir/logs/redis.log)"
 	start_one etcd
 	wait_port 127.0.0.1 "$port_etcd" 15 || die "etcd did not start (see $dir/logs/etcd.log)"
-	start_one router
-	wait_port 127.0.0.1 "$port_router_http" 10 || die "router did not start (see $dir/logs/router.log)"
+	for r in "${routers[@]}"; do start_one "$r"; done
+	for r in "${routers[@]}"; do
+		wait_port 127.0.0.1 "$(router_http "$r")" 10 || die "$r did not start (see $dir/logs/$r.log)"
+	done
 	for n in keysrv "${inbox_names[@]}" connsrv-0 connsrv-1; do start_one "$n"; done
 	wait_healthy || exit 1
 	wait_primaries || exit 1
@@ -208,7 +220,7 @@ Sealpost dev cluster is up (state in $dir).
   . $dir/env
   bin/sealpost --home /tmp/alice register +15550001
   scripts/devcluster.sh otp +15550001
-Router http://127.0.0.1:$port_router_http (/where, /map, /metrics); connsrvs on 127.0.0.1:$(conn_client 0) and :$(conn_client 1).
+Routers http://127.0.0.1:$port_router_http and http://127.0.0.1:$port_routerb_http (/where, /map, /metrics); connsrvs on 127.0.0.1:$(conn_client 0) and :$(conn_client 1).
 MSG
 }
 
@@ -217,7 +229,8 @@ cmd_down() {
 	local name f pid
 	local order=(connsrv-1 connsrv-0)
 	for ((k = ${#inbox_names[@]} - 1; k >= 0; k--)); do order+=("${inbox_names[$k]}"); done
-	order+=(keysrv router etcd redis)
+	# "router": the single router of older layouts.
+	order+=(keysrv "${routers[@]}" router etcd redis)
 	# Stop every copy name there could be, whatever COPIES is now.
 	for name in "${order[@]}" inbox-{0,1,2}{a,b,c}; do
 		f=$(pidfile "$name")
@@ -238,7 +251,17 @@ cmd_status() {
 	for name in "${names[@]}"; do
 		if alive "$name"; then echo "$name running (pid $(cat "$(pidfile "$name")"))"; else echo "$name stopped"; fi
 	done
-	curl -sf "http://127.0.0.1:$port_router_http/map" 2>/dev/null | jq -r '.members[] | "  \(.name) healthy=\(.healthy) draining=\(.draining // false)"' 2>/dev/null || true
+	# Each router's published map (the same epoch and etcd revision on both), then the
+	# members as the first router that answers sees them.
+	local r h
+	for r in "${routers[@]}"; do
+		h=$(curl -sf "http://127.0.0.1:$(router_http "$r")/health" 2>/dev/null |
+			jq -r '"epoch=\(.epoch) etcd_revision=\(.etcd_revision // "-") map_writer=\(if has("map_writer") then .map_writer else "-" end)"' 2>/dev/null) || h="no answer"
+		echo "  $r map: $h"
+	done
+	for r in "${routers[@]}"; do
+		curl -sf "http://127.0.0.1:$(router_http "$r")/map" 2>/dev/null | jq -r '.members[] | "  \(.name) healthy=\(.healthy) draining=\(.draining // false)"' 2>/dev/null && break
+	done
 	echo "inbox copies (from each copy's /metrics):"
 	local m role epoch applied flushed lag
 	for name in "${inbox_names[@]}"; do
@@ -257,7 +280,14 @@ down) cmd_down ;;
 status) cmd_status ;;
 logs) if [ -n "${2:-}" ]; then tail -n 100 -f "$dir/logs/$2.log"; else tail -n 20 "$dir"/logs/*.log; fi ;;
 restart) [ -n "${2:-}" ] || die "restart NAME"; cmdline "$2" >/dev/null
-	f=$(pidfile "$2"); if alive "$2"; then kill -TERM "$(cat "$f")"; sleep 0.5; fi; rm -f "$f"; start_one "$2"
+	f=$(pidfile "$2"); if alive "$2"; then kill -TERM "$(cat "$f")"; sleep 0.5; fi
+	# A router's etcd threads may take a second to stop: its ports are free only once it
+	# is gone.
+	if [[ $2 == router-* ]]; then
+		for _ in $(seq 50); do alive "$2" || break; sleep 0.1; done
+		alive "$2" && kill -KILL "$(cat "$f")" 2>/dev/null && sleep 0.2
+	fi
+	rm -f "$f"; start_one "$2"
 	wait_port 127.0.0.1 "$(port_of "$2")" 30 || die "$2 did not come back (see $dir/logs/$2.log)" ;;
 otp) [ -n "${2:-}" ] || die "otp PHONE"; f="$dir/data/keysrv/otp/$2"
 	[ -f "$f" ] || die "no code for $2 (register it first)"; cat "$f"; echo ;;
