@@ -36,7 +36,7 @@ typedef struct sealpost sealpost;
 typedef struct sealpost_config {
 	const char *home;   /* state directory (created if missing); required */
 	const char *server; /* connsrv "host:port", or NULL to ask the router */
-	const char *router; /* router HTTP "host:port" (GET /where) */
+	const char *router; /* router HTTP "host:port[,host:port...]" (GET /where), tried in turn */
 	const char *ca;     /* CA file that signs the servers' certificates */
 	/* Connection attempts per operation before giving up (the send path then queues);
 	 * 0 means the default (3). Between attempts: exponential backoff with full jitter. */

@@ -71,9 +71,9 @@ static const sp_config_opt opts[] = {
 	    -1, 65535 },
 	{ "name", SP_CT_STR, &name, NULL, "cluster member name (as in the router's cluster file)",
 	    0, 0 },
-	{ "router", SP_CT_STR, &router, NULL, "router REP url; when set, the shard heartbeats it",
+	{ "router", SP_CT_STR, &router, NULL, "router REP url(s), comma-separated; when set, the shard heartbeats each",
 	    0, 0 },
-	{ "router-pub", SP_CT_STR, &router_pub, NULL, "router PUB url (with --router)", 0, 0 },
+	{ "router-pub", SP_CT_STR, &router_pub, NULL, "router PUB url(s) (with --router)", 0, 0 },
 	{ "etcd", SP_CT_STR, &etcd, NULL,
 	    "etcd endpoints (comma-separated http://host:port); when set, this process is one copy "
 	    "of a replicated shard (docs/REPLICATION.md) and needs --name and --repl-listen",
