@@ -2,7 +2,8 @@
  * Log retention and snapshots of a replicated inbox shard (issue 12, "Catch-up and
  * rebuild"): a real etcd (https only, client certificates required: the copies present
  * theirs) and three real inboxsrv copies of shard 0 whose replication endpoints are mutual
- * TLS (tls+tcp://, certificates of one test CA; another CA's is refused), with 64 KiB log
+ * TLS (tls+tcp://, certificates from scripts/certs.sh; a member of another role is
+ * refused), with 64 KiB log
  * segments, no retention floor (--repl-retain 0) and snapshots sent at 256 KiB/s, writers
  * appending to whichever copy acknowledges all along. In a row:
  *   1. the log is trimmed on every copy (its first LSN moves past 1) while writes go on;
@@ -222,18 +223,19 @@ main(void)
 	snprintf(cmd, sizeof(cmd), "curl -sf -m 2 --cacert %s %s/v3/kv/range -d '{\"key\":\"AA==\"}' "
 		"> /dev/null 2>&1", E.ca, E.endpoint);
 	CHECK(system(cmd) != 0, "etcd answered a client without a certificate");
-	/* The cluster CA signs each copy's certificate (and one for the test); another CA
-	 * signs a stranger's. */
+	/* scripts/certs.sh: a cluster root, the inbox role CA for the copies (and the test's
+	 * probe), the connsrv role CA for a member of another role. The copies trust the
+	 * inbox role CA alone. */
 	snprintf(certs, sizeof(certs), "%.60s/certs", root);
-	CHECK(mkdir(certs, 0700) == 0, "mkdir");
-	static const char *const member_names[] = { "inbox-0a", "inbox-0b", "inbox-0c", "probe", NULL };
-	CHECK(etcd_proc_make_certs(certs, member_names) == 0, "certificates");
-	char otherca[128];
-	snprintf(otherca, sizeof(otherca), "%.60s/other", root);
-	CHECK(mkdir(otherca, 0700) == 0, "mkdir");
-	static const char *const stranger[] = { "stranger", NULL };
-	CHECK(etcd_proc_make_certs(otherca, stranger) == 0, "certificates");
-	snprintf(ca, sizeof(ca), "%s/ca.pem", certs);
+	const char *top = getenv("SP_ROOT") ? getenv("SP_ROOT") : ".";
+	char cmd2[1024];
+	snprintf(cmd2, sizeof(cmd2),
+	    "set -e; t='%.300s/scripts/certs.sh'; d='%s'; $t $d root; $t $d role inbox; "
+	    "$t $d role connsrv; for n in inbox-0a inbox-0b inbox-0c probe; do $t $d member inbox $n; "
+	    "done; $t $d member connsrv stranger",
+	    top, certs);
+	CHECK(system(cmd2) == 0, "scripts/certs.sh");
+	snprintf(ca, sizeof(ca), "%s/inbox-ca.pem", certs);
 	for (int i = 0; i < COPIES; i++) {
 		snprintf(names[i], sizeof(names[i]), "inbox-0%c", 'a' + i);
 		CHECK((size_t)snprintf(C[i].dir, sizeof(C[i].dir), "%.60s/%.15s", root, names[i])
@@ -254,14 +256,14 @@ main(void)
 	CHECK(p >= 0, "no copy became a writable primary in 20 s");
 	wait_metric(p, "sp_inbox_repl_sync_set_size", COPIES, 15000);
 	printf("primary: %s\n", names[p]);
-	/* The replication endpoint is mutual TLS: a certificate of another CA gets no answer;
-	 * one of the cluster's CA is served. */
-	int rc = snap_probe(p, otherca, "stranger");
+	/* The replication endpoint is mutual TLS for the inbox role: a certificate of the same
+	 * cluster root but another role's CA gets no answer; one of the inbox role's is served. */
+	int rc = snap_probe(p, certs, "stranger");
 	CHECK(rc == SP_ETIMEDOUT || rc == SP_ECLOSED || rc == SP_ENNG,
 	    "a stranger's certificate was answered: %s", sp_strerror(rc));
 	rc = snap_probe(p, certs, "probe");
 	CHECK(rc == SP_ESTATE, "the cluster's certificate: %s", sp_strerror(rc));
-	printf("mutual TLS: another CA's certificate refused, the cluster's served\n");
+	printf("mutual TLS: a connsrv-role certificate refused, an inbox-role one served\n");
 
 	/* 1. Retention on every copy while writes go on. */
 	workers_start();
