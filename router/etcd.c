@@ -281,7 +281,7 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 }
 
 int
-router_etcd_start(router *r, const char *endpoints, const char *cluster, router_etcd **out,
+router_etcd_start(router *r, const sp_etcd_cfg *etcd, const char *cluster, router_etcd **out,
 		  char *err, size_t errlen)
 {
 	int rc = SP_ENOMEM;
@@ -313,7 +313,9 @@ router_etcd_start(router *r, const char *endpoints, const char *cluster, router_
 	e->n = router_map_shards(r->map, e->shards, n);
 	snprintf(e->prefix, sizeof(e->prefix), "/sealpost/%s/", cluster);
 	e->prefix_len = strlen(e->prefix);
-	sp_etcd_cfg ecfg = {.endpoints = endpoints, .timeout_ms = ETCD_TIMEOUT_MS};
+	const char *endpoints = etcd->endpoints;
+	sp_etcd_cfg ecfg = *etcd;
+	ecfg.timeout_ms = ETCD_TIMEOUT_MS;
 	for (size_t i = 0; i < e->n; i++) {
 		snprintf(e->groups[i], sizeof(e->groups[i]), "inbox-%" PRIu32, e->shards[i]);
 		if ((rc = repl_ha_new_reader(&ecfg, cluster, e->groups[i], &e->readers[i]))) {

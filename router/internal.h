@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "map.h"
+#include "sp_etcd.h"
 #include "sp_metrics.h"
 
 struct event_base;
@@ -26,6 +27,7 @@ typedef struct router_config {
 	int http_port; /* 0: any free port */
 	uint64_t heartbeat_timeout_ms;
 	const char *etcd_endpoints; /* NULL: no etcd mirror (every copy's role unknown) */
+	const char *etcd_ca, *etcd_cert, *etcd_key; /* PEM files for https and client auth */
 	const char *etcd_cluster;   /* NULL: "sealpost" */
 } router_config;
 
@@ -85,8 +87,8 @@ bool router_server_serves(unsigned type);
 /* The etcd mirror (etcd.c): a thread that reads and watches every inbox shard's group
  * under /sealpost/<cluster>/ and applies each fresh view on the loop. SP_ECONFIG with
  * `err` set for bad endpoints or cluster name. On SP_OK *out is the caller's. */
-int router_etcd_start(router *r, const char *endpoints, const char *cluster, router_etcd **out,
-		      char *err, size_t errlen);
+int router_etcd_start(router *r, const sp_etcd_cfg *etcd, const char *cluster,
+		      router_etcd **out, char *err, size_t errlen);
 /* Stops and joins the thread (within about a second), then frees. NULL is a no-op. */
 void router_etcd_free(router_etcd *e);
 
@@ -94,8 +96,8 @@ void router_etcd_free(router_etcd *e);
  * the one holding the leader key writes its own view there. SP_ECONFIG with `err` set for
  * bad endpoints. `self` names this router in the leader key. On SP_OK *out is the
  * caller's. */
-int router_store_start(router *r, const char *endpoints, const char *cluster, const char *self,
-		       router_store **out, char *err, size_t errlen);
+int router_store_start(router *r, const sp_etcd_cfg *etcd, const char *cluster,
+		       const char *self, router_store **out, char *err, size_t errlen);
 /* Loop: this router's view changed; the leader writes it to etcd if it differs. */
 void router_store_offer(router_store *s, const router_map *m);
 /* Loop: sets or clears draining/<name> in etcd (a blocking call, bounded by the etcd

@@ -12,7 +12,7 @@ int
 main(int argc, char **argv)
 {
 	char *cluster_file, *state_file, *listen_url, *publish_url, *http_addr, *log_level;
-	char *etcd, *etcd_cluster;
+	char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key;
 	long long http_port, timeout;
 	bool log_json;
 	char err[512];
@@ -34,6 +34,11 @@ main(int argc, char **argv)
 		{"etcd", SP_CT_STR, &etcd, NULL,
 		 "etcd endpoints (http://host:port,...) to mirror each inbox shard's primary, sync "
 		 "set and epoch from; without it every copy's role is unknown", 0, 0},
+		{"etcd-ca", SP_CT_STR, &etcd_ca, NULL,
+		 "PEM file of the CA that signs etcd's certificate (https:// endpoints)", 0, 0},
+		{"etcd-cert", SP_CT_STR, &etcd_cert, NULL,
+		 "PEM client certificate presented to etcd (etcd --client-cert-auth)", 0, 0},
+		{"etcd-key", SP_CT_STR, &etcd_key, NULL, "PEM key of --etcd-cert", 0, 0},
 		{"etcd-cluster", SP_CT_STR, &etcd_cluster, "sealpost",
 		 "the cluster's name in etcd keys (/sealpost/<name>/inbox-<shard>/...)", 0, 0},
 		{"log-level", SP_CT_STR, &log_level, "info", "debug, info, warn or error", 0, 0},
@@ -71,6 +76,9 @@ main(int argc, char **argv)
 		.heartbeat_timeout_ms = (uint64_t)timeout,
 		.etcd_endpoints = etcd && etcd[0] ? etcd : NULL,
 		.etcd_cluster = etcd_cluster,
+		.etcd_ca = etcd_ca,
+		.etcd_cert = etcd_cert,
+		.etcd_key = etcd_key,
 	};
 	router *r;
 	if ((rc = router_new(&cfg, &r, err, sizeof(err)))) {

@@ -219,13 +219,15 @@ router_new(const router_config *cfg, router **out, char *err, size_t errlen)
 	if (!r->tick || !r->sigint || !r->sigterm || !r->status_timer || event_add(r->tick, &tv) ||
 	    event_add(r->sigint, NULL) || event_add(r->sigterm, NULL))
 		goto fail;
+	sp_etcd_cfg ecfg = { .endpoints = cfg->etcd_endpoints, .ca = cfg->etcd_ca,
+		.cert = cfg->etcd_cert, .key = cfg->etcd_key };
 	if (cfg->etcd_endpoints &&
-	    (rc = router_etcd_start(r, cfg->etcd_endpoints,
+	    (rc = router_etcd_start(r, &ecfg,
 				    cfg->etcd_cluster ? cfg->etcd_cluster : "sealpost", &r->etcd, err,
 				    errlen)))
 		goto fail;
 	if (cfg->etcd_endpoints &&
-	    (rc = router_store_start(r, cfg->etcd_endpoints,
+	    (rc = router_store_start(r, &ecfg,
 				     cfg->etcd_cluster ? cfg->etcd_cluster : "sealpost", cfg->listen_url,
 				     &r->store, err, errlen)))
 		goto fail;

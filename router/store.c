@@ -457,7 +457,7 @@ router_store_leader(router_store *s)
 }
 
 int
-router_store_start(router *r, const char *endpoints, const char *cluster, const char *self,
+router_store_start(router *r, const sp_etcd_cfg *etcd, const char *cluster, const char *self,
 		   router_store **out, char *err, size_t errlen)
 {
 	int rc = SP_ENOMEM;
@@ -476,7 +476,9 @@ router_store_start(router *r, const char *endpoints, const char *cluster, const 
 					"Failed etcd calls of the map store");
 	if (!(s->drain = calloc(MAX_DRAINING, sizeof(*s->drain))))
 		goto fail;
-	sp_etcd_cfg ecfg = {.endpoints = endpoints, .timeout_ms = ETCD_TIMEOUT_MS};
+	const char *endpoints = etcd->endpoints;
+	sp_etcd_cfg ecfg = *etcd;
+	ecfg.timeout_ms = ETCD_TIMEOUT_MS;
 	if ((rc = sp_etcd_new(&ecfg, &s->cli)) || (rc = sp_etcd_new(&ecfg, &s->admin))) {
 		snprintf(err, errlen, "etcd: %s",
 			 rc == SP_EINVAL ? "bad endpoints (expected http://host:port,...)"
