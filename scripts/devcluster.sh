@@ -2,7 +2,9 @@
 # Sealpost dev cluster on loopback: Redis, etcd, two routers (router-a, router-b, sharing
 # the map through etcd), keysrv, 3 inbox shards of
 # $SEALPOST_DEVCLUSTER_COPIES copies each (default 3: inbox-0a, inbox-0b, inbox-0c, ...),
-# 2 connsrvs, with fresh dev TLS certificates (a dev CA the client trusts).
+# 2 connsrvs, with fresh dev TLS certificates (a dev CA the client trusts) and internal
+# ones from scripts/certs.sh (certs/internal/: etcd serves https to members with a
+# certificate of the cluster root; inbox copies replicate over mutual TLS).
 #
 #   scripts/devcluster.sh up|down|status|logs [NAME]|restart NAME|otp PHONE|env
 #
@@ -86,6 +88,25 @@ make_certs() {
 	rm -f "$c/server.csr" "$c/san.ext"
 }
 
+# Internal links (docs/SECURITY.md): a cluster root, role CAs and member certificates.
+# etcd serves https and requires a client certificate of the root; inbox copies replicate
+# over mutual TLS trusting the inbox role CA only.
+make_internal_certs() {
+	local c=$dir/certs/internal t=$root/scripts/certs.sh n
+	$t "$c" root
+	for r in etcd router inbox admin; do $t "$c" role $r; done
+	$t "$c" member etcd etcd
+	$t "$c" member admin etcdctl
+	for n in "${routers[@]}"; do $t "$c" member router "$n"; done
+	for n in "${inbox_names[@]}"; do $t "$c" member inbox "$n"; done
+}
+
+# etcd flags for a member named $1 (its certificate from certs/internal).
+etcd_tls() {
+	local c=$dir/certs/internal
+	echo "--etcd https://127.0.0.1:$port_etcd --etcd-ca $c/root-ca.pem --etcd-cert $c/$1.pem --etcd-key $c/$1.key"
+}
+
 write_config() {
 	mkdir -p "$dir/pids" "$dir/logs" "$dir/data"
 	local cf=$dir/cluster.ini
@@ -112,8 +133,12 @@ export SEALPOST_REDIS=127.0.0.1:$port_redis
 export SEALPOST_CONNSRV_0=127.0.0.1:$(conn_client 0)
 export SEALPOST_CONNSRV_1=127.0.0.1:$(conn_client 1)
 export SEALPOST_KEYSRV=tcp://127.0.0.1:$port_keysrv
-export SEALPOST_ETCD=http://127.0.0.1:$port_etcd
+export SEALPOST_ETCD=https://127.0.0.1:$port_etcd
 export SEALPOST_ETCD_CLUSTER=$etcd_cluster
+export ETCDCTL_API=3
+export ETCDCTL_CACERT=$dir/certs/internal/root-ca.pem
+export ETCDCTL_CERT=$dir/certs/internal/etcdctl.pem
+export ETCDCTL_KEY=$dir/certs/internal/etcdctl.key
 export SEALPOST_OTP_DIR=$dir/data/keysrv/otp
 ENV
 	for n in "${inbox_names[@]}"; do
@@ -128,11 +153,12 @@ cmdline() {
 	local router="--router tcp://127.0.0.1:$port_router_rep,tcp://127.0.0.1:$port_routerb_rep --router-pub tcp://127.0.0.1:$port_router_pub,tcp://127.0.0.1:$port_routerb_pub"
 	case $1 in
 	redis) echo "redis-server --port $port_redis --bind 127.0.0.1 --save '' --appendonly no --dir $dir/data" ;;
-	etcd) echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls http://127.0.0.1:$port_etcd --advertise-client-urls http://127.0.0.1:$port_etcd --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
-	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tcp://127.0.0.1:$(router_rep "$1") --publish tcp://127.0.0.1:$(router_pub "$1") --http-port $(router_http "$1") --etcd http://127.0.0.1:$port_etcd --etcd-cluster $etcd_cluster" ;;
+	etcd) local c=$dir/certs/internal
+		echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls https://127.0.0.1:$port_etcd --advertise-client-urls https://127.0.0.1:$port_etcd --cert-file $c/etcd.pem --key-file $c/etcd.key --trusted-ca-file $c/root-ca.pem --client-cert-auth --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
+	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tcp://127.0.0.1:$(router_rep "$1") --publish tcp://127.0.0.1:$(router_pub "$1") --http-port $(router_http "$1") $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
 	keysrv) echo "$bin/keysrv --data-dir $dir/data/keysrv --listen tcp://127.0.0.1:$port_keysrv --metrics-port -1 --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name keysrv" ;;
 	inbox-[012][abc]) [[ " ${inbox_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies copies per shard"
-		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 --etcd http://127.0.0.1:$port_etcd --etcd-cluster $etcd_cluster --repl-listen tcp://127.0.0.1:$(inbox_repl "$1") --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
+		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(inbox_repl "$1") --internal-cert $dir/certs/internal/$1.pem --internal-key $dir/certs/internal/$1.key --internal-ca $dir/certs/internal/inbox-ca.pem --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
 	connsrv-*) local i=${1#connsrv-}
 		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tcp://127.0.0.1:$(conn_pull $i) --redis 127.0.0.1:$port_redis --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router" ;;
 	*) die "unknown process '$1' (one of: ${names[*]})" ;;
@@ -162,7 +188,9 @@ wait_port() { # host port seconds
 # The copy of shard $1 that holds the leader key and a sync set of min-copies, or "".
 shard_primary() {
 	local out leader n
-	out=$(ETCDCTL_API=3 etcdctl --endpoints "http://127.0.0.1:$port_etcd" --command-timeout=2s \
+	local c=$dir/certs/internal
+	out=$(ETCDCTL_API=3 etcdctl --endpoints "https://127.0.0.1:$port_etcd" --cacert "$c/root-ca.pem" \
+		--cert "$c/etcdctl.pem" --key "$c/etcdctl.key" --command-timeout=2s \
 		get --prefix "/sealpost/$etcd_cluster/inbox-$1/" 2>/dev/null) || return 0
 	leader=$(printf '%s\n' "$out" | awk 'f{print; exit} /\/leader$/{f=1}' | jq -r '.name // empty' 2>/dev/null)
 	n=$(printf '%s\n' "$out" | awk 'f{print; exit} /\/sync$/{f=1}' | jq '.members | length' 2>/dev/null || echo 0)
@@ -203,6 +231,7 @@ cmd_up() {
 	ensure_built
 	write_config
 	make_certs
+	make_internal_certs
 	start_one redis
 	wait_port 127.0.0.1 "$port_redis" 10 || die "redis did not start (see $dir/logs/redis.log)"
 	start_one etcd
