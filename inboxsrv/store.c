@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "repl/lmdbfx.h"
 #include "sp_log.h"
 #include "store_internal.h"
 
@@ -411,25 +412,15 @@ inbox_store_copy_fd(inbox_store *s, int fd)
 int
 inbox_store_file_lsn(const char *path, uint64_t *lsn)
 {
-	MDB_env *env = NULL;
-	MDB_txn *txn = NULL;
-	MDB_dbi meta;
-	int rc;
-	if ((rc = mdb_env_create(&env)) || (rc = mdb_env_set_maxdbs(env, 16))
-	    || (rc = mdb_env_open(env, path, MDB_NOSUBDIR | MDB_RDONLY | MDB_NOLOCK, 0600))
-	    || (rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn))
-	    || (rc = mdb_dbi_open(txn, "meta", 0, &meta))) {
-		sp_error("store: %s: %s", path, mdb_strerror(rc));
-		if (txn)
-			mdb_txn_abort(txn);
-		if (env)
-			mdb_env_close(env);
-		return SP_ESTORE;
+	uint8_t b[8];
+	int rc = repl_lmdb_file_get(path, "meta", "lsn", 3, b, sizeof(b));
+	if (rc == SP_ENOTFOUND) {
+		*lsn = 0;
+		return SP_OK;
 	}
-	rc = inbox_store_get_u64(txn, meta, "lsn", 3, lsn);
-	mdb_txn_abort(txn);
-	mdb_env_close(env);
-	return rc ? SP_ESTORE : SP_OK;
+	if (rc == SP_OK)
+		*lsn = inbox_le64_get(b);
+	return rc;
 }
 
 int

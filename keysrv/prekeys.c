@@ -41,7 +41,7 @@ keys_prekeys_delete_all(keys_store *s, MDB_txn *txn, uint64_t device)
 	     rc == 0 && k.mv_size == sizeof(key) && memcmp(k.mv_data, key, 8) == 0;
 	     rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		/* MDB_NEXT after a delete yields the entry that followed the deleted one. */
-		if ((rc = mdb_cursor_del(c, 0)))
+		if ((rc = keys_store_cursor_del(s, txn, c, KDB_OPKS)))
 			break;
 	}
 	mdb_cursor_close(c);
@@ -183,7 +183,7 @@ take_opk(keys_req *r, MDB_txn *txn, keys_device *d, sp_frame *rec)
 		const uint8_t *kp = k.mv_data;
 		uint32_t id = (uint32_t)kp[8] << 24 | (uint32_t)kp[9] << 16 | (uint32_t)kp[10] << 8 | kp[11];
 		memcpy(opk, v.mv_data, KEYS_PUB_LEN);
-		rc = mdb_cursor_del(c, 0);
+		rc = keys_store_cursor_del(r->ctx->store, txn, c, KDB_OPKS);
 		if (rc == 0) {
 			sp_frame_set_u64(rec, SP_F_OPK_ID, id);
 			sp_frame_set_bin(rec, SP_F_OPK, opk, KEYS_PUB_LEN);

@@ -6,6 +6,7 @@
 #include <sodium.h>
 
 #include "keysrv/store.h"
+#include "repl/lmdbfx.h"
 #include "sp_bytes.h"
 #include "sp_error.h"
 #include "sp_log.h"
@@ -17,7 +18,17 @@ struct keys_store {
 	MDB_env *env;
 	MDB_dbi dbi[KDB__COUNT];
 	uint8_t secret[32];
+	bool secret_loaded;
+	/* Replication (keys_store_set_repl): every put and delete of the write transaction in
+	 * progress (LMDB has one at a time) is captured, and its commit goes through `repl`
+	 * first. */
+	keys_store_repl_fn repl;
+	void *repl_arg;
+	MDB_txn *wtxn;
+	repl_fx fx;
 };
+
+#define LSN_KEY "lsn"
 
 static const char *const db_names[KDB__COUNT] = {
 	"meta", "phones", "users", "devices", "opks", "otps", "links", "groups", "members", "budgets",
@@ -130,28 +141,55 @@ r_done(rbuf *r)
 
 /* ---- open / close ---- */
 
+/* Reads the secret if the store holds one (SP_ENOTFOUND if not). */
 static int
-load_secret(keys_store *s)
+read_secret(keys_store *s)
 {
 	MDB_txn *txn;
 	size_t len = 0;
-	int rc = keys_store_begin(s, true, &txn);
+	uint8_t buf[32];
+	int rc = keys_store_begin(s, false, &txn);
 	if (rc)
 		return rc;
-	rc = keys_store_get(s, txn, KDB_META, "secret", 6, s->secret, sizeof(s->secret), &len);
-	if (rc == SP_ENOTFOUND) {
-		randombytes_buf(s->secret, sizeof(s->secret));
-		rc = keys_store_put(s, txn, KDB_META, "secret", 6, s->secret, sizeof(s->secret), 0);
-		if (rc) {
-			keys_store_abort(txn);
-			return rc;
-		}
-		return keys_store_commit(txn);
-	}
+	rc = keys_store_get(s, txn, KDB_META, "secret", 6, buf, sizeof(buf), &len);
 	keys_store_abort(txn);
 	if (rc == SP_OK && len != sizeof(s->secret))
 		rc = SP_ESTORE;
+	if (rc == SP_OK) {
+		memcpy(s->secret, buf, sizeof(buf));
+		s->secret_loaded = true;
+	}
+	sodium_memzero(buf, sizeof(buf));
 	return rc;
+}
+
+int
+keys_store_ensure_secret(keys_store *s)
+{
+	if (s->secret_loaded)
+		return SP_OK;
+	int rc = read_secret(s);
+	if (rc != SP_ENOTFOUND)
+		return rc;
+	MDB_txn *txn;
+	uint8_t buf[32];
+	if ((rc = keys_store_begin(s, true, &txn)))
+		return rc;
+	size_t len = 0;
+	rc = keys_store_get(s, txn, KDB_META, "secret", 6, buf, sizeof(buf), &len);
+	if (rc == SP_ENOTFOUND) {
+		/* Made once, by the primary when replicated: a logged write like any other. */
+		randombytes_buf(buf, sizeof(buf));
+		rc = keys_store_put(s, txn, KDB_META, "secret", 6, buf, sizeof(buf), 0);
+		if (rc == SP_OK)
+			rc = keys_store_commit(txn);
+		else
+			keys_store_abort(txn);
+	} else {
+		keys_store_abort(txn);
+	}
+	sodium_memzero(buf, sizeof(buf));
+	return rc ? rc : read_secret(s);
 }
 
 /* mkdir -p: creates the missing directories of `dir`. */
@@ -174,8 +212,8 @@ mkdir_p(const char *dir)
 	return mkdir(path, 0700) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-int
-keys_store_open(keys_store **out, const char *dir, size_t map_size)
+static int
+store_open(keys_store **out, const char *dir, size_t map_size)
 {
 	keys_store *s;
 	MDB_txn *txn = NULL;
@@ -205,7 +243,9 @@ keys_store_open(keys_store **out, const char *dir, size_t map_size)
 	txn = NULL;
 	if (rc)
 		goto fail;
-	if ((rc = load_secret(s))) {
+	mdb_env_set_userctx(s->env, s);
+	repl_fx_init(&s->fx);
+	if ((rc = read_secret(s)) && rc != SP_ENOTFOUND) {
 		keys_store_close(s);
 		return rc;
 	}
@@ -219,11 +259,29 @@ fail:
 	return SP_ESTORE;
 }
 
+int
+keys_store_open(keys_store **out, const char *dir, size_t map_size)
+{
+	int rc = store_open(out, dir, map_size);
+	if (rc == SP_OK && (rc = keys_store_ensure_secret(*out))) {
+		keys_store_close(*out);
+		*out = NULL;
+	}
+	return rc;
+}
+
+int
+keys_store_open_replicated(keys_store **out, const char *dir, size_t map_size)
+{
+	return store_open(out, dir, map_size);
+}
+
 void
 keys_store_close(keys_store *s)
 {
 	if (!s)
 		return;
+	repl_fx_fini(&s->fx);
 	if (s->env)
 		mdb_env_close(s->env);
 	sodium_memzero(s->secret, sizeof(s->secret));
@@ -245,20 +303,144 @@ keys_store_dbi(const keys_store *s, keys_db db)
 int
 keys_store_begin(keys_store *s, bool write, MDB_txn **txn)
 {
-	return keys_store_err(mdb_txn_begin(s->env, NULL, write ? 0 : MDB_RDONLY, txn));
+	int rc = keys_store_err(mdb_txn_begin(s->env, NULL, write ? 0 : MDB_RDONLY, txn));
+	if (rc == SP_OK && write) {
+		s->wtxn = *txn;
+		repl_fx_reset(&s->fx);
+	}
+	return rc;
+}
+
+static keys_store *
+store_of(MDB_txn *txn)
+{
+	return mdb_env_get_userctx(mdb_txn_env(txn));
+}
+
+static int
+get_lsn(keys_store *s, MDB_txn *txn, uint64_t *lsn)
+{
+	MDB_val k = { sizeof(LSN_KEY) - 1, LSN_KEY }, v;
+	int rc = mdb_get(txn, s->dbi[KDB_META], &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		*lsn = 0;
+		return SP_OK;
+	}
+	if (rc || v.mv_size != 8)
+		return SP_ESTORE;
+	*lsn = sp_be64_get(v.mv_data);
+	return SP_OK;
+}
+
+/* The LSN goes in with the ops it follows, and is not itself an effect. */
+static int
+put_lsn(keys_store *s, MDB_txn *txn, uint64_t lsn)
+{
+	uint8_t b[8];
+	sp_be64_put(b, lsn);
+	MDB_val k = { sizeof(LSN_KEY) - 1, LSN_KEY }, v = { 8, b };
+	return keys_store_err(mdb_put(txn, s->dbi[KDB_META], &k, &v, 0));
 }
 
 int
 keys_store_commit(MDB_txn *txn)
 {
+	keys_store *s = store_of(txn);
+	if (s && txn == s->wtxn) {
+		s->wtxn = NULL;
+		if (s->repl && s->fx.err) {
+			mdb_txn_abort(txn);
+			return s->fx.err;
+		}
+		if (s->repl && s->fx.n > 0) {
+			/* Logged and fsynced on the sync set before the commit makes it visible. */
+			uint64_t lsn;
+			int rc = get_lsn(s, txn, &lsn);
+			if (rc == SP_OK && (rc = put_lsn(s, txn, lsn + 1)) == SP_OK)
+				rc = s->repl(s->repl_arg, lsn + 1, s->fx.buf, s->fx.len);
+			if (rc) {
+				mdb_txn_abort(txn);
+				return rc;
+			}
+		}
+	}
 	return keys_store_err(mdb_txn_commit(txn));
 }
 
 void
 keys_store_abort(MDB_txn *txn)
 {
-	if (txn)
+	if (!txn)
+		return;
+	keys_store *s = store_of(txn);
+	if (s && txn == s->wtxn)
+		s->wtxn = NULL;
+	mdb_txn_abort(txn);
+}
+
+void
+keys_store_set_repl(keys_store *s, keys_store_repl_fn fn, void *arg)
+{
+	s->repl = fn;
+	s->repl_arg = arg;
+}
+
+int
+keys_store_lsn(keys_store *s, uint64_t *lsn)
+{
+	MDB_txn *txn;
+	int rc = keys_store_err(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn));
+	if (rc)
+		return rc;
+	rc = get_lsn(s, txn, lsn);
+	mdb_txn_abort(txn);
+	return rc;
+}
+
+int
+keys_store_apply(keys_store *s, uint64_t lsn, const uint8_t *rec, size_t len)
+{
+	MDB_txn *txn;
+	uint64_t have;
+	int rc = keys_store_err(mdb_txn_begin(s->env, NULL, 0, &txn));
+	if (rc)
+		return rc;
+	if ((rc = get_lsn(s, txn, &have)) == SP_OK && have + 1 != lsn)
+		rc = SP_EGAP;
+	if (rc == SP_OK)
+		rc = repl_fx_apply(rec, len, txn, s->dbi, KDB__COUNT);
+	if (rc == SP_OK)
+		rc = put_lsn(s, txn, lsn);
+	if (rc) {
 		mdb_txn_abort(txn);
+		return rc;
+	}
+	return keys_store_err(mdb_txn_commit(txn));
+}
+
+int
+keys_store_sync(keys_store *s)
+{
+	return mdb_env_sync(s->env, 1) ? SP_EIO : SP_OK;
+}
+
+int
+keys_store_copy(keys_store *s, int fd, const char *path, uint64_t *lsn)
+{
+	int rc = mdb_env_copyfd2(s->env, fd, MDB_CP_COMPACT);
+	if (rc) {
+		sp_error("keysrv: snapshot copy: %s", mdb_strerror(rc));
+		return SP_ESTORE;
+	}
+	uint8_t b[8];
+	rc = repl_lmdb_file_get(path, db_names[KDB_META], LSN_KEY, sizeof(LSN_KEY) - 1, b, sizeof(b));
+	if (rc == SP_ENOTFOUND) {
+		*lsn = 0;
+		return SP_OK;
+	}
+	if (rc == SP_OK)
+		*lsn = sp_be64_get(b);
+	return rc;
 }
 
 int
@@ -281,14 +463,30 @@ keys_store_put(keys_store *s, MDB_txn *txn, keys_db db, const void *key, size_t 
     const void *val, size_t vlen, unsigned flags)
 {
 	MDB_val k = {klen, (void *)key}, v = {vlen, (void *)val};
-	return keys_store_err(mdb_put(txn, s->dbi[db], &k, &v, flags));
+	int rc = keys_store_err(mdb_put(txn, s->dbi[db], &k, &v, flags));
+	if (rc == SP_OK && s->repl && txn == s->wtxn)
+		repl_fx_put(&s->fx, db, key, klen, val, vlen);
+	return rc;
 }
 
 int
 keys_store_del(keys_store *s, MDB_txn *txn, keys_db db, const void *key, size_t klen)
 {
 	MDB_val k = {klen, (void *)key};
-	return keys_store_err(mdb_del(txn, s->dbi[db], &k, NULL));
+	int rc = keys_store_err(mdb_del(txn, s->dbi[db], &k, NULL));
+	if (rc == SP_OK && s->repl && txn == s->wtxn)
+		repl_fx_del(&s->fx, db, key, klen);
+	return rc;
+}
+
+int
+keys_store_cursor_del(keys_store *s, MDB_txn *txn, MDB_cursor *c, keys_db db)
+{
+	MDB_val k, v;
+	int rc = mdb_cursor_get(c, &k, &v, MDB_GET_CURRENT);
+	if (rc == 0 && s->repl && txn == s->wtxn)
+		repl_fx_del(&s->fx, db, k.mv_data, k.mv_size);
+	return rc ? rc : mdb_cursor_del(c, 0);
 }
 
 /* Reads a record into a stack buffer and starts a reader on it. */
@@ -658,7 +856,7 @@ sweep_db(keys_store *s, MDB_txn *txn, keys_db db, size_t exp_off, uint64_t now_m
 		rbuf r = {v.mv_data, v.mv_size, exp_off, false};
 		uint64_t exp = r_uint(&r, 8);
 		if (r.bad || exp <= now_ms) {
-			if ((rc = mdb_cursor_del(c, 0)))
+			if ((rc = keys_store_cursor_del(s, txn, c, db)))
 				break;
 			n++;
 		}

@@ -149,10 +149,34 @@ typedef struct keys_pin {
  * bytes, and creates the server secret on first use. On SP_OK the caller owns *out
  * (keys_store_close). SP_ESTORE on any LMDB failure (logged). */
 int keys_store_open(keys_store **out, const char *dir, size_t map_size);
+/* The same for a replicated copy: the secret is not made here (a replica gets it from the
+ * primary's log; the primary makes it with keys_store_ensure_secret once it leads). */
+int keys_store_open_replicated(keys_store **out, const char *dir, size_t map_size);
 void keys_store_close(keys_store *s);
 
-/* The 32-byte server secret (valid until close). */
+/* Loads the server secret, making it (a write, logged when replicated) if the store has
+ * none. SP_OK once keys_store_secret is valid. Not inside a transaction. */
+int keys_store_ensure_secret(keys_store *s);
+/* The 32-byte server secret (valid until close, once keys_store_ensure_secret or a
+ * non-replicated open succeeded). */
 const uint8_t *keys_store_secret(const keys_store *s);
+
+/* ---- replication (keysrv/repl.c) ----
+ * With a hook set, every put and delete of a write transaction (one at a time: LMDB's
+ * writer lock) is captured as an effect (repl/lmdbfx.h); keys_store_commit of a
+ * transaction that changed anything stores LSN + 1 and calls the hook with the record
+ * before the LMDB commit, and aborts the transaction if the hook fails (its error is the
+ * commit's). A replica applies the primary's records with keys_store_apply. */
+typedef int (*keys_store_repl_fn)(void *arg, uint64_t lsn, const uint8_t *rec, size_t len);
+void keys_store_set_repl(keys_store *s, keys_store_repl_fn fn, void *arg);
+/* The LSN of the last committed logged transaction (0: none). */
+int keys_store_lsn(keys_store *s, uint64_t *lsn);
+/* Applies record `lsn` (the next one: SP_EGAP otherwise) in one transaction. */
+int keys_store_apply(keys_store *s, uint64_t lsn, const uint8_t *rec, size_t len);
+/* Flushes every commit to disk. */
+int keys_store_sync(keys_store *s);
+/* A consistent, compacted copy of the store to `fd` (the file `path`) and its LSN. */
+int keys_store_copy(keys_store *s, int fd, const char *path, uint64_t *lsn);
 
 /* Transactions. A read transaction is ended with keys_store_abort. Commit returns SP_OK,
  * SP_EFULL (map full) or SP_ESTORE; the transaction is gone either way. */
@@ -172,6 +196,9 @@ int keys_store_get(keys_store *s, MDB_txn *txn, keys_db db, const void *key, siz
 int keys_store_put(keys_store *s, MDB_txn *txn, keys_db db, const void *key, size_t klen,
     const void *val, size_t vlen, unsigned flags);
 int keys_store_del(keys_store *s, MDB_txn *txn, keys_db db, const void *key, size_t klen);
+/* Deletes the cursor's current entry of `db` (captured when replicated). Returns LMDB's
+ * code, as mdb_cursor_del. */
+int keys_store_cursor_del(keys_store *s, MDB_txn *txn, MDB_cursor *c, keys_db db);
 
 /* Records. get returns SP_ENOTFOUND if absent and SP_ESTORE for an undecodable value. */
 int keys_user_get(keys_store *s, MDB_txn *txn, uint64_t id, keys_user *u);

@@ -172,3 +172,30 @@ repl_fx_apply(const uint8_t *rec, size_t len, MDB_txn *txn, const MDB_dbi *dbis,
 	}
 	return SP_OK;
 }
+
+int
+repl_lmdb_file_get(const char *path, const char *db, const void *key, size_t klen, uint8_t *out,
+    size_t cap)
+{
+	MDB_env *env = NULL;
+	MDB_txn *txn = NULL;
+	MDB_dbi dbi;
+	int rc;
+	if ((rc = mdb_env_create(&env)) || (rc = mdb_env_set_maxdbs(env, REPL_FX_MAX_DBS))
+	    || (rc = mdb_env_open(env, path, MDB_NOSUBDIR | MDB_RDONLY | MDB_NOLOCK, 0600))
+	    || (rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn)) || (rc = mdb_dbi_open(txn, db, 0, &dbi))) {
+		if (txn)
+			mdb_txn_abort(txn);
+		if (env)
+			mdb_env_close(env);
+		return rc == MDB_NOTFOUND ? SP_ENOTFOUND : SP_ESTORE;
+	}
+	MDB_val k = { klen, (void *)key }, v;
+	rc = mdb_get(txn, dbi, &k, &v);
+	int out_rc = rc == MDB_NOTFOUND ? SP_ENOTFOUND : rc || v.mv_size != cap ? SP_ESTORE : SP_OK;
+	if (out_rc == SP_OK)
+		memcpy(out, v.mv_data, cap);
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return out_rc;
+}

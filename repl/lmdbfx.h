@@ -61,4 +61,10 @@ int repl_fx_check(const uint8_t *rec, size_t len, unsigned ndb, size_t *entries)
 int repl_fx_apply(const uint8_t *rec, size_t len, MDB_txn *txn, const MDB_dbi *dbis,
     unsigned ndb);
 
+/* Reads the value of `key` in the named database of an LMDB environment file (a snapshot
+ * copy: opened read-only, no lock file) into out[0..cap), which it must fill exactly.
+ * SP_OK, SP_ENOTFOUND, SP_ESTORE. */
+int repl_lmdb_file_get(const char *path, const char *db, const void *key, size_t klen,
+    uint8_t *out, size_t cap);
+
 #endif
