@@ -22,21 +22,19 @@
 #include "sp_time.h"
 #include "store.h"
 #include "repl.h"
+#include "repl/opts.h"
 #include "sweep.h"
 
 #define DAY_S 86400LL
 
 static char *data_dir, *listen_url, *metrics_addr, *log_level, *name, *router, *router_pub;
-static char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key, *repl_listen, *repl_advertise;
-static long long min_copies, lease_ttl, repl_lag_ms;
-static size_t repl_segment, repl_retain, snapshot_rate;
-static char *internal_cert, *internal_key, *internal_ca, *repl_peer_ca;
+static repl_opts ro;
 static long long shard, contexts, msg_ttl, media_ttl, sweep_interval, sweep_batch, metrics_port;
 static size_t map_size, max_queue_entries, max_queue_bytes, max_blob_size, disk_reserve,
     dedup_max;
 static bool log_json;
 
-static const sp_config_opt opts[] = {
+static const sp_config_opt tier_opts[] = {
 	{ "data-dir", SP_CT_STR, &data_dir, "./inbox-data", "directory of the LMDB environment", 0,
 	    0 },
 	{ "listen", SP_CT_STR, &listen_url, "tcp://127.0.0.1:7401", "NNG URL of the REP socket", 0,
@@ -74,86 +72,10 @@ static const sp_config_opt opts[] = {
 	{ "router", SP_CT_STR, &router, NULL, "router REP url(s), comma-separated; when set, the shard heartbeats each",
 	    0, 0 },
 	{ "router-pub", SP_CT_STR, &router_pub, NULL, "router PUB url(s) (with --router)", 0, 0 },
-	{ "etcd", SP_CT_STR, &etcd, NULL,
-	    "etcd endpoints (comma-separated http://host:port); when set, this process is one copy "
-	    "of a replicated shard (docs/REPLICATION.md) and needs --name and --repl-listen",
-	    0, 0 },
-	{ "etcd-cluster", SP_CT_STR, &etcd_cluster, "sealpost",
-	    "cluster name: the etcd keys live under /sealpost/<it>/inbox-<shard>/", 0, 0 },
-	{ "etcd-ca", SP_CT_STR, &etcd_ca, NULL,
-	    "PEM file of the CA that signs etcd's certificate (https:// endpoints)", 0, 0 },
-	{ "etcd-cert", SP_CT_STR, &etcd_cert, NULL,
-	    "PEM client certificate presented to etcd (etcd --client-cert-auth)", 0, 0 },
-	{ "etcd-key", SP_CT_STR, &etcd_key, NULL, "PEM key of --etcd-cert", 0, 0 },
-	{ "internal-cert", SP_CT_STR, &internal_cert, NULL,
-	    "PEM certificate (with its role CA) this process presents on tls+tcp:// links", 0, 0 },
-	{ "internal-key", SP_CT_STR, &internal_key, NULL, "PEM key of --internal-cert", 0, 0 },
-	{ "internal-ca", SP_CT_STR, &internal_ca, NULL,
-	    "PEM bundle of the role CAs whose members may connect to this process's tls+tcp:// "
-	    "listeners and that the servers it dials must chain to",
-	    0, 0 },
-	{ "repl-peer-ca", SP_CT_STR, &repl_peer_ca, NULL,
-	    "PEM bundle of the CAs a copy connecting to --repl-listen must chain to (default "
-	    "--internal-ca; give the inbox role CA alone so that only copies can fetch)",
-	    0, 0 },
-	{ "repl-listen", SP_CT_STR, &repl_listen, NULL,
-	    "NNG URL the shard's replicas fetch the log from while this copy is primary", 0, 0 },
-	{ "repl-advertise", SP_CT_STR, &repl_advertise, NULL,
-	    "URL other copies dial for --repl-listen (default: --repl-listen)", 0, 0 },
-	{ "min-copies", SP_CT_INT, &min_copies, "2",
-	    "fsynced copies (this one included) a write needs before it is acknowledged", 1, 16 },
-	{ "lease-ttl", SP_CT_INT, &lease_ttl, "5",
-	    "seconds of the primary's etcd lease: a dead primary is replaced after about this", 3,
-	    60 },
-	{ "repl-lag-ms", SP_CT_INT, &repl_lag_ms, "1000",
-	    "a sync-set copy that has not acknowledged for this long is dropped from the sync set",
-	    100, 600000 },
-	{ "repl-segment", SP_CT_SIZE, &repl_segment, "64M",
-	    "replication log segment size (retention deletes whole segments)", 64 << 10, 1 << 30 },
-	{ "repl-retain", SP_CT_SIZE, &repl_retain, "256M",
-	    "replication log kept beyond what every sync-set copy holds, so a copy that was away "
-	    "catches up from the log instead of by snapshot",
-	    0, 1LL << 40 },
-	{ "snapshot-rate", SP_CT_SIZE, &snapshot_rate, "0",
-	    "bytes per second a primary sends a snapshot at (0: no limit)", 0, 1LL << 40 },
 	{ "log-level", SP_CT_STR, &log_level, "info", "debug|info|warn|error", 0, 0 },
 	{ "log-json", SP_CT_BOOL, &log_json, "false", "log JSON lines", 0, 0 },
 	{ NULL, 0, NULL, NULL, NULL, 0, 0 },
 };
-
-/* Whether SIGTERM or SIGINT (blocked, taken by sigwait) is pending. */
-static bool
-stop_pending(void *arg)
-{
-	sigset_t pending;
-	(void)arg;
-	return sigpending(&pending) == 0
-	    && (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1);
-}
-
-/* A copy without data of its own (or marked for it) starts from a snapshot of the
- * primary's store (inboxsrv/snapshot.h). */
-static int
-snapshot_bootstrap(repl_snap_boot_result *boot)
-{
-	char group[32];
-	sp_etcd_cfg ecfg = { .endpoints = etcd, .ca = etcd_ca, .cert = etcd_cert, .key = etcd_key };
-	if (!name) {
-		sp_error("--etcd needs --name and --repl-listen");
-		return SP_ECONFIG;
-	}
-	snprintf(group, sizeof(group), "inbox-%lld", shard);
-	repl_snap_boot_cfg bcfg = {
-		.data_dir = data_dir,
-		.files = &inbox_repl_files,
-		.etcd = &ecfg,
-		.cluster = etcd_cluster,
-		.group = group,
-		.name = name,
-		.stop = stop_pending,
-	};
-	return repl_snap_bootstrap(&bcfg, boot);
-}
 
 int
 main(int argc, char **argv)
@@ -170,21 +92,29 @@ main(int argc, char **argv)
 	int rc, sig, status = 1;
 
 	sp_log_init("inboxsrv", SP_LOG_INFO, false);
+	sp_config_opt *opts = repl_opts_table(tier_opts, &ro);
+	if (!opts) {
+		fprintf(stderr, "inboxsrv: out of memory\n");
+		return 1;
+	}
 	rc = sp_config_load("inboxsrv", "durable per-device inbox shard", opts, argc, argv, NULL, 0,
 	    NULL, err, sizeof(err));
 	if (rc == SP_CONFIG_HELP) {
 		sp_config_free(opts);
+		free(opts);
 		return 0;
 	}
 	if (rc) {
 		fprintf(stderr, "inboxsrv: %s\n", err);
 		sp_config_free(opts);
+		free(opts);
 		return 2;
 	}
 	int level = sp_log_level_parse(log_level);
 	if (level < 0) {
 		fprintf(stderr, "inboxsrv: bad log-level '%s'\n", log_level);
 		sp_config_free(opts);
+		free(opts);
 		return 2;
 	}
 	sp_log_init("inboxsrv", (sp_log_level)level, log_json);
@@ -207,21 +137,15 @@ main(int argc, char **argv)
 		.max_blob_size = max_blob_size,
 		.max_readers = (unsigned)contexts + 64,
 		.dedup_max = dedup_max,
-		.log_is_durable = etcd && *etcd,
+		.log_is_durable = repl_opts_on(&ro),
 	};
-	if (internal_cert || internal_key || internal_ca) {
-		sp_nng_tls tls = { internal_cert, internal_key, internal_ca };
-		if ((rc = sp_nng_tls_init(&tls))) {
-			sp_error("--internal-cert, --internal-key and --internal-ca go together");
-			goto out;
-		}
-	}
-	if (etcd && *etcd && repl_listen && !sp_nng_url_tls(repl_listen))
-		sp_warn("--repl-listen %s is not tls+tcp://: anyone who reaches it can read this "
-			"shard's log and snapshots (docs/SECURITY.md)",
-		    repl_listen);
+	char group[32];
+	snprintf(group, sizeof(group), "inbox-%lld", shard);
+	repl_node_config rcfg;
 	repl_snap_boot_result boot = { 0 };
-	if (etcd && *etcd && (rc = snapshot_bootstrap(&boot)))
+	if ((rc = repl_opts_start(&ro, data_dir, name, &rcfg))
+	    || (repl_opts_on(&ro)
+		&& (rc = repl_opts_bootstrap(&ro, data_dir, group, name, &inbox_repl_files, &boot))))
 		goto out;
 	uint64_t t0 = sp_mono_ns();
 	if ((rc = inbox_store_open(&store, &scfg)))
@@ -241,31 +165,8 @@ main(int argc, char **argv)
 
 	inbox_commit_config ccfg = { .disk_reserve = disk_reserve };
 	inbox_dispatch_config dcfg = { .shard = (uint64_t)shard };
-	if (etcd && *etcd) {
-		if (!name || !repl_listen) {
-			sp_error("--etcd needs --name and --repl-listen");
-			rc = SP_ECONFIG;
-			goto out;
-		}
-		repl_node_config rcfg = {
-			.data_dir = data_dir,
-			.etcd = etcd,
-			.etcd_ca = etcd_ca,
-			.etcd_cert = etcd_cert,
-			.etcd_key = etcd_key,
-			.cluster = etcd_cluster,
-			.name = name,
-			.listen = repl_listen,
-			.advertise = repl_advertise,
-			.min_copies = (unsigned)min_copies,
-			.lease_ttl_s = lease_ttl,
-			.lag_ms = (uint64_t)repl_lag_ms,
-			.segment_bytes = (uint32_t)repl_segment,
-			.retain_bytes = repl_retain,
-			.snapshot_rate = snapshot_rate,
-			.peer_ca = repl_peer_ca,
-			.boot = &boot,
-		};
+	if (repl_opts_on(&ro)) {
+		rcfg.boot = &boot;
 		if ((rc = inbox_repl_open(&repl, &rcfg, (uint64_t)shard, store)))
 			goto out;
 		ccfg.repl = inbox_repl_hooks(repl);
@@ -325,6 +226,7 @@ out:
 	inbox_store_close(store);
 	sp_nng_tls_fini();
 	sp_config_free(opts);
+	free(opts);
 	if (again) {
 		/* The same process (pid, arguments) starts over; its start-up installs the
 		 * snapshot the data dir is marked for. Descriptors are all close-on-exec. */

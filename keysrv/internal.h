@@ -54,6 +54,10 @@ typedef struct keys_ctx {
 	sp_metric *m_opk_given, *m_opk_empty, *m_ratelimited;
 	sp_metric *m_budget_register, *m_budget_verify, *m_budget_pin; /* refused by a budget */
 	sp_metric *m_pin_wrong;
+	/* A replicated copy (keysrv/repl.h): whether it may serve now, else the error and the
+	 * primary's name. NULL: a key store of one copy. */
+	int (*gate)(void *arg, char *primary, size_t cap);
+	void *gate_arg;
 } keys_ctx;
 
 /* Bump allocator for reply data that must outlive the handler's transaction. */

@@ -1,20 +1,31 @@
 /* keysrv: accounts, devices, prekeys and groups over NNG req/rep (see docs/KEYSRV.md). */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "keysrv/repl.h"
 #include "keysrv/server.h"
+#include "repl/opts.h"
 #include "sp_cluster.h"
 #include "sp_config.h"
 #include "sp_error.h"
 #include "sp_log.h"
 #include "sp_metrics.h"
+#include "sp_nng.h"
 #include "sp_time.h"
 
 #define SWEEP_INTERVAL_S 60
 #define SWEEP_MAX 10000
+
+static int
+gate(void *arg, char *primary, size_t cap)
+{
+	return keys_repl_gate(arg, primary, cap);
+}
 
 static const char summary[] =
     "Sealpost key server: accounts, devices, prekeys and groups (NNG req/rep).";
@@ -30,7 +41,7 @@ main(int argc, char **argv)
 	long long ph_sends, ph_verify, ph_pin, webhook_retries, webhook_backoff;
 	char *webhook_ca;
 	bool log_json, production, webhook_insecure;
-	const sp_config_opt opts[] = {
+	const sp_config_opt tier_opts[] = {
 		{"data-dir", SP_CT_STR, &data_dir, "keysrv-data", "LMDB directory (created if missing)", 0, 0},
 		{"listen", SP_CT_STR, &listen, "tcp://127.0.0.1:7301", "NNG URL to serve requests on", 0, 0},
 		{"map-size", SP_CT_SIZE, &map_size, "1G", "LMDB map size (the store's maximum size)", 1 << 20,
@@ -102,20 +113,30 @@ main(int argc, char **argv)
 	int status = 1, rc;
 
 	sp_log_init("keysrv", SP_LOG_INFO, false);
+	repl_opts ro = { 0 };
+	keys_repl *repl = NULL;
+	sp_config_opt *opts = repl_opts_table(tier_opts, &ro);
+	if (!opts) {
+		fprintf(stderr, "keysrv: out of memory\n");
+		return 1;
+	}
 	rc = sp_config_load("keysrv", summary, opts, argc, argv, NULL, 0, NULL, err, sizeof(err));
 	if (rc == SP_CONFIG_HELP) {
 		sp_config_free(opts);
+		free(opts);
 		return 0;
 	}
 	if (rc) {
 		fprintf(stderr, "keysrv: %s\n", err);
 		sp_config_free(opts);
+		free(opts);
 		return 2;
 	}
 	int level = sp_log_level_parse(log_level);
 	if (level < 0) {
 		fprintf(stderr, "keysrv: log-level: expected debug, info, warn or error\n");
 		sp_config_free(opts);
+		free(opts);
 		return 2;
 	}
 	sp_log_init("keysrv", (sp_log_level)level, log_json);
@@ -126,6 +147,7 @@ main(int argc, char **argv)
 			 "otp-webhook-url",
 		    webhook_insecure ? "otp-webhook-insecure-http" : "otp-sender=dev (it logs the codes)");
 		sp_config_free(opts);
+		free(opts);
 		return 2;
 	}
 	snprintf(otp_default, sizeof(otp_default), "%s/otp", data_dir);
@@ -151,10 +173,27 @@ main(int argc, char **argv)
 		.rate_bundle = {(unsigned)rb_burst, (unsigned)rb_rate},
 		.rate_link = {(unsigned)rl_burst, (unsigned)rl_rate},
 		.rate_max_keys = (size_t)rl_keys,
+		.replicated = repl_opts_on(&ro),
 	};
+	repl_node_config rcfg;
+	repl_snap_boot_result boot = { 0 };
+	if ((rc = repl_opts_start(&ro, data_dir, name, &rcfg))
+	    || (repl_opts_on(&ro)
+		&& (rc = repl_opts_bootstrap(&ro, data_dir, KEYS_REPL_GROUP, name, &keys_repl_files,
+			&boot))))
+		goto out;
 	if ((rc = keys_ctx_open(&ctx, &cfg))) {
 		sp_error("keysrv: start-up failed: %s", sp_strerror(rc));
 		goto out;
+	}
+	if (repl_opts_on(&ro)) {
+		rcfg.boot = &boot;
+		if ((rc = keys_repl_open(&repl, &rcfg, ctx->store)))
+			goto out;
+		ctx->gate = gate;
+		ctx->gate_arg = repl;
+		if ((rc = keys_repl_start(repl)))
+			goto out;
 	}
 	int mport = -1;
 	if (metrics_port >= 0 &&
@@ -188,7 +227,7 @@ main(int argc, char **argv)
 			break;
 		}
 		uint64_t now = sp_mono_ns() / 1000000000ULL;
-		if (now >= next_sweep) {
+		if (now >= next_sweep && (!repl || keys_repl_gate(repl, NULL, 0) == SP_OK)) {
 			unsigned n = 0;
 			if (keys_store_sweep(ctx->store, sp_time_ms(), SWEEP_MAX, &n) == SP_OK && n)
 				sp_debug("keysrv: swept %u expired codes", n);
@@ -198,8 +237,21 @@ main(int argc, char **argv)
 	status = 0;
 out:
 	sp_cluster_stop(cluster);
+	/* A clean stop hands the leader key over at once. */
+	keys_repl_stop(repl, true);
 	keys_server_stop(srv);
+	bool again = keys_repl_restart_wanted(repl);
+	keys_repl_free(repl);
 	keys_ctx_close(ctx);
+	sp_nng_tls_fini();
 	sp_config_free(opts);
+	free(opts);
+	if (again) {
+		/* Same pid and arguments; the start-up installs the snapshot it is marked for. */
+		sp_info("keysrv: restarting to install a snapshot");
+		execv("/proc/self/exe", argv);
+		sp_error("keysrv: exec /proc/self/exe: %s", strerror(errno));
+		return 75;
+	}
 	return status;
 }

@@ -203,6 +203,16 @@ keys_call(keys_ctx *ctx, const sp_frame *in, keys_req *r)
 		goto done;
 	}
 	sp_metric_inc(m_requests[in->type]);
+	if (ctx->gate) {
+		char primary[80] = "";
+		if ((rc = ctx->gate(ctx->gate_arg, primary, sizeof(primary)))) {
+			char *reason = keys_arena_alloc(&r->arena, sizeof(primary));
+			if (reason)
+				memcpy(reason, primary, sizeof(primary));
+			rc = keys_fail(r, rc, reason && reason[0] ? reason : NULL);
+			goto done;
+		}
+	}
 	if (sp_frame_has(in, SP_F_SOURCE)) {
 		sp_bin b = sp_frame_bin(in, SP_F_SOURCE);
 		char *s = keys_arena_alloc(&r->arena, b.len + 1);
@@ -286,7 +296,8 @@ keys_ctx_open(keys_ctx **out, const keys_ctx_cfg *cfg)
 		return SP_ENOMEM;
 	ctx->cfg = cfg->keys;
 	ctx->now_ms = wall_ms;
-	if ((rc = keys_store_open(&ctx->store, cfg->data_dir, cfg->map_size)) ||
+	if ((rc = (cfg->replicated ? keys_store_open_replicated : keys_store_open)(&ctx->store,
+		 cfg->data_dir, cfg->map_size)) ||
 	    (rc = keys_otp_sender_new(&ctx->otp, &cfg->otp)) ||
 	    (rc = keys_rl_new(&ctx->rl_phone, cfg->rate_phone.burst, cfg->rate_phone.per_min,
 		 cfg->rate_max_keys)) ||

@@ -31,6 +31,7 @@ typedef struct keys_ctx_cfg {
 	keys_cfg keys;
 	keys_rate_cfg rate_phone, rate_source, rate_bundle, rate_link;
 	size_t rate_max_keys;
+	bool replicated; /* one copy of a replicated key store: the secret comes from the log */
 } keys_ctx_cfg;
 
 /* Opens the store, the OTP sender and the rate limiters. On SP_OK the caller owns *out

@@ -1,0 +1,42 @@
+/*
+ * The options of a replicated tier (inboxsrv, keysrv), in one place: the table entries,
+ * their check, the process's internal TLS identity, the snapshot start-up and the node
+ * configuration they make (docs/REPLICATION.md "Running a replicated shard").
+ */
+#ifndef REPL_OPTS_H
+#define REPL_OPTS_H
+
+#include <stdbool.h>
+
+#include "repl/node.h"
+#include "repl/snapshot.h"
+#include "sp_config.h"
+
+typedef struct repl_opts {
+	char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key;
+	char *listen, *advertise, *peer_ca, *internal_cert, *internal_key, *internal_ca;
+	long long min_copies, lease_ttl, lag_ms;
+	size_t segment, retain, snapshot_rate;
+} repl_opts;
+
+/* A new option table: `tier`'s entries (up to its {NULL} end), then the replication ones
+ * bound to `o`, then the end. The caller frees it (free) after sp_config_free. NULL when
+ * out of memory. */
+sp_config_opt *repl_opts_table(const sp_config_opt *tier, repl_opts *o);
+
+/* True when --etcd was given: the process is one copy of a replicated group. */
+bool repl_opts_on(const repl_opts *o);
+
+/* Checks the options (--etcd needs `name` and --repl-listen; TLS files go together),
+ * sets the process's internal TLS identity when given (sp_nng_tls_init), warns about a
+ * plain replication endpoint, and fills `cfg` (all but group, metric prefix, files and
+ * boot). SP_OK or SP_ECONFIG / SP_EIO (logged). */
+int repl_opts_start(const repl_opts *o, const char *data_dir, const char *name,
+    repl_node_config *cfg);
+
+/* The snapshot start-up (repl_snap_bootstrap) for this copy of `group`; it ends early when
+ * SIGTERM or SIGINT (blocked by the caller) is pending. */
+int repl_opts_bootstrap(const repl_opts *o, const char *data_dir, const char *group,
+    const char *name, const repl_snap_files *files, repl_snap_boot_result *result);
+
+#endif
