@@ -34,39 +34,11 @@ static etcd_proc E;
 static char root[64];
 static char repl_url[COPIES][64];
 
-/* inbox_util.h's single-shard helpers this test does not use. */
-static void unused_helpers(void) __attribute__((unused));
-static void
-unused_helpers(void)
-{
-	(void)shard_stop;
-	(void)shard_init;
-	(void)shard_start;
-	(void)log_has;
-	(void)prober_start;
-	(void)prober_stop_join;
-	(void)first_other_ack_us;
-	(void)acks_count;
-}
-
 static void
 cleanup_all(void)
 {
-	for (int i = 0; i < COPIES; i++)
-		if (C[i].pid > 0) {
-			kill(C[i].pid, SIGCONT);
-			shard_reap(&C[i], SIGKILL);
-		}
-	if (E.pid > 0 || E.dir[0])
-		etcd_proc_stop(&E);
-	if (getenv("SP_KEEP_TMP")) {
-		fprintf(stderr, "kept %s\n", root);
-		return;
-	}
-	char cmd[200];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-	if (root[0] && system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", root);
+	load_stop_all(&E);
+	load_remove_dir(root);
 }
 
 static void

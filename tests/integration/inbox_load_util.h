@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 #include <sys/prctl.h>
 
+#include "etcd_proc.h"
 #include "tests/integration/inbox_util.h"
 
 #define COPIES 3
@@ -60,19 +61,19 @@ static atomic_bool prober_on, prober_stop;
 static atomic_int prober_copy;
 static _Atomic uint64_t prober_ok, prober_notprimary, prober_unavail, prober_noanswer;
 
-static uint64_t
+static uint64_t LOAD_OPTIONAL
 now_us(void)
 {
 	return sp_mono_ns() / 1000;
 }
 
-static uint64_t
+static uint64_t LOAD_OPTIONAL
 msg_number(int source, uint64_t counter)
 {
 	return (uint64_t)(source + 1) << 40 | counter;
 }
 
-static size_t
+static size_t LOAD_OPTIONAL
 env_for(uint64_t msg, uint8_t *out)
 {
 	size_t n = 20 + msg % 150;
@@ -81,7 +82,7 @@ env_for(uint64_t msg, uint8_t *out)
 	return n;
 }
 
-static void
+static void LOAD_OPTIONAL
 ack_record(uint64_t device, uint64_t msg, uint64_t seq, int copy, uint64_t t_send, uint64_t t_recv)
 {
 	pthread_mutex_lock(&acks_lock);
@@ -94,7 +95,7 @@ ack_record(uint64_t device, uint64_t msg, uint64_t seq, int copy, uint64_t t_sen
 	pthread_mutex_unlock(&acks_lock);
 }
 
-static bool
+static bool LOAD_OPTIONAL
 retryable(int rc)
 {
 	return rc == SP_ENOTPRIMARY || rc == SP_EUNAVAIL || rc == SP_ETIMEDOUT || rc == SP_ECLOSED
@@ -103,7 +104,7 @@ retryable(int rc)
 
 /* Sends message `msg` once to `copy` (a 3-target batch when `batch`); on SP_OK records an
  * acknowledgement per target. */
-static int
+static int LOAD_OPTIONAL
 send_once(nng_socket s, int copy, int source, uint64_t msg, bool batch)
 {
 	uint8_t env[256], id[16];
@@ -159,7 +160,7 @@ send_once(nng_socket s, int copy, int source, uint64_t msg, bool batch)
 
 /* A writer: each message is sent (same msg_id, so a retry of a stored one is a duplicate
  * answered with the first seq) until some copy acknowledges it or the load stops. */
-static void *
+static void * LOAD_OPTIONAL
 worker_main(void *arg)
 {
 	int idx = *(int *)arg, at = 0;
@@ -181,7 +182,7 @@ worker_main(void *arg)
 	return NULL;
 }
 
-static void
+static void LOAD_OPTIONAL
 workers_start(void)
 {
 	atomic_store(&stop_load, false);
@@ -192,7 +193,7 @@ workers_start(void)
 	}
 }
 
-static void
+static void LOAD_OPTIONAL
 workers_stop(void)
 {
 	atomic_store(&stop_load, true);
@@ -200,7 +201,7 @@ workers_stop(void)
 		pthread_join(worker_th[t], NULL);
 }
 
-static void *
+static void * LOAD_OPTIONAL
 prober_main(void *arg)
 {
 	(void)arg;
@@ -249,7 +250,7 @@ prober_stop_join(void)
 
 /* The copy that acknowledges an append now (a probe message, recorded like any other), or
  * -1 after timeout_ms. */
-static int
+static int LOAD_OPTIONAL
 find_primary(int timeout_ms)
 {
 	uint64_t deadline = sp_mono_ns() / 1000000 + (uint64_t)timeout_ms;
@@ -297,7 +298,7 @@ typedef struct pending_append {
 	pthread_t th;
 } pending_append;
 
-static void *
+static void * LOAD_OPTIONAL
 pending_main(void *arg)
 {
 	pending_append *p = arg;
@@ -370,7 +371,7 @@ last_ack_us(int copy, uint64_t from)
 /* The earliest acknowledgement by a copy other than `copy` (-1: any) at or after `from`
  * (us), by its request's send time or, when `by_answer`, by its answer's arrival: that time,
  * or UINT64_MAX if none. *who gets that copy. */
-static uint64_t
+static uint64_t LOAD_OPTIONAL
 first_other(int copy, uint64_t from, bool by_answer, int *who)
 {
 	uint64_t t = UINT64_MAX;
@@ -444,7 +445,7 @@ longest_ack_gap_us(uint64_t from, uint64_t to)
 	return gap;
 }
 
-static int
+static int LOAD_OPTIONAL
 cmp_ack_recv(const void *a, const void *b)
 {
 	const ack *x = a, *y = b;
@@ -502,7 +503,7 @@ typedef struct found {
 	uint64_t msg, seq;
 } found;
 
-static int
+static int LOAD_OPTIONAL
 cmp_found(const void *a, const void *b)
 {
 	const found *x = a, *y = b;
@@ -511,7 +512,7 @@ cmp_found(const void *a, const void *b)
 
 /* Every acknowledged append is on copy `i` (which must serve reads: the primary), once,
  * with its seq, in seq order, with its content; nothing never sent is there. */
-static void
+static void LOAD_OPTIONAL
 verify(int i, const char *phase)
 {
 	static found dev[DEVICES + 1][1 << 16];
@@ -590,7 +591,7 @@ verify(int i, const char *phase)
 }
 
 /* A gauge or counter of copy `i`'s GET /metrics, or -1 when it cannot be read. */
-static long long
+static long long LOAD_OPTIONAL
 metric(int i, const char *name)
 {
 	char cmd[256], line[512];
@@ -640,7 +641,7 @@ log_mark(int i)
 	return n;
 }
 
-static bool
+static bool LOAD_OPTIONAL
 log_since(int i, long mark, const char *text)
 {
 	FILE *f = fopen(C[i].log, "r");
@@ -655,10 +656,38 @@ log_since(int i, long mark, const char *text)
 	return found;
 }
 
+/* At exit: every copy the test started (SIGCONT first: a stopped one cannot die) and
+ * etcd. */
+static void LOAD_OPTIONAL
+load_stop_all(etcd_proc *e)
+{
+	for (int i = 0; i < COPIES; i++)
+		if (C[i].pid > 0) {
+			kill(C[i].pid, SIGCONT);
+			shard_reap(&C[i], SIGKILL);
+		}
+	if (e->pid > 0 || e->dir[0])
+		etcd_proc_stop(e);
+}
+
+/* At exit: the test's directory, unless SP_KEEP_TMP asks to keep it. */
+static void LOAD_OPTIONAL
+load_remove_dir(const char *root)
+{
+	if (getenv("SP_KEEP_TMP")) {
+		fprintf(stderr, "kept %s\n", root);
+		return;
+	}
+	char cmd[200];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+	if (root[0] && system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", root);
+}
+
 /* Forks and execs argv (its output appended to s->log) inside the network namespace
  * mounted at `netns` (NULL: this one). The child gets SIGKILL if the test dies. Returns
  * the log's size before the start (for proc_wait_up). */
-static long
+static long LOAD_OPTIONAL
 proc_spawn(shard *s, const char *netns, char *const argv[])
 {
 	int nsfd = -1;
@@ -696,7 +725,7 @@ proc_spawn(shard *s, const char *netns, char *const argv[])
 
 /* Waits for the "listening on" line a process started by proc_spawn writes once it
  * serves (after `mark` in its log), for at most max_ms. */
-static void
+static void LOAD_OPTIONAL
 proc_wait_up(shard *s, long mark, const char *what, int max_ms)
 {
 	pid_t pid = s->pid;

@@ -46,20 +46,6 @@ static char ns_hub[32], ns_copy[COPIES][32];
 static bool net_made;
 static char repl_url[COPIES][64];
 
-/* inbox_util.h's single-shard helpers this test does not use. */
-static void unused_helpers(void) __attribute__((unused));
-static void
-unused_helpers(void)
-{
-	(void)shard_stop;
-	(void)shard_init;
-	(void)shard_start;
-	(void)log_has;
-	(void)acks_count;
-	(void)acks_by_others;
-	(void)longest_ack_gap_us;
-}
-
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int
 sh(const char *fmt, ...)
@@ -87,22 +73,9 @@ net_teardown(void)
 static void
 cleanup_all(void)
 {
-	for (int i = 0; i < COPIES; i++)
-		if (C[i].pid > 0) {
-			kill(C[i].pid, SIGCONT);
-			shard_reap(&C[i], SIGKILL);
-		}
-	if (E.pid > 0 || E.dir[0])
-		etcd_proc_stop(&E);
+	load_stop_all(&E);
 	net_teardown();
-	if (getenv("SP_KEEP_TMP")) {
-		fprintf(stderr, "kept %s\n", root);
-		return;
-	}
-	char cmd[200];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-	if (root[0] && system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", root);
+	load_remove_dir(root);
 }
 
 /* Namespaces of earlier runs of this test that died without cleaning up (SIGKILL): their

@@ -38,35 +38,11 @@ static char repl_url[COPIES][64];
 static etcd_proc E;
 static char root[64];
 
-/* inbox_util.h's single-shard helpers this test does not use. */
-static void unused_helpers(void) __attribute__((unused));
-static void
-unused_helpers(void)
-{
-	(void)shard_stop;
-	(void)shard_init;
-	(void)shard_start;
-	(void)log_has;
-}
-
 static void
 cleanup_all(void)
 {
-	for (int i = 0; i < COPIES; i++)
-		if (C[i].pid > 0) {
-			kill(C[i].pid, SIGCONT);
-			shard_reap(&C[i], SIGKILL);
-		}
-	if (E.pid > 0)
-		etcd_proc_stop(&E);
-	if (getenv("SP_KEEP_TMP")) {
-		fprintf(stderr, "kept %s\n", root);
-		return;
-	}
-	char cmd[200];
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
-	if (root[0] && system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", root);
+	load_stop_all(&E);
+	load_remove_dir(root);
 }
 
 /* Starts copy i on its data dir and ports and waits until it serves (a copy with no store

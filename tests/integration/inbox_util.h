@@ -46,7 +46,7 @@ static shard *cleanup_shard;
 		}                                                                                  \
 	} while (0)
 
-static void
+static void __attribute__((unused))
 shard_reap(shard *s, int sig)
 {
 	if (s->pid > 0) {
@@ -56,7 +56,7 @@ shard_reap(shard *s, int sig)
 	}
 }
 
-static void
+static void __attribute__((unused))
 cleanup(void)
 {
 	if (!cleanup_shard)
@@ -72,14 +72,14 @@ cleanup(void)
 		fprintf(stderr, "could not remove %s\n", cleanup_shard->dir);
 }
 
-static void
+static void __attribute__((unused))
 on_signal(int sig)
 {
 	(void)sig;
 	exit(3); /* runs cleanup() */
 }
 
-static int
+static int __attribute__((unused))
 free_port(void)
 {
 	int port = test_free_port();
@@ -88,7 +88,7 @@ free_port(void)
 }
 
 /* Creates the temp dir and picks the address; registers the cleanup. */
-static void
+static void __attribute__((unused))
 shard_init(shard *s, const char *name)
 {
 	const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -104,7 +104,7 @@ shard_init(shard *s, const char *name)
 	signal(SIGPIPE, SIG_IGN);
 }
 
-static const char *
+static const char * __attribute__((unused))
 bin_path(const char *prog)
 {
 	static char p[256];
@@ -112,7 +112,7 @@ bin_path(const char *prog)
 	return p;
 }
 
-static bool
+static bool __attribute__((unused))
 log_has(const shard *s, const char *text)
 {
 	FILE *f = fopen(s->log, "r");
@@ -128,7 +128,7 @@ log_has(const shard *s, const char *text)
 
 /* Starts the shard (extra NULL-terminated flags after the standard ones) and waits for
  * its "listening on" line. A new port is chosen on the first start; restarts keep it. */
-static void
+static void __attribute__((unused))
 shard_start(shard *s, ...)
 {
 	char *argv[64];
@@ -176,7 +176,7 @@ shard_start(shard *s, ...)
 }
 
 /* SIGTERM and wait; returns the exit status. */
-static int
+static int __attribute__((unused))
 shard_stop(shard *s)
 {
 	int status = -1;
@@ -186,7 +186,7 @@ shard_stop(shard *s)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static nng_socket
+static nng_socket __attribute__((unused))
 shard_connect(const shard *s, int timeout_ms)
 {
 	nng_socket sock;
@@ -198,7 +198,7 @@ shard_connect(const shard *s, int timeout_ms)
 
 /* One call; the reply frame goes into *rep (free with call_done). Returns sp_nng_call's
  * result: SP_OK, an ERROR frame's code, or a transport error. */
-static int
+static int __attribute__((unused))
 call(nng_socket sock, const sp_frame *req, sp_frame *rep, nng_msg **m)
 {
 	*m = NULL;
@@ -208,7 +208,7 @@ call(nng_socket sock, const sp_frame *req, sp_frame *rep, nng_msg **m)
 	return rc;
 }
 
-static void
+static void __attribute__((unused))
 call_done(sp_frame *rep, nng_msg *m)
 {
 	if (m) {
@@ -217,14 +217,14 @@ call_done(sp_frame *rep, nng_msg *m)
 	}
 }
 
-static void
+static void __attribute__((unused))
 msg_id_of(uint8_t out[16], uint64_t a, uint64_t b)
 {
 	memcpy(out, &a, 8);
 	memcpy(out + 8, &b, 8);
 }
 
-static void
+static void __attribute__((unused))
 append_frame(sp_frame *f, uint64_t device, const uint8_t *msg_id, uint64_t from_device,
     const void *env, size_t len)
 {

@@ -9,6 +9,7 @@
 #include "keysrv_harness.h"
 #include "sp_bytes.h"
 #include "check_run.h"
+#include "lmdb_cmp.h"
 
 static char pdir[256], rdir[256];
 static keys_store *P, *R;
@@ -57,24 +58,9 @@ assert_same(void)
 	MDB_txn *tp, *tr;
 	ck_assert_int_eq(keys_store_begin(P, false, &tp), SP_OK);
 	ck_assert_int_eq(keys_store_begin(R, false, &tr), SP_OK);
-	for (int db = 0; db < KDB__COUNT; db++) {
-		MDB_cursor *cp, *cr;
-		MDB_val kp, vp, kr, vr;
-		ck_assert_int_eq(mdb_cursor_open(tp, keys_store_dbi(P, db), &cp), 0);
-		ck_assert_int_eq(mdb_cursor_open(tr, keys_store_dbi(R, db), &cr), 0);
-		int a = mdb_cursor_get(cp, &kp, &vp, MDB_FIRST), b = mdb_cursor_get(cr, &kr, &vr, MDB_FIRST);
-		while (a == 0 && b == 0) {
-			ck_assert_uint_eq(kp.mv_size, kr.mv_size);
-			ck_assert(memcmp(kp.mv_data, kr.mv_data, kp.mv_size) == 0);
-			ck_assert_uint_eq(vp.mv_size, vr.mv_size);
-			ck_assert(vp.mv_size == 0 || memcmp(vp.mv_data, vr.mv_data, vp.mv_size) == 0);
-			a = mdb_cursor_get(cp, &kp, &vp, MDB_NEXT);
-			b = mdb_cursor_get(cr, &kr, &vr, MDB_NEXT);
-		}
-		ck_assert_msg(a == MDB_NOTFOUND && b == MDB_NOTFOUND, "db %d differs", db);
-		mdb_cursor_close(cp);
-		mdb_cursor_close(cr);
-	}
+	for (int db = 0; db < KDB__COUNT; db++)
+		ck_assert_msg(lmdb_same(tp, keys_store_dbi(P, db), tr, keys_store_dbi(R, db)),
+		    "db %d differs", db);
 	keys_store_abort(tp);
 	keys_store_abort(tr);
 }

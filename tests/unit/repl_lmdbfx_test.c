@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "check_run.h"
+#include "lmdb_cmp.h"
 #include "repl/lmdbfx.h"
 #include "sp_error.h"
 #include "test_rng.h"
@@ -70,25 +71,8 @@ assert_same(void)
 	MDB_txn *tp, *tr;
 	ck_assert_int_eq(mdb_txn_begin(P.env, NULL, MDB_RDONLY, &tp), 0);
 	ck_assert_int_eq(mdb_txn_begin(R.env, NULL, MDB_RDONLY, &tr), 0);
-	for (int i = 0; i < NDB; i++) {
-		MDB_cursor *cp, *cr;
-		MDB_val kp, vp, kr, vr;
-		ck_assert_int_eq(mdb_cursor_open(tp, P.dbi[i], &cp), 0);
-		ck_assert_int_eq(mdb_cursor_open(tr, R.dbi[i], &cr), 0);
-		int a = mdb_cursor_get(cp, &kp, &vp, MDB_FIRST), b = mdb_cursor_get(cr, &kr, &vr, MDB_FIRST);
-		while (a == 0 && b == 0) {
-			ck_assert_uint_eq(kp.mv_size, kr.mv_size);
-			ck_assert(memcmp(kp.mv_data, kr.mv_data, kp.mv_size) == 0);
-			ck_assert_uint_eq(vp.mv_size, vr.mv_size);
-			ck_assert(vp.mv_size == 0 || memcmp(vp.mv_data, vr.mv_data, vp.mv_size) == 0);
-			a = mdb_cursor_get(cp, &kp, &vp, MDB_NEXT);
-			b = mdb_cursor_get(cr, &kr, &vr, MDB_NEXT);
-		}
-		ck_assert_int_eq(a, MDB_NOTFOUND);
-		ck_assert_int_eq(b, MDB_NOTFOUND);
-		mdb_cursor_close(cp);
-		mdb_cursor_close(cr);
-	}
+	for (int i = 0; i < NDB; i++)
+		ck_assert_msg(lmdb_same(tp, P.dbi[i], tr, R.dbi[i]), "db %d differs", i);
 	mdb_txn_abort(tp);
 	mdb_txn_abort(tr);
 }
