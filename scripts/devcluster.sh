@@ -189,8 +189,10 @@ wait_port() { # host port seconds
 shard_primary() {
 	local out leader n
 	local c=$dir/certs/internal
-	out=$(ETCDCTL_API=3 etcdctl --endpoints "https://127.0.0.1:$port_etcd" --cacert "$c/root-ca.pem" \
-		--cert "$c/etcdctl.pem" --key "$c/etcdctl.key" --command-timeout=2s \
+	# As variables, not flags: etcdctl refuses a flag that an inherited ETCDCTL_* (a
+	# sourced env file) also sets.
+	out=$(ETCDCTL_API=3 ETCDCTL_CACERT="$c/root-ca.pem" ETCDCTL_CERT="$c/etcdctl.pem" \
+		ETCDCTL_KEY="$c/etcdctl.key" etcdctl --endpoints "https://127.0.0.1:$port_etcd" --command-timeout=2s \
 		get --prefix "/sealpost/$etcd_cluster/inbox-$1/" 2>/dev/null) || return 0
 	leader=$(printf '%s\n' "$out" | awk 'f{print; exit} /\/leader$/{f=1}' | jq -r '.name // empty' 2>/dev/null)
 	n=$(printf '%s\n' "$out" | awk 'f{print; exit} /\/sync$/{f=1}' | jq '.members | length' 2>/dev/null || echo 0)
