@@ -1101,14 +1101,10 @@ repl_log_trim(repl_log *log, uint64_t upto_lsn)
 	return repl_log_retain(log, upto_lsn, 0);
 }
 
-int
-repl_log_retain(repl_log *log, uint64_t upto_lsn, uint64_t keep_bytes)
+/* How many front segments retention may delete (lock held). */
+static size_t
+segs_to_drop(const repl_log *log, uint64_t upto_lsn, uint64_t keep_bytes)
 {
-	if (!log)
-		return SP_EINVAL;
-	if (log->failed)
-		return SP_EIO;
-	pthread_mutex_lock(&log->mu);
 	uint64_t limit = upto_lsn < log->committed ? upto_lsn : log->committed;
 	uint64_t left = 0;
 	for (size_t i = 0; i < log->nseg; i++)
@@ -1122,6 +1118,27 @@ repl_log_retain(repl_log *log, uint64_t upto_lsn, uint64_t keep_bytes)
 		left -= s->size;
 		drop++;
 	}
+	return drop;
+}
+
+bool
+repl_log_would_trim(repl_log *log, uint64_t upto_lsn, uint64_t keep_bytes)
+{
+	pthread_mutex_lock(&log->mu);
+	bool any = !log->failed && segs_to_drop(log, upto_lsn, keep_bytes) > 0;
+	pthread_mutex_unlock(&log->mu);
+	return any;
+}
+
+int
+repl_log_retain(repl_log *log, uint64_t upto_lsn, uint64_t keep_bytes)
+{
+	if (!log)
+		return SP_EINVAL;
+	if (log->failed)
+		return SP_EIO;
+	pthread_mutex_lock(&log->mu);
+	size_t drop = segs_to_drop(log, upto_lsn, keep_bytes);
 	int rc = SP_OK;
 	if (drop == 0)
 		goto out;

@@ -134,6 +134,8 @@ int repl_log_trim(repl_log *log, uint64_t upto_lsn);
 /* repl_log_trim that also keeps at least `keep_bytes` of segments (a retention floor for
  * copies that fall behind for a while: they catch up from the log, not by snapshot). */
 int repl_log_retain(repl_log *log, uint64_t upto_lsn, uint64_t keep_bytes);
+/* Whether repl_log_retain with these bounds would delete a segment now (any thread). */
+bool repl_log_would_trim(repl_log *log, uint64_t upto_lsn, uint64_t keep_bytes);
 
 /* Records the commit LSN (any thread). Lower than the current value: ignored (SP_OK);
  * above the last record: SP_ERANGE (a replica commits only what it holds: it passes

@@ -277,8 +277,11 @@ maybe_trim(repl_node *r)
 	uint64_t upto = atomic_load(&r->applied), pin = repl_snap_pin(r->snap);
 	if (pin < upto)
 		upto = pin;
+	/* The store is flushed (a forced fsync, on the writer's thread) only when a segment
+	 * will actually go: most passes delete nothing. */
 	int rc = SP_OK;
-	if (upto > repl_log_first_lsn(r->log) && (rc = r->sm.store_sync(r->sm.arg)) == SP_OK)
+	if (repl_log_would_trim(r->log, upto, r->cfg.retain_bytes)
+	    && (rc = r->sm.store_sync(r->sm.arg)) == SP_OK)
 		rc = repl_log_retain(r->log, upto, r->cfg.retain_bytes);
 	if (rc == SP_EIO)
 		fatal("log trim", rc);
