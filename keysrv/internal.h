@@ -51,12 +51,13 @@ typedef struct keys_ctx {
 	uint64_t (*now_ms)(void); /* wall clock; tests substitute their own */
 	sp_metric *m_low_events;  /* a device's count fell under the low-water mark */
 	sp_metric *m_low_devices; /* devices currently under it (since start) */
-	sp_metric *m_opk_given, *m_opk_empty, *m_ratelimited;
+	sp_metric *m_opk_given, *m_opk_empty, *m_ratelimited, *m_replayed;
 	sp_metric *m_budget_register, *m_budget_verify, *m_budget_pin; /* refused by a budget */
 	sp_metric *m_pin_wrong;
-	/* A replicated copy (keysrv/repl.h): whether it may serve now, else the error and the
-	 * primary's name. NULL: a key store of one copy. */
-	int (*gate)(void *arg, char *primary, size_t cap);
+	/* A replicated copy (keysrv/repl.h): whether it may serve now (a read that tolerates
+	 * bounded staleness when stale_ok), else the error and the primary's name. NULL: a key
+	 * store of one copy. */
+	int (*gate)(void *arg, bool stale_ok, char *primary, size_t cap);
 	void *gate_arg;
 } keys_ctx;
 

@@ -21,10 +21,12 @@
 #define SWEEP_INTERVAL_S 60
 #define SWEEP_MAX 10000
 
+static long long stale_read_ms;
+
 static int
-gate(void *arg, char *primary, size_t cap)
+gate(void *arg, bool stale_ok, char *primary, size_t cap)
 {
-	return keys_repl_gate(arg, primary, cap);
+	return keys_repl_gate(arg, stale_ok ? (uint64_t)stale_read_ms : 0, primary, cap);
 }
 
 static const char summary[] =
@@ -91,6 +93,10 @@ main(int argc, char **argv)
 		    1000000},
 		{"rate-link-per-min", SP_CT_INT, &rl_rate, "10",
 		    "LINK_LOOKUP/CONFIRM per user: refill per minute", 1, 1000000},
+		{"stale-read-ms", SP_CT_INT, &stale_read_ms, "10000",
+		    "replicated: a replica serves AUTH_KEY_GET and DEVICES_GET while its store holds what "
+		    "the primary had acknowledged this many ms ago (the revocation bound; 0: primary only)",
+		    0, 600000},
 		{"rate-max-keys", SP_CT_INT, &rl_keys, "100000", "rate-limit buckets kept per limit", 16,
 		    10000000},
 		{"metrics-addr", SP_CT_STR, &metrics_addr, "127.0.0.1", "address of the /metrics endpoint", 0,
@@ -227,7 +233,7 @@ main(int argc, char **argv)
 			break;
 		}
 		uint64_t now = sp_mono_ns() / 1000000000ULL;
-		if (now >= next_sweep && (!repl || keys_repl_gate(repl, NULL, 0) == SP_OK)) {
+		if (now >= next_sweep && (!repl || keys_repl_gate(repl, 0, NULL, 0) == SP_OK)) {
 			unsigned n = 0;
 			if (keys_store_sweep(ctx->store, sp_time_ms(), SWEEP_MAX, &n) == SP_OK && n)
 				sp_debug("keysrv: swept %u expired codes", n);

@@ -97,11 +97,13 @@ keys_repl_start(keys_repl *r)
 }
 
 int
-keys_repl_gate(keys_repl *r, char *primary, size_t cap)
+keys_repl_gate(keys_repl *r, uint64_t stale_ms, char *primary, size_t cap)
 {
 	int rc = repl_node_gate(r->node, false);
 	if (rc == SP_OK)
 		rc = keys_store_ensure_secret(r->store);
+	else if (stale_ms && repl_node_read_fresh(r->node, stale_ms) == SP_OK)
+		return SP_OK;
 	if (rc && primary)
 		repl_node_primary_name(r->node, primary, cap);
 	return rc;

@@ -205,7 +205,10 @@ keys_call(keys_ctx *ctx, const sp_frame *in, keys_req *r)
 	sp_metric_inc(m_requests[in->type]);
 	if (ctx->gate) {
 		char primary[80] = "";
-		if ((rc = ctx->gate(ctx->gate_arg, primary, sizeof(primary)))) {
+		/* Login's key lookup and device lists may be a little stale
+		 * (docs/REPLICATION.md, "Reads on key store replicas"). */
+		bool stale_ok = in->type == SP_T_AUTH_KEY_GET || in->type == SP_T_DEVICES_GET;
+		if ((rc = ctx->gate(ctx->gate_arg, stale_ok, primary, sizeof(primary)))) {
 			char *reason = keys_arena_alloc(&r->arena, sizeof(primary));
 			if (reason)
 				memcpy(reason, primary, sizeof(primary));
@@ -242,6 +245,7 @@ done:
 void
 keys_req_fini(keys_req *r)
 {
+	sp_frame_fini(&r->out); /* a reply replayed from the store was decoded */
 	keys_arena_free(&r->arena);
 }
 
@@ -326,6 +330,8 @@ keys_ctx_open(keys_ctx **out, const keys_ctx_cfg *cfg)
 	    "current devices with fewer one-time prekeys than the low-water mark");
 	ctx->m_opk_given = sp_metric_counter("keysrv_opk_handed_out_total",
 	    "one-time prekeys handed out in bundles");
+	ctx->m_replayed = sp_metric_counter("keysrv_replies_replayed_total",
+	    "retried requests answered with the reply stored for their request id");
 	ctx->m_opk_empty = sp_metric_counter("keysrv_opk_exhausted_total",
 	    "bundles for a device that had no one-time prekey left");
 	ctx->m_ratelimited = sp_metric_counter("keysrv_rate_limited_total",

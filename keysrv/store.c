@@ -32,7 +32,7 @@ struct keys_store {
 
 static const char *const db_names[KDB__COUNT] = {
 	"meta", "phones", "users", "devices", "opks", "otps", "links", "groups", "members", "budgets",
-	"pins",
+	"pins", "replies",
 };
 
 int
@@ -814,6 +814,53 @@ keys_group_put(keys_store *s, MDB_txn *txn, const keys_group *g)
 	return put_rec(s, txn, KDB_GROUPS, key, 8, &w);
 }
 
+/* ---- stored replies ---- */
+
+static void
+reply_key(uint8_t key[8 + KEYS_REQ_ID_LEN], uint64_t device, const uint8_t id[KEYS_REQ_ID_LEN])
+{
+	sp_be64_put(key, device);
+	memcpy(key + 8, id, KEYS_REQ_ID_LEN);
+}
+
+int
+keys_reply_get(keys_store *s, MDB_txn *txn, uint64_t device, const uint8_t id[KEYS_REQ_ID_LEN],
+    uint64_t now_ms, uint8_t *buf, size_t cap, size_t *len)
+{
+	uint8_t key[8 + KEYS_REQ_ID_LEN];
+	MDB_val k = {sizeof(key), key}, v;
+	reply_key(key, device, id);
+	int rc = mdb_get(txn, s->dbi[KDB_REPLIES], &k, &v);
+	if (rc)
+		return keys_store_err(rc);
+	rbuf r = {v.mv_data, v.mv_size, 0, false};
+	if (r_uint(&r, 1) != REC_VERSION)
+		return SP_ESTORE;
+	uint64_t exp = r_uint(&r, 8);
+	if (r.bad || v.mv_size - r.off > cap)
+		return SP_ESTORE;
+	if (exp <= now_ms)
+		return SP_ENOTFOUND;
+	*len = v.mv_size - r.off;
+	memcpy(buf, (const uint8_t *)v.mv_data + r.off, *len);
+	return SP_OK;
+}
+
+int
+keys_reply_put(keys_store *s, MDB_txn *txn, uint64_t device, const uint8_t id[KEYS_REQ_ID_LEN],
+    uint64_t expires_ms, const uint8_t *reply, size_t len)
+{
+	uint8_t key[8 + KEYS_REQ_ID_LEN], buf[1 + 8 + KEYS_REPLY_MAX];
+	if (len > KEYS_REPLY_MAX)
+		return SP_EINVAL;
+	reply_key(key, device, id);
+	wbuf w = {buf, 0, sizeof(buf), false};
+	w_uint(&w, REC_VERSION, 1);
+	w_uint(&w, expires_ms, 8);
+	memcpy(buf + w.n, reply, len);
+	return keys_store_put(s, txn, KDB_REPLIES, key, sizeof(key), buf, w.n + len, 0);
+}
+
 /* ---- ids and sweeping ---- */
 
 int
@@ -840,7 +887,8 @@ keys_store_new_id(keys_store *s, MDB_txn *txn, keys_db db, uint64_t *id)
 }
 
 /* Expiry sits at a fixed offset in each swept record kind: OTP after the version byte and
- * the hash, link after the version and state bytes, budget right after the version. */
+ * the hash, link after the version and state bytes, budget and reply right after the
+ * version. */
 static int
 sweep_db(keys_store *s, MDB_txn *txn, keys_db db, size_t exp_off, uint64_t now_ms, unsigned max,
     unsigned *deleted)
@@ -876,7 +924,8 @@ keys_store_sweep(keys_store *s, uint64_t now_ms, unsigned max, unsigned *deleted
 		return rc;
 	if ((rc = sweep_db(s, txn, KDB_OTPS, 1 + KEYS_HASH_LEN, now_ms, max, deleted)) ||
 	    (rc = sweep_db(s, txn, KDB_LINKS, 2, now_ms, max, deleted)) ||
-	    (rc = sweep_db(s, txn, KDB_BUDGETS, 1, now_ms, max, deleted))) {
+	    (rc = sweep_db(s, txn, KDB_BUDGETS, 1, now_ms, max, deleted)) ||
+	    (rc = sweep_db(s, txn, KDB_REPLIES, 1, now_ms, max, deleted))) {
 		keys_store_abort(txn);
 		return rc;
 	}

@@ -14,6 +14,8 @@
  *   members  group (8) || user (8) -> flags (1)
  *   budgets  E.164 string -> keys_budget (per-phone daily counters; swept when expired)
  *   pins     user (8) -> keys_pin (registration lock: the PIN's argon2id hash string)
+ *   replies  device (8) || request id (16) -> expiry (8) || the packed reply: a write
+ *            whose retry must get the first answer (a one-time prekey hand-out)
  *
  * Every call takes the caller's transaction; values read are copied into the records, so
  * nothing returned points into the map. Write transactions are serialized by LMDB, and a
@@ -36,6 +38,9 @@
 #define KEYS_AUTH_LEN 32
 #define KEYS_SIG_LEN 64
 #define KEYS_HASH_LEN 32
+#define KEYS_REQ_ID_LEN 16
+#define KEYS_REPLY_MAX 4096 /* a stored reply (BUNDLE_R of KEYS_MAX_DEVICES is ~1.2 KiB) */
+#define KEYS_REPLY_TTL_MS (10ULL * 60 * 1000) /* retries come within seconds */
 
 typedef enum {
 	KDB_META,
@@ -49,6 +54,7 @@ typedef enum {
 	KDB_MEMBERS,
 	KDB_BUDGETS,
 	KDB_PINS,
+	KDB_REPLIES, /* last: the replication records name databases by index */
 	KDB__COUNT
 } keys_db;
 
@@ -215,13 +221,21 @@ int keys_budget_get(keys_store *s, MDB_txn *txn, const char *phone, uint64_t now
 int keys_budget_put(keys_store *s, MDB_txn *txn, const char *phone, const keys_budget *b);
 int keys_pin_get(keys_store *s, MDB_txn *txn, uint64_t user, keys_pin *p);
 int keys_pin_put(keys_store *s, MDB_txn *txn, uint64_t user, const keys_pin *p);
+/* The reply stored for (device, request id): copies it into buf (at most cap bytes) and
+ * sets *len; SP_ENOTFOUND when absent or expired at now_ms. */
+int keys_reply_get(keys_store *s, MDB_txn *txn, uint64_t device,
+    const uint8_t id[KEYS_REQ_ID_LEN], uint64_t now_ms, uint8_t *buf, size_t cap, size_t *len);
+/* Stores a packed reply (len <= KEYS_REPLY_MAX, else SP_EINVAL) until expires_ms. */
+int keys_reply_put(keys_store *s, MDB_txn *txn, uint64_t device,
+    const uint8_t id[KEYS_REQ_ID_LEN], uint64_t expires_ms, const uint8_t *reply, size_t len);
 int keys_group_get(keys_store *s, MDB_txn *txn, uint64_t id, keys_group *g);
 int keys_group_put(keys_store *s, MDB_txn *txn, const keys_group *g);
 
 /* A fresh random id that is non-zero and not a key of `db` (users, devices, groups). */
 int keys_store_new_id(keys_store *s, MDB_txn *txn, keys_db db, uint64_t *id);
 
-/* Deletes expired OTP, link and budget records (at most `max` of each); returns how many. */
+/* Deletes expired OTP, link, budget and reply records (at most `max` of each); returns how
+ * many. */
 int keys_store_sweep(keys_store *s, uint64_t now_ms, unsigned max, unsigned *deleted);
 
 #endif

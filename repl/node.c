@@ -82,6 +82,14 @@ struct repl_node {
 	 * would only be refused by etcd). Reset for each term. */
 	int64_t sync_rev_written;
 
+	/* A replica's word from the primary, for reads it may serve (repl_node_read_fresh):
+	 * fresh_ms is the send time of the latest fetch whose reply's commit LSN the store
+	 * holds; `heard` are replies whose commit the store does not hold yet (oldest first;
+	 * when full, the newest entry is overwritten). Reset when the role changes. */
+	uint64_t fresh_ms;
+	struct { uint64_t commit, sent_ms; } heard[8];
+	unsigned nheard;
+
 	_Atomic uint64_t applied; /* the store's LSN (changed under the lock) */
 	_Atomic uint64_t submitted; /* records handed to the writer to apply, >= applied */
 
@@ -149,12 +157,46 @@ follow_abort(repl_node *r)
 static void
 set_role(repl_node *r, repl_role role)
 {
+	if (role != r->role) {
+		r->nheard = 0;
+		r->fresh_ms = 0;
+	}
 	r->role = role;
 	sp_metric_set(r->m.role, (int64_t)role);
 	pthread_cond_broadcast(&r->cond);
 }
 
 /* ---- handing committed records to the store ---- */
+
+/* Under the lock: the replies whose commit the store now holds make the copy fresh as of
+ * their fetch's send time (the primary answered after it, so what it had committed then
+ * is here). */
+static void
+heard_applied(repl_node *r)
+{
+	uint64_t applied = atomic_load(&r->applied);
+	unsigned k = 0;
+	while (k < r->nheard && r->heard[k].commit <= applied) {
+		if (r->heard[k].sent_ms > r->fresh_ms)
+			r->fresh_ms = r->heard[k].sent_ms;
+		k++;
+	}
+	if (k) {
+		memmove(r->heard, r->heard + k, (r->nheard - k) * sizeof(r->heard[0]));
+		r->nheard -= k;
+	}
+}
+
+/* Under the lock: a reply of the primary to a fetch sent at sent_ms said `commit`. */
+static void
+heard_reply(repl_node *r, uint64_t commit, uint64_t sent_ms)
+{
+	unsigned cap = sizeof(r->heard) / sizeof(r->heard[0]);
+	unsigned i = r->nheard < cap ? r->nheard++ : cap - 1;
+	r->heard[i].commit = commit;
+	r->heard[i].sent_ms = sent_ms;
+	heard_applied(r);
+}
 
 void
 repl_node_applied(repl_node *r, uint64_t lsn)
@@ -165,6 +207,7 @@ repl_node_applied(repl_node *r, uint64_t lsn)
 		atomic_store(&r->applied, lsn);
 		sp_metric_set(r->m.applied, (int64_t)lsn);
 	}
+	heard_applied(r);
 	pthread_cond_broadcast(&r->cond);
 	pthread_mutex_unlock(&r->lock);
 }
@@ -499,9 +542,13 @@ serve_fetch(repl_node *r, const sp_frame *f)
 			break;
 	uint64_t commit = r->sync && r->epoch == my_epoch ? repl_sync_commit_lsn(r->sync) : 0;
 	leading = r->sync && r->epoch == my_epoch;
+	/* Only a primary past its start (its tail committed) whose lease holds vouches for
+	 * the commit LSN as "everything acknowledged so far". */
+	bool vouch = leading && r->role == ROLE_PRIMARY;
 	pthread_mutex_unlock(&r->lock);
 	if (!leading)
 		return error_reply(f, SP_ENOTPRIMARY, NULL);
+	vouch = vouch && repl_ha_may_serve(r->ha, repl_ha_now_ms());
 
 	ship_ctx sc = { 0 };
 	sc.budget = sp_frame_limit_large() - REPLY_SLACK;
@@ -524,6 +571,8 @@ serve_fetch(repl_node *r, const sp_frame *f)
 		sp_frame_set_u64(&rep, SP_F_EPOCH, (uint64_t)my_epoch);
 		sp_frame_set_u64(&rep, SP_F_COMMIT_LSN, commit);
 		sp_frame_set_recs(&rep, SP_F_REPL_RECS, sc.recs, (uint32_t)sc.n);
+		if (vouch)
+			sp_frame_set_bool(&rep, SP_F_PRIMARY, true);
 		if ((rc = sp_nng_msg_from_frame(&rep, &m)))
 			m = NULL;
 		else
@@ -618,7 +667,7 @@ repl_node_restart_wanted(repl_node *r)
 
 /* Appends the records of one REPL_RECORDS reply, fsyncs, and applies what is committed. */
 static void
-take_records(repl_node *r, const sp_frame *rep)
+take_records(repl_node *r, const sp_frame *rep, uint64_t sent_ms)
 {
 	uint64_t epoch = sp_frame_u64(rep, SP_F_EPOCH), commit = sp_frame_u64(rep, SP_F_COMMIT_LSN);
 	const sp_val *v = sp_frame_get(rep, SP_F_REPL_RECS);
@@ -670,12 +719,19 @@ take_records(repl_node *r, const sp_frame *rep)
 	repl_log_pos last = repl_log_last(r->log);
 	sp_metric_set(r->m.flushed, (int64_t)last.lsn);
 	sp_metric_set(r->m.commit, (int64_t)commit);
+	uint64_t raw_commit = commit; /* what the store must hold to be as fresh as the reply */
 	if (commit > last.lsn)
 		commit = last.lsn;
 	if (commit > repl_log_committed(r->log))
 		repl_log_set_committed(r->log, commit);
 	if (commit > atomic_load(&r->submitted))
 		apply_upto(r, commit, false);
+	if (sp_frame_u64(rep, SP_F_PRIMARY)) {
+		pthread_mutex_lock(&r->lock);
+		if (r->role == ROLE_REPLICA)
+			heard_reply(r, raw_commit, sent_ms);
+		pthread_mutex_unlock(&r->lock);
+	}
 }
 
 static void
@@ -805,10 +861,11 @@ follow_main(void *arg)
 		sp_frame_set_u64(&req, SP_F_LAST_LSN, last.lsn);
 		sp_frame_set_u64(&req, SP_F_FLUSHED_LSN, repl_log_flushed(r->log));
 		sp_frame_set_u64(&req, SP_F_COMMIT_LSN, repl_log_committed(r->log));
+		uint64_t sent_ms = sp_mono_ms();
 		rc = follow_call(r, aio, sock, &req, &msg, &rep);
 		uint64_t pause = 0;
 		if (rc == SP_OK && rep.type == SP_T_REPL_RECORDS) {
-			take_records(r, &rep);
+			take_records(r, &rep, sent_ms);
 			const sp_val *v = sp_frame_get(&rep, SP_F_REPL_RECS);
 			if (!v || v->rs.n == 0)
 				caught_up_ms = sp_mono_ms();
@@ -1332,6 +1389,15 @@ int
 repl_node_gate(repl_node *r, bool write)
 {
 	return serve_check(r, write);
+}
+
+int
+repl_node_read_fresh(repl_node *r, uint64_t max_age_ms)
+{
+	pthread_mutex_lock(&r->lock);
+	bool fresh = r->role == ROLE_REPLICA && r->fresh_ms && sp_mono_ms() - r->fresh_ms <= max_age_ms;
+	pthread_mutex_unlock(&r->lock);
+	return fresh ? SP_OK : SP_ENOTPRIMARY;
 }
 
 void

@@ -116,6 +116,14 @@ void repl_node_applied(repl_node *n, uint64_t lsn);
  * a read: is primary and its lease holds): SP_OK, SP_ENOTPRIMARY or SP_EUNAVAIL. */
 int repl_node_gate(repl_node *n, bool write);
 
+/* Whether this replica may serve a read that tolerates staleness (SP_OK), else
+ * SP_ENOTPRIMARY: its store holds everything its primary had acknowledged when this copy
+ * sent a fetch at most max_age_ms ago, and that primary vouched for its commit LSN (it was
+ * primary past its start, its lease holding, as it answered). So a write acknowledged more
+ * than max_age_ms ago is visible here, whatever happened since (a failover, a partition).
+ * Any thread. */
+int repl_node_read_fresh(repl_node *n, uint64_t max_age_ms);
+
 /* The primary's name (when known) into buf, "" otherwise. */
 void repl_node_primary_name(repl_node *n, char *buf, size_t cap);
 
