@@ -225,6 +225,44 @@ fail:
 	return rc;
 }
 
+const sp_cluster_member *
+sp_cluster_map_keysrv_target(const sp_cluster_map *m)
+{
+	const sp_cluster_member *first = NULL, *healthy = NULL;
+	for (size_t i = 0; i < m->n; i++) {
+		const sp_cluster_member *mb = &m->members[i];
+		if (mb->role != SP_ROLE_KEYSRV)
+			continue;
+		if (mb->primary)
+			return mb;
+		if (!first)
+			first = mb;
+		if (mb->healthy && !healthy)
+			healthy = mb;
+	}
+	return healthy ? healthy : first;
+}
+
+const sp_cluster_member *
+sp_cluster_map_keysrv_reader(const sp_cluster_map *m, unsigned attempt)
+{
+	const sp_cluster_member *target = sp_cluster_map_keysrv_target(m);
+	if (!target || attempt == 0)
+		return target;
+	/* The round: the target's healthy peers, in-sync first, then the target itself. */
+	const sp_cluster_member *round[SP_CLUSTER_MAX_KEYSRV + 1];
+	size_t n = 0;
+	for (int pass = 0; pass < 2; pass++)
+		for (size_t i = 0; i < m->n && n < SP_CLUSTER_MAX_KEYSRV; i++) {
+			const sp_cluster_member *mb = &m->members[i];
+			if (mb->role == SP_ROLE_KEYSRV && mb != target && mb->healthy &&
+			    mb->in_sync == (pass == 0))
+				round[n++] = mb;
+		}
+	round[n++] = target;
+	return round[(attempt - 1) % n];
+}
+
 uint64_t
 sp_cluster_map_epoch(const sp_cluster_map *m)
 {

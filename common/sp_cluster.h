@@ -27,6 +27,8 @@
 #define SP_ROLE_KEYSRV 3
 
 #define SP_CLUSTER_HEARTBEAT_MS 1000
+/* keysrv copies a reader goes round (more are ignored). */
+#define SP_CLUSTER_MAX_KEYSRV 16
 /* Routers one member heartbeats and subscribes to. */
 #define SP_CLUSTER_MAX_ROUTERS 8
 
@@ -106,6 +108,17 @@ const sp_cluster_member *sp_cluster_map_shard_target(const sp_cluster_map *m, ui
  * copies the shard has (0: no such shard), which may exceed cap. */
 size_t sp_cluster_map_shard_copies(const sp_cluster_map *m, uint32_t shard,
 				   const sp_cluster_member **out, size_t cap);
+
+/* The keysrv copy to send a request to: the one the map names primary (holder of the key
+ * store's leader key); with none, the first healthy keysrv in map order; with none healthy,
+ * the first. NULL when the map has no keysrv. */
+const sp_cluster_member *sp_cluster_map_keysrv_target(const sp_cluster_map *m);
+
+/* The keysrv copy to send a read that tolerates bounded staleness to, attempt `attempt`
+ * (0: the first): attempt 0 goes to the target; later ones go round the other healthy
+ * copies, in-sync ones first, then back to the target (a replica refuses what it may not
+ * serve: docs/REPLICATION.md "Reads on key store replicas"). NULL without keysrv. */
+const sp_cluster_member *sp_cluster_map_keysrv_reader(const sp_cluster_map *m, unsigned attempt);
 
 typedef struct sp_cluster sp_cluster;
 

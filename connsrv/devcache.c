@@ -177,9 +177,8 @@ cs_devcache_get(cs_server *srv, uint64_t user, bool fresh, cs_devices_cb cb, voi
 		answer_later(c, cb, arg, SP_OK, e->devices, e->n);
 		return;
 	}
-	char url[256];
 	dc_op *op = malloc(sizeof(*op));
-	int rc = op ? cs_members_keysrv_url(srv, url, sizeof(url)) : SP_ENOMEM;
+	int rc = op ? SP_OK : SP_ENOMEM;
 	if (rc == SP_OK) {
 		op->srv = srv;
 		op->user = user;
@@ -188,7 +187,7 @@ cs_devcache_get(cs_server *srv, uint64_t user, bool fresh, cs_devices_cb cb, voi
 		sp_frame q;
 		sp_frame_init(&q, SP_T_DEVICES_GET, 0, false);
 		sp_frame_set_u64(&q, SP_F_USER, user);
-		rc = cs_rpc_call(srv->rpc, url, &q, on_devices, op);
+		rc = cs_shardcall_keysrv(srv->shards, true, &q, on_devices, op);
 	}
 	if (rc) {
 		free(op);

@@ -18,7 +18,7 @@
  *   proxy.c     keysrv frames and media frames forwarded (proxy.h)
  *   routes.c    device routes in Redis, the only reader and writer of route values (routes.h)
  *   devcache.c  users' device lists from keysrv, cached
- *   members.c   addresses of shards and keysrv from the cluster map
+ *   members.c   addresses of shards from the cluster map (keysrv calls: shardcall.c)
  *   appendq.c   per-shard coalescing of appends into APPEND_MULTI (appendq.h)
  *   shardcall.c inbox shard calls, retried on the shard's new primary (shardcall.h)
  *   rpc.c       NNG requests and pushes, completed on the loop (rpc.h)
@@ -222,12 +222,11 @@ void cs_session_logged_in(cs_session *s, uint64_t last_seq);
 void cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);
 
 /* ---- members.c: addresses from the current cluster map ---- */
-/* NNG url of the inbox shard that owns `device` / of the blob id / of keysrv, copied into
+/* NNG url of the inbox shard that owns `device` / of the blob id, copied into
  * buf (the cluster map may change under us). SP_OK or SP_EUNAVAIL when the map has none. */
 int cs_members_shard_url(cs_server *srv, uint64_t device, char *buf, size_t cap);
 int cs_members_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *buf,
 			size_t cap);
-int cs_members_keysrv_url(cs_server *srv, char *buf, size_t cap);
 
 /* ---- devcache.c: device lists of users (from keysrv), cached for a short time ---- */
 typedef void (*cs_devices_cb)(void *arg, int rc, const uint64_t *devices, size_t n);

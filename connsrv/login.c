@@ -142,12 +142,9 @@ cs_login_auth(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	sp_frame_init(&q, SP_T_AUTH_KEY_GET, 0, false);
 	sp_frame_set_u64(&q, SP_F_USER, op->user);
 	sp_frame_set_u64(&q, SP_F_DEVICE, op->device);
-	char url[256];
 	s->st = CS_ST_AUTHING;
 	cs_session_call_begin(s);
-	int rc = cs_members_keysrv_url(srv, url, sizeof(url));
-	if (rc == SP_OK)
-		rc = cs_rpc_call(srv->rpc, url, &q, on_auth_key, op);
+	int rc = cs_shardcall_keysrv(srv->shards, true, &q, on_auth_key, op);
 	if (rc) {
 		s->st = CS_ST_CHALLENGED;
 		cs_session_error(s, f->id, f->has_id, SP_EUNAVAIL, "login unavailable, retry", NULL);

@@ -55,7 +55,7 @@ static const sp_config_opt opts[] = {
 	{"max-conns", SP_CT_INT, &cfg.max_conns, "200000", "connections per worker", 1, 10000000},
 	{"idle-timeout", SP_CT_INT, &cfg.idle_timeout_ms, "180000", "ms without a frame before a connection is closed", 1000, 86400000},
 	{"rpc-timeout", SP_CT_INT, &cfg.rpc_timeout_ms, "5000", "ms a call to a shard or keysrv may take", 100, 600000},
-	{"shard-retry-ms", SP_CT_INT, &cfg.shard_retry_ms, "10000", "ms an inbox call is retried on the shard's (new) primary after a failover-like failure before the client is told to retry (0: never)", 0, 600000},
+	{"shard-retry-ms", SP_CT_INT, &cfg.shard_retry_ms, "10000", "ms an inbox or keysrv call is retried on the (new) primary after a failover-like failure before the client is told to retry (0: never)", 0, 600000},
 	{"window", SP_CT_INT, &cfg.window, "256", "DELIVERs written and not yet ACKed per connection", 1, 4096},
 	{"out-pause-bytes", SP_CT_SIZE, &cfg.out_pause_bytes, "256K", "stop delivering while a socket holds this much", 4096, 1 << 30},
 	{"out-max-bytes", SP_CT_SIZE, &cfg.out_max_bytes, "4M", "disconnect a client whose unread output exceeds this", 65536, 1 << 30},

@@ -33,16 +33,3 @@ cs_members_blob_url(cs_server *srv, const uint8_t *blob_id, size_t len, char *bu
 		return SP_EUNAVAIL;
 	return copy_addr(m, sp_cluster_map_shard_for_key(m, blob_id, len), buf, cap);
 }
-
-int
-cs_members_keysrv_url(cs_server *srv, char *buf, size_t cap)
-{
-	sp_cluster_map *m = sp_cluster_map_get(srv->cluster);
-	if (!m)
-		return SP_EUNAVAIL;
-	const sp_cluster_member *k = NULL;
-	for (size_t i = 0; i < sp_cluster_map_count(m) && !k; i++)
-		if (sp_cluster_map_member(m, i)->role == SP_ROLE_KEYSRV)
-			k = sp_cluster_map_member(m, i);
-	return copy_addr(m, k, buf, cap);
-}

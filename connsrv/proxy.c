@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "connsrv/proxy.h"
 #include "sp_error.h"
 #include "sp_log.h"
@@ -94,8 +96,10 @@ on_reply(void *arg, int rc, const sp_frame *reply)
 	free(op);
 }
 
-/* Sends `q` (the client's frame `f` rewritten for `url`) and relays the reply. A media
- * frame (`blob` set) goes to the blob's shard, where a failover is retried. */
+/* Sends `q` (the client's frame `f` rewritten) and relays the reply. A media frame (`blob`
+ * set) goes to the blob's shard at `url`; a keysrv frame (url NULL) to the key store's
+ * primary (a device list may come from a fresh replica). Both are retried through a
+ * failover. */
 static void
 forward(cs_session *s, const sp_frame *f, int rc, const char *url, const sp_frame *q,
 	const sp_bin *blob)
@@ -112,7 +116,7 @@ forward(cs_session *s, const sp_frame *f, int rc, const char *url, const sp_fram
 	op->type = f->type;
 	cs_session_call_begin(s);
 	rc = blob ? cs_shardcall_blob(s->srv->shards, url, blob->p, blob->len, q, on_reply, op)
-		  : cs_rpc_call(s->srv->rpc, url, q, on_reply, op);
+		  : cs_shardcall_keysrv(s->srv->shards, q->type == SP_T_DEVICES_GET, q, on_reply, op);
 	if (rc) {
 		cs_session_error(s, f->id, f->has_id, rc, "bad request", NULL);
 		cs_session_call_end(s);
@@ -151,14 +155,21 @@ cs_proxy_media(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 void
 cs_proxy_keysrv(cs_session *s, const sp_frame *f)
 {
-	char url[256], host[64];
+	char host[64];
+	uint8_t req_id[16];
 	sp_frame q = *f;
 	q.zone = NULL; /* arrays stay owned by f */
 	q.has_id = false;
-	int rc = cs_members_keysrv_url(s->srv, url, sizeof(url));
 	unset(&q, SP_F_AUTH_USER);
 	unset(&q, SP_F_AUTH_DEVICE);
 	unset(&q, SP_F_SOURCE);
+	unset(&q, SP_F_REQ_ID);
+	/* A hand-out retried after a failover must get the same one-time prekeys: keysrv keeps
+	 * the reply under this id (it lives in q until forward packs it). */
+	if (q.type == SP_T_BUNDLE_GET) {
+		randombytes_buf(req_id, sizeof(req_id));
+		sp_frame_set_bin(&q, SP_F_REQ_ID, req_id, sizeof(req_id));
+	}
 	if (s->st == CS_ST_READY) {
 		sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
 		sp_frame_set_u64(&q, SP_F_AUTH_DEVICE, s->device);
@@ -170,5 +181,5 @@ cs_proxy_keysrv(cs_session *s, const sp_frame *f)
 	if (colon)
 		*colon = '\0';
 	sp_frame_set_str(&q, SP_F_SOURCE, host);
-	forward(s, f, rc, url, &q, NULL);
+	forward(s, f, SP_OK, NULL, &q, NULL);
 }

@@ -561,7 +561,6 @@ cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
 	const uint8_t *msg_id = sp_frame_bin(f, SP_F_MSG_ID).p;
 	send_op *op = op_new(s, f, raw, len);
-	char url[256];
 	if (!op) {
 		cs_session_error(s, f->id, f->has_id, SP_ENOMEM, NULL, msg_id);
 		return;
@@ -571,9 +570,7 @@ cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	sp_frame_init(&q, SP_T_GROUP_DEVICES, 0, false);
 	sp_frame_set_u64(&q, SP_F_GROUP, op->group);
 	sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
-	int rc = cs_members_keysrv_url(s->srv, url, sizeof(url));
-	if (rc == SP_OK)
-		rc = cs_rpc_call(s->srv->rpc, url, &q, on_group_devices, op);
+	int rc = cs_shardcall_keysrv(s->srv->shards, false, &q, on_group_devices, op);
 	if (rc)
 		op_fail(op, SP_EUNAVAIL, "group unavailable, retry");
 }

@@ -10,6 +10,9 @@
 #include "sp_time.h"
 
 #define BACKOFF_MIN_MS 50
+#define KEYS_NONE 0
+#define KEYS_WRITE 1 /* to the key store's primary */
+#define KEYS_READ 2  /* bounded-stale: any copy that may serve it */
 #define BACKOFF_MAX_MS 1000
 
 typedef struct sc_call {
@@ -18,7 +21,9 @@ typedef struct sc_call {
 	void *arg;
 	unsigned type;       /* the request's frame type, for the give-up line */
 	msgpack_sbuffer req; /* the packed request: every attempt sends these bytes */
-	/* What the call is routed by: devices (n >= 1) or a blob key (n == 0). */
+	/* What the call is routed by: keysrv (keys != KEYS_NONE), devices (n >= 1) or a blob
+	 * key (n == 0). */
+	int keys;
 	uint64_t *devices;
 	uint64_t one; /* devices points here when n == 1 */
 	size_t n;
@@ -99,8 +104,8 @@ static void
 give_up(sc_call *c, const char *why)
 {
 	sp_metric_inc(c->sc->giveups);
-	sp_warn_rl("%s to inbox shard %s given up after %u attempts: %s",
-		   sp_frame_type_name(c->type), c->url, c->attempts, why);
+	sp_warn_rl("%s to %s %s given up after %u attempts: %s", sp_frame_type_name(c->type),
+		   c->keys ? "keysrv" : "inbox shard", c->url, c->attempts, why);
 	finish(c, SP_EUNAVAIL, NULL);
 }
 
@@ -125,8 +130,11 @@ resolve(sc_call *c)
 	sp_cluster_map *m = sp_cluster_map_get(c->sc->cluster);
 	if (!m)
 		return SP_EUNAVAIL;
-	const sp_cluster_member *owner = c->n ? sp_cluster_map_shard_for(m, c->devices[0])
-					      : sp_cluster_map_shard_for_key(m, c->key, c->key_len);
+	const sp_cluster_member *owner =
+		c->keys == KEYS_WRITE ? sp_cluster_map_keysrv_target(m)
+		: c->keys == KEYS_READ ? sp_cluster_map_keysrv_reader(m, c->attempts)
+		: c->n ? sp_cluster_map_shard_for(m, c->devices[0])
+		       : sp_cluster_map_shard_for_key(m, c->key, c->key_len);
 	int rc = owner ? SP_OK : SP_EUNAVAIL;
 	for (size_t i = 1; rc == SP_OK && i < c->n; i++)
 		if (sp_cluster_map_shard_for(m, c->devices[i]) != owner)
@@ -328,6 +336,25 @@ cs_shardcall_blob(cs_shardcall *sc, const char *url, const uint8_t *key, size_t 
 	return call_start(c);
 }
 
+int
+cs_shardcall_keysrv(cs_shardcall *sc, bool read, const sp_frame *req, cs_rpc_cb cb, void *arg)
+{
+	if (!sc->cluster)
+		return SP_EUNAVAIL;
+	sp_cluster_map *m = sp_cluster_map_get(sc->cluster);
+	const sp_cluster_member *to = m ? sp_cluster_map_keysrv_target(m) : NULL;
+	char url[256];
+	int rc = to ? SP_OK : SP_EUNAVAIL;
+	if (rc == SP_OK && (size_t)snprintf(url, sizeof(url), "%s", to->addr) >= sizeof(url))
+		rc = SP_EINVAL;
+	sp_cluster_map_put(m);
+	sc_call *c;
+	if (rc || (rc = call_new(sc, url, req, cb, arg, &c)))
+		return rc;
+	c->keys = read ? KEYS_READ : KEYS_WRITE;
+	return call_start(c);
+}
+
 static bool
 is_cut(void *arg)
 {
@@ -342,9 +369,22 @@ cs_shardcall_map_changed(cs_shardcall *sc)
 		return;
 	bool any = false;
 	for (sc_call *c = sc->sent; c; c = c->next) {
+		if (c->keys == KEYS_READ) {
+			/* Any copy may answer a read: only one the map no longer shows healthy
+			 * (dead, most likely) is left for another. */
+			const sp_cluster_member *to = NULL;
+			for (size_t i = 0; i < sp_cluster_map_count(m) && !to; i++)
+				if (sp_cluster_map_member(m, i)->role == SP_ROLE_KEYSRV &&
+				    strcmp(sp_cluster_map_member(m, i)->addr, c->url) == 0)
+					to = sp_cluster_map_member(m, i);
+			if (!c->cut && (!to || !to->healthy))
+				any = c->cut = true;
+			continue;
+		}
 		const sp_cluster_member *owner =
-			c->n ? sp_cluster_map_shard_for(m, c->devices[0])
-			     : sp_cluster_map_shard_for_key(m, c->key, c->key_len);
+			c->keys ? sp_cluster_map_keysrv_target(m)
+			: c->n  ? sp_cluster_map_shard_for(m, c->devices[0])
+				: sp_cluster_map_shard_for_key(m, c->key, c->key_len);
 		if (!c->cut && owner && strcmp(owner->addr, c->url) != 0)
 			any = c->cut = true;
 	}

@@ -1,6 +1,7 @@
 /*
- * Calls to inbox shards that outlive a failover. A shard has several copies, one of them
- * primary, and the cluster map names the primary of each shard. A call may meet a copy that
+ * Calls to inbox shards and the key store that outlive a failover. A shard (and the key
+ * store) has several copies, one of them primary, and the cluster map names the primary
+ * of each. A call may meet a copy that
  * is no longer primary (ERROR SP_ENOTPRIMARY), a primary that cannot reach enough copies
  * (ERROR SP_EUNAVAIL, perhaps with retry_after), or a copy that is dead (NNG timeout,
  * connection closed). Such a call is sent again, the same bytes, after a backoff (50 ms
@@ -19,6 +20,7 @@
 #ifndef CS_SHARDCALL_H
 #define CS_SHARDCALL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -59,9 +61,18 @@ int cs_shardcall_devices(cs_shardcall *sc, const char *url, const uint64_t *devi
 int cs_shardcall_blob(cs_shardcall *sc, const char *url, const uint8_t *key, size_t key_len,
 		      const sp_frame *req, cs_rpc_cb cb, void *arg);
 
+/* As cs_shardcall_devices for a request to the key store: a write goes to the keysrv
+ * primary the newest map names (sp_cluster_map_keysrv_target); a read that tolerates
+ * bounded staleness (`read`: AUTH_KEY_GET, DEVICES_GET) goes there first, and on a
+ * failover-like failure round the other copies (sp_cluster_map_keysrv_reader), which
+ * serve it while fresh enough. SP_EUNAVAIL when the map has no keysrv (yet). */
+int cs_shardcall_keysrv(cs_shardcall *sc, bool read, const sp_frame *req, cs_rpc_cb cb,
+			void *arg);
+
 /* A new cluster map is installed (loop thread): an attempt in flight to a copy that the map
- * no longer names as its shard's primary is cancelled and goes to the new primary after the
- * usual backoff, instead of waiting out its timeout at a copy that may be dead. */
+ * no longer names as its shard's (or the key store's) primary, or a read to a keysrv copy
+ * the map no longer shows healthy, is cancelled and goes again after the usual backoff,
+ * instead of waiting out its timeout at a copy that may be dead. */
 void cs_shardcall_map_changed(cs_shardcall *sc);
 
 /* Calls waiting for their next attempt (not in flight: cs_rpc_inflight counts those). A

@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 #include "keysrv/store.h"
+#include "repl/ha.h"
 #include "repl/node.h"
 #include "repl/snapshot.h"
 
@@ -22,7 +23,7 @@ typedef struct keys_repl keys_repl;
 extern const repl_snap_files keys_repl_files;
 
 /* The group's name in etcd. */
-#define KEYS_REPL_GROUP "keys-0"
+#define KEYS_REPL_GROUP REPL_HA_KEYS_GROUP
 
 /* Opens the copy (repl_node_open with `cfg`, whose group, metric prefix and files this
  * sets) and hooks the store's commits into it. Nothing runs yet. */

@@ -29,6 +29,8 @@
 
 #include "sp_etcd.h"
 
+/* The key store's group (one shard now: docs/KEYSRV.md "Sharding the key store later"). */
+#define REPL_HA_KEYS_GROUP "keys-0"
 #define REPL_HA_NAME_MAX 63   /* member, group and cluster names: [A-Za-z0-9._-] */
 #define REPL_HA_INC_MAX 32    /* incarnation bytes */
 #define REPL_HA_URL_MAX 255

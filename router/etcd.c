@@ -1,6 +1,7 @@
 /* The router's etcd mirror (docs/ROUTER.md): a thread of its own reads every inbox shard's
- * group (inbox-<shard>) and watches them, and hands each fresh view to the router loop,
- * which applies it to the map (router_map_apply_shard) and publishes what changed.
+ * group (inbox-<shard>), and the key store's (keys-0) when the cluster file has keysrv
+ * members, watches them, and hands each fresh view to the router loop, which applies it
+ * to the map (router_map_apply_group) and publishes what changed.
  *
  * Why a thread: etcd calls block (a read, a watch of up to WATCH_MS), and the router loop
  * must keep answering heartbeats and HTTP meanwhile. The two share only a mailbox (the
@@ -39,9 +40,10 @@
 
 struct router_etcd {
 	router *r;
-	size_t n;           /* shard groups */
-	uint32_t *shards;   /* [n] shard numbers, ascending */
-	char (*groups)[24]; /* [n] "inbox-<shard>" */
+	size_t n;           /* groups: the inbox shards, then the key store's if any */
+	uint32_t *shards;   /* [n] shard numbers, ascending (0 for the key store) */
+	int *roles;         /* [n] SP_ROLE_INBOX or SP_ROLE_KEYSRV */
+	char (*groups)[24]; /* [n] "inbox-<shard>", "keys-0" */
 	char prefix[REPL_HA_NAME_MAX + 16]; /* "/sealpost/<cluster>/" */
 	size_t prefix_len;
 
@@ -99,8 +101,8 @@ typedef struct watch_ctx {
 } watch_ctx;
 
 /* Marks the groups the events touch stale; stops the watch at the first batch that
- * touches one (the thread then reads them), and goes on past other groups' events (keysrv
- * and shards not in the cluster file live under the same prefix). */
+ * touches one (the thread then reads them), and goes on past other groups' events (shards
+ * not in the cluster file live under the same prefix). */
 static bool
 on_events(void *arg, int64_t rev, const sp_etcd_event *ev, size_t n)
 {
@@ -226,14 +228,14 @@ etcd_main(void *arg)
 /* ---- loop side ---- */
 
 static void
-log_shard(router *r, uint32_t shard)
+log_group(router *r, int role, uint32_t shard, const char *group)
 {
 	const char *primary = NULL;
 	size_t copies = 0, in_sync = 0;
 	uint64_t epoch = 0;
 	for (size_t i = 0; i < router_map_count(r->map); i++) {
 		const router_member *mb = router_map_member(r->map, i);
-		if (mb->role != SP_ROLE_INBOX || mb->shard != shard)
+		if (mb->role != role || (role == SP_ROLE_INBOX && mb->shard != shard))
 			continue;
 		copies++;
 		in_sync += mb->in_sync;
@@ -241,9 +243,9 @@ log_shard(router *r, uint32_t shard)
 		if (mb->primary)
 			primary = mb->name;
 	}
-	sp_info("shard %" PRIu32 ": primary %s, epoch %" PRIu64 ", %zu of %zu copies in sync (map "
-		"epoch %" PRIu64 ")",
-		shard, primary ? primary : "(none)", epoch, in_sync, copies, router_map_epoch(r->map));
+	sp_info("%s: primary %s, epoch %" PRIu64 ", %zu of %zu copies in sync (map epoch %" PRIu64
+		")",
+		group, primary ? primary : "(none)", epoch, in_sync, copies, router_map_epoch(r->map));
 }
 
 static void
@@ -267,10 +269,11 @@ on_wake(evutil_socket_t fd, short what, void *arg)
 		if (!dirty)
 			continue;
 		unsigned changes;
-		if (router_map_apply_shard(e->r->map, e->shards[i], &e->applying, &changes))
+		if (router_map_apply_group(e->r->map, e->roles[i], e->shards[i], &e->applying,
+					   &changes))
 			continue;
 		if (changes & ROUTER_SHARD_CHANGED)
-			log_shard(e->r, e->shards[i]);
+			log_group(e->r, e->roles[i], e->shards[i], e->groups[i]);
 		changed = changed || (changes & ROUTER_SHARD_CHANGED);
 		status = status || (changes & ROUTER_SHARD_STATUS);
 	}
@@ -301,23 +304,31 @@ router_etcd_start(router *r, const sp_etcd_cfg *etcd, const char *cluster, route
 					"Failed etcd reads and watches of the shard mirror");
 	e->m_reachable = sp_metric_gauge("sp_router_etcd_reachable",
 					 "1 while the shard mirror's etcd calls succeed");
-	size_t n = router_map_shards(r->map, NULL, 0);
+	size_t nshards = router_map_shards(r->map, NULL, 0);
+	size_t n = nshards + router_map_has_keysrv(r->map);
 	e->shards = calloc(n ? n : 1, sizeof(*e->shards));
+	e->roles = calloc(n ? n : 1, sizeof(*e->roles));
 	e->groups = calloc(n ? n : 1, sizeof(*e->groups));
 	e->readers = calloc(n ? n : 1, sizeof(*e->readers));
 	e->stale = calloc(n ? n : 1, sizeof(*e->stale));
 	e->dirty = calloc(n ? n : 1, sizeof(*e->dirty));
 	e->mail = calloc(n ? n : 1, sizeof(*e->mail));
-	if (!e->shards || !e->groups || !e->readers || !e->stale || !e->dirty || !e->mail)
+	if (!e->shards || !e->roles || !e->groups || !e->readers || !e->stale || !e->dirty ||
+	    !e->mail)
 		goto fail;
-	e->n = router_map_shards(r->map, e->shards, n);
+	router_map_shards(r->map, e->shards, nshards);
+	e->n = n;
 	snprintf(e->prefix, sizeof(e->prefix), "/sealpost/%s/", cluster);
 	e->prefix_len = strlen(e->prefix);
 	const char *endpoints = etcd->endpoints;
 	sp_etcd_cfg ecfg = *etcd;
 	ecfg.timeout_ms = ETCD_TIMEOUT_MS;
 	for (size_t i = 0; i < e->n; i++) {
-		snprintf(e->groups[i], sizeof(e->groups[i]), "inbox-%" PRIu32, e->shards[i]);
+		e->roles[i] = i < nshards ? SP_ROLE_INBOX : SP_ROLE_KEYSRV;
+		if (i < nshards)
+			snprintf(e->groups[i], sizeof(e->groups[i]), "inbox-%" PRIu32, e->shards[i]);
+		else
+			snprintf(e->groups[i], sizeof(e->groups[i]), "%s", REPL_HA_KEYS_GROUP);
 		if ((rc = repl_ha_new_reader(&ecfg, cluster, e->groups[i], &e->readers[i]))) {
 			snprintf(err, errlen, "etcd: %s",
 				 rc == SP_EINVAL ? "bad endpoints (expected http://host:port,...)"
@@ -345,13 +356,14 @@ router_etcd_start(router *r, const sp_etcd_cfg *etcd, const char *cluster, route
 	if (!e->ev || event_add(e->ev, NULL))
 		goto fail;
 	if (e->n == 0) {
-		sp_warn("etcd given, but the cluster file has no inbox shard: nothing to mirror");
+		sp_warn("etcd given, but the cluster file has no inbox shard or keysrv: nothing to "
+			"mirror");
 	} else {
 		if (pthread_create(&e->thread, NULL, etcd_main, e))
 			goto fail;
 		e->running = true;
-		sp_info("mirroring %zu inbox shard groups from etcd %s under %s", e->n, endpoints,
-			e->prefix);
+		sp_info("mirroring %zu groups (%zu inbox shards%s) from etcd %s under %s", e->n,
+			nshards, e->n > nshards ? ", the key store" : "", endpoints, e->prefix);
 	}
 	*out = e;
 	return SP_OK;
@@ -382,6 +394,7 @@ router_etcd_free(router_etcd *e)
 	if (e->mu_init)
 		pthread_mutex_destroy(&e->mu);
 	free(e->shards);
+	free(e->roles);
 	free(e->groups);
 	free(e->readers);
 	free(e->stale);

@@ -104,9 +104,10 @@ member_json(const router_member *mb, uint64_t now_ms)
 		json_object_set_new(o, "port", json_integer(mb->port));
 		json_object_set_new(o, "draining", json_boolean(mb->draining));
 	}
-	if (mb->role == SP_ROLE_INBOX) {
-		/* false/0 until etcd was read for the shard (or without --etcd): unknown. */
+	if (mb->role == SP_ROLE_INBOX)
 		json_object_set_new(o, "shard", json_integer(mb->shard));
+	if (mb->role == SP_ROLE_INBOX || mb->role == SP_ROLE_KEYSRV) {
+		/* false/0 until etcd was read for the group (or without --etcd): unknown. */
 		json_object_set_new(o, "primary", json_boolean(mb->primary));
 		json_object_set_new(o, "in_sync", json_boolean(mb->in_sync));
 		json_object_set_new(o, "lsn", json_integer((json_int_t)mb->lsn));

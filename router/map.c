@@ -546,8 +546,18 @@ id_match(const repl_ha_id *a, const repl_ha_id *b)
 	return a->inc_len == b->inc_len && memcmp(a->inc, b->inc, a->inc_len) == 0;
 }
 
+bool
+router_map_has_keysrv(const router_map *m)
+{
+	for (size_t i = 0; i < m->n; i++)
+		if (m->members[i].role == SP_ROLE_KEYSRV)
+			return true;
+	return false;
+}
+
 int
-router_map_apply_shard(router_map *m, uint32_t shard, const repl_ha_view *v, unsigned *what)
+router_map_apply_group(router_map *m, int role, uint32_t shard, const repl_ha_view *v,
+		       unsigned *what)
 {
 	*what = 0;
 	bool any = false, changed = false, status = false;
@@ -562,7 +572,7 @@ router_map_apply_shard(router_map *m, uint32_t shard, const repl_ha_view *v, uns
 	uint64_t epoch = (uint64_t)e;
 	for (size_t i = 0; i < m->n; i++) {
 		router_member *mb = &m->members[i];
-		if (mb->role != SP_ROLE_INBOX || mb->shard != shard)
+		if (mb->role != role || (role == SP_ROLE_INBOX && mb->shard != shard))
 			continue;
 		any = true;
 		const repl_ha_copy *copy = NULL;
@@ -618,7 +628,7 @@ router_map_pack_content(const router_map *m, msgpack_sbuffer *sb)
 	return pack_map(m, 0, 0, false, false, sb);
 }
 
-/* The MAP frame; `widest` packs every etcd field of every inbox copy at its largest
+/* The MAP frame; `widest` packs every etcd field of every inbox and keysrv copy at its largest
  * value, to check at start that the map can always fit in one frame. */
 static int
 pack_map(const router_map *m, uint64_t epoch, uint64_t id, bool has_id, bool widest,
@@ -643,7 +653,8 @@ pack_map(const router_map *m, uint64_t epoch, uint64_t id, bool has_id, bool wid
 		if (mb->role == SP_ROLE_INBOX)
 			sp_frame_set_u64(r, SP_F_SHARD, mb->shard);
 		/* Absent until etcd was read: "unknown", and an old map stays byte-identical. */
-		if (mb->role == SP_ROLE_INBOX && (mb->repl_known || widest)) {
+		if ((mb->role == SP_ROLE_INBOX || mb->role == SP_ROLE_KEYSRV) &&
+		    (mb->repl_known || widest)) {
 			sp_frame_set_bool(r, SP_F_PRIMARY, mb->primary);
 			sp_frame_set_bool(r, SP_F_IN_SYNC, mb->in_sync);
 			sp_frame_set_u64(r, SP_F_LSN, widest ? UINT64_MAX : mb->lsn);

@@ -33,12 +33,13 @@ typedef struct router_member {
 	uint64_t conns;  /* as last heartbeated */
 	uint64_t placed; /* clients sent here by /where since that heartbeat */
 	uint64_t last_hb; /* ms (caller's clock) of the last heartbeat; 0: never */
-	/* Inbox copies, as etcd last said (router_map_apply_shard); all unset until then. */
-	bool repl_known;      /* etcd has been read for this copy's shard */
-	bool primary;         /* holds the shard's leader key */
-	bool in_sync;         /* in the shard's sync set (name, and incarnation when known) */
+	/* Inbox and keysrv copies, as etcd last said (router_map_apply_group); all unset
+	 * until then. */
+	bool repl_known;      /* etcd has been read for this copy's group */
+	bool primary;         /* holds the group's leader key */
+	bool in_sync;         /* in the group's sync set (name, and incarnation when known) */
 	uint64_t lsn;         /* flushed LSN from its copies/ key; 0 when it has none */
-	uint64_t shard_epoch; /* the shard's epoch */
+	uint64_t shard_epoch; /* the group's epoch */
 } router_member;
 
 typedef struct router_map router_map;
@@ -97,21 +98,26 @@ const router_member *router_map_where(router_map *m);
  * there are. */
 size_t router_map_shards(const router_map *m, uint32_t *out, size_t cap);
 
-/* What router_map_apply_shard found. */
+/* Whether any member is a keysrv (whose copies form the group REPL_HA_KEYS_GROUP). */
+bool router_map_has_keysrv(const router_map *m);
+
+/* What router_map_apply_group found. */
 #define ROUTER_SHARD_CHANGED 1 /* a primary, sync set membership or epoch changed (or etcd
 				  was read for the first time): the epoch was bumped */
 #define ROUTER_SHARD_STATUS 2  /* only LSNs changed: no bump (the caller republishes
 				  them at its own pace, router_map_bump) */
 
-/* Applies etcd's view of shard `shard`'s group (inbox-<shard>) to its copies: primary
+/* Applies etcd's view of a group to its copies: an inbox shard's (role SP_ROLE_INBOX,
+ * group inbox-<shard>) or the key store's (SP_ROLE_KEYSRV, every keysrv member; shard
+ * ignored). Primary
  * (the leader key names it), in_sync (in the sync set by name; by incarnation too when
  * the copy's status key is there), lsn (its flushed LSN, 0 without a status key) and the
  * shard's epoch (the leader's; with no leader, the last leader's: max(the epoch counter,
  * its mod revision, the sync set's epoch), which every reader computes alike). Copies etcd names that are not in
  * the cluster file are ignored. *what gets ROUTER_SHARD_* bits. SP_ENOTFOUND when no
- * member has that shard. */
+ * member is in the group. */
 struct repl_ha_view;
-int router_map_apply_shard(router_map *m, uint32_t shard, const struct repl_ha_view *v,
+int router_map_apply_group(router_map *m, int role, uint32_t shard, const struct repl_ha_view *v,
 			   unsigned *what);
 
 /* Bumps the epoch (after changes that do not bump it themselves: LSNs). */

@@ -238,6 +238,73 @@ START_TEST(test_shard_copies)
 }
 END_TEST
 
+typedef struct kdef {
+	const char *name;
+	bool healthy, primary, in_sync;
+} kdef;
+
+static sp_cluster_map *
+keys_map(const kdef *d, size_t n)
+{
+	sp_frame f, recs[8];
+	char addr[8][32];
+	ck_assert(n <= 8);
+	for (size_t i = 0; i < n; i++) {
+		snprintf(addr[i], sizeof(addr[i]), "tcp://k:%zu", 200 + i);
+		sp_frame_init(&recs[i], SP_T_MEMBER, 0, false);
+		sp_frame_set_str(&recs[i], SP_F_NAME, d[i].name);
+		sp_frame_set_u64(&recs[i], SP_F_ROLE, SP_ROLE_KEYSRV);
+		sp_frame_set_str(&recs[i], SP_F_ADDR, addr[i]);
+		sp_frame_set_bool(&recs[i], SP_F_HEALTHY, d[i].healthy);
+		sp_frame_set_bool(&recs[i], SP_F_PRIMARY, d[i].primary);
+		sp_frame_set_bool(&recs[i], SP_F_IN_SYNC, d[i].in_sync);
+	}
+	sp_frame_init(&f, SP_T_MAP, 0, false);
+	sp_frame_set_u64(&f, SP_F_EPOCH, 3);
+	sp_frame_set_recs(&f, SP_F_MEMBERS, recs, (uint32_t)n);
+	sp_cluster_map *m;
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &m), SP_OK);
+	return m;
+}
+
+/* Where keysrv requests go: writes to the primary the map names (else the first healthy,
+ * else the first); a read retried goes round the other healthy copies, in-sync first. */
+START_TEST(test_keysrv_target)
+{
+	static const kdef d[] = {
+		{"keys-a", true, false, false}, {"keys-b", true, true, true},
+		{"keys-c", true, false, true}, {"keys-d", false, false, true},
+	};
+	sp_cluster_map *m = keys_map(d, 4);
+	ck_assert_str_eq(sp_cluster_map_keysrv_target(m)->name, "keys-b");
+	ck_assert_str_eq(sp_cluster_map_keysrv_reader(m, 0)->name, "keys-b");
+	ck_assert_str_eq(sp_cluster_map_keysrv_reader(m, 1)->name, "keys-c");
+	ck_assert_str_eq(sp_cluster_map_keysrv_reader(m, 2)->name, "keys-a");
+	ck_assert_str_eq(sp_cluster_map_keysrv_reader(m, 3)->name, "keys-b");
+	ck_assert_str_eq(sp_cluster_map_keysrv_reader(m, 4)->name, "keys-c");
+	sp_cluster_map_put(m);
+
+	/* No primary named (a failover, or a one-copy key store): the first healthy. */
+	static const kdef none[] = {{"keys-a", false, false, true}, {"keys-b", true, false, true}};
+	m = keys_map(none, 2);
+	ck_assert_str_eq(sp_cluster_map_keysrv_target(m)->name, "keys-b");
+	ck_assert_str_eq(sp_cluster_map_keysrv_reader(m, 1)->name, "keys-b");
+	sp_cluster_map_put(m);
+	static const kdef dead[] = {{"keys-a", false, false, false}, {"keys-b", false, false, false}};
+	m = keys_map(dead, 2);
+	ck_assert_str_eq(sp_cluster_map_keysrv_target(m)->name, "keys-a");
+	sp_cluster_map_put(m);
+
+	/* No keysrv at all. */
+	sp_frame f, recs[1];
+	build_map(&f, recs, three, 1, 1);
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &m), SP_OK);
+	ck_assert_ptr_null(sp_cluster_map_keysrv_target(m));
+	ck_assert_ptr_null(sp_cluster_map_keysrv_reader(m, 2));
+	sp_cluster_map_put(m);
+}
+END_TEST
+
 /* A one-copy cluster named inbox-0 .. inbox-N (shards 0 .. N) keeps the owners it had when
  * the ring was built over member names; adding copies to each shard moves no device. */
 START_TEST(test_ring_ownership_kept)
@@ -491,6 +558,7 @@ main(void)
 	tcase_add_test(tc, test_snapshot);
 	tcase_add_test(tc, test_snapshot_rejects);
 	tcase_add_test(tc, test_shard_copies);
+	tcase_add_test(tc, test_keysrv_target);
 	tcase_add_test(tc, test_ring_ownership_kept);
 	tcase_add_test(tc, test_member_thread);
 	tcase_add_test(tc, test_observer);

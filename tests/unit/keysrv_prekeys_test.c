@@ -3,6 +3,7 @@
  * flag and metric, and revocation deleting prekeys. */
 #include <check.h>
 #include <pthread.h>
+#include <string.h>
 
 #include "keysrv/prekeys.h"
 #include "keysrv_harness.h"
@@ -218,6 +219,71 @@ START_TEST(bundle_hands_out_each_key_once)
 }
 END_TEST
 
+static int
+bundle_req(const kt_device *caller, uint64_t user, const uint8_t req_id[16])
+{
+	sp_frame f;
+	sp_frame_init(&f, SP_T_BUNDLE_GET, 7, true);
+	sp_frame_set_u64(&f, SP_F_USER, user);
+	sp_frame_set_bin(&f, SP_F_REQ_ID, req_id, 16);
+	kt_set_auth(&f, caller);
+	return kt_call(&env, &f);
+}
+
+static uint64_t
+first_opk_id(void)
+{
+	const sp_val *b = sp_frame_get(&env.r.out, SP_F_BUNDLES);
+	ck_assert_uint_eq(b->rs.n, 1);
+	ck_assert(sp_frame_has(&b->rs.v[0], SP_F_OPK));
+	return sp_frame_u64(&b->rs.v[0], SP_F_OPK_ID);
+}
+
+/* A retried hand-out (same caller device, same request id: connsrv after a failover) gets
+ * the first answer; the key goes out once. */
+START_TEST(bundle_retry_same_keys)
+{
+	kt_device bob, alice, carol;
+	kt_device_new(&bob);
+	kt_device_new(&alice);
+	kt_device_new(&carol);
+	ck_assert_int_eq(kt_register(&env, "+14155551024", &bob), SP_OK);
+	ck_assert_int_eq(kt_register(&env, "+14155551025", &alice), SP_OK);
+	ck_assert_int_eq(kt_register(&env, "+14155551026", &carol), SP_OK);
+	ck_assert_int_eq(kt_upload(&env, &bob, 1, 5), SP_OK);
+	uint8_t id1[16], id2[16];
+	memset(id1, 0x11, sizeof(id1));
+	memset(id2, 0x22, sizeof(id2));
+	sp_metric *replayed = sp_metric_counter("keysrv_replies_replayed_total", "");
+	int64_t r0 = sp_metric_value(replayed);
+
+	ck_assert_int_eq(bundle_req(&alice, bob.user, id1), SP_OK);
+	uint64_t first = first_opk_id();
+	ck_assert_uint_eq(env.r.out.id, 7);
+	for (int i = 0; i < 3; i++) {
+		ck_assert_int_eq(bundle_req(&alice, bob.user, id1), SP_OK);
+		ck_assert_uint_eq(first_opk_id(), first);
+		ck_assert_uint_eq(env.r.out.id, 7);
+		ck_assert(env.r.out.has_id);
+	}
+	ck_assert_int_eq(sp_metric_value(replayed) - r0, 3);
+	/* A new request id, or another device using the same id, gets the next key. */
+	ck_assert_int_eq(bundle_req(&alice, bob.user, id2), SP_OK);
+	uint64_t second = first_opk_id();
+	ck_assert_uint_ne(second, first);
+	ck_assert_int_eq(bundle_req(&carol, bob.user, id1), SP_OK);
+	uint64_t third = first_opk_id();
+	ck_assert_uint_ne(third, first);
+	ck_assert_uint_ne(third, second);
+	/* Three keys handed out, two left. */
+	sp_frame f;
+	sp_frame_init(&f, SP_T_KEYS_STATUS, 1, true);
+	kt_set_auth(&f, &bob);
+	ck_assert_int_eq(kt_call(&env, &f), SP_OK);
+	ck_assert_uint_eq(sp_frame_u64(&env.r.out, SP_F_COUNT), 2);
+}
+END_TEST
+
 typedef struct race {
 	const kt_device *caller;
 	uint64_t user;
@@ -375,6 +441,7 @@ suite(void)
 	tcase_add_test(tc, signed_prekey_upload);
 	tcase_add_test(tc, upload_limits);
 	tcase_add_test(tc, bundle_hands_out_each_key_once);
+	tcase_add_test(tc, bundle_retry_same_keys);
 	tcase_add_test(tc, concurrent_bundles);
 	tcase_add_test(tc, removed_device_loses_prekeys);
 	tcase_add_test(tc, low_water_gauge);

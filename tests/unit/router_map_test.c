@@ -425,6 +425,55 @@ view(const char *leader, int64_t epoch, const char *const *sync, size_t nsync,
 	return v;
 }
 
+/* The key store's group marks the keysrv members, and only them; the MAP carries it. */
+START_TEST(test_apply_keys_group)
+{
+	static const char text[] = "[keys-a]\nrole = keysrv\naddr = tcp://127.0.0.1:7301\n"
+				   "[keys-b]\nrole = keysrv\naddr = tcp://127.0.0.1:7302\n"
+				   "[inbox-0]\nrole = inbox\naddr = tcp://127.0.0.1:7401\nshard = 0\n";
+	router_map *m;
+	char err[256];
+	ck_assert_int_eq(router_map_parse(text, "k.ini", &m, err, sizeof(err)), SP_OK);
+	router_map_set_wall_clock(m, zero_clock);
+	ck_assert_int_eq(router_map_state_load(m, "/nonexistent-dir/state", err, sizeof(err)), SP_OK);
+	ck_assert(router_map_has_keysrv(m));
+	const char *ab[] = {"keys-a", "keys-b"};
+	uint64_t lsns[] = {5, 4};
+	repl_ha_view v = view("keys-b", 12, ab, 1, ab, lsns, 2);
+	unsigned what;
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_KEYSRV, 0, &v, &what), SP_OK);
+	ck_assert_uint_eq(what, ROUTER_SHARD_CHANGED);
+	const router_member *a = router_map_find(m, "keys-a"), *b = router_map_find(m, "keys-b"),
+			    *i = router_map_find(m, "inbox-0");
+	ck_assert(b->primary && !b->in_sync && b->shard_epoch == 12 && b->lsn == 4);
+	ck_assert(!a->primary && a->in_sync && a->lsn == 5);
+	ck_assert(!i->repl_known && !i->primary);
+
+	/* Through the MAP frame, as connsrv sees it. */
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	ck_assert_int_eq(router_map_pack(m, 0, false, &sb), SP_OK);
+	sp_frame f;
+	ck_assert_int_eq(sp_frame_decode((const uint8_t *)sb.data, sb.size, &f), SP_OK);
+	sp_cluster_map *cm;
+	ck_assert_int_eq(sp_cluster_map_from_frame(&f, &cm), SP_OK);
+	ck_assert_str_eq(sp_cluster_map_keysrv_target(cm)->name, "keys-b");
+	ck_assert(sp_cluster_map_find(cm, "keys-a")->in_sync);
+	sp_cluster_map_put(cm);
+	sp_frame_fini(&f);
+	msgpack_sbuffer_destroy(&sb);
+
+	/* A map without keysrv has no such group. */
+	router_map_free(m);
+	ck_assert_int_eq(router_map_parse(text + strlen("[keys-a]\nrole = keysrv\naddr = "
+		"tcp://127.0.0.1:7301\n[keys-b]\nrole = keysrv\naddr = tcp://127.0.0.1:7302\n"),
+		"i.ini", &m, err, sizeof(err)), SP_OK);
+	ck_assert(!router_map_has_keysrv(m));
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_KEYSRV, 0, &v, &what), SP_ENOTFOUND);
+	router_map_free(m);
+}
+END_TEST
+
 START_TEST(test_apply_shard)
 {
 	router_map *m = copies_map();
@@ -435,10 +484,10 @@ START_TEST(test_apply_shard)
 
 	/* Unknown shard. */
 	repl_ha_view v = view("inbox-0a", 50, abc, 3, abc, lsns, 3);
-	ck_assert_int_eq(router_map_apply_shard(m, 7, &v, &what), SP_ENOTFOUND);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 7, &v, &what), SP_ENOTFOUND);
 
 	/* First read: a change (the fields become known), one bump. */
-	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 0, &v, &what), SP_OK);
 	ck_assert_uint_eq(what, ROUTER_SHARD_CHANGED);
 	ck_assert(router_map_epoch(m) == e0 + 1);
 	const router_member *a = router_map_find(m, "inbox-0a"), *b = router_map_find(m, "inbox-0b"),
@@ -449,18 +498,18 @@ START_TEST(test_apply_shard)
 	ck_assert(!x->repl_known && !x->primary); /* another shard: untouched */
 
 	/* The same view again: nothing. LSNs only: STATUS, no bump. */
-	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 0, &v, &what), SP_OK);
 	ck_assert_uint_eq(what, 0);
 	lsns[1] = 20;
 	v = view("inbox-0a", 50, abc, 3, abc, lsns, 3);
-	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 0, &v, &what), SP_OK);
 	ck_assert_uint_eq(what, ROUTER_SHARD_STATUS);
 	ck_assert(router_map_epoch(m) == e0 + 1);
 	ck_assert_uint_eq(b->lsn, 20);
 
 	/* A copy leaves the sync set: a change. */
 	v = view("inbox-0a", 50, ab, 2, abc, lsns, 3);
-	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 0, &v, &what), SP_OK);
 	ck_assert_uint_eq(what, ROUTER_SHARD_CHANGED);
 	ck_assert(!c->in_sync && router_map_epoch(m) == e0 + 2);
 
@@ -469,21 +518,21 @@ START_TEST(test_apply_shard)
 	v = view(NULL, 50, ab, 2, abc + 1, lsns + 1, 2);
 	v.counter = 44;
 	v.counter_mod_rev = 50; /* the leader key's create revision */
-	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 0, &v, &what), SP_OK);
 	ck_assert(what & ROUTER_SHARD_CHANGED);
 	ck_assert(!a->primary && !b->primary && a->lsn == 0 && a->shard_epoch == 50);
 	ck_assert(a->in_sync); /* no status key: judged by name */
 
 	/* b takes over at a higher epoch. */
 	v = view("inbox-0b", 57, ab, 2, abc + 1, lsns + 1, 2);
-	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 0, &v, &what), SP_OK);
 	ck_assert(what & ROUTER_SHARD_CHANGED);
 	ck_assert(b->primary && !a->primary && b->shard_epoch == 57 && a->shard_epoch == 57);
 
 	/* a comes back with a new data dir (another incarnation): not the sync set's a. */
 	v = view("inbox-0b", 57, ab, 2, abc, lsns, 3);
 	v.copies[0].id = hid("inbox-0a", "NEW");
-	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 0, &v, &what), SP_OK);
 	ck_assert(what & ROUTER_SHARD_CHANGED);
 	ck_assert(!a->in_sync && b->in_sync);
 
@@ -492,7 +541,7 @@ START_TEST(test_apply_shard)
 	const char *stranger[] = {"inbox-0z"};
 	v = view("inbox-0z", 60, stranger, 1, stranger, lsns, 1);
 	v.leader.parsed = false;
-	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 0, &v, &what), SP_OK);
 	ck_assert(!a->primary && !b->primary && !c->primary && !b->in_sync);
 	ck_assert_uint_eq(b->shard_epoch, 60);
 	router_map_free(m);
@@ -508,9 +557,9 @@ START_TEST(test_map_frame_copies)
 	uint64_t lsns[] = {7, 8, 9};
 	repl_ha_view v = view("inbox-0b", 33, s0, 3, s0, lsns, 3);
 	unsigned what;
-	ck_assert_int_eq(router_map_apply_shard(m, 0, &v, &what), SP_OK);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 0, &v, &what), SP_OK);
 	v = view("inbox-1c", 44, s1, 1, s1, lsns, 1);
-	ck_assert_int_eq(router_map_apply_shard(m, 1, &v, &what), SP_OK);
+	ck_assert_int_eq(router_map_apply_group(m, SP_ROLE_INBOX, 1, &v, &what), SP_OK);
 	msgpack_sbuffer sb;
 	msgpack_sbuffer_init(&sb);
 	ck_assert_int_eq(router_map_pack(m, 0, false, &sb), SP_OK);
@@ -599,6 +648,7 @@ main(void)
 	tcase_add_test(tc, test_map_frame);
 	tcase_add_test(tc, test_parse_copies);
 	tcase_add_test(tc, test_apply_shard);
+	tcase_add_test(tc, test_apply_keys_group);
 	tcase_add_test(tc, test_map_frame_copies);
 	tcase_add_test(tc, test_old_file_ownership_unchanged);
 	tcase_add_test(tc, test_server_table_matches_catalogue);
