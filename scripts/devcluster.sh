@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Sealpost dev cluster on loopback: Redis, etcd, two routers (router-a, router-b, sharing
-# the map through etcd), keysrv, 3 inbox shards of
-# $SEALPOST_DEVCLUSTER_COPIES copies each (default 3: inbox-0a, inbox-0b, inbox-0c, ...),
+# the map through etcd), the key store and 3 inbox shards of
+# $SEALPOST_DEVCLUSTER_COPIES copies each (default 3: keysrv-a, keysrv-b, keysrv-c;
+# inbox-0a, inbox-0b, inbox-0c, ...),
 # 2 connsrvs, with fresh dev TLS certificates (a dev CA the client trusts) and internal
 # ones from scripts/certs.sh (certs/internal/: etcd serves https to members with a
-# certificate of the cluster root; inbox copies replicate over mutual TLS).
+# certificate of the cluster root; keysrv and inbox copies replicate over mutual TLS).
 #
 #   scripts/devcluster.sh up|down|status|logs [NAME]|restart NAME|otp PHONE|env
 #
@@ -24,9 +25,11 @@ copies=${SEALPOST_DEVCLUSTER_COPIES:-3}
 min_copies=$((copies < 2 ? copies : 2))
 letters=(a b c)
 inbox_names=()
+keys_names=()
+for ((j = 0; j < copies; j++)); do keys_names+=("keysrv-${letters[$j]}"); done
 for i in 0 1 2; do for ((j = 0; j < copies; j++)); do inbox_names+=("inbox-$i${letters[$j]}"); done; done
 routers=(router-a router-b)
-names=(redis etcd "${routers[@]}" keysrv "${inbox_names[@]}" connsrv-0 connsrv-1)
+names=(redis etcd "${routers[@]}" "${keys_names[@]}" "${inbox_names[@]}" connsrv-0 connsrv-1)
 etcd_cluster=dev
 
 die() { echo "devcluster: $*" >&2; exit 1; }
@@ -39,7 +42,11 @@ port_routerb_http=$((base + 6)) port_routerb_rep=$((base + 7)) port_routerb_pub=
 router_http() { case $1 in router-a) echo "$port_router_http" ;; *) echo "$port_routerb_http" ;; esac; }
 router_rep() { case $1 in router-a) echo "$port_router_rep" ;; *) echo "$port_routerb_rep" ;; esac; }
 router_pub() { case $1 in router-a) echo "$port_router_pub" ;; *) echo "$port_routerb_pub" ;; esac; }
-port_keysrv=$((base + 10))
+# keysrv copy j (a, b, c): requests, replication, metrics.
+keys_no() { echo $(($(printf '%d' "'${1#keysrv-}") - 97)); }
+keys_port() { echo $((base + 61 + $(keys_no "$1"))); }
+keys_repl() { echo $((base + 64 + $(keys_no "$1"))); }
+keys_metrics() { echo $((base + 67 + $(keys_no "$1"))); }
 # Copy j (0..2) of shard i (0..2) is number 3i + j.
 copy_no() { local n=${1#inbox-}; echo $((3 * ${n:0:1} + $(printf '%d' "'${n:1:1}") - 97)); }
 inbox_port() { echo $((base + 20 + $(copy_no "$1"))); }
@@ -55,7 +62,7 @@ port_of() {
 	redis) echo "$port_redis" ;;
 	etcd) echo "$port_etcd" ;;
 	router-[ab]) router_http "$1" ;;
-	keysrv) echo "$port_keysrv" ;;
+	keysrv-*) keys_port "$1" ;;
 	inbox-*) inbox_port "$1" ;;
 	connsrv-*) conn_client "${1#connsrv-}" ;;
 	esac
@@ -94,10 +101,11 @@ make_certs() {
 make_internal_certs() {
 	local c=$dir/certs/internal t=$root/scripts/certs.sh n
 	$t "$c" root
-	for r in etcd router inbox admin; do $t "$c" role $r; done
+	for r in etcd router keysrv inbox admin; do $t "$c" role $r; done
 	$t "$c" member etcd etcd
 	$t "$c" member admin etcdctl
 	for n in "${routers[@]}"; do $t "$c" member router "$n"; done
+	for n in "${keys_names[@]}"; do $t "$c" member keysrv "$n"; done
 	for n in "${inbox_names[@]}"; do $t "$c" member inbox "$n"; done
 }
 
@@ -108,10 +116,12 @@ etcd_tls() {
 }
 
 write_config() {
-	mkdir -p "$dir/pids" "$dir/logs" "$dir/data"
+	mkdir -p "$dir/pids" "$dir/logs" "$dir/data/keysrv/otp"
 	local cf=$dir/cluster.ini
 	{
-		echo "[keysrv]"; echo "role = keysrv"; echo "addr = tcp://127.0.0.1:$port_keysrv"
+		for n in "${keys_names[@]}"; do
+			echo "[$n]"; echo "role = keysrv"; echo "addr = tcp://127.0.0.1:$(keys_port "$n")"
+		done
 		for n in "${inbox_names[@]}"; do
 			echo "[$n]"; echo "role = inbox"; echo "addr = tcp://127.0.0.1:$(inbox_port "$n")"; echo "shard = ${n:6:1}"
 		done
@@ -132,7 +142,6 @@ export SEALPOST_DATA=$dir/data
 export SEALPOST_REDIS=127.0.0.1:$port_redis
 export SEALPOST_CONNSRV_0=127.0.0.1:$(conn_client 0)
 export SEALPOST_CONNSRV_1=127.0.0.1:$(conn_client 1)
-export SEALPOST_KEYSRV=tcp://127.0.0.1:$port_keysrv
 export SEALPOST_ETCD=https://127.0.0.1:$port_etcd
 export SEALPOST_ETCD_CLUSTER=$etcd_cluster
 export ETCDCTL_API=3
@@ -145,6 +154,10 @@ ENV
 		local v=${n#inbox-}
 		echo "export SEALPOST_INBOX_${v^^}=tcp://127.0.0.1:$(inbox_port "$n")" >>"$dir/env"
 	done
+	for n in "${keys_names[@]}"; do
+		local v=${n#keysrv-}
+		echo "export SEALPOST_KEYSRV_${v^^}=tcp://127.0.0.1:$(keys_port "$n")" >>"$dir/env"
+	done
 }
 
 # The command line of one process, by name.
@@ -156,7 +169,9 @@ cmdline() {
 	etcd) local c=$dir/certs/internal
 		echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls https://127.0.0.1:$port_etcd --advertise-client-urls https://127.0.0.1:$port_etcd --cert-file $c/etcd.pem --key-file $c/etcd.key --trusted-ca-file $c/root-ca.pem --client-cert-auth --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
 	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tcp://127.0.0.1:$(router_rep "$1") --publish tcp://127.0.0.1:$(router_pub "$1") --http-port $(router_http "$1") $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
-	keysrv) echo "$bin/keysrv --data-dir $dir/data/keysrv --listen tcp://127.0.0.1:$port_keysrv --metrics-port -1 --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name keysrv" ;;
+	# Every copy writes codes to one directory (only the primary sends them).
+	keysrv-[abc]) [[ " ${keys_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies key store copies"
+		echo "$bin/keysrv --data-dir $dir/data/$1 --otp-dir $dir/data/keysrv/otp --listen tcp://127.0.0.1:$(keys_port "$1") --metrics-port $(keys_metrics "$1") --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(keys_repl "$1") --internal-cert $dir/certs/internal/$1.pem --internal-key $dir/certs/internal/$1.key --internal-ca $dir/certs/internal/keysrv-ca.pem --min-copies $min_copies ${SP_KEYSRV_ARGS:-}" ;;
 	inbox-[012][abc]) [[ " ${inbox_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies copies per shard"
 		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(inbox_repl "$1") --internal-cert $dir/certs/internal/$1.pem --internal-key $dir/certs/internal/$1.key --internal-ca $dir/certs/internal/inbox-ca.pem --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
 	connsrv-*) local i=${1#connsrv-}
@@ -185,31 +200,33 @@ wait_port() { # host port seconds
 	return 1
 }
 
-# The copy of shard $1 that holds the leader key and a sync set of min-copies, or "".
-shard_primary() {
+# The copy of group $1 (inbox-<shard>, keys-0) that holds the leader key and a sync set of
+# min-copies, or "".
+group_primary() {
 	local out leader n
 	local c=$dir/certs/internal
 	# As variables, not flags: etcdctl refuses a flag that an inherited ETCDCTL_* (a
 	# sourced env file) also sets.
 	out=$(ETCDCTL_API=3 ETCDCTL_CACERT="$c/root-ca.pem" ETCDCTL_CERT="$c/etcdctl.pem" \
 		ETCDCTL_KEY="$c/etcdctl.key" etcdctl --endpoints "https://127.0.0.1:$port_etcd" --command-timeout=2s \
-		get --prefix "/sealpost/$etcd_cluster/inbox-$1/" 2>/dev/null) || return 0
+		get --prefix "/sealpost/$etcd_cluster/$1/" 2>/dev/null) || return 0
 	leader=$(printf '%s\n' "$out" | awk 'f{print; exit} /\/leader$/{f=1}' | jq -r '.name // empty' 2>/dev/null)
 	n=$(printf '%s\n' "$out" | awk 'f{print; exit} /\/sync$/{f=1}' | jq '.members | length' 2>/dev/null || echo 0)
 	[ -n "$leader" ] && [ "${n:-0}" -ge "$min_copies" ] && echo "$leader"
 	return 0
 }
 
-# Every shard has a primary with a full sync set (so the first send is accepted).
+# Every shard and the key store have a primary with a full sync set (so the first
+# registration and send are accepted).
 wait_primaries() {
-	local i s ok
+	local i g ok
 	for ((i = 0; i < 600; i++)); do
 		ok=1
-		for s in 0 1 2; do [ -n "$(shard_primary $s)" ] || ok=0; done
+		for g in keys-0 inbox-0 inbox-1 inbox-2; do [ -n "$(group_primary $g)" ] || ok=0; done
 		[ $ok = 1 ] && return 0
 		sleep 0.1
 	done
-	echo "devcluster: not every shard has a primary and $min_copies copies in sync after 60 s" >&2
+	echo "devcluster: not every shard and the key store have a primary and $min_copies copies in sync after 60 s" >&2
 	return 1
 }
 
@@ -218,7 +235,7 @@ wait_healthy() {
 	for ((i = 0; i < 300; i++)); do
 		n=$(curl -sf "http://127.0.0.1:$port_router_http/map" 2>/dev/null |
 			jq '[.members[] | select(.healthy)] | length' 2>/dev/null || echo 0)
-		[ "$n" = $((3 + 3 * copies)) ] && return 0
+		[ "$n" = $((2 + 4 * copies)) ] && return 0
 		for name in "${names[@]}"; do
 			alive "$name" || { echo "devcluster: $name exited; last lines of its log:" >&2
 				tail -n 20 "$dir/logs/$name.log" >&2; return 1; }
@@ -242,7 +259,7 @@ cmd_up() {
 	for r in "${routers[@]}"; do
 		wait_port 127.0.0.1 "$(router_http "$r")" 10 || die "$r did not start (see $dir/logs/$r.log)"
 	done
-	for n in keysrv "${inbox_names[@]}" connsrv-0 connsrv-1; do start_one "$n"; done
+	for n in "${keys_names[@]}" "${inbox_names[@]}" connsrv-0 connsrv-1; do start_one "$n"; done
 	wait_healthy || exit 1
 	wait_primaries || exit 1
 	for i in 0 1; do wait_port 127.0.0.1 "$(conn_client $i)" 10 || die "connsrv-$i is not listening"; done
@@ -260,10 +277,10 @@ cmd_down() {
 	local name f pid
 	local order=(connsrv-1 connsrv-0)
 	for ((k = ${#inbox_names[@]} - 1; k >= 0; k--)); do order+=("${inbox_names[$k]}"); done
-	# "router": the single router of older layouts.
-	order+=(keysrv "${routers[@]}" router etcd redis)
+	# "router", "keysrv": the single router and keysrv of older layouts.
+	order+=("${keys_names[@]}" keysrv "${routers[@]}" router etcd redis)
 	# Stop every copy name there could be, whatever COPIES is now.
-	for name in "${order[@]}" inbox-{0,1,2}{a,b,c}; do
+	for name in "${order[@]}" inbox-{0,1,2}{a,b,c} keysrv-{a,b,c}; do
 		f=$(pidfile "$name")
 		[ -f "$f" ] || continue
 		pid=$(cat "$f")
@@ -291,16 +308,17 @@ cmd_status() {
 		echo "  $r map: $h"
 	done
 	for r in "${routers[@]}"; do
-		curl -sf "http://127.0.0.1:$(router_http "$r")/map" 2>/dev/null | jq -r '.members[] | "  \(.name) healthy=\(.healthy) draining=\(.draining // false)"' 2>/dev/null && break
+		curl -sf "http://127.0.0.1:$(router_http "$r")/map" 2>/dev/null | jq -r '.members[] | "  \(.name) healthy=\(.healthy)" + (if .role == "connsrv" then " draining=\(.draining // false)" else " primary=\(.primary // false) in_sync=\(.in_sync // false)" end)' 2>/dev/null && break
 	done
-	echo "inbox copies (from each copy's /metrics):"
-	local m role epoch applied flushed lag
-	for name in "${inbox_names[@]}"; do
-		m=$(curl -sf "http://127.0.0.1:$(inbox_metrics "$name")/metrics" 2>/dev/null) || { echo "  $name: no answer"; continue; }
+	echo "keysrv and inbox copies (from each copy's /metrics):"
+	local m role epoch applied flushed lag p port
+	for name in "${keys_names[@]}" "${inbox_names[@]}"; do
+		case $name in keysrv-*) p=keysrv_repl port=$(keys_metrics "$name") ;; *) p=sp_inbox_repl port=$(inbox_metrics "$name") ;; esac
+		m=$(curl -sf "http://127.0.0.1:$port/metrics" 2>/dev/null) || { echo "  $name: no answer"; continue; }
 		metric() { printf '%s\n' "$m" | awk -v k="$1" '$1 == k {print $2; exit}'; }
-		case $(metric sp_inbox_repl_role) in 1) role=replica ;; 2) role=promoting ;; 3) role=PRIMARY ;; *) role=none ;; esac
-		epoch=$(metric sp_inbox_repl_epoch) applied=$(metric sp_inbox_repl_applied_lsn)
-		flushed=$(metric sp_inbox_repl_flushed_lsn) lag=$(metric sp_inbox_repl_lag_ms)
+		case $(metric ${p}_role) in 1) role=replica ;; 2) role=promoting ;; 3) role=PRIMARY ;; *) role=none ;; esac
+		epoch=$(metric ${p}_epoch) applied=$(metric ${p}_applied_lsn)
+		flushed=$(metric ${p}_flushed_lsn) lag=$(metric ${p}_lag_ms)
 		printf '  %-9s %-9s epoch=%s applied=%s flushed=%s lag_ms=%s\n' "$name" "$role" "$epoch" "$applied" "$flushed" "$lag"
 	done
 }
