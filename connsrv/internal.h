@@ -114,6 +114,10 @@ typedef struct cs_session {
 	 * last_seq AUTH claimed (only tells a legitimate re-ACK from an out-of-range one). */
 	uint64_t sent_seq, acked_seq, claimed_seq;
 	bool fetching, refetch, queue_empty_sent, checking;
+	/* Revocation (revoke.c): when the device was last seen in its user's device list
+	 * (monotonic ms; set at login), and whether a check is in flight. */
+	uint64_t verified_ms;
+	bool verifying;
 	/* Token bucket of the SP_FL_RATED frames. */
 	double tokens;
 	uint64_t tokens_ms;
@@ -173,7 +177,7 @@ struct cs_server {
 	uint64_t drain_deadline_ms;
 	struct evhttp *metrics_http;
 	struct {
-		sp_metric *conns, *accepts, *rejects, *logins, *login_fail, *kicks, *frames_in,
+		sp_metric *conns, *accepts, *rejects, *logins, *login_fail, *kicks, *revoked, *frames_in,
 			*frames_out, *sends, *sent_latency, *deliveries, *delivered_rt, *drains,
 			*gap_fetches, *checks, *errors, *acks, *receipts, *rpc_latency, *redis_latency,
 			*rate_limited, *malformed, *slow_pauses, *receipts_dropped, *fetches_dropped,
@@ -218,8 +222,9 @@ int cs_session_dispatch_mismatch(void);
 void cs_session_bind(cs_session *s);
 /* The login's AUTH_OK is written: delivery starts (see cs_deliver_login for `last_seq`). */
 void cs_session_logged_in(cs_session *s, uint64_t last_seq);
-/* KICKED and closes the device's session if it is still the one of `conn_epoch`. */
-void cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch);
+/* KICKED {reason: `why`, NULL: "logged in elsewhere"} and closes the device's session if
+ * it is still the one of `conn_epoch`. */
+void cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch, const char *why);
 
 /* ---- members.c: addresses from the current cluster map ---- */
 /* NNG url of the inbox shard that owns `device` / of the blob id, copied into

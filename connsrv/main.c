@@ -87,7 +87,8 @@ register_metrics(cs_server *srv)
 	srv->m.rejects = sp_metric_counter("sp_connsrv_rejects_total", "connections refused (limit, drain)");
 	srv->m.logins = sp_metric_counter("sp_connsrv_logins_total", "successful logins");
 	srv->m.login_fail = sp_metric_counter("sp_connsrv_login_failures_total", "failed logins");
-	srv->m.kicks = sp_metric_counter("sp_connsrv_kicks_total", "sessions replaced by a newer login");
+	srv->m.kicks = sp_metric_counter("sp_connsrv_kicks_total", "sessions closed by a KICK (a newer login of the device, or the device removed)");
+	srv->m.revoked = sp_metric_counter("sp_connsrv_revoked_sessions_total", "sessions closed because their device left its user's device list");
 	srv->m.frames_in = sp_metric_counter("sp_connsrv_frames_in_total", "frames from clients");
 	srv->m.frames_out = sp_metric_counter("sp_connsrv_frames_out_total", "frames to clients");
 	srv->m.sends = sp_metric_counter("sp_connsrv_sends_total", "messages answered SENT");

@@ -56,6 +56,17 @@ on_pull_aio(void *arg)
 	nng_recv_aio(srv->pull, srv->pull_aio);
 }
 
+/* A KICK from a peer: its reason, bounded, for the client. */
+static void
+kick(cs_server *srv, const sp_frame *f)
+{
+	char why[64] = "";
+	if (sp_frame_has(f, SP_F_REASON) && sp_frame_str(f, SP_F_REASON, why, sizeof(why)))
+		snprintf(why, sizeof(why), "kicked");
+	cs_session_kick(srv, sp_frame_u64(f, SP_F_DEVICE), sp_frame_u64(f, SP_F_CONN_EPOCH),
+			why[0] ? why : NULL);
+}
+
 static void
 on_pull_ready(evutil_socket_t fd, short what, void *arg)
 {
@@ -75,7 +86,7 @@ on_pull_ready(evutil_socket_t fd, short what, void *arg)
 			if (f.type == SP_T_DELIVER && sp_frame_has(&f, SP_F_DEVICE))
 				srv->ops->push(srv, &f);
 			else if (f.type == SP_T_KICK)
-				cs_session_kick(srv, sp_frame_u64(&f, SP_F_DEVICE), sp_frame_u64(&f, SP_F_CONN_EPOCH));
+				kick(srv, &f);
 			else
 				peer_dropped(srv, sp_frame_type_name(f.type));
 			sp_frame_fini(&f);

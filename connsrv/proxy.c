@@ -6,6 +6,7 @@
 #include <sodium.h>
 
 #include "connsrv/proxy.h"
+#include "connsrv/revoke.h"
 #include "sp_error.h"
 #include "sp_log.h"
 
@@ -36,7 +37,7 @@ purge_done(void *arg, int rc, const sp_frame *reply)
 	free(device);
 }
 
-/* A removed device loses its queue at once and, if connected here, its connection. */
+/* A removed device loses its queue at once, and its connection wherever it is. */
 static void
 after_remove(cs_server *srv, uint64_t user, uint64_t device)
 {
@@ -52,10 +53,7 @@ after_remove(cs_server *srv, uint64_t user, uint64_t device)
 			arg = NULL;
 	}
 	free(arg);
-	cs_session *s;
-	HASH_FIND(hh, srv->by_device, &device, sizeof(device), s);
-	if (s)
-		cs_session_kick(srv, device, s->conn_epoch);
+	cs_revoke_device(srv, device);
 }
 
 static void

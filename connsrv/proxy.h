@@ -5,7 +5,8 @@
  * DONE/GET go to the shard owning the blob as BLOB_PUT/DONE/GET. Called by session.c's
  * dispatch with the frame borrowed for the call; the reply runs later on the loop, holding
  * one of the session's server calls, and is relayed with the client's request id. A removed
- * or re-registered device loses its queue (PURGE) and its session here (cs_session_kick).
+ * or re-registered device loses its queue (PURGE) and its session wherever it is
+ * (cs_revoke_device).
  */
 #ifndef CS_PROXY_H
 #define CS_PROXY_H

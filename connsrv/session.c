@@ -17,6 +17,7 @@
 
 #include "connsrv/deliver.h"
 #include "connsrv/internal.h"
+#include "connsrv/revoke.h"
 #include "connsrv/login.h"
 #include "connsrv/proxy.h"
 #include "connsrv/receipts.h"
@@ -184,12 +185,12 @@ kick(cs_session *old, const char *why)
 }
 
 void
-cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch)
+cs_session_kick(cs_server *srv, uint64_t device, uint64_t conn_epoch, const char *why)
 {
 	cs_session *old;
 	HASH_FIND(hh, srv->by_device, &device, sizeof(device), old);
 	if (old && old->conn_epoch == conn_epoch)
-		kick(old, "logged in elsewhere");
+		kick(old, why ? why : "logged in elsewhere");
 }
 
 void
@@ -205,6 +206,7 @@ cs_session_bind(cs_session *s)
 	}
 	HASH_ADD(hh, srv->by_device, device, sizeof(s->device), s);
 	s->st = CS_ST_READY;
+	s->verified_ms = sp_mono_ms(); /* keysrv just vouched for the device's key */
 	prelogin_end(s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, sp_frame_limit_large() + 4);
 }
@@ -434,6 +436,7 @@ dispatch(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	}
 	if ((d->flags & SP_FL_RATED) && !rate_admit(s, f))
 		return;
+	cs_revoke_check(s);
 	if (d->tier == SP_TIER_CONNSRV) {
 		h->fn(s, f, raw, len);
 	} else if (d->tier == SP_TIER_KEYSRV) {
