@@ -16,11 +16,12 @@
  *   notify.c    after appends: route lookup, DELIVER hints to the holding connsrvs (notify.h)
  *   peer.c      the NNG pull socket (DELIVER hints, KICK) and route refresh (peer.h)
  *   proxy.c     keysrv frames and media frames forwarded (proxy.h)
+ *   revoke.c    removed devices kicked wherever they are; sessions' periodic device check
  *   routes.c    device routes in Redis, the only reader and writer of route values (routes.h)
  *   devcache.c  users' device lists from keysrv, cached
  *   members.c   addresses of shards from the cluster map (keysrv calls: shardcall.c)
  *   appendq.c   per-shard coalescing of appends into APPEND_MULTI (appendq.h)
- *   shardcall.c inbox shard calls, retried on the shard's new primary (shardcall.h)
+ *   shardcall.c inbox shard and keysrv calls, retried on the new primary (shardcall.h)
  *   rpc.c       NNG requests and pushes, completed on the loop (rpc.h)
  */
 #ifndef CS_INTERNAL_H
