@@ -59,6 +59,7 @@ typedef struct cs_cfg {
 	char *advertise;    /* the url peers dial for it, when it differs (0.0.0.0 listeners) */
 	char *router, *router_pub;
 	char *redis;        /* host:port */
+	char *redis_user, *redis_password_file;
 	long long workers, worker; /* worker: index of this process */
 	long long max_conns;
 	long long idle_timeout_ms;

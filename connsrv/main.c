@@ -25,6 +25,7 @@
 #include "sp_config.h"
 #include "sp_error.h"
 #include "sp_log.h"
+#include "sp_secret.h"
 #include "sp_time.h"
 #include "sp_tls.h"
 
@@ -32,6 +33,8 @@ static char *log_level;
 static bool log_json;
 
 static cs_cfg cfg;
+/* From --redis-password-file (empty: no AUTH). */
+static char redis_password[256];
 
 /* The concerns' links to each other (see cs_ops). */
 static const cs_ops ops = {
@@ -51,6 +54,8 @@ static const sp_config_opt opts[] = {
 	{"router", SP_CT_STR, &cfg.router, "tcp://127.0.0.1:7201", "router REP url(s), comma-separated (heartbeats go to each)", 0, 0},
 	{"router-pub", SP_CT_STR, &cfg.router_pub, "tcp://127.0.0.1:7202", "router PUB url(s), comma-separated", 0, 0},
 	{"redis", SP_CT_STR, &cfg.redis, "127.0.0.1:6379", "Redis host:port (routes)", 0, 0},
+	{"redis-user", SP_CT_STR, &cfg.redis_user, NULL, "Redis ACL user (with --redis-password-file; default: Redis's default user)", 0, 0},
+	{"redis-password-file", SP_CT_STR, &cfg.redis_password_file, NULL, "file holding the Redis password (mode 0600); every connection AUTHs with it", 0, 0},
 	{"workers", SP_CT_INT, &cfg.workers, "1", "worker processes sharing the port", 1, 64},
 	{"max-conns", SP_CT_INT, &cfg.max_conns, "200000", "connections per worker", 1, 10000000},
 	{"idle-timeout", SP_CT_INT, &cfg.idle_timeout_ms, "180000", "ms without a frame before a connection is closed", 1000, 86400000},
@@ -260,7 +265,8 @@ run_worker(void)
 		return 2;
 	}
 	if ((rc = cs_rpc_new(srv.base, (int)cfg.rpc_timeout_ms, &srv.rpc)) ||
-	    (rc = cs_routes_new(srv.base, cfg.redis, (int)cfg.route_ttl_s, &srv.routes)) ||
+	    (rc = cs_routes_new(srv.base, cfg.redis, cfg.redis_user, redis_password,
+				(int)cfg.route_ttl_s, &srv.routes)) ||
 	    (rc = cs_devcache_new(&srv, &srv.devcache)) ||
 	    (rc = sp_cluster_start(cfg.router, cfg.router_pub, cfg.worker == 0 ? cfg.name : NULL,
 				   SP_ROLE_CONNSRV, &srv.cluster)) ||
@@ -419,8 +425,25 @@ main(int argc, char **argv)
 	sp_log_init("connsrv", (sp_log_level)level, log_json);
 	if (sodium_init() < 0)
 		return 1;
+	size_t plen;
+	if (cfg.redis_user && !cfg.redis_password_file) {
+		fprintf(stderr, "connsrv: --redis-user needs --redis-password-file\n");
+		sp_config_free(opts);
+		return 2;
+	}
+	if (cfg.redis_password_file &&
+	    sp_secret_read("redis-password-file", cfg.redis_password_file, redis_password,
+			   sizeof(redis_password), &plen, err, sizeof(err))) {
+		fprintf(stderr, "connsrv: %s\n", err);
+		sp_config_free(opts);
+		return 2;
+	}
+	if (!cfg.redis_password_file)
+		sp_warn("Redis without a password (--redis-password-file): anyone who reaches it can "
+			"read and change routes");
 	signal(SIGPIPE, SIG_IGN);
 	rc = cfg.workers > 1 ? run_master() : run_worker();
+	sodium_memzero(redis_password, sizeof(redis_password));
 	sp_config_free(opts);
 	return rc;
 }

@@ -5,6 +5,7 @@
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <sodium.h>
 
 #include "connsrv/routes.h"
 #include "sp_error.h"
@@ -26,6 +27,8 @@ struct cs_routes {
 	char host[256];
 	int port;
 	int ttl_s;
+	char user[128];     /* ACL user ("" with a password: the default user) */
+	char password[256]; /* "" : no AUTH */
 	struct event *retry;
 	sp_metric *latency;
 };
@@ -48,6 +51,24 @@ schedule_retry(cs_routes *r)
 }
 
 static void
+on_auth(redisAsyncContext *ac, void *reply, void *arg)
+{
+	cs_routes *r = arg;
+	redisReply *rep = reply;
+	if (!rep)
+		return; /* the connection went away: on_disconnect retries */
+	if (rep->type == REDIS_REPLY_ERROR) {
+		/* The reply names no secret: "WRONGPASS invalid username-password pair ...". */
+		sp_warn_rl("redis %s:%d: AUTH as %s refused: %s", r->host, r->port,
+			    r->user[0] ? r->user : "default", rep->str);
+		redisAsyncDisconnect(ac);
+		return;
+	}
+	r->connected = true;
+	sp_info("redis %s:%d connected (as %s)", r->host, r->port, r->user[0] ? r->user : "default");
+}
+
+static void
 on_connect(const redisAsyncContext *ac, int status)
 {
 	cs_routes *r = ac->data;
@@ -55,6 +76,17 @@ on_connect(const redisAsyncContext *ac, int status)
 		sp_warn("redis %s:%d: connect failed: %s", r->host, r->port, ac->errstr);
 		r->ac = NULL; /* hiredis frees the context after this callback */
 		schedule_retry(r);
+		return;
+	}
+	if (r->password[0]) {
+		/* First on the connection: whatever is sent after it runs authenticated. */
+		int rc = r->user[0] ? redisAsyncCommand(r->ac, on_auth, r, "AUTH %s %s", r->user,
+							r->password)
+				    : redisAsyncCommand(r->ac, on_auth, r, "AUTH %s", r->password);
+		if (rc != REDIS_OK) {
+			sp_warn("redis %s:%d: AUTH not sent", r->host, r->port);
+			redisAsyncDisconnect(r->ac);
+		}
 		return;
 	}
 	r->connected = true;
@@ -92,7 +124,8 @@ connect_now(cs_routes *r)
 }
 
 int
-cs_routes_new(struct event_base *base, const char *addr, int ttl_s, cs_routes **out)
+cs_routes_new(struct event_base *base, const char *addr, const char *user, const char *password,
+	      int ttl_s, cs_routes **out)
 {
 	const char *colon = strrchr(addr, ':');
 	if (!colon)
@@ -107,6 +140,13 @@ cs_routes_new(struct event_base *base, const char *addr, int ttl_s, cs_routes **
 	}
 	memcpy(r->host, addr, n);
 	r->port = atoi(colon + 1);
+	if ((size_t)snprintf(r->user, sizeof(r->user), "%s", user ? user : "") >= sizeof(r->user) ||
+	    (size_t)snprintf(r->password, sizeof(r->password), "%s", password ? password : "") >=
+		    sizeof(r->password) ||
+	    (r->user[0] && !r->password[0])) {
+		free(r);
+		return SP_ECONFIG;
+	}
 	r->base = base;
 	r->ttl_s = ttl_s;
 	r->latency = sp_metric_histogram("sp_connsrv_redis_seconds", "route claims in Redis, request to reply");
@@ -129,6 +169,7 @@ cs_routes_free(cs_routes *r)
 	r->retry = NULL;
 	if (r->ac)
 		redisAsyncFree(r->ac); /* pending callbacks run with a NULL reply */
+	sodium_memzero(r->password, sizeof(r->password));
 	free(r);
 }
 

@@ -16,8 +16,13 @@
 
 typedef struct cs_routes cs_routes;
 
-/* `addr` is host:port. The connection is made in the background. */
-int cs_routes_new(struct event_base *base, const char *addr, int ttl_s, cs_routes **out);
+/* `addr` is host:port. With a password, every connection starts with AUTH (as `user`, an
+ * ACL user, or the default user when user is NULL or ""), and is used only once Redis
+ * accepted it; a refused AUTH is logged (never the password) and retried like a failed
+ * connect. SP_ECONFIG: a bad address, a user without a password, or either too long. The
+ * connection is made in the background. */
+int cs_routes_new(struct event_base *base, const char *addr, const char *user,
+		  const char *password, int ttl_s, cs_routes **out);
 void cs_routes_free(cs_routes *r);
 
 /* A route read back from Redis, parsed: the pull url of the connsrv worker holding the

@@ -81,6 +81,24 @@ ensure_built() {
 	fi
 }
 
+# Redis with an ACL user for connsrv (routes only) and the default user off; the password
+# in a 0600 file connsrv reads (--redis-password-file).
+make_redis_conf() {
+	local pw=$dir/redis-password
+	[ -s "$pw" ] || (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$pw")
+	(umask 077; cat >"$dir/redis.conf" <<CONF
+port $port_redis
+bind 127.0.0.1
+protected-mode yes
+save ""
+appendonly no
+dir $dir/data
+user default off
+user sealpost on >$(cat "$pw") ~r:* +@all -@dangerous
+CONF
+	)
+}
+
 make_certs() {
 	local c=$dir/certs
 	[ -f "$c/server.pem" ] && return 0
@@ -140,6 +158,8 @@ export SEALPOST_DEVCLUSTER=$dir
 export SEALPOST_LOGS=$dir/logs
 export SEALPOST_DATA=$dir/data
 export SEALPOST_REDIS=127.0.0.1:$port_redis
+export SEALPOST_REDIS_USER=sealpost
+export SEALPOST_REDIS_PASSWORD_FILE=$dir/redis-password
 export SEALPOST_CONNSRV_0=127.0.0.1:$(conn_client 0)
 export SEALPOST_CONNSRV_1=127.0.0.1:$(conn_client 1)
 export SEALPOST_ETCD=https://127.0.0.1:$port_etcd
@@ -165,7 +185,7 @@ cmdline() {
 	# Members heartbeat and subscribe to both routers.
 	local router="--router tcp://127.0.0.1:$port_router_rep,tcp://127.0.0.1:$port_routerb_rep --router-pub tcp://127.0.0.1:$port_router_pub,tcp://127.0.0.1:$port_routerb_pub"
 	case $1 in
-	redis) echo "redis-server --port $port_redis --bind 127.0.0.1 --save '' --appendonly no --dir $dir/data" ;;
+	redis) echo "redis-server $dir/redis.conf" ;;
 	etcd) local c=$dir/certs/internal
 		echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls https://127.0.0.1:$port_etcd --advertise-client-urls https://127.0.0.1:$port_etcd --cert-file $c/etcd.pem --key-file $c/etcd.key --trusted-ca-file $c/root-ca.pem --client-cert-auth --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
 	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tcp://127.0.0.1:$(router_rep "$1") --publish tcp://127.0.0.1:$(router_pub "$1") --http-port $(router_http "$1") $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
@@ -175,7 +195,7 @@ cmdline() {
 	inbox-[012][abc]) [[ " ${inbox_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies copies per shard"
 		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(inbox_repl "$1") --internal-cert $dir/certs/internal/$1.pem --internal-key $dir/certs/internal/$1.key --internal-ca $dir/certs/internal/inbox-ca.pem --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
 	connsrv-*) local i=${1#connsrv-}
-		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tcp://127.0.0.1:$(conn_pull $i) --redis 127.0.0.1:$port_redis --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router" ;;
+		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tcp://127.0.0.1:$(conn_pull $i) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router" ;;
 	*) die "unknown process '$1' (one of: ${names[*]})" ;;
 	esac
 }
@@ -251,6 +271,7 @@ cmd_up() {
 	write_config
 	make_certs
 	make_internal_certs
+	make_redis_conf
 	start_one redis
 	wait_port 127.0.0.1 "$port_redis" 10 || die "redis did not start (see $dir/logs/redis.log)"
 	start_one etcd

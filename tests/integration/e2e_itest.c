@@ -276,7 +276,9 @@ START_TEST(test_lost_push_is_repaired)
 	itest_user a, b;
 	pair_online(&a, &b);
 	/* Without its route, nobody pushes to b: only the periodic check can find the message. */
-	ck_assert_int_eq(itest_sh(&cl, "redis-cli -p %d DEL r:%llu >/dev/null", cl.base,
+	ck_assert_int_eq(itest_sh(&cl, "redis-cli -p %d --user $SEALPOST_REDIS_USER --pass \"$(cat "
+				     "$SEALPOST_REDIS_PASSWORD_FILE)\" --no-auth-warning DEL r:%llu "
+				     "| grep -qx 1", cl.base,
 				  (unsigned long long)b.device), 0);
 	ck_assert_int_eq(send_text(&a, &b, "lost-0", NULL), SP_OK);
 	expect_messages(&b, "lost-", 0, 1);

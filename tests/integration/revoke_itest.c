@@ -4,7 +4,8 @@
  *     connsrv-0: connsrv-0 finds its route in Redis and KICKs it there; the client gets
  *     KICKED "device removed" within seconds, and its key no longer logs in;
  *   - with Redis stopped (no route, so no KICK can be sent), the session is closed by its
- *     own periodic check (--devcache-ms, 10 s) on the next frame it sends.
+ *     own periodic check (--devcache-ms, 10 s) on the next frame it sends;
+ *   - Redis refuses a client without the password, and the password is in no log.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -101,6 +102,9 @@ main(void)
 	CHECK(itest_login(c, 0, &b2) == SP_OK);
 	itest_logout(&b2);
 
+	/* Redis takes only the connsrvs' ACL user, and its password reaches no log. */
+	CHECK(itest_sh(c, "redis-cli -p %d GET x | grep -q NOAUTH", c->base) == 0);
+	CHECK(itest_sh(c, "! grep -rqF \"$(cat $SEALPOST_REDIS_PASSWORD_FILE)\" $SEALPOST_LOGS") == 0);
 	down();
 	printf("revoke_itest: all passed in %llu ms\n", (unsigned long long)(sp_time_ms() - t0));
 	return 0;

@@ -543,7 +543,7 @@ setup_with(int rpc_ms, int retry_ms)
 	ck_assert_ptr_nonnull(srv.base = event_base_new());
 	ck_assert_int_eq(cs_rpc_new(srv.base, rpc_ms, &srv.rpc), SP_OK);
 	/* Nothing listens there: routes stay disconnected (claims fail, releases are no-ops). */
-	ck_assert_int_eq(cs_routes_new(srv.base, "127.0.0.1:1", 90, &srv.routes), SP_OK);
+	ck_assert_int_eq(cs_routes_new(srv.base, "127.0.0.1:1", NULL, NULL, 90, &srv.routes), SP_OK);
 	ck_assert_int_eq(cs_devcache_new(&srv, &srv.devcache), SP_OK);
 	ck_assert_int_eq(sp_cluster_start(ROUTER_URL, PUB_URL, NULL, 0, &srv.cluster), SP_OK);
 	ck_assert_int_eq(sp_cluster_wait_map(srv.cluster, 5000), SP_OK);
