@@ -9,6 +9,7 @@
 
 #include <sodium.h>
 
+#include "inboxsrv/internal.h"
 #include "inboxsrv/store.h"
 #include "sp_error.h"
 #include "tests/unit/inbox_fixture.h"
@@ -823,6 +824,34 @@ START_TEST(blob_resume_verify_read_delete)
 }
 END_TEST
 
+/* BLOB_DONE's digest comes from the state kept with each chunk, never from reading the
+ * blob again: a stored chunk changed behind the store's back does not change it. */
+START_TEST(blob_hash_incremental)
+{
+	uint8_t id[16] = { 9, 9 }, data[5000], sha[32], got[32];
+	MDB_txn *txn;
+	for (int i = 0; i < 5000; i++)
+		data[i] = (uint8_t)(i * 13 + 1);
+	crypto_hash_sha256(sha, data, sizeof(data));
+	for (int off = 0; off < 5000; off += 1000) {
+		ck_assert_int_eq(blob_put(id, (uint64_t)off, data + off, 1000, 1, NULL), SP_OK);
+		ck_assert_int_eq(blob_put(id, (uint64_t)off, data + off, 1000, 1, NULL), SP_OK);
+	}
+	ck_assert_int_eq(mdb_txn_begin(st->env, NULL, 0, &txn), 0);
+	uint8_t k[24] = { 0 }, junk[1000] = { 0 };
+	memcpy(k, id, 16);
+	k[16 + 6] = 0x07;
+	k[16 + 7] = 0xd0; /* the chunk at offset 2000 */
+	MDB_val key = { 24, k }, val = { sizeof(junk), junk };
+	ck_assert_int_eq(mdb_put(txn, st->bchunk, &key, &val, 0), 0);
+	ck_assert_int_eq(mdb_txn_commit(txn), 0);
+	ck_assert_int_eq(inbox_store_read_begin(st, &txn), SP_OK);
+	ck_assert_int_eq(inbox_store_blob_sha256(st, txn, id, 5000, got), SP_OK);
+	inbox_store_read_end(txn);
+	ck_assert_mem_eq(got, sha, 32);
+}
+END_TEST
+
 START_TEST(blob_ttl)
 {
 	uint8_t a[16] = { 0xa }, b[16] = { 0xb };
@@ -966,6 +995,7 @@ suite(void)
 	tcase_add_test(tc, purge_keeps_seqs_monotonic);
 	tcase_add_test(tc, ttl_sweep_in_bounded_batches);
 	tcase_add_test(tc, blob_resume_verify_read_delete);
+	tcase_add_test(tc, blob_hash_incremental);
 	tcase_add_test(tc, blob_ttl);
 	tcase_add_test(tc, lsn_counts_applied_ops_and_checks_replays);
 	tcase_add_test(tc, reopen_keeps_everything);
