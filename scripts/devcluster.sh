@@ -6,7 +6,7 @@
 # ones from scripts/certs.sh (certs/internal/: etcd serves https to members with a
 # certificate of the cluster root; inbox copies replicate over mutual TLS).
 #
-#   scripts/devcluster.sh up|down|status|logs [NAME]|restart NAME|otp PHONE|env
+#   scripts/devcluster.sh up|down|status|logs [NAME]|restart NAME|otp PHONE|env|drain NAME [ROUTER]|undrain NAME [ROUTER]
 #
 # State lives in $SP_DEVCLUSTER_DIR (default .devcluster/): env (shell-sourceable),
 # pids/<name>.pid, logs/, data/<name>/, certs/. Ports start at $SP_PORT_BASE (default
@@ -39,6 +39,8 @@ port_routerb_http=$((base + 6)) port_routerb_rep=$((base + 7)) port_routerb_pub=
 router_http() { case $1 in router-a) echo "$port_router_http" ;; *) echo "$port_routerb_http" ;; esac; }
 router_rep() { case $1 in router-a) echo "$port_router_rep" ;; *) echo "$port_routerb_rep" ;; esac; }
 router_pub() { case $1 in router-a) echo "$port_router_pub" ;; *) echo "$port_routerb_pub" ;; esac; }
+# Each router's admin listener (POST /drain, /undrain with the token in $dir/admin-token).
+router_admin() { case $1 in router-a) echo $((base + 9)) ;; *) echo $((base + 39)) ;; esac; }
 port_keysrv=$((base + 10))
 # Copy j (0..2) of shard i (0..2) is number 3i + j.
 copy_no() { local n=${1#inbox-}; echo $((3 * ${n:0:1} + $(printf '%d' "'${n:1:1}") - 97)); }
@@ -155,7 +157,7 @@ cmdline() {
 	redis) echo "redis-server --port $port_redis --bind 127.0.0.1 --save '' --appendonly no --dir $dir/data" ;;
 	etcd) local c=$dir/certs/internal
 		echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls https://127.0.0.1:$port_etcd --advertise-client-urls https://127.0.0.1:$port_etcd --cert-file $c/etcd.pem --key-file $c/etcd.key --trusted-ca-file $c/root-ca.pem --client-cert-auth --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
-	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tcp://127.0.0.1:$(router_rep "$1") --publish tcp://127.0.0.1:$(router_pub "$1") --http-port $(router_http "$1") $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
+	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tcp://127.0.0.1:$(router_rep "$1") --publish tcp://127.0.0.1:$(router_pub "$1") --http-port $(router_http "$1") --admin-port $(router_admin "$1") --admin-token-file $dir/admin-token $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
 	keysrv) echo "$bin/keysrv --data-dir $dir/data/keysrv --listen tcp://127.0.0.1:$port_keysrv --metrics-port -1 --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name keysrv" ;;
 	inbox-[012][abc]) [[ " ${inbox_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies copies per shard"
 		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(inbox_repl "$1") --internal-cert $dir/certs/internal/$1.pem --internal-key $dir/certs/internal/$1.key --internal-ca $dir/certs/internal/inbox-ca.pem --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
@@ -229,9 +231,37 @@ wait_healthy() {
 	return 1
 }
 
+# The routers' operator token: random, readable by its owner only (the router refuses
+# anything more open). Kept across `up` so that running routers keep accepting it.
+make_admin_token() {
+	local t=$dir/admin-token
+	[ -s "$t" ] || (umask 077 && head -c 32 /dev/urandom | base64 -w0 >"$t")
+	chmod 600 "$t"
+}
+
+# POST /$1?name=$2 on the admin listener of router $3, or of the first router that
+# answers. The token goes to curl on stdin, not on its command line.
+admin_post() {
+	local t=$dir/admin-token r rc out
+	[[ "$2" =~ ^[A-Za-z0-9._-]+$ ]] || die "$1 NAME: a member name"
+	[ -f "$t" ] || die "no $t (run up first)"
+	for r in ${3:-${routers[@]}}; do
+		[[ " ${routers[*]} " == *" $r "* ]] || die "no router '$r' (one of: ${routers[*]})"
+		rc=0
+		out=$(printf 'Authorization: Bearer %s\n' "$(cat "$t")" | curl -sS --max-time 10 \
+			--fail-with-body -H @- -X POST "http://127.0.0.1:$(router_admin "$r")/$1?name=$2" 2>&1) || rc=$?
+		# 7: nothing listens there (that router is down): try the next one.
+		[ $rc = 7 ] && continue
+		echo "$r: $out"
+		return $rc
+	done
+	die "no router's admin listener answers"
+}
+
 cmd_up() {
 	ensure_built
 	write_config
+	make_admin_token
 	make_certs
 	make_internal_certs
 	start_one redis
@@ -252,6 +282,7 @@ Sealpost dev cluster is up (state in $dir).
   bin/sealpost --home /tmp/alice register +15550001
   scripts/devcluster.sh otp +15550001
 Routers http://127.0.0.1:$port_router_http and http://127.0.0.1:$port_routerb_http (/where, /map, /metrics); connsrvs on 127.0.0.1:$(conn_client 0) and :$(conn_client 1).
+Admin (token in $dir/admin-token): scripts/devcluster.sh drain|undrain connsrv-N.
 MSG
 }
 
@@ -323,5 +354,6 @@ restart) [ -n "${2:-}" ] || die "restart NAME"; cmdline "$2" >/dev/null
 otp) [ -n "${2:-}" ] || die "otp PHONE"; f="$dir/data/keysrv/otp/$2"
 	[ -f "$f" ] || die "no code for $2 (register it first)"; cat "$f"; echo ;;
 env) cat "$dir/env" ;;
-*) echo "usage: $0 up|down|status|logs [NAME]|restart NAME|otp PHONE|env" >&2; exit 2 ;;
+drain | undrain) [ -n "${2:-}" ] || die "$1 NAME [ROUTER]"; admin_post "$1" "$2" "${3:-}" ;;
+*) echo "usage: $0 up|down|status|logs [NAME]|restart NAME|otp PHONE|env|drain NAME [ROUTER]|undrain NAME [ROUTER]" >&2; exit 2 ;;
 esac
