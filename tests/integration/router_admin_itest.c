@@ -322,6 +322,7 @@ refuses(const char **extra, const char *why)
 	CHECK(log && strstr(log, why), "no '%s' in its log: %s", why, log ? log : "(none)");
 	CHECK(!strstr(log, token), "the token is in the log");
 out:
+	kill_router(SIGKILL); /* one that started by mistake */
 	free(log);
 }
 
