@@ -1,6 +1,9 @@
-/* The router's HTTP side (evhttp on the router loop): client bootstrap (/where), the map
- * as JSON, draining, health and metrics. Answers are JSON except /metrics. */
+/* The router's HTTP side (evhttp on the router loop). Two listeners: the public one for
+ * client bootstrap (/where), health, metrics and (unless public-map is off) the map; the
+ * admin one, where every request needs the operator token, for draining, the map and
+ * health. Answers are JSON except /metrics. */
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -18,7 +21,9 @@
 
 struct router_http {
 	router *r;
-	struct evhttp *http;
+	struct evhttp *http;	   /* public */
+	struct evhttp *admin;	   /* NULL: no admin listener */
+	router_admin_token *token; /* NULL with admin-no-token */
 };
 
 /* Sends `body` (a new reference, consumed) as the JSON answer. */
@@ -234,50 +239,205 @@ on_metrics(struct evhttp_request *req, void *arg)
 static void
 on_other(struct evhttp_request *req, void *arg)
 {
-	(void)arg;
+	router_http *h = arg;
 	send_err(req, 404, "Not Found",
-		 "try /where, /map, /health, /metrics, POST /drain?name= or /undrain?name=");
+		 h->admin ? "try /where, /map, /health, /metrics (draining is on the admin listener)"
+			  : "try /where, /map, /health, /metrics");
+}
+
+/* An admin endpoint asked on the public listener: refused whatever the method, so that a
+ * caller learns where to go and nothing else. */
+static void
+on_admin_only(struct evhttp_request *req, void *arg)
+{
+	router *r = arg;
+	sp_metric_inc(r->m_admin_refused[ROUTER_ADMIN_REFUSED_PUBLIC]);
+	send_err(req, 403, "Forbidden",
+		 "served only on the router's admin listener (admin-addr, admin-port), with the "
+		 "operator token");
+}
+
+/* The admin listener's endpoints. */
+static const struct {
+	const char *path;
+	void (*fn)(struct evhttp_request *req, void *r);
+} admin_routes[] = {
+	{"/drain", on_drain},
+	{"/undrain", on_undrain},
+	{"/map", on_map},
+	{"/health", on_health},
+};
+
+/* Whether `req` carries the operator token; if not, answers 401, counts and logs it (at
+ * most once a second: a scan must not flood the log). */
+static bool
+admin_authorized(router_http *h, struct evhttp_request *req)
+{
+	static sp_log_limit lim;
+	if (!h->token)
+		return true;
+	const char *auth =
+		evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	router_admin_auth a = router_admin_check(h->token, auth);
+	if (a == ROUTER_ADMIN_OK)
+		return true;
+	bool none = a == ROUTER_ADMIN_NO_TOKEN;
+	sp_metric_inc(h->r->m_admin_refused[none ? ROUTER_ADMIN_REFUSED_NO_TOKEN
+						   : ROUTER_ADMIN_REFUSED_BAD_TOKEN]);
+	char *peer = NULL;
+	ev_uint16_t peer_port = 0;
+	struct evhttp_connection *conn = evhttp_request_get_connection(req);
+	if (conn)
+		evhttp_connection_get_peer(conn, &peer, &peer_port);
+	sp_log_limited(&lim, SP_LOG_WARN, "admin request from %s:%u refused: %s",
+		       peer ? peer : "?", (unsigned)peer_port,
+		       none ? "no bearer token" : "wrong token");
+	evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+			  "Bearer realm=\"sealpost-router-admin\"");
+	send_err(req, 401, "Unauthorized",
+		 none ? "an operator token is required (Authorization: Bearer TOKEN)"
+		      : "wrong operator token");
+	return false;
+}
+
+/* Every admin request: authenticated first (unknown paths too, so that an unauthenticated
+ * caller learns nothing), then dispatched by path. */
+static void
+on_admin(struct evhttp_request *req, void *arg)
+{
+	router_http *h = arg;
+	if (!admin_authorized(h, req))
+		return;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	for (size_t i = 0; path && i < sizeof(admin_routes) / sizeof(admin_routes[0]); i++)
+		if (strcmp(path, admin_routes[i].path) == 0) {
+			admin_routes[i].fn(req, h->r);
+			return;
+		}
+	send_err(req, 404, "Not Found",
+		 "try POST /drain?name=, POST /undrain?name=, GET /map, GET /health");
+}
+
+/* Limits shared by both listeners: requests are small, and slow clients are cut off. */
+static struct evhttp *
+http_new(router *r)
+{
+	struct evhttp *http = evhttp_new(r->base);
+	if (!http)
+		return NULL;
+	evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+	evhttp_set_max_headers_size(http, 8192);
+	evhttp_set_max_body_size(http, 4096);
+	evhttp_set_timeout(http, 30);
+	return http;
+}
+
+/* Binds `http` to addr:port; *bound is the port bound (useful with port 0). */
+static int
+http_bind(struct evhttp *http, const char *addr, int port, int *bound)
+{
+	struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(http, addr, (ev_uint16_t)port);
+	if (!bs)
+		return SP_EIO;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	*bound = port;
+	if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET)
+			*bound = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+		else if (ss.ss_family == AF_INET6)
+			*bound = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	}
+	return SP_OK;
+}
+
+/* A numeric loopback address (127.0.0.0/8 or ::1). */
+static bool
+is_loopback(const char *addr)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	if (inet_pton(AF_INET, addr, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	return inet_pton(AF_INET6, addr, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+/* The admin listener, as the options say: none without a token file (unless
+ * admin-no-token), and without a token only on loopback. */
+static int
+admin_start(router_http *h, const router_config *cfg, char *err, size_t errlen)
+{
+	router *r = h->r;
+	int rc;
+	r->admin_port = -1;
+	if (cfg->admin_port < 0)
+		return SP_OK;
+	if (cfg->admin_token_file && cfg->admin_no_token) {
+		snprintf(err, errlen, "admin-token-file and admin-no-token exclude each other");
+		return SP_ECONFIG;
+	}
+	if (!cfg->admin_token_file && !cfg->admin_no_token) {
+		sp_warn("no admin listener: admin-token-file is not set (POST /drain and /undrain "
+			"are unavailable; admin-port -1 silences this)");
+		return SP_OK;
+	}
+	if (cfg->admin_no_token && !is_loopback(cfg->admin_addr)) {
+		snprintf(err, errlen,
+			 "admin-no-token needs a numeric loopback admin-addr (127.0.0.1 or ::1), "
+			 "not %s: give an admin-token-file",
+			 cfg->admin_addr);
+		return SP_ECONFIG;
+	}
+	if (cfg->admin_token_file &&
+	    (rc = router_admin_token_load(cfg->admin_token_file, &h->token, err, errlen)))
+		return rc;
+	if (!(h->admin = http_new(r)))
+		return SP_ENOMEM;
+	evhttp_set_gencb(h->admin, on_admin, h);
+	if (http_bind(h->admin, cfg->admin_addr, cfg->admin_port, &r->admin_port)) {
+		snprintf(err, errlen, "cannot listen for admin HTTP on %s:%d", cfg->admin_addr,
+			 cfg->admin_port);
+		return SP_EIO;
+	}
+	if (!h->token)
+		sp_warn("admin listener on %s:%d WITHOUT a token (admin-no-token): any local user "
+			"can drain connection servers",
+			cfg->admin_addr, r->admin_port);
+	return SP_OK;
 }
 
 int
-router_http_start(router *r, const char *addr, int port, router_http **out, int *bound_port)
+router_http_start(router *r, const router_config *cfg, router_http **out, char *err,
+		  size_t errlen)
 {
+	int rc;
 	router_http *h = calloc(1, sizeof(*h));
 	if (!h)
 		return SP_ENOMEM;
 	h->r = r;
-	if (!(h->http = evhttp_new(r->base))) {
-		free(h);
-		return SP_ENOMEM;
-	}
-	evhttp_set_allowed_methods(h->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
-	evhttp_set_max_headers_size(h->http, 8192);
-	evhttp_set_max_body_size(h->http, 4096);
-	evhttp_set_timeout(h->http, 30);
+	rc = SP_ENOMEM;
+	if (!(h->http = http_new(r)))
+		goto fail;
 	evhttp_set_cb(h->http, "/where", on_where, r);
-	evhttp_set_cb(h->http, "/map", on_map, r);
-	evhttp_set_cb(h->http, "/drain", on_drain, r);
-	evhttp_set_cb(h->http, "/undrain", on_undrain, r);
+	evhttp_set_cb(h->http, "/map", cfg->public_map ? on_map : on_admin_only, r);
+	evhttp_set_cb(h->http, "/drain", on_admin_only, r);
+	evhttp_set_cb(h->http, "/undrain", on_admin_only, r);
 	evhttp_set_cb(h->http, "/health", on_health, r);
 	evhttp_set_cb(h->http, "/metrics", on_metrics, r);
-	evhttp_set_gencb(h->http, on_other, r);
-	struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(h->http, addr, (ev_uint16_t)port);
-	if (!bs) {
-		sp_error("cannot listen for HTTP on %s:%d", addr, port);
-		router_http_free(h);
-		return SP_EIO;
-	}
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-	*bound_port = port;
-	if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss, &sl) == 0) {
-		if (ss.ss_family == AF_INET)
-			*bound_port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-		else if (ss.ss_family == AF_INET6)
-			*bound_port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+	evhttp_set_gencb(h->http, on_other, h);
+	if ((rc = admin_start(h, cfg, err, errlen)))
+		goto fail;
+	if ((rc = http_bind(h->http, cfg->http_addr, cfg->http_port, &r->http_port))) {
+		snprintf(err, errlen, "cannot listen for HTTP on %s:%d", cfg->http_addr,
+			 cfg->http_port);
+		goto fail;
 	}
 	*out = h;
 	return SP_OK;
+fail:
+	router_http_free(h);
+	return rc;
 }
 
 void
@@ -287,5 +447,8 @@ router_http_free(router_http *h)
 		return;
 	if (h->http)
 		evhttp_free(h->http);
+	if (h->admin)
+		evhttp_free(h->admin);
+	router_admin_token_free(h->token);
 	free(h);
 }

@@ -10,6 +10,14 @@
 #include "sp_etcd.h"
 #include "sp_metrics.h"
 
+/* Why an admin request was refused (the reason label of sp_router_admin_refused_total). */
+typedef enum {
+	ROUTER_ADMIN_REFUSED_NO_TOKEN,	/* admin listener: no bearer credential */
+	ROUTER_ADMIN_REFUSED_BAD_TOKEN, /* admin listener: a credential that is not the token */
+	ROUTER_ADMIN_REFUSED_PUBLIC,	/* an admin endpoint asked on the public listener */
+	ROUTER_ADMIN_REFUSED_N
+} router_admin_refusal;
+
 struct event_base;
 struct sp_frame;
 struct event;
@@ -17,6 +25,7 @@ typedef struct router_server router_server;
 typedef struct router_http router_http;
 typedef struct router_etcd router_etcd;
 typedef struct router_store router_store;
+typedef struct router_admin_token router_admin_token;
 
 typedef struct router_config {
 	const char *cluster_file;
@@ -25,6 +34,11 @@ typedef struct router_config {
 	const char *publish_url;
 	const char *http_addr;
 	int http_port; /* 0: any free port */
+	const char *admin_addr;
+	int admin_port;		    /* -1: no admin listener; 0: any free port */
+	const char *admin_token_file; /* NULL: no admin listener, unless admin_no_token */
+	bool admin_no_token;	    /* admin listener without a token (loopback only) */
+	bool public_map;	    /* GET /map on the public listener too */
 	uint64_t heartbeat_timeout_ms;
 	const char *etcd_endpoints; /* NULL: no etcd mirror (every copy's role unknown) */
 	const char *etcd_ca, *etcd_cert, *etcd_key; /* PEM files for https and client auth */
@@ -45,9 +59,11 @@ typedef struct router {
 	bool status_pending;
 	uint64_t last_publish_ms;
 	int http_port; /* as bound */
+	int admin_port; /* as bound; -1: no admin listener */
 	uint64_t timeout_ms;
 	sp_metric *m_members[4][2]; /* [role][healthy] */
 	sp_metric *m_draining, *m_epoch, *m_heartbeats, *m_publishes, *m_where_ok, *m_where_none;
+	sp_metric *m_admin_refused[ROUTER_ADMIN_REFUSED_N]; /* by router_admin_refusal */
 } router;
 
 /* Monotonic milliseconds: the clock of heartbeat health. */
@@ -111,9 +127,30 @@ bool router_store_leader(router_store *s);
 /* Stops and joins the thread (revoking its lease), then frees. NULL is a no-op. */
 void router_store_free(router_store *s);
 
-/* HTTP side (http.c): /where, /map, /drain, /undrain, /health, /metrics. *bound_port is
- * the port actually bound (useful with port 0). */
-int router_http_start(router *r, const char *addr, int port, router_http **out, int *bound_port);
+/* HTTP side (http.c): the public listener (/where, /health, /metrics, and /map unless
+ * cfg->public_map is false) and the admin listener (/drain, /undrain, /map, /health, each
+ * only with the operator token). Sets r->http_port and r->admin_port to the ports bound
+ * (useful with port 0; admin_port -1 when there is no admin listener). SP_ECONFIG (a bad
+ * token file or admin option) or SP_EIO (cannot listen) with `err` set. On SP_OK *out is
+ * the caller's, freed with router_http_free. */
+int router_http_start(router *r, const router_config *cfg, router_http **out, char *err,
+		      size_t errlen);
 void router_http_free(router_http *h);
+
+/* The operator token (admin.c). */
+#define ROUTER_ADMIN_TOKEN_MIN 16
+#define ROUTER_ADMIN_TOKEN_MAX 512
+typedef enum { ROUTER_ADMIN_OK, ROUTER_ADMIN_NO_TOKEN, ROUTER_ADMIN_BAD_TOKEN } router_admin_auth;
+/* Reads the token from `path`: the file's content less trailing white space,
+ * ROUTER_ADMIN_TOKEN_MIN..MAX visible ASCII characters. Refuses (SP_ECONFIG, `err` naming
+ * the file and why, never the content) a file that is not regular or that group or others
+ * have any access to. On SP_OK *out is the caller's, freed with router_admin_token_free. */
+int router_admin_token_load(const char *path, router_admin_token **out, char *err, size_t errlen);
+/* Checks an Authorization header value (NULL: none) against the token: OK for
+ * "Bearer <token>" (scheme case-insensitive), NO_TOKEN when it holds no bearer credential,
+ * BAD_TOKEN otherwise. Takes the same time whatever part of the token matched. */
+router_admin_auth router_admin_check(const router_admin_token *t, const char *authorization);
+/* Wipes and frees; NULL is a no-op. */
+void router_admin_token_free(router_admin_token *t);
 
 #endif

@@ -12,9 +12,9 @@ int
 main(int argc, char **argv)
 {
 	char *cluster_file, *state_file, *listen_url, *publish_url, *http_addr, *log_level;
-	char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key;
-	long long http_port, timeout;
-	bool log_json;
+	char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key, *admin_addr, *admin_token_file;
+	long long http_port, admin_port, timeout;
+	bool log_json, admin_no_token, public_map;
 	char err[512];
 	const sp_config_opt opts[] = {
 		{"cluster-file", SP_CT_STR, &cluster_file, NULL,
@@ -26,8 +26,21 @@ main(int argc, char **argv)
 		{"publish", SP_CT_STR, &publish_url, "tcp://127.0.0.1:7202",
 		 "NNG PUB address for map changes", 0, 0},
 		{"http-addr", SP_CT_STR, &http_addr, "127.0.0.1",
-		 "HTTP address for /where, /map, /drain, /metrics", 0, 0},
+		 "public HTTP address for /where, /health, /metrics (and /map, see public-map)", 0, 0},
 		{"http-port", SP_CT_INT, &http_port, "7200", "HTTP port (0: any free port)", 0, 65535},
+		{"public-map", SP_CT_BOOL, &public_map, "true",
+		 "serve GET /map on the public listener too (it lists every member's internal "
+		 "address); false: on the admin listener only", 0, 0},
+		{"admin-addr", SP_CT_STR, &admin_addr, "127.0.0.1",
+		 "admin HTTP address for POST /drain, /undrain and GET /map, /health (operator "
+		 "token required)", 0, 0},
+		{"admin-port", SP_CT_INT, &admin_port, "7203",
+		 "admin HTTP port (0: any free port, -1: no admin listener)", -1, 65535},
+		{"admin-token-file", SP_CT_STR, &admin_token_file, NULL,
+		 "file holding the operator token (mode 0600 or stricter; without it and without "
+		 "admin-no-token there is no admin listener)", 0, 0},
+		{"admin-no-token", SP_CT_BOOL, &admin_no_token, "false",
+		 "run the admin listener without a token (only on a loopback admin-addr)", 0, 0},
 		{"heartbeat-timeout", SP_CT_INT, &timeout, "3000",
 		 "ms without a heartbeat before a member is unhealthy (members beat every 1000)", 1500,
 		 3600000},
@@ -73,6 +86,11 @@ main(int argc, char **argv)
 		.publish_url = publish_url,
 		.http_addr = http_addr,
 		.http_port = (int)http_port,
+		.admin_addr = admin_addr,
+		.admin_port = (int)admin_port,
+		.admin_token_file = admin_token_file && admin_token_file[0] ? admin_token_file : NULL,
+		.admin_no_token = admin_no_token,
+		.public_map = public_map,
 		.heartbeat_timeout_ms = (uint64_t)timeout,
 		.etcd_endpoints = etcd && etcd[0] ? etcd : NULL,
 		.etcd_cluster = etcd_cluster,

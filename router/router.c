@@ -161,6 +161,18 @@ register_metrics(router *r)
 					  "Client bootstrap answers");
 	r->m_where_none = sp_metric_counter("sp_router_where_total{result=\"none\"}",
 					    "Client bootstrap answers");
+	static const char *const refusals[ROUTER_ADMIN_REFUSED_N] = {
+		[ROUTER_ADMIN_REFUSED_NO_TOKEN] = "no_token",
+		[ROUTER_ADMIN_REFUSED_BAD_TOKEN] = "bad_token",
+		[ROUTER_ADMIN_REFUSED_PUBLIC] = "public_listener",
+	};
+	for (int i = 0; i < ROUTER_ADMIN_REFUSED_N; i++) {
+		snprintf(name, sizeof(name), "sp_router_admin_refused_total{reason=\"%s\"}",
+			 refusals[i]);
+		r->m_admin_refused[i] = sp_metric_counter(
+			name, "Admin requests refused: no or a wrong operator token, or asked on the "
+			      "public listener");
+	}
 }
 
 int
@@ -201,11 +213,8 @@ router_new(const router_config *cfg, router **out, char *err, size_t errlen)
 			 cfg->publish_url, sp_strerror(rc));
 		goto fail;
 	}
-	if ((rc = router_http_start(r, cfg->http_addr, cfg->http_port, &r->http, &r->http_port))) {
-		snprintf(err, errlen, "cannot listen for HTTP on %s:%d", cfg->http_addr,
-			 cfg->http_port);
+	if ((rc = router_http_start(r, cfg, &r->http, err, errlen)))
 		goto fail;
-	}
 	/* A quarter of the timeout: a silent member is noticed within 1.25 timeouts. */
 	struct timeval tv = {0, 0};
 	uint64_t period = cfg->heartbeat_timeout_ms / 4 ? cfg->heartbeat_timeout_ms / 4 : 1;
@@ -245,8 +254,9 @@ fail:
 int
 router_run(router *r)
 {
-	sp_info("router up: %zu members, epoch %llu, HTTP port %d", router_map_count(r->map),
-		(unsigned long long)router_map_epoch(r->map), r->http_port);
+	sp_info("router up: %zu members, epoch %llu, HTTP port %d, admin port %d",
+		router_map_count(r->map), (unsigned long long)router_map_epoch(r->map), r->http_port,
+		r->admin_port);
 	return event_base_dispatch(r->base) < 0 ? SP_EIO : SP_OK;
 }
 

@@ -7,7 +7,7 @@
 # ones from scripts/certs.sh (certs/internal/: etcd serves https to members with a
 # certificate of the cluster root; keysrv and inbox copies replicate over mutual TLS).
 #
-#   scripts/devcluster.sh up|down|status|logs [NAME]|restart NAME|otp PHONE|env
+#   scripts/devcluster.sh up|down|status|logs [NAME]|restart NAME|otp PHONE|env|drain NAME [ROUTER]|undrain NAME [ROUTER]
 #
 # State lives in $SP_DEVCLUSTER_DIR (default .devcluster/): env (shell-sourceable),
 # pids/<name>.pid, logs/, data/<name>/, certs/. Ports start at $SP_PORT_BASE (default
@@ -47,6 +47,8 @@ keys_no() { echo $(($(printf '%d' "'${1#keysrv-}") - 97)); }
 keys_port() { echo $((base + 61 + $(keys_no "$1"))); }
 keys_repl() { echo $((base + 64 + $(keys_no "$1"))); }
 keys_metrics() { echo $((base + 67 + $(keys_no "$1"))); }
+# Each router's admin listener (POST /drain, /undrain with the token in $dir/admin-token).
+router_admin() { case $1 in router-a) echo $((base + 9)) ;; *) echo $((base + 39)) ;; esac; }
 # Copy j (0..2) of shard i (0..2) is number 3i + j.
 copy_no() { local n=${1#inbox-}; echo $((3 * ${n:0:1} + $(printf '%d' "'${n:1:1}") - 97)); }
 inbox_port() { echo $((base + 20 + $(copy_no "$1"))); }
@@ -188,7 +190,7 @@ cmdline() {
 	redis) echo "redis-server $dir/redis.conf" ;;
 	etcd) local c=$dir/certs/internal
 		echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls https://127.0.0.1:$port_etcd --advertise-client-urls https://127.0.0.1:$port_etcd --cert-file $c/etcd.pem --key-file $c/etcd.key --trusted-ca-file $c/root-ca.pem --client-cert-auth --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
-	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tcp://127.0.0.1:$(router_rep "$1") --publish tcp://127.0.0.1:$(router_pub "$1") --http-port $(router_http "$1") $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
+	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tcp://127.0.0.1:$(router_rep "$1") --publish tcp://127.0.0.1:$(router_pub "$1") --http-port $(router_http "$1") --admin-port $(router_admin "$1") --admin-token-file $dir/admin-token $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
 	# Every copy writes codes to one directory (only the primary sends them).
 	keysrv-[abc]) [[ " ${keys_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies key store copies"
 		echo "$bin/keysrv --data-dir $dir/data/$1 --otp-dir $dir/data/keysrv/otp --listen tcp://127.0.0.1:$(keys_port "$1") --metrics-port $(keys_metrics "$1") --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(keys_repl "$1") --internal-cert $dir/certs/internal/$1.pem --internal-key $dir/certs/internal/$1.key --internal-ca $dir/certs/internal/keysrv-ca.pem --min-copies $min_copies ${SP_KEYSRV_ARGS:-}" ;;
@@ -266,9 +268,37 @@ wait_healthy() {
 	return 1
 }
 
+# The routers' operator token: random, readable by its owner only (the router refuses
+# anything more open). Kept across `up` so that running routers keep accepting it.
+make_admin_token() {
+	local t=$dir/admin-token
+	[ -s "$t" ] || (umask 077 && head -c 32 /dev/urandom | base64 -w0 >"$t")
+	chmod 600 "$t"
+}
+
+# POST /$1?name=$2 on the admin listener of router $3, or of the first router that
+# answers. The token goes to curl on stdin, not on its command line.
+admin_post() {
+	local t=$dir/admin-token r rc out
+	[[ "$2" =~ ^[A-Za-z0-9._-]+$ ]] || die "$1 NAME: a member name"
+	[ -f "$t" ] || die "no $t (run up first)"
+	for r in ${3:-${routers[@]}}; do
+		[[ " ${routers[*]} " == *" $r "* ]] || die "no router '$r' (one of: ${routers[*]})"
+		rc=0
+		out=$(printf 'Authorization: Bearer %s\n' "$(cat "$t")" | curl -sS --max-time 10 \
+			--fail-with-body -H @- -X POST "http://127.0.0.1:$(router_admin "$r")/$1?name=$2" 2>&1) || rc=$?
+		# 7: nothing listens there (that router is down): try the next one.
+		[ $rc = 7 ] && continue
+		echo "$r: $out"
+		return $rc
+	done
+	die "no router's admin listener answers"
+}
+
 cmd_up() {
 	ensure_built
 	write_config
+	make_admin_token
 	make_certs
 	make_internal_certs
 	make_redis_conf
@@ -290,6 +320,7 @@ Sealpost dev cluster is up (state in $dir).
   bin/sealpost --home /tmp/alice register +15550001
   scripts/devcluster.sh otp +15550001
 Routers http://127.0.0.1:$port_router_http and http://127.0.0.1:$port_routerb_http (/where, /map, /metrics); connsrvs on 127.0.0.1:$(conn_client 0) and :$(conn_client 1).
+Admin (token in $dir/admin-token): scripts/devcluster.sh drain|undrain connsrv-N.
 MSG
 }
 
@@ -362,5 +393,6 @@ restart) [ -n "${2:-}" ] || die "restart NAME"; cmdline "$2" >/dev/null
 otp) [ -n "${2:-}" ] || die "otp PHONE"; f="$dir/data/keysrv/otp/$2"
 	[ -f "$f" ] || die "no code for $2 (register it first)"; cat "$f"; echo ;;
 env) cat "$dir/env" ;;
-*) echo "usage: $0 up|down|status|logs [NAME]|restart NAME|otp PHONE|env" >&2; exit 2 ;;
+drain | undrain) [ -n "${2:-}" ] || die "$1 NAME [ROUTER]"; admin_post "$1" "$2" "${3:-}" ;;
+*) echo "usage: $0 up|down|status|logs [NAME]|restart NAME|otp PHONE|env|drain NAME [ROUTER]|undrain NAME [ROUTER]" >&2; exit 2 ;;
 esac

@@ -1,5 +1,6 @@
 /* The real bin/router with a member (sp_cluster, in this process) as connsrv-0: heartbeats
- * make it healthy, /where returns it, a drain over HTTP reaches the member with a higher
+ * make it healthy, /where returns it, a drain over the admin listener (with the operator
+ * token) reaches the member with a higher
  * epoch, the member keeps its map while the router is SIGKILLed, and a restarted router
  * carries on with a higher epoch and the drain remembered. Also hostile NNG requests. */
 #include <arpa/inet.h>
@@ -40,16 +41,19 @@ static int passed, failed;
 		}                                                         \
 	} while (0)
 
-static char dir[64], cluster_path[128], log_path[128], bin[256];
-static int p_rep, p_pub, p_http;
+static char dir[64], cluster_path[128], log_path[128], token_path[128], bin[256];
+static int p_rep, p_pub, p_http, p_admin;
 static char rep_url[64], pub_url[64];
 static pid_t router_pid = -1;
+/* The operator token of the admin listener. */
+#define TOKEN "router-cluster-itest-operator-token"
 
-/* One HTTP/1.0 exchange on loopback. Returns the status (or -1) and the body in `body`. */
+/* One HTTP/1.0 exchange on loopback `port` (the admin port: with the operator token).
+ * Returns the status (or -1) and the body in `body`. */
 static int
-http(const char *method, const char *path, char *body, size_t cap)
+http_on(int port, const char *method, const char *path, char *body, size_t cap)
 {
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p_http),
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
 				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	struct timeval tv = {5, 0};
 	char buf[65536];
@@ -63,8 +67,8 @@ http(const char *method, const char *path, char *body, size_t cap)
 		close(fd);
 		return -1;
 	}
-	int len = snprintf(buf, sizeof(buf), "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
-			   method, path);
+	int len = snprintf(buf, sizeof(buf), "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\n%sContent-Length: 0\r\n\r\n",
+			   method, path, port == p_admin ? "Authorization: Bearer " TOKEN "\r\n" : "");
 	if (write(fd, buf, (size_t)len) != len) {
 		close(fd);
 		return -1;
@@ -82,6 +86,20 @@ http(const char *method, const char *path, char *body, size_t cap)
 	return status;
 }
 
+/* On the public listener. */
+static int
+http(const char *method, const char *path, char *body, size_t cap)
+{
+	return http_on(p_http, method, path, body, cap);
+}
+
+/* On the admin listener. */
+static int
+admin(const char *method, const char *path, char *body, size_t cap)
+{
+	return http_on(p_admin, method, path, body, cap);
+}
+
 static json_t *
 http_json(const char *method, const char *path, int *status)
 {
@@ -95,10 +113,11 @@ http_json(const char *method, const char *path, int *status)
 static int
 start_router(void)
 {
-	char a_rep[80], a_pub[80], a_http[16];
+	char a_rep[80], a_pub[80], a_http[16], a_admin[16];
 	snprintf(a_rep, sizeof(a_rep), "--listen=%s", rep_url);
 	snprintf(a_pub, sizeof(a_pub), "--publish=%s", pub_url);
 	snprintf(a_http, sizeof(a_http), "%d", p_http);
+	snprintf(a_admin, sizeof(a_admin), "%d", p_admin);
 	pid_t pid = fork();
 	if (pid < 0)
 		return -1;
@@ -109,6 +128,7 @@ start_router(void)
 			dup2(fd, 2);
 		}
 		execl(bin, bin, "--cluster-file", cluster_path, a_rep, a_pub, "--http-port", a_http,
+		      "--admin-port", a_admin, "--admin-token-file", token_path,
 		      "--heartbeat-timeout", "1500", "--log-level", "debug", (char *)NULL);
 		_exit(127);
 	}
@@ -286,6 +306,11 @@ main(void)
 	}
 	snprintf(cluster_path, sizeof(cluster_path), "%s/cluster.ini", dir);
 	snprintf(log_path, sizeof(log_path), "%s/router.log", dir);
+	snprintf(token_path, sizeof(token_path), "%s/admin-token", dir);
+	int tfd = open(token_path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+	CHECK(tfd >= 0 && write(tfd, TOKEN "\n", sizeof(TOKEN)) == (ssize_t)sizeof(TOKEN),
+	      "token file");
+	close(tfd);
 	atexit(at_exit);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -294,6 +319,7 @@ main(void)
 		p_rep = test_free_port();
 		p_pub = test_free_port();
 		p_http = test_free_port();
+		p_admin = test_free_port();
 		snprintf(rep_url, sizeof(rep_url), "tcp://127.0.0.1:%d", p_rep);
 		snprintf(pub_url, sizeof(pub_url), "tcp://127.0.0.1:%d", p_pub);
 		FILE *f = fopen(cluster_path, "w");
@@ -353,13 +379,15 @@ main(void)
 
 	/* Drain: the member sees itself draining in a newer map; /where has nobody. */
 	uint64_t before = member_epoch(c);
-	CHECK(http("POST", "/drain?name=connsrv-0", body, sizeof(body)) == 200, "drain: %s", body);
+	CHECK(http("POST", "/drain?name=connsrv-0", body, sizeof(body)) == 403,
+	      "drain on the public listener: %s", body);
+	CHECK(admin("POST", "/drain?name=connsrv-0", body, sizeof(body)) == 200, "drain: %s", body);
 	CHECK(wait_self(true, true, before), "the member never saw its drain");
 	CHECK(http("GET", "/where", body, sizeof(body)) == 503, "where while draining: %s", body);
-	CHECK(http("POST", "/drain?name=ghost", body, sizeof(body)) == 404, "drain ghost");
-	CHECK(http("POST", "/drain?name=keysrv", body, sizeof(body)) == 400, "drain keysrv");
-	CHECK(http("POST", "/drain", body, sizeof(body)) == 400, "drain without name");
-	CHECK(http("GET", "/drain?name=connsrv-0", body, sizeof(body)) == 405, "drain by GET");
+	CHECK(admin("POST", "/drain?name=ghost", body, sizeof(body)) == 404, "drain ghost");
+	CHECK(admin("POST", "/drain?name=keysrv", body, sizeof(body)) == 400, "drain keysrv");
+	CHECK(admin("POST", "/drain", body, sizeof(body)) == 400, "drain without name");
+	CHECK(admin("GET", "/drain?name=connsrv-0", body, sizeof(body)) == 405, "drain by GET");
 
 	/* The router dies: the member keeps its map (and its ring) all the while. */
 	uint64_t last = member_epoch(c);
@@ -379,7 +407,7 @@ main(void)
 	CHECK(member_epoch(c) > last, "epoch went backwards");
 	CHECK(http("GET", "/where", body, sizeof(body)) == 503, "where while still draining");
 
-	CHECK(http("POST", "/undrain?name=connsrv-0", body, sizeof(body)) == 200, "undrain");
+	CHECK(admin("POST", "/undrain?name=connsrv-0", body, sizeof(body)) == 200, "undrain");
 	CHECK(wait_self(true, false, last), "undrain never reached the member");
 	j = http_json("GET", "/where", &st);
 	CHECK(st == 200 && j && strcmp(json_string_value(json_object_get(j, "name")), "connsrv-0") == 0,
@@ -403,6 +431,7 @@ out:
 	snprintf(p, sizeof(p), "%s/cluster.ini.state", dir);
 	unlink(p);
 	unlink(cluster_path);
+	unlink(token_path);
 	unlink(log_path);
 	rmdir(dir);
 	printf("%d passed, %d failed\n", passed, failed);

@@ -46,6 +46,12 @@ devcluster(itest_cluster *c, const char *args)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
+int
+itest_devcluster(itest_cluster *c, const char *args)
+{
+	return devcluster(c, args);
+}
+
 void
 itest_cluster_up(itest_cluster *c)
 {

@@ -41,6 +41,9 @@ void itest_cluster_down(itest_cluster *c);
 void itest_signal(itest_cluster *c, const char *name, int sig);
 /* Starts a stopped process again with the same configuration; waits for its port. */
 void itest_restart(itest_cluster *c, const char *name);
+/* Runs scripts/devcluster.sh with `args` (e.g. "drain connsrv-1 router-b") on the
+ * cluster; returns its exit status. */
+int itest_devcluster(itest_cluster *c, const char *args);
 /* Runs a shell command with the cluster's env sourced; returns its exit status. */
 int itest_sh(itest_cluster *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
