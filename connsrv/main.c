@@ -24,6 +24,7 @@
 #include "connsrv/receipts.h"
 #include "sp_config.h"
 #include "sp_error.h"
+#include "sp_internal.h"
 #include "sp_log.h"
 #include "sp_time.h"
 #include "sp_tls.h"
@@ -32,6 +33,7 @@ static char *log_level;
 static bool log_json;
 
 static cs_cfg cfg;
+static sp_internal_opts internal;
 
 /* The concerns' links to each other (see cs_ops). */
 static const cs_ops ops = {
@@ -76,6 +78,7 @@ static const sp_config_opt opts[] = {
 	{"drain-timeout", SP_CT_INT, &cfg.drain_timeout_ms, "5000", "ms SIGTERM waits for calls in flight", 0, 600000},
 	{"log-level", SP_CT_STR, &log_level, "info", "debug|info|warn|error", 0, 0},
 	{"log-json", SP_CT_BOOL, &log_json, "false", "log JSON lines", 0, 0},
+	SP_INTERNAL_OPTS(&internal),
 	{NULL, 0, NULL, NULL, NULL, 0, 0},
 };
 
@@ -419,7 +422,14 @@ main(int argc, char **argv)
 	if (sodium_init() < 0)
 		return 1;
 	signal(SIGPIPE, SIG_IGN);
+	/* Before the fork: the workers inherit the identity and the check. */
+	const char *urls[] = {cfg.pull, cfg.advertise, cfg.router, cfg.router_pub};
+	if ((rc = sp_internal_start(&internal, urls, 4))) {
+		sp_config_free(opts);
+		return rc == SP_ECONFIG ? 2 : 1;
+	}
 	rc = cfg.workers > 1 ? run_master() : run_worker();
+	sp_internal_stop();
 	sp_config_free(opts);
 	return rc;
 }
