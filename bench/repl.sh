@@ -18,6 +18,10 @@ bin=$root/bin
 dc=$root/scripts/devcluster.sh
 export SP_DEVCLUSTER_DIR=${SP_DEVCLUSTER_DIR:-$root/.devcluster-bench}
 export SP_PORT_BASE=${SP_PORT_BASE:-17500}
+# devcluster's links are plain tcp:// until it makes a certificate per member
+# (docs/SECURITY.md "Internal links"): the servers take --insecure-internal from here.
+export SEALPOST_ROUTER_INSECURE_INTERNAL=1 SEALPOST_KEYSRV_INSECURE_INTERNAL=1
+export SEALPOST_INBOXSRV_INSECURE_INTERNAL=1 SEALPOST_CONNSRV_INSECURE_INTERNAL=1
 export SEALPOST_CONNSRV_SEND_RATE=1000000 SEALPOST_CONNSRV_SEND_BURST=1000000
 # The load comes from a few loopback addresses: the per-source pre-login limits
 # (docs/CONNSRV.md) are lifted so that they do not set the figures.

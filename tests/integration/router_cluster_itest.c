@@ -109,7 +109,8 @@ start_router(void)
 			dup2(fd, 2);
 		}
 		execl(bin, bin, "--cluster-file", cluster_path, a_rep, a_pub, "--http-port", a_http,
-		      "--heartbeat-timeout", "1500", "--log-level", "debug", (char *)NULL);
+		      "--heartbeat-timeout", "1500", "--log-level", "debug", "--insecure-internal",
+		      (char *)NULL);
 		_exit(127);
 	}
 	router_pid = pid;

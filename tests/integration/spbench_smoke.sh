@@ -10,6 +10,10 @@ bin=${SP_BIN:-bin}
 dc=${SPBENCH_DEVCLUSTER:-$root/scripts/devcluster.sh}
 dir=$(mktemp -d /tmp/sp-spbench-XXXXXX)
 export SP_DEVCLUSTER_DIR=$dir SP_BIN=$bin
+# devcluster's links are plain tcp:// until it makes a certificate per member
+# (docs/SECURITY.md "Internal links"): the servers take --insecure-internal from here.
+export SEALPOST_ROUTER_INSECURE_INTERNAL=1 SEALPOST_KEYSRV_INSECURE_INTERNAL=1
+export SEALPOST_INBOXSRV_INSECURE_INTERNAL=1 SEALPOST_CONNSRV_INSECURE_INTERNAL=1
 # Benchmark senders exceed the default per-device send rate.
 export SEALPOST_CONNSRV_SEND_RATE=1000000 SEALPOST_CONNSRV_SEND_BURST=1000000
 

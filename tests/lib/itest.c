@@ -40,7 +40,12 @@ static int
 devcluster(itest_cluster *c, const char *args)
 {
 	char cmd[1024];
-	snprintf(cmd, sizeof(cmd), "SP_DEVCLUSTER_DIR=%s SP_PORT_BASE=%d SP_BIN=%s %s/scripts/devcluster.sh %s",
+	/* devcluster's links are plain tcp:// until it makes a certificate per member: the
+	 * servers take --insecure-internal from their environment (SEALPOST_<TIER>_...). */
+	snprintf(cmd, sizeof(cmd),
+		 "SEALPOST_ROUTER_INSECURE_INTERNAL=1 SEALPOST_KEYSRV_INSECURE_INTERNAL=1 "
+		 "SEALPOST_INBOXSRV_INSECURE_INTERNAL=1 SEALPOST_CONNSRV_INSECURE_INTERNAL=1 "
+		 "SP_DEVCLUSTER_DIR=%s SP_PORT_BASE=%d SP_BIN=%s %s/scripts/devcluster.sh %s",
 		 c->dir, c->base, bindir(), root(), args);
 	int st = system(cmd);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
