@@ -114,7 +114,7 @@ snap_probe(int p, const char *dir, const char *name)
 	char c[160], k[160];
 	snprintf(c, sizeof(c), "%s/%s.pem", dir, name);
 	snprintf(k, sizeof(k), "%s/%s.key", dir, name);
-	sp_nng_tls tls = { c, k, ca };
+	sp_nng_tls tls = { c, k, ca, NULL };
 	CHECK(sp_nng_tls_init(&tls) == SP_OK, "tls init");
 	nng_socket s;
 	CHECK(sp_nng_req_open(&s, repl_url[p], 3000, 0) == SP_OK, "dial");
