@@ -12,6 +12,10 @@
  * and dropped does not move). The same probes with the right role's certificate do get
  * through, so the refusals are the handshake's.
  *
+ * keysrv copies replicate over mutual TLS too: two copies with min-copies 2 answer a
+ * write (so the replica fetched the log), and a connsrv certificate, welcome on keysrv's
+ * request socket, gets nothing from its replication endpoint (--repl-peer-ca).
+ *
  * Last, each binary started with a tcp:// internal URL and no --insecure-internal exits
  * non-zero and says why; with the flag it starts and warns.
  */
@@ -31,6 +35,7 @@
 #include <nng/protocol/reqrep0/req.h>
 #include <nng/supplemental/tls/tls.h>
 
+#include "etcd_proc.h"
 #include "itest.h"
 #include "sp_error.h"
 #include "sp_frame.h"
@@ -64,6 +69,9 @@ static proc P[NPROCS] = {
 };
 static char dir[64], certs[128];
 static int checks;
+/* Two keysrv copies and their etcd. */
+static proc K[2] = { { "keys-a", 0, "" }, { "keys-b", 0, "" } };
+static etcd_proc E;
 
 static void
 stop(proc *p)
@@ -80,6 +88,10 @@ cleanup(void)
 {
 	for (int i = NPROCS; i-- > 0;)
 		stop(&P[i]);
+	stop(&K[0]);
+	stop(&K[1]);
+	if (E.pid > 0)
+		etcd_proc_stop(&E);
 	if (dir[0] && !getenv("SP_KEEP_CLUSTER")) {
 		char cmd[128];
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
@@ -277,6 +289,59 @@ pull_dropped(int metrics_port)
 	return v;
 }
 
+/* ---- keysrv replication ---- */
+
+static void
+keysrv_copies(void)
+{
+	char url[2][64], repl[2][64], data[2][160];
+	CHECK(etcd_proc_start(&E) == 0, "etcd");
+	for (int i = 0; i < 2; i++) {
+		snprintf(url[i], sizeof(url[i]), "tls+tcp://127.0.0.1:%d", test_free_port());
+		snprintf(repl[i], sizeof(repl[i]), "tls+tcp://127.0.0.1:%d", test_free_port());
+		snprintf(data[i], sizeof(data[i]), "%s/%s", dir, K[i].name);
+		char *argv[] = { (char *)bin("keysrv"), "--data-dir", data[i], "--listen", url[i],
+			"--metrics-port", "-1", "--name", (char *)K[i].name, "--etcd", E.endpoint,
+			"--repl-listen", repl[i], "--min-copies", "2", "--internal-cert",
+			(char *)cert(K[i].name, "pem"), "--internal-key", (char *)cert(K[i].name, "key"),
+			"--internal-ca", (char *)cert("keysrv-dial", "pem"), "--internal-client-ca",
+			(char *)cert("connsrv-ca", "pem"), "--repl-peer-ca",
+			(char *)cert("keysrv-ca", "pem"), NULL };
+		spawn(&K[i], argv);
+	}
+	/* A write on the primary needs the replica's fetch over TLS. */
+	const ident conn_id = { ID_CERT, "connsrv-0" };
+	int primary = -1;
+	uint64_t deadline = sp_mono_ns() + 30000000000ULL;
+	for (int attempt = 0; primary < 0; attempt++) {
+		CHECK(sp_mono_ns() < deadline, "no keysrv copy answered a write in 30 s; see %s, %s",
+		    K[0].log, K[1].log);
+		for (int i = 0; i < 2 && primary < 0; i++) {
+			char phone[32];
+			snprintf(phone, sizeof(phone), "+1555100%04d", attempt * 2 + i);
+			sp_frame reg;
+			sp_frame_init(&reg, SP_T_REGISTER, 5, true);
+			sp_frame_set_str(&reg, SP_F_PHONE, phone);
+			unsigned type;
+			if (probe_call(conn_id, url[i], &reg, &type) == SP_OK && type == SP_T_REGISTERED)
+				primary = i;
+		}
+		if (primary < 0)
+			usleep(300000);
+	}
+	printf("ok: keysrv copies replicate over tls+tcp:// (%s primary)\n", K[primary].name);
+	checks++;
+	sp_frame get;
+	uint8_t id[16] = { 5 };
+	sp_frame_init(&get, SP_T_REPL_SNAP_GET, 6, true);
+	sp_frame_set_str(&get, SP_F_NAME, "intruder");
+	sp_frame_set_bin(&get, SP_F_SNAP_ID, id, sizeof(id));
+	sp_frame_set_u64(&get, SP_F_OFFSET, 0);
+	refused_call(conn_id, repl[primary], &get, "REPL_SNAP_GET");
+	const ident none = { ID_NONE, NULL };
+	refused_call(none, repl[primary], &get, "REPL_SNAP_GET");
+}
+
 /* ---- the start-up check ---- */
 
 /* Runs `cmd` (output to `log`), which must exit with a failure status (not a signal) at
@@ -381,6 +446,7 @@ make_certs(void)
 	    "for r in router keysrv inbox connsrv; do $t $d role $r; done; "
 	    "$t $d member router router; $t $d member keysrv keysrv; "
 	    "$t $d member inbox inbox-0; $t $d member connsrv connsrv-0; "
+	    "$t $d member keysrv keys-a; $t $d member keysrv keys-b; "
 	    "$t $d bundle members connsrv inbox keysrv; $t $d bundle servers router keysrv inbox "
 	    "connsrv; $t $d bundle keysrv-dial router keysrv; $t $d bundle inbox-dial router inbox; "
 	    "$t $d bundle connsrv-inbox connsrv inbox; "
@@ -582,6 +648,7 @@ main(void)
 	printf("ok: the queue survived the forged PURGEs\n");
 	checks++;
 
+	keysrv_copies();
 	startup_checks(test_free_port());
 	printf("%d passed, 0 failed\n", checks);
 	return 0;
