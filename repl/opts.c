@@ -9,7 +9,8 @@
 #include "sp_log.h"
 #include "sp_nng.h"
 
-#define NOPTS 19
+/* Its own entries, then the internal-link ones. */
+#define NOPTS (14 + SP_INTERNAL_NOPTS)
 
 sp_config_opt *
 repl_opts_table(const sp_config_opt *tier, repl_opts *o)
@@ -76,11 +77,10 @@ repl_opts_start(const repl_opts *o, const char *data_dir, const char *name,
 {
 	const char *urls[16];
 	size_t n = 0;
-	while (tier_urls && tier_urls[n] && n < 14) {
+	for (; tier_urls && tier_urls[n]; n++) {
+		SP_ASSERT(n < 14); /* room for the two replication URLs */
 		urls[n] = tier_urls[n];
-		n++;
 	}
-	SP_ASSERT(!tier_urls || !tier_urls[n]);
 	urls[n++] = o->listen;
 	urls[n++] = o->advertise;
 	int rc = sp_internal_start(&o->internal, urls, n);
