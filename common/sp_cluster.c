@@ -591,11 +591,13 @@ sub_open(nng_socket *s, char **urls, size_t n)
 	}
 	/* One socket for every router: each publication arrives once per router, and the
 	 * copies after the first are not newer, so they are ignored. */
-	for (size_t i = 0; i < n; i++)
-		if ((rv = nng_dial(*s, urls[i], NULL, NNG_FLAG_NONBLOCK))) {
+	for (size_t i = 0; i < n; i++) {
+		int rc = sp_nng_dial(*s, urls[i]); /* tls+tcp:// as the process's identity */
+		if (rc) {
 			nng_close(*s);
-			return sp_nng_err(rv);
+			return rc;
 		}
+	}
 	return SP_OK;
 }
 

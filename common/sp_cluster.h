@@ -130,7 +130,8 @@ typedef struct sp_cluster sp_cluster;
  * whichever map is newest, from whichever router. self_name/self_role: this member, as named in the router's cluster
  * file; with self_name NULL the process is an observer that polls MAP_GET instead of
  * heartbeating. Returns at once (the router need not be up). On SP_OK *out is the
- * caller's, ended with sp_cluster_stop; SP_EINVAL for a missing URL, an empty item in a
+ * caller's, ended with sp_cluster_stop. tls+tcp:// URLs are dialled with the process's
+ * internal TLS identity (sp_nng_tls_init). SP_EINVAL for a missing URL, an empty item in a
  * list, too many routers, or an empty or too long (over 64 bytes) name. */
 int sp_cluster_start(const char *router_url, const char *pub_url, const char *self_name,
 		     int self_role, sp_cluster **out);

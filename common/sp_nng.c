@@ -46,8 +46,11 @@ open_fail(nng_socket *s, int rv)
 /* The process's TLS identity (sp_nng_tls_init). */
 static struct {
 	bool set;
-	char *cert, *key, *peer_ca;
+	char *cert, *key, *peer_ca, *client_ca;
 } tls_id;
+
+/* sp_nng_require_tls */
+static bool tls_required;
 
 static char *
 read_file(const char *path)
@@ -78,6 +81,7 @@ sp_nng_tls_fini(void)
 	free(tls_id.cert);
 	free(tls_id.key);
 	free(tls_id.peer_ca);
+	free(tls_id.client_ca);
 	memset(&tls_id, 0, sizeof(tls_id));
 }
 
@@ -90,7 +94,12 @@ sp_nng_tls_init(const sp_nng_tls *tls)
 	tls_id.cert = read_file(tls->cert);
 	tls_id.key = read_file(tls->key);
 	tls_id.peer_ca = strdup(tls->peer_ca);
-	if (!tls_id.cert || !tls_id.key || !tls_id.peer_ca) {
+	tls_id.client_ca = strdup(tls->client_ca ? tls->client_ca : tls->peer_ca);
+	if (!tls_id.peer_ca || !tls_id.client_ca) {
+		sp_nng_tls_fini();
+		return SP_ENOMEM;
+	}
+	if (!tls_id.cert || !tls_id.key) {
 		sp_error("internal TLS: cannot read %s", !tls_id.cert ? tls->cert : tls->key);
 		sp_nng_tls_fini();
 		return SP_EIO;
@@ -103,6 +112,31 @@ bool
 sp_nng_url_tls(const char *url)
 {
 	return url && strncmp(url, "tls+", 4) == 0;
+}
+
+bool
+sp_nng_url_plain(const char *url)
+{
+	return url && !sp_nng_url_tls(url) && strncmp(url, "inproc://", 9) != 0
+	    && strncmp(url, "ipc://", 6) != 0;
+}
+
+void
+sp_nng_require_tls(bool on)
+{
+	tls_required = on;
+}
+
+/* Whether a dial or listen on `url` may go ahead (logged when not). */
+static bool
+url_allowed(const char *url)
+{
+	if (!tls_required || !sp_nng_url_plain(url))
+		return true;
+	sp_warn_rl("internal link %s refused: not tls+tcp:// and --insecure-internal was not "
+		   "given (docs/SECURITY.md)",
+	    url);
+	return false;
 }
 
 /* A TLS config with the process's identity, certificates required from the peer. */
@@ -118,7 +152,9 @@ tls_config(nng_tls_mode mode, const char *peer_ca, nng_tls_config **out)
 	if (rv)
 		return rv;
 	if ((rv = nng_tls_config_auth_mode(cfg, NNG_TLS_AUTH_MODE_REQUIRED))
-	    || (rv = nng_tls_config_ca_file(cfg, peer_ca ? peer_ca : tls_id.peer_ca))
+	    || (rv = nng_tls_config_ca_file(cfg,
+		    peer_ca ? peer_ca
+			    : (mode == NNG_TLS_MODE_SERVER ? tls_id.client_ca : tls_id.peer_ca)))
 	    || (rv = nng_tls_config_own_cert(cfg, tls_id.cert, tls_id.key, NULL))) {
 		sp_error("internal TLS: %s", nng_strerror(rv));
 		nng_tls_config_free(cfg);
@@ -131,6 +167,8 @@ tls_config(nng_tls_mode mode, const char *peer_ca, nng_tls_config **out)
 static int
 dial(nng_socket s, const char *url)
 {
+	if (!url_allowed(url))
+		return NNG_EINVAL;
 	if (!sp_nng_url_tls(url))
 		return nng_dial(s, url, NULL, NNG_FLAG_NONBLOCK);
 	nng_dialer d;
@@ -151,6 +189,8 @@ dial(nng_socket s, const char *url)
 static int
 listen_on(nng_socket s, const char *url, const char *peer_ca)
 {
+	if (!url_allowed(url))
+		return NNG_EINVAL;
 	if (!sp_nng_url_tls(url))
 		return nng_listen(s, url, NULL, 0);
 	nng_listener l;
@@ -166,6 +206,18 @@ listen_on(nng_socket s, const char *url, const char *peer_ca)
 	}
 	nng_tls_config_free(cfg);
 	return rv;
+}
+
+int
+sp_nng_dial(nng_socket s, const char *url)
+{
+	return sp_nng_err(dial(s, url));
+}
+
+int
+sp_nng_listen(nng_socket s, const char *url, const char *peer_ca)
+{
+	return sp_nng_err(listen_on(s, url, peer_ca));
 }
 
 int

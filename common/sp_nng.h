@@ -24,24 +24,42 @@ int sp_nng_err(int nng_rv);
 /*
  * Mutual TLS for links between servers (docs/SECURITY.md "Internal links"). A process
  * sets its identity once, before it opens a socket: its certificate (PEM, with the chain up
- * to but excluding the root when it is signed by an intermediate), its key, and the CAs a
- * peer's certificate must chain to (PEM bundle: the role CAs this process talks to).
- * From then on every socket opened here on a `tls+tcp://` URL uses TLS 1.2+ with
- * certificates required on both ends: a listener accepts only a peer whose certificate
- * chains to `peer_ca` (or a listener's own list, sp_nng_rep_listen_ca), a dialer only a
- * server whose certificate does. nng 1.5 does not expose the peer's subject, so which
- * roles may connect is decided by which role CAs a listener trusts. `tcp://` URLs stay
- * plain. Files are read at once (the key is kept in memory). Not thread-safe with opens.
+ * to but excluding the root when it is signed by an intermediate), its key, the CAs a
+ * server it dials must chain to (`peer_ca`, PEM bundle: the role CAs of the servers this
+ * process dials), and the CAs a peer connecting to its listeners must chain to
+ * (`client_ca`: the role CAs it serves; NULL: `peer_ca`; a listener may have its own,
+ * sp_nng_rep_listen_ca). From then on every socket opened here on a `tls+tcp://` URL uses
+ * TLS 1.2+ with certificates required on both ends. nng 1.5 does not expose the peer's
+ * subject, so which roles may connect is decided by which role CAs a listener trusts; a
+ * certificate of another CA fails the handshake before any message is read. `tcp://`
+ * URLs stay plain unless sp_nng_require_tls is on. Files are read at once (the key is kept
+ * in memory). Not thread-safe with opens.
  * SP_EINVAL (a missing setting), SP_EIO (unreadable file), SP_ENOMEM.
  */
 typedef struct sp_nng_tls {
-	const char *cert, *key, *peer_ca;
+	const char *cert, *key, *peer_ca, *client_ca;
 } sp_nng_tls;
 int sp_nng_tls_init(const sp_nng_tls *tls);
 /* Forgets the identity (frees the key). */
 void sp_nng_tls_fini(void);
 /* True when `url` is a TLS URL (tls+tcp://). */
 bool sp_nng_url_tls(const char *url);
+/* True when `url` crosses the network in clear: neither TLS nor inproc:// / ipc://. */
+bool sp_nng_url_plain(const char *url);
+
+/* When on, every dial or listen on a plain URL (sp_nng_url_plain) fails with SP_EINVAL
+ * (logged, rate-limited): a server started without --insecure-internal never opens a
+ * plain internal link, even to an address it learns later (the cluster map, etcd). Off by
+ * default (tools and tests). Set before opening sockets. */
+void sp_nng_require_tls(bool on);
+
+/* Dials `url` on an open socket in the background (TLS for tls+tcp:// URLs, retried until
+ * the peer listens). SP_OK, SP_EINVAL (a plain URL refused, no identity for a TLS one) or
+ * another mapped nng error. */
+int sp_nng_dial(nng_socket s, const char *url);
+/* Listens on `url` on an open socket; a TLS listener accepts only peers whose certificate
+ * chains to the CAs in `peer_ca` (PEM bundle; NULL: the process's client_ca). */
+int sp_nng_listen(nng_socket s, const char *url, const char *peer_ca);
 
 /* Opens a REQ socket dialling `url` (asynchronously: the dial is retried in the
  * background until the peer listens). timeout_ms bounds each sp_nng_call; resend_ms is
@@ -51,7 +69,7 @@ int sp_nng_req_open(nng_socket *s, const char *url, int timeout_ms, int resend_m
 /* Opens a REP socket listening on `url`. */
 int sp_nng_rep_listen(nng_socket *s, const char *url);
 /* The same, a tls+tcp:// listener accepting only peers whose certificate chains to the
- * CAs in `peer_ca` (PEM bundle; NULL: the process's peer_ca). */
+ * CAs in `peer_ca` (PEM bundle; NULL: the process's client_ca). */
 int sp_nng_rep_listen_ca(nng_socket *s, const char *url, const char *peer_ca);
 
 /* Opens a PUSH socket dialling `url` / a PULL socket listening on `url`. send_timeout_ms

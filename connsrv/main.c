@@ -24,6 +24,7 @@
 #include "connsrv/receipts.h"
 #include "sp_config.h"
 #include "sp_error.h"
+#include "sp_internal.h"
 #include "sp_log.h"
 #include "sp_secret.h"
 #include "sp_time.h"
@@ -35,6 +36,7 @@ static bool log_json;
 static cs_cfg cfg;
 /* From --redis-password-file (empty: no AUTH). */
 static char redis_password[256];
+static sp_internal_opts internal;
 
 /* The concerns' links to each other (see cs_ops). */
 static const cs_ops ops = {
@@ -81,6 +83,7 @@ static const sp_config_opt opts[] = {
 	{"drain-timeout", SP_CT_INT, &cfg.drain_timeout_ms, "5000", "ms SIGTERM waits for calls in flight", 0, 600000},
 	{"log-level", SP_CT_STR, &log_level, "info", "debug|info|warn|error", 0, 0},
 	{"log-json", SP_CT_BOOL, &log_json, "false", "log JSON lines", 0, 0},
+	SP_INTERNAL_OPTS(&internal),
 	{NULL, 0, NULL, NULL, NULL, 0, 0},
 };
 
@@ -442,8 +445,15 @@ main(int argc, char **argv)
 		sp_warn("Redis without a password (--redis-password-file): anyone who reaches it can "
 			"read and change routes");
 	signal(SIGPIPE, SIG_IGN);
+	/* Before the fork: the workers inherit the identity and the check. */
+	const char *urls[] = {cfg.pull, cfg.advertise, cfg.router, cfg.router_pub};
+	if ((rc = sp_internal_start(&internal, urls, 4))) {
+		sp_config_free(opts);
+		return rc == SP_ECONFIG ? 2 : 1;
+	}
 	rc = cfg.workers > 1 ? run_master() : run_worker();
 	sodium_memzero(redis_password, sizeof(redis_password));
+	sp_internal_stop();
 	sp_config_free(opts);
 	return rc;
 }

@@ -183,7 +183,8 @@ main(int argc, char **argv)
 	};
 	repl_node_config rcfg;
 	repl_snap_boot_result boot = { 0 };
-	if ((rc = repl_opts_start(&ro, data_dir, name, &rcfg))
+	const char *urls[] = { listen, router, router_pub, NULL };
+	if ((rc = repl_opts_start(&ro, data_dir, name, urls, &rcfg))
 	    || (repl_opts_on(&ro)
 		&& (rc = repl_opts_bootstrap(&ro, data_dir, KEYS_REPL_GROUP, name, &keys_repl_files,
 			&boot))))

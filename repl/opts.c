@@ -9,7 +9,8 @@
 #include "sp_log.h"
 #include "sp_nng.h"
 
-#define NOPTS 17
+/* Its own entries, then the internal-link ones. */
+#define NOPTS (14 + SP_INTERNAL_NOPTS)
 
 sp_config_opt *
 repl_opts_table(const sp_config_opt *tier, repl_opts *o)
@@ -27,14 +28,7 @@ repl_opts_table(const sp_config_opt *tier, repl_opts *o)
 		{ "etcd-cert", SP_CT_STR, &o->etcd_cert, NULL,
 		    "PEM client certificate presented to etcd (etcd --client-cert-auth)", 0, 0 },
 		{ "etcd-key", SP_CT_STR, &o->etcd_key, NULL, "PEM key of --etcd-cert", 0, 0 },
-		{ "internal-cert", SP_CT_STR, &o->internal_cert, NULL,
-		    "PEM certificate (with its role CA) this process presents on tls+tcp:// links", 0,
-		    0 },
-		{ "internal-key", SP_CT_STR, &o->internal_key, NULL, "PEM key of --internal-cert", 0, 0 },
-		{ "internal-ca", SP_CT_STR, &o->internal_ca, NULL,
-		    "PEM bundle of the role CAs whose members may connect to this process's tls+tcp:// "
-		    "listeners and that the servers it dials must chain to",
-		    0, 0 },
+		SP_INTERNAL_OPTS(&o->internal),
 		{ "repl-listen", SP_CT_STR, &o->listen, NULL,
 		    "NNG URL the group's replicas fetch the log from while this copy is primary", 0, 0 },
 		{ "repl-advertise", SP_CT_STR, &o->advertise, NULL,
@@ -78,27 +72,26 @@ repl_opts_on(const repl_opts *o)
 }
 
 int
-repl_opts_start(const repl_opts *o, const char *data_dir, const char *name, repl_node_config *cfg)
+repl_opts_start(const repl_opts *o, const char *data_dir, const char *name,
+    const char *const *tier_urls, repl_node_config *cfg)
 {
-	if (o->internal_cert || o->internal_key || o->internal_ca) {
-		sp_nng_tls tls = { o->internal_cert, o->internal_key, o->internal_ca };
-		int rc = sp_nng_tls_init(&tls);
-		if (rc) {
-			sp_error("--internal-cert, --internal-key and --internal-ca go together: %s",
-			    sp_strerror(rc));
-			return rc == SP_EINVAL ? SP_ECONFIG : rc;
-		}
+	const char *urls[16];
+	size_t n = 0;
+	for (; tier_urls && tier_urls[n]; n++) {
+		SP_ASSERT(n < 14); /* room for the two replication URLs */
+		urls[n] = tier_urls[n];
 	}
+	urls[n++] = o->listen;
+	urls[n++] = o->advertise;
+	int rc = sp_internal_start(&o->internal, urls, n);
+	if (rc)
+		return rc;
 	if (!repl_opts_on(o))
 		return SP_OK;
 	if (!name || !o->listen) {
 		sp_error("--etcd needs --name and --repl-listen");
 		return SP_ECONFIG;
 	}
-	if (!sp_nng_url_tls(o->listen))
-		sp_warn("--repl-listen %s is not tls+tcp://: anyone who reaches it can read this "
-			"group's log and snapshots (docs/SECURITY.md)",
-		    o->listen);
 	*cfg = (repl_node_config) {
 		.data_dir = data_dir,
 		.etcd = o->etcd,
@@ -109,7 +102,8 @@ repl_opts_start(const repl_opts *o, const char *data_dir, const char *name, repl
 		.name = name,
 		.listen = o->listen,
 		.advertise = o->advertise,
-		.peer_ca = o->peer_ca,
+		/* Not --internal-client-ca: the tier's clients must not read the log. */
+		.peer_ca = o->peer_ca ? o->peer_ca : o->internal.ca,
 		.min_copies = (unsigned)o->min_copies,
 		.lease_ttl_s = o->lease_ttl,
 		.lag_ms = (uint64_t)o->lag_ms,

@@ -11,10 +11,12 @@
 #include "repl/node.h"
 #include "repl/snapshot.h"
 #include "sp_config.h"
+#include "sp_internal.h"
 
 typedef struct repl_opts {
 	char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key;
-	char *listen, *advertise, *peer_ca, *internal_cert, *internal_key, *internal_ca;
+	char *listen, *advertise, *peer_ca;
+	sp_internal_opts internal; /* --internal-* and --insecure-internal */
 	long long min_copies, lease_ttl, lag_ms;
 	size_t segment, retain, snapshot_rate;
 } repl_opts;
@@ -27,12 +29,13 @@ sp_config_opt *repl_opts_table(const sp_config_opt *tier, repl_opts *o);
 /* True when --etcd was given: the process is one copy of a replicated group. */
 bool repl_opts_on(const repl_opts *o);
 
-/* Checks the options (--etcd needs `name` and --repl-listen; TLS files go together),
- * sets the process's internal TLS identity when given (sp_nng_tls_init), warns about a
- * plain replication endpoint, and fills `cfg` (all but group, metric prefix, files and
- * boot). SP_OK or SP_ECONFIG / SP_EIO (logged). */
+/* Checks the options (--etcd needs `name` and --repl-listen), applies the internal-link
+ * options (sp_internal_start) to the tier's internal URLs `tier_urls` (NULL-terminated;
+ * its listener, its routers) and the replication ones, and fills `cfg` (all but group,
+ * metric prefix, files and boot; --repl-peer-ca defaults to --internal-ca). SP_OK or
+ * SP_ECONFIG / SP_EIO (logged). */
 int repl_opts_start(const repl_opts *o, const char *data_dir, const char *name,
-    repl_node_config *cfg);
+    const char *const *tier_urls, repl_node_config *cfg);
 
 /* The snapshot start-up (repl_snap_bootstrap) for this copy of `group`; it ends early when
  * SIGTERM or SIGINT (blocked by the caller) is pending. */

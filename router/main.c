@@ -6,6 +6,7 @@
 #include "internal.h"
 #include "sp_config.h"
 #include "sp_error.h"
+#include "sp_internal.h"
 #include "sp_log.h"
 
 int
@@ -15,6 +16,7 @@ main(int argc, char **argv)
 	char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key, *admin_addr, *admin_token_file;
 	long long http_port, admin_port, timeout;
 	bool log_json, admin_no_token, public_map;
+	sp_internal_opts internal;
 	char err[512];
 	const sp_config_opt opts[] = {
 		{"cluster-file", SP_CT_STR, &cluster_file, NULL,
@@ -56,6 +58,7 @@ main(int argc, char **argv)
 		 "the cluster's name in etcd keys (/sealpost/<name>/inbox-<shard>/...)", 0, 0},
 		{"log-level", SP_CT_STR, &log_level, "info", "debug, info, warn or error", 0, 0},
 		{"log-json", SP_CT_BOOL, &log_json, "false", "log JSON lines", 0, 0},
+		SP_INTERNAL_OPTS(&internal),
 		{NULL, 0, NULL, NULL, NULL, 0, 0},
 	};
 
@@ -78,6 +81,12 @@ main(int argc, char **argv)
 	}
 	sp_log_init("router", (sp_log_level)level, log_json);
 	signal(SIGPIPE, SIG_IGN);
+	/* Members heartbeat --listen and subscribe to --publish. */
+	const char *urls[] = {listen_url, publish_url};
+	if ((rc = sp_internal_start(&internal, urls, 2))) {
+		sp_config_free(opts);
+		return rc == SP_ECONFIG ? 2 : 1;
+	}
 
 	router_config cfg = {
 		.cluster_file = cluster_file,
@@ -101,11 +110,13 @@ main(int argc, char **argv)
 	router *r;
 	if ((rc = router_new(&cfg, &r, err, sizeof(err)))) {
 		sp_error("%s", err[0] ? err : sp_strerror(rc));
+		sp_internal_stop();
 		sp_config_free(opts);
 		return rc == SP_ECONFIG ? 2 : 1;
 	}
 	rc = router_run(r);
 	router_free(r);
+	sp_internal_stop();
 	sp_config_free(opts);
 	return rc ? 1 : 0;
 }

@@ -226,9 +226,9 @@ router_server_start(router *r, const char *listen_url, const char *publish_url,
 		goto fail;
 	}
 	s->pub_open = true;
-	if ((rv = nng_listen(s->pub, publish_url, NULL, 0))) {
-		sp_error("cannot listen on %s: %s", publish_url, nng_strerror(rv));
-		rc = sp_nng_err(rv);
+	/* Members subscribe with the same certificates they heartbeat with. */
+	if ((rc = sp_nng_listen(s->pub, publish_url, NULL))) {
+		sp_error("cannot listen on %s: %s", publish_url, sp_strerror(rc));
 		goto fail;
 	}
 	if ((rv = nng_socket_get_int(s->rep, NNG_OPT_RECVFD, &fd))) {

@@ -9,13 +9,16 @@
 #   scripts/certs.sh DIR member ROLE NAME [SAN..]  DIR/NAME.pem (its certificate, then ROLE's CA),
 #                                                  DIR/NAME.key; SAN entries like IP:10.0.0.1 or
 #                                                  DNS:inbox-0a (default IP:127.0.0.1,DNS:localhost)
+#   scripts/certs.sh DIR bundle NAME ROLE...       DIR/NAME.pem: the role CAs' certificates, for
+#                                                  --internal-ca, --internal-client-ca and
+#                                                  --repl-peer-ca (rewritten every time)
 #
 # Existing files are kept (so the command is safe to repeat); keys are mode 0600. EC P-256,
 # valid for DAYS days (default 825). Needs only openssl.
 set -euo pipefail
 
 usage() {
-	sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -67,6 +70,19 @@ member)
 			-days "$days" -extfile "$ext" -out "$dir/$name.crt" 2>/dev/null
 	cat "$dir/$name.crt" "$dir/$role-ca.pem" >"$dir/$name.pem"
 	rm -f "$ext" "$dir/$name.crt"
+	;;
+bundle)
+	[ $# -ge 2 ] || usage
+	name=$1
+	shift
+	[[ $name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || { echo "certs.sh: bad name '$name'" >&2; exit 2; }
+	for role in "$@"; do
+		[ -f "$dir/$role-ca.pem" ] || { echo "certs.sh: make the role CA '$role' first" >&2; exit 2; }
+	done
+	tmp=$(mktemp "$dir/.bundle.XXXXXX")
+	for role in "$@"; do cat "$dir/$role-ca.pem"; done >"$tmp"
+	chmod 0644 "$tmp"
+	mv "$tmp" "$dir/$name.pem"
 	;;
 *) usage ;;
 esac

@@ -5,7 +5,8 @@
 # inbox-0a, inbox-0b, inbox-0c, ...),
 # 2 connsrvs, with fresh dev TLS certificates (a dev CA the client trusts) and internal
 # ones from scripts/certs.sh (certs/internal/: etcd serves https to members with a
-# certificate of the cluster root; keysrv and inbox copies replicate over mutual TLS).
+# certificate of the cluster root; every link between servers is mutual TLS, each
+# listener trusting only the role CAs it serves: docs/SECURITY.md "Internal links").
 #
 #   scripts/devcluster.sh up|down|status|logs [NAME]|restart NAME|otp PHONE|env|drain NAME [ROUTER]|undrain NAME [ROUTER]
 #
@@ -121,12 +122,25 @@ make_certs() {
 make_internal_certs() {
 	local c=$dir/certs/internal t=$root/scripts/certs.sh n
 	$t "$c" root
-	for r in etcd router keysrv inbox admin; do $t "$c" role $r; done
+	for r in etcd router keysrv inbox connsrv admin; do $t "$c" role $r; done
 	$t "$c" member etcd etcd
 	$t "$c" member admin etcdctl
 	for n in "${routers[@]}"; do $t "$c" member router "$n"; done
 	for n in "${keys_names[@]}"; do $t "$c" member keysrv "$n"; done
 	for n in "${inbox_names[@]}"; do $t "$c" member inbox "$n"; done
+	for n in connsrv-0 connsrv-1; do $t "$c" member connsrv "$n"; done
+	$t "$c" bundle members connsrv inbox keysrv        # routers' listeners
+	$t "$c" bundle servers router keysrv inbox connsrv # what connsrv dials
+	$t "$c" bundle keysrv-dial router keysrv
+	$t "$c" bundle inbox-dial router inbox
+	$t "$c" bundle connsrv-inbox connsrv inbox # inbox request socket, connsrv pull
+}
+
+# Internal TLS flags for member $1: --internal-ca DIAL (a bundle) and --internal-client-ca
+# CLIENTS (a bundle or a role CA).
+internal_tls() {
+	local c=$dir/certs/internal
+	echo "--internal-cert $c/$1.pem --internal-key $c/$1.key --internal-ca $c/$2.pem --internal-client-ca $c/$3.pem"
 }
 
 # etcd flags for a member named $1 (its certificate from certs/internal).
@@ -140,13 +154,13 @@ write_config() {
 	local cf=$dir/cluster.ini
 	{
 		for n in "${keys_names[@]}"; do
-			echo "[$n]"; echo "role = keysrv"; echo "addr = tcp://127.0.0.1:$(keys_port "$n")"
+			echo "[$n]"; echo "role = keysrv"; echo "addr = tls+tcp://127.0.0.1:$(keys_port "$n")"
 		done
 		for n in "${inbox_names[@]}"; do
-			echo "[$n]"; echo "role = inbox"; echo "addr = tcp://127.0.0.1:$(inbox_port "$n")"; echo "shard = ${n:6:1}"
+			echo "[$n]"; echo "role = inbox"; echo "addr = tls+tcp://127.0.0.1:$(inbox_port "$n")"; echo "shard = ${n:6:1}"
 		done
 		for i in 0 1; do
-			echo "[connsrv-$i]"; echo "role = connsrv"; echo "addr = tcp://127.0.0.1:$(conn_pull $i)"
+			echo "[connsrv-$i]"; echo "role = connsrv"; echo "addr = tls+tcp://127.0.0.1:$(conn_pull $i)"
 			echo "client = 127.0.0.1:$(conn_client $i)"
 		done
 	} >"$cf"
@@ -174,30 +188,30 @@ export SEALPOST_OTP_DIR=$dir/data/keysrv/otp
 ENV
 	for n in "${inbox_names[@]}"; do
 		local v=${n#inbox-}
-		echo "export SEALPOST_INBOX_${v^^}=tcp://127.0.0.1:$(inbox_port "$n")" >>"$dir/env"
+		echo "export SEALPOST_INBOX_${v^^}=tls+tcp://127.0.0.1:$(inbox_port "$n")" >>"$dir/env"
 	done
 	for n in "${keys_names[@]}"; do
 		local v=${n#keysrv-}
-		echo "export SEALPOST_KEYSRV_${v^^}=tcp://127.0.0.1:$(keys_port "$n")" >>"$dir/env"
+		echo "export SEALPOST_KEYSRV_${v^^}=tls+tcp://127.0.0.1:$(keys_port "$n")" >>"$dir/env"
 	done
 }
 
 # The command line of one process, by name.
 cmdline() {
 	# Members heartbeat and subscribe to both routers.
-	local router="--router tcp://127.0.0.1:$port_router_rep,tcp://127.0.0.1:$port_routerb_rep --router-pub tcp://127.0.0.1:$port_router_pub,tcp://127.0.0.1:$port_routerb_pub"
+	local router="--router tls+tcp://127.0.0.1:$port_router_rep,tls+tcp://127.0.0.1:$port_routerb_rep --router-pub tls+tcp://127.0.0.1:$port_router_pub,tls+tcp://127.0.0.1:$port_routerb_pub"
 	case $1 in
 	redis) echo "redis-server $dir/redis.conf" ;;
 	etcd) local c=$dir/certs/internal
 		echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls https://127.0.0.1:$port_etcd --advertise-client-urls https://127.0.0.1:$port_etcd --cert-file $c/etcd.pem --key-file $c/etcd.key --trusted-ca-file $c/root-ca.pem --client-cert-auth --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
-	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tcp://127.0.0.1:$(router_rep "$1") --publish tcp://127.0.0.1:$(router_pub "$1") --http-port $(router_http "$1") --admin-port $(router_admin "$1") --admin-token-file $dir/admin-token $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
+	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tls+tcp://127.0.0.1:$(router_rep "$1") --publish tls+tcp://127.0.0.1:$(router_pub "$1") $(internal_tls "$1" members members) --http-port $(router_http "$1") --admin-port $(router_admin "$1") --admin-token-file $dir/admin-token $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
 	# Every copy writes codes to one directory (only the primary sends them).
 	keysrv-[abc]) [[ " ${keys_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies key store copies"
-		echo "$bin/keysrv --data-dir $dir/data/$1 --otp-dir $dir/data/keysrv/otp --listen tcp://127.0.0.1:$(keys_port "$1") --metrics-port $(keys_metrics "$1") --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(keys_repl "$1") --internal-cert $dir/certs/internal/$1.pem --internal-key $dir/certs/internal/$1.key --internal-ca $dir/certs/internal/keysrv-ca.pem --min-copies $min_copies ${SP_KEYSRV_ARGS:-}" ;;
+		echo "$bin/keysrv --data-dir $dir/data/$1 --otp-dir $dir/data/keysrv/otp --listen tls+tcp://127.0.0.1:$(keys_port "$1") $(internal_tls "$1" keysrv-dial connsrv-ca) --repl-peer-ca $dir/certs/internal/keysrv-ca.pem --metrics-port $(keys_metrics "$1") --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(keys_repl "$1") --min-copies $min_copies ${SP_KEYSRV_ARGS:-}" ;;
 	inbox-[012][abc]) [[ " ${inbox_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies copies per shard"
-		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(inbox_repl "$1") --internal-cert $dir/certs/internal/$1.pem --internal-key $dir/certs/internal/$1.key --internal-ca $dir/certs/internal/inbox-ca.pem --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
+		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tls+tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(inbox_repl "$1") $(internal_tls "$1" inbox-dial connsrv-inbox) --repl-peer-ca $dir/certs/internal/inbox-ca.pem --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
 	connsrv-*) local i=${1#connsrv-}
-		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tcp://127.0.0.1:$(conn_pull $i) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router" ;;
+		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tls+tcp://127.0.0.1:$(conn_pull $i) $(internal_tls "connsrv-$i" servers connsrv-inbox) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router" ;;
 	*) die "unknown process '$1' (one of: ${names[*]})" ;;
 	esac
 }

@@ -374,7 +374,7 @@ main(void)
 	nng_socket sock = shard_connect(&S, 5000);
 
 	/* A second shard on the same data dir refuses to start. */
-	snprintf(cmd, sizeof(cmd), "%s --data-dir %s/data --listen tcp://127.0.0.1:%d 2>/dev/null",
+	snprintf(cmd, sizeof(cmd), "%s --data-dir %s/data --listen tcp://127.0.0.1:%d --insecure-internal 2>/dev/null",
 	    bin_path("inboxsrv"), S.dir, free_port());
 	int st = system(cmd);
 	CHECK(WIFEXITED(st) && WEXITSTATUS(st) != 0, "second shard on the same data started");

@@ -50,7 +50,8 @@ copy_start(int i)
 	char mport[16];
 	snprintf(mport, sizeof(mport), "%d", free_port());
 	snprintf(metrics_url[i], sizeof(metrics_url[i]), "http://127.0.0.1:%s/metrics", mport);
-	char *argv[] = { path, "--data-dir", data, "--listen", C[i].url, "--map-size", "256M",
+	char *argv[] = { path, "--data-dir", data, "--listen", C[i].url, "--insecure-internal",
+		"--map-size", "256M",
 		"--shard", "0", "--name", names[i], "--etcd", E.endpoint, "--repl-listen",
 		repl_url[i], "--repl-lag-ms", "1000", "--min-copies", "2", "--log-level", "debug",
 		"--metrics-port", mport, NULL };

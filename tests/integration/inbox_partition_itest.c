@@ -159,7 +159,8 @@ copy_start(int i)
 	snprintf(data, sizeof(data), "%.127s/data", C[i].dir);
 	snprintf(path, sizeof(path), "%s/inboxsrv", getenv("SP_BIN") ? getenv("SP_BIN") : "bin");
 	snprintf(cns, sizeof(cns), "10.78.0.%d", i + 1);
-	char *argv[] = { path, "--data-dir", data, "--listen", C[i].url, "--map-size", "256M",
+	char *argv[] = { path, "--data-dir", data, "--listen", C[i].url, "--insecure-internal",
+		"--map-size", "256M",
 		"--shard", "0", "--name", names[i], "--etcd", E.endpoint, "--repl-listen",
 		repl_url[i], "--lease-ttl", "3", "--repl-lag-ms", "1000", "--min-copies", "2",
 		"--log-level", "debug", "--metrics-addr", cns, "--metrics-port", "9100", NULL };

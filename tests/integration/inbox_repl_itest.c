@@ -53,7 +53,7 @@ copy_start(int i)
 	char data[160];
 	snprintf(data, sizeof(data), "%.127s/data", C[i].dir);
 	char *argv[] = { (char *)bin_path("inboxsrv"), "--data-dir", data, "--listen", C[i].url,
-		"--map-size", "256M", "--shard", "0", "--name", names[i], "--etcd", E.endpoint,
+		"--insecure-internal", "--map-size", "256M", "--shard", "0", "--name", names[i], "--etcd", E.endpoint,
 		"--repl-listen", repl_url[i], "--lease-ttl", (char *)LEASE_TTL, "--repl-lag-ms",
 		"1000", "--min-copies", "2", "--log-level", "debug", NULL };
 	long mark = proc_spawn(&C[i], NULL, argv);

@@ -50,7 +50,8 @@ copy_spawn(int i, bool wait)
 	char mport[16];
 	snprintf(mport, sizeof(mport), "%d", free_port());
 	snprintf(metrics_url[i], sizeof(metrics_url[i]), "http://127.0.0.1:%s/metrics", mport);
-	char *argv[] = { path, "--data-dir", data, "--listen", C[i].url, "--map-size", "256M",
+	char *argv[] = { path, "--data-dir", data, "--listen", C[i].url, "--insecure-internal",
+		"--map-size", "256M",
 		"--shard", "0", "--name", names[i], "--etcd", E.endpoint, "--repl-listen",
 		repl_url[i], "--repl-lag-ms", "1000", "--min-copies", "2", "--lease-ttl", "3",
 		"--repl-segment", SEGMENT, "--repl-retain", "0", "--snapshot-rate", RATE,
@@ -113,7 +114,7 @@ snap_probe(int p, const char *dir, const char *name)
 	char c[160], k[160];
 	snprintf(c, sizeof(c), "%s/%s.pem", dir, name);
 	snprintf(k, sizeof(k), "%s/%s.key", dir, name);
-	sp_nng_tls tls = { c, k, ca };
+	sp_nng_tls tls = { c, k, ca, NULL };
 	CHECK(sp_nng_tls_init(&tls) == SP_OK, "tls init");
 	nng_socket s;
 	CHECK(sp_nng_req_open(&s, repl_url[p], 3000, 0) == SP_OK, "dial");

@@ -146,6 +146,7 @@ shard_start(shard *s, ...)
 	argv[n++] = s->url;
 	argv[n++] = "--map-size";
 	argv[n++] = "256M";
+	argv[n++] = "--insecure-internal"; /* plain tcp:// on loopback */
 	va_start(ap, s);
 	for (char *a; n < 62 && (a = va_arg(ap, char *));)
 		argv[n++] = a;

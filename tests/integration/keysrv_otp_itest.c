@@ -145,6 +145,7 @@ run_to_exit(const char *const *args, const char *log)
 	argv[n++] = bin;
 	argv[n++] = "--listen";
 	argv[n++] = "tcp://127.0.0.1:0";
+	argv[n++] = "--insecure-internal";
 	for (int i = 0; args[i] && n < 31; i++)
 		argv[n++] = args[i];
 	argv[n] = NULL;

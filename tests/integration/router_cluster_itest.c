@@ -129,7 +129,8 @@ start_router(void)
 		}
 		execl(bin, bin, "--cluster-file", cluster_path, a_rep, a_pub, "--http-port", a_http,
 		      "--admin-port", a_admin, "--admin-token-file", token_path,
-		      "--heartbeat-timeout", "1500", "--log-level", "debug", (char *)NULL);
+		      "--heartbeat-timeout", "1500", "--log-level", "debug", "--insecure-internal",
+		      (char *)NULL);
 		_exit(127);
 	}
 	router_pid = pid;

@@ -40,7 +40,9 @@ static int
 devcluster(itest_cluster *c, const char *args)
 {
 	char cmd[1024];
-	snprintf(cmd, sizeof(cmd), "SP_DEVCLUSTER_DIR=%s SP_PORT_BASE=%d SP_BIN=%s %s/scripts/devcluster.sh %s",
+	/* The cluster as deployed: every link between servers is mutual TLS. */
+	snprintf(cmd, sizeof(cmd),
+		 "SP_DEVCLUSTER_DIR=%s SP_PORT_BASE=%d SP_BIN=%s %s/scripts/devcluster.sh %s",
 		 c->dir, c->base, bindir(), root(), args);
 	int st = system(cmd);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;

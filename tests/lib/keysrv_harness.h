@@ -397,6 +397,7 @@ kt_keysrv_start(kt_proc *p, const char *log, const char *const *args, char *read
 		argv[n++] = bin;
 		argv[n++] = "--listen";
 		argv[n++] = p->url;
+		argv[n++] = "--insecure-internal"; /* plain tcp:// on loopback */
 		for (int i = 0; args[i] && n < 38; i++)
 			argv[n++] = args[i];
 		argv[n] = NULL;

@@ -109,7 +109,7 @@ router_start(rproc *p, const char *ecluster)
 		if (fd >= 0)
 			dup2(fd, 2);
 		execl(bin, bin, "--cluster-file", cluster_path, a_rep, a_pub, "--http-port", a_http,
-		      a_state, a_etcd, a_cl, "--log-level", "info", (char *)NULL);
+		      a_state, a_etcd, a_cl, "--log-level", "info", "--insecure-internal", (char *)NULL);
 		_exit(127);
 	}
 	char body[256];
