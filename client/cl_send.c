@@ -547,6 +547,24 @@ classify(const sealpost *sp, int rc)
 	}
 }
 
+/* A message that could not even be encoded never left this device: when it holds the
+ * newest sequence number of its conversation, the next message takes that number again,
+ * so that the recipient sees no gap (which it would hold back for gap_hold_ms). */
+static int
+give_back_seq(sealpost *sp, const outbox_row *o, int rc)
+{
+	cl_env e;
+	if ((rc != SP_ETOOBIG && rc != SP_EFIELDLEN) || cl_env_decode(o->env, o->env_len, &e) || !e.seq)
+		return SP_OK;
+	sqlite3_stmt *st;
+	int src = cl_prep(sp, &st, "UPDATE conv_out SET next_seq = next_seq - 1 WHERE conv = ? AND next_seq = ?");
+	if (src)
+		return src;
+	sqlite3_bind_text(st, 1, o->conv, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)(e.seq + 1));
+	return cl_step_done(sp, st);
+}
+
 /* Marks an entry failed with the current error (or, after too many tries, says so). */
 static int
 mark_failed(sealpost *sp, const outbox_row *o, int rc, int tries)
@@ -567,7 +585,7 @@ mark_failed(sealpost *sp, const outbox_row *o, int rc, int tries)
 		return src;
 	if (o->media_file[0])
 		unlink(o->media_file); /* it will never be uploaded */
-	return SP_OK;
+	return give_back_seq(sp, o, rc);
 }
 
 /* Counts a try that failed (OB_COUNTED); returns the tries so far. */
@@ -619,17 +637,18 @@ cl_outbox_flush(sealpost *sp, sealpost_progress_cb cb, void *arg)
 			return rc;
 		}
 		rc = o.conv[0] == 'g' ? send_group_one(sp, &o, cb, arg) : send_one(sp, &o, cb, arg);
+		if (rc) {
+			int kind = classify(sp, rc), tries = 0;
+			if (kind == OB_COUNTED && (tries = count_try(sp, &o)) >= OUTBOX_TRIES)
+				kind = OB_FAILED;
+			/* Failed for good, it leaves the queue and the entries behind it go on; any
+			 * other error keeps it, in order, and the entries behind it wait with it. */
+			if (kind == OB_FAILED)
+				rc = mark_failed(sp, &o, rc, tries);
+		}
 		free(o.env);
-		if (rc == SP_OK)
-			continue;
-		int kind = classify(sp, rc), tries = 0;
-		if (kind == OB_COUNTED && (tries = count_try(sp, &o)) >= OUTBOX_TRIES)
-			kind = OB_FAILED;
-		if (kind != OB_FAILED)
-			return rc; /* kept, in order: the entries behind it wait with it */
-		int mrc = mark_failed(sp, &o, rc, tries);
-		if (mrc)
-			return mrc;
+		if (rc)
+			return rc;
 	}
 }
 
