@@ -66,6 +66,20 @@ wait_text(const char *outname, const char *text, int ms)
 	}
 }
 
+/* Stops a listener and shows what it wrote on stderr (the sanitizers report there). */
+static void
+stop_listener(pid_t pid, const char *outname)
+{
+	static char err[65536];
+	char name[128];
+	ct_stop(pid);
+	snprintf(name, sizeof(name), "%s.err", outname);
+	ct_read_out(name, err, sizeof(err));
+	if (err[0])
+		printf("%s stderr:\n%s", outname, err);
+	CHECK(strstr(err, "Sanitizer") == NULL && strstr(err, "runtime error") == NULL);
+}
+
 /* Which connsrv (0 or 1) a "host:port" names. */
 static int
 connsrv_of(const char *server)
@@ -101,7 +115,7 @@ test_stays_up(void)
 		usleep(100000);
 	ct_read_out("listen-up.out", out, sizeof(out));
 	CHECK(kill(l, 0) == 0); /* still running */
-	ct_stop(l);
+	stop_listener(l, "listen-up.out");
 	printf("listener output after %llu ms:\n%s", (unsigned long long)(sp_time_ms() - t0), out);
 	CHECK(ct_count(out, "type", "connected") == 1);
 	json_t *j = ct_line(out, 0);
@@ -125,7 +139,7 @@ test_control_without_pings(void)
 	snprintf(args, sizeof(args), "--server 127.0.0.1:%d listen", ct_cluster.conn_port[0]);
 	pid_t l = ct_spawn("bob", "listen-noping.out", "SEALPOST_PING_MS=-1", args);
 	int n = wait_connected("listen-noping.out", 2, 15000, out, sizeof(out));
-	ct_stop(l);
+	stop_listener(l, "listen-noping.out");
 	printf("listener without pings:\n%s", out);
 	CHECK(n >= 2);
 	json_t *j = ct_line(out, 1);
@@ -167,7 +181,7 @@ test_dead_server(void)
 	CHECK(ct_run("alice", out, sizeof(out), "--server 127.0.0.1:%d send +15550702 'after the stop'",
 		     ct_cluster.conn_port[1 - first]) == 0);
 	bool got = wait_text("listen-dead.out", "after the stop", 15000);
-	ct_stop(l);
+	stop_listener(l, "listen-dead.out");
 	CHECK(got);
 }
 
