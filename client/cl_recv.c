@@ -659,7 +659,8 @@ drain(sealpost *sp, int wait_ms, int listen, sealpost_event_cb cb, void *arg)
 			rc = process(sp, d, cb, arg);
 			cl_deliver_free(d);
 		}
-		if (rc == SP_OK || rc == SP_ETIMEDOUT || rc == SP_EAGAIN)
+		/* (A connection whose PING went unanswered is gone with SP_ETIMEDOUT too.) */
+		if (rc == SP_OK || rc == SP_EAGAIN || (rc == SP_ETIMEDOUT && sp->conn))
 			continue;
 		if (sp->errclass != SEALPOST_ERR_NET)
 			return rc;
