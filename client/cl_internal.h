@@ -73,6 +73,14 @@ struct sealpost {
 	uint64_t next_id;
 	cl_deliver *dq_head, *dq_tail;
 	int cut_chunks_left;
+	/* Keepalive (cl_net.c): times in ms of sp_time_ms(); ping_sent_ms 0: no PING
+	 * awaiting an answer. */
+	uint64_t ping_at_ms, ping_sent_ms, connected_at_ms;
+	uint64_t connects;     /* successful connections of this handle */
+	unsigned drop_streak;  /* connections lost in a row (reset by one that stayed up) */
+	bool dropped;          /* the last connection was lost: wait a backoff before the next */
+	char server[272];      /* "host:port" of the current (or last) connsrv */
+	char drop_reason[256]; /* why the last connection was lost */
 	char err[512];
 	int errclass;
 };
@@ -129,7 +137,9 @@ void cl_conv_display(sealpost *sp, const char *key, char *out, size_t cap);
 
 /* ---- network (cl_net.c) ---- */
 /* Connects (router bootstrap unless a server is given) and logs in if registered,
- * retrying with backoff up to `attempts` times (<0: forever). */
+ * retrying with backoff up to `attempts` times (<0: forever). After a lost connection
+ * the first attempt waits a backoff too (growing while connections keep dropping), so
+ * that the clients of a failed server do not all come back at once. */
 int cl_connect(sealpost *sp, int attempts);
 void cl_disconnect(sealpost *sp);
 /* Sends q (its id assigned here) and waits for the reply with that id. On SP_OK *r is
@@ -140,10 +150,15 @@ int cl_call(sealpost *sp, sp_frame *q, sp_frame *r);
 /* As cl_call, failing with SP_EPROTO unless the reply is of type `want`. */
 int cl_call_want(sealpost *sp, sp_frame *q, unsigned want, sp_frame *r);
 /* Next DELIVER: a queued one first, else from the connection within timeout_ms.
- * SP_ETIMEDOUT when none came. *out is the caller's (cl_deliver_free). */
+ * SP_ETIMEDOUT when none came. *out is the caller's (cl_deliver_free). While it waits
+ * it keeps the connection up: a PING when one is due (cl_ping_ms), and a PING left
+ * unanswered for cl_pong_timeout_ms drops the connection (SP_ETIMEDOUT, class NET). */
 int cl_next_deliver(sealpost *sp, int timeout_ms, cl_deliver **out);
 void cl_deliver_free(cl_deliver *d);
 int cl_ack(sealpost *sp, uint64_t upto);
+/* The keepalive settings in effect (ping 0: off). */
+uint64_t cl_ping_ms(const sealpost *sp);
+uint64_t cl_pong_timeout_ms(const sealpost *sp);
 /* Full-jitter exponential backoff: a random delay in [0, min(cap, base * 2^attempt)]. */
 uint64_t cl_backoff_ms(unsigned attempt, uint64_t base, uint64_t cap);
 void cl_sleep_ms(uint64_t ms);

@@ -1,8 +1,9 @@
 /*
  * The connection: router bootstrap or a fixed connsrv, login, reconnect with exponential
- * backoff and full jitter, request/reply matching by request id, and a queue for the
- * DELIVERs that arrive while a reply is awaited (they are processed, in order, by the
- * receive loop; nothing is ACKed before it is stored).
+ * backoff and full jitter, keepalive (PING when idle, a missing PONG drops the
+ * connection), request/reply matching by request id, and a queue for the DELIVERs that
+ * arrive while a reply is awaited (they are processed, in order, by the receive loop;
+ * nothing is ACKed before it is stored).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -16,6 +17,34 @@
 #include "sp_time.h"
 
 #define CL_REPLY_TIMEOUT_MS 20000
+#define CL_PING_MS 60000
+#define CL_PONG_TIMEOUT_MS 10000
+
+uint64_t
+cl_ping_ms(const sealpost *sp)
+{
+	return sp->cfg.ping_ms < 0 ? 0 : sp->cfg.ping_ms > 0 ? (uint64_t)sp->cfg.ping_ms : CL_PING_MS;
+}
+
+uint64_t
+cl_pong_timeout_ms(const sealpost *sp)
+{
+	return sp->cfg.pong_timeout_ms > 0 ? (uint64_t)sp->cfg.pong_timeout_ms : CL_PONG_TIMEOUT_MS;
+}
+
+/* The next PING is due an interval after the last frame we sent, less up to a quarter of
+ * it at random: clients that connected together (after a server restart) drift apart. */
+static void
+ping_schedule(sealpost *sp, uint64_t now)
+{
+	uint64_t iv = cl_ping_ms(sp);
+	if (iv == 0) {
+		sp->ping_at_ms = 0;
+		return;
+	}
+	uint64_t q = iv / 4 < UINT32_MAX - 1 ? iv / 4 : UINT32_MAX - 1;
+	sp->ping_at_ms = now + iv - randombytes_uniform((uint32_t)q + 1);
+}
 
 uint64_t
 cl_backoff_ms(unsigned attempt, uint64_t base, uint64_t cap)
@@ -63,6 +92,23 @@ cl_disconnect(sealpost *sp)
 		cl_deliver_free(d);
 	}
 	sp->dq_tail = NULL;
+}
+
+/* The connection was lost (not closed on purpose): the next connect waits a backoff
+ * first, longer while connections keep dropping soon after they were made. */
+static void
+conn_lost(sealpost *sp, const char *why)
+{
+	if (sp->conn) {
+		uint64_t cap = sp->cfg.backoff_cap_ms > 0 ? (uint64_t)sp->cfg.backoff_cap_ms : 10000;
+		if (sp_time_ms() - sp->connected_at_ms >= cap)
+			sp->drop_streak = 0; /* it stayed up: this is a fresh failure */
+		if (sp->drop_streak < 32)
+			sp->drop_streak++;
+		sp->dropped = true;
+		snprintf(sp->drop_reason, sizeof(sp->drop_reason), "%s", why);
+	}
+	cl_disconnect(sp);
 }
 
 static int
@@ -181,8 +227,14 @@ connect_once(sealpost *sp)
 			       "no server: use --server, --router or SEALPOST_ROUTER");
 	}
 	sp->queue_empty = false;
-	if (!cl_registered(sp))
+	sp->connected_at_ms = sp_time_ms();
+	sp->ping_sent_ms = 0;
+	ping_schedule(sp, sp->connected_at_ms);
+	snprintf(sp->server, sizeof(sp->server), "%s:%d", host, port);
+	if (!cl_registered(sp)) {
+		sp->connects++;
 		return SP_OK;
+	}
 	rc = spc_conn_login(sp->conn, sp->user, sp->device, sp->auth_sk, sp->last_seq, NULL);
 	if (rc) {
 		int cls = cl_class_of(rc) == SEALPOST_ERR_NET ? SEALPOST_ERR_NET : SEALPOST_ERR_SERVER;
@@ -190,6 +242,7 @@ connect_once(sealpost *sp)
 		return cl_fail(sp, rc, cls, "login to %s:%d: %s", host, port, sp_strerror(rc));
 	}
 	sp->logged_in = true;
+	sp->connects++;
 	/* What we stored before may not have reached the server as an ACK. */
 	if (sp->last_seq && (rc = cl_ack(sp, sp->last_seq)))
 		return rc;
@@ -203,6 +256,10 @@ cl_connect(sealpost *sp, int attempts)
 		return SP_OK;
 	uint64_t base = sp->cfg.backoff_base_ms > 0 ? (uint64_t)sp->cfg.backoff_base_ms : 200;
 	uint64_t cap = sp->cfg.backoff_cap_ms > 0 ? (uint64_t)sp->cfg.backoff_cap_ms : 10000;
+	if (sp->dropped) {
+		sp->dropped = false;
+		cl_sleep_ms(cl_backoff_ms(sp->drop_streak - 1, base, cap));
+	}
 	for (unsigned attempt = 0;; attempt++) {
 		int rc = connect_once(sp);
 		if (rc == SP_OK || sp->errclass != SEALPOST_ERR_NET)
@@ -217,11 +274,27 @@ cl_connect(sealpost *sp, int attempts)
 static int
 net_fail(sealpost *sp, int rc, const char *what)
 {
-	cl_disconnect(sp);
 	if (cl_class_of(rc) != SEALPOST_ERR_NET)
 		rc = SP_EPROTO;
-	return cl_fail(sp, rc == SP_EPROTO ? SP_ECLOSED : rc, SEALPOST_ERR_NET, "%s: %s", what,
-		       sp_strerror(rc));
+	cl_fail(sp, rc == SP_EPROTO ? SP_ECLOSED : rc, SEALPOST_ERR_NET, "%s: %s", what, sp_strerror(rc));
+	conn_lost(sp, sp->err);
+	return rc == SP_EPROTO ? SP_ECLOSED : rc;
+}
+
+/* Sends one frame. Only a failed write loses the connection: a frame that cannot be
+ * encoded (too large, a field out of bounds) was not written at all, and is that
+ * request's own permanent error. */
+static int
+conn_send(sealpost *sp, const sp_frame *f)
+{
+	int rc = spc_conn_send(sp->conn, f);
+	if (rc == SP_ECLOSED || rc == SP_EIO)
+		return net_fail(sp, rc, sp_frame_type_name(f->type));
+	if (rc)
+		return cl_fail(sp, rc, SEALPOST_ERR_OTHER, "%s cannot be sent: %s", sp_frame_type_name(f->type),
+			       sp_strerror(rc));
+	ping_schedule(sp, sp_time_ms());
+	return SP_OK;
 }
 
 static int
@@ -290,9 +363,9 @@ cl_call(sealpost *sp, sp_frame *q, sp_frame *r)
 		return cl_fail(sp, SP_ECLOSED, SEALPOST_ERR_NET, "not connected");
 	q->has_id = true;
 	q->id = ++sp->next_id;
-	int rc = spc_conn_send(sp->conn, q);
+	int rc = conn_send(sp, q);
 	if (rc)
-		return net_fail(sp, rc, sp_frame_type_name(q->type));
+		return rc;
 	uint64_t deadline = sp_time_ms() + CL_REPLY_TIMEOUT_MS;
 	for (;;) {
 		uint64_t now = sp_time_ms();
@@ -301,6 +374,7 @@ cl_call(sealpost *sp, sp_frame *q, sp_frame *r)
 		rc = spc_conn_recv(sp->conn, (int)(deadline - now), r);
 		if (rc)
 			return net_fail(sp, rc, sp_frame_type_name(q->type));
+		sp->ping_sent_ms = 0; /* the server is alive */
 		if ((rc = unprompted(sp, r)) < 0)
 			return rc;
 		if (rc == 1)
@@ -311,9 +385,10 @@ cl_call(sealpost *sp, sp_frame *q, sp_frame *r)
 				sp_frame_str(r, SP_F_REASON, reason, sizeof(reason));
 				rc = (int)sp_frame_i64(r, SP_F_CODE);
 				sp_frame_fini(r);
-				cl_disconnect(sp);
-				return cl_fail(sp, rc < 0 ? rc : SP_EPROTO, SEALPOST_ERR_SERVER,
-					       "server error: %s", reason[0] ? reason : sp_strerror(rc));
+				cl_fail(sp, rc < 0 ? rc : SP_EPROTO, SEALPOST_ERR_SERVER, "server error: %s",
+					reason[0] ? reason : sp_strerror(rc));
+				conn_lost(sp, sp->err);
+				return rc < 0 ? rc : SP_EPROTO;
 			}
 			sp_frame_fini(r); /* a late reply to a request we gave up on */
 			continue;
@@ -353,6 +428,36 @@ cl_call_want(sealpost *sp, sp_frame *q, unsigned want, sp_frame *r)
 	return SP_OK;
 }
 
+/* Keepalive while waiting: sends a PING when one is due; drops a connection whose PING
+ * went unanswered too long. Returns how long the caller may block (at most max_ms), or
+ * a negative error (the connection is gone). */
+static int64_t
+keepalive(sealpost *sp, uint64_t now, uint64_t max_ms)
+{
+	if (sp->ping_sent_ms) {
+		uint64_t dead = sp->ping_sent_ms + cl_pong_timeout_ms(sp);
+		if (now >= dead) {
+			char what[64];
+			snprintf(what, sizeof(what), "no PONG within %" PRIu64 " ms", cl_pong_timeout_ms(sp));
+			return net_fail(sp, SP_ETIMEDOUT, what);
+		}
+		return (int64_t)(dead - now < max_ms ? dead - now : max_ms);
+	}
+	if (!sp->ping_at_ms)
+		return (int64_t)max_ms;
+	if (now >= sp->ping_at_ms) {
+		sp_frame p;
+		sp_frame_init(&p, SP_T_PING, 0, false);
+		int rc = conn_send(sp, &p);
+		if (rc)
+			return rc;
+		sp->ping_sent_ms = now;
+		uint64_t t = cl_pong_timeout_ms(sp);
+		return (int64_t)(t < max_ms ? t : max_ms);
+	}
+	return (int64_t)(sp->ping_at_ms - now < max_ms ? sp->ping_at_ms - now : max_ms);
+}
+
 int
 cl_next_deliver(sealpost *sp, int timeout_ms, cl_deliver **out)
 {
@@ -370,12 +475,19 @@ cl_next_deliver(sealpost *sp, int timeout_ms, cl_deliver **out)
 	bool was_empty = sp->queue_empty;
 	for (;;) {
 		uint64_t now = sp_time_ms();
+		int64_t wait = keepalive(sp, now, now < deadline ? deadline - now : 0);
+		if (wait < 0)
+			return (int)wait;
 		sp_frame f;
-		int rc = spc_conn_recv(sp->conn, now < deadline ? (int)(deadline - now) : 0, &f);
-		if (rc == SP_ETIMEDOUT)
-			return SP_ETIMEDOUT;
+		int rc = spc_conn_recv(sp->conn, (int)wait, &f);
+		if (rc == SP_ETIMEDOUT) {
+			if (sp_time_ms() >= deadline)
+				return SP_ETIMEDOUT;
+			continue; /* woken for the keepalive */
+		}
 		if (rc)
 			return net_fail(sp, rc, "receive");
+		sp->ping_sent_ms = 0; /* the server is alive */
 		if ((rc = unprompted(sp, &f)) < 0)
 			return rc;
 		if (rc == 0) {
@@ -401,6 +513,5 @@ cl_ack(sealpost *sp, uint64_t upto)
 	sp_frame q;
 	sp_frame_init(&q, SP_T_ACK, 0, false);
 	sp_frame_set_u64(&q, SP_F_UPTO_SEQ, upto);
-	int rc = spc_conn_send(sp->conn, &q);
-	return rc ? net_fail(sp, rc, "ACK") : SP_OK;
+	return conn_send(sp, &q);
 }

@@ -18,12 +18,16 @@
 #include "sp_error.h"
 #include "sp_time.h"
 
-enum { ST_QUEUED = 0, ST_SENT = 1, ST_DELIVERED = 2, ST_READ = 3 };
+enum { ST_FAILED = -1, ST_QUEUED = 0, ST_SENT = 1, ST_DELIVERED = 2, ST_READ = 3 };
 
 static const char *
 status_name(int s)
 {
-	return s >= ST_READ ? "read" : s == ST_DELIVERED ? "delivered" : s == ST_SENT ? "sent" : "queued";
+	return s >= ST_READ	   ? "read"
+	       : s == ST_DELIVERED ? "delivered"
+	       : s == ST_SENT	   ? "sent"
+	       : s == ST_FAILED	   ? "failed"
+				   : "queued";
 }
 
 static uint64_t
@@ -595,12 +599,30 @@ expire(sealpost *sp, sealpost_event_cb cb, void *arg, uint64_t *next_ms)
 	return cl_report_pending(sp, cb, arg);
 }
 
+/* listen: reports each new connection (the count of lost ones says whether the
+ * connection stays up). */
+static void
+report_connection(sealpost *sp, sealpost_event_cb cb, void *arg, uint64_t *seen)
+{
+	if (!cb || !sp->conn || sp->connects == *seen)
+		return;
+	*seen = sp->connects;
+	sealpost_event ev = {.type = SEALPOST_EV_CONNECTED,
+			     .server = sp->server,
+			     .reconnects = sp->connects - 1,
+			     .drop_reason = sp->connects > 1 && sp->drop_reason[0] ? sp->drop_reason : NULL};
+	cb(&ev, arg);
+}
+
 /* The receive loop shared by recv, listen and status. */
 static int
 drain(sealpost *sp, int wait_ms, int listen, sealpost_event_cb cb, void *arg)
 {
 	int attempts = listen ? -1 : cl_attempts(sp), rc;
 	uint64_t qe_at = 0, hard_end = sp_time_ms() + 120000 + (uint64_t)(wait_ms > 0 ? wait_ms : 0);
+	uint64_t seen = sp->connects;
+	if (sp->conn)
+		seen--; /* a connection made before this call is reported too */
 	if ((rc = cl_online(sp, attempts)))
 		return rc;
 	rc = cl_outbox_flush(sp, NULL, NULL);
@@ -608,6 +630,8 @@ drain(sealpost *sp, int wait_ms, int listen, sealpost_event_cb cb, void *arg)
 		return rc;
 	for (;;) {
 		uint64_t next_hold = 0, now;
+		if (listen)
+			report_connection(sp, cb, arg, &seen);
 		if ((rc = expire(sp, cb, arg, &next_hold)))
 			return rc;
 		now = sp_time_ms();
@@ -635,14 +659,17 @@ drain(sealpost *sp, int wait_ms, int listen, sealpost_event_cb cb, void *arg)
 			rc = process(sp, d, cb, arg);
 			cl_deliver_free(d);
 		}
-		if (rc == SP_OK || rc == SP_ETIMEDOUT || rc == SP_EAGAIN)
+		/* (A connection whose PING went unanswered is gone with SP_ETIMEDOUT too.) */
+		if (rc == SP_OK || rc == SP_EAGAIN || (rc == SP_ETIMEDOUT && sp->conn))
 			continue;
 		if (sp->errclass != SEALPOST_ERR_NET)
 			return rc;
-		/* Lost connection: reconnect (backoff with jitter) and carry on from last_seq. */
+		/* Lost connection: reconnect (backoff with jitter) and carry on from last_seq;
+		 * what was queued meanwhile goes out (a failure here shows in the next round). */
 		qe_at = 0;
 		if ((rc = cl_online(sp, attempts)))
 			return rc;
+		cl_outbox_flush(sp, NULL, NULL);
 	}
 }
 
@@ -755,7 +782,7 @@ status_of(sealpost *sp, const uint8_t msg_id[16], int *out, uint64_t *ts)
 	if (state < 0)
 		return SP_ENOTFOUND;
 	if (state != 1) {
-		*out = ST_QUEUED;
+		*out = state == 2 ? ST_FAILED : ST_QUEUED;
 		return SP_OK;
 	}
 	if ((rc = cl_prep(sp, &st, "SELECT MIN(best) FROM (SELECT MAX(status) AS best FROM recipients WHERE msg_id = ?1"
@@ -802,6 +829,21 @@ sealpost_status_get(sealpost *sp, const char *msg_hex, int offline, sealpost_sta
 	}
 	snprintf(s->status, sizeof(s->status), "%s", status_name(overall));
 	sqlite3_stmt *st;
+	if (overall == ST_FAILED) {
+		if ((rc = cl_prep(sp, &st, "SELECT error, reason FROM outbox WHERE msg_id = ?"))) {
+			free(s);
+			return rc;
+		}
+		sqlite3_bind_blob(st, 1, id, 16, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW) {
+			s->error = sqlite3_column_int(st, 0);
+			if (sqlite3_column_text(st, 1))
+				snprintf(s->reason, sizeof(s->reason), "%s", (const char *)sqlite3_column_text(st, 1));
+		}
+		sqlite3_finalize(st);
+		if (s->error >= 0)
+			s->error = SP_EPERM; /* failed before the reason was kept */
+	}
 	if ((rc = cl_prep(sp, &st, "SELECT user, device, status FROM recipients WHERE msg_id = ? ORDER BY user, device"))) {
 		free(s);
 		return rc;

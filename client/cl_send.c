@@ -252,6 +252,29 @@ upload_media(sealpost *sp, const outbox_row *o, const uint64_t *devs, size_t n, 
 	return set_uploaded(sp, o);
 }
 
+/* A request too large for one frame fails before the ratchet steps taken for it are
+ * saved (the caller reloads the state: those message keys were never used). The id is
+ * set as cl_call will set it, so the size is the one that goes on the wire. */
+static int
+frame_fits(sealpost *sp, sp_frame *q, size_t ncopies)
+{
+	msgpack_sbuffer sb;
+	msgpack_sbuffer_init(&sb);
+	q->has_id = true;
+	q->id = sp->next_id + 1;
+	int rc = sp_frame_pack(q, &sb);
+	size_t len = sb.size;
+	msgpack_sbuffer_destroy(&sb);
+	if (rc == SP_ETOOBIG)
+		return cl_fail(sp, rc, SEALPOST_ERR_SERVER,
+			       "message too large: %zu encrypted copies do not fit in one %zu-byte frame", ncopies,
+			       sp_frame_limit_small());
+	if (rc)
+		return cl_fail(sp, rc, SEALPOST_ERR_SERVER, "%s cannot be encoded: %s (%zu bytes)",
+			       sp_frame_type_name(q->type), sp_strerror(rc), len);
+	return SP_OK;
+}
+
 static int
 send_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void *arg)
 {
@@ -294,15 +317,14 @@ send_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void *arg)
 				sp_frame_set_bin(&items[i], SP_F_CT, cts[i], len);
 			}
 		}
-		if (rc == SP_OK)
-			rc = save_state(sp);
 		sp_frame q, r;
 		if (rc == SP_OK) {
 			sp_frame_init(&q, SP_T_SEND, 0, false);
 			sp_frame_set_bin(&q, SP_F_MSG_ID, o->msg_id, 16);
 			sp_frame_set_u64(&q, SP_F_TO_USER, to);
 			sp_frame_set_recs(&q, SP_F_ITEMS, items, (uint32_t)n);
-			rc = cl_call(sp, &q, &r);
+			if ((rc = frame_fits(sp, &q, n)) == SP_OK && (rc = save_state(sp)) == SP_OK)
+				rc = cl_call(sp, &q, &r);
 		}
 		for (size_t i = 0; i < n; i++)
 			free(cts[i]);
@@ -452,8 +474,6 @@ send_group_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void 
 		}
 		if (rc == SP_OK && (rc = sig_store_sk_encrypt(sp->sig, gname, o->env, o->env_len, &body, &body_len)))
 			cl_fail(sp, rc, SEALPOST_ERR_CRYPTO, "group encrypt: %s", sp_strerror(rc));
-		if (rc == SP_OK)
-			rc = save_state(sp);
 		sp_frame q, r;
 		if (rc == SP_OK) {
 			sp_frame_init(&q, SP_T_SEND_GROUP, 0, false);
@@ -463,7 +483,8 @@ send_group_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void 
 			sp_frame_set_bin(&q, SP_F_BODY, body, body_len);
 			if (nitems)
 				sp_frame_set_recs(&q, SP_F_ITEMS, items, (uint32_t)nitems);
-			rc = cl_call_want(sp, &q, SP_T_SENT, &r);
+			if ((rc = frame_fits(sp, &q, nitems + 1)) == SP_OK && (rc = save_state(sp)) == SP_OK)
+				rc = cl_call_want(sp, &q, SP_T_SENT, &r);
 		}
 		if (rc == SP_OK) {
 			uint64_t ts = sp_frame_u64(&r, SP_F_SERVER_TS);
@@ -492,25 +513,94 @@ send_group_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void 
 	return rc;
 }
 
-/* Errors after which retrying the same message cannot help: it leaves the outbox. */
-static bool
-permanent(int rc)
+/* Tries of one entry that end in an error neither permanent nor "later" (device lists
+ * that keep changing, an encryption or protocol failure) before it is given up. */
+#define OUTBOX_TRIES 5
+
+enum { OB_LATER, OB_COUNTED, OB_FAILED };
+
+/* What a failed try means for its entry: OB_FAILED when the same message can never go
+ * (it leaves the outbox, and the entries behind it go on), OB_LATER when the network or
+ * the server says "not now" (nothing counted), OB_COUNTED otherwise. */
+static int
+classify(const sealpost *sp, int rc)
 {
-	return rc == SP_ENOTFOUND || rc == SP_EPERM || rc == SP_EINVAL || rc == SP_ETOOBIG ||
-	       rc == SP_EMALFORMED || rc == SP_EFIELDLEN;
+	if (sp->errclass == SEALPOST_ERR_NET)
+		return OB_LATER;
+	switch (rc) {
+	case SP_ENOTFOUND:  /* no such user, the recipient has no devices */
+	case SP_EPERM:      /* not a member */
+	case SP_EINVAL:     /* refused as invalid */
+	case SP_ETOOBIG:    /* does not fit in a frame */
+	case SP_EFIELDLEN:  /* a field out of its bounds */
+	case SP_EMALFORMED: /* a damaged outbox entry */
+	case SP_EBADTYPE:
+		return OB_FAILED;
+	case SP_EUNAVAIL:
+	case SP_ERATELIMIT:
+	case SP_EFULL:
+	case SP_ENOMEM:
+	case SP_ESTORE:
+		return OB_LATER;
+	default:
+		return OB_COUNTED;
+	}
 }
 
+/* A message that could not even be encoded never left this device: when it holds the
+ * newest sequence number of its conversation, the next message takes that number again,
+ * so that the recipient sees no gap (which it would hold back for gap_hold_ms). */
 static int
-mark_failed(sealpost *sp, int64_t seq)
+give_back_seq(sealpost *sp, const outbox_row *o, int rc)
+{
+	cl_env e;
+	if ((rc != SP_ETOOBIG && rc != SP_EFIELDLEN) || cl_env_decode(o->env, o->env_len, &e) || !e.seq)
+		return SP_OK;
+	sqlite3_stmt *st;
+	int src = cl_prep(sp, &st, "UPDATE conv_out SET next_seq = next_seq - 1 WHERE conv = ? AND next_seq = ?");
+	if (src)
+		return src;
+	sqlite3_bind_text(st, 1, o->conv, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)(e.seq + 1));
+	return cl_step_done(sp, st);
+}
+
+/* Marks an entry failed with the current error (or, after too many tries, says so). */
+static int
+mark_failed(sealpost *sp, const outbox_row *o, int rc, int tries)
+{
+	char reason[sizeof(sp->err) + 48];
+	if (tries >= OUTBOX_TRIES)
+		snprintf(reason, sizeof(reason), "gave up after %d tries: %s", tries, sp->err);
+	else
+		snprintf(reason, sizeof(reason), "%s", sp->err);
+	sqlite3_stmt *st;
+	int src = cl_prep(sp, &st, "UPDATE outbox SET state = 2, error = ?, reason = ? WHERE seq = ?");
+	if (src)
+		return src;
+	sqlite3_bind_int(st, 1, rc < 0 ? rc : SP_EPROTO);
+	sqlite3_bind_text(st, 2, reason, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, o->seq);
+	if ((src = cl_step_done(sp, st)))
+		return src;
+	if (o->media_file[0])
+		unlink(o->media_file); /* it will never be uploaded */
+	return give_back_seq(sp, o, rc);
+}
+
+/* Counts a try that failed (OB_COUNTED); returns the tries so far. */
+static int
+count_try(sealpost *sp, const outbox_row *o)
 {
 	sqlite3_stmt *st;
-	int rc = cl_prep(sp, &st, "UPDATE outbox SET state = 2 WHERE seq = ?");
-	if (rc)
-		return rc;
-	sqlite3_bind_int64(st, 1, seq);
-	sqlite3_step(st);
+	int n = OUTBOX_TRIES; /* a store that cannot count gives the entry up */
+	if (cl_prep(sp, &st, "UPDATE outbox SET attempts = attempts + 1 WHERE seq = ? RETURNING attempts"))
+		return n;
+	sqlite3_bind_int64(st, 1, o->seq);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int(st, 0);
 	sqlite3_finalize(st);
-	return SP_OK;
+	return n;
 }
 
 int
@@ -541,13 +631,22 @@ cl_outbox_flush(sealpost *sp, sealpost_progress_cb cb, void *arg)
 		sqlite3_finalize(st);
 		if (!o.env)
 			return cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
-		if ((rc = cl_online(sp, cl_attempts(sp))) == SP_OK)
-			rc = o.conv[0] == 'g' ? send_group_one(sp, &o, cb, arg) : send_one(sp, &o, cb, arg);
-		free(o.env);
-		if (rc && sp->errclass == SEALPOST_ERR_SERVER && permanent(rc)) {
-			mark_failed(sp, o.seq);
+		/* Not reaching the cluster says nothing about the message. */
+		if ((rc = cl_online(sp, cl_attempts(sp)))) {
+			free(o.env);
 			return rc;
 		}
+		rc = o.conv[0] == 'g' ? send_group_one(sp, &o, cb, arg) : send_one(sp, &o, cb, arg);
+		if (rc) {
+			int kind = classify(sp, rc), tries = 0;
+			if (kind == OB_COUNTED && (tries = count_try(sp, &o)) >= OUTBOX_TRIES)
+				kind = OB_FAILED;
+			/* Failed for good, it leaves the queue and the entries behind it go on; any
+			 * other error keeps it, in order, and the entries behind it wait with it. */
+			if (kind == OB_FAILED)
+				rc = mark_failed(sp, &o, rc, tries);
+		}
+		free(o.env);
 		if (rc)
 			return rc;
 	}
@@ -650,23 +749,32 @@ result_of(sealpost *sp, const uint8_t msg_id[16], int flush_rc, sealpost_sent *o
 {
 	sqlite3_stmt *st;
 	int state = 0, rc;
+	memset(out, 0, sizeof(*out));
 	cl_hex(msg_id, 16, out->msg_id);
-	out->sent = 0;
-	out->server_ts = 0;
-	if ((rc = cl_prep(sp, &st, "SELECT state, server_ts FROM outbox WHERE msg_id = ?")))
+	if ((rc = cl_prep(sp, &st, "SELECT state, server_ts, error, reason FROM outbox WHERE msg_id = ?")))
 		return rc;
 	sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
 	if (sqlite3_step(st) == SQLITE_ROW) {
 		state = sqlite3_column_int(st, 0);
 		out->server_ts = (uint64_t)sqlite3_column_int64(st, 1);
+		out->error = sqlite3_column_int(st, 2);
+		if (sqlite3_column_text(st, 3))
+			snprintf(out->reason, sizeof(out->reason), "%s", (const char *)sqlite3_column_text(st, 3));
 	}
 	sqlite3_finalize(st);
 	if (state == 1) {
 		out->sent = 1;
+		out->error = 0;
 		return SP_OK;
 	}
-	if (state == 2)
-		return flush_rc ? flush_rc : cl_fail(sp, SP_EPERM, SEALPOST_ERR_SERVER, "message refused");
+	if (state == 2) {
+		out->failed = 1;
+		if (out->error >= 0)
+			out->error = SP_EPERM;
+		return cl_fail(sp, out->error, SEALPOST_ERR_SERVER, "message %s failed: %s", out->msg_id,
+			       out->reason[0] ? out->reason : sp_strerror(out->error));
+	}
+	out->error = 0;
 	/* Still queued: offline (or the server asked us to retry later) is not a failure. */
 	if (flush_rc && sp->errclass != SEALPOST_ERR_NET && flush_rc != SP_EUNAVAIL && flush_rc != SP_ERATELIMIT &&
 	    flush_rc != SP_EFULL)
@@ -679,6 +787,7 @@ sealpost_send_text(sealpost *sp, const char *to, const char *text, sealpost_sent
 {
 	uint8_t msg_id[16];
 	int rc;
+	memset(out, 0, sizeof(*out));
 	if ((rc = cl_need_account(sp)) || (rc = cl_outbox_add_text(sp, to, text, msg_id)))
 		return rc;
 	return result_of(sp, msg_id, cl_outbox_flush(sp, NULL, NULL), out);
@@ -703,6 +812,7 @@ sealpost_send_file(sealpost *sp, const char *to, const char *path, sealpost_prog
 		   sealpost_sent *out)
 {
 	int rc;
+	memset(out, 0, sizeof(*out));
 	if ((rc = cl_need_account(sp)))
 		return rc;
 	cl_env e = {.kind = CL_K_MEDIA};

@@ -37,9 +37,23 @@ static const char schema[] =
 	" PRIMARY KEY(from_user, from_device, msg_id));"
 	"CREATE TABLE IF NOT EXISTS outbox(seq INTEGER PRIMARY KEY AUTOINCREMENT, msg_id BLOB UNIQUE NOT NULL,"
 	" conv TEXT NOT NULL, env BLOB NOT NULL, created INTEGER, state INTEGER DEFAULT 0, server_ts INTEGER,"
-	" attempts INTEGER DEFAULT 0, media_file TEXT, uploaded INTEGER DEFAULT 0);"
+	" attempts INTEGER DEFAULT 0, media_file TEXT, uploaded INTEGER DEFAULT 0, error INTEGER DEFAULT 0,"
+	" reason TEXT);"
 	"CREATE TABLE IF NOT EXISTS recipients(msg_id BLOB, user INTEGER, device INTEGER, status INTEGER,"
 	" PRIMARY KEY(msg_id, user, device));";
+
+/* Columns added after the first release: a home made before gets them here. */
+static int
+migrate(sealpost *sp)
+{
+	sqlite3_stmt *st;
+	if (sqlite3_prepare_v2(sp->db, "SELECT error, reason FROM outbox LIMIT 0", -1, &st, NULL) == SQLITE_OK) {
+		sqlite3_finalize(st);
+		return SP_OK;
+	}
+	return cl_exec(sp, "ALTER TABLE outbox ADD COLUMN error INTEGER DEFAULT 0;"
+			   " ALTER TABLE outbox ADD COLUMN reason TEXT");
+}
 
 int
 cl_exec(sealpost *sp, const char *sql)
@@ -166,7 +180,7 @@ cl_store_open(sealpost *sp)
 	sqlite3_busy_timeout(sp->db, 10000);
 	int rc;
 	if ((rc = cl_exec(sp, "PRAGMA journal_mode=WAL")) || (rc = cl_exec(sp, "PRAGMA synchronous=FULL")) ||
-	    (rc = cl_exec(sp, schema)))
+	    (rc = cl_exec(sp, schema)) || (rc = migrate(sp)))
 		return rc;
 	return cl_account_load(sp);
 }

@@ -47,6 +47,14 @@ typedef struct sealpost_config {
 	/* Testing knob: cut the connection after this many uploaded media chunks (once), to
 	 * exercise resumable upload. 0: off. */
 	int test_cut_upload_after;
+	/* Keepalive: a PING goes out after ping_ms without sending anything (less up to a
+	 * quarter of it, at random, so that clients do not ping in step); 0: 60000; <0:
+	 * never. connsrv closes a connection that sent nothing for its --idle-timeout (180 s
+	 * by default), so this must stay well under that. */
+	int ping_ms;
+	/* A connection that brings no frame back within pong_timeout_ms of a PING is taken
+	 * for dead (a stopped server, a lost path) and replaced; 0: 10000. */
+	int pong_timeout_ms;
 } sealpost_config;
 
 /* Opens (creating if needed) the store in cfg->home. Strings are copied. On success *out
@@ -91,6 +99,8 @@ enum {
 	SEALPOST_EV_UNDECRYPTABLE = 3, /* refused: tampered, unknown sender key, ... (error) */
 	SEALPOST_EV_IDENTITY = 4,      /* a contact's device has a new identity key
 					* ("security code changed"); the message follows */
+	SEALPOST_EV_CONNECTED = 5,     /* listen only: (re)connected (server, reconnects,
+					* drop_reason) */
 };
 enum { SEALPOST_RECEIPT_DELIVERED = 10, SEALPOST_RECEIPT_READ = 11 };
 
@@ -113,6 +123,9 @@ typedef struct sealpost_event {
 	const char *const *msg_ids; /* receipts: every id */
 	size_t n_msg_ids;
 	int error;              /* SEALPOST_EV_UNDECRYPTABLE: the SP_E* code */
+	const char *server;     /* SEALPOST_EV_CONNECTED: the connsrv's "host:port" */
+	uint64_t reconnects;    /* SEALPOST_EV_CONNECTED: connections lost and replaced so far */
+	const char *drop_reason; /* SEALPOST_EV_CONNECTED: why the previous one ended (NULL first) */
 } sealpost_event;
 
 /* Strings in an event are valid during the callback only. */
@@ -124,11 +137,17 @@ typedef struct sealpost_sent {
 	char msg_id[33];
 	int sent;           /* 1: SENT received; 0: queued in the outbox */
 	uint64_t server_ts; /* when sent */
+	int failed;         /* 1: failed for good (the call returns `error`) */
+	int error;          /* failed: the SP_E* code */
+	char reason[256];   /* failed: why */
 } sealpost_sent;
 
 /* Writes the message to the outbox, then sends it (and anything queued before it).
  * Offline, it stays queued (SEALPOST_OK with out->sent = 0); the next call that
- * connects sends it with the same msg_id. */
+ * connects sends it with the same msg_id. A message that can never be sent (too large
+ * for one frame, unknown recipient, not a member, ...) is marked failed, with its
+ * reason, and the messages queued behind it go on: then this returns the error
+ * (class SEALPOST_ERR_SERVER) with out->failed = 1 and out->msg_id filled in. */
 int sealpost_send_text(sealpost *sp, const char *to, const char *text, sealpost_sent *out);
 
 /* Progress of an upload or download: bytes done of total. */
@@ -155,8 +174,10 @@ typedef struct sealpost_device_status {
 } sealpost_device_status;
 
 typedef struct sealpost_status {
-	char status[16]; /* queued|sent|delivered|read */
+	char status[16]; /* queued|sent|delivered|read|failed */
 	uint64_t server_ts;
+	int error;        /* failed: the SP_E* code */
+	char reason[256]; /* failed: why */
 	sealpost_device_status *devices; /* recipient devices (including our own others) */
 	size_t n_devices;
 } sealpost_status;

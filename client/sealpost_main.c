@@ -34,6 +34,8 @@ static const char usage_text[] =
 	"  link-confirm CODE              (primary) approve a new device\n"
 	"  devices  |  devices remove ID\n"
 	"Defaults from SEALPOST_HOME, SEALPOST_SERVER, SEALPOST_ROUTER, SEALPOST_CA.\n"
+	"Keepalive: SEALPOST_PING_MS (PING after this long without sending; default 60000,\n"
+	"-1: never), SEALPOST_PONG_TIMEOUT_MS (no answer this long: reconnect; default 10000).\n"
 	"Routers are tried in turn; with none answering, the connsrvs the last one listed\n"
 	"(kept in the home) are.\n";
 
@@ -108,6 +110,15 @@ on_event(const sealpost_event *ev, void *arg)
 		emit(j);
 		return;
 	}
+	if (ev->type == SEALPOST_EV_CONNECTED) {
+		json_object_set_new(j, "type", json_string("connected"));
+		json_object_set_new(j, "server", str_json(ev->server));
+		json_object_set_new(j, "reconnects", json_integer((json_int_t)ev->reconnects));
+		if (ev->drop_reason)
+			json_object_set_new(j, "after", str_json(ev->drop_reason));
+		emit(j);
+		return;
+	}
 	if (ev->type == SEALPOST_EV_UNDECRYPTABLE) {
 		json_object_set_new(j, "type", json_string("error"));
 		json_object_set_new(j, "from", str_json(ev->from));
@@ -173,11 +184,19 @@ parse_int_opt(int argc, char **argv, int *i, const char *name, long *v)
 static int
 print_sent(sealpost *sp, int rc, const sealpost_sent *s)
 {
-	if (rc)
+	if (rc && !s->failed)
 		return fail(sp, rc);
 	json_t *j = json_object();
 	json_object_set_new(j, "msg_id", json_string(s->msg_id));
-	json_object_set_new(j, "status", json_string(s->sent ? "sent" : "queued"));
+	json_object_set_new(j, "status", json_string(s->failed ? "failed" : s->sent ? "sent" : "queued"));
+	if (s->failed) {
+		/* The id on stdout (status shows it later); the exit code says it failed. */
+		json_object_set_new(j, "server_ts", json_null());
+		json_object_set_new(j, "error", json_string(sp_errname(s->error)));
+		json_object_set_new(j, "reason", str_json(s->reason));
+		emit(j);
+		return fail(sp, rc);
+	}
 	if (s->sent)
 		json_object_set_new(j, "server_ts", json_integer((json_int_t)s->server_ts));
 	else
@@ -296,6 +315,10 @@ cmd_status(sealpost *sp, int argc, char **argv)
 	json_object_set_new(j, "msg_id", json_string(id));
 	json_object_set_new(j, "status", json_string(st->status));
 	json_object_set_new(j, "server_ts", st->server_ts ? json_integer((json_int_t)st->server_ts) : json_null());
+	if (st->error) {
+		json_object_set_new(j, "error", json_string(sp_errname(st->error)));
+		json_object_set_new(j, "reason", str_json(st->reason));
+	}
 	for (size_t i = 0; i < st->n_devices; i++) {
 		json_t *d = json_object();
 		json_object_set_new(d, "user", id_json(st->devices[i].user));
@@ -469,6 +492,11 @@ main(int argc, char **argv)
 	const char *hold = env_or("SEALPOST_GAP_HOLD_MS");
 	if (hold)
 		cfg.gap_hold_ms = atoi(hold);
+	const char *ping = env_or("SEALPOST_PING_MS"), *pong = env_or("SEALPOST_PONG_TIMEOUT_MS");
+	if (ping)
+		cfg.ping_ms = atoi(ping);
+	if (pong)
+		cfg.pong_timeout_ms = atoi(pong);
 	int i = 1;
 	for (; i < argc && argv[i][0] == '-'; i++) {
 		const char **slot = strcmp(argv[i], "--home") == 0     ? &cfg.home

@@ -124,4 +124,86 @@ ct_register(const char *home, const char *phone, char *user, size_t cap)
 	CHECK(user[0] != '\0');
 }
 
+/* Processes ct_spawn started and ct_stop has not stopped yet: stopped at exit, so a
+ * failed check leaves no client running. */
+static pid_t ct_spawned[16];
+static int ct_nspawned;
+
+/* Stops a process ct_spawn started (by its pid) and reaps it. */
+static __attribute__((unused)) void
+ct_stop(pid_t pid)
+{
+	for (int i = 0; i < ct_nspawned; i++)
+		if (ct_spawned[i] == pid)
+			ct_spawned[i] = ct_spawned[--ct_nspawned];
+	kill(pid, SIGTERM);
+	for (int i = 0; i < 100; i++) {
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			return;
+		usleep(20000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+}
+
+static void
+ct_stop_spawned(void)
+{
+	while (ct_nspawned > 0)
+		ct_stop(ct_spawned[ct_nspawned - 1]);
+}
+
+/* Starts `ENV sealpost --home <dir>/home-<home> ARGS` in a process of its own (stdout
+ * into <dir>/<outname>, stderr into <outname>.err). ENV is shell assignments ("" for
+ * none). Returns its pid (stop it with ct_stop; at exit it is stopped anyway). */
+static __attribute__((unused)) pid_t
+ct_spawn(const char *home, const char *outname, const char *env, const char *args)
+{
+	char cmd[4096];
+	const char *bin = getenv("SP_BIN") ? getenv("SP_BIN") : "bin";
+	CHECK(ct_nspawned < (int)(sizeof(ct_spawned) / sizeof(ct_spawned[0])));
+	if (ct_nspawned == 0)
+		atexit(ct_stop_spawned); /* registered after ct_start's, so it runs before */
+	snprintf(cmd, sizeof(cmd), ". %s/env; %s exec %s/sealpost --home %s/home-%s %s >%s/%s 2>%s/%s.err",
+		 ct_cluster.dir, env, bin, ct_cluster.dir, home, args, ct_cluster.dir, outname, ct_cluster.dir,
+		 outname);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	ct_spawned[ct_nspawned++] = pid;
+	return pid;
+}
+
+/* The complete lines written so far to <dir>/<outname> (a partial last line is left
+ * out); NUL-terminated. */
+static __attribute__((unused)) void
+ct_read_out(const char *outname, char *out, size_t cap)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/%s", ct_cluster.dir, outname);
+	out[0] = '\0';
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return;
+	size_t n = fread(out, 1, cap - 1, f);
+	fclose(f);
+	while (n > 0 && out[n - 1] != '\n')
+		n--;
+	out[n] = '\0';
+}
+
+/* How many lines of out have `key` equal to `val`. */
+static __attribute__((unused)) int
+ct_count(const char *out, const char *key, const char *val)
+{
+	char b[256];
+	int n = 0;
+	for (int i = 0; i < ct_nlines(out); i++)
+		n += strcmp(ct_str(out, i, key, b, sizeof(b)), val) == 0;
+	return n;
+}
+
 #endif
