@@ -345,10 +345,17 @@ unprompted(sealpost *sp, sp_frame *f)
 	case SP_T_PONG:
 		break;
 	case SP_T_KICKED:
-	case SP_T_DRAIN:
+	case SP_T_DRAIN: {
+		char why[80] = "server draining";
+		if (f->type == SP_T_KICKED) {
+			char reason[64] = "";
+			if (sp_frame_has(f, SP_F_REASON))
+				sp_frame_str(f, SP_F_REASON, reason, sizeof(reason));
+			snprintf(why, sizeof(why), "kicked (%s)", reason[0] ? reason : "logged in elsewhere");
+		}
 		sp_frame_fini(f);
-		return net_fail(sp, SP_ECLOSED, f->type == SP_T_KICKED ? "kicked (logged in elsewhere)"
-									 : "server draining");
+		return net_fail(sp, SP_ECLOSED, why);
+	}
 	default:
 		return 0;
 	}

@@ -465,26 +465,63 @@ fetch_media(sealpost *sp, const cl_deliver *d, const cl_media *m, char *path, si
 	return SP_OK;
 }
 
+/* The phone to show for the sender of `d` (into out; "" when unknown: shown as #user). The
+ * sender's user id is the server's (connsrv sets from_user from the login); the phone
+ * written inside the envelope is only a claim, believed when keysrv says that number is
+ * that user's (USER_LOOKUP), and then remembered as a contact. A contact's or our own
+ * number needs no lookup. Fails only on a network error (the message is not acknowledged
+ * and comes again). */
+static int
+sender_phone(sealpost *sp, const cl_deliver *d, const cl_env *e, char *out, size_t cap)
+{
+	out[0] = '\0';
+	if (d->from_user == sp->user) {
+		snprintf(out, cap, "%s", sp->phone);
+		return SP_OK;
+	}
+	sqlite3_stmt *st;
+	int rc = cl_prep(sp, &st, "SELECT phone FROM contacts WHERE user = ? LIMIT 1");
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)d->from_user);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		snprintf(out, cap, "%s", (const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	if (out[0] || e->phone_len == 0 || e->phone_len >= cap || e->phone[0] != '+')
+		return SP_OK;
+	char claim[33];
+	memcpy(claim, e->phone, e->phone_len);
+	claim[e->phone_len] = '\0';
+	sp_frame q, r;
+	sp_frame_init(&q, SP_T_USER_LOOKUP, 0, false);
+	sp_frame_set_str(&q, SP_F_PHONE, claim);
+	if ((rc = cl_call_want(sp, &q, SP_T_USER_FOUND, &r)))
+		return sp->errclass == SEALPOST_ERR_NET ? rc : SP_OK;
+	bool theirs = sp_frame_u64(&r, SP_F_USER) == d->from_user;
+	sp_frame_fini(&r);
+	if (!theirs)
+		return SP_OK; /* someone else's number: shown as #user, not learnt */
+	if ((rc = cl_prep(sp, &st, "INSERT OR IGNORE INTO contacts(phone, user) VALUES(?, ?)")))
+		return rc;
+	sqlite3_bind_text(st, 1, claim, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)d->from_user);
+	sqlite3_step(st);
+	sqlite3_finalize(st);
+	snprintf(out, cap, "%s", claim);
+	return SP_OK;
+}
+
 static int
 store_message(sealpost *sp, const cl_deliver *d, const cl_env *e, const char *conv, const char *media_path,
 	      int media_err)
 {
-	sqlite3_stmt *st = NULL, *ct = NULL;
+	sqlite3_stmt *st = NULL;
 	char phone[33] = "";
 	int rc;
-	if (e->phone_len)
-		memcpy(phone, e->phone, e->phone_len);
-	phone[e->phone_len] = '\0';
+	if ((rc = sender_phone(sp, d, e, phone, sizeof(phone))))
+		return rc;
 	if ((rc = cl_begin(sp)))
 		return rc;
-	if (phone[0] == '+' && d->from_user != sp->user) {
-		/* Learn the sender's phone unless that phone is already someone's contact. */
-		if ((rc = cl_prep(sp, &ct, "INSERT OR IGNORE INTO contacts(phone, user) VALUES(?, ?)")))
-			goto out;
-		sqlite3_bind_text(ct, 1, phone, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(ct, 2, (sqlite3_int64)d->from_user);
-		sqlite3_step(ct);
-	}
 	if (d->group && (rc = cl_group_seen(sp, d->group, NULL)))
 		goto out;
 	if ((rc = cl_prep(sp, &st, "INSERT INTO messages(msg_id, conv, outgoing, from_user, from_device, from_phone,"
@@ -520,7 +557,6 @@ store_message(sealpost *sp, const cl_deliver *d, const cl_env *e, const char *co
 	rc = cl_commit(sp);
 out:
 	sqlite3_finalize(st);
-	sqlite3_finalize(ct);
 	if (rc)
 		cl_rollback(sp);
 	return rc;
