@@ -53,6 +53,7 @@ enum {
 /* A DELIVER received while waiting for a reply: owned copies of its fields. */
 typedef struct cl_deliver {
 	struct cl_deliver *next;
+	bool typing; /* a TYPING_EV (etype: its kind), not an inbox entry */
 	uint64_t seq, from_user, from_device, server_ts, etype, group;
 	uint8_t msg_id[16];
 	uint8_t *env, *ct;
@@ -126,6 +127,10 @@ int cl_unhex(const char *s, uint8_t *out, size_t n);
 void cl_peer_name(uint64_t user, uint64_t device, char out[48]);
 /* Resolves "+phone" or "#user" to a user id (SP_ENOTFOUND: unknown contact). */
 int cl_resolve_user(sealpost *sp, const char *name, uint64_t *user);
+/* Sends a frame that has no reply (ACK, TYPING) on the current connection. */
+int cl_post(sealpost *sp, const sp_frame *f);
+/* Reports a queued TYPING_EV to the callback (cl_typing.c). */
+void cl_typing_report(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg);
 /* Resolves "@name" / "@id" to a known group id. */
 int cl_resolve_group(sealpost *sp, const char *name, uint64_t *gid);
 /* Display name of a user: its phone if known, else "#user". */

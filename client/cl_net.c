@@ -328,6 +328,26 @@ enqueue(sealpost *sp, const sp_frame *f)
 	return SP_OK;
 }
 
+/* A TYPING_EV, queued with the deliveries so that listeners see it in order (marked
+ * `typing`: nothing to store or acknowledge). */
+static int
+enqueue_typing(sealpost *sp, const sp_frame *f)
+{
+	cl_deliver *d = calloc(1, sizeof(*d));
+	if (!d)
+		return SP_ENOMEM;
+	d->typing = true;
+	d->from_user = sp_frame_u64(f, SP_F_FROM_USER);
+	d->from_device = sp_frame_u64(f, SP_F_FROM_DEVICE);
+	d->etype = sp_frame_u64(f, SP_F_KIND);
+	if (sp->dq_tail)
+		sp->dq_tail->next = d;
+	else
+		sp->dq_head = d;
+	sp->dq_tail = d;
+	return SP_OK;
+}
+
 /* Frames the server sends unprompted. Returns 1 if f was consumed (and finalised), 0 if
  * the caller should look at it, or an error (connection dropped). */
 static int
@@ -341,6 +361,10 @@ unprompted(sealpost *sp, sp_frame *f)
 		break;
 	case SP_T_QUEUE_EMPTY:
 		sp->queue_empty = true;
+		break;
+	case SP_T_TYPING_EV:
+		if (enqueue_typing(sp, f))
+			rc = SP_ENOMEM;
 		break;
 	case SP_T_PONG:
 		break;
@@ -510,6 +534,14 @@ cl_next_deliver(sealpost *sp, int timeout_ms, cl_deliver **out)
 		if (sp->queue_empty && !was_empty)
 			return SP_EAGAIN; /* let the caller notice QUEUE_EMPTY */
 	}
+}
+
+int
+cl_post(sealpost *sp, const sp_frame *f)
+{
+	if (!sp->conn)
+		return cl_fail(sp, SP_ECLOSED, SEALPOST_ERR_NET, "not connected");
+	return conn_send(sp, f);
 }
 
 int

@@ -101,6 +101,7 @@ enum {
 					* ("security code changed"); the message follows */
 	SEALPOST_EV_CONNECTED = 5,     /* listen only: (re)connected (server, reconnects,
 					* drop_reason) */
+	SEALPOST_EV_TYPING = 6,        /* from / from_user is typing (typing 1) or stopped (0) */
 };
 enum { SEALPOST_RECEIPT_DELIVERED = 10, SEALPOST_RECEIPT_READ = 11 };
 
@@ -126,12 +127,18 @@ typedef struct sealpost_event {
 	const char *server;     /* SEALPOST_EV_CONNECTED: the connsrv's "host:port" */
 	uint64_t reconnects;    /* SEALPOST_EV_CONNECTED: connections lost and replaced so far */
 	const char *drop_reason; /* SEALPOST_EV_CONNECTED: why the previous one ended (NULL first) */
+	int typing;             /* SEALPOST_EV_TYPING: 1 typing, 0 stopped */
 } sealpost_event;
 
 /* Strings in an event are valid during the callback only. */
 typedef void (*sealpost_event_cb)(const sealpost_event *ev, void *arg);
 
 /* ---- messaging ---- */
+
+/* Tells `to` (PHONE or #USER) that this device is typing (typing != 0) or stopped: shown on
+ * their devices that are online now, never stored; the server drops more than one a second.
+ * Connects if needed. SEALPOST_OK once sent. */
+int sealpost_typing(sealpost *sp, const char *to, int typing);
 
 typedef struct sealpost_sent {
 	char msg_id[33];

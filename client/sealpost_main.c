@@ -27,6 +27,7 @@ static const char usage_text[] =
 	"  recv [--wait SECONDS]          drain the inbox, print events\n"
 	"  listen                         stay connected, print events as they come\n"
 	"  read PHONE|@GROUP              mark a conversation read\n"
+	"  typing PHONE|#USER [--stop]    show (or stop showing) that you are typing\n"
 	"  status MSG_ID [--offline]      delivery status of a message\n"
 	"  history PHONE|@GROUP [--limit N]\n"
 	"  group create NAME PHONE...  |  group add|remove @GROUP PHONE  |  group leave @GROUP  |  group list\n"
@@ -107,6 +108,14 @@ on_event(const sealpost_event *ev, void *arg)
 		json_object_set_new(j, "from", str_json(ev->from));
 		json_object_set_new(j, "device", id_json(ev->from_device));
 		json_object_set_new(j, "text", json_string("security code changed"));
+		emit(j);
+		return;
+	}
+	if (ev->type == SEALPOST_EV_TYPING) {
+		json_object_set_new(j, "type", json_string("typing"));
+		json_object_set_new(j, "from", str_json(ev->from));
+		json_object_set_new(j, "device", id_json(ev->from_device));
+		json_object_set_new(j, "state", json_string(ev->typing ? "typing" : "stopped"));
 		emit(j);
 		return;
 	}
@@ -417,6 +426,11 @@ run(sealpost *sp, int argc, char **argv)
 		if (wait > 86400)
 			return usage("--wait is at most 86400");
 		return (rc = sealpost_recv(sp, (int)wait * 1000, listen, on_event, NULL)) ? fail(sp, rc) : 0;
+	}
+	if (strcmp(cmd, "typing") == 0) {
+		if (argc < 1 || argc > 2 || (argc == 2 && strcmp(argv[1], "--stop") != 0))
+			return usage("typing PHONE|#USER [--stop]");
+		return (rc = sealpost_typing(sp, argv[0], argc == 1)) ? fail(sp, rc) : ok_line("ok");
 	}
 	if (strcmp(cmd, "read") == 0) {
 		if (argc != 1)

@@ -17,6 +17,7 @@
  *   peer.c      the NNG pull socket (DELIVER hints, KICK) and route refresh (peer.h)
  *   proxy.c     keysrv frames and media frames forwarded (proxy.h)
  *   revoke.c    removed devices kicked wherever they are; sessions' periodic device check
+ *   typing.c    TYPING to the recipient's online devices, never stored (typing.h)
  *   routes.c    device routes in Redis, the only reader and writer of route values (routes.h)
  *   devcache.c  users' device lists from keysrv, cached
  *   members.c   addresses of shards from the cluster map (keysrv calls: shardcall.c)
@@ -120,6 +121,7 @@ typedef struct cs_session {
 	 * (monotonic ms; set at login), and whether a check is in flight. */
 	uint64_t verified_ms;
 	bool verifying;
+	uint64_t typing_ms; /* the last TYPING taken (typing.c; monotonic ms) */
 	/* Token bucket of the SP_FL_RATED frames. */
 	double tokens;
 	uint64_t tokens_ms;
@@ -179,7 +181,8 @@ struct cs_server {
 	uint64_t drain_deadline_ms;
 	struct evhttp *metrics_http;
 	struct {
-		sp_metric *conns, *accepts, *rejects, *logins, *login_fail, *kicks, *revoked, *frames_in,
+		sp_metric *conns, *accepts, *rejects, *logins, *login_fail, *kicks, *revoked,
+			  *typing_sent, *typing_dropped, *frames_in,
 			*frames_out, *sends, *sent_latency, *deliveries, *delivered_rt, *drains,
 			*gap_fetches, *checks, *errors, *acks, *receipts, *rpc_latency, *redis_latency,
 			*rate_limited, *malformed, *slow_pauses, *receipts_dropped, *fetches_dropped,

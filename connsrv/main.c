@@ -96,6 +96,8 @@ register_metrics(cs_server *srv)
 	srv->m.logins = sp_metric_counter("sp_connsrv_logins_total", "successful logins");
 	srv->m.login_fail = sp_metric_counter("sp_connsrv_login_failures_total", "failed logins");
 	srv->m.kicks = sp_metric_counter("sp_connsrv_kicks_total", "sessions closed by a KICK (a newer login of the device, or the device removed)");
+	srv->m.typing_sent = sp_metric_counter("sp_connsrv_typing_sent_total", "typing indicators written to a recipient's device");
+	srv->m.typing_dropped = sp_metric_counter("sp_connsrv_typing_dropped_total", "typing indicators dropped: recipient offline, over the per-session rate, or malformed");
 	srv->m.revoked = sp_metric_counter("sp_connsrv_revoked_sessions_total", "sessions closed because their device left its user's device list");
 	srv->m.frames_in = sp_metric_counter("sp_connsrv_frames_in_total", "frames from clients");
 	srv->m.frames_out = sp_metric_counter("sp_connsrv_frames_out_total", "frames to clients");

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "connsrv/peer.h"
+#include "connsrv/typing.h"
 #include "sp_error.h"
 #include "sp_log.h"
 #include "sp_nng.h"
@@ -87,6 +88,8 @@ on_pull_ready(evutil_socket_t fd, short what, void *arg)
 				srv->ops->push(srv, &f);
 			else if (f.type == SP_T_KICK)
 				kick(srv, &f);
+			else if (f.type == SP_T_TYPING_PUSH)
+				cs_typing_push(srv, &f);
 			else
 				peer_dropped(srv, sp_frame_type_name(f.type));
 			sp_frame_fini(&f);

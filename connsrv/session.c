@@ -18,6 +18,7 @@
 #include "connsrv/deliver.h"
 #include "connsrv/internal.h"
 #include "connsrv/revoke.h"
+#include "connsrv/typing.h"
 #include "connsrv/login.h"
 #include "connsrv/proxy.h"
 #include "connsrv/receipts.h"
@@ -395,6 +396,7 @@ static const cs_handler handlers[SP_T__MAX] = {
 	[SP_T_MEDIA_PUT] = {cs_proxy_media, 0},
 	[SP_T_MEDIA_DONE] = {cs_proxy_media, 0},
 	[SP_T_MEDIA_GET] = {cs_proxy_media, 0},
+	[SP_T_TYPING] = {cs_typing, 0},
 };
 
 int
