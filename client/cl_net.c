@@ -297,6 +297,16 @@ conn_send(sealpost *sp, const sp_frame *f)
 	return SP_OK;
 }
 
+static void
+dq_append(sealpost *sp, cl_deliver *d)
+{
+	if (sp->dq_tail)
+		sp->dq_tail->next = d;
+	else
+		sp->dq_head = d;
+	sp->dq_tail = d;
+}
+
 static int
 enqueue(sealpost *sp, const sp_frame *f)
 {
@@ -320,11 +330,7 @@ enqueue(sealpost *sp, const sp_frame *f)
 	if (ct.len)
 		memcpy(d->ct, ct.p, ct.len);
 	d->ct_len = ct.len;
-	if (sp->dq_tail)
-		sp->dq_tail->next = d;
-	else
-		sp->dq_head = d;
-	sp->dq_tail = d;
+	dq_append(sp, d);
 	return SP_OK;
 }
 
@@ -340,11 +346,7 @@ enqueue_typing(sealpost *sp, const sp_frame *f)
 	d->from_user = sp_frame_u64(f, SP_F_FROM_USER);
 	d->from_device = sp_frame_u64(f, SP_F_FROM_DEVICE);
 	d->etype = sp_frame_u64(f, SP_F_KIND);
-	if (sp->dq_tail)
-		sp->dq_tail->next = d;
-	else
-		sp->dq_head = d;
-	sp->dq_tail = d;
+	dq_append(sp, d);
 	return SP_OK;
 }
 
