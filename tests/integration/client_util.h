@@ -195,6 +195,22 @@ ct_read_out(const char *outname, char *out, size_t cap)
 	out[n] = '\0';
 }
 
+/* GET http://127.0.0.1:<cluster base + off><path> into out (NUL-terminated); curl's exit
+ * code. */
+static __attribute__((unused)) int
+ct_http_get(int off, const char *path, char *out, size_t cap)
+{
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "curl -sf --max-time 3 http://127.0.0.1:%d%s",
+		 ct_cluster.base + off, path);
+	FILE *p = popen(cmd, "r");
+	CHECK(p != NULL);
+	size_t n = fread(out, 1, cap - 1, p);
+	out[n] = '\0';
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
 /* How many lines of out have `key` equal to `val`. */
 static __attribute__((unused)) int
 ct_count(const char *out, const char *key, const char *val)

@@ -24,28 +24,13 @@
 
 static char bob[32], alice[32];
 
-/* GET http://127.0.0.1:<base+off><path> into out; curl's exit code. */
-static int
-http_get(int off, const char *path, char *out, size_t cap)
-{
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "curl -sf --max-time 3 http://127.0.0.1:%d%s",
-		 ct_cluster.base + off, path);
-	FILE *p = popen(cmd, "r");
-	CHECK(p != NULL);
-	size_t n = fread(out, 1, cap - 1, p);
-	out[n] = '\0';
-	int st = pclose(p);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 /* The keysrv copy router-a's map names primary into name ("" when none). */
 static void
 map_keys_primary(char *name, size_t cap)
 {
 	char body[16384];
 	name[0] = '\0';
-	if (http_get(ROUTER_A_HTTP, "/map", body, sizeof(body)))
+	if (ct_http_get(ROUTER_A_HTTP, "/map", body, sizeof(body)))
 		return;
 	json_t *j = json_loads(body, 0, NULL), *mb;
 	size_t i;
@@ -75,7 +60,7 @@ static long long
 keys_metric(const char *copy, const char *metric)
 {
 	char body[65536];
-	if (http_get(KEYS_METRICS + (copy[7] - 'a'), "/metrics", body, sizeof(body)))
+	if (ct_http_get(KEYS_METRICS + (copy[7] - 'a'), "/metrics", body, sizeof(body)))
 		return -1;
 	size_t len = strlen(metric);
 	for (char *p = body; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)

@@ -27,27 +27,12 @@
 
 static char alice[32], bob[32], carol[32];
 
-/* GET http://127.0.0.1:<base+off><path> into out; the exit code of curl. */
-static int
-http_get(int off, const char *path, char *out, size_t cap)
-{
-	char cmd[256];
-	snprintf(cmd, sizeof(cmd), "curl -sf --max-time 3 http://127.0.0.1:%d%s",
-		 ct_cluster.base + off, path);
-	FILE *p = popen(cmd, "r");
-	CHECK(p != NULL);
-	size_t n = fread(out, 1, cap - 1, p);
-	out[n] = '\0';
-	int st = pclose(p);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 /* A field of a router's /health (-1 when it does not answer). */
 static long long
 health_field(int off, const char *key)
 {
 	char body[512];
-	if (http_get(off, "/health", body, sizeof(body)))
+	if (ct_http_get(off, "/health", body, sizeof(body)))
 		return -1;
 	json_t *j = json_loads(body, 0, NULL);
 	json_t *v = j ? json_object_get(j, key) : NULL;
@@ -195,7 +180,7 @@ check_drain_published(const char *name, int off, int rep)
 	}
 	CHECK(cleared);
 	/* /where offers it again (the undrain is local at once; health is unchanged). */
-	CHECK(http_get(off, "/where", out, sizeof(out)) == 0);
+	CHECK(ct_http_get(off, "/where", out, sizeof(out)) == 0);
 }
 
 static int
