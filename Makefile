@@ -133,9 +133,10 @@ $(BUILD)/tests/%: tests/integration/%.c $(call obj,$(TEST_HELPERS)) $(ALL_LIBS)
 # Everything the test runner needs, built in one (parallelisable) step.
 unit: $(BINS) $(UNIT_TESTS) $(ITESTS)
 
+SP_TEST_JOBS ?= 2
 test:
 	$(MAKE) unit
-	SP_BUILD=$(BUILD) SP_BIN=$(BIN) tests/run.sh
+	SP_BUILD=$(BUILD) SP_BIN=$(BIN) SP_TEST_JOBS=$(SP_TEST_JOBS) tests/run.sh
 
 # The replication fault tests over and over (CHAOS_ROUNDS times each, default 10): the
 # long fault schedule whose one round runs in `make test`.

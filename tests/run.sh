@@ -3,7 +3,8 @@
 # scripts. Each program passes when it exits 0. Prints one line per program and a closing
 # "N passed, M failed" line; exits non-zero if any failed.
 #   SP_BUILD (build dir, default build), SP_BIN (binaries, default bin),
-#   SP_TEST_FILTER (substring: run only matching programs).
+#   SP_TEST_FILTER (substring: run only matching programs), SP_TEST_JOBS (programs run at
+#   once, default 1; make test uses 2).
 set -u
 cd "$(dirname "$0")/.."
 export SP_BUILD=${SP_BUILD:-build} SP_BIN=${SP_BIN:-bin}
@@ -19,8 +20,9 @@ for t in "$SP_BUILD"/tests/*_test "$SP_BUILD"/tests/*_itest tests/integration/*.
 	progs+=("$t")
 done
 
-pass=0 fail=0 failed=()
-for t in "${progs[@]}"; do
+# One program; its result line (and on failure its log's tail) into $logdir/$name.result.
+run_one() {
+	local t=$1 name start lsan rc secs summary
 	name=$(basename "$t")
 	start=$(date +%s)
 	lsan=${LSAN_OPTIONS:-}
@@ -34,17 +36,53 @@ for t in "${progs[@]}"; do
 	fi
 	secs=$(( $(date +%s) - start ))
 	summary=$(grep -E '^[0-9]+%: Checks|^[0-9]+ passed, [0-9]+ failed' "$logdir/$name.log" | tail -1)
-	if [ $rc -eq 0 ]; then
+	{
+		if [ $rc -eq 0 ]; then
+			printf 'PASS %-36s %4ss  %s\n' "$name" "$secs" "$summary"
+		else
+			printf 'FAIL %-36s %4ss  exit %s  %s\n' "$name" "$secs" "$rc" "$summary"
+			echo "---- last lines of $logdir/$name.log ----"
+			tail -n 40 "$logdir/$name.log"
+			echo "----"
+		fi
+	} >"$logdir/$name.result"
+}
+
+# SP_TEST_JOBS programs at a time (default 1). Integration tests spend most of their time
+# waiting on their own processes, so two at a time on two cores roughly halve the wall
+# time; each runs its own cluster on its own ports.
+jobs=${SP_TEST_JOBS:-1}
+[[ "$jobs" =~ ^[1-9]$ ]] || { echo "SP_TEST_JOBS must be 1-9" >&2; exit 2; }
+pass=0 fail=0 failed=()
+report() {
+	local name=$1
+	cat "$logdir/$name.result"
+	if head -c 4 "$logdir/$name.result" | grep -q PASS; then
 		pass=$((pass + 1))
-		printf 'PASS %-36s %4ss  %s\n' "$name" "$secs" "$summary"
 	else
 		fail=$((fail + 1))
 		failed+=("$name")
-		printf 'FAIL %-36s %4ss  exit %s  %s\n' "$name" "$secs" "$rc" "$summary"
-		echo "---- last lines of $logdir/$name.log ----"
-		tail -n 40 "$logdir/$name.log"
-		echo "----"
 	fi
+	rm -f "$logdir/$name.result"
+}
+declare -A running=()
+for t in "${progs[@]}"; do
+	while [ ${#running[@]} -ge "$jobs" ]; do
+		wait -n 2>/dev/null || true
+		for pid in "${!running[@]}"; do
+			if ! kill -0 "$pid" 2>/dev/null; then
+				wait "$pid" 2>/dev/null
+				report "${running[$pid]}"
+				unset "running[$pid]"
+			fi
+		done
+	done
+	run_one "$t" &
+	running[$!]=$(basename "$t")
+done
+for pid in "${!running[@]}"; do
+	wait "$pid" 2>/dev/null
+	report "${running[$pid]}"
 done
 echo
 [ $fail -gt 0 ] && echo "failed: ${failed[*]}"
