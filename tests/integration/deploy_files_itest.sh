@@ -269,7 +269,7 @@ for name, svc in comp["services"].items():
                 rel = os.path.relpath(src, cdir)
                 if rel.startswith("secrets"):
                     host = os.path.join(tmp, rel) + p[len(dst):]
-                    return None if os.path.exists(host) else "%s is not written by deploy-certs.sh" % rel
+                    return None if os.path.exists(host) else "%s is not written by deploy-certs.sh" % os.path.relpath(host, tmp)
                 if rel == "certs":
                     return None  # the operator's TLS pair
                 return None if os.path.exists(src + p[len(dst):]) else "missing on the host"
