@@ -95,13 +95,16 @@ def accepted(prog, args, env, ini=None):
         return ""
     return (r.stderr.strip() or r.stdout.strip() or "exit %d" % r.returncode)[:300]
 
-# The checker must itself catch a wrong option, a wrong value and a wrong INI key.
-assert accepted("router", ["--internal-cax", "x"], {}) != ""
-assert accepted("keysrv", ["--min-copies", "two"], {}) != ""
+# The checker must itself catch a wrong option, a wrong value and a wrong INI key, and
+# pass a right one.
 with open(os.path.join(tmp, "bad.ini"), "w") as f:
     f.write("repl-advertize = tls+tcp://x:1\n")
-assert accepted("inboxsrv", [], {}, os.path.join(tmp, "bad.ini")) != ""
-assert accepted("router", ["--admin-port", "7203"], {}) == ""
+for what, ok in (("an unknown option", accepted("router", ["--internal-cax", "x"], {}) != ""),
+                 ("a bad number", accepted("keysrv", ["--min-copies", "two"], {}) != ""),
+                 ("an unknown INI key", accepted("inboxsrv", [], {}, os.path.join(tmp, "bad.ini")) != ""),
+                 ("a right option", accepted("router", ["--admin-port", "7203"], {}) == "")):
+    if not ok:
+        fail("checker: wrong answer for " + what)
 
 def flags(args):
     """{option: value} of a flag list (a bare flag or --k=v counts)."""
