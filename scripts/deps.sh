@@ -8,7 +8,8 @@ PKGS=(
   libevent-dev libssl-dev openssl libsodium-dev libhiredis-dev libnng-dev
   libmsgpack-dev check liblmdb-dev lmdb-utils libsqlite3-dev libinih-dev libjansson-dev uthash-dev
   libcurl4-openssl-dev etcd-server etcd-client
-  redis-server redis-tools curl jq procps iproute2 gnuplot-nox python3
+  redis-server redis-tools curl jq procps iproute2 gnuplot-nox python3 python3-yaml
+  docker-compose # deploy_files_itest: `docker-compose config` checks deploy/compose (no daemon)
 )
 
 missing=()
