@@ -782,6 +782,21 @@ result_of(sealpost *sp, const uint8_t msg_id[16], int flush_rc, sealpost_sent *o
 	return SP_OK;
 }
 
+/* The outbox, for a send the caller waits on: a connection that went away under it (a
+ * drained connsrv, a dead one) is replaced at once for one more round, so a DRAIN does not
+ * leave the message queued. */
+static int
+flush_now(sealpost *sp, sealpost_progress_cb cb, void *arg)
+{
+	bool had = sp->conn != NULL;
+	uint64_t connects = sp->connects;
+	int rc = cl_outbox_flush(sp, cb, arg);
+	/* Only a connection lost on the way: a cluster out of reach is not tried twice. */
+	if (rc && sp->errclass == SEALPOST_ERR_NET && (had || sp->connects != connects))
+		rc = cl_outbox_flush(sp, cb, arg);
+	return rc;
+}
+
 int
 sealpost_send_text(sealpost *sp, const char *to, const char *text, sealpost_sent *out)
 {
@@ -790,7 +805,7 @@ sealpost_send_text(sealpost *sp, const char *to, const char *text, sealpost_sent
 	memset(out, 0, sizeof(*out));
 	if ((rc = cl_need_account(sp)) || (rc = cl_outbox_add_text(sp, to, text, msg_id)))
 		return rc;
-	return result_of(sp, msg_id, cl_outbox_flush(sp, NULL, NULL), out);
+	return result_of(sp, msg_id, flush_now(sp, NULL, NULL), out);
 }
 
 static const char *
@@ -836,5 +851,5 @@ sealpost_send_file(sealpost *sp, const char *to, const char *path, sealpost_prog
 		unlink(enc);
 		return rc;
 	}
-	return result_of(sp, msg_id, cl_outbox_flush(sp, cb, arg), out);
+	return result_of(sp, msg_id, flush_now(sp, cb, arg), out);
 }

@@ -173,10 +173,29 @@ sp_config_free(const sp_config_opt *opts)
 	}
 }
 
+static int load(const char *prog, const char *summary, const sp_config_opt *opts, int argc,
+		char **argv, char **positional, int max_positional, int *npositional, char *err,
+		size_t errlen);
+
 int
 sp_config_load(const char *prog, const char *summary, const sp_config_opt *opts, int argc,
 	       char **argv, char **positional, int max_positional, int *npositional, char *err,
 	       size_t errlen)
+{
+	/* Every string starts NULL, so that a failed load can free what it set. */
+	for (const sp_config_opt *o = opts; o->key; o++)
+		if (o->type == SP_CT_STR)
+			*(char **)o->dst = NULL;
+	int rc = load(prog, summary, opts, argc, argv, positional, max_positional, npositional,
+		      err, errlen);
+	if (rc)
+		sp_config_free(opts); /* an error or --help: the caller stops here */
+	return rc;
+}
+
+static int
+load(const char *prog, const char *summary, const sp_config_opt *opts, int argc, char **argv,
+     char **positional, int max_positional, int *npositional, char *err, size_t errlen)
 {
 	const char *file = NULL;
 	char name[160];
@@ -186,8 +205,6 @@ sp_config_load(const char *prog, const char *summary, const sp_config_opt *opts,
 		*npositional = 0;
 	/* Defaults. */
 	for (const sp_config_opt *o = opts; o->key; o++) {
-		if (o->type == SP_CT_STR)
-			*(char **)o->dst = NULL;
 		if (o->def && (rc = set_opt(o, o->def, "default", err, errlen)))
 			return rc;
 		if (!o->def && o->type == SP_CT_BOOL)

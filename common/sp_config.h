@@ -38,6 +38,9 @@ int sp_config_load(const char *prog, const char *summary, const sp_config_opt *o
 		   char **argv, char **positional, int max_positional, int *npositional, char *err,
 		   size_t errlen);
 
+/* On any result but SP_OK (an error, or SP_CONFIG_HELP) the strings are already freed
+ * (and NULL). */
+
 /* Frees the strings the options hold. */
 void sp_config_free(const sp_config_opt *opts);
 

@@ -41,13 +41,25 @@ health_field(int off, const char *key)
 	return r;
 }
 
+/* The routers answer members only (mutual TLS): this test dials them as connsrv-0. */
+static void
+tls_as_member(void)
+{
+	char cert[300], key[300], ca[300];
+	snprintf(cert, sizeof(cert), "%s/certs/internal/connsrv-0.pem", ct_cluster.dir);
+	snprintf(key, sizeof(key), "%s/certs/internal/connsrv-0.key", ct_cluster.dir);
+	snprintf(ca, sizeof(ca), "%s/certs/internal/servers.pem", ct_cluster.dir);
+	sp_nng_tls t = {.cert = cert, .key = key, .peer_ca = ca};
+	CHECK(sp_nng_tls_init(&t) == SP_OK);
+}
+
 /* MAP_GET to the router REP port base+off: the reply's bytes (caller frees). */
 static uint8_t *
 map_get(int off, size_t *len)
 {
 	char url[64];
 	nng_socket s;
-	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", ct_cluster.base + off);
+	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", ct_cluster.base + off);
 	if (sp_nng_req_open(&s, url, 2000, 0))
 		return NULL;
 	sp_frame q, r;
@@ -200,6 +212,7 @@ main(void)
 		return 1;
 	uint64_t t0 = sp_time_ms();
 	ct_start();
+	tls_as_member();
 	char out[65536], home[300], err[256];
 	ct_register("alice", "+15550301", alice, sizeof(alice));
 	ct_register("bob", "+15550302", bob, sizeof(bob));
@@ -263,6 +276,7 @@ main(void)
 	check_same_map();
 
 	ct_down();
+	sp_nng_tls_fini();
 	printf("router_failover_itest: all passed in %llu ms\n", (unsigned long long)(sp_time_ms() - t0));
 	return 0;
 }
