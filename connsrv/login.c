@@ -6,6 +6,7 @@
 #include <sodium.h>
 
 #include "connsrv/login.h"
+#include "connsrv/peer.h"
 #include "sp_proto.h"
 #include "sp_error.h"
 #include "sp_log.h"
@@ -49,18 +50,8 @@ on_route_claimed(void *arg, int rc, const cs_route *old)
 		sp_warn("route for device %llu not stored (%s): real-time push to it waits for the "
 			"periodic check",
 			(unsigned long long)s->device, sp_strerror(rc));
-	if (old && old->url && strcmp(old->url, srv->pull_url) != 0) {
-		sp_frame k;
-		sp_frame_init(&k, SP_T_KICK, 0, false);
-		sp_frame_set_u64(&k, SP_F_DEVICE, s->device);
-		sp_frame_set_u64(&k, SP_F_CONN_EPOCH, old->epoch);
-		if ((rc = cs_rpc_push(srv->rpc, old->url, &k)) != SP_OK) {
-			/* The old session stays until its client goes or it idles out. */
-			sp_metric_inc(srv->m.pushes_dropped);
-			sp_warn_rl("KICK of device %llu to %s not sent: %s", (unsigned long long)s->device,
-				   old->url, sp_strerror(rc));
-		}
-	}
+	if (old && old->url && strcmp(old->url, srv->pull_url) != 0)
+		cs_peer_kick(srv, old->url, s->device, old->epoch, NULL);
 	cs_session_call_end(s);
 }
 

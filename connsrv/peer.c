@@ -57,6 +57,24 @@ on_pull_aio(void *arg)
 	nng_recv_aio(srv->pull, srv->pull_aio);
 }
 
+void
+cs_peer_kick(cs_server *srv, const char *url, uint64_t device, uint64_t conn_epoch,
+	     const char *reason)
+{
+	sp_frame k;
+	sp_frame_init(&k, SP_T_KICK, 0, false);
+	sp_frame_set_u64(&k, SP_F_DEVICE, device);
+	sp_frame_set_u64(&k, SP_F_CONN_EPOCH, conn_epoch);
+	if (reason)
+		sp_frame_set_str(&k, SP_F_REASON, reason);
+	int rc = cs_rpc_push(srv->rpc, url, &k);
+	if (rc != SP_OK) {
+		sp_metric_inc(srv->m.pushes_dropped);
+		sp_warn_rl("KICK of device %llu to %s not sent: %s", (unsigned long long)device, url,
+			   sp_strerror(rc));
+	}
+}
+
 /* A KICK from a peer: its reason, bounded, for the client. */
 static void
 kick(cs_server *srv, const sp_frame *f)

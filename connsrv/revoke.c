@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "connsrv/peer.h"
 #include "connsrv/revoke.h"
 #include "sp_error.h"
 #include "sp_log.h"
@@ -21,17 +22,7 @@ on_route(void *arg, int rc, const cs_route *routes, size_t n)
 	kick_op *op = arg;
 	cs_server *srv = op->srv;
 	if (rc == SP_OK && n == 1 && routes[0].url && strcmp(routes[0].url, srv->pull_url) != 0) {
-		sp_frame k;
-		sp_frame_init(&k, SP_T_KICK, 0, false);
-		sp_frame_set_u64(&k, SP_F_DEVICE, op->device);
-		sp_frame_set_u64(&k, SP_F_CONN_EPOCH, routes[0].epoch);
-		sp_frame_set_str(&k, SP_F_REASON, removed);
-		if ((rc = cs_rpc_push(srv->rpc, routes[0].url, &k)) != SP_OK) {
-			sp_metric_inc(srv->m.pushes_dropped);
-			sp_warn_rl("KICK of removed device %llu to %s not sent (%s): its session ends "
-				   "at its next check",
-				   (unsigned long long)op->device, routes[0].url, sp_strerror(rc));
-		}
+		cs_peer_kick(srv, routes[0].url, op->device, routes[0].epoch, removed);
 	} else if (rc) {
 		sp_warn_rl("route of removed device %llu not read (%s): its session ends at its next "
 			   "check",

@@ -33,6 +33,19 @@ write_ev(cs_session *s, uint64_t from_user, uint64_t from_device, uint64_t kind)
 	sp_metric_inc(s->srv->m.typing_sent);
 }
 
+/* To `device`'s session on this worker, if it is still the one of `conn_epoch`. */
+static void
+deliver_here(cs_server *srv, uint64_t device, uint64_t conn_epoch, uint64_t from_user,
+	     uint64_t from_device, uint64_t kind)
+{
+	cs_session *s;
+	HASH_FIND(hh, srv->by_device, &device, sizeof(device), s);
+	if (s && s->conn_epoch == conn_epoch && !s->closing)
+		write_ev(s, from_user, from_device, kind);
+	else
+		sp_metric_inc(srv->m.typing_dropped);
+}
+
 static void
 on_routes(void *arg, int rc, const cs_route *routes, size_t n)
 {
@@ -44,12 +57,8 @@ on_routes(void *arg, int rc, const cs_route *routes, size_t n)
 			continue;
 		}
 		if (strcmp(routes[i].url, srv->pull_url) == 0) {
-			cs_session *s;
-			HASH_FIND(hh, srv->by_device, &op->devices[i], sizeof(uint64_t), s);
-			if (s && s->conn_epoch == routes[i].epoch && !s->closing)
-				write_ev(s, op->from_user, op->from_device, op->kind);
-			else
-				sp_metric_inc(srv->m.typing_dropped);
+			deliver_here(srv, op->devices[i], routes[i].epoch, op->from_user, op->from_device,
+				     op->kind);
 			continue;
 		}
 		sp_frame p;
@@ -115,11 +124,11 @@ cs_typing(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 void
 cs_typing_push(cs_server *srv, const sp_frame *f)
 {
-	uint64_t device = sp_frame_u64(f, SP_F_DEVICE), kind = sp_frame_u64(f, SP_F_KIND);
-	cs_session *s;
-	HASH_FIND(hh, srv->by_device, &device, sizeof(device), s);
-	if (s && s->conn_epoch == sp_frame_u64(f, SP_F_CONN_EPOCH) && !s->closing && kind <= 1)
-		write_ev(s, sp_frame_u64(f, SP_F_FROM_USER), sp_frame_u64(f, SP_F_FROM_DEVICE), kind);
-	else
+	uint64_t kind = sp_frame_u64(f, SP_F_KIND);
+	if (kind > 1) {
 		sp_metric_inc(srv->m.typing_dropped);
+		return;
+	}
+	deliver_here(srv, sp_frame_u64(f, SP_F_DEVICE), sp_frame_u64(f, SP_F_CONN_EPOCH),
+		     sp_frame_u64(f, SP_F_FROM_USER), sp_frame_u64(f, SP_F_FROM_DEVICE), kind);
 }

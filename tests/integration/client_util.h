@@ -211,6 +211,17 @@ ct_http_get(int off, const char *path, char *out, size_t cap)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
+/* How many lines of out have a "text" starting with `prefix`. */
+static __attribute__((unused)) int
+ct_count_text(const char *out, const char *prefix)
+{
+	int n = 0;
+	char t[128];
+	for (int i = 0; i < ct_nlines(out); i++)
+		n += strncmp(ct_str(out, i, "text", t, sizeof(t)), prefix, strlen(prefix)) == 0;
+	return n;
+}
+
 /* How many lines of out have `key` equal to `val`. */
 static __attribute__((unused)) int
 ct_count(const char *out, const char *key, const char *val)

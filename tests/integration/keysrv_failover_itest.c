@@ -69,16 +69,6 @@ keys_metric(const char *copy, const char *metric)
 	return -1;
 }
 
-static int
-count_text(const char *out, const char *prefix)
-{
-	int n = 0;
-	char t[128];
-	for (int i = 0; i < ct_nlines(out); i++)
-		n += strncmp(ct_str(out, i, "text", t, sizeof(t)), prefix, strlen(prefix)) == 0;
-	return n;
-}
-
 /* Runs ct_run in a child process; returns its pid. The child exits 0 when the command
  * exited 0 and printed `want` as the first line's status, within BOUND_MS of `t0`. */
 static pid_t
@@ -161,8 +151,8 @@ main(void)
 
 	/* bob decrypts every first message: no prekey went out twice. */
 	CHECK(ct_run("bob", out, sizeof(out), "recv --wait 5") == 0);
-	CHECK(count_text(out, "first-") == FIRST_CONTACTS);
-	CHECK(count_text(out, "before") == 1);
+	CHECK(ct_count_text(out, "first-") == FIRST_CONTACTS);
+	CHECK(ct_count_text(out, "before") == 1);
 	CHECK(strstr(out, "undecryptable") == NULL);
 
 	/* The dead copy comes back from an empty data dir: a snapshot, then the log. */
@@ -192,9 +182,9 @@ main(void)
 	CHECK(ct_run("newbie", out, sizeof(out), "send +15550401 from-newbie") == 0);
 	CHECK(ct_run("alice", out, sizeof(out), "send +15550401 after") == 0);
 	CHECK(ct_run("bob", out, sizeof(out), "recv --wait 5") == 0);
-	CHECK(count_text(out, "again-") == FIRST_CONTACTS);
-	CHECK(count_text(out, "from-newbie") == 1);
-	CHECK(count_text(out, "after") == 1);
+	CHECK(ct_count_text(out, "again-") == FIRST_CONTACTS);
+	CHECK(ct_count_text(out, "from-newbie") == 1);
+	CHECK(ct_count_text(out, "after") == 1);
 	CHECK(strstr(out, "undecryptable") == NULL);
 	wait_keys_primary(next, primary, sizeof(primary));
 

@@ -195,16 +195,6 @@ check_drain_published(const char *name, int off, int rep)
 	CHECK(ct_http_get(off, "/where", out, sizeof(out)) == 0);
 }
 
-static int
-count_text(const char *out, const char *prefix)
-{
-	int n = 0;
-	char t[128];
-	for (int i = 0; i < ct_nlines(out); i++)
-		n += strncmp(ct_str(out, i, "text", t, sizeof(t)), prefix, strlen(prefix)) == 0;
-	return n;
-}
-
 int
 main(void)
 {
@@ -257,13 +247,13 @@ main(void)
 	CHECK(ct_run("carol", out, sizeof(out), "send +15550302 'c-all-dead'") == 0);
 	CHECK(ct_run("bob", out, sizeof(out), "send +15550301 'b-all-dead'") == 0);
 	CHECK(ct_run("bob", out, sizeof(out), "recv") == 0);
-	CHECK(count_text(out, "m-") == 5);
-	CHECK(count_text(out, "c-") == 2);
+	CHECK(ct_count_text(out, "m-") == 5);
+	CHECK(ct_count_text(out, "c-") == 2);
 	/* alice's library client receives bob's two messages. */
 	int got = 0;
 	sealpost_close(sp);
 	CHECK(ct_run("alice", out, sizeof(out), "recv") == 0);
-	got = count_text(out, "b-");
+	got = ct_count_text(out, "b-");
 	CHECK(got == 2);
 	/* A home that never reached a router has no list: a network error, at once. */
 	uint64_t t1 = sp_time_ms();
