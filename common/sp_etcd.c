@@ -13,14 +13,17 @@
 #define MAX_ENDPOINTS 16
 #define MAX_REPLY (16u << 20) /* a range answer larger than this is refused */
 #define B64 sodium_base64_VARIANT_ORIGINAL
+#define AUTH_TIMEOUT_MS 10000L /* an authentication's bound */
 
 struct sp_etcd {
 	char *eps[MAX_ENDPOINTS];
 	size_t neps, cur; /* cur: the endpoint that answered last */
 	char *ca, *cert, *key;
+	char *user, *password;
 	long timeout_ms;
 	CURL *curl;
-	struct curl_slist *headers;
+	struct curl_slist *headers; /* with the token once authenticated */
+	bool authed;
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -74,6 +77,12 @@ sp_etcd_new(const sp_etcd_cfg *cfg, sp_etcd **out)
 	e->ca = dup_opt(cfg->ca, &fail);
 	e->cert = dup_opt(cfg->cert, &fail);
 	e->key = dup_opt(cfg->key, &fail);
+	e->user = dup_opt(cfg->user, &fail);
+	e->password = dup_opt(cfg->password, &fail);
+	if (!fail && (!e->user) != (!e->password)) {
+		sp_etcd_free(e);
+		return SP_EINVAL;
+	}
 	e->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 2000;
 	e->curl = curl_easy_init();
 	e->headers = curl_slist_append(NULL, "Content-Type: application/json");
@@ -96,6 +105,11 @@ sp_etcd_free(sp_etcd *e)
 	free(e->ca);
 	free(e->cert);
 	free(e->key);
+	free(e->user);
+	if (e->password) {
+		sodium_memzero(e->password, strlen(e->password));
+		free(e->password);
+	}
 	if (e->curl)
 		curl_easy_cleanup(e->curl);
 	curl_slist_free_all(e->headers);
@@ -375,22 +389,16 @@ etcd_err(const sp_etcd *e, const char *path, json_t *o)
 	}
 }
 
-/* POSTs `req` (consumed) to `path` and parses the answer into *resp. */
+/* POSTs `body` to `path` and parses the answer into *resp, within timeout_ms. */
 static int
-call(sp_etcd *e, const char *path, json_t *req, json_t **resp)
+call_body(sp_etcd *e, const char *path, const char *body, long timeout_ms, json_t **resp)
 {
-	if (!req)
-		return SP_ENOMEM;
-	char *body = json_dumps(req, JSON_COMPACT);
-	json_decref(req);
-	if (!body)
-		return SP_ENOMEM;
 	int rc = SP_EUNAVAIL;
 	for (size_t tries = 0; tries < e->neps; tries++) {
 		char url[256];
 		reply_buf b = {0};
 		snprintf(url, sizeof(url), "%s%s", e->eps[e->cur], path);
-		setup_request(e, url, body, e->timeout_ms);
+		setup_request(e, url, body, timeout_ms);
 		curl_easy_setopt(e->curl, CURLOPT_WRITEFUNCTION, on_body);
 		curl_easy_setopt(e->curl, CURLOPT_WRITEDATA, &b);
 		CURLcode cc = curl_easy_perform(e->curl);
@@ -419,6 +427,78 @@ call(sp_etcd *e, const char *path, json_t *req, json_t **resp)
 		*resp = o;
 		rc = SP_OK;
 		break;
+	}
+	return rc;
+}
+
+/* Gets a token for the configured user and puts it in the headers of every call. */
+static int
+authenticate(sp_etcd *e)
+{
+	json_t *req = json_object(), *resp = NULL;
+	if (!req || !put(req, "name", json_string(e->user)) ||
+	    !put(req, "password", json_string(e->password))) {
+		json_decref(req);
+		return SP_ENOMEM;
+	}
+	char *body = json_dumps(req, JSON_COMPACT);
+	json_decref(req);
+	if (!body)
+		return SP_ENOMEM;
+	/* Without the old token: etcd checks a token before the call's own credentials. */
+	curl_slist_free_all(e->headers);
+	e->headers = curl_slist_append(NULL, "Content-Type: application/json");
+	e->authed = false;
+	/* etcd checks the password with bcrypt, which takes a while on a busy machine: an
+	 * attempt given up early would only be made again, and each costs etcd the same. */
+	long timeout = e->timeout_ms > AUTH_TIMEOUT_MS ? e->timeout_ms : AUTH_TIMEOUT_MS;
+	int rc = e->headers ? call_body(e, "/v3/auth/authenticate", body, timeout, &resp) : SP_ENOMEM;
+	sodium_memzero(body, strlen(body));
+	free(body);
+	if (rc)
+		return rc;
+	const char *token = json_string_value(json_object_get(resp, "token"));
+	char hdr[600];
+	if (!token || !*token || strlen(token) > 512 || strpbrk(token, "\r\n")) {
+		json_decref(resp);
+		return SP_EPROTO;
+	}
+	snprintf(hdr, sizeof(hdr), "Authorization: %s", token);
+	json_decref(resp);
+	struct curl_slist *h = curl_slist_append(e->headers, hdr);
+	sodium_memzero(hdr, sizeof(hdr));
+	if (!h)
+		return SP_ENOMEM;
+	e->headers = h;
+	e->authed = true;
+	return SP_OK;
+}
+
+/* Authenticates first when a user is configured and no token is held. */
+static int
+ensure_auth(sp_etcd *e)
+{
+	return e->user && !e->authed ? authenticate(e) : SP_OK;
+}
+
+/* POSTs `req` (consumed) to `path` and parses the answer into *resp; with a user, once
+ * more after authenticating again when etcd refuses the token. */
+static int
+call(sp_etcd *e, const char *path, json_t *req, json_t **resp)
+{
+	if (!req)
+		return SP_ENOMEM;
+	char *body = json_dumps(req, JSON_COMPACT);
+	json_decref(req);
+	if (!body)
+		return SP_ENOMEM;
+	int rc = ensure_auth(e);
+	if (rc == SP_OK)
+		rc = call_body(e, path, body, e->timeout_ms, resp);
+	if (rc == SP_EAUTH && e->user) {
+		e->authed = false;
+		if ((rc = ensure_auth(e)) == SP_OK)
+			rc = call_body(e, path, body, e->timeout_ms, resp);
 	}
 	free(body);
 	return rc;
@@ -665,8 +745,11 @@ typedef struct watch_state {
 static bool
 watch_message(watch_state *w, json_t *o)
 {
-	if (json_object_get(o, "error")) {
-		w->rc = num(o, "code") == 11 ? SP_ERANGE : SP_EIO;
+	json_t *err = json_object_get(o, "error");
+	if (err) {
+		/* The gateway puts a stream's error in an object: {"grpc_code", "message"}. */
+		int64_t code = json_is_object(err) ? num(err, "grpc_code") : num(o, "code");
+		w->rc = code == 11 ? SP_ERANGE : code == 16 || code == 7 ? SP_EAUTH : SP_EIO;
 		return false;
 	}
 	json_t *r = json_object_get(o, "result");
@@ -754,7 +837,13 @@ sp_etcd_watch(sp_etcd *e, const void *key, size_t klen, bool prefix, int64_t sta
 	json_decref(req);
 	if (!body)
 		return SP_ENOMEM;
-	int rc = SP_EUNAVAIL;
+	int rc = ensure_auth(e);
+	if (rc) {
+		free(body);
+		return rc;
+	}
+	rc = SP_EUNAVAIL;
+	bool reauthed = false;
 	for (size_t tries = 0; tries < e->neps; tries++) {
 		char url[256];
 		watch_state w = {.cb = cb, .arg = arg};
@@ -776,6 +865,15 @@ sp_etcd_watch(sp_etcd *e, const void *key, size_t klen, bool prefix, int64_t sta
 			rc = curl_err(e, cc);
 		if (cc != CURLE_OK && not_sent(cc)) {
 			e->cur = (e->cur + 1) % e->neps;
+			continue;
+		}
+		if (rc == SP_EAUTH && e->user && !reauthed && !w.created) {
+			/* The token lapsed: once more with a new one. */
+			reauthed = true;
+			e->authed = false;
+			if ((rc = ensure_auth(e)))
+				break;
+			tries--;
 			continue;
 		}
 		break;

@@ -30,6 +30,12 @@ typedef struct sp_etcd_cfg {
 	const char *endpoints; /* "http://127.0.0.1:2379,https://10.0.0.2:2379" */
 	const char *ca;        /* PEM of the CA that signs etcd's certificate (https) */
 	const char *cert, *key; /* client certificate and key (PEM), when etcd asks for one */
+	/* An etcd user (etcd with auth enabled). etcd's gateway does not take the client
+	 * certificate's name as the user, so a client authenticates with a password and
+	 * sends the token it gets on every call, authenticating again when etcd says the
+	 * token is no longer valid (a simple token lapses after --auth-token-ttl idle).
+	 * NULL: no user. */
+	const char *user, *password;
 	long timeout_ms;       /* per call; 0: 2000 */
 } sp_etcd_cfg;
 

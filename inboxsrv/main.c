@@ -226,6 +226,7 @@ out:
 	inbox_repl_free(repl);
 	inbox_store_close(store);
 	sp_nng_tls_fini();
+	repl_opts_fini(&ro);
 	sp_config_free(opts);
 	free(opts);
 	if (again) {

@@ -251,6 +251,7 @@ out:
 	keys_repl_free(repl);
 	keys_ctx_close(ctx);
 	sp_nng_tls_fini();
+	repl_opts_fini(&ro);
 	sp_config_free(opts);
 	free(opts);
 	if (again) {

@@ -1341,7 +1341,8 @@ repl_node_open(repl_node **out, const repl_node_config *cfg, const repl_node_sm 
 	repl_ha_cfg hc = {
 		/* keepalive (TTL/3) + one etcd call must end before TTL - margin: the fence. */
 		.etcd = { .endpoints = r->etcd, .ca = cfg->etcd_ca, .cert = cfg->etcd_cert,
-			.key = cfg->etcd_key, .timeout_ms = ttl_s * 1000 / 6 },
+			.key = cfg->etcd_key, .user = cfg->etcd_user, .password = cfg->etcd_password,
+			.timeout_ms = ttl_s * 1000 / 6 },
 		.cluster = r->cluster,
 		.group = r->group,
 		.name = r->name,

@@ -67,6 +67,7 @@ typedef struct repl_node_config {
 	const char *data_dir; /* the log goes in <data_dir>/repl, snapshots next to the store */
 	const char *etcd; /* comma-separated etcd endpoints (http://host:port, https://...) */
 	const char *etcd_ca, *etcd_cert, *etcd_key; /* PEM files for https and client auth */
+	const char *etcd_user, *etcd_password; /* etcd with auth enabled (NULL: none) */
 	const char *cluster; /* etcd key prefix: /sealpost/<cluster>/<group>/ */
 	const char *group; /* e.g. "inbox-3", "keys-0" */
 	const char *name; /* this copy's member name */

@@ -8,9 +8,12 @@
 #include "sp_error.h"
 #include "sp_log.h"
 #include "sp_nng.h"
+#include "sp_secret.h"
+
+#include <sodium.h>
 
 /* Its own entries, then the internal-link ones. */
-#define NOPTS (14 + SP_INTERNAL_NOPTS)
+#define NOPTS (16 + SP_INTERNAL_NOPTS)
 
 sp_config_opt *
 repl_opts_table(const sp_config_opt *tier, repl_opts *o)
@@ -28,6 +31,12 @@ repl_opts_table(const sp_config_opt *tier, repl_opts *o)
 		{ "etcd-cert", SP_CT_STR, &o->etcd_cert, NULL,
 		    "PEM client certificate presented to etcd (etcd --client-cert-auth)", 0, 0 },
 		{ "etcd-key", SP_CT_STR, &o->etcd_key, NULL, "PEM key of --etcd-cert", 0, 0 },
+		{ "etcd-user", SP_CT_STR, &o->etcd_user, NULL,
+		    "etcd user (etcd with auth enabled: each role may write only its own group's "
+		    "keys, docs/SECURITY.md); needs --etcd-password-file",
+		    0, 0 },
+		{ "etcd-password-file", SP_CT_STR, &o->etcd_password_file, NULL,
+		    "file holding --etcd-user's password (mode 0600)", 0, 0 },
 		SP_INTERNAL_OPTS(&o->internal),
 		{ "repl-listen", SP_CT_STR, &o->listen, NULL,
 		    "NNG URL the group's replicas fetch the log from while this copy is primary", 0, 0 },
@@ -71,8 +80,41 @@ repl_opts_on(const repl_opts *o)
 	return o->etcd && *o->etcd;
 }
 
+/* Reads --etcd-password-file once. */
+static int
+load_password(repl_opts *o)
+{
+	if (o->etcd_password || (!o->etcd_user && !o->etcd_password_file))
+		return SP_OK;
+	if (!o->etcd_user || !o->etcd_password_file) {
+		sp_error("--etcd-user and --etcd-password-file go together");
+		return SP_ECONFIG;
+	}
+	char buf[256], err[300];
+	size_t len;
+	int rc = sp_secret_read("--etcd-password-file", o->etcd_password_file, buf, sizeof(buf), &len,
+	    err, sizeof(err));
+	if (rc) {
+		sp_error("%s", err);
+		return rc;
+	}
+	o->etcd_password = strdup(buf);
+	sodium_memzero(buf, sizeof(buf));
+	return o->etcd_password ? SP_OK : SP_ENOMEM;
+}
+
+void
+repl_opts_fini(repl_opts *o)
+{
+	if (o->etcd_password) {
+		sodium_memzero(o->etcd_password, strlen(o->etcd_password));
+		free(o->etcd_password);
+		o->etcd_password = NULL;
+	}
+}
+
 int
-repl_opts_start(const repl_opts *o, const char *data_dir, const char *name,
+repl_opts_start(repl_opts *o, const char *data_dir, const char *name,
     const char *const *tier_urls, repl_node_config *cfg)
 {
 	const char *urls[16];
@@ -92,12 +134,16 @@ repl_opts_start(const repl_opts *o, const char *data_dir, const char *name,
 		sp_error("--etcd needs --name and --repl-listen");
 		return SP_ECONFIG;
 	}
+	if ((rc = load_password(o)))
+		return rc;
 	*cfg = (repl_node_config) {
 		.data_dir = data_dir,
 		.etcd = o->etcd,
 		.etcd_ca = o->etcd_ca,
 		.etcd_cert = o->etcd_cert,
 		.etcd_key = o->etcd_key,
+		.etcd_user = o->etcd_user,
+		.etcd_password = o->etcd_password,
 		.cluster = o->etcd_cluster,
 		.name = name,
 		.listen = o->listen,
@@ -125,11 +171,14 @@ stop_pending(void *arg)
 }
 
 int
-repl_opts_bootstrap(const repl_opts *o, const char *data_dir, const char *group, const char *name,
+repl_opts_bootstrap(repl_opts *o, const char *data_dir, const char *group, const char *name,
     const repl_snap_files *files, repl_snap_boot_result *result)
 {
+	int rc = load_password(o);
+	if (rc)
+		return rc;
 	sp_etcd_cfg ecfg = { .endpoints = o->etcd, .ca = o->etcd_ca, .cert = o->etcd_cert,
-		.key = o->etcd_key };
+		.key = o->etcd_key, .user = o->etcd_user, .password = o->etcd_password };
 	repl_snap_boot_cfg bcfg = {
 		.data_dir = data_dir,
 		.files = files,

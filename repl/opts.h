@@ -15,6 +15,8 @@
 
 typedef struct repl_opts {
 	char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key;
+	char *etcd_user, *etcd_password_file;
+	char *etcd_password; /* read from the file by repl_opts_start (freed by repl_opts_fini) */
 	char *listen, *advertise, *peer_ca;
 	sp_internal_opts internal; /* --internal-* and --insecure-internal */
 	long long min_copies, lease_ttl, lag_ms;
@@ -32,14 +34,18 @@ bool repl_opts_on(const repl_opts *o);
 /* Checks the options (--etcd needs `name` and --repl-listen), applies the internal-link
  * options (sp_internal_start) to the tier's internal URLs `tier_urls` (NULL-terminated;
  * its listener, its routers) and the replication ones, and fills `cfg` (all but group,
- * metric prefix, files and boot; --repl-peer-ca defaults to --internal-ca). SP_OK or
+ * metric prefix, files and boot; --repl-peer-ca defaults to --internal-ca; the etcd
+ * password read from --etcd-password-file). SP_OK or
  * SP_ECONFIG / SP_EIO (logged). */
-int repl_opts_start(const repl_opts *o, const char *data_dir, const char *name,
+int repl_opts_start(repl_opts *o, const char *data_dir, const char *name,
     const char *const *tier_urls, repl_node_config *cfg);
+
+/* Frees what repl_opts_start read (the etcd password, wiped). */
+void repl_opts_fini(repl_opts *o);
 
 /* The snapshot start-up (repl_snap_bootstrap) for this copy of `group`; it ends early when
  * SIGTERM or SIGINT (blocked by the caller) is pending. */
-int repl_opts_bootstrap(const repl_opts *o, const char *data_dir, const char *group,
+int repl_opts_bootstrap(repl_opts *o, const char *data_dir, const char *group,
     const char *name, const repl_snap_files *files, repl_snap_boot_result *result);
 
 #endif

@@ -42,6 +42,7 @@ typedef struct router_config {
 	uint64_t heartbeat_timeout_ms;
 	const char *etcd_endpoints; /* NULL: no etcd mirror (every copy's role unknown) */
 	const char *etcd_ca, *etcd_cert, *etcd_key; /* PEM files for https and client auth */
+	const char *etcd_user, *etcd_password; /* etcd with auth enabled (NULL: none) */
 	const char *etcd_cluster;   /* NULL: "sealpost" */
 } router_config;
 

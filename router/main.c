@@ -8,12 +8,16 @@
 #include "sp_error.h"
 #include "sp_internal.h"
 #include "sp_log.h"
+#include "sp_secret.h"
+
+#include <sodium.h>
 
 int
 main(int argc, char **argv)
 {
 	char *cluster_file, *state_file, *listen_url, *publish_url, *http_addr, *log_level;
 	char *etcd, *etcd_cluster, *etcd_ca, *etcd_cert, *etcd_key, *admin_addr, *admin_token_file;
+	char *etcd_user, *etcd_password_file;
 	long long http_port, admin_port, timeout;
 	bool log_json, admin_no_token, public_map;
 	sp_internal_opts internal;
@@ -54,6 +58,11 @@ main(int argc, char **argv)
 		{"etcd-cert", SP_CT_STR, &etcd_cert, NULL,
 		 "PEM client certificate presented to etcd (etcd --client-cert-auth)", 0, 0},
 		{"etcd-key", SP_CT_STR, &etcd_key, NULL, "PEM key of --etcd-cert", 0, 0},
+		{"etcd-user", SP_CT_STR, &etcd_user, NULL,
+		 "etcd user (etcd with auth enabled, docs/SECURITY.md); needs --etcd-password-file",
+		 0, 0},
+		{"etcd-password-file", SP_CT_STR, &etcd_password_file, NULL,
+		 "file holding --etcd-user's password (mode 0600)", 0, 0},
 		{"etcd-cluster", SP_CT_STR, &etcd_cluster, "sealpost",
 		 "the cluster's name in etcd keys (/sealpost/<name>/inbox-<shard>/...)", 0, 0},
 		{"log-level", SP_CT_STR, &log_level, "info", "debug, info, warn or error", 0, 0},
@@ -88,6 +97,23 @@ main(int argc, char **argv)
 		return rc == SP_ECONFIG ? 2 : 1;
 	}
 
+	char etcd_password[256] = "";
+	if ((etcd_user != NULL) != (etcd_password_file != NULL)) {
+		fprintf(stderr, "router: --etcd-user and --etcd-password-file go together\n");
+		sp_internal_stop();
+		sp_config_free(opts);
+		return 2;
+	}
+	if (etcd_password_file) {
+		size_t len;
+		if (sp_secret_read("--etcd-password-file", etcd_password_file, etcd_password,
+				   sizeof(etcd_password), &len, err, sizeof(err))) {
+			fprintf(stderr, "router: %s\n", err);
+			sp_internal_stop();
+			sp_config_free(opts);
+			return 2;
+		}
+	}
 	router_config cfg = {
 		.cluster_file = cluster_file,
 		.state_file = state_file,
@@ -106,9 +132,12 @@ main(int argc, char **argv)
 		.etcd_ca = etcd_ca,
 		.etcd_cert = etcd_cert,
 		.etcd_key = etcd_key,
+		.etcd_user = etcd_user,
+		.etcd_password = etcd_password_file ? etcd_password : NULL,
 	};
 	router *r;
 	if ((rc = router_new(&cfg, &r, err, sizeof(err)))) {
+		sodium_memzero(etcd_password, sizeof(etcd_password));
 		sp_error("%s", err[0] ? err : sp_strerror(rc));
 		sp_internal_stop();
 		sp_config_free(opts);
@@ -116,6 +145,7 @@ main(int argc, char **argv)
 	}
 	rc = router_run(r);
 	router_free(r);
+	sodium_memzero(etcd_password, sizeof(etcd_password));
 	sp_internal_stop();
 	sp_config_free(opts);
 	return rc ? 1 : 0;

@@ -229,7 +229,8 @@ router_new(const router_config *cfg, router **out, char *err, size_t errlen)
 	    event_add(r->sigint, NULL) || event_add(r->sigterm, NULL))
 		goto fail;
 	sp_etcd_cfg ecfg = { .endpoints = cfg->etcd_endpoints, .ca = cfg->etcd_ca,
-		.cert = cfg->etcd_cert, .key = cfg->etcd_key };
+		.cert = cfg->etcd_cert, .key = cfg->etcd_key, .user = cfg->etcd_user,
+		.password = cfg->etcd_password };
 	if (cfg->etcd_endpoints &&
 	    (rc = router_etcd_start(r, &ecfg,
 				    cfg->etcd_cluster ? cfg->etcd_cluster : "sealpost", &r->etcd, err,

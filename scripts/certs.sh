@@ -9,6 +9,10 @@
 #   scripts/certs.sh DIR member ROLE NAME [SAN..]  DIR/NAME.pem (its certificate, then ROLE's CA),
 #                                                  DIR/NAME.key; SAN entries like IP:10.0.0.1 or
 #                                                  DNS:inbox-0a (default IP:127.0.0.1,DNS:localhost)
+#   scripts/certs.sh DIR etcd-client ROLE NAME     DIR/NAME-etcd.pem, .key: a client certificate for
+#                                                  etcd with no common name (etcd's JSON gateway
+#                                                  refuses one once authentication is on: the
+#                                                  member logs in as its role's user instead)
 #   scripts/certs.sh DIR bundle NAME ROLE...       DIR/NAME.pem: the role CAs' certificates, for
 #                                                  --internal-ca, --internal-client-ca and
 #                                                  --repl-peer-ca (rewritten every time)
@@ -18,7 +22,7 @@
 set -euo pipefail
 
 usage() {
-	sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -70,6 +74,21 @@ member)
 			-days "$days" -extfile "$ext" -out "$dir/$name.crt" 2>/dev/null
 	cat "$dir/$name.crt" "$dir/$role-ca.pem" >"$dir/$name.pem"
 	rm -f "$ext" "$dir/$name.crt"
+	;;
+etcd-client)
+	[ $# -eq 2 ] || usage
+	role=$1 name=$2
+	[[ $name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || { echo "certs.sh: bad name '$name'" >&2; exit 2; }
+	[ -f "$dir/$role-ca.pem" ] || { echo "certs.sh: make the role CA '$role' first" >&2; exit 2; }
+	[ -f "$dir/$name-etcd.pem" ] && exit 0
+	newkey "$dir/$name-etcd.key"
+	ext=$(mktemp)
+	printf 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n' >"$ext"
+	openssl req -new -key "$dir/$name-etcd.key" -subj "/O=Sealpost/OU=$role" 2>/dev/null |
+		openssl x509 -req -CA "$dir/$role-ca.pem" -CAkey "$dir/$role-ca.key" -CAcreateserial \
+			-days "$days" -extfile "$ext" -out "$dir/$name-etcd.crt" 2>/dev/null
+	cat "$dir/$name-etcd.crt" "$dir/$role-ca.pem" >"$dir/$name-etcd.pem"
+	rm -f "$ext" "$dir/$name-etcd.crt"
 	;;
 bundle)
 	[ $# -ge 2 ] || usage

@@ -126,6 +126,10 @@ make_internal_certs() {
 	$t "$c" member etcd etcd
 	$t "$c" member admin etcdctl
 	for n in "${routers[@]}"; do $t "$c" member router "$n"; done
+	# etcd client certificates (no common name: the members log in as their role's user).
+	for n in "${routers[@]}"; do $t "$c" etcd-client router "$n"; done
+	for n in "${keys_names[@]}"; do $t "$c" etcd-client keysrv "$n"; done
+	for n in "${inbox_names[@]}"; do $t "$c" etcd-client inbox "$n"; done
 	for n in "${keys_names[@]}"; do $t "$c" member keysrv "$n"; done
 	for n in "${inbox_names[@]}"; do $t "$c" member inbox "$n"; done
 	for n in connsrv-0 connsrv-1; do $t "$c" member connsrv "$n"; done
@@ -143,10 +147,38 @@ internal_tls() {
 	echo "--internal-cert $c/$1.pem --internal-key $c/$1.key --internal-ca $c/$2.pem --internal-client-ca $c/$3.pem"
 }
 
-# etcd flags for a member named $1 (its certificate from certs/internal).
+# The etcd user of member $1: one per role, each allowed only its own keys
+# (docs/SECURITY.md "etcd"): inbox-<shard> its shard's group, keys the key store's,
+# router the routers' keys and read access to the rest.
+etcd_user_of() {
+	case $1 in
+	inbox-*) echo "${1:0:7}" ;;
+	keysrv-*) echo keys ;;
+	router-*) echo router ;;
+	esac
+}
+
+# etcd flags for a member named $1 (its certificate from certs/internal, its role's user).
 etcd_tls() {
-	local c=$dir/certs/internal
-	echo "--etcd https://127.0.0.1:$port_etcd --etcd-ca $c/root-ca.pem --etcd-cert $c/$1.pem --etcd-key $c/$1.key"
+	local c=$dir/certs/internal u
+	u=$(etcd_user_of "$1")
+	echo "--etcd https://127.0.0.1:$port_etcd --etcd-ca $c/root-ca.pem --etcd-cert $c/$1-etcd.pem --etcd-key $c/$1-etcd.key --etcd-user $u --etcd-password-file $dir/etcd-users/$u"
+}
+
+# Turns on etcd's authentication once per data dir (scripts/etcd-auth.sh: a user per
+# role, each allowed only its own keys; passwords in $dir/etcd-users).
+setup_etcd_auth() {
+	local c=$dir/certs/internal i
+	[ -f "$dir/data/etcd-auth.done" ] && return 0
+	for ((i = 0; i < 50; i++)); do
+		ETCDCTL_API=3 ETCDCTL_CACERT="$c/root-ca.pem" ETCDCTL_CERT="$c/etcdctl.pem" \
+			ETCDCTL_KEY="$c/etcdctl.key" etcdctl --endpoints "https://127.0.0.1:$port_etcd" \
+			--command-timeout=1s endpoint health >/dev/null 2>&1 && break
+		sleep 0.2
+	done
+	"$root/scripts/etcd-auth.sh" "https://127.0.0.1:$port_etcd" "$c" etcdctl "$etcd_cluster" 3 \
+		"$dir/etcd-users" >/dev/null
+	touch "$dir/data/etcd-auth.done"
 }
 
 write_config() {
@@ -203,7 +235,7 @@ cmdline() {
 	case $1 in
 	redis) echo "redis-server $dir/redis.conf" ;;
 	etcd) local c=$dir/certs/internal
-		echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls https://127.0.0.1:$port_etcd --advertise-client-urls https://127.0.0.1:$port_etcd --cert-file $c/etcd.pem --key-file $c/etcd.key --trusted-ca-file $c/root-ca.pem --client-cert-auth --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
+		echo "etcd --name dev --data-dir $dir/data/etcd --listen-client-urls https://127.0.0.1:$port_etcd --advertise-client-urls https://127.0.0.1:$port_etcd --cert-file $c/etcd.pem --key-file $c/etcd.key --trusted-ca-file $c/root-ca.pem --client-cert-auth --bcrypt-cost 4 --listen-peer-urls http://127.0.0.1:$port_etcd_peer --initial-advertise-peer-urls http://127.0.0.1:$port_etcd_peer --initial-cluster dev=http://127.0.0.1:$port_etcd_peer --log-level error" ;;
 	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tls+tcp://127.0.0.1:$(router_rep "$1") --publish tls+tcp://127.0.0.1:$(router_pub "$1") $(internal_tls "$1" members members) --http-port $(router_http "$1") --admin-port $(router_admin "$1") --admin-token-file $dir/admin-token $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
 	# Every copy writes codes to one directory (only the primary sends them).
 	keysrv-[abc]) [[ " ${keys_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies key store copies"
@@ -320,6 +352,7 @@ cmd_up() {
 	wait_port 127.0.0.1 "$port_redis" 10 || die "redis did not start (see $dir/logs/redis.log)"
 	start_one etcd
 	wait_port 127.0.0.1 "$port_etcd" 15 || die "etcd did not start (see $dir/logs/etcd.log)"
+	setup_etcd_auth
 	for r in "${routers[@]}"; do start_one "$r"; done
 	for r in "${routers[@]}"; do
 		wait_port 127.0.0.1 "$(router_http "$r")" 10 || die "$r did not start (see $dir/logs/$r.log)"
