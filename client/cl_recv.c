@@ -779,9 +779,13 @@ sealpost_read(sealpost *sp, const char *name)
 		sp_frame_init(&q, SP_T_READ, 0, false);
 		sp_frame_set_u64(&q, SP_F_TO_USER, to);
 		sp_frame_set_bins(&q, SP_F_MSG_IDS, bins, n);
-		if ((rc = cl_call_want(sp, &q, SP_T_OK, &r)))
+		/* OK: the receipt is stored for every device of the sender. No such user: it is
+		 * gone, and nothing will ever take it. Anything else: sent again next time. */
+		rc = cl_call_want(sp, &q, SP_T_OK, &r);
+		if (rc == SP_OK)
+			sp_frame_fini(&r);
+		else if (rc != SP_ENOTFOUND)
 			return rc;
-		sp_frame_fini(&r);
 		sqlite3_stmt *up;
 		if ((rc = cl_begin(sp)) || (rc = cl_prep(sp, &up, "UPDATE messages SET read_sent = 1 WHERE id = ?"))) {
 			cl_rollback(sp);

@@ -16,6 +16,9 @@ typedef struct receipt_op {
 	uint8_t msg_id[16];
 	msgpack_sbuffer env;
 	int pending; /* appends in flight, plus one while they are being queued */
+	int rc;      /* the first failure, SP_OK while none */
+	cs_receipts_done_fn done;
+	void *done_arg;
 } receipt_op;
 
 typedef struct receipt_append {
@@ -39,11 +42,22 @@ receipt_free(receipt_op *op)
 	free(op);
 }
 
+/* Tells the caller the outcome and frees the op. */
+static void
+receipt_finish(receipt_op *op, int rc)
+{
+	if (op->rc == SP_OK)
+		op->rc = rc;
+	if (op->done)
+		op->done(op->done_arg, op->rc);
+	receipt_free(op);
+}
+
 static void
 receipt_release(receipt_op *op)
 {
 	if (--op->pending == 0)
-		receipt_free(op);
+		receipt_finish(op, SP_OK);
 }
 
 static void
@@ -65,9 +79,11 @@ on_receipt_appended(void *arg, int rc, uint64_t seq)
 		sp_metric_inc(op->srv->m.receipts);
 	} else {
 		receipt_dropped(op->srv, op->to_user, a->device, rc);
+		if (op->rc == SP_OK)
+			op->rc = rc;
 	}
-	receipt_release(op);
 	free(a);
+	receipt_release(op);
 }
 
 static void
@@ -76,7 +92,7 @@ on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
 	receipt_op *op = arg;
 	if (rc) {
 		receipt_dropped(op->srv, op->to_user, 0, rc);
-		receipt_free(op);
+		receipt_finish(op, rc);
 		return;
 	}
 	op->pending = 1;
@@ -86,7 +102,10 @@ on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
 		const sp_cluster_member *shard = map ? sp_cluster_map_shard_for(map, devs[i]) : NULL;
 		receipt_append *a = shard ? malloc(sizeof(*a)) : NULL;
 		if (!a) {
-			receipt_dropped(op->srv, op->to_user, devs[i], shard ? SP_ENOMEM : SP_EUNAVAIL);
+			rc = shard ? SP_ENOMEM : SP_EUNAVAIL;
+			receipt_dropped(op->srv, op->to_user, devs[i], rc);
+			if (op->rc == SP_OK)
+				op->rc = rc;
 			continue;
 		}
 		a->op = op;
@@ -106,6 +125,8 @@ on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
 			op->pending--;
 			free(a);
 			receipt_dropped(op->srv, op->to_user, devs[i], rc);
+			if (op->rc == SP_OK)
+				op->rc = rc;
 		}
 	}
 	if (map)
@@ -115,16 +136,23 @@ on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
 
 void
 cs_receipts_queue(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64_t to_user,
-		unsigned etype, const sp_bin *msg_ids, uint32_t n)
+		unsigned etype, const sp_bin *msg_ids, uint32_t n, cs_receipts_done_fn done, void *arg)
 {
-	if (n == 0)
+	if (n == 0) {
+		if (done)
+			done(arg, SP_OK);
 		return;
+	}
 	receipt_op *op = calloc(1, sizeof(*op));
 	if (!op) {
 		receipt_dropped(srv, to_user, 0, SP_ENOMEM);
+		if (done)
+			done(arg, SP_ENOMEM);
 		return;
 	}
 	op->srv = srv;
+	op->done = done;
+	op->done_arg = arg;
 	op->from_user = from_user;
 	op->to_user = to_user;
 	op->etype = etype;
@@ -139,12 +167,42 @@ cs_receipts_queue(cs_server *srv, uint64_t from_user, uint64_t from_device, uint
 	int rc = sp_frame_pack(&r, &op->env);
 	if (rc != SP_OK) {
 		receipt_dropped(srv, to_user, 0, rc);
-		receipt_free(op);
+		receipt_finish(op, rc);
 		return;
 	}
 	/* A deterministic id: the same receipt made twice (an ACK retried) is stored once. */
 	crypto_generichash(op->msg_id, 16, (const uint8_t *)op->env.data, op->env.size, NULL, 0);
 	cs_devcache_get(srv, to_user, false, on_receipt_devices, op);
+}
+
+/* A READ waiting for its receipt to be stored: the session is held (call_begin). */
+typedef struct read_wait {
+	cs_session *s;
+	uint64_t id;
+	bool has_id;
+} read_wait;
+
+static void
+on_read_stored(void *arg, int rc)
+{
+	read_wait *w = arg;
+	cs_session *s = w->s;
+	if (!s->closing) {
+		if (rc == SP_OK) {
+			sp_frame ok;
+			sp_frame_init(&ok, SP_T_OK, w->id, w->has_id);
+			cs_session_send(s, &ok);
+		} else {
+			/* No such user (or a bad list) is final; anything else is retryable: a
+			 * READ sent again is stored once. */
+			bool final = rc == SP_ENOTFOUND || rc == SP_EINVAL;
+			cs_session_error(s, w->id, w->has_id, final ? rc : SP_EUNAVAIL,
+			    final ? "read receipt for no such user" : "read receipt not stored; send it again",
+			    NULL);
+		}
+	}
+	free(w);
+	cs_session_call_end(s);
 }
 
 void
@@ -153,11 +211,15 @@ cs_receipts_read(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t le
 	(void)raw;
 	(void)len;
 	const sp_val *ids = sp_frame_get(f, SP_F_MSG_IDS);
-	cs_receipts_queue(s->srv, s->user, s->device, sp_frame_u64(f, SP_F_TO_USER), SP_ETYPE_RECEIPT_READ,
-			ids->bs.v, ids->bs.n);
-	sp_frame ok;
-	sp_frame_init(&ok, SP_T_OK, f->id, f->has_id);
-	cs_session_send(s, &ok);
+	read_wait *w = malloc(sizeof(*w));
+	if (!w) {
+		cs_session_error(s, f->id, f->has_id, SP_ENOMEM, "out of memory", NULL);
+		return;
+	}
+	*w = (read_wait) { s, f->id, f->has_id };
+	cs_session_call_begin(s);
+	cs_receipts_queue(s->srv, s->user, s->device, sp_frame_u64(f, SP_F_TO_USER),
+	    SP_ETYPE_RECEIPT_READ, ids->bs.v, ids->bs.n, on_read_stored, w);
 }
 
 void
@@ -185,7 +247,8 @@ cs_receipts_acked(cs_session *s, const sp_frame *reply)
 				done[j] = true;
 			}
 		}
-		cs_receipts_queue(s->srv, s->user, s->device, from_user, SP_ETYPE_RECEIPT_DELIVERED, ids, k);
+		cs_receipts_queue(s->srv, s->user, s->device, from_user, SP_ETYPE_RECEIPT_DELIVERED, ids, k,
+		    NULL, NULL);
 	}
 	free(done);
 	free(ids);

@@ -922,9 +922,62 @@ START_TEST(test_read_receipt)
 
 	/* A receipt to a user keysrv does not know is counted as dropped. */
 	int64_t dropped = sp_metric_value(srv.m.receipts_dropped);
-	cs_receipts_queue(&srv, BOB, 21, 77, SP_ETYPE_RECEIPT_READ, ids, 1);
+	cs_receipts_queue(&srv, BOB, 21, 77, SP_ETYPE_RECEIPT_READ, ids, 1, NULL, NULL);
 	run_until(NULL, 300);
 	ck_assert_int_eq(sp_metric_value(srv.m.receipts_dropped) - dropped, 1);
+	teardown();
+}
+END_TEST
+
+/* READ is answered only once its receipt is stored on every device of the sender: not
+ * while a shard holds its answer, ERROR (retryable) when an append fails, and a final
+ * ERROR for a user that does not exist. */
+START_TEST(test_read_ok_only_when_stored)
+{
+	setup();
+	login_as(BOB, 21);
+	uint8_t id[16] = {0x56};
+	sp_bin ids[1] = {{id, 16}};
+	sp_frame r;
+	atomic_store(&fk.hold[0], true);
+	atomic_store(&fk.hold[1], true);
+	sp_frame_init(&r, SP_T_READ, 6, true);
+	sp_frame_set_u64(&r, SP_F_TO_USER, ALICE);
+	sp_frame_set_bins(&r, SP_F_MSG_IDS, ids, 1);
+	client_send(&r);
+	run_until(NULL, 300);
+	ck_assert_int_eq(count(SP_T_OK), 0);
+	ck_assert_int_eq(count(SP_T_ERROR), 0);
+	atomic_store(&fk.hold[0], false);
+	atomic_store(&fk.hold[1], false);
+	ck_assert(run_until(got_ok, 5000));
+	ck_assert_uint_eq(nth(SP_T_OK, 0)->id, 6);
+	ck_assert_int_eq(nitems(), 2);
+
+	atomic_store(&fk.fail_append, true);
+	id[0] = 0x57;
+	sp_frame_init(&r, SP_T_READ, 7, true);
+	sp_frame_set_u64(&r, SP_F_TO_USER, ALICE);
+	sp_frame_set_bins(&r, SP_F_MSG_IDS, ids, 1);
+	client_send(&r);
+	ck_assert(run_until(got_error, 5000));
+	run_until(NULL, 100);
+	ck_assert_int_eq(count(SP_T_OK), 1);
+	const sp_frame *e = nth(SP_T_ERROR, 0);
+	ck_assert_uint_eq(e->id, 7);
+	ck_assert_int_eq(sp_frame_i64(e, SP_F_CODE), SP_EUNAVAIL);
+	atomic_store(&fk.fail_append, false);
+
+	sp_frame_init(&r, SP_T_READ, 8, true);
+	sp_frame_set_u64(&r, SP_F_TO_USER, 77);
+	sp_frame_set_bins(&r, SP_F_MSG_IDS, ids, 1);
+	client_send(&r);
+	run_until(NULL, 500);
+	ck_assert_int_eq(count(SP_T_ERROR), 2);
+	e = nth(SP_T_ERROR, 1);
+	ck_assert_uint_eq(e->id, 8);
+	ck_assert_int_eq(sp_frame_i64(e, SP_F_CODE), SP_ENOTFOUND);
+	ck_assert_int_eq(count(SP_T_OK), 1);
 	teardown();
 }
 END_TEST
@@ -1298,6 +1351,7 @@ main(void)
 	tcase_add_test(tc, test_delivery_window);
 	tcase_add_test(tc, test_delivered_receipt_after_ack);
 	tcase_add_test(tc, test_read_receipt);
+	tcase_add_test(tc, test_read_ok_only_when_stored);
 	tcase_add_test(tc, test_devcache_answers_later);
 	tcase_add_test(tc, test_closed_session_freed_after_its_calls);
 	tcase_add_test(tc, test_append_retried_on_new_primary);
