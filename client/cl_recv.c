@@ -306,6 +306,7 @@ process_receipt(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *a
 	if ((rc = cl_begin(sp)) ||
 	    (rc = cl_prep(sp, &up, "INSERT INTO recipients(msg_id, user, device, status)"
 				   " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM outbox WHERE msg_id = ?1)"
+				   " OR EXISTS (SELECT 1 FROM messages WHERE msg_id = ?1 AND outgoing = 1)"
 				   " ON CONFLICT(msg_id, user, device) DO UPDATE SET status = MAX(status, ?4)")))
 		goto out;
 	for (uint32_t i = 0; i < n && rc == SP_OK; i++) {
@@ -316,8 +317,10 @@ process_receipt(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *a
 		sqlite3_bind_int(up, 4, status);
 		if (sqlite3_step(up) != SQLITE_DONE)
 			rc = cl_fail(sp, SP_ESTORE, SEALPOST_ERR_OTHER, "store: %s", sqlite3_errmsg(sp->db));
-		/* Only receipts for what this device sent are reported (our other devices' ACKs
-		 * of self-fan-out copies make receipts too). */
+		/* Receipts for what this user sent -- from this device, or from another one
+		 * whose copy this device holds -- are recorded and reported, so every device of
+		 * the sender shows the same ticks; others (receipts for messages this device
+		 * never saw) are only ACKed. */
 		if (sqlite3_changes(sp->db) > 0 && (hex[nrep] = malloc(33)))
 			cl_hex(ids->bs.v[i].p, 16, hex[nrep++]);
 	}
@@ -823,6 +826,19 @@ status_of(sealpost *sp, const uint8_t msg_id[16], int *out, uint64_t *ts)
 			*ts = (uint64_t)sqlite3_column_int64(st, 1);
 	}
 	sqlite3_finalize(st);
+	if (state < 0) {
+		/* A copy of what another of our devices sent: sent, with the ticks its
+		 * recipients' receipts bring here too. */
+		if ((rc = cl_prep(sp, &st, "SELECT server_ts FROM messages WHERE msg_id = ? AND outgoing = 1")))
+			return rc;
+		sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW) {
+			state = 1;
+			if (ts)
+				*ts = (uint64_t)sqlite3_column_int64(st, 0);
+		}
+		sqlite3_finalize(st);
+	}
 	if (state < 0)
 		return SP_ENOTFOUND;
 	if (state != 1) {

@@ -162,11 +162,27 @@ test_linked_device(void)
 	CHECK(ct_run("alice", out, sizeof(out), "devices") == 0);
 	CHECK(ct_nlines(out) == 2);
 	/* Self-fan-out: what alice sends shows on alice2; bob's reply reaches both. */
+	char pid_[64];
 	CHECK(ct_run("alice", out, sizeof(out), "send +15550202 'from the primary'") == 0);
+	ct_str(out, 0, "msg_id", pid_, sizeof(pid_));
 	CHECK(ct_run("alice2", out, sizeof(out), "recv") == 0);
 	CHECK(count_eq(out, "text", "from the primary") == 1);
 	CHECK(ct_run("bob", out, sizeof(out), "recv") == 0);
 	CHECK(count_eq(out, "text", "from the primary") == 1);
+	/* Ticks sync: bob's receipts reach both of alice's devices, and the one that did not
+	 * send the message shows the same status as the one that did. */
+	CHECK(ct_run("bob", out, sizeof(out), "read +15550201") == 0);
+	char st1[32] = "", st2[32] = "";
+	for (int i = 0; i < 40 && !(strcmp(st1, "read") == 0 && strcmp(st2, "read") == 0); i++) {
+		if (i)
+			usleep(250000);
+		if (ct_run("alice", out, sizeof(out), "status %s", pid_) == 0)
+			ct_str(out, 0, "status", st1, sizeof(st1));
+		if (ct_run("alice2", out, sizeof(out), "status %s", pid_) == 0)
+			ct_str(out, 0, "status", st2, sizeof(st2));
+	}
+	CHECK(strcmp(st1, "read") == 0);
+	CHECK(strcmp(st2, "read") == 0);
 	CHECK(ct_run("bob", out, sizeof(out), "send +15550201 'to all of alice'") == 0);
 	CHECK(ct_run("alice", out, sizeof(out), "recv") == 0);
 	CHECK(count_eq(out, "text", "to all of alice") == 1);
