@@ -82,7 +82,7 @@ static const sp_config_opt opts[] = {
 	{"limit-group-source", SP_CT_STR, &lim_spec[CS_LIM_GROUP][CS_SCOPE_SOURCE], "6000/h,11000", "group members added per source address", 0, 0},
 	{"limit-bundle", SP_CT_STR, &lim_spec[CS_LIM_BUNDLE][CS_SCOPE_USER], "20/s,500", "BUNDLE_GET per requesting user", 0, 0},
 	{"limit-bundle-source", SP_CT_STR, &lim_spec[CS_LIM_BUNDLE][CS_SCOPE_SOURCE], "200/s,5000", "BUNDLE_GET per source address", 0, 0},
-	{"limit-bundle-target", SP_CT_STR, &lim_spec[CS_LIM_BUNDLE_TARGET][CS_SCOPE_TARGET], "120/h,120", "BUNDLE_GET per target device (per target user when no device is named): bounds how fast one-time prekeys can be drained", 0, 0},
+	{"limit-bundle-target", SP_CT_STR, &lim_spec[CS_LIM_BUNDLE_TARGET][CS_SCOPE_TARGET], "60/h,60", "BUNDLE_GET per target device (per target user when no device is named): bounds how fast one-time prekeys can be drained", 0, 0},
 	{"limit-lookup", SP_CT_STR, &lim_spec[CS_LIM_LOOKUP][CS_SCOPE_USER], "10/s,200", "USER_LOOKUP per user", 0, 0},
 	{"limit-lookup-source", SP_CT_STR, &lim_spec[CS_LIM_LOOKUP][CS_SCOPE_SOURCE], "100/s,2000", "USER_LOOKUP per source address", 0, 0},
 	{"limit-table-size", SP_CT_INT, &lim_table, "100000", "subjects (users, sources, targets) a worker tracks for the abuse limits", 16, 100000000},
