@@ -9,6 +9,7 @@
  *   session.c   TLS accept, frame loop, dispatch table, device registry, kicks, close/reap,
  *               pre-login limits (frame size, login deadline)
  *   admit.c     per-source admission at accept: unauthenticated connections, handshake rate
+ *   limits.c    abuse limits in Redis per user, source and target (limits.h); session.c asks
  *   login.c     HELLO/AUTH: challenge, key check at keysrv, route claim (login.h)
  *   send.c      SEND and SEND_GROUP: device checks, appends, SENT (send.h)
  *   deliver.c   delivery window, FETCH, push hints, ACK, lost-push check (deliver.h)
@@ -41,6 +42,7 @@
 
 #include "connsrv/admit.h"
 #include "connsrv/appendq.h"
+#include "connsrv/limits.h"
 #include "connsrv/routes.h"
 #include "connsrv/rpc.h"
 #include "connsrv/shardcall.h"
@@ -160,6 +162,7 @@ struct cs_server {
 	cs_shardcall *shards; /* every inbox shard call: retried on the shard's new primary */
 	cs_appendq *appendq; /* 1:1 and receipt appends, coalesced per shard */
 	cs_routes *routes;
+	cs_limits *limits; /* abuse limits of the costly frames (session.c asks before dispatch) */
 	sp_cluster *cluster;
 	cs_devcache *devcache;
 	char pull_url[256];   /* what peers dial (routes carry it) */

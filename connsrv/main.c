@@ -45,6 +45,11 @@ static const cs_ops ops = {
 	.acked = cs_receipts_acked,
 };
 
+/* Abuse limits (limits.h): the settings as written, parsed into limits_cfg at start. */
+static char *lim_spec[CS_LIM__N][CS_SCOPE__N];
+static long long lim_table;
+static cs_limits_cfg limits_cfg;
+
 static const sp_config_opt opts[] = {
 	{"name", SP_CT_STR, &cfg.name, "connsrv-0", "cluster member name (as in the router's cluster file)", 0, 0},
 	{"listen", SP_CT_STR, &cfg.listen, "127.0.0.1:7443", "client TLS listener host:port", 0, 0},
@@ -68,6 +73,19 @@ static const sp_config_opt opts[] = {
 	{"out-max-bytes", SP_CT_SIZE, &cfg.out_max_bytes, "4M", "disconnect a client whose unread output exceeds this", 65536, 1 << 30},
 	{"send-rate", SP_CT_INT, &cfg.send_rate, "200", "sends per second per device (token bucket)", 1, 1000000},
 	{"send-burst", SP_CT_INT, &cfg.send_burst, "400", "token bucket size", 1, 1000000},
+	{"limit-send", SP_CT_STR, &lim_spec[CS_LIM_SEND][CS_SCOPE_USER], "200/s,2000", "SEND and SEND_GROUP per user, in Redis: <n>/<s|min|h|day>[,<burst>] or off (docs/CONNSRV.md, Abuse limits)", 0, 0},
+	{"limit-send-source", SP_CT_STR, &lim_spec[CS_LIM_SEND][CS_SCOPE_SOURCE], "2000/s,20000", "SEND and SEND_GROUP per source address", 0, 0},
+	{"limit-receipt", SP_CT_STR, &lim_spec[CS_LIM_RECEIPT][CS_SCOPE_USER], "100/s,1000", "READ receipts per user", 0, 0},
+	{"media-quota", SP_CT_STR, &lim_spec[CS_LIM_MEDIA_BYTES][CS_SCOPE_USER], "2G/day", "MEDIA_PUT bytes per user", 0, 0},
+	{"limit-media-blob", SP_CT_STR, &lim_spec[CS_LIM_MEDIA_BLOB][CS_SCOPE_USER], "500/h,200", "MEDIA_DONE (blobs) per user", 0, 0},
+	{"limit-group", SP_CT_STR, &lim_spec[CS_LIM_GROUP][CS_SCOPE_USER], "600/h,1100", "group members added per user (GROUP_CREATE: 1 + users listed, GROUP_ADD: users listed)", 0, 0},
+	{"limit-group-source", SP_CT_STR, &lim_spec[CS_LIM_GROUP][CS_SCOPE_SOURCE], "6000/h,11000", "group members added per source address", 0, 0},
+	{"limit-bundle", SP_CT_STR, &lim_spec[CS_LIM_BUNDLE][CS_SCOPE_USER], "20/s,500", "BUNDLE_GET per requesting user", 0, 0},
+	{"limit-bundle-source", SP_CT_STR, &lim_spec[CS_LIM_BUNDLE][CS_SCOPE_SOURCE], "200/s,5000", "BUNDLE_GET per source address", 0, 0},
+	{"limit-bundle-target", SP_CT_STR, &lim_spec[CS_LIM_BUNDLE_TARGET][CS_SCOPE_TARGET], "60/h,60", "BUNDLE_GET per target device (per target user when no device is named): bounds how fast one-time prekeys can be drained", 0, 0},
+	{"limit-lookup", SP_CT_STR, &lim_spec[CS_LIM_LOOKUP][CS_SCOPE_USER], "10/s,200", "USER_LOOKUP per user", 0, 0},
+	{"limit-lookup-source", SP_CT_STR, &lim_spec[CS_LIM_LOOKUP][CS_SCOPE_SOURCE], "100/s,2000", "USER_LOOKUP per source address", 0, 0},
+	{"limit-table-size", SP_CT_INT, &lim_table, "100000", "subjects (users, sources, targets) a worker tracks for the abuse limits", 16, 100000000},
 	{"prelogin-max-frame", SP_CT_SIZE, &cfg.prelogin_frame_max, "4K", "largest frame a connection may send before it has logged in (HELLO, AUTH, REGISTER, VERIFY, LINK_* are under 1 KiB)", 512, 1 << 20},
 	{"login-timeout", SP_CT_INT, &cfg.login_timeout_ms, "10000", "ms a connection has to log in (restarted by REGISTER/VERIFY/LINK_* frames, not by PING)", 1000, 600000},
 	{"prelogin-per-source", SP_CT_INT, &cfg.prelogin_per_source, "64", "connections not yet logged in per source address (IPv6: per /64)", 1, 1000000},
@@ -272,6 +290,8 @@ run_worker(void)
 	if ((rc = cs_rpc_new(srv.base, (int)cfg.rpc_timeout_ms, &srv.rpc)) ||
 	    (rc = cs_routes_new(srv.base, cfg.redis, cfg.redis_user, redis_password,
 				(int)cfg.route_ttl_s, &srv.routes)) ||
+	    (rc = cs_limits_new(srv.base, cfg.redis, cfg.redis_user, redis_password, &limits_cfg,
+				&srv.limits)) ||
 	    (rc = cs_devcache_new(&srv, &srv.devcache)) ||
 	    (rc = sp_cluster_start(cfg.router, cfg.router_pub, cfg.worker == 0 ? cfg.name : NULL,
 				   SP_ROLE_CONNSRV, &srv.cluster)) ||
@@ -332,6 +352,7 @@ out:
 	cs_shardcall_free(srv.shards); /* after: calls waiting for a retry are completed */
 	cs_appendq_free(srv.appendq); /* after both: appends their callbacks queued are failed */
 	cs_routes_free(srv.routes);
+	cs_limits_free(srv.limits);
 	sp_cluster_stop(srv.cluster);
 	cs_devcache_free(srv.devcache);
 	cs_session_stop(&srv);
@@ -443,6 +464,15 @@ main(int argc, char **argv)
 		sp_config_free(opts);
 		return 2;
 	}
+	for (int k = 0; k < CS_LIM__N; k++)
+		for (int sc = 0; sc < CS_SCOPE__N; sc++)
+			if (cs_limit_parse(lim_spec[k][sc], &limits_cfg.rate[k][sc]) != SP_OK) {
+				fprintf(stderr, "connsrv: bad limit for %s: '%s' (want <n>/<s|min|h|day>[,<burst>] or off)\n",
+					cs_limit_kind_name((cs_limit_kind)k), lim_spec[k][sc]);
+				sp_config_free(opts);
+				return 2;
+			}
+	limits_cfg.max_entries = (size_t)lim_table;
 	if (!cfg.redis_password_file)
 		sp_warn("Redis without a password (--redis-password-file): anyone who reaches it can "
 			"read and change routes");

@@ -145,11 +145,15 @@ appends_done(send_op *op)
 {
 	cs_session *s = op->s;
 	if (op->rc) {
-		op_fail(op, op->rc, op->rc == SP_EFULL ? "recipient queue full" : "not stored, retry");
+		op_fail(op, op->rc,
+			op->rc == SP_EFULL    ? "recipient queue full"
+			: op->rc == SP_ELIMIT ? "your share of the recipient's queue is full"
+					      : "not stored, retry");
 		return;
 	}
 	if (op->refused)
-		sp_warn("group message from device %llu: %u member devices refused (queue full)",
+		sp_warn_rl("group message from device %llu: %u member devices refused (queue full or "
+			   "the sender's share of it)",
 			(unsigned long long)s->device, op->refused);
 	answer_sent(op);
 	notify_appended(op);

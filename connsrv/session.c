@@ -351,6 +351,29 @@ rate_admit(cs_session *s, const sp_frame *f)
 	return false;
 }
 
+/* The abuse limits in Redis (limits.h): takes the frame's costs, or answers it
+ * ERROR{SP_ERATELIMIT, "limit: <kind>", retry_after}. */
+static bool
+limits_admit(cs_session *s, const sp_frame *f)
+{
+	cs_limit_ask asks[4];
+	size_t n = s->srv->limits ? cs_limits_asks(f, s->user, &s->src, asks) : 0, which = 0;
+	uint64_t wait = n ? cs_limits_take(s->srv->limits, asks, n, &which) : 0;
+	if (!wait)
+		return true;
+	char reason[48];
+	snprintf(reason, sizeof(reason), "limit: %s", cs_limit_kind_name(asks[which].kind));
+	sp_frame e;
+	sp_frame_init(&e, SP_T_ERROR, f->id, f->has_id);
+	sp_frame_set_i64(&e, SP_F_CODE, SP_ERATELIMIT);
+	sp_frame_set_str(&e, SP_F_REASON, reason);
+	sp_frame_set_u64(&e, SP_F_RETRY_AFTER, wait);
+	if (sp_frame_has(f, SP_F_MSG_ID))
+		sp_frame_set_bin(&e, SP_F_MSG_ID, sp_frame_bin(f, SP_F_MSG_ID).p, 16);
+	cs_session_send(s, &e);
+	return false;
+}
+
 static void
 on_ping(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
@@ -437,6 +460,8 @@ dispatch(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 		return;
 	}
 	if ((d->flags & SP_FL_RATED) && !rate_admit(s, f))
+		return;
+	if (s->st == CS_ST_READY && !limits_admit(s, f))
 		return;
 	cs_revoke_check(s);
 	if (d->tier == SP_TIER_CONNSRV) {

@@ -106,6 +106,39 @@ header_put(inbox_store *s, MDB_txn *txn, const uint8_t *blob_id, const inbox_blo
 	return SP_OK;
 }
 
+/* The bttl time of an unfinished upload. The sweep deletes a blob whose bttl time is older
+ * than media_ttl; an upload is filed earlier by (media_ttl - upload_ttl) so that the same
+ * sweep drops it upload_ttl after it started. BLOB_DONE files it again at `created`. */
+static uint64_t
+upload_ttl_ts(const inbox_store *s, uint64_t created)
+{
+	uint64_t media = s->cfg.media_ttl_ms, upload = s->cfg.upload_ttl_ms;
+	uint64_t shift = upload && upload < media ? media - upload : 0;
+	return created > shift ? created - shift : 0;
+}
+
+static int
+bttl_put(inbox_store *s, MDB_txn *txn, const uint8_t *id, uint64_t ts)
+{
+	uint8_t tk[8 + INBOX_BLOB_ID_LEN];
+	sp_be64_put(tk, ts);
+	memcpy(tk + 8, id, INBOX_BLOB_ID_LEN);
+	MDB_val key = { sizeof(tk), tk }, val = { 0, NULL };
+	int rc = mdb_put(txn, s->bttl, &key, &val, 0);
+	return rc ? inbox_lmdb_err(rc, "bttl put") : SP_OK;
+}
+
+static int
+bttl_del(inbox_store *s, MDB_txn *txn, const uint8_t *id, uint64_t ts)
+{
+	uint8_t tk[8 + INBOX_BLOB_ID_LEN];
+	sp_be64_put(tk, ts);
+	memcpy(tk + 8, id, INBOX_BLOB_ID_LEN);
+	MDB_val key = { sizeof(tk), tk };
+	int rc = mdb_del(txn, s->bttl, &key, NULL);
+	return rc && rc != MDB_NOTFOUND ? inbox_lmdb_err(rc, "bttl del") : SP_OK;
+}
+
 int
 inbox_blob_apply_put(inbox_store *s, MDB_txn *txn, inbox_op *op)
 {
@@ -124,12 +157,8 @@ inbox_blob_apply_put(inbox_store *s, MDB_txn *txn, inbox_op *op)
 		memset(&info, 0, sizeof(info));
 		info.created = op->ts;
 		fresh = true;
-		uint8_t tk[8 + INBOX_BLOB_ID_LEN];
-		sp_be64_put(tk, info.created);
-		memcpy(tk + 8, id, INBOX_BLOB_ID_LEN);
-		MDB_val key = { sizeof(tk), tk }, val = { 0, NULL };
-		if ((rc = mdb_put(txn, s->bttl, &key, &val, 0)))
-			return inbox_lmdb_err(rc, "bttl put");
+		if ((rc = bttl_put(s, txn, id, upload_ttl_ts(s, info.created))))
+			return rc;
 	} else if (rc) {
 		return rc;
 	}
@@ -179,6 +208,11 @@ inbox_blob_apply_done(inbox_store *s, MDB_txn *txn, inbox_op *op)
 		return SP_ETOOBIG;
 	if (info.have != op->blob_done.size)
 		return info.have < op->blob_done.size ? SP_EGAP : SP_ERANGE;
+	/* Complete: it now lives for the media TTL. */
+	if (upload_ttl_ts(s, info.created) != info.created
+	    && ((rc = bttl_del(s, txn, id, upload_ttl_ts(s, info.created)))
+	        || (rc = bttl_put(s, txn, id, info.created))))
+		return rc;
 	info.done = true;
 	info.size = op->blob_done.size;
 	memcpy(info.sha256, op->blob_done.sha256, INBOX_SHA256_LEN);
@@ -280,6 +314,17 @@ inbox_blob_sweep(
 		if (*n == limit) {
 			*more = true;
 			break;
+		}
+		/* An upload's time left behind by a BLOB_DONE under another upload TTL (the
+		 * option changed in between): only that record goes, the blob is complete. */
+		inbox_blob_info info;
+		if (header_get(s, txn, tk + 8, &info) == SP_OK && info.done
+		    && info.created != sp_be64_get(tk)) {
+			if ((rc = bttl_del(s, txn, tk + 8, sp_be64_get(tk)))) {
+				mdb_cursor_close(c);
+				return rc;
+			}
+			continue;
 		}
 		if ((rc = inbox_blob_delete(s, txn, tk + 8, sp_be64_get(tk)))) {
 			mdb_cursor_close(c);

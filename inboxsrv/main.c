@@ -29,6 +29,7 @@
 
 static char *data_dir, *listen_url, *metrics_addr, *log_level, *name, *router, *router_pub;
 static repl_opts ro;
+static long long queue_share, upload_ttl;
 static long long shard, contexts, msg_ttl, media_ttl, sweep_interval, sweep_batch, metrics_port;
 static size_t map_size, max_queue_entries, max_queue_bytes, max_blob_size, disk_reserve,
     dedup_max;
@@ -52,7 +53,14 @@ static const sp_config_opt tier_opts[] = {
 	    "dedup records kept in memory (24-48 bytes each); past it the oldest are forgotten "
 	    "before msg-ttl; 0: no limit",
 	    0, 1LL << 40 },
+	{ "queue-share", SP_CT_INT, &queue_share, "25",
+	    "percent of a device's queue caps one sender may hold (past it: SP_ELIMIT for that "
+	    "sender); 100: off",
+	    1, 100 },
 	{ "media-ttl", SP_CT_INT, &media_ttl, "1209600", "media blob TTL, seconds", 1,
+	    3650 * DAY_S },
+	{ "upload-ttl", SP_CT_INT, &upload_ttl, "21600",
+	    "an unfinished media upload is deleted this long after it started, seconds", 60,
 	    3650 * DAY_S },
 	{ "max-blob-size", SP_CT_SIZE, &max_blob_size, "100M", "largest media blob", 1, 1LL << 40 },
 	{ "sweep-interval", SP_CT_INT, &sweep_interval, "60", "seconds between TTL sweeps", 1,
@@ -134,6 +142,8 @@ main(int argc, char **argv)
 		.max_queue_bytes = max_queue_bytes,
 		.msg_ttl_ms = (uint64_t)msg_ttl * 1000,
 		.media_ttl_ms = (uint64_t)media_ttl * 1000,
+		.upload_ttl_ms = (uint64_t)upload_ttl * 1000,
+		.queue_share_pct = (unsigned)queue_share,
 		.max_blob_size = max_blob_size,
 		.max_readers = (unsigned)contexts + 64,
 		.dedup_max = dedup_max,

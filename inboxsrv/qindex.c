@@ -32,8 +32,18 @@ typedef struct qitem {
 	uint8_t state;
 } qitem;
 
+/* One sender's entries in one device's queue (writer's view; count 0: freed at publish). */
+typedef struct qsender {
+	uint64_t sender;
+	uint64_t count, bytes;
+	struct qsender *gone; /* publish: on the list of records to free */
+	bool leaving;
+	UT_hash_handle hh;
+} qsender;
+
 typedef struct qdev {
 	uint64_t device;
+	qsender *senders; /* by sender user id */
 	uint64_t acked; /* while loading: entries up to this seq were acknowledged */
 	inbox_qmeta w, c; /* writer's and committed counters */
 	qitem *items; /* [start, n): seq order */
@@ -47,6 +57,8 @@ typedef struct undo {
 	uint8_t old_state; /* S_DEAD: the item was added */
 	inbox_qmeta old;
 	uint64_t old_garbage;
+	qsender *snd; /* the sender's counts the change moved (by one entry and `bytes`) */
+	uint64_t bytes;
 } undo;
 
 struct inbox_qindex {
@@ -57,6 +69,7 @@ struct inbox_qindex {
 	uint64_t entries; /* committed queued entries */
 	uint64_t garbage; /* writer's view: entries off their queue, still in the log */
 	uint64_t item_bytes;
+	uint64_t nsenders; /* qsender records held */
 };
 
 inbox_qindex *
@@ -75,6 +88,11 @@ inbox_qindex_free(inbox_qindex *q)
 	if (!q)
 		return;
 	HASH_ITER(hh, q->devs, d, tmp) {
+		qsender *sn, *stmp;
+		HASH_ITER(hh, d->senders, sn, stmp) {
+			HASH_DEL(d->senders, sn);
+			free(sn);
+		}
 		HASH_DEL(q->devs, d);
 		free(d->items);
 		free(d);
@@ -108,6 +126,33 @@ dev_get(inbox_qindex *q, uint64_t device)
 		return NULL;
 	}
 	return d;
+}
+
+static qsender *
+sender_find(qdev *d, uint64_t sender)
+{
+	qsender *sn;
+	HASH_FIND(hh, d->senders, &sender, sizeof(sender), sn);
+	return sn;
+}
+
+static qsender *
+sender_get(inbox_qindex *q, qdev *d, uint64_t sender)
+{
+	qsender *sn = sender_find(d, sender);
+	if (sn)
+		return sn;
+	if (!(sn = calloc(1, sizeof(*sn))))
+		return NULL;
+	sn->sender = sender;
+	hash_oom = false;
+	HASH_ADD(hh, d->senders, sender, sizeof(sn->sender), sn);
+	if (hash_oom) {
+		free(sn);
+		return NULL;
+	}
+	q->nsenders++;
+	return sn;
 }
 
 /* Drops DEAD items from the front, and compacts when they are most of the array. */
@@ -181,8 +226,8 @@ writer_sees(uint8_t state)
 /* ---- loading ---- */
 
 int
-inbox_qindex_load_entry(
-    inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t key, uint64_t bytes)
+inbox_qindex_load_entry(inbox_qindex *q, uint64_t device, uint64_t sender, uint64_t seq,
+    uint64_t key, uint64_t bytes)
 {
 	qdev *d = dev_get(q, device);
 	if (!d)
@@ -195,8 +240,11 @@ inbox_qindex_load_entry(
 	}
 	if (d->n > d->start && d->items[d->n - 1].seq >= seq)
 		return SP_ESTORE;
-	if (push_item(q, d, seq, key, S_LIVE))
+	qsender *sn = sender_get(q, d, sender);
+	if (!sn || push_item(q, d, seq, key, S_LIVE))
 		return SP_ENOMEM;
+	sn->count++;
+	sn->bytes += bytes;
 	d->w.count++;
 	d->w.bytes += bytes;
 	d->c = d->w;
@@ -236,7 +284,8 @@ inbox_qindex_meta(inbox_qindex *q, uint64_t device, inbox_qmeta *m)
 }
 
 static int
-log_push(inbox_qindex *q, qdev *d, uint32_t idx, uint8_t old_state, const inbox_qmeta *old)
+log_push(inbox_qindex *q, qdev *d, uint32_t idx, uint8_t old_state, const inbox_qmeta *old,
+    qsender *snd, uint64_t bytes)
 {
 	if (q->nlog == q->caplog) {
 		size_t cap = q->caplog ? q->caplog * 2 : 1024;
@@ -246,17 +295,19 @@ log_push(inbox_qindex *q, qdev *d, uint32_t idx, uint8_t old_state, const inbox_
 		q->log = n;
 		q->caplog = cap;
 	}
-	q->log[q->nlog++] = (undo) { d, idx, old_state, *old, q->garbage };
+	q->log[q->nlog++] = (undo) { d, idx, old_state, *old, q->garbage, snd, bytes };
 	return SP_OK;
 }
 
 int
-inbox_qindex_add(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t key, uint64_t bytes)
+inbox_qindex_add(inbox_qindex *q, uint64_t device, uint64_t sender, uint64_t seq, uint64_t key,
+    uint64_t bytes)
 {
 	int rc = SP_ENOMEM;
 	pthread_mutex_lock(&q->lock);
 	qdev *d = dev_get(q, device);
-	if (!d)
+	qsender *sn = d ? sender_get(q, d, sender) : NULL;
+	if (!sn)
 		goto out;
 	if (seq <= d->w.last_seq) {
 		rc = SP_EINVAL;
@@ -265,10 +316,12 @@ inbox_qindex_add(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t key, u
 	inbox_qmeta old = d->w;
 	if (push_item(q, d, seq, key, S_ADDED))
 		goto out;
-	if (log_push(q, d, d->n - 1, S_DEAD, &old)) {
+	if (log_push(q, d, d->n - 1, S_DEAD, &old, sn, bytes)) {
 		d->n--;
 		goto out;
 	}
+	sn->count++;
+	sn->bytes += bytes;
 	d->w.last_seq = seq;
 	d->w.count++;
 	d->w.bytes += bytes;
@@ -324,7 +377,8 @@ inbox_qindex_find(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t *key)
 }
 
 int
-inbox_qindex_remove(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t bytes, bool garbage)
+inbox_qindex_remove(inbox_qindex *q, uint64_t device, uint64_t sender, uint64_t seq,
+    uint64_t bytes, bool garbage)
 {
 	int rc = SP_ENOTFOUND;
 	pthread_mutex_lock(&q->lock);
@@ -332,9 +386,19 @@ inbox_qindex_remove(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t byt
 	int64_t i = d && seq ? item_of(d, seq) : -1;
 	if (i < 0)
 		goto out;
-	qitem *it = &d->items[i];
-	if ((rc = log_push(q, d, (uint32_t)i, it->state, &d->w)))
+	/* The entry's sender was counted when it was queued (the caller read it from the
+	 * entry): a missing record means the index and the log disagree. */
+	qsender *sn = sender_find(d, sender);
+	if (!sn || sn->count == 0) {
+		rc = SP_ESTORE;
 		goto out;
+	}
+	qitem *it = &d->items[i];
+	uint64_t sb = sn->bytes >= bytes ? bytes : sn->bytes;
+	if ((rc = log_push(q, d, (uint32_t)i, it->state, &d->w, sn, sb)))
+		goto out;
+	sn->count--;
+	sn->bytes -= sb;
 	/* Added and removed by the same transaction: no reader could ever see it. */
 	it->state = it->state == S_ADDED ? S_DEAD : S_REMOVED;
 	if (it->state == S_DEAD)
@@ -372,6 +436,13 @@ inbox_qindex_rollback(inbox_qindex *q, size_t mark)
 			it->state = u->old_state;
 		}
 		u->d->w = u->old;
+		if (u->old_state == S_DEAD) {
+			u->snd->count--;
+			u->snd->bytes -= u->bytes;
+		} else {
+			u->snd->count++;
+			u->snd->bytes += u->bytes;
+		}
 	}
 	pthread_mutex_unlock(&q->lock);
 }
@@ -397,9 +468,27 @@ inbox_qindex_publish(inbox_qindex *q)
 		u->d->c = u->d->w;
 	}
 	/* Then tidy each device once (compaction moves items: no undo index may follow). */
-	for (size_t k = 0; k < q->nlog; k++)
-		if (q->log[k].d)
-			tidy(q, q->log[k].d);
+	qsender *gone = NULL;
+	for (size_t k = 0; k < q->nlog; k++) {
+		undo *u = &q->log[k];
+		if (!u->d)
+			continue;
+		tidy(q, u->d);
+		/* A sender with nothing left in this queue: its record goes (once, after the
+		 * loop: later undo records may name it too). */
+		if (u->snd->count == 0 && !u->snd->leaving) {
+			u->snd->leaving = true;
+			HASH_DEL(u->d->senders, u->snd);
+			u->snd->gone = gone;
+			gone = u->snd;
+		}
+	}
+	while (gone) {
+		qsender *next = gone->gone;
+		free(gone);
+		q->nsenders--;
+		gone = next;
+	}
 	q->nlog = 0;
 	if (q->caplog > 65536) {
 		free(q->log);
@@ -420,7 +509,7 @@ inbox_qindex_collected(inbox_qindex *q, uint64_t n)
 {
 	int rc;
 	pthread_mutex_lock(&q->lock);
-	if ((rc = log_push(q, NULL, 0, S_LIVE, &(inbox_qmeta) { 0, 0, 0 })) == SP_OK)
+	if ((rc = log_push(q, NULL, 0, S_LIVE, &(inbox_qmeta) { 0, 0, 0 }, NULL, 0)) == SP_OK)
 		q->garbage = q->garbage >= n ? q->garbage - n : 0;
 	pthread_mutex_unlock(&q->lock);
 	return rc;
@@ -452,6 +541,18 @@ inbox_qindex_candidates(
 }
 
 void
+inbox_qindex_sender(inbox_qindex *q, uint64_t device, uint64_t sender, uint64_t *count,
+    uint64_t *bytes)
+{
+	pthread_mutex_lock(&q->lock);
+	qdev *d = dev_find(q, device);
+	qsender *sn = d ? sender_find(d, sender) : NULL;
+	*count = sn ? sn->count : 0;
+	*bytes = sn ? sn->bytes : 0;
+	pthread_mutex_unlock(&q->lock);
+}
+
+void
 inbox_qindex_committed(inbox_qindex *q, uint64_t device, inbox_qmeta *m)
 {
 	meta_of(q, device, true, m);
@@ -463,6 +564,7 @@ inbox_qindex_stats(inbox_qindex *q, uint64_t *devices, uint64_t *entries, uint64
 	pthread_mutex_lock(&q->lock);
 	*devices = HASH_COUNT(q->devs);
 	*entries = q->entries;
-	*mem = q->item_bytes + *devices * (sizeof(qdev) + 16) + q->caplog * sizeof(undo);
+	*mem = q->item_bytes + *devices * (sizeof(qdev) + 16) + q->nsenders * (sizeof(qsender) + 16)
+	    + q->caplog * sizeof(undo);
 	pthread_mutex_unlock(&q->lock);
 }

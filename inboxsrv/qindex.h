@@ -8,6 +8,11 @@
  * This index says which log records make up a device's queue. It is rebuilt from the log
  * and the TTL table when the store opens.
  *
+ * Per queue it also counts the entries and bytes of each sender (the user id stored in the
+ * entry's header): the writer's view only, so that the primary can refuse a sender past its
+ * share of a device's queue. Like the rest, these counts follow adds, removes and undo, and
+ * are rebuilt from the entries at open.
+ *
  * Two views, one structure:
  *  - the writer's view (the writer thread, inside its write transaction): every change is
  *    visible at once; changes are undoable with marks like the dedup index (a nested or
@@ -45,8 +50,8 @@ void inbox_qindex_free(inbox_qindex *q);
 
 /* An entry read from the log; seqs of one device must come in increasing order, after its
  * load_seq. One at or below the device's acknowledged seq is counted as garbage. */
-int inbox_qindex_load_entry(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t key,
-    uint64_t bytes);
+int inbox_qindex_load_entry(inbox_qindex *q, uint64_t device, uint64_t sender, uint64_t seq,
+    uint64_t key, uint64_t bytes);
 /* Raises the device's last_seq to at least `seq` and its acknowledged seq to at least
  * `acked` (from TTL records and the dev table). */
 int inbox_qindex_load_seq(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t acked);
@@ -56,10 +61,14 @@ int inbox_qindex_load_seq(inbox_qindex *q, uint64_t device, uint64_t seq, uint64
 /* The device's counters (zeros for a device never seen). */
 void inbox_qindex_meta(inbox_qindex *q, uint64_t device, inbox_qmeta *m);
 
-/* Queues entry `seq` (which must be above last_seq) at log key `key`, adding `bytes`.
- * SP_OK or SP_ENOMEM (nothing changed). Undoable. */
-int inbox_qindex_add(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t key,
-    uint64_t bytes);
+/* Queues entry `seq` (which must be above last_seq) from user `sender` at log key `key`,
+ * adding `bytes`. SP_OK or SP_ENOMEM (nothing changed). Undoable. */
+int inbox_qindex_add(inbox_qindex *q, uint64_t device, uint64_t sender, uint64_t seq,
+    uint64_t key, uint64_t bytes);
+
+/* The entries and bytes from user `sender` in the device's queue (writer's view). */
+void inbox_qindex_sender(inbox_qindex *q, uint64_t device, uint64_t sender, uint64_t *count,
+    uint64_t *bytes);
 
 /* The first queued entry of `device` with seq > after: SP_OK (sets *seq, *key) or
  * SP_ENOTFOUND. */
@@ -69,11 +78,12 @@ int inbox_qindex_next(inbox_qindex *q, uint64_t device, uint64_t after, uint64_t
 /* The queued entry `seq`: SP_OK (sets *key) or SP_ENOTFOUND. */
 int inbox_qindex_find(inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t *key);
 
-/* Takes queued entry `seq` off the queue, subtracting `bytes`; `garbage`: its log record
- * stays for the collector (counted in inbox_qindex_garbage). SP_OK, SP_ENOTFOUND or
- * SP_ENOMEM (nothing changed). Undoable. */
-int inbox_qindex_remove(
-    inbox_qindex *q, uint64_t device, uint64_t seq, uint64_t bytes, bool garbage);
+/* Takes queued entry `seq` (from user `sender`, as its header says) off the queue,
+ * subtracting `bytes`; `garbage`: its log record stays for the collector (counted in
+ * inbox_qindex_garbage). SP_OK, SP_ENOTFOUND, SP_ESTORE (no entry of that sender is
+ * counted: index and log disagree) or SP_ENOMEM (nothing changed). Undoable. */
+int inbox_qindex_remove(inbox_qindex *q, uint64_t device, uint64_t sender, uint64_t seq,
+    uint64_t bytes, bool garbage);
 
 /* Log records no longer queued and not yet deleted (writer's view). */
 uint64_t inbox_qindex_garbage(inbox_qindex *q);

@@ -364,8 +364,9 @@ inbox_op_failed_clean(const inbox_op *op)
 	case SP_ERANGE:
 		return true;
 	case SP_EFULL: /* the queue cap, not the map */
+	case SP_ELIMIT: /* the sender's share of the queue */
 		return op->kind == INBOX_OP_APPEND && !op->append.shared
-		    && op->append.targets[0].rc == SP_EFULL;
+		    && op->append.targets[0].rc == op->rc;
 	default:
 		return false;
 	}

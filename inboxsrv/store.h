@@ -33,8 +33,12 @@ typedef struct inbox_store_config {
 	size_t map_size; /* LMDB map size (sparse file) */
 	uint64_t max_queue_entries; /* per device */
 	uint64_t max_queue_bytes; /* per device: envelope/body + ct bytes */
+	/* Percent of both caps one sender (from_user) may hold in a device's queue; past it
+	 * that sender's appends to the device are refused with SP_ELIMIT (0 or 100: off). */
+	unsigned queue_share_pct;
 	uint64_t msg_ttl_ms;
 	uint64_t media_ttl_ms;
+	uint64_t upload_ttl_ms; /* an unfinished upload is swept this long after its start */
 	uint64_t max_blob_size;
 	unsigned max_readers; /* concurrent read transactions */
 	/* Most dedup records held in memory (0: no limit). Past it the oldest are forgotten
@@ -62,7 +66,7 @@ typedef struct inbox_target {
 	const uint8_t *ct; /* optional per-device part; NULL if none */
 	uint32_t ct_len;
 	uint64_t seq; /* assigned (or checked, on a replica); 0 if refused */
-	int rc; /* SP_OK, or SP_EFULL if this device's queue is over its cap */
+	int rc; /* SP_OK, SP_EFULL (queue over its cap) or SP_ELIMIT (sender over its share) */
 	bool dup; /* already stored: seq is the first append's */
 } inbox_target;
 

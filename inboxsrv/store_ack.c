@@ -79,6 +79,7 @@ entry_take(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t seq, uint64_t
 		return rc == SP_ENOTFOUND ? inbox_lmdb_err(MDB_CORRUPTED, "queue entry") : rc;
 	const uint8_t *p = val.mv_data;
 	uint64_t bytes = inbox_entry_bytes(p), body = inbox_entry_body(&val);
+	uint64_t sender = inbox_le64_get(p + QH_FROM_USER);
 	if (ref) {
 		ref->from_user = inbox_le64_get(p + QH_FROM_USER);
 		ref->from_device = inbox_le64_get(p + QH_FROM_DEVICE);
@@ -93,7 +94,7 @@ entry_take(inbox_store *s, MDB_txn *txn, uint64_t device, uint64_t seq, uint64_t
 		if (body && (rc = body_unref(s, txn, body)))
 			return rc;
 	}
-	return inbox_qindex_remove(s->qx, device, seq, bytes, !now);
+	return inbox_qindex_remove(s->qx, device, sender, seq, bytes, !now);
 }
 
 /* ---- ack / purge ---- */

@@ -68,6 +68,35 @@ out:
 	return rc;
 }
 
+/* sp_inbox_append_share_refused_total, registered on first use (writer thread). */
+static sp_metric *
+share_refused(void)
+{
+	static sp_metric *m;
+	if (!m)
+		m = sp_metric_counter("sp_inbox_append_share_refused_total",
+		    "appends refused: the sender holds its share of the device's queue (SP_ELIMIT)");
+	return m;
+}
+
+/* Whether one more entry of `n` bytes from `sender` would take it past its share of the
+ * device's queue: no single sender may fill a queue and lock every other sender out. The
+ * counts derive from the stored entries, so a replica replaying the op (or a new primary
+ * after a rebuild) reaches the same answer with the same caps and share. */
+static bool
+over_share(inbox_store *s, uint64_t device, uint64_t sender, uint64_t n)
+{
+	unsigned pct = s->cfg.queue_share_pct;
+	if (pct == 0 || pct >= 100)
+		return false;
+	uint64_t count, bytes;
+	inbox_qindex_sender(s->qx, device, sender, &count, &bytes);
+	uint64_t max_n = s->cfg.max_queue_entries / 100 * pct
+	    + s->cfg.max_queue_entries % 100 * pct / 100;
+	uint64_t max_b = s->cfg.max_queue_bytes / 100 * pct + s->cfg.max_queue_bytes % 100 * pct / 100;
+	return count + 1 > (max_n ? max_n : 1) || bytes + n > max_b;
+}
+
 static int
 append_target(inbox_store *s, MDB_txn *txn, inbox_op *op, uint64_t id, inbox_target *t,
     uint64_t *body_id, uint64_t *refs)
@@ -93,6 +122,12 @@ append_target(inbox_store *s, MDB_txn *txn, inbox_op *op, uint64_t id, inbox_tar
 	if (m.count + 1 > s->cfg.max_queue_entries || m.bytes + n > s->cfg.max_queue_bytes) {
 		t->seq = 0;
 		t->rc = SP_EFULL;
+		return SP_OK;
+	}
+	if (over_share(s, t->device, op->append.from_user, n)) {
+		t->seq = 0;
+		t->rc = SP_ELIMIT;
+		sp_metric_inc(share_refused());
 		return SP_OK;
 	}
 	if (op->append.shared && *body_id == 0) {
@@ -151,7 +186,7 @@ append_target(inbox_store *s, MDB_txn *txn, inbox_op *op, uint64_t id, inbox_tar
 		return rc;
 	if (t->seq && t->seq != seq)
 		return SP_EMISMATCH;
-	if ((rc = inbox_qindex_add(s->qx, t->device, seq, id, n)))
+	if ((rc = inbox_qindex_add(s->qx, t->device, op->append.from_user, seq, id, n)))
 		return rc;
 	t->seq = seq;
 	t->dup = false;

@@ -44,7 +44,7 @@ queue_rebuild(inbox_store *s, MDB_txn *txn)
 		}
 		const uint8_t *p = val.mv_data;
 		if ((rc = inbox_qindex_load_entry(s->qx, inbox_le64_get(p + QH_DEVICE),
-		         inbox_le64_get(p + QH_SEQ), sp_be64_get(key.mv_data),
+		         inbox_le64_get(p + QH_FROM_USER), inbox_le64_get(p + QH_SEQ), sp_be64_get(key.mv_data),
 		         inbox_entry_bytes(p))))
 			goto out;
 	}

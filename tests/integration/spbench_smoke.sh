@@ -12,6 +12,10 @@ dir=$(mktemp -d /tmp/sp-spbench-XXXXXX)
 export SP_DEVCLUSTER_DIR=$dir SP_BIN=$bin
 # Benchmark senders exceed the default per-device send rate.
 export SEALPOST_CONNSRV_SEND_RATE=1000000 SEALPOST_CONNSRV_SEND_BURST=1000000
+# ... and the per-user and per-source abuse limits (still on, raised out of the way).
+export SEALPOST_CONNSRV_LIMIT_SEND=10M/s SEALPOST_CONNSRV_LIMIT_SEND_SOURCE=10M/s
+export SEALPOST_CONNSRV_LIMIT_RECEIPT=10M/s SEALPOST_CONNSRV_LIMIT_BUNDLE=10M/s
+export SEALPOST_CONNSRV_LIMIT_BUNDLE_TARGET=10M/s
 
 cleanup() {
 	"$dc" down >/dev/null 2>&1 || true

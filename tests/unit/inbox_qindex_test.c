@@ -24,9 +24,9 @@ START_TEST(views_follow_commit_and_rollback)
 	ck_assert_ptr_nonnull(q);
 
 	/* Loaded state: committed. */
-	ck_assert_int_eq(inbox_qindex_load_entry(q, 1, 1, 100, 10), SP_OK);
-	ck_assert_int_eq(inbox_qindex_load_entry(q, 1, 2, 101, 10), SP_OK);
-	ck_assert_int_eq(inbox_qindex_load_entry(q, 1, 2, 102, 10), SP_ESTORE); /* out of order */
+	ck_assert_int_eq(inbox_qindex_load_entry(q, 1, 0, 1, 100, 10), SP_OK);
+	ck_assert_int_eq(inbox_qindex_load_entry(q, 1, 0, 2, 101, 10), SP_OK);
+	ck_assert_int_eq(inbox_qindex_load_entry(q, 1, 0, 2, 102, 10), SP_ESTORE); /* out of order */
 	ck_assert_int_eq(inbox_qindex_load_seq(q, 2, 7, 0), SP_OK);
 	inbox_qindex_committed(q, 1, &m);
 	ck_assert_uint_eq(m.count, 2);
@@ -39,8 +39,8 @@ START_TEST(views_follow_commit_and_rollback)
 	/* An add is seen by the writer and offered to readers (who check their snapshot);
 	 * committed counters move only at publish. */
 	size_t mark = inbox_qindex_mark(q);
-	ck_assert_int_eq(inbox_qindex_add(q, 1, 2, 999, 5), SP_EINVAL); /* not above last_seq */
-	ck_assert_int_eq(inbox_qindex_add(q, 1, 3, 103, 5), SP_OK);
+	ck_assert_int_eq(inbox_qindex_add(q, 1, 0, 2, 999, 5), SP_EINVAL); /* not above last_seq */
+	ck_assert_int_eq(inbox_qindex_add(q, 1, 0, 3, 103, 5), SP_OK);
 	ck_assert_uint_eq(cands(q, 1, 0, c, 8), 3);
 	inbox_qindex_committed(q, 1, &m);
 	ck_assert_uint_eq(m.count, 2);
@@ -48,8 +48,8 @@ START_TEST(views_follow_commit_and_rollback)
 	ck_assert_uint_eq(m.count, 3);
 	ck_assert_uint_eq(m.last_seq, 3);
 	/* A removal hides the entry from the writer at once, not from readers. */
-	ck_assert_int_eq(inbox_qindex_remove(q, 1, 1, 10, true), SP_OK);
-	ck_assert_int_eq(inbox_qindex_remove(q, 1, 1, 10, true), SP_ENOTFOUND);
+	ck_assert_int_eq(inbox_qindex_remove(q, 1, 0, 1, 10, true), SP_OK);
+	ck_assert_int_eq(inbox_qindex_remove(q, 1, 0, 1, 10, true), SP_ENOTFOUND);
 	ck_assert_int_eq(inbox_qindex_find(q, 1, 1, &key), SP_ENOTFOUND);
 	ck_assert_int_eq(inbox_qindex_next(q, 1, 0, &seq, &key), SP_OK);
 	ck_assert_uint_eq(seq, 2);
@@ -68,11 +68,11 @@ START_TEST(views_follow_commit_and_rollback)
 
 	/* Again, committed: readers lose the removed entry only now. */
 	mark = inbox_qindex_mark(q);
-	ck_assert_int_eq(inbox_qindex_add(q, 1, 3, 103, 5), SP_OK);
-	ck_assert_int_eq(inbox_qindex_remove(q, 1, 1, 10, true), SP_OK);
+	ck_assert_int_eq(inbox_qindex_add(q, 1, 0, 3, 103, 5), SP_OK);
+	ck_assert_int_eq(inbox_qindex_remove(q, 1, 0, 1, 10, true), SP_OK);
 	/* Added and removed in one transaction: never offered again. */
-	ck_assert_int_eq(inbox_qindex_add(q, 1, 4, 104, 5), SP_OK);
-	ck_assert_int_eq(inbox_qindex_remove(q, 1, 4, 5, true), SP_OK);
+	ck_assert_int_eq(inbox_qindex_add(q, 1, 0, 4, 104, 5), SP_OK);
+	ck_assert_int_eq(inbox_qindex_remove(q, 1, 0, 4, 5, true), SP_OK);
 	ck_assert_uint_eq(cands(q, 1, 0, c, 8), 3);
 	inbox_qindex_publish(q);
 	ck_assert_uint_eq(cands(q, 1, 0, c, 8), 2);
@@ -99,8 +99,8 @@ START_TEST(views_follow_commit_and_rollback)
 	ck_assert_uint_eq(inbox_qindex_garbage(q), 1);
 	/* Loading: entries at or below the acknowledged seq are garbage, not queued. */
 	ck_assert_int_eq(inbox_qindex_load_seq(q, 3, 0, 5), SP_OK);
-	ck_assert_int_eq(inbox_qindex_load_entry(q, 3, 5, 500, 1), SP_OK);
-	ck_assert_int_eq(inbox_qindex_load_entry(q, 3, 6, 600, 1), SP_OK);
+	ck_assert_int_eq(inbox_qindex_load_entry(q, 3, 0, 5, 500, 1), SP_OK);
+	ck_assert_int_eq(inbox_qindex_load_entry(q, 3, 0, 6, 600, 1), SP_OK);
 	ck_assert_uint_eq(inbox_qindex_garbage(q), 2);
 	ck_assert_uint_eq(cands(q, 3, 0, c, 8), 1);
 	inbox_qindex_meta(q, 3, &m);
@@ -117,10 +117,10 @@ START_TEST(nested_rollback_keeps_the_outer_changes)
 	inbox_qcand c[8];
 	inbox_qmeta m;
 	ck_assert_ptr_nonnull(q);
-	ck_assert_int_eq(inbox_qindex_add(q, 5, 1, 1, 1), SP_OK);
+	ck_assert_int_eq(inbox_qindex_add(q, 5, 0, 1, 1, 1), SP_OK);
 	size_t inner = inbox_qindex_mark(q);
-	ck_assert_int_eq(inbox_qindex_add(q, 5, 2, 2, 1), SP_OK);
-	ck_assert_int_eq(inbox_qindex_remove(q, 5, 1, 1, true), SP_OK);
+	ck_assert_int_eq(inbox_qindex_add(q, 5, 0, 2, 2, 1), SP_OK);
+	ck_assert_int_eq(inbox_qindex_remove(q, 5, 0, 1, 1, true), SP_OK);
 	inbox_qindex_rollback(q, inner);
 	inbox_qindex_meta(q, 5, &m);
 	ck_assert_uint_eq(m.count, 1);
@@ -144,15 +144,15 @@ START_TEST(paging_survives_compaction)
 	inbox_qmeta m;
 	ck_assert_ptr_nonnull(q);
 	for (uint64_t s = 1; s <= N; s++)
-		ck_assert_int_eq(inbox_qindex_add(q, 9, s, s * 10, 1), SP_OK);
+		ck_assert_int_eq(inbox_qindex_add(q, 9, 0, s, s * 10, 1), SP_OK);
 	inbox_qindex_publish(q);
 	/* Remove the first 4000 and every third of the rest, in two transactions. */
 	for (uint64_t s = 1; s <= 4000; s++)
-		ck_assert_int_eq(inbox_qindex_remove(q, 9, s, 1, true), SP_OK);
+		ck_assert_int_eq(inbox_qindex_remove(q, 9, 0, s, 1, true), SP_OK);
 	inbox_qindex_publish(q);
 	for (uint64_t s = 4001; s <= N; s++)
 		if (s % 3 == 0)
-			ck_assert_int_eq(inbox_qindex_remove(q, 9, s, 1, true), SP_OK);
+			ck_assert_int_eq(inbox_qindex_remove(q, 9, 0, s, 1, true), SP_OK);
 	inbox_qindex_publish(q);
 	uint64_t after = 0, seen = 0, last = 0;
 	bool more = true;
