@@ -38,7 +38,7 @@ static cs_cfg cfg;
 /* From --redis-password-file (empty: no AUTH). */
 static char redis_password[256];
 static sp_internal_opts internal;
-static int push_delay_ms;
+static long long push_delay_ms;
 
 /* The concerns' links to each other (see cs_ops). */
 static const cs_ops ops = {
@@ -133,7 +133,7 @@ register_metrics(cs_server *srv)
 	}
 	srv->m.prelogin_frame = sp_metric_counter("sp_connsrv_prelogin_refused_total{reason=\"frame_size\"}", "connections refused before login, by reason");
 	srv->m.prelogin_timeout = sp_metric_counter("sp_connsrv_prelogin_refused_total{reason=\"login_timeout\"}", "connections refused before login, by reason");
-	cs_push_init(push_delay_ms);
+	cs_push_init((int)push_delay_ms);
 	srv->m.peer_dropped = sp_metric_counter("sp_connsrv_peer_frames_dropped_total", "frames on the pull socket not acted on");
 }
 
