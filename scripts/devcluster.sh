@@ -33,8 +33,8 @@ for ((j = 0; j < copies; j++)); do keys_names+=("keysrv-${letters[$j]}"); done
 for i in 0 1 2; do for ((j = 0; j < copies; j++)); do inbox_names+=("inbox-$i${letters[$j]}"); done; done
 routers=(router-a router-b)
 names=(redis etcd "${routers[@]}" "${keys_names[@]}" "${inbox_names[@]}" connsrv-0 connsrv-1)
+# pushsrv is not in names: it starts after the cluster is healthy (it is no member).
 push_on() { [ -n "${SEALPOST_PUSH_ARGS:-}" ]; }
-push_on && names+=(pushsrv)
 etcd_cluster=dev
 
 die() { echo "devcluster: $*" >&2; exit 1; }
@@ -223,7 +223,7 @@ cmdline() {
 		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tls+tcp://127.0.0.1:$(conn_pull $i) $(internal_tls "connsrv-$i" servers connsrv-inbox) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router ${SP_CONNSRV_ARGS:-}" ;;
 	pushsrv) push_on || die "pushsrv runs only with SEALPOST_PUSH_ARGS (its gateway options)"
 		echo "$bin/pushsrv $router $(internal_tls pushsrv push-dial push-dial) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $port_push_metrics $SEALPOST_PUSH_ARGS" ;;
-	*) die "unknown process '$1' (one of: ${names[*]})" ;;
+	*) die "unknown process '$1' (one of: ${names[*]} pushsrv)" ;;
 	esac
 }
 
@@ -380,6 +380,7 @@ cmd_status() {
 	for name in "${names[@]}"; do
 		if alive "$name"; then echo "$name running (pid $(cat "$(pidfile "$name")"))"; else echo "$name stopped"; fi
 	done
+	if alive pushsrv; then echo "pushsrv running (pid $(cat "$(pidfile pushsrv)"))"; else echo "pushsrv stopped (push is off without SEALPOST_PUSH_ARGS)"; fi
 	# Each router's published map (the same epoch and etcd revision on both), then the
 	# members as the first router that answers sees them.
 	local r h
