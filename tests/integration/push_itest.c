@@ -8,7 +8,8 @@
  *   - an APNs-shaped token is POSTed to <url>/3/device/<token> as a background push;
  *   - a gateway answering 500 twice is retried until it answers 200 (three POSTs);
  *   - a token the gateway calls dead (404, or UNREGISTERED in a 400 body) is dropped in
- *     keysrv: the next wake-up for that device finds no token and POSTs nothing.
+ *     keysrv: the next wake-up for that device finds no token and POSTs nothing;
+ *   - `sealpost push register --platform apns TOKEN` registers a token that gets woken.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -17,31 +18,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "itest.h"
+#include "client_util.h"
 #include "sp_error.h"
 #include "sp_time.h"
 
 #define DELAY_MS 2500
 
-static itest_cluster cluster;
-static bool up;
 static pid_t gateway = -1;
 static char tmp[64] = "/tmp/sp-push-XXXXXX", logfile[128];
 
-#define CHECK(cond)                                                                         \
-	do {                                                                                \
-		if (!(cond)) {                                                              \
-			fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);     \
-			exit(1);                                                            \
-		}                                                                           \
-	} while (0)
-
+/* Runs after ct_down (registered before it): the cluster is stopped first. */
 static void
 down(void)
 {
-	if (up)
-		itest_cluster_down(&cluster);
-	up = false;
 	if (gateway > 0) {
 		kill(gateway, SIGTERM);
 		waitpid(gateway, NULL, 0);
@@ -159,8 +148,8 @@ push_register(itest_user *u, const char *platform, const char *token)
 static void
 offline_device(itest_user *u, const char *phone, const char *platform, const char *token)
 {
-	itest_register(&cluster, 0, u, phone);
-	CHECK(itest_login(&cluster, 0, u) == SP_OK);
+	itest_register(&ct_cluster, 0, u, phone);
+	CHECK(itest_login(&ct_cluster, 0, u) == SP_OK);
 	CHECK(push_register(u, platform, token) == SP_OK);
 	itest_logout(u);
 }
@@ -195,11 +184,10 @@ main(void)
 	setenv("SP_CONNSRV_ARGS", args, 1);
 	if (!getenv("SEALPOST_DEVCLUSTER_COPIES"))
 		setenv("SEALPOST_DEVCLUSTER_COPIES", "1", 1);
-	itest_cluster_up(&cluster);
-	up = true;
+	ct_start();
 
 	itest_user a, b, c, d, e, f, g;
-	itest_register(&cluster, 0, &a, "+15550901");
+	itest_register(&ct_cluster, 0, &a, "+15550901");
 	offline_device(&b, "+15550902", "fcm", "tok-b");
 	offline_device(&c, "+15550903", "fcm", "tok-c");
 	offline_device(&d, "+15550904", "fcm", "flaky-d");
@@ -207,12 +195,22 @@ main(void)
 	offline_device(&f, "+15550906", "apns", "tok-f");
 	offline_device(&g, "+15550907", "fcm", "unreg-g");
 	/* A bad token is refused by keysrv. */
-	CHECK(itest_login(&cluster, 0, &g) == SP_OK);
+	CHECK(itest_login(&ct_cluster, 0, &g) == SP_OK);
 	CHECK(push_register(&g, "fcm", "has space") == SP_EINVAL);
 	CHECK(push_register(&g, "gcm", "tok") == SP_EINVAL);
 	itest_logout(&g);
+	/* The CLI registers h's token. */
+	char out[4096], user[32], buf[64];
+	ct_register("h", "+15550908", user, sizeof(user));
+	CHECK(ct_run("h", out, sizeof(out), "push register --platform gcm tok") != 0);
+	CHECK(ct_run("h", out, sizeof(out), "push register --platform apns cli-tok-h") == 0);
+	CHECK(strcmp(ct_str(out, 0, "status", buf, sizeof(buf)), "push_registered") == 0);
+	CHECK(ct_run("h", out, sizeof(out), "whoami") == 0);
+	itest_user h = {.user = strtoull(user, NULL, 10),
+			.device = strtoull(ct_str(out, 0, "device", buf, sizeof(buf)), NULL, 10)};
+	CHECK(h.user && h.device);
 
-	CHECK(itest_login(&cluster, 1, &a) == SP_OK);
+	CHECK(itest_login(&ct_cluster, 1, &a) == SP_OK);
 	uint64_t sent_at = sp_time_ms();
 	send_to(&a, &b, "SECRET-TEXT-1");
 	send_to(&a, &b, "SECRET-TEXT-2");
@@ -221,8 +219,9 @@ main(void)
 	send_to(&a, &e, "hello e");
 	send_to(&a, &f, "hello f");
 	send_to(&a, &g, "hello g");
+	send_to(&a, &h, "hello h");
 	/* c connects before its wake-up is due, and leaves again. */
-	CHECK(itest_login(&cluster, 0, &c) == SP_OK);
+	CHECK(itest_login(&ct_cluster, 0, &c) == SP_OK);
 	itest_logout(&c);
 	uint64_t c_back = sp_time_ms() - sent_at;
 	printf("c logged in and out %llu ms after the send\n", (unsigned long long)c_back);
@@ -239,6 +238,7 @@ main(void)
 	/* APNs shape. */
 	CHECK(wait_lines("\"/3/device/tok-f\"", "\"push_type\": \"background\"", 1, 10000) == 1);
 	CHECK(count_lines("\"tok-f\"", "\"content-available\": 1") == 1);
+	CHECK(wait_lines("\"/3/device/cli-tok-h\"", NULL, 1, 10000) == 1);
 	/* Retried after two 500s. */
 	CHECK(wait_lines("\"flaky-d\"", NULL, 3, 20000) == 3);
 	CHECK(count_lines("\"flaky-d\"", "\"status\": 500") == 2);
@@ -260,24 +260,25 @@ main(void)
 
 	/* e's token is gone from keysrv: with e's period ended, a new message makes a wake-up
 	 * due that finds no token and POSTs nothing. */
-	CHECK(itest_sh(&cluster,
+	CHECK(itest_sh(&ct_cluster,
 		       "redis-cli -p %d --user sealpost --pass \"$(cat $SEALPOST_REDIS_PASSWORD_FILE)\" "
 		       "--no-auth-warning DEL r:push:sent:%llu r:push:sent:%llu >/dev/null",
-		       cluster.base, (unsigned long long)e.device, (unsigned long long)g.device) == 0);
+		       ct_cluster.base, (unsigned long long)e.device, (unsigned long long)g.device) == 0);
 	send_to(&a, &e, "hello again e");
 	send_to(&a, &g, "hello again g");
 	char metric[256];
 	snprintf(metric, sizeof(metric),
 		 "for i in $(seq 100); do curl -sf http://127.0.0.1:%d/metrics | "
 		 "grep -q '^pushsrv_wakeups_total{outcome=\"no_token\"} 2' && exit 0; sleep 0.1; done; exit 1",
-		 cluster.base + 95);
+		 ct_cluster.base + 95);
 	sleep(DELAY_MS / 1000);
-	CHECK(itest_sh(&cluster, "%s", metric) == 0);
+	CHECK(itest_sh(&ct_cluster, "%s", metric) == 0);
 	CHECK(count_lines("\"dead-e\"", NULL) == 1);
 	CHECK(count_lines("\"unreg-g\"", NULL) == 1);
 	/* Tokens reach no log. */
-	CHECK(itest_sh(&cluster, "! grep -rq 'tok-b\\|flaky-d\\|dead-e' $SEALPOST_LOGS") == 0);
+	CHECK(itest_sh(&ct_cluster, "! grep -rq 'tok-b\\|flaky-d\\|dead-e' $SEALPOST_LOGS") == 0);
 	itest_logout(&a);
+	ct_down();
 	down();
 	printf("push_itest: all passed in %llu ms\n", (unsigned long long)(sp_time_ms() - t0));
 	return 0;
