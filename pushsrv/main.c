@@ -78,6 +78,19 @@ secret(const char *what, const char *path, char *buf, size_t cap)
 	return 0;
 }
 
+/* Whether SIGTERM or SIGINT came, waiting up to `ms` for one. */
+static bool
+stop_signal(const sigset_t *sigs, long long ms)
+{
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+	int sig = sigtimedwait(sigs, NULL, &ts);
+	if (sig == SIGTERM || sig == SIGINT) {
+		sp_info("pushsrv: signal %d, shutting down", sig);
+		return true;
+	}
+	return false;
+}
+
 static int
 run(const sigset_t *sigs, char *redis_pw, char *bearer)
 {
@@ -105,30 +118,26 @@ run(const sigset_t *sigs, char *redis_pw, char *bearer)
 	if (metrics_port >= 0 &&
 	    (rc = sp_metrics_http_thread(metrics_addr, (int)metrics_port, &mport)))
 		goto out;
+	sp_metric *m_bad = sp_metric_counter("pushsrv_bad_entries_total", "due-set members that were not a device id (removed)");
 	sp_info("pushsrv ready fcm=%s apns=%s period=%lldms metrics-port=%d", fcm_url ? "on" : "off",
 		apns_url ? "on" : "off", period_ms, mport);
-	for (;;) {
+	for (bool stop = false; !stop;) {
 		uint64_t devices[BATCH_MAX];
-		size_t n = 0, bad = 0;
-		uint64_t now = sp_time_ms();
-		int prc = ps_queue_pop(q, now, devices, (size_t)batch, &n, &bad);
-		if (bad)
+		size_t n = 0, bad = 0, i;
+		int prc = ps_queue_pop(q, sp_time_ms(), devices, (size_t)batch, &n, &bad);
+		if (bad) {
+			sp_metric_add(m_bad, bad);
 			sp_warn_rl("%zu entries of the due set were not device ids (removed)", bad);
-		for (size_t i = 0; i < n; i++)
+		}
+		for (i = 0; i < n && !(stop = stop_signal(sigs, 0)); i++)
 			if (ps_sender_handle(s, devices[i], sp_time_ms()) == SP_EREDIS)
 				prc = SP_EREDIS;
+		/* Popped and not handled (a signal came): due again at once, for another copy. */
+		for (; i < n; i++)
+			ps_queue_schedule(q, devices[i], sp_time_ms());
 		/* Busy: pop again at once; idle or Redis down: wait (and look for a signal). */
-		struct timespec ts = {0, 0};
-		if (prc || n < (size_t)batch) {
-			long long wait = prc ? 1000 : poll_ms;
-			ts.tv_sec = wait / 1000;
-			ts.tv_nsec = (wait % 1000) * 1000000L;
-		}
-		int sig = sigtimedwait(sigs, NULL, &ts);
-		if (sig == SIGTERM || sig == SIGINT) {
-			sp_info("pushsrv: signal %d, shutting down", sig);
-			break;
-		}
+		if (!stop)
+			stop = stop_signal(sigs, prc ? 1000 : n < (size_t)batch ? poll_ms : 0);
 	}
 	rc = SP_OK;
 out:
