@@ -2,7 +2,7 @@
 # under ASan+UBSan, `make fuzz` each fuzz target for FUZZ_SECONDS, `make clean`.
 #
 # Layout conventions (no per-module edits needed here):
-#   <tier>/main.c            -> bin/<tier>        (tiers: connsrv router inboxsrv keysrv)
+#   <tier>/main.c            -> bin/<tier>        (tiers: connsrv router inboxsrv keysrv pushsrv)
 #   <dir>/<name>_main.c      -> bin/<name>        (client/sealpost_main.c -> bin/sealpost, ...)
 #   every other .c in a dir  -> $(BUILD)/lib<dir>.a, linked into that dir's binaries and tests
 #   tests/unit/*_test.c      -> Check unit tests; tests/integration/*_itest.c -> integration
@@ -41,10 +41,10 @@ SP_CFLAGS = $(OPT) -std=c11 -Wall -Wextra -Werror -D_GNU_SOURCE -fno-strict-alia
            -I. -Icommon $(PKG_CFLAGS) $(SAN) -MMD -MP $(CFLAGS)
 SP_LDFLAGS = $(SAN) $(LDFLAGS)
 
-TIERS    := connsrv router inboxsrv keysrv
+TIERS    := connsrv router inboxsrv keysrv pushsrv
 # Directories with a library of their own (repl: the replication mechanism the stateful
 # tiers share); a tier's archive comes before the ones it uses on the link line.
-LIBTIERS := connsrv router inboxsrv keysrv bench repl
+LIBTIERS := connsrv router inboxsrv keysrv pushsrv bench repl
 LIBDIRS  := common client client/signal $(LIBTIERS)
 
 # Sources of a directory (not recursive), split into mains and library parts.
@@ -69,6 +69,7 @@ USES_connsrv  := connsrv
 USES_router   := router repl
 USES_inboxsrv := inboxsrv repl
 USES_keysrv   := keysrv repl
+USES_pushsrv  := pushsrv
 USES_client   := client
 USES_bench    := bench client
 prog_libs = $(foreach u,$(USES_$(1)),$(call dir_archive,$(u))) $(COMMON_LIB)

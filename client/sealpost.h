@@ -85,6 +85,11 @@ int sealpost_verify_pin(sealpost *sp, const char *phone, const char *code, const
  * clears it with NULL. */
 int sealpost_set_pin(sealpost *sp, const char *pin);
 
+/* Registers this device's push token for wake-ups (docs/PUSH.md): platform "fcm" or
+ * "apns" and the token the platform gave the app (printable ASCII without space, quote,
+ * backslash or slash); both NULL clears it. SP_EINVAL for a bad platform or token. */
+int sealpost_push_register(sealpost *sp, const char *platform, const char *token);
+
 /* This device: user id, device id and phone (buffer of at least 33 bytes). */
 int sealpost_whoami(sealpost *sp, uint64_t *user, uint64_t *device, char *phone, size_t cap);
 

@@ -34,6 +34,7 @@ static const char usage_text[] =
 	"  link [--wait SECONDS]          (new device) show a code, wait for the primary\n"
 	"  link-confirm CODE              (primary) approve a new device\n"
 	"  devices  |  devices remove ID\n"
+	"  push register --platform fcm|apns TOKEN  |  push clear   wake-ups for this device\n"
 	"Defaults from SEALPOST_HOME, SEALPOST_SERVER, SEALPOST_ROUTER, SEALPOST_CA.\n"
 	"Keepalive: SEALPOST_PING_MS (PING after this long without sending; default 60000,\n"
 	"-1: never), SEALPOST_PONG_TIMEOUT_MS (no answer this long: reconnect; default 10000).\n"
@@ -358,6 +359,17 @@ run(sealpost *sp, int argc, char **argv)
 		json_object_set_new(j, "status", json_string("code_sent"));
 		json_object_set_new(j, "phone", json_string(argv[0]));
 		json_object_set_new(j, "ttl", json_integer((json_int_t)ttl));
+		emit(j);
+		return 0;
+	}
+	if (strcmp(cmd, "push") == 0) {
+		bool reg = argc == 4 && strcmp(argv[0], "register") == 0 && strcmp(argv[1], "--platform") == 0;
+		if (!reg && !(argc == 1 && strcmp(argv[0], "clear") == 0))
+			return usage("push register --platform fcm|apns TOKEN | push clear");
+		if ((rc = sealpost_push_register(sp, reg ? argv[2] : NULL, reg ? argv[3] : NULL)))
+			return fail(sp, rc);
+		json_t *j = json_object();
+		json_object_set_new(j, "status", json_string(reg ? "push_registered" : "push_cleared"));
 		emit(j);
 		return 0;
 	}

@@ -7,6 +7,7 @@
 
 #include "connsrv/login.h"
 #include "connsrv/peer.h"
+#include "connsrv/push.h"
 #include "sp_proto.h"
 #include "sp_error.h"
 #include "sp_log.h"
@@ -46,6 +47,7 @@ on_route_claimed(void *arg, int rc, const cs_route *old)
 {
 	cs_session *s = arg;
 	cs_server *srv = s->srv;
+	cs_push_cancel(srv, s->device);
 	if (rc)
 		sp_warn("route for device %llu not stored (%s): real-time push to it waits for the "
 			"periodic check",

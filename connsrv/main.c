@@ -21,6 +21,7 @@
 #include "connsrv/internal.h"
 #include "connsrv/notify.h"
 #include "connsrv/peer.h"
+#include "connsrv/push.h"
 #include "connsrv/receipts.h"
 #include "sp_config.h"
 #include "sp_error.h"
@@ -37,6 +38,7 @@ static cs_cfg cfg;
 /* From --redis-password-file (empty: no AUTH). */
 static char redis_password[256];
 static sp_internal_opts internal;
+static long long push_delay_ms;
 
 /* The concerns' links to each other (see cs_ops). */
 static const cs_ops ops = {
@@ -96,6 +98,7 @@ static const sp_config_opt opts[] = {
 	{"check-interval", SP_CT_INT, &cfg.check_interval_ms, "2000", "ms between lost-delivery checks", 100, 600000},
 	{"check-per-tick", SP_CT_INT, &cfg.check_per_tick, "200000", "connections checked per interval (one call per shard per 1024)", 1, 10000000},
 	{"devcache-ms", SP_CT_INT, &cfg.devcache_ms, "10000", "ms a user's device list is cached", 0, 3600000},
+	{"push-delay", SP_CT_INT, &push_delay_ms, "60000", "ms after an entry is stored for an offline device before pushsrv sends it a wake-up (0: no wake-ups recorded; docs/PUSH.md)", 0, 86400000},
 	{"metrics-addr", SP_CT_STR, &cfg.metrics_addr, "127.0.0.1", "metrics HTTP address", 0, 0},
 	{"metrics-port", SP_CT_INT, &cfg.metrics_port, "0", "metrics HTTP port (0: off; worker i: port + i)", 0, 65535},
 	{"drain-timeout", SP_CT_INT, &cfg.drain_timeout_ms, "5000", "ms SIGTERM waits for calls in flight", 0, 600000},
@@ -148,6 +151,7 @@ register_metrics(cs_server *srv)
 	}
 	srv->m.prelogin_frame = sp_metric_counter("sp_connsrv_prelogin_refused_total{reason=\"frame_size\"}", "connections refused before login, by reason");
 	srv->m.prelogin_timeout = sp_metric_counter("sp_connsrv_prelogin_refused_total{reason=\"login_timeout\"}", "connections refused before login, by reason");
+	cs_push_init((int)push_delay_ms);
 	srv->m.peer_dropped = sp_metric_counter("sp_connsrv_peer_frames_dropped_total", "frames on the pull socket not acted on");
 }
 

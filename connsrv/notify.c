@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "connsrv/notify.h"
+#include "connsrv/push.h"
 #include "sp_error.h"
 #include "sp_log.h"
 
@@ -41,8 +42,11 @@ on_routes(void *arg, int rc, const cs_route *routes, size_t n)
 		return;
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (!routes[i].url)
-			continue; /* offline: the device drains its inbox when it connects */
+		if (!routes[i].url) {
+			/* offline: the device drains its inbox when it connects; a wake-up asks it to */
+			cs_push_due(srv, op->devices[i]);
+			continue;
+		}
 		sp_frame_set_u64(&d, SP_F_SEQ, op->seqs[i]);
 		sp_frame_set_u64(&d, SP_F_DEVICE, op->devices[i]);
 		sp_frame_set_u64(&d, SP_F_CONN_EPOCH, routes[i].epoch);

@@ -350,3 +350,36 @@ out:
 	free(keys);
 	return rc;
 }
+
+typedef struct cmd_op {
+	cs_routes_cmd_cb cb;
+	void *arg;
+} cmd_op;
+
+static void
+on_command(redisAsyncContext *ac, void *reply, void *privdata)
+{
+	(void)ac;
+	cmd_op *op = privdata;
+	redisReply *rep = reply;
+	op->cb(op->arg, !rep || rep->type == REDIS_REPLY_ERROR ? SP_EREDIS : SP_OK);
+	free(op);
+}
+
+int
+cs_routes_command(cs_routes *r, int argc, const char **argv, const size_t *lens,
+		  cs_routes_cmd_cb cb, void *arg)
+{
+	if (!r->connected)
+		return SP_EREDIS;
+	cmd_op *op = malloc(sizeof(*op));
+	if (!op)
+		return SP_ENOMEM;
+	op->cb = cb;
+	op->arg = arg;
+	if (redisAsyncCommandArgv(r->ac, on_command, op, argc, argv, lens) != REDIS_OK) {
+		free(op);
+		return SP_EREDIS;
+	}
+	return SP_OK;
+}

@@ -52,4 +52,12 @@ int cs_routes_lookup(cs_routes *r, const uint64_t *devices, size_t n, cs_route_l
 
 bool cs_routes_connected(const cs_routes *r);
 
+/* One command (argv form) on the same connection, for another concern's soft state in
+ * Redis (push wake-ups: connsrv/push.h); its keys must start with "r:". `cb` runs once,
+ * later, with SP_OK or SP_EREDIS (an error reply or a lost connection). An error here
+ * (SP_EREDIS: not connected; SP_ENOMEM): cb never runs. */
+typedef void (*cs_routes_cmd_cb)(void *arg, int rc);
+int cs_routes_command(cs_routes *r, int argc, const char **argv, const size_t *lens,
+		      cs_routes_cmd_cb cb, void *arg);
+
 #endif

@@ -290,3 +290,151 @@ keys_devices_lookup(keys_req *r)
 	sp_frame_set_u64(&r->out, SP_F_USER, user);
 	return SP_OK;
 }
+
+/* ---- push tokens ---- */
+
+bool
+keys_push_platform_valid(const char *p)
+{
+	return strcmp(p, "fcm") == 0 || strcmp(p, "apns") == 0;
+}
+
+/* A token goes into a JSON body and an URL path at the gateway: printable ASCII without
+ * space, quote, backslash or slash, so neither needs escaping by anyone. */
+static bool
+push_token_valid(const uint8_t *p, size_t n)
+{
+	if (n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (p[i] <= 0x20 || p[i] >= 0x7f || p[i] == '"' || p[i] == '\\' || p[i] == '/')
+			return false;
+	return true;
+}
+
+/* Reads {platform, token} of r->in into "<platform>:<token>" (out, KEYS_PUSH_MAX + 1). */
+static int
+push_value(keys_req *r, char *out, uint16_t *len)
+{
+	char plat[16];
+	sp_bin tok = sp_frame_bin(r->in, SP_F_PUSH_TOKEN);
+	if (sp_frame_str(r->in, SP_F_PUSH_PLATFORM, plat, sizeof(plat)) ||
+	    !keys_push_platform_valid(plat))
+		return keys_fail(r, SP_EINVAL, "push platform must be fcm or apns");
+	if (!push_token_valid(tok.p, tok.len))
+		return keys_fail(r, SP_EINVAL, "push token must be printable ASCII without space, quote, backslash or slash");
+	size_t pl = strlen(plat);
+	if (pl + 1 + tok.len > KEYS_PUSH_MAX)
+		return keys_fail(r, SP_EFIELDLEN, "push token too long");
+	memcpy(out, plat, pl);
+	out[pl] = ':';
+	memcpy(out + pl + 1, tok.p, tok.len);
+	out[pl + 1 + tok.len] = '\0';
+	*len = (uint16_t)(pl + 1 + tok.len);
+	return SP_OK;
+}
+
+/* Changes the push field of `device` (of any user when user is 0) in one write
+ * transaction: to `value` (len 0: cleared); with `expect`, only while it is that value. */
+static int
+push_update(keys_req *r, uint64_t user, uint64_t device, const char *value, uint16_t len,
+	    const char *expect, uint16_t expect_len)
+{
+	keys_store *s = r->ctx->store;
+	keys_device *d = keys_arena_alloc(&r->arena, sizeof(*d));
+	MDB_txn *txn;
+	int rc;
+
+	if (!d)
+		return SP_ENOMEM;
+	if ((rc = keys_store_begin(s, true, &txn)))
+		return rc;
+	rc = keys_device_get(s, txn, device, d);
+	if (rc == SP_ENOTFOUND || (rc == SP_OK && ((user && d->user != user) ||
+						   (d->flags & KEYS_DEV_REVOKED)))) {
+		keys_store_abort(txn);
+		return keys_fail(r, SP_ENOTFOUND, "no such current device");
+	}
+	if (rc == SP_OK && expect &&
+	    (d->push_len != expect_len || memcmp(d->push, expect, expect_len) != 0)) {
+		keys_store_abort(txn);
+		return SP_OK; /* replaced since: the new token is not known dead */
+	}
+	if (rc == SP_OK) {
+		memcpy(d->push, value, len);
+		d->push[len] = '\0';
+		d->push_len = len;
+		rc = keys_device_put(s, txn, d);
+	}
+	if (rc) {
+		keys_store_abort(txn);
+		return rc;
+	}
+	return keys_store_commit(txn);
+}
+
+int
+keys_devices_push_register(keys_req *r)
+{
+	char value[KEYS_PUSH_MAX + 1] = "";
+	uint16_t len = 0;
+	bool hp = sp_frame_has(r->in, SP_F_PUSH_PLATFORM), ht = sp_frame_has(r->in, SP_F_PUSH_TOKEN);
+	int rc;
+
+	if (hp != ht)
+		return keys_fail(r, SP_EINVAL, "push_platform and push_token go together");
+	if (ht && (rc = push_value(r, value, &len)))
+		return rc;
+	if ((rc = push_update(r, r->user, r->device, value, len, NULL, 0)))
+		return rc;
+	keys_reply_init(r, SP_T_OK);
+	return SP_OK;
+}
+
+int
+keys_devices_push_get(keys_req *r)
+{
+	keys_store *s = r->ctx->store;
+	keys_device *d = keys_arena_alloc(&r->arena, sizeof(*d));
+	MDB_txn *txn;
+	int rc;
+
+	if (!d)
+		return SP_ENOMEM;
+	if ((rc = keys_store_begin(s, false, &txn)))
+		return rc;
+	rc = keys_device_get(s, txn, sp_frame_u64(r->in, SP_F_DEVICE), d);
+	keys_store_abort(txn);
+	if (rc == SP_ENOTFOUND || (rc == SP_OK && (d->flags & KEYS_DEV_REVOKED)))
+		return keys_fail(r, SP_ENOTFOUND, "no such current device");
+	if (rc)
+		return rc;
+	keys_reply_init(r, SP_T_PUSH_TOKEN_R);
+	sp_frame_set_u64(&r->out, SP_F_DEVICE, d->id);
+	sp_frame_set_u64(&r->out, SP_F_USER, d->user);
+	char *colon = memchr(d->push, ':', d->push_len);
+	if (colon) {
+		*colon = '\0';
+		if (keys_push_platform_valid(d->push)) {
+			size_t pl = (size_t)(colon - d->push);
+			sp_frame_set_str(&r->out, SP_F_PUSH_PLATFORM, d->push);
+			sp_frame_set_bin(&r->out, SP_F_PUSH_TOKEN, colon + 1, d->push_len - pl - 1);
+		}
+	}
+	return SP_OK;
+}
+
+int
+keys_devices_push_drop(keys_req *r)
+{
+	char value[KEYS_PUSH_MAX + 1];
+	uint16_t len = 0;
+	int rc;
+
+	if ((rc = push_value(r, value, &len)))
+		return rc;
+	if ((rc = push_update(r, 0, sp_frame_u64(r->in, SP_F_DEVICE), "", 0, value, len)))
+		return rc;
+	keys_reply_init(r, SP_T_OK);
+	return SP_OK;
+}

@@ -48,4 +48,17 @@ int keys_devices_auth_key(keys_req *r);
 /* USER_LOOKUP {phone} -> USER_FOUND {phone, user}; SP_ENOTFOUND for no account. */
 int keys_devices_lookup(keys_req *r);
 
+/* Push wake-ups (docs/PUSH.md). A device's token is stored as "<platform>:<token>" in its
+ * push field; a token stored without a known platform (an older VERIFY or KEYS_UPLOAD) is
+ * reported without one, and pushsrv skips it.
+ * PUSH_REGISTER {platform, token} -> OK: sets the caller's token; with neither, clears it.
+ * PUSH_TOKEN_GET {device} -> PUSH_TOKEN_R {device, user[, platform, token]} (pushsrv).
+ * PUSH_DROP {device, platform, token} -> OK: clears the token if it still is that one. */
+int keys_devices_push_register(keys_req *r);
+int keys_devices_push_get(keys_req *r);
+int keys_devices_push_drop(keys_req *r);
+
+/* Whether `p` is a push platform keysrv accepts ("fcm", "apns"). */
+bool keys_push_platform_valid(const char *p);
+
 #endif

@@ -141,6 +141,9 @@ static const route routes[256] = {
 	[SP_T_GROUP_INFO] = {AUTH_DEVICE, keys_groups_info},
 	[SP_T_GROUP_DEVICES] = {AUTH_USER, keys_groups_devices},
 	[SP_T_SET_PIN] = {AUTH_DEVICE, keys_accounts_set_pin},
+	[SP_T_PUSH_REGISTER] = {AUTH_DEVICE, keys_devices_push_register},
+	[SP_T_PUSH_TOKEN_GET] = {AUTH_NONE, keys_devices_push_get},
+	[SP_T_PUSH_DROP] = {AUTH_NONE, keys_devices_push_drop},
 };
 
 static sp_metric *m_requests[256];

@@ -3,7 +3,9 @@
 # the map through etcd), the key store and 3 inbox shards of
 # $SEALPOST_DEVCLUSTER_COPIES copies each (default 3: keysrv-a, keysrv-b, keysrv-c;
 # inbox-0a, inbox-0b, inbox-0c, ...),
-# 2 connsrvs, with fresh dev TLS certificates (a dev CA the client trusts) and internal
+# 2 connsrvs, and with $SEALPOST_PUSH_ARGS (pushsrv's gateway options, e.g. "--fcm-url
+# https://...") one pushsrv (docs/PUSH.md; without it push is off and no pushsrv runs),
+# with fresh dev TLS certificates (a dev CA the client trusts) and internal
 # ones from scripts/certs.sh (certs/internal/: etcd serves https to members with a
 # certificate of the cluster root; every link between servers is mutual TLS, each
 # listener trusting only the role CAs it serves: docs/SECURITY.md "Internal links").
@@ -31,6 +33,8 @@ for ((j = 0; j < copies; j++)); do keys_names+=("keysrv-${letters[$j]}"); done
 for i in 0 1 2; do for ((j = 0; j < copies; j++)); do inbox_names+=("inbox-$i${letters[$j]}"); done; done
 routers=(router-a router-b)
 names=(redis etcd "${routers[@]}" "${keys_names[@]}" "${inbox_names[@]}" connsrv-0 connsrv-1)
+# pushsrv is not in names: it starts after the cluster is healthy (it is no member).
+push_on() { [ -n "${SEALPOST_PUSH_ARGS:-}" ]; }
 etcd_cluster=dev
 
 die() { echo "devcluster: $*" >&2; exit 1; }
@@ -58,6 +62,7 @@ inbox_metrics() { echo $((base + 11 + $(copy_no "$1"))); }
 conn_client() { echo $((base + 40 + $1)); }
 conn_pull() { echo $((base + 50 + 10 * $1)); }
 conn_metrics() { echo $((base + 80 + 10 * $1)); }
+port_push_metrics=$((base + 95))
 
 # The port that answers once a process is serving.
 port_of() {
@@ -68,6 +73,7 @@ port_of() {
 	keysrv-*) keys_port "$1" ;;
 	inbox-*) inbox_port "$1" ;;
 	connsrv-*) conn_client "${1#connsrv-}" ;;
+	pushsrv) echo "$port_push_metrics" ;;
 	esac
 }
 
@@ -77,7 +83,7 @@ alive() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/de
 ensure_built() {
 	"$root/scripts/deps.sh"
 	local missing=0
-	for b in router keysrv inboxsrv connsrv; do [ -x "$bin/$b" ] || missing=1; done
+	for b in router keysrv inboxsrv connsrv pushsrv; do [ -x "$bin/$b" ] || missing=1; done
 	if [ $missing = 1 ]; then
 		[ "$bin" = "$root/bin" ] || die "binaries missing in $bin"
 		make -C "$root" -j2 all >&2
@@ -122,7 +128,7 @@ make_certs() {
 make_internal_certs() {
 	local c=$dir/certs/internal t=$root/scripts/certs.sh n
 	$t "$c" root
-	for r in etcd router keysrv inbox connsrv admin; do $t "$c" role $r; done
+	for r in etcd router keysrv inbox connsrv push admin; do $t "$c" role $r; done
 	$t "$c" member etcd etcd
 	$t "$c" member admin etcdctl
 	for n in "${routers[@]}"; do $t "$c" member router "$n"; done
@@ -133,7 +139,10 @@ make_internal_certs() {
 	for n in "${keys_names[@]}"; do $t "$c" member keysrv "$n"; done
 	for n in "${inbox_names[@]}"; do $t "$c" member inbox "$n"; done
 	for n in connsrv-0 connsrv-1; do $t "$c" member connsrv "$n"; done
-	$t "$c" bundle members connsrv inbox keysrv        # routers' listeners
+	$t "$c" member push pushsrv
+	$t "$c" bundle members connsrv inbox keysrv push   # routers' listeners
+	$t "$c" bundle keysrv-clients connsrv push         # keysrv's request socket
+	$t "$c" bundle push-dial router keysrv
 	$t "$c" bundle servers router keysrv inbox connsrv # what connsrv dials
 	$t "$c" bundle keysrv-dial router keysrv
 	$t "$c" bundle inbox-dial router inbox
@@ -239,12 +248,14 @@ cmdline() {
 	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tls+tcp://127.0.0.1:$(router_rep "$1") --publish tls+tcp://127.0.0.1:$(router_pub "$1") $(internal_tls "$1" members members) --http-port $(router_http "$1") --admin-port $(router_admin "$1") --admin-token-file $dir/admin-token $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
 	# Every copy writes codes to one directory (only the primary sends them).
 	keysrv-[abc]) [[ " ${keys_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies key store copies"
-		echo "$bin/keysrv --data-dir $dir/data/$1 --otp-dir $dir/data/keysrv/otp --listen tls+tcp://127.0.0.1:$(keys_port "$1") $(internal_tls "$1" keysrv-dial connsrv-ca) --repl-peer-ca $dir/certs/internal/keysrv-ca.pem --metrics-port $(keys_metrics "$1") --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(keys_repl "$1") --min-copies $min_copies ${SP_KEYSRV_ARGS:-}" ;;
+		echo "$bin/keysrv --data-dir $dir/data/$1 --otp-dir $dir/data/keysrv/otp --listen tls+tcp://127.0.0.1:$(keys_port "$1") $(internal_tls "$1" keysrv-dial keysrv-clients) --repl-peer-ca $dir/certs/internal/keysrv-ca.pem --metrics-port $(keys_metrics "$1") --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(keys_repl "$1") --min-copies $min_copies ${SP_KEYSRV_ARGS:-}" ;;
 	inbox-[012][abc]) [[ " ${inbox_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies copies per shard"
 		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tls+tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(inbox_repl "$1") $(internal_tls "$1" inbox-dial connsrv-inbox) --repl-peer-ca $dir/certs/internal/inbox-ca.pem --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
 	connsrv-*) local i=${1#connsrv-}
-		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tls+tcp://127.0.0.1:$(conn_pull $i) $(internal_tls "connsrv-$i" servers connsrv-inbox) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router" ;;
-	*) die "unknown process '$1' (one of: ${names[*]})" ;;
+		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tls+tcp://127.0.0.1:$(conn_pull $i) $(internal_tls "connsrv-$i" servers connsrv-inbox) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router ${SP_CONNSRV_ARGS:-}" ;;
+	pushsrv) push_on || die "pushsrv runs only with SEALPOST_PUSH_ARGS (its gateway options)"
+		echo "$bin/pushsrv $router $(internal_tls pushsrv push-dial push-dial) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $port_push_metrics $SEALPOST_PUSH_ARGS" ;;
+	*) die "unknown process '$1' (one of: ${names[*]} pushsrv)" ;;
 	esac
 }
 
@@ -361,6 +372,10 @@ cmd_up() {
 	wait_healthy || exit 1
 	wait_primaries || exit 1
 	for i in 0 1; do wait_port 127.0.0.1 "$(conn_client $i)" 10 || die "connsrv-$i is not listening"; done
+	if push_on; then
+		start_one pushsrv
+		wait_port 127.0.0.1 "$port_push_metrics" 10 || die "pushsrv did not start (see $dir/logs/pushsrv.log)"
+	fi
 	cat <<MSG
 Sealpost dev cluster is up (state in $dir).
   . $dir/env
@@ -374,7 +389,7 @@ MSG
 cmd_down() {
 	[ -d "$dir/pids" ] || { echo "devcluster: nothing running"; return 0; }
 	local name f pid
-	local order=(connsrv-1 connsrv-0)
+	local order=(pushsrv connsrv-1 connsrv-0)
 	for ((k = ${#inbox_names[@]} - 1; k >= 0; k--)); do order+=("${inbox_names[$k]}"); done
 	# "router", "keysrv": the single router and keysrv of older layouts.
 	order+=("${keys_names[@]}" keysrv "${routers[@]}" router etcd redis)
@@ -398,6 +413,7 @@ cmd_status() {
 	for name in "${names[@]}"; do
 		if alive "$name"; then echo "$name running (pid $(cat "$(pidfile "$name")"))"; else echo "$name stopped"; fi
 	done
+	if alive pushsrv; then echo "pushsrv running (pid $(cat "$(pidfile pushsrv)"))"; else echo "pushsrv stopped (push is off without SEALPOST_PUSH_ARGS)"; fi
 	# Each router's published map (the same epoch and etcd revision on both), then the
 	# members as the first router that answers sees them.
 	local r h
