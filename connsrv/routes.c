@@ -350,3 +350,9 @@ out:
 	free(keys);
 	return rc;
 }
+
+struct redisAsyncContext *
+cs_routes_redis(cs_routes *r)
+{
+	return r->connected ? r->ac : NULL;
+}

@@ -52,4 +52,10 @@ int cs_routes_lookup(cs_routes *r, const uint64_t *devices, size_t n, cs_route_l
 
 bool cs_routes_connected(const cs_routes *r);
 
+/* The Redis connection, for the other soft state connsrv keeps there (presence.c; keys
+ * under "r:"), or NULL while it is not connected and authenticated. Commands sent on it
+ * run in order with the route commands. Pending callbacks run with a NULL reply when it
+ * goes (cs_routes_free included). */
+struct redisAsyncContext *cs_routes_redis(cs_routes *r);
+
 #endif
