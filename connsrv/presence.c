@@ -212,8 +212,11 @@ deliver_local(cs_server *srv, uint64_t user, bool online, uint64_t last_seen)
 	pres_target *t;
 	HASH_FIND(hh, p->targets, &user, sizeof(user), t);
 	uint64_t now = sp_time_ms();
-	for (pres_sub *sub = t ? t->head : NULL; sub; sub = sub->next) {
+	/* `next` is taken first: a send may close its session, which unlinks (only) that
+	 * session's one entry here, and frees t only when no other entry is left. */
+	for (pres_sub *sub = t ? t->head : NULL, *next; sub; sub = next) {
 		cs_presence_shown v;
+		next = sub->next;
 		if (sub->s->closing)
 			continue;
 		if (!cs_presence_view(sub->rule, online, last_seen, now, &v)) {
