@@ -162,9 +162,10 @@ cs_proxy_keysrv(cs_session *s, const sp_frame *f)
 	unset(&q, SP_F_AUTH_DEVICE);
 	unset(&q, SP_F_SOURCE);
 	unset(&q, SP_F_REQ_ID);
-	/* A hand-out retried after a failover must get the same one-time prekeys: keysrv keeps
-	 * the reply under this id (it lives in q until forward packs it). */
-	if (q.type == SP_T_BUNDLE_GET) {
+	/* A write that is not idempotent, retried after a failover, must get the first answer
+	 * (the same one-time prekeys, the same new group): keysrv keeps the reply under this
+	 * id (keysrv/replies.h; it lives in q until forward packs it). */
+	if (q.type == SP_T_BUNDLE_GET || q.type == SP_T_GROUP_CREATE) {
 		randombytes_buf(req_id, sizeof(req_id));
 		sp_frame_set_bin(&q, SP_F_REQ_ID, req_id, sizeof(req_id));
 	}

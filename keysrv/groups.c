@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "keysrv/groups.h"
+#include "keysrv/replies.h"
 #include "keysrv/settings.h"
 #include "sp_bytes.h"
 #include "sp_error.h"
@@ -148,8 +149,13 @@ finish(keys_req *r, MDB_txn *txn, keys_group *g, bool changed)
 	}
 	if (rc)
 		goto fail;
-	if ((rc = keys_store_commit(txn)))
-		return rc;
+	/* Built before the commit: a deduplicated write (a creation) stores it with it. */
+	keys_reply_init(r, SP_T_GROUP_R);
+	sp_frame_set_u64(&r->out, SP_F_GROUP, g->id);
+	sp_frame_set_u64(&r->out, SP_F_EPOCH, g->epoch);
+	if ((rc = keys_replies_store(r, txn)))
+		goto fail;
+	return keys_store_commit(txn);
 reply:
 	keys_reply_init(r, SP_T_GROUP_R);
 	sp_frame_set_u64(&r->out, SP_F_GROUP, g->id);
@@ -216,7 +222,15 @@ keys_groups_create(keys_req *r)
 		return rc;
 	if ((rc = keys_store_begin(s, true, &txn)))
 		return rc;
-	if ((rc = keys_store_new_id(s, txn, KDB_GROUPS, &g.id)))
+	/* A creation retried by connsrv (after a failover or a lost answer) that committed
+	 * gets the first group, not a second one. */
+	rc = keys_replies_replay(r, txn, SP_T_GROUP_R);
+	if (rc == SP_OK) {
+		keys_store_abort(txn);
+		return SP_OK;
+	}
+	if (rc != SP_ENOTFOUND ||
+	    (rc = keys_store_new_id(s, txn, KDB_GROUPS, &g.id)))
 		goto fail;
 	g.created_ms = r->ctx->now_ms();
 	g.nmembers = 1;

@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "keysrv/prekeys.h"
+#include "keysrv/replies.h"
 #include "sp_bytes.h"
 #include "sp_error.h"
 #include "sp_xeddsa.h"
@@ -195,24 +196,6 @@ take_opk(keys_req *r, MDB_txn *txn, keys_device *d, sp_frame *rec)
 	return keys_store_err(rc);
 }
 
-/* Stores the reply being built (r->out, packed without its request id) under the caller's
- * device and `id`, in the hand-out's own transaction. */
-static int
-store_reply(keys_req *r, MDB_txn *txn, const uint8_t *id)
-{
-	sp_frame f = r->out;
-	f.has_id = false;
-	f.id = 0;
-	msgpack_sbuffer sb;
-	msgpack_sbuffer_init(&sb);
-	int rc = sp_frame_pack(&f, &sb);
-	if (rc == SP_OK)
-		rc = keys_reply_put(r->ctx->store, txn, r->device, id,
-		    r->ctx->now_ms() + KEYS_REPLY_TTL_MS, (const uint8_t *)sb.data, sb.size);
-	msgpack_sbuffer_destroy(&sb);
-	return rc;
-}
-
 int
 keys_prekeys_bundle(keys_req *r)
 {
@@ -234,34 +217,17 @@ keys_prekeys_bundle(keys_req *r)
 	snprintf(key, sizeof(key), "%llu", (unsigned long long)r->user);
 	if ((rc = keys_rate_take(r, r->ctx->rl_bundle, key, "bundle")))
 		return rc;
-	sp_bin req_id = sp_frame_bin(r->in, SP_F_REQ_ID);
 	if ((rc = keys_store_begin(s, true, &txn)))
 		return rc;
-	if (req_id.len == KEYS_REQ_ID_LEN) {
-		/* A retry (connsrv's, after a failover or a lost answer) of a hand-out that
-		 * committed gets the same keys: a one-time prekey goes out once. */
-		uint8_t *buf = keys_arena_alloc(&r->arena, KEYS_REPLY_MAX);
-		size_t len = 0;
-		if (!buf) {
-			rc = SP_ENOMEM;
-			goto fail;
-		}
-		rc = keys_reply_get(s, txn, r->device, req_id.p, r->ctx->now_ms(), buf, KEYS_REPLY_MAX,
-		    &len);
-		if (rc == SP_OK) {
-			keys_store_abort(txn);
-			if ((rc = sp_frame_decode(buf, len, &r->out)) || r->out.type != SP_T_BUNDLE_R) {
-				sp_frame_fini(&r->out);
-				return rc ? rc : SP_ESTORE;
-			}
-			r->out.id = r->in->id;
-			r->out.has_id = r->in->has_id;
-			sp_metric_inc(r->ctx->m_replayed);
-			return SP_OK;
-		}
-		if (rc != SP_ENOTFOUND)
-			goto fail;
+	/* A retry (connsrv's, after a failover or a lost answer) of a hand-out that committed
+	 * gets the same keys: a one-time prekey goes out once. */
+	rc = keys_replies_replay(r, txn, SP_T_BUNDLE_R);
+	if (rc == SP_OK) {
+		keys_store_abort(txn);
+		return SP_OK;
 	}
+	if (rc != SP_ENOTFOUND)
+		goto fail;
 	if ((rc = keys_user_get(s, txn, user, &u))) {
 		if (rc == SP_ENOTFOUND)
 			keys_fail(r, rc, "no such user");
@@ -311,7 +277,7 @@ keys_prekeys_bundle(keys_req *r)
 	sp_frame_set_recs(&r->out, SP_F_BUNDLES, recs, n);
 	if (own < r->ctx->cfg.low_water)
 		sp_frame_set_bool(&r->out, SP_F_REFILL, true);
-	if (req_id.len == KEYS_REQ_ID_LEN && (rc = store_reply(r, txn, req_id.p)))
+	if ((rc = keys_replies_store(r, txn)))
 		goto fail;
 	if ((rc = keys_store_commit(txn)))
 		return rc;

@@ -10,6 +10,11 @@
 #include "sp_log.h"
 
 #define RETRY_MS 200 /* after an etcd error, before trying again */
+/* While a leader serves, a copy's new LSNs are published at most this often: every put
+ * wakes every watcher of the group (the other copies, the routers, and through the map
+ * every connsrv), and under load the LSNs change on every batch. Campaigns never wait
+ * for it: without a leader, positions go out at once (repl_ha_choose compares them). */
+#define STATUS_EVERY_MS 1000
 
 typedef struct loop_state {
 	repl_ha_view view;
@@ -19,6 +24,8 @@ typedef struct loop_state {
 	int64_t next_renew;     /* when the next keepalive is due */
 	int64_t followed_rev;   /* create revision of the leader key last reported */
 	int64_t defer_since;    /* when this candidate began to defer, 0: not deferring */
+	int64_t next_status;    /* an LSN-only change waits until then, 0: none waits */
+	int64_t published_ms;   /* when the status was last written */
 	repl_ha_status status;
 } loop_state;
 
@@ -72,13 +79,25 @@ publish(repl_ha *ha, loop_state *s)
 	if (s->primary && st.epoch < s->epoch)
 		st.epoch = s->epoch;
 	s->status = st;
+	s->next_status = 0;
 	if (ha->published && status_eq(&st, &ha->last_status))
 		return;
+	int64_t now = repl_ha_now_ms();
+	bool positions_only = ha->published && st.role == ha->last_status.role
+			      && st.epoch == ha->last_status.epoch;
+	if (positions_only && s->have_view && s->view.leader.present
+	    && now - s->published_ms < STATUS_EVERY_MS) {
+		s->next_status = s->published_ms + STATUS_EVERY_MS;
+		return;
+	}
 	int rc = repl_ha_publish(ha, &st);
-	if (rc)
+	if (rc) {
 		sp_warn_rl("repl_ha %s: publishing status: %s", ha->self.name, sp_errname(rc));
-	else if (s->next_renew == 0)
-		s->next_renew = repl_ha_now_ms() + ha->keepalive_ms;
+		return;
+	}
+	s->published_ms = now;
+	if (s->next_renew == 0)
+		s->next_renew = now + ha->keepalive_ms;
 }
 
 static void
@@ -157,8 +176,8 @@ decide(repl_ha *ha, loop_state *s, int64_t now)
 		ha->cbs.primary(ha->cbs.arg, epoch, &s->view);
 }
 
-/* How long to watch: until the next keepalive, the fencing deadline or the end of a
- * deferral, whichever comes first. */
+/* How long to watch: until the next keepalive, the fencing deadline, the end of a
+ * deferral or a held-back status, whichever comes first. */
 static long
 watch_ms(const repl_ha *ha, const loop_state *s, int64_t now)
 {
@@ -167,6 +186,8 @@ watch_ms(const repl_ha *ha, const loop_state *s, int64_t now)
 		until = atomic_load(&ha->serve_until);
 	if (s->defer_since && s->defer_since + ha->defer_max_ms < until)
 		until = s->defer_since + ha->defer_max_ms;
+	if (s->next_status && s->next_status < until)
+		until = s->next_status;
 	int64_t ms = until - now;
 	return ms < 10 ? 10 : ms > ha->keepalive_ms ? (long)ha->keepalive_ms : (long)ms;
 }

@@ -30,6 +30,7 @@
 #define NSERVE 4 /* fetches served at once: one per replica, with room for a rejoining one */
 #define LSN_MAX (1ULL << 62)
 #define REPLY_SLACK 8192 /* room for a reply's own keys and each record's */
+#define SHIP_MAX_RECS 4096 /* records one REPL_RECORDS carries at most */
 #define APPLY_CHUNK (8u << 20) /* record bytes replayed per writer batch */
 #define TICK_MS 50 /* the manager's period */
 #define UNWRITABLE_FAIL_MS 100 /* then queued writes get SP_EUNAVAIL instead of waiting */
@@ -552,14 +553,17 @@ serve_fetch(repl_node *r, const sp_frame *f)
 
 	ship_ctx sc = { 0 };
 	sc.budget = sp_frame_limit_large() - REPLY_SLACK;
-	sc.cap = 4096;
-	sc.recs = calloc(sc.cap, sizeof(*sc.recs));
-	sc.bufs = calloc(sc.cap, sizeof(*sc.bufs));
+	/* Sized by what the log holds past the fetch (usually one batch): a frame is a few
+	 * hundred bytes, and a reply per batch per copy must not zero megabytes. */
+	uint64_t avail = repl_log_last(r->log).lsn > last_lsn ? repl_log_last(r->log).lsn - last_lsn : 0;
+	sc.cap = avail < SHIP_MAX_RECS ? (size_t)avail : SHIP_MAX_RECS;
+	sc.recs = calloc(sc.cap ? sc.cap : 1, sizeof(*sc.recs));
+	sc.bufs = calloc(sc.cap ? sc.cap : 1, sizeof(*sc.bufs));
 	nng_msg *m = NULL;
 	int rc = SP_ENOMEM;
 	if (sc.recs && sc.bufs) {
 		rc = SP_OK;
-		if (repl_log_last(r->log).lsn > last_lsn)
+		if (sc.cap)
 			rc = repl_log_read(r->log, last_lsn + 1, UINT64_MAX, sc.budget, ship_rec, &sc,
 			    NULL);
 		if (rc == 1)
