@@ -92,7 +92,7 @@ set_shown(sp_frame *f, uint64_t user, const cs_presence_shown *v)
 		sp_frame_set_bool(f, SP_F_PRES_RECENT, true);
 }
 
-/* ---- state: online from routes, last seen and watching workers from Redis ---- */
+/* ---- state: online sessions, last seen and watching workers, from Redis ---- */
 
 typedef void (*state_cb)(cs_server *srv, void *arg, int rc, uint64_t user, bool online,
 			 uint64_t last_seen, const redisReply *watchers);
@@ -100,17 +100,24 @@ typedef void (*state_cb)(cs_server *srv, void *arg, int rc, uint64_t user, bool 
 typedef struct state_op {
 	cs_server *srv;
 	uint64_t user;
-	bool want_watchers;
 	bool online;
 	uint64_t last_seen;
 	int rc;
+	bool want_watchers;
+	unsigned pending; /* replies still to come: the last one ends the op */
 	state_cb cb;
 	void *arg;
 } state_op;
 
+/* One reply came: the last ends the op (`watchers`: the reply of ZRANGEBYSCORE, if it was
+ * that one). */
 static void
-state_done(state_op *op, int rc, const redisReply *watchers)
+state_reply(state_op *op, const redisReply *watchers)
 {
+	SP_ASSERT(op->pending > 0);
+	if (--op->pending > 0)
+		return;
+	int rc = op->rc ? op->rc : (op->want_watchers && !watchers ? SP_EREDIS : SP_OK);
 	op->cb(op->srv, op->arg, rc, op->user, op->online, op->last_seen, rc ? NULL : watchers);
 	free(op);
 }
@@ -121,8 +128,9 @@ on_watchers(redisAsyncContext *ac, void *reply, void *privdata)
 	(void)ac;
 	state_op *op = privdata;
 	redisReply *rep = reply;
-	int rc = op->rc ? op->rc : (!rep || rep->type != REDIS_REPLY_ARRAY ? SP_EREDIS : SP_OK);
-	state_done(op, rc, rep);
+	if (!rep || rep->type != REDIS_REPLY_ARRAY)
+		op->rc = SP_EREDIS;
+	state_reply(op, rep);
 }
 
 static void
@@ -135,64 +143,35 @@ on_last_seen(redisAsyncContext *ac, void *reply, void *privdata)
 		op->rc = SP_EREDIS;
 	else if (rep->type == REDIS_REPLY_STRING)
 		op->last_seen = strtoull(rep->str, NULL, 10);
-	if (!op->want_watchers)
-		state_done(op, op->rc, NULL);
+	state_reply(op, NULL);
 }
 
 static void
-state_redis(state_op *op)
+on_online(redisAsyncContext *ac, void *reply, void *privdata)
 {
-	redisAsyncContext *ac = cs_routes_redis(op->srv->routes);
-	if (!ac || redisAsyncCommand(ac, on_last_seen, op, "GET r:ls:%llu",
-				     (unsigned long long)op->user) != REDIS_OK) {
-		state_done(op, SP_EREDIS, NULL);
-		return;
-	}
-	if (op->want_watchers &&
-	    redisAsyncCommand(ac, on_watchers, op, "ZRANGEBYSCORE r:pw:%llu %llu +inf",
-			      (unsigned long long)op->user, (unsigned long long)sp_time_ms()) != REDIS_OK) {
-		op->want_watchers = false; /* on_last_seen ends it, as failed */
+	(void)ac;
+	state_op *op = privdata;
+	redisReply *rep = reply;
+	if (!rep || rep->type != REDIS_REPLY_INTEGER)
 		op->rc = SP_EREDIS;
-	}
+	else
+		op->online = rep->integer > 0;
+	state_reply(op, NULL);
 }
 
-static void
-state_routes(void *arg, int rc, const cs_route *routes, size_t n)
-{
-	state_op *op = arg;
-	if (rc) {
-		state_done(op, rc, NULL);
-		return;
-	}
-	for (size_t i = 0; i < n; i++)
-		op->online |= routes[i].url != NULL;
-	state_redis(op);
-}
-
-static void
-state_devices(void *arg, int rc, const uint64_t *devices, size_t n)
-{
-	state_op *op = arg;
-	if (rc) {
-		state_done(op, rc, NULL);
-		return;
-	}
-	if (n == 0) {
-		state_redis(op);
-		return;
-	}
-	if ((rc = cs_routes_lookup(op->srv->routes, devices, n, state_routes, op)))
-		state_done(op, rc, NULL);
-}
-
-/* Calls cb once with the user's state (and, with want_watchers, the pull urls of the
- * workers following it): later on the loop, or at once with SP_ENOMEM. */
+/* Calls cb once with the user's state (and, with want_watchers, the ZRANGEBYSCORE reply
+ * naming the pull urls of the workers following it): later on the loop, or at once with
+ * an error when no command could be sent. The commands go after any change this worker
+ * sent on the same connection, so they see it. */
 static void
 state_fetch(cs_server *srv, uint64_t user, bool want_watchers, state_cb cb, void *arg)
 {
 	state_op *op = calloc(1, sizeof(*op));
-	if (!op) {
-		cb(srv, arg, SP_ENOMEM, user, false, 0, NULL);
+	redisAsyncContext *ac = cs_routes_redis(srv->routes);
+	unsigned long long u = (unsigned long long)user, now = (unsigned long long)sp_time_ms();
+	if (!op || !ac) {
+		free(op);
+		cb(srv, arg, op ? SP_EREDIS : SP_ENOMEM, user, false, 0, NULL);
 		return;
 	}
 	op->srv = srv;
@@ -200,7 +179,23 @@ state_fetch(cs_server *srv, uint64_t user, bool want_watchers, state_cb cb, void
 	op->want_watchers = want_watchers;
 	op->cb = cb;
 	op->arg = arg;
-	cs_devcache_get(srv, user, false, state_devices, op);
+	op->pending = 1; /* held while queueing */
+	if (redisAsyncCommand(ac, on_online, op, "ZCOUNT r:po:%llu %llu +inf", u, now) == REDIS_OK)
+		op->pending++;
+	else
+		op->rc = SP_EREDIS;
+	if (!op->rc && redisAsyncCommand(ac, on_last_seen, op, "GET r:ls:%llu", u) == REDIS_OK)
+		op->pending++;
+	else
+		op->rc = SP_EREDIS;
+	if (!op->rc && want_watchers) {
+		if (redisAsyncCommand(ac, on_watchers, op, "ZRANGEBYSCORE r:pw:%llu %llu +inf", u, now) ==
+		    REDIS_OK)
+			op->pending++;
+		else
+			op->rc = SP_EREDIS;
+	}
+	state_reply(op, NULL);
 }
 
 /* ---- delivery to this worker's subscribers ---- */
@@ -317,11 +312,41 @@ changed(cs_server *srv, uint64_t user)
 	pub->pending = true; /* the tick publishes the state of then */
 }
 
+/* The session's member of r:po:<user> (scored by its expiry, wall-clock ms): a device's
+ * session, so that an older session of the device closing elsewhere removes only its own. */
+static void
+session_member(const cs_session *s, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "%llu|%llu", (unsigned long long)s->device,
+		 (unsigned long long)s->conn_epoch);
+}
+
+/* Adds or renews the session's member of r:po:<user>; entries past their expiry (a
+ * worker that died) are trimmed. */
+static int
+mark_online(cs_session *s)
+{
+	redisAsyncContext *ac = cs_routes_redis(s->srv->routes);
+	char m[48];
+	unsigned long long u = (unsigned long long)s->user, now = (unsigned long long)sp_time_ms();
+	long long ttl = s->srv->cfg.route_ttl_s;
+	session_member(s, m, sizeof(m));
+	if (!ac ||
+	    redisAsyncCommand(ac, NULL, NULL, "ZREMRANGEBYSCORE r:po:%llu -inf %llu", u, now) != REDIS_OK ||
+	    redisAsyncCommand(ac, NULL, NULL, "ZADD r:po:%llu %llu %s", u, now + (unsigned long long)ttl * 1000,
+			      m) != REDIS_OK ||
+	    redisAsyncCommand(ac, NULL, NULL, "EXPIRE r:po:%llu %lld", u, ttl) != REDIS_OK)
+		return SP_EREDIS;
+	return SP_OK;
+}
+
 void
 cs_presence_online(cs_session *s)
 {
 	if (!s->srv->presence)
 		return; /* a server without presence (a unit test's) */
+	if (mark_online(s))
+		sp_metric_inc(s->srv->presence->dropped);
 	changed(s->srv, s->user);
 }
 
@@ -331,9 +356,12 @@ cs_presence_offline(cs_session *s)
 	if (!s->srv->presence)
 		return;
 	redisAsyncContext *ac = cs_routes_redis(s->srv->routes);
-	if (!ac || redisAsyncCommand(ac, NULL, NULL, "SET r:ls:%llu %llu EX %d",
-				     (unsigned long long)s->user, (unsigned long long)sp_time_ms(),
-				     PRES_LS_TTL_S) != REDIS_OK)
+	char m[48];
+	session_member(s, m, sizeof(m));
+	if (!ac ||
+	    redisAsyncCommand(ac, NULL, NULL, "ZREM r:po:%llu %s", (unsigned long long)s->user, m) != REDIS_OK ||
+	    redisAsyncCommand(ac, NULL, NULL, "SET r:ls:%llu %llu EX %d", (unsigned long long)s->user,
+			      (unsigned long long)sp_time_ms(), PRES_LS_TTL_S) != REDIS_OK)
 		sp_metric_inc(s->srv->presence->dropped);
 	changed(s->srv, s->user);
 }
@@ -643,6 +671,9 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 		pres_target *t, *ttmp;
 		HASH_ITER(hh, p->targets, t, ttmp)
 			watch(p->srv, t->user, true);
+		for (cs_session *s = p->srv->sessions; s; s = s->next)
+			if (s->st == CS_ST_READY && mark_online(s))
+				sp_metric_inc(p->dropped);
 		p->renew_ms = now + (uint64_t)p->srv->cfg.route_ttl_s * 1000 / 3;
 	}
 }

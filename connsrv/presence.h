@@ -2,8 +2,10 @@
  * Presence (docs/CONNSRV.md, "Presence"): whether a user is online and when it was last
  * seen, as soft state in Redis, pushed to the sessions that subscribed to the user.
  *
- * - State: a user is online while one of its devices has a route (routes.h); r:ls:<user>
- *   holds the wall-clock ms at which one of its devices last went offline.
+ * - State: a user is online while r:po:<user> (sorted set: one member "<device>|<conn_epoch>"
+ *   per logged-in session, scored by its expiry, renewed every route_ttl/3) holds an
+ *   unexpired member; r:ls:<user> holds the wall-clock ms at which one of its sessions last
+ *   logged out. (Not the device list: presence never fills the device cache.)
  * - Subscriptions: PRESENCE_SUB replaces a session's set (at most CS_PRESENCE_MAX_SUBS
  *   users); they live in this worker's memory and end with the session. A worker with at
  *   least one subscriber of user U is listed in the sorted set r:pw:<U> (member: its pull
