@@ -54,6 +54,10 @@ enum {
 typedef struct cl_deliver {
 	struct cl_deliver *next;
 	bool typing; /* a TYPING_EV (etype: its kind), not an inbox entry */
+	/* A PRESENCE_EV (cl_presence.c), not an inbox entry: from_user is the user,
+	 * server_ts its last seen (0: not shown); online 1/0/-1 (not shown); recent. */
+	bool presence;
+	int pres_online, pres_recent;
 	uint64_t seq, from_user, from_device, server_ts, etype, group;
 	uint8_t msg_id[16];
 	uint8_t *env, *ct;
@@ -82,6 +86,8 @@ struct sealpost {
 	bool dropped;          /* the last connection was lost: wait a backoff before the next */
 	char server[272];      /* "host:port" of the current (or last) connsrv */
 	char drop_reason[256]; /* why the last connection was lost */
+	uint64_t watch[64];    /* users whose presence this handle follows (cl_presence.c) */
+	size_t nwatch;
 	char err[512];
 	int errclass;
 };
@@ -131,6 +137,12 @@ int cl_resolve_user(sealpost *sp, const char *name, uint64_t *user);
 int cl_post(sealpost *sp, const sp_frame *f);
 /* Reports a queued TYPING_EV to the callback (cl_typing.c). */
 void cl_typing_report(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg);
+/* Presence (cl_presence.c): a queued PRESENCE_EV to the callback; the PRESENCE_EV frame
+ * queued as a cl_deliver (*out the caller's); the watched users subscribed again on a new
+ * connection (SP_OK unless the connection failed). */
+void cl_presence_report(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg);
+int cl_presence_deliver(const sp_frame *f, cl_deliver **out);
+int cl_presence_resubscribe(sealpost *sp);
 /* Resolves "@name" / "@id" to a known group id. */
 int cl_resolve_group(sealpost *sp, const char *name, uint64_t *gid);
 /* Display name of a user: its phone if known, else "#user". */

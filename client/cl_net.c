@@ -246,7 +246,7 @@ connect_once(sealpost *sp)
 	/* What we stored before may not have reached the server as an ACK. */
 	if (sp->last_seq && (rc = cl_ack(sp, sp->last_seq)))
 		return rc;
-	return SP_OK;
+	return cl_presence_resubscribe(sp);
 }
 
 int
@@ -368,6 +368,14 @@ unprompted(sealpost *sp, sp_frame *f)
 		if (enqueue_typing(sp, f))
 			rc = SP_ENOMEM;
 		break;
+	case SP_T_PRESENCE_EV: {
+		cl_deliver *d;
+		if (cl_presence_deliver(f, &d))
+			rc = SP_ENOMEM;
+		else
+			dq_append(sp, d);
+		break;
+	}
 	case SP_T_PONG:
 		break;
 	case SP_T_KICKED:

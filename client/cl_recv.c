@@ -572,6 +572,10 @@ process(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg)
 		cl_typing_report(sp, d, cb, arg);
 		return SP_OK;
 	}
+	if (d->presence) {
+		cl_presence_report(sp, d, cb, arg);
+		return SP_OK;
+	}
 	if (d->etype == CL_ET_RECEIPT_DELIVERED || d->etype == CL_ET_RECEIPT_READ)
 		return d->from_device == 0 ? process_receipt(sp, d, cb, arg) : refuse(sp, d, SP_EPROTO, cb, arg);
 	bool seen;

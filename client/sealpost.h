@@ -107,6 +107,8 @@ enum {
 	SEALPOST_EV_CONNECTED = 5,     /* listen only: (re)connected (server, reconnects,
 					* drop_reason) */
 	SEALPOST_EV_TYPING = 6,        /* from / from_user is typing (typing 1) or stopped (0) */
+	SEALPOST_EV_PRESENCE = 7,      /* from / from_user's presence changed (online,
+					* last_seen_ms, recently: what its settings show us) */
 };
 enum { SEALPOST_RECEIPT_DELIVERED = 10, SEALPOST_RECEIPT_READ = 11 };
 
@@ -133,6 +135,9 @@ typedef struct sealpost_event {
 	uint64_t reconnects;    /* SEALPOST_EV_CONNECTED: connections lost and replaced so far */
 	const char *drop_reason; /* SEALPOST_EV_CONNECTED: why the previous one ended (NULL first) */
 	int typing;             /* SEALPOST_EV_TYPING: 1 typing, 0 stopped */
+	int online;             /* SEALPOST_EV_PRESENCE: 1 online, 0 offline, -1 not shown */
+	uint64_t last_seen_ms;  /* SEALPOST_EV_PRESENCE: ms since the epoch; 0 not shown */
+	int recently;           /* SEALPOST_EV_PRESENCE: "last seen recently" (coarse) */
 } sealpost_event;
 
 /* Strings in an event are valid during the callback only. */
@@ -221,6 +226,48 @@ int sealpost_group_remove(sealpost *sp, const char *group, const char *phone);
 int sealpost_group_leave(sealpost *sp, const char *group);
 /* Groups known to this device (created here or seen in a message). */
 int sealpost_group_list(sealpost *sp, sealpost_group_cb cb, void *arg);
+
+/* ---- presence, privacy and the contacts the server knows (cl_presence.c) ---- */
+
+enum {
+	SEALPOST_PRIV_KEEP = -1, /* sealpost_privacy_set: leave as it is */
+	SEALPOST_PRIV_EVERYONE = 0,
+	SEALPOST_PRIV_CONTACTS = 1,
+	SEALPOST_PRIV_NOBODY = 2, /* not for group_add */
+};
+
+typedef struct sealpost_privacy {
+	int last_seen, online, group_add; /* SEALPOST_PRIV_* */
+	uint64_t contacts;                /* contacts the server holds for this account */
+} sealpost_privacy;
+
+/* Sets the account's privacy settings (SEALPOST_PRIV_KEEP: unchanged; all KEEP only reads
+ * them) and returns them in *out. Who may see our last seen and online state (reciprocal:
+ * hiding ours hides everyone's from us), and who may add us to groups. Connects. */
+int sealpost_privacy_set(sealpost *sp, int last_seen, int online, int group_add,
+			 sealpost_privacy *out);
+
+/* Adds (add != 0) or removes `user` in the account's server-side contact set, which the
+ * "contacts" settings refer to (at most 5000). Connects; *out as above (may be NULL). */
+int sealpost_contact_share(sealpost *sp, uint64_t user, int add, sealpost_privacy *out);
+
+/* Forgets a contact (PHONE or #USER) here and in the server-side set. */
+int sealpost_contact_remove(sealpost *sp, const char *name);
+
+typedef struct sealpost_presence {
+	uint64_t user;
+	int online;            /* 1, 0, or -1 when its settings do not show it to us */
+	uint64_t last_seen_ms; /* 0 when not shown or unknown */
+	int recently;          /* coarse answer: seen within the last 3 days */
+} sealpost_presence;
+
+/* Asks once for the presence of `who` (PHONE or #USER). Connects. */
+int sealpost_presence_get(sealpost *sp, const char *who, sealpost_presence *out);
+
+/* Follows the presence of these users (PHONE or #USER; at most 64; n 0: none) on this
+ * connection and every later one: changes come to sealpost_recv's callback as
+ * SEALPOST_EV_PRESENCE. Sent at once when connected, else at the next connect. */
+int sealpost_presence_watch(sealpost *sp, const char *const *who, size_t n);
 
 /* ---- devices ---- */
 

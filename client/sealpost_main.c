@@ -21,11 +21,17 @@ static const char usage_text[] =
 	"  verify PHONE CODE [--pin PIN]  create this device's account (--pin: registration lock)\n"
 	"  set-pin PIN | set-pin --clear  (primary) set or clear the registration lock PIN\n"
 	"  whoami                         this device's user, device and phone\n"
-	"  contact add PHONE USER_ID      remember a contact's user id\n"
+	"  contact add PHONE USER_ID      remember a contact's user id (and tell the server)\n"
+	"  contact remove PHONE|#USER     forget a contact (here and on the server)\n"
+	"  privacy [--last-seen X] [--online X] [--group-add X]\n"
+	"                                 X: everyone|contacts|nobody (group-add: everyone|contacts);\n"
+	"                                 no option: show the current settings\n"
+	"  presence PHONE|#USER           online / last seen, as their settings show it to you\n"
 	"  send PHONE|#USER|@GROUP TEXT   send a text (\"queued\" when offline)\n"
 	"  send-file PHONE|#USER|@GROUP PATH\n"
 	"  recv [--wait SECONDS]          drain the inbox, print events\n"
-	"  listen                         stay connected, print events as they come\n"
+	"  listen [--watch PHONE|#USER]...  stay connected, print events as they come\n"
+	"                                 (--watch: also presence changes of those users, max 64)\n"
 	"  read PHONE|@GROUP              mark a conversation read\n"
 	"  typing PHONE|#USER [--stop]    show (or stop showing) that you are typing\n"
 	"  status MSG_ID [--offline]      delivery status of a message\n"
@@ -117,6 +123,19 @@ on_event(const sealpost_event *ev, void *arg)
 		json_object_set_new(j, "from", str_json(ev->from));
 		json_object_set_new(j, "device", id_json(ev->from_device));
 		json_object_set_new(j, "state", json_string(ev->typing ? "typing" : "stopped"));
+		emit(j);
+		return;
+	}
+	if (ev->type == SEALPOST_EV_PRESENCE) {
+		json_object_set_new(j, "type", json_string("presence"));
+		json_object_set_new(j, "from", str_json(ev->from));
+		json_object_set_new(j, "user", id_json(ev->from_user));
+		if (ev->online >= 0)
+			json_object_set_new(j, "online", json_boolean(ev->online));
+		if (ev->last_seen_ms)
+			json_object_set_new(j, "last_seen", json_integer((json_int_t)ev->last_seen_ms));
+		if (ev->recently)
+			json_object_set_new(j, "last_seen_recently", json_true());
 		emit(j);
 		return;
 	}
@@ -303,6 +322,86 @@ cmd_group(sealpost *sp, int argc, char **argv)
 	return usage("unknown group subcommand");
 }
 
+static const char *const priv_names[] = {"everyone", "contacts", "nobody"};
+
+static int
+print_privacy(const sealpost_privacy *p)
+{
+	json_t *j = json_object();
+	json_object_set_new(j, "last_seen", json_string(priv_names[p->last_seen % 3]));
+	json_object_set_new(j, "online", json_string(priv_names[p->online % 3]));
+	json_object_set_new(j, "group_add", json_string(priv_names[p->group_add % 3]));
+	json_object_set_new(j, "contacts", json_integer((json_int_t)p->contacts));
+	emit(j);
+	return 0;
+}
+
+/* privacy, presence, contact add|remove. */
+static int
+cmd_presence(sealpost *sp, const char *cmd, int argc, char **argv)
+{
+	sealpost_privacy priv;
+	int rc;
+	if (strcmp(cmd, "privacy") == 0) {
+		int v[3] = {SEALPOST_PRIV_KEEP, SEALPOST_PRIV_KEEP, SEALPOST_PRIV_KEEP};
+		static const char *const opts[3] = {"--last-seen", "--online", "--group-add"};
+		for (int i = 0; i < argc; i++) {
+			int o = 0, k = 0;
+			while (o < 3 && strcmp(argv[i], opts[o]) != 0)
+				o++;
+			if (o == 3 || i + 1 >= argc)
+				return usage("privacy [--last-seen X] [--online X] [--group-add X]");
+			i++;
+			while (k < 3 && strcmp(argv[i], priv_names[k]) != 0)
+				k++;
+			if (k == 3 || (o == 2 && k == SEALPOST_PRIV_NOBODY))
+				return usage(o == 2 ? "--group-add is everyone or contacts"
+						    : "a privacy setting is everyone, contacts or nobody");
+			v[o] = k;
+		}
+		if ((rc = sealpost_privacy_set(sp, v[0], v[1], v[2], &priv)))
+			return fail(sp, rc);
+		return print_privacy(&priv);
+	}
+	if (strcmp(cmd, "presence") == 0) {
+		sealpost_presence p;
+		if (argc != 1)
+			return usage("presence PHONE|#USER");
+		if ((rc = sealpost_presence_get(sp, argv[0], &p)))
+			return fail(sp, rc);
+		json_t *j = json_object();
+		json_object_set_new(j, "type", json_string("presence"));
+		json_object_set_new(j, "from", json_string(argv[0]));
+		json_object_set_new(j, "user", id_json(p.user));
+		if (p.online >= 0)
+			json_object_set_new(j, "online", json_boolean(p.online));
+		if (p.last_seen_ms)
+			json_object_set_new(j, "last_seen", json_integer((json_int_t)p.last_seen_ms));
+		if (p.recently)
+			json_object_set_new(j, "last_seen_recently", json_true());
+		emit(j);
+		return 0;
+	}
+	/* contact */
+	if (argc == 2 && strcmp(argv[0], "remove") == 0)
+		return (rc = sealpost_contact_remove(sp, argv[1])) ? fail(sp, rc) : ok_line("ok");
+	uint64_t user;
+	if (argc != 3 || strcmp(argv[0], "add") != 0 || parse_id(argv[2], &user))
+		return usage("contact add PHONE USER_ID | contact remove PHONE|#USER");
+	if ((rc = sealpost_contact_add(sp, argv[1], user)))
+		return fail(sp, rc);
+	/* Kept here even when the server cannot be told now: the output says so, and
+	 * running the command again tells it. */
+	rc = sealpost_contact_share(sp, user, 1, NULL);
+	json_t *j = json_object();
+	json_object_set_new(j, "status", json_string("ok"));
+	json_object_set_new(j, "shared", json_boolean(rc == 0));
+	if (rc)
+		json_object_set_new(j, "reason", json_string(sealpost_errmsg(sp)));
+	emit(j);
+	return 0;
+}
+
 static int
 cmd_status(sealpost *sp, int argc, char **argv)
 {
@@ -413,12 +512,8 @@ run(sealpost *sp, int argc, char **argv)
 		emit(j);
 		return 0;
 	}
-	if (strcmp(cmd, "contact") == 0) {
-		uint64_t user;
-		if (argc != 3 || strcmp(argv[0], "add") != 0 || parse_id(argv[2], &user))
-			return usage("contact add PHONE USER_ID");
-		return (rc = sealpost_contact_add(sp, argv[1], user)) ? fail(sp, rc) : ok_line("ok");
-	}
+	if (strcmp(cmd, "contact") == 0 || strcmp(cmd, "privacy") == 0 || strcmp(cmd, "presence") == 0)
+		return cmd_presence(sp, cmd, argc, argv);
 	if (strcmp(cmd, "send") == 0 || strcmp(cmd, "send-file") == 0) {
 		sealpost_sent s;
 		if (argc != 2)
@@ -432,9 +527,18 @@ run(sealpost *sp, int argc, char **argv)
 	if (strcmp(cmd, "recv") == 0 || strcmp(cmd, "listen") == 0) {
 		long wait = 0;
 		int listen = cmd[0] == 'l';
-		for (int i = 0; i < argc; i++)
+		const char *watch[64];
+		size_t nwatch = 0;
+		for (int i = 0; i < argc; i++) {
+			if (listen && strcmp(argv[i], "--watch") == 0 && i + 1 < argc && nwatch < 64) {
+				watch[nwatch++] = argv[++i];
+				continue;
+			}
 			if (listen || parse_int_opt(argc, argv, &i, "--wait", &wait) != 1)
-				return usage(listen ? "listen takes no argument" : "recv [--wait SECONDS]");
+				return usage(listen ? "listen [--watch PHONE|#USER]..." : "recv [--wait SECONDS]");
+		}
+		if (nwatch && (rc = sealpost_presence_watch(sp, watch, nwatch)))
+			return fail(sp, rc);
 		if (wait > 86400)
 			return usage("--wait is at most 86400");
 		return (rc = sealpost_recv(sp, (int)wait * 1000, listen, on_event, NULL)) ? fail(sp, rc) : 0;

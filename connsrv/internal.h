@@ -19,6 +19,7 @@
  *   proxy.c     keysrv frames and media frames forwarded (proxy.h)
  *   revoke.c    removed devices kicked wherever they are; sessions' periodic device check
  *   typing.c    TYPING to the recipient's online devices, never stored (typing.h)
+ *   presence.c  online / last seen in Redis, subscriptions, coalesced publishing (presence.h)
  *   routes.c    device routes in Redis, the only reader and writer of route values (routes.h)
  *   devcache.c  users' device lists from keysrv, cached
  *   members.c   addresses of shards from the cluster map (keysrv calls: shardcall.c)
@@ -124,6 +125,7 @@ typedef struct cs_session {
 	uint64_t verified_ms;
 	bool verifying;
 	uint64_t typing_ms; /* the last TYPING taken (typing.c; monotonic ms) */
+	struct cs_pres_subs *pres; /* presence subscriptions (presence.c); NULL: none */
 	/* Token bucket of the SP_FL_RATED frames. */
 	double tokens;
 	uint64_t tokens_ms;
@@ -165,6 +167,7 @@ struct cs_server {
 	cs_limits *limits; /* abuse limits of the costly frames (session.c asks before dispatch) */
 	sp_cluster *cluster;
 	cs_devcache *devcache;
+	struct cs_presence *presence; /* presence.c */
 	char pull_url[256];   /* what peers dial (routes carry it) */
 	char pull_listen[256];
 	nng_socket pull;

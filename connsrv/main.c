@@ -21,6 +21,7 @@
 #include "connsrv/internal.h"
 #include "connsrv/notify.h"
 #include "connsrv/peer.h"
+#include "connsrv/presence.h"
 #include "connsrv/push.h"
 #include "connsrv/receipts.h"
 #include "sp_config.h"
@@ -296,7 +297,7 @@ run_worker(void)
 				(int)cfg.route_ttl_s, &srv.routes)) ||
 	    (rc = cs_limits_new(srv.base, cfg.redis, cfg.redis_user, redis_password, &limits_cfg,
 				&srv.limits)) ||
-	    (rc = cs_devcache_new(&srv, &srv.devcache)) ||
+	    (rc = cs_devcache_new(&srv, &srv.devcache)) || (rc = cs_presence_new(&srv)) ||
 	    (rc = sp_cluster_start(cfg.router, cfg.router_pub, cfg.worker == 0 ? cfg.name : NULL,
 				   SP_ROLE_CONNSRV, &srv.cluster)) ||
 	    (rc = cs_shardcall_new(srv.base, srv.rpc, srv.cluster, (int)cfg.shard_retry_ms,
@@ -359,6 +360,7 @@ out:
 	cs_limits_free(srv.limits);
 	sp_cluster_stop(srv.cluster);
 	cs_devcache_free(srv.devcache);
+	cs_presence_free(&srv); /* after the Redis and device-list callbacks it may get */
 	cs_session_stop(&srv);
 	if (srv.metrics_http)
 		evhttp_free(srv.metrics_http);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "connsrv/peer.h"
+#include "connsrv/presence.h"
 #include "connsrv/typing.h"
 #include "sp_error.h"
 #include "sp_log.h"
@@ -108,6 +109,8 @@ on_pull_ready(evutil_socket_t fd, short what, void *arg)
 				kick(srv, &f);
 			else if (f.type == SP_T_TYPING_PUSH)
 				cs_typing_push(srv, &f);
+			else if (f.type == SP_T_PRESENCE_PUSH)
+				cs_presence_push(srv, &f);
 			else
 				peer_dropped(srv, sp_frame_type_name(f.type));
 			sp_frame_fini(&f);

@@ -383,3 +383,9 @@ cs_routes_command(cs_routes *r, int argc, const char **argv, const size_t *lens,
 	}
 	return SP_OK;
 }
+
+struct redisAsyncContext *
+cs_routes_redis(cs_routes *r)
+{
+	return r->connected ? r->ac : NULL;
+}

@@ -59,5 +59,10 @@ bool cs_routes_connected(const cs_routes *r);
 typedef void (*cs_routes_cmd_cb)(void *arg, int rc);
 int cs_routes_command(cs_routes *r, int argc, const char **argv, const size_t *lens,
 		      cs_routes_cmd_cb cb, void *arg);
+/* The Redis connection, for the other soft state connsrv keeps there (presence.c; keys
+ * under "r:"), or NULL while it is not connected and authenticated. Commands sent on it
+ * run in order with the route commands. Pending callbacks run with a NULL reply when it
+ * goes (cs_routes_free included). */
+struct redisAsyncContext *cs_routes_redis(cs_routes *r);
 
 #endif

@@ -18,6 +18,7 @@
 #include "connsrv/deliver.h"
 #include "connsrv/internal.h"
 #include "connsrv/revoke.h"
+#include "connsrv/presence.h"
 #include "connsrv/typing.h"
 #include "connsrv/login.h"
 #include "connsrv/proxy.h"
@@ -171,6 +172,7 @@ logout(cs_session *s)
 	if (cur == s)
 		HASH_DEL(srv->by_device, s);
 	cs_routes_release(srv->routes, s->device, srv->pull_url, s->conn_epoch);
+	cs_presence_offline(s);
 	s->st = CS_ST_HELLO;
 }
 
@@ -216,6 +218,7 @@ void
 cs_session_logged_in(cs_session *s, uint64_t last_seq)
 {
 	cs_deliver_login(s, last_seq);
+	cs_presence_online(s);
 }
 
 void
@@ -229,6 +232,7 @@ cs_session_close(cs_session *s, bool flush)
 	s->closing = true;
 	cs_server *srv = s->srv;
 	prelogin_end(s);
+	cs_presence_session_gone(s);
 	if (s->st == CS_ST_READY)
 		logout(s);
 	if (srv->check_cursor == s)
@@ -420,6 +424,8 @@ static const cs_handler handlers[SP_T__MAX] = {
 	[SP_T_MEDIA_DONE] = {cs_proxy_media, 0},
 	[SP_T_MEDIA_GET] = {cs_proxy_media, 0},
 	[SP_T_TYPING] = {cs_typing, 0},
+	[SP_T_PRESENCE_SUB] = {cs_presence_sub, 0},
+	[SP_T_PRESENCE_GET] = {cs_presence_get, 0},
 };
 
 int

@@ -3,6 +3,7 @@
 
 #include "keysrv/groups.h"
 #include "keysrv/replies.h"
+#include "keysrv/settings.h"
 #include "sp_bytes.h"
 #include "sp_error.h"
 
@@ -167,8 +168,9 @@ fail:
 	return rc;
 }
 
-/* Adds the users not yet members; all must exist, and the group must stay within
- * KEYS_GROUP_MAX. */
+/* Adds the users not yet members; all must exist, each must accept adds from the caller
+ * (its group_add setting), and the group must stay within KEYS_GROUP_MAX. One refusal
+ * refuses the whole request: nothing is added. */
 static int
 add_members(keys_req *r, MDB_txn *txn, keys_group *g, const uint64_t *users, uint32_t n,
     bool *changed)
@@ -188,7 +190,7 @@ add_members(keys_req *r, MDB_txn *txn, keys_group *g, const uint64_t *users, uin
 		rc = keys_user_get(s, txn, users[i], &u);
 		if (rc == SP_ENOTFOUND)
 			return keys_fail(r, rc, "no such user");
-		if (rc)
+		if (rc || (rc = keys_settings_may_add(r, txn, users[i], r->user)))
 			return rc;
 		if (g->nmembers + fresh + 1 > KEYS_GROUP_MAX)
 			return keys_fail(r, SP_ELIMIT, "a group has at most 1024 members");

@@ -12,6 +12,7 @@
 #include "keysrv/links.h"
 #include "keysrv/prekeys.h"
 #include "keysrv/server.h"
+#include "keysrv/settings.h"
 #include "sp_error.h"
 #include "sp_log.h"
 #include "sp_nng.h"
@@ -144,6 +145,9 @@ static const route routes[256] = {
 	[SP_T_PUSH_REGISTER] = {AUTH_DEVICE, keys_devices_push_register},
 	[SP_T_PUSH_TOKEN_GET] = {AUTH_NONE, keys_devices_push_get},
 	[SP_T_PUSH_DROP] = {AUTH_NONE, keys_devices_push_drop},
+	[SP_T_PRIVACY_SET] = {AUTH_DEVICE, keys_settings_privacy},
+	[SP_T_CONTACTS_EDIT] = {AUTH_DEVICE, keys_settings_contacts},
+	[SP_T_PRESENCE_RULES] = {AUTH_USER, keys_settings_rules},
 };
 
 static sp_metric *m_requests[256];
@@ -326,6 +330,7 @@ keys_ctx_open(keys_ctx **out, const keys_ctx_cfg *cfg)
 		m_requests[t] = sp_metric_counter(name, "keysrv requests by frame type");
 	}
 	m_errors = sp_metric_counter("keysrv_request_errors_total", "keysrv requests answered ERROR");
+	keys_settings_init();
 	m_latency = sp_metric_histogram("keysrv_request_seconds", "keysrv request handling time");
 	ctx->m_low_events = sp_metric_counter("keysrv_prekey_low_total",
 	    "times a device's one-time prekeys fell under the low-water mark");

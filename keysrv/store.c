@@ -32,7 +32,7 @@ struct keys_store {
 
 static const char *const db_names[KDB__COUNT] = {
 	"meta", "phones", "users", "devices", "opks", "otps", "links", "groups", "members", "budgets",
-	"pins", "replies",
+	"pins", "replies", "settings", "contacts",
 };
 
 int

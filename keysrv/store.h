@@ -16,6 +16,8 @@
  *   pins     user (8) -> keys_pin (registration lock: the PIN's argon2id hash string)
  *   replies  device (8) || request id (16) -> expiry (8) || the packed reply: a write
  *            whose retry must get the first answer (a one-time prekey hand-out)
+ *   settings user (8) -> privacy settings and contact count (keysrv/settings.c)
+ *   contacts user (8) || contact (8) -> 1 byte: the user's server-side contact set
  *
  * Every call takes the caller's transaction; values read are copied into the records, so
  * nothing returned points into the map. Write transactions are serialized by LMDB, and a
@@ -54,7 +56,9 @@ typedef enum {
 	KDB_MEMBERS,
 	KDB_BUDGETS,
 	KDB_PINS,
-	KDB_REPLIES, /* last: the replication records name databases by index */
+	KDB_REPLIES,
+	KDB_SETTINGS, /* new databases go last: the replication records name them by index */
+	KDB_CONTACTS,
 	KDB__COUNT
 } keys_db;
 
