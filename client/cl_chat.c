@@ -105,7 +105,7 @@ chat_prompt(chat *ch)
 static void
 chat_status(chat *ch, const char *s)
 {
-	char line[8200];
+	char line[CL_FMT_LINE_MAX + 8];
 	snprintf(line, sizeof(line), "-- %s", s);
 	chat_print(ch, line);
 }
@@ -113,7 +113,7 @@ chat_status(chat *ch, const char *s)
 static void
 show_status_event(chat *ch, const sealpost_event *ev)
 {
-	char line[8192];
+	char line[CL_FMT_LINE_MAX];
 	cl_fmt_event_line(ev, line, sizeof(line));
 	chat_status(ch, line);
 }
@@ -190,7 +190,7 @@ ticks_refresh(chat *ch)
 static void
 show_message(chat *ch, const sealpost_event *ev)
 {
-	char line[8192], body[4096], from[64], clock[8];
+	char line[CL_FMT_LINE_MAX], body[CL_FMT_BODY_MAX], from[64], clock[8];
 	if (strcmp(ev->conv ? ev->conv : "", ch->display) != 0) {
 		cl_fmt_event_line(ev, line, sizeof(line));
 		chat_status(ch, line);
@@ -201,6 +201,7 @@ show_message(chat *ch, const sealpost_event *ev)
 	cl_fmt_clock(ev->server_ts, clock);
 	cl_fmt_body(ev, body, sizeof(body));
 	if (ev->outgoing) {
+		/* -2: no status here (our other device's copy): no tick. */
 		int rank = ev->status ? rank_of(ev->status) : -2;
 		snprintf(line, sizeof(line), "[%s] me: %s%s%s", clock, body, rank > -2 ? "  " : "",
 			 rank > -2 ? tick_text(rank) : "");
@@ -320,7 +321,7 @@ static void
 send_line(chat *ch, const char *text)
 {
 	sealpost_sent s;
-	char line[8192], body[4096], clock[8];
+	char line[CL_FMT_LINE_MAX], body[CL_FMT_BODY_MAX], clock[8];
 	memset(&s, 0, sizeof(s));
 	int rc = sealpost_send_text(ch->sp, ch->name, text, &s);
 	ch->typing_on = false; /* the message ends the typing on their side */

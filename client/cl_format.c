@@ -203,7 +203,7 @@ cl_fmt_body(const sealpost_event *ev, char *out, size_t cap)
 void
 cl_fmt_event_line(const sealpost_event *ev, char *out, size_t cap)
 {
-	char from[64], conv[160], body[4096], clock[8];
+	char from[64], conv[160], body[CL_FMT_BODY_MAX], clock[8];
 	cl_fmt_sanitize(ev->from, from, sizeof(from));
 	cl_fmt_sanitize(ev->conv, conv, sizeof(conv));
 	switch (ev->type) {
@@ -254,7 +254,7 @@ void
 cl_fmt_event(const sealpost_event *ev)
 {
 	if (fmt_mode == CL_FMT_TEXT) {
-		char line[8192];
+		char line[CL_FMT_LINE_MAX];
 		cl_fmt_event_line(ev, line, sizeof(line));
 		text_line(line);
 		return;

@@ -17,6 +17,10 @@
 
 #include "client/sealpost.h"
 
+/* Room for a message body (a text is at most 32768 bytes) and for a whole line. */
+#define CL_FMT_BODY_MAX 33024
+#define CL_FMT_LINE_MAX (CL_FMT_BODY_MAX + 512)
+
 typedef enum { CL_FMT_JSON = 0, CL_FMT_TEXT = 1 } cl_fmt_mode;
 
 /* "json" or "text"; -1 for anything else. */

@@ -1,8 +1,8 @@
 /*
  * sealpost: the command-line client (docs/CLIENT.md). One JSON line per result or event
  * on stdout (or text with --format text: client/cl_format.c); `chat` is the interactive
- * conversation (client/cl_chat.c). Errors are one line on stderr and the exit code says what kind (2 usage,
- * 3 network, 4 server refused, 5 crypto/identity, 1 other).
+ * conversation (client/cl_chat.c). Errors are one line on stderr and the exit code says
+ * what kind (2 usage, 3 network, 4 server refused, 5 crypto/identity, 1 other).
  */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -60,6 +60,26 @@ fail(sealpost *sp, int rc)
 	fprintf(stderr, "sealpost: %s\n", sp ? sealpost_errmsg(sp) : sp_strerror(rc));
 	fflush(stdout);
 	return sp ? sealpost_errclass(sp) : SEALPOST_ERR_OTHER;
+}
+
+/* A command's result, as JSON or text (client/cl_format.c); steals j. */
+static void
+emit(json_t *j)
+{
+	cl_fmt_result(CL_OUT_PLAIN, j);
+}
+
+/* 64-bit ids are JSON strings: JSON numbers lose precision beyond 2^53 in most tools. */
+static json_t *
+id_json(uint64_t v)
+{
+	return cl_fmt_id(v);
+}
+
+static json_t *
+str_json(const char *s)
+{
+	return cl_fmt_str(s);
 }
 
 static void
@@ -120,7 +140,7 @@ on_code(const char *code, uint64_t ttl, void *arg)
 	json_t *j = json_object();
 	json_object_set_new(j, "link_code", json_string(code));
 	json_object_set_new(j, "ttl", json_integer((json_int_t)ttl));
-	cl_fmt_result(CL_OUT_PLAIN, j);
+	emit(j);
 }
 
 static void
@@ -128,7 +148,7 @@ on_device(const sealpost_device *d, void *arg)
 {
 	(void)arg;
 	json_t *j = json_object();
-	json_object_set_new(j, "device", cl_fmt_id(d->device));
+	json_object_set_new(j, "device", id_json(d->device));
 	json_object_set_new(j, "primary", json_boolean(d->primary));
 	json_object_set_new(j, "this", json_boolean(d->self));
 	cl_fmt_result(CL_OUT_DEVICE, j);
@@ -139,11 +159,11 @@ on_group(const sealpost_group *g, void *arg)
 {
 	(void)arg;
 	json_t *j = json_object(), *m = json_array();
-	json_object_set_new(j, "group", cl_fmt_id(g->id));
-	json_object_set_new(j, "name", cl_fmt_str(g->name));
+	json_object_set_new(j, "group", id_json(g->id));
+	json_object_set_new(j, "name", str_json(g->name));
 	json_object_set_new(j, "epoch", json_integer((json_int_t)g->epoch));
 	for (size_t i = 0; i < g->n_members; i++)
-		json_array_append_new(m, cl_fmt_id(g->members[i]));
+		json_array_append_new(m, id_json(g->members[i]));
 	json_object_set_new(j, "members", m);
 	cl_fmt_result(CL_OUT_GROUP, j);
 }
@@ -171,9 +191,9 @@ cmd_group(sealpost *sp, int argc, char **argv)
 		if ((rc = sealpost_group_create(sp, argv[1], (const char *const *)argv + 2, (size_t)(argc - 2), &id)))
 			return fail(sp, rc);
 		json_t *j = json_object();
-		json_object_set_new(j, "group", cl_fmt_id(id));
+		json_object_set_new(j, "group", id_json(id));
 		json_object_set_new(j, "name", json_string(argv[1]));
-		cl_fmt_result(CL_OUT_PLAIN, j);
+		emit(j);
 		return 0;
 	}
 	if (strcmp(argv[0], "add") == 0 || strcmp(argv[0], "remove") == 0) {
@@ -241,7 +261,7 @@ run(sealpost *sp, int argc, char **argv)
 		json_object_set_new(j, "status", json_string("code_sent"));
 		json_object_set_new(j, "phone", json_string(argv[0]));
 		json_object_set_new(j, "ttl", json_integer((json_int_t)ttl));
-		cl_fmt_result(CL_OUT_PLAIN, j);
+		emit(j);
 		return 0;
 	}
 	if (strcmp(cmd, "set-pin") == 0) {
@@ -278,10 +298,10 @@ run(sealpost *sp, int argc, char **argv)
 		json_t *j = json_object();
 		if (cmd[0] != 'w')
 			json_object_set_new(j, "status", json_string(cmd[0] == 'v' ? "verified" : "linked"));
-		json_object_set_new(j, "user", cl_fmt_id(user));
-		json_object_set_new(j, "device", cl_fmt_id(device));
+		json_object_set_new(j, "user", id_json(user));
+		json_object_set_new(j, "device", id_json(device));
 		json_object_set_new(j, "phone", json_string(phone));
-		cl_fmt_result(CL_OUT_PLAIN, j);
+		emit(j);
 		return 0;
 	}
 	if (strcmp(cmd, "contact") == 0) {
@@ -348,8 +368,8 @@ run(sealpost *sp, int argc, char **argv)
 			return fail(sp, rc);
 		json_t *j = json_object();
 		json_object_set_new(j, "status", json_string("linked"));
-		json_object_set_new(j, "device", cl_fmt_id(device));
-		cl_fmt_result(CL_OUT_PLAIN, j);
+		json_object_set_new(j, "device", id_json(device));
+		emit(j);
 		return 0;
 	}
 	if (strcmp(cmd, "devices") == 0) {
@@ -362,8 +382,8 @@ run(sealpost *sp, int argc, char **argv)
 			return fail(sp, rc);
 		json_t *j = json_object();
 		json_object_set_new(j, "status", json_string("removed"));
-		json_object_set_new(j, "device", cl_fmt_id(id));
-		cl_fmt_result(CL_OUT_PLAIN, j);
+		json_object_set_new(j, "device", id_json(id));
+		emit(j);
 		return 0;
 	}
 	return usage("unknown command");
