@@ -33,8 +33,9 @@ main(void)
 	CHECK(ct_run("alice", out, sizeof(out), "--format text contact add +15550902 %s", bob) == 0);
 	CHECK(strcmp(out, "ok\n") == 0);
 	CHECK(ct_run("bob", out, sizeof(out), "contact add +15550901 %s", alice) == 0);
-	CHECK(ct_line(out, 0) != NULL); /* JSON by default */
-	json_decref(ct_line(out, 0));
+	json_t *first = ct_line(out, 0);
+	CHECK(first != NULL); /* JSON by default */
+	json_decref(first);
 
 	/* whoami: one "key: value" per line. */
 	CHECK(ct_run("alice", out, sizeof(out), "--format text whoami") == 0);
