@@ -59,10 +59,11 @@ cl_fmt_sanitize(const char *s, char *out, size_t cap)
 	if (cap == 0)
 		return;
 	/* Escape sequences in a message could rewrite the user's terminal. UTF-8 bytes
-	 * (>= 0x80) pass; C0 controls and DEL do not. */
+	 * (>= 0x80) and tabs pass; other C0 controls (newlines too: one line per event)
+	 * and DEL do not. */
 	for (; s && *s && n + 1 < cap; s++) {
 		unsigned char c = (unsigned char)*s;
-		out[n++] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+		out[n++] = (c < 0x20 && c != '\t') || c == 0x7f ? '?' : (char)c;
 	}
 	out[n] = '\0';
 }

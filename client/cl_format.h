@@ -5,7 +5,7 @@
  *
  * Ownership: functions taking a json_t steal the reference. Output goes to stdout and
  * is flushed per line. Text output never passes control characters from the network
- * through to the terminal (they are shown as '?').
+ * through to the terminal (they are shown as '?'; tabs pass).
  */
 #ifndef CL_FORMAT_H
 #define CL_FORMAT_H
@@ -56,7 +56,8 @@ json_t *cl_fmt_str(const char *s);
 void cl_fmt_event_line(const sealpost_event *ev, char *out, size_t cap);
 /* The body of a message event: its text, or a description of its file. */
 void cl_fmt_body(const sealpost_event *ev, char *out, size_t cap);
-/* s with control characters replaced by '?' (at most cap - 1 bytes), for a terminal. */
+/* s with control characters but tab replaced by '?' (at most cap - 1 bytes), for a
+ * terminal. */
 void cl_fmt_sanitize(const char *s, char *out, size_t cap);
 /* "HH:MM" (local time) of a time in ms since the epoch; "--:--" for 0. */
 void cl_fmt_clock(uint64_t ms, char out[8]);
