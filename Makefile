@@ -14,7 +14,7 @@ BIN     ?= bin
 FUZZ_SECONDS ?= 20
 SAN     ?=
 
-PKGS := libevent libevent_openssl libevent_pthreads openssl libsodium hiredis msgpack lmdb sqlite3 inih jansson libcurl check
+PKGS := libevent libevent_openssl libevent_pthreads openssl libsodium hiredis msgpack lmdb sqlite3 inih jansson libcurl readline check
 
 # Install missing Debian packages once, before anything is compiled.
 ifeq ($(filter clean format,$(MAKECMDGOALS)),)

@@ -17,6 +17,10 @@
  *   cl_media.c        streaming media encryption, resumable upload/download
  *   cl_env.c          the E2E plaintext container (msgpack)
  *   spc_conn.c        blocking TLS connection to connsrv: frames, login, router bootstrap
+ *   cl_chat.c         `sealpost chat`: the interactive conversation on a terminal
+ *                     (readline input line, its own poll loop over the library's
+ *                     receive step)
+ *   cl_format.c       the CLI's output: JSON lines or text (cl_format.h)
  *   sealpost_main.c   the command-line client (bin/sealpost)
  *   spsignal_main.c   the Signal core driven from the command line for the interop
  *                     tests (bin/spsignal)
@@ -274,5 +278,12 @@ int cl_order_admit(sealpost *sp, const char *conv, uint64_t from_user, uint64_t 
 int cl_order_expire(sealpost *sp, uint64_t now_ms, uint64_t *next_ms);
 /* Reports surfaced-but-unreported messages through cb, marking them reported. */
 int cl_report_pending(sealpost *sp, sealpost_event_cb cb, void *arg);
+/* One DELIVER (or queued TYPING_EV) of cl_next_deliver: decrypt, store, ACK, then report
+ * through cb (which runs after the commit; it must not use the network). The receive
+ * loop's step, also driven by cl_chat.c's own loop. */
+int cl_recv_process(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg);
+/* Surfaces held messages whose hold time is over and reports them; *next_ms the next
+ * hold deadline (0: none). */
+int cl_recv_expire(sealpost *sp, sealpost_event_cb cb, void *arg, uint64_t *next_ms);
 
 #endif

@@ -565,8 +565,8 @@ out:
 	return rc;
 }
 
-static int
-process(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg)
+int
+cl_recv_process(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg)
 {
 	if (d->typing) {
 		cl_typing_report(sp, d, cb, arg);
@@ -634,9 +634,8 @@ process(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg)
 	return cl_report_pending(sp, cb, arg);
 }
 
-/* Surfaces expired gaps and reports; *next_ms the next hold deadline (0: none). */
-static int
-expire(sealpost *sp, sealpost_event_cb cb, void *arg, uint64_t *next_ms)
+int
+cl_recv_expire(sealpost *sp, sealpost_event_cb cb, void *arg, uint64_t *next_ms)
 {
 	int rc;
 	if ((rc = cl_begin(sp)) || (rc = cl_order_expire(sp, sp_time_ms(), next_ms)) || (rc = cl_commit(sp))) {
@@ -679,7 +678,7 @@ drain(sealpost *sp, int wait_ms, int listen, sealpost_event_cb cb, void *arg)
 		uint64_t next_hold = 0, now;
 		if (listen)
 			report_connection(sp, cb, arg, &seen);
-		if ((rc = expire(sp, cb, arg, &next_hold)))
+		if ((rc = cl_recv_expire(sp, cb, arg, &next_hold)))
 			return rc;
 		now = sp_time_ms();
 		uint64_t until = now + 1000;
@@ -703,7 +702,7 @@ drain(sealpost *sp, int wait_ms, int listen, sealpost_event_cb cb, void *arg)
 		cl_deliver *d = NULL;
 		rc = cl_next_deliver(sp, until > now ? (int)(until - now) : 0, &d);
 		if (rc == SP_OK) {
-			rc = process(sp, d, cb, arg);
+			rc = cl_recv_process(sp, d, cb, arg);
 			cl_deliver_free(d);
 		}
 		/* (A connection whose PING went unanswered is gone with SP_ETIMEDOUT too.) */

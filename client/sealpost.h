@@ -207,6 +207,18 @@ void sealpost_status_free(sealpost_status *st);
 /* Local history of a conversation, oldest first (the last `limit`, 0 = 50). */
 int sealpost_history(sealpost *sp, const char *conv, int limit, sealpost_event_cb cb, void *arg);
 
+/* ---- interactive conversation (cl_chat.c) ---- */
+
+/* Holds a conversation with conv (PHONE, #USER or @GROUP) on this process's terminal
+ * (stdin / stdout, GNU readline): the last messages, then incoming ones printed above
+ * the input line, ticks of our messages as receipts come, the peer's typing in the
+ * prompt and ours sent (1:1 only), the conversation marked read as it is shown. Lines
+ * typed are sent; messages for other conversations show as one-line notices (and count
+ * as reported). Uses this handle's connection, reconnecting with backoff; offline,
+ * messages queue. Returns SEALPOST_OK after /quit or end of input; an error when the
+ * store fails or the server refuses this device. One chat per process at a time. */
+int sealpost_chat(sealpost *sp, const char *conv);
+
 /* ---- groups ---- */
 
 typedef struct sealpost_group {

@@ -1,7 +1,8 @@
 /*
  * sealpost: the command-line client (docs/CLIENT.md). One JSON line per result or event
- * on stdout; errors are one line on stderr and the exit code says what kind (2 usage,
- * 3 network, 4 server refused, 5 crypto/identity, 1 other).
+ * on stdout (or text with --format text: client/cl_format.c); `chat` is the interactive
+ * conversation (client/cl_chat.c). Errors are one line on stderr and the exit code says
+ * what kind (2 usage, 3 network, 4 server refused, 5 crypto/identity, 1 other).
  */
 #include <inttypes.h>
 #include <stdbool.h>
@@ -12,11 +13,13 @@
 
 #include <jansson.h>
 
+#include "client/cl_format.h"
 #include "client/sealpost.h"
 #include "sp_error.h"
 
 static const char usage_text[] =
-	"usage: sealpost [--home DIR] [--server HOST:PORT | --router HOST:PORT[,HOST:PORT...]] [--ca FILE] COMMAND\n"
+	"usage: sealpost [--home DIR] [--server HOST:PORT | --router HOST:PORT[,HOST:PORT...]] [--ca FILE]\n"
+	"                [--format json|text] COMMAND\n"
 	"  register PHONE                 ask for a one-time code\n"
 	"  verify PHONE CODE [--pin PIN]  create this device's account (--pin: registration lock)\n"
 	"  set-pin PIN | set-pin --clear  (primary) set or clear the registration lock PIN\n"
@@ -36,11 +39,13 @@ static const char usage_text[] =
 	"  typing PHONE|#USER [--stop]    show (or stop showing) that you are typing\n"
 	"  status MSG_ID [--offline]      delivery status of a message\n"
 	"  history PHONE|@GROUP [--limit N]\n"
+	"  chat PHONE|#USER|@GROUP        interactive conversation on this terminal (/quit to leave)\n"
 	"  group create NAME PHONE...  |  group add|remove @GROUP PHONE  |  group leave @GROUP  |  group list\n"
 	"  link [--wait SECONDS]          (new device) show a code, wait for the primary\n"
 	"  link-confirm CODE              (primary) approve a new device\n"
 	"  devices  |  devices remove ID\n"
 	"  push register --platform fcm|apns TOKEN  |  push clear   wake-ups for this device\n"
+	"--format text: human-readable output instead of JSON lines.\n"
 	"Defaults from SEALPOST_HOME, SEALPOST_SERVER, SEALPOST_ROUTER, SEALPOST_CA.\n"
 	"Keepalive: SEALPOST_PING_MS (PING after this long without sending; default 60000,\n"
 	"-1: never), SEALPOST_PONG_TIMEOUT_MS (no answer this long: reconnect; default 10000).\n"
@@ -64,126 +69,31 @@ fail(sealpost *sp, int rc)
 	return sp ? sealpost_errclass(sp) : SEALPOST_ERR_OTHER;
 }
 
+/* A command's result, as JSON or text (client/cl_format.c); steals j. */
 static void
 emit(json_t *j)
 {
-	char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
-	if (s) {
-		puts(s);
-		fflush(stdout);
-		free(s);
-	}
-	json_decref(j);
+	cl_fmt_result(CL_OUT_PLAIN, j);
 }
 
 /* 64-bit ids are JSON strings: JSON numbers lose precision beyond 2^53 in most tools. */
 static json_t *
 id_json(uint64_t v)
 {
-	char b[24];
-	snprintf(b, sizeof(b), "%" PRIu64, v);
-	return json_string(b);
+	return cl_fmt_id(v);
 }
 
 static json_t *
 str_json(const char *s)
 {
-	json_t *j = json_string(s ? s : "");
-	return j ? j : json_stringn("?", 1); /* invalid UTF-8 */
+	return cl_fmt_str(s);
 }
 
 static void
 on_event(const sealpost_event *ev, void *arg)
 {
 	(void)arg;
-	json_t *j = json_object();
-	if (ev->type == SEALPOST_EV_RECEIPT) {
-		json_object_set_new(j, "type", json_string("receipt"));
-		json_object_set_new(j, "kind",
-				    json_string(ev->receipt_kind == SEALPOST_RECEIPT_READ ? "read" : "delivered"));
-		json_object_set_new(j, "from", str_json(ev->from));
-		json_object_set_new(j, "device", id_json(ev->from_device));
-		json_t *ids = json_array();
-		for (size_t i = 0; i < ev->n_msg_ids; i++)
-			json_array_append_new(ids, json_string(ev->msg_ids[i]));
-		json_object_set_new(j, "msg_ids", ids);
-		emit(j);
-		return;
-	}
-	if (ev->type == SEALPOST_EV_IDENTITY) {
-		json_object_set_new(j, "type", json_string("security"));
-		json_object_set_new(j, "from", str_json(ev->from));
-		json_object_set_new(j, "device", id_json(ev->from_device));
-		json_object_set_new(j, "text", json_string("security code changed"));
-		emit(j);
-		return;
-	}
-	if (ev->type == SEALPOST_EV_TYPING) {
-		json_object_set_new(j, "type", json_string("typing"));
-		json_object_set_new(j, "from", str_json(ev->from));
-		json_object_set_new(j, "device", id_json(ev->from_device));
-		json_object_set_new(j, "state", json_string(ev->typing ? "typing" : "stopped"));
-		emit(j);
-		return;
-	}
-	if (ev->type == SEALPOST_EV_PRESENCE) {
-		json_object_set_new(j, "type", json_string("presence"));
-		json_object_set_new(j, "from", str_json(ev->from));
-		json_object_set_new(j, "user", id_json(ev->from_user));
-		if (ev->online >= 0)
-			json_object_set_new(j, "online", json_boolean(ev->online));
-		if (ev->last_seen_ms)
-			json_object_set_new(j, "last_seen", json_integer((json_int_t)ev->last_seen_ms));
-		if (ev->recently)
-			json_object_set_new(j, "last_seen_recently", json_true());
-		emit(j);
-		return;
-	}
-	if (ev->type == SEALPOST_EV_CONNECTED) {
-		json_object_set_new(j, "type", json_string("connected"));
-		json_object_set_new(j, "server", str_json(ev->server));
-		json_object_set_new(j, "reconnects", json_integer((json_int_t)ev->reconnects));
-		if (ev->drop_reason)
-			json_object_set_new(j, "after", str_json(ev->drop_reason));
-		emit(j);
-		return;
-	}
-	if (ev->type == SEALPOST_EV_UNDECRYPTABLE) {
-		json_object_set_new(j, "type", json_string("error"));
-		json_object_set_new(j, "from", str_json(ev->from));
-		json_object_set_new(j, "device", id_json(ev->from_device));
-		json_object_set_new(j, "msg_id", json_string(ev->msg_id));
-		json_object_set_new(j, "error", json_string(sp_errname(ev->error)));
-		emit(j);
-		return;
-	}
-	json_object_set_new(j, "type", json_string("message"));
-	json_object_set_new(j, "conv", str_json(ev->conv));
-	json_object_set_new(j, "from", str_json(ev->from));
-	json_object_set_new(j, "device", id_json(ev->from_device));
-	if (ev->group)
-		json_object_set_new(j, "group", id_json(ev->group));
-	json_object_set_new(j, "msg_id", json_string(ev->msg_id));
-	json_object_set_new(j, "conv_seq", json_integer((json_int_t)ev->conv_seq));
-	json_object_set_new(j, "server_ts", json_integer((json_int_t)ev->server_ts));
-	if (ev->outgoing)
-		json_object_set_new(j, "outgoing", json_true());
-	if (ev->status)
-		json_object_set_new(j, "status", json_string(ev->status));
-	if (ev->text) {
-		json_object_set_new(j, "text", str_json(ev->text));
-	} else {
-		json_t *m = json_object();
-		if (ev->media_path)
-			json_object_set_new(m, "path", str_json(ev->media_path));
-		json_object_set_new(m, "name", str_json(ev->media_name));
-		json_object_set_new(m, "mime", str_json(ev->media_mime));
-		json_object_set_new(m, "size", json_integer((json_int_t)ev->media_size));
-		if (ev->media_error)
-			json_object_set_new(m, "error", json_string(sp_errname(ev->media_error)));
-		json_object_set_new(j, "media", m);
-	}
-	emit(j);
+	cl_fmt_event(ev);
 }
 
 static void
@@ -215,23 +125,10 @@ print_sent(sealpost *sp, int rc, const sealpost_sent *s)
 {
 	if (rc && !s->failed)
 		return fail(sp, rc);
-	json_t *j = json_object();
-	json_object_set_new(j, "msg_id", json_string(s->msg_id));
-	json_object_set_new(j, "status", json_string(s->failed ? "failed" : s->sent ? "sent" : "queued"));
-	if (s->failed) {
-		/* The id on stdout (status shows it later); the exit code says it failed. */
-		json_object_set_new(j, "server_ts", json_null());
-		json_object_set_new(j, "error", json_string(sp_errname(s->error)));
-		json_object_set_new(j, "reason", str_json(s->reason));
-		emit(j);
-		return fail(sp, rc);
-	}
-	if (s->sent)
-		json_object_set_new(j, "server_ts", json_integer((json_int_t)s->server_ts));
-	else
-		json_object_set_new(j, "server_ts", json_null());
-	emit(j);
-	return 0;
+	cl_fmt_sent(s);
+	/* A failed message: its id on stdout (status shows it later); the exit code says it
+	 * failed. */
+	return s->failed ? fail(sp, rc) : 0;
 }
 
 static int
@@ -239,7 +136,7 @@ ok_line(const char *status)
 {
 	json_t *j = json_object();
 	json_object_set_new(j, "status", json_string(status));
-	emit(j);
+	cl_fmt_result(CL_OUT_OK, j);
 	return 0;
 }
 
@@ -261,7 +158,7 @@ on_device(const sealpost_device *d, void *arg)
 	json_object_set_new(j, "device", id_json(d->device));
 	json_object_set_new(j, "primary", json_boolean(d->primary));
 	json_object_set_new(j, "this", json_boolean(d->self));
-	emit(j);
+	cl_fmt_result(CL_OUT_DEVICE, j);
 }
 
 static void
@@ -275,7 +172,7 @@ on_group(const sealpost_group *g, void *arg)
 	for (size_t i = 0; i < g->n_members; i++)
 		json_array_append_new(m, id_json(g->members[i]));
 	json_object_set_new(j, "members", m);
-	emit(j);
+	cl_fmt_result(CL_OUT_GROUP, j);
 }
 
 static int
@@ -420,25 +317,18 @@ cmd_status(sealpost *sp, int argc, char **argv)
 	sealpost_status *st;
 	if ((rc = sealpost_status_get(sp, id, offline, &st)))
 		return fail(sp, rc);
-	json_t *j = json_object(), *devs = json_array();
-	json_object_set_new(j, "msg_id", json_string(id));
-	json_object_set_new(j, "status", json_string(st->status));
-	json_object_set_new(j, "server_ts", st->server_ts ? json_integer((json_int_t)st->server_ts) : json_null());
-	if (st->error) {
-		json_object_set_new(j, "error", json_string(sp_errname(st->error)));
-		json_object_set_new(j, "reason", str_json(st->reason));
-	}
-	for (size_t i = 0; i < st->n_devices; i++) {
-		json_t *d = json_object();
-		json_object_set_new(d, "user", id_json(st->devices[i].user));
-		json_object_set_new(d, "device", id_json(st->devices[i].device));
-		json_object_set_new(d, "status", json_string(st->devices[i].status));
-		json_array_append_new(devs, d);
-	}
-	json_object_set_new(j, "devices", devs);
+	cl_fmt_status(id, st);
 	sealpost_status_free(st);
-	emit(j);
 	return 0;
+}
+
+static int
+cmd_chat(sealpost *sp, int argc, char **argv)
+{
+	if (argc != 1)
+		return usage("chat PHONE|#USER|@GROUP");
+	int rc = sealpost_chat(sp, argv[0]);
+	return rc ? fail(sp, rc) : 0;
 }
 
 static int
@@ -480,7 +370,7 @@ run(sealpost *sp, int argc, char **argv)
 			return fail(sp, rc);
 		json_t *j = json_object();
 		json_object_set_new(j, "status", json_string(clear ? "pin_cleared" : "pin_set"));
-		emit(j);
+		cl_fmt_result(CL_OUT_OK, j);
 		return 0;
 	}
 	if (strcmp(cmd, "verify") == 0 || strcmp(cmd, "whoami") == 0 || strcmp(cmd, "link") == 0) {
@@ -571,6 +461,8 @@ run(sealpost *sp, int argc, char **argv)
 	}
 	if (strcmp(cmd, "group") == 0)
 		return cmd_group(sp, argc, argv);
+	if (strcmp(cmd, "chat") == 0)
+		return cmd_chat(sp, argc, argv);
 	if (strcmp(cmd, "link-confirm") == 0) {
 		uint64_t device = 0;
 		if (argc != 1)
@@ -598,6 +490,21 @@ run(sealpost *sp, int argc, char **argv)
 		return 0;
 	}
 	return usage("unknown command");
+}
+
+/* --format json|text (a global option): how results and events are printed. Returns 1
+ * when argv[*i] was it (and its value consumed), 0 when not, -1 for a bad value. */
+static int
+format_opt(int argc, char **argv, int *i)
+{
+	if (strcmp(argv[*i], "--format") != 0)
+		return 0;
+	int mode = *i + 1 < argc ? cl_fmt_parse(argv[*i + 1]) : -1;
+	if (mode < 0)
+		return -1;
+	cl_fmt_set((cl_fmt_mode)mode);
+	++*i;
+	return 1;
 }
 
 static const char *
@@ -629,6 +536,11 @@ main(int argc, char **argv)
 		cfg.pong_timeout_ms = atoi(pong);
 	int i = 1;
 	for (; i < argc && argv[i][0] == '-'; i++) {
+		int fo = format_opt(argc, argv, &i);
+		if (fo < 0)
+			return usage("--format json|text");
+		if (fo)
+			continue;
 		const char **slot = strcmp(argv[i], "--home") == 0     ? &cfg.home
 				    : strcmp(argv[i], "--server") == 0 ? &cfg.server
 				    : strcmp(argv[i], "--router") == 0 ? &cfg.router

@@ -94,6 +94,12 @@ wait_io(spc_conn *c, int ssl_err, uint64_t deadline_ms)
 	return poll(&p, 1, (int)(deadline_ms - now)) == 1;
 }
 
+int
+spc_conn_fd(const spc_conn *c)
+{
+	return c->fd;
+}
+
 void
 spc_conn_close(spc_conn *c)
 {

@@ -31,6 +31,11 @@ int spc_conn_send(spc_conn *c, const sp_frame *f);
  * spc_conn_recv or spc_conn_close; call sp_frame_fini(f) when done with it. */
 int spc_conn_recv(spc_conn *c, int timeout_ms, sp_frame *f);
 
+/* The socket, for a caller's poll() (readable: call spc_conn_recv). Frames already read
+ * into the connection's buffer do not make it readable: poll only after spc_conn_recv
+ * came back with SP_ETIMEDOUT. */
+int spc_conn_fd(const spc_conn *c);
+
 /* HELLO, CHALLENGE, AUTH (the login message is sp_login_message in sp_proto.h). auth_sk is the device's Ed25519 secret key (libsodium 64-byte
  * form). On SP_OK *conn_epoch (if non-NULL) is the session's epoch. Frames other than the
  * expected replies are an SP_EPROTO; an ERROR reply gives its code. */

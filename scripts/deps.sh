@@ -7,6 +7,7 @@ PKGS=(
   build-essential pkg-config clang libclang-rt-14-dev
   libevent-dev libssl-dev openssl libsodium-dev libhiredis-dev libnng-dev
   libmsgpack-dev check liblmdb-dev lmdb-utils libsqlite3-dev libinih-dev libjansson-dev uthash-dev
+  libreadline-dev # sealpost chat: the input line (client/cl_chat.c)
   libcurl4-openssl-dev etcd-server etcd-client
   redis-server redis-tools curl jq procps iproute2 gnuplot-nox python3 python3-yaml
   docker-compose # deploy_files_itest: `docker-compose config` checks deploy/compose (no daemon)
