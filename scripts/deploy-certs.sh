@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every secret the files in deploy/ expect, with the names they use: the internal
 # certificates (scripts/certs.sh: cluster root, role CAs, one certificate per member,
-# the trust bundles), the routers' operator token, and Redis's password and config.
+# the trust bundles), the etcd client certificates and etcd users' passwords, the routers'
+# operator token, and Redis's password and config.
 #
 #   scripts/deploy-certs.sh DIR [MEMBER=ADDR ...]
 #
@@ -13,9 +14,13 @@
 #
 # DIR/ca/         what scripts/certs.sh made, the CA keys included: keep it offline
 # DIR/internal/   what the servers read (no CA key): root-ca.pem, <role>-ca.pem,
-#                 <member>.pem/.key, the bundles members.pem, servers.pem,
-#                 keysrv-dial.pem, inbox-dial.pem, connsrv-inbox.pem (systemd: ship each
-#                 host the bundles and its own members' files only)
+#                 <member>.pem/.key, <member>-etcd.pem/.key (routers, keysrvs, inbox
+#                 copies: etcd client certificates without a common name), the bundles
+#                 members.pem, servers.pem, keysrv-dial.pem, inbox-dial.pem,
+#                 connsrv-inbox.pem (systemd: ship each host the bundles and its own
+#                 members' files only)
+# DIR/etcd-users/<user>  etcd passwords (root, keys, router, inbox-0..2) for
+#                 scripts/etcd-auth.sh and each role's --etcd-password-file
 # DIR/admin-token     the routers' operator token (--admin-token-file)
 # DIR/redis-password  connsrv's Redis password (--redis-password-file, user sealpost)
 # DIR/redis.conf      Redis: the default user off, user sealpost on routes (r:*) only
@@ -64,6 +69,11 @@ for n in "${routers[@]}"; do member router "$n"; done
 for n in "${keysrvs[@]}"; do member keysrv "$n"; done
 for n in "${inboxes[@]}"; do member inbox "$n"; done
 for n in "${connsrvs[@]}"; do member connsrv "$n"; done
+# etcd client certificates: no common name (etcd's JSON gateway refuses one once
+# authentication is on; the member logs in as its role's etcd user).
+for n in "${routers[@]}"; do "$certs" "$c" etcd-client router "$n"; done
+for n in "${keysrvs[@]}"; do "$certs" "$c" etcd-client keysrv "$n"; done
+for n in "${inboxes[@]}"; do "$certs" "$c" etcd-client inbox "$n"; done
 # The same trust as the dev cluster (scripts/devcluster.sh, docs/SECURITY.md "Who may
 # connect to what").
 "$certs" "$c" bundle members connsrv inbox keysrv        # routers' listeners
@@ -76,6 +86,15 @@ umask 077
 mkdir -p "$dir/internal"
 for f in "$c"/*.pem; do cp "$f" "$dir/internal/"; done
 for n in "${all[@]}"; do cp "$c/$n.key" "$dir/internal/"; done
+for n in "${routers[@]}" "${keysrvs[@]}" "${inboxes[@]}"; do cp "$c/$n-etcd.key" "$dir/internal/"; done
+# One etcd user per role (scripts/etcd-auth.sh makes them with these passwords). 24 random
+# bytes, so etcd may run with --bcrypt-cost 4.
+mkdir -p "$dir/etcd-users"
+chmod 700 "$dir/etcd-users"
+for u in root keys router inbox-0 inbox-1 inbox-2; do
+	[ -s "$dir/etcd-users/$u" ] || openssl rand -hex 24 >"$dir/etcd-users/$u"
+	chmod 600 "$dir/etcd-users/$u"
+done
 [ -s "$dir/admin-token" ] || head -c 32 /dev/urandom | base64 -w0 >"$dir/admin-token"
 [ -s "$dir/redis-password" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$dir/redis-password"
 # Redis holds only routes (losing them delays push, never loses a message): no persistence.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The deploy files (deploy/compose, deploy/systemd) against the binaries as they are:
-#  - scripts/deploy-certs.sh makes every certificate, bundle and secret they name;
+#  - scripts/deploy-certs.sh makes every certificate, bundle and secret they name: member
+#    certificates naming their member, etcd client certificates (<member>-etcd.pem) with no
+#    common name, both chaining to the root, and the etcd users' passwords (mode 600);
 #  - `docker-compose config` accepts the compose file (no daemon needed) and refuses it
 #    without SEALPOST_OTP_WEBHOOK_URL;
 #  - every server command line (compose `command`, each systemd ExecStart with its example
@@ -11,6 +13,11 @@
 #  - every internal URL is tls+tcp:// (etcd and the OTP webhook https://), nothing has
 #    --insecure-internal, each process has the TLS, etcd and replication options its links
 #    need, and each file it names is one deploy-certs.sh writes and is mounted where said;
+#  - every router, keysrv and inbox copy logs in to etcd as its role's user (router, keys,
+#    inbox-<its shard>) with <its name>-etcd.pem and that user's password file, the only
+#    one compose mounts into it; compose runs etcd with a low --bcrypt-cost and the
+#    one-shot etcd-auth service (scripts/etcd-auth.sh, in the image with etcdctl) for the
+#    same etcd, cluster, shards and passwords;
 #  - compose publishes only the routers' public HTTP and the connsrvs' client ports, and the
 #    cluster files list every member (keysrv-a/b/c as role keysrv) at the address it serves;
 #  - Redis started on loopback with the generated redis.conf admits only user sealpost,
@@ -40,14 +47,42 @@ for f in admin-token redis-password redis.conf; do
 	[ "$(stat -c %a "$tmp/secrets/$f")" = 600 ] || fail "secrets/$f is not mode 600"
 done
 ls "$tmp/secrets/internal" | grep -E -- '-ca\.key$' && fail "a CA key in secrets/internal (mounted into every server)"
-# Every member certificate chains to the root through its role CA and names its member.
+# Every member certificate chains to the root through its role CA and names its member;
+# every etcd client certificate (<member>-etcd.pem) chains to the root and has no common
+# name (etcd's JSON gateway refuses one once authentication is on).
+netcd=0
 for p in "$tmp"/secrets/internal/*.pem; do
 	n=$(basename "$p" .pem)
 	[ -f "$tmp/secrets/internal/$n.key" ] || continue
 	openssl verify -CAfile "$tmp/secrets/internal/root-ca.pem" -untrusted "$p" "$p" >/dev/null 2>&1 ||
 		fail "$n.pem does not chain to root-ca.pem"
+	if [[ $n == *-etcd ]]; then
+		netcd=$((netcd + 1))
+		subj=$(openssl x509 -in "$p" -noout -subject -nameopt RFC2253 2>/dev/null) || fail "$n.pem unreadable"
+		[[ $subj == *CN=* ]] && fail "$n.pem has a common name ($subj)"
+		[ -f "$tmp/secrets/internal/${n%-etcd}.pem" ] || fail "$n.pem is no member's"
+		continue
+	fi
 	[[ $(openssl x509 -in "$p" -noout -ext subjectAltName 2>/dev/null) =~ DNS:$n(,|$) ]] || fail "$n.pem lacks DNS:$n"
 done
+[ "$netcd" = 14 ] || fail "$netcd etcd client certificates, not 14 (2 routers, 3 keysrvs, 9 inbox copies)"
+[ "$(stat -c %a "$tmp/secrets/etcd-users")" = 700 ] || fail "secrets/etcd-users is not mode 700"
+for u in root keys router inbox-0 inbox-1 inbox-2; do
+	f=$tmp/secrets/etcd-users/$u
+	[ -s "$f" ] || { fail "no etcd password secrets/etcd-users/$u"; continue; }
+	[ "$(stat -c %a "$f")" = 600 ] || fail "secrets/etcd-users/$u is not mode 600"
+	[[ $(cat "$f") =~ ^[0-9a-f]{48}$ ]] || fail "secrets/etcd-users/$u is not 24 random bytes in hex"
+done
+# Repeating it keeps the passwords (etcd knows them by then).
+cp -r "$tmp/secrets/etcd-users" "$tmp/etcd-users.before"
+"$root/scripts/deploy-certs.sh" "$tmp/secrets" >"$tmp/certs.log" 2>&1 || { cat "$tmp/certs.log"; echo "FAIL: deploy-certs.sh again"; exit 1; }
+diff -r "$tmp/etcd-users.before" "$tmp/secrets/etcd-users" >/dev/null || fail "deploy-certs.sh changed etcd passwords on a second run"
+
+# The image runs scripts/etcd-auth.sh (compose's etcd-auth service) and has etcdctl for it.
+df=$root/deploy/compose/Dockerfile
+sed -n '/^FROM debian:12$/,$p' "$df" | grep -q -- 'etcd-client' || fail "the runtime image lacks etcd-client (etcdctl)"
+grep -qx 'COPY scripts/etcd-auth.sh /usr/local/share/sealpost/etcd-auth.sh' "$df" ||
+	fail "the image lacks /usr/local/share/sealpost/etcd-auth.sh"
 
 # 2. docker-compose resolves the file (anchors, interpolation) without a daemon.
 compose=$root/deploy/compose/docker-compose.yml
@@ -149,6 +184,10 @@ def env_flags(prog, env):
         d[k[len(pre):].lower().replace("_", "-")] = v
     return d
 
+def etcd_user(prog, opts):
+    """The etcd user of a server (scripts/etcd-auth.sh)."""
+    return {"router": "router", "keysrv": "keys"}.get(prog) or "inbox-%s" % opts.get("shard")
+
 INTERNAL = {"listen", "publish", "pull", "advertise", "router", "router-pub", "repl-listen", "repl-advertise"}
 
 def check_process(label, prog, opts, path_ok):
@@ -191,9 +230,20 @@ def check_process(label, prog, opts, path_ok):
             fail("%s: no --%s" % (label, k))
     if prog in ("keysrv", "inboxsrv") and opts.get("name", "") not in opts.get("repl-advertise", ""):
         fail("%s: --repl-advertise %s does not name %s" % (label, opts.get("repl-advertise"), opts.get("name")))
-    if opts.get("internal-cert") and opts.get("internal-cert") != opts.get("etcd-cert", opts["internal-cert"]):
-        fail("%s: etcd client certificate differs from the internal one" % label)
     name = opts.get("name")
+    if prog in ("router", "keysrv", "inboxsrv"):
+        # Its own etcd client certificate (no common name) and its role's etcd user.
+        member = name or os.path.basename(opts.get("internal-cert", "")).rsplit(".pem", 1)[0]
+        for k, ext in (("etcd-cert", ".pem"), ("etcd-key", ".key")):
+            if os.path.basename(opts.get(k, "")) != member + "-etcd" + ext:
+                fail("%s: --%s %s is not %s-etcd%s" % (label, k, opts.get(k), member, ext))
+        user = etcd_user(prog, opts)
+        if opts.get("etcd-user") != user:
+            fail("%s: --etcd-user %s, not %s" % (label, opts.get("etcd-user"), user))
+        if not opts.get("etcd-password-file"):
+            fail("%s: no --etcd-password-file" % label)
+    elif opts.get("etcd-user") or opts.get("etcd-password-file"):
+        fail("%s: %s has no etcd user" % (label, prog))
     if name and opts.get("internal-cert") and os.path.basename(opts["internal-cert"]) != name + ".pem":
         fail("%s: --internal-cert %s is not %s's" % (label, opts["internal-cert"], name))
 
@@ -231,6 +281,7 @@ with open(os.path.join(tmp, "compose.yml")) as f:
 cdir = os.path.join(root, "deploy", "compose")
 public = {"router-a": "http-port", "router-b": "http-port", "connsrv-0": "listen", "connsrv-1": "listen"}
 members = {}
+etcd_logins = []
 for name, svc in comp["services"].items():
     cmd = svc.get("command") or []
     if isinstance(cmd, str):
@@ -281,6 +332,20 @@ for name, svc in comp["services"].items():
     opts = flags(cmd[1:])
     opts.update({k: v for k, v in env_flags(prog, env).items() if k not in opts})
     check_process("compose " + name, prog, opts, path_ok)
+    # Least privilege: the one password file of its role, mounted at --etcd-password-file.
+    pw = [os.path.relpath(src, cdir) for src, dst in mounts
+          if src.startswith("/") and os.path.relpath(src, cdir).startswith("secrets/etcd-users")]
+    if prog == "connsrv":
+        if pw:
+            fail("compose %s mounts etcd passwords %s" % (name, pw))
+    else:
+        want = "secrets/etcd-users/" + etcd_user(prog, opts)
+        if pw != [want]:
+            fail("compose %s mounts etcd passwords %s, not just %s" % (name, pw, want))
+        elif not any(dst == opts.get("etcd-password-file") and os.path.relpath(src, cdir) == want
+                     for src, dst in mounts):
+            fail("compose %s: --etcd-password-file %s is not %s" % (name, opts.get("etcd-password-file"), want))
+        etcd_logins.append((name, opts.get("etcd"), opts.get("etcd-cluster", "sealpost"), opts.get("shard")))
     if prog != "router" and opts.get("name") != name:
         fail("compose %s: --name %s" % (name, opts.get("name")))
     role = {"keysrv": "keysrv", "inboxsrv": "inbox", "connsrv": "connsrv"}.get(prog)
@@ -323,6 +388,53 @@ if eo.get("client-cert-auth") != "true" or "root-ca.pem" not in eo.get("trusted-
 for k in ("cert-file", "key-file", "trusted-ca-file"):
     if not internal_file(eo.get(k, "")) is None:
         fail("compose etcd: --%s %s not written by deploy-certs.sh" % (k, eo.get(k)))
+# Random passwords need no slow bcrypt: at the default cost 10 the servers' logins at once
+# keep etcd busy for tens of seconds.
+if not re.fullmatch(r"[4-9]", eo.get("bcrypt-cost", "")):
+    fail("compose etcd: --bcrypt-cost %s (want 4..9)" % eo.get("bcrypt-cost"))
+# The one-shot etcd-auth: scripts/etcd-auth.sh for the etcd, cluster, shards and password
+# files the servers use, with the operator's certificate, restarted until it succeeds.
+ea = comp["services"].get("etcd-auth")
+if not ea:
+    fail("compose: no etcd-auth service")
+else:
+    acmd = ea.get("command") or []
+    if isinstance(acmd, str):
+        acmd = shlex.split(acmd)
+    if acmd[:1] == ["bash"]:
+        acmd = acmd[1:]
+    if ea.get("image") != "sealpost:latest" or ea.get("restart") != "on-failure":
+        fail("compose etcd-auth: not the sealpost image with restart on-failure")
+    if "etcd" not in (ea.get("depends_on") or []):
+        fail("compose etcd-auth: does not depend on etcd")
+    if len(acmd) != 7 or acmd[0] != "/usr/local/share/sealpost/etcd-auth.sh":
+        fail("compose etcd-auth: command %s is not etcd-auth.sh with its 6 arguments" % acmd)
+    else:
+        ep, certdir, admin, cluster, shards, userdir = acmd[1:]
+        amounts = {}
+        for v in ea.get("volumes", []):
+            src, dst = (v.get("source", ""), v.get("target", "")) if isinstance(v, dict) else v.split(":")[:2]
+            amounts[dst] = os.path.relpath(src, cdir) if src.startswith("/") else src
+        for f in ("root-ca.pem", admin + ".pem", admin + ".key"):
+            src = amounts.get(certdir + "/" + f)
+            if src != "secrets/internal/" + f or not os.path.isfile(os.path.join(tmp, src)):
+                fail("compose etcd-auth: %s/%s is not deploy-certs.sh's %s (%s)" % (certdir, f, f, src))
+        if amounts.get(userdir) != "secrets/etcd-users":
+            fail("compose etcd-auth: %s is not secrets/etcd-users" % userdir)
+        others = [d for d, s in amounts.items() if d != userdir and not d.startswith(certdir + "/")]
+        if others:
+            fail("compose etcd-auth: mounts more than it needs: %s" % others)
+        # etcdctl logs in by the certificate's common name: the user etcd-auth.sh makes.
+        subj = subprocess.run(["openssl", "x509", "-in", os.path.join(secrets, "internal", admin + ".pem"),
+                               "-noout", "-subject", "-nameopt", "RFC2253"], capture_output=True, text=True).stdout
+        if not re.search(r"CN=%s(,|$)" % re.escape(admin), subj.strip()):
+            fail("compose etcd-auth: %s.pem's subject %s does not name %s" % (admin, subj.strip(), admin))
+        nshards = len({s for _, _, _, s in etcd_logins if s is not None})
+        if shards != str(nshards):
+            fail("compose etcd-auth: %s shards, compose runs %d" % (shards, nshards))
+        for n, e, cl, _ in etcd_logins:
+            if e != ep or cl != cluster:
+                fail("compose %s: etcd %s cluster %s, etcd-auth sets up %s cluster %s" % (n, e, cl, ep, cluster))
 
 # ---- systemd ----
 sdir = os.path.join(root, "deploy", "systemd")
@@ -369,10 +481,17 @@ for unit in sorted(glob.glob(os.path.join(sdir, "*.service"))):
                 return None if os.path.basename(p) in creds else "no LoadCredential= of that name"
             if p.startswith("/etc/sealpost/internal/"):
                 return internal_file(p)
+            if p.startswith("/etc/sealpost/etcd-users/"):
+                return None if os.path.isfile(os.path.join(secrets, "etcd-users", os.path.basename(p))) else \
+                    "not written by scripts/deploy-certs.sh"
             if p.startswith("/var/lib/sealpost/"):
                 return None
             return None if p.startswith("/etc/sealpost/") else "outside /etc/sealpost"
         check_process(label, prog, opts, path_ok)
+        if prog != "connsrv":
+            want = "/etc/sealpost/etcd-users/" + etcd_user(prog, opts)
+            if opts.get("etcd-password-file") != want:
+                fail("%s: --etcd-password-file %s, not %s" % (label, opts.get("etcd-password-file"), want))
         for c, src in creds.items():
             if os.path.basename(src) not in ("router-admin-token", "redis-password"):
                 fail("%s: credential %s from %s" % (label, c, src))

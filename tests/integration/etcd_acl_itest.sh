@@ -8,6 +8,7 @@
 #    under router/;
 #  - no token, a wrong password, a certificate with a common name (the gateway refuses it
 #    once authentication is on) and no certificate at all are refused;
+#  - scripts/etcd-auth.sh may run again (it keeps what exists) and still fails on other errors;
 #  - no password reaches a log.
 # Stops only the cluster it starts (devcluster down, by its pid files).
 set -euo pipefail
@@ -86,6 +87,22 @@ a=$(get inbox-0a "$t0" "$p/inbox-0/")
 grep -q 'CommonName' <<<"$a" || fail "a certificate with a common name was served: $a"
 a=$(get "" "$t0" "$p/inbox-0/")
 [ "$a" = curl-error ] || fail "a client without a certificate was served: $a"
+
+# scripts/etcd-auth.sh again on the running cluster (compose runs it on every start): it
+# passes with the users, roles and authentication already there, the passwords and the
+# grants stay as they were, and an error other than "already exists" still fails it.
+"$root/scripts/etcd-auth.sh" "$SEALPOST_ETCD" "$c" etcdctl "$SEALPOST_ETCD_CLUSTER" 3 \
+	"$dir/etcd-users" >"$dir/auth2.log" 2>&1 || { cat "$dir/auth2.log"; fail "etcd-auth.sh refused a second run"; }
+t0=$(login inbox-0a-etcd inbox-0)
+[ -n "$t0" ] || fail "inbox-0 cannot log in after a second etcd-auth.sh"
+ok "inbox-0 writing its group after a second etcd-auth.sh" "$(put inbox-0a-etcd "$t0" "$p/inbox-0/acl-probe")"
+denied "inbox-0 writing shard 1 after a second etcd-auth.sh" "$(put inbox-0a-etcd "$t0" "$p/inbox-1/leader")"
+# The etcd certificate as the operator's: its name is no etcd user.
+if "$root/scripts/etcd-auth.sh" "$SEALPOST_ETCD" "$c" etcd "$SEALPOST_ETCD_CLUSTER" 3 \
+	"$dir/etcd-users" >"$dir/auth3.log" 2>&1; then
+	fail "etcd-auth.sh passed as a user etcd does not know"
+fi
+grep -q 'user name not found' "$dir/auth3.log" || fail "etcd-auth.sh as an unknown user: $(tail -n 2 "$dir/auth3.log")"
 
 # The members run on it: every group has its primary (devcluster up waited for them).
 for g in inbox-0 inbox-1 inbox-2 keys-0; do
