@@ -295,7 +295,7 @@ cmd_presence(sealpost *sp, const char *cmd, int argc, char **argv)
 	json_object_set_new(j, "shared", json_boolean(rc == 0));
 	if (rc)
 		json_object_set_new(j, "reason", json_string(sealpost_errmsg(sp)));
-	emit(j);
+	cl_fmt_result(CL_OUT_OK, j);
 	return 0;
 }
 
