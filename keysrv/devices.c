@@ -234,11 +234,12 @@ fail:
 	return rc;
 }
 
-int
-keys_devices_auth_key(keys_req *r)
+/* The device the request's `device` names, read in a transaction of its own into the
+ * request's arena (*out). SP_OK, SP_ENOTFOUND or an error. */
+static int
+read_device(keys_req *r, keys_device **out)
 {
 	keys_store *s = r->ctx->store;
-	uint64_t user = sp_frame_u64(r->in, SP_F_USER);
 	keys_device *d = keys_arena_alloc(&r->arena, sizeof(*d));
 	MDB_txn *txn;
 	int rc;
@@ -249,6 +250,16 @@ keys_devices_auth_key(keys_req *r)
 		return rc;
 	rc = keys_device_get(s, txn, sp_frame_u64(r->in, SP_F_DEVICE), d);
 	keys_store_abort(txn);
+	*out = d;
+	return rc;
+}
+
+int
+keys_devices_auth_key(keys_req *r)
+{
+	uint64_t user = sp_frame_u64(r->in, SP_F_USER);
+	keys_device *d;
+	int rc = read_device(r, &d);
 	if (rc == SP_ENOTFOUND || (rc == SP_OK && (d->user != user || (d->flags & KEYS_DEV_REVOKED))))
 		return keys_fail(r, SP_ENOTFOUND, "no such current device of that user");
 	if (rc)
@@ -394,17 +405,8 @@ keys_devices_push_register(keys_req *r)
 int
 keys_devices_push_get(keys_req *r)
 {
-	keys_store *s = r->ctx->store;
-	keys_device *d = keys_arena_alloc(&r->arena, sizeof(*d));
-	MDB_txn *txn;
-	int rc;
-
-	if (!d)
-		return SP_ENOMEM;
-	if ((rc = keys_store_begin(s, false, &txn)))
-		return rc;
-	rc = keys_device_get(s, txn, sp_frame_u64(r->in, SP_F_DEVICE), d);
-	keys_store_abort(txn);
+	keys_device *d;
+	int rc = read_device(r, &d);
 	if (rc == SP_ENOTFOUND || (rc == SP_OK && (d->flags & KEYS_DEV_REVOKED)))
 		return keys_fail(r, SP_ENOTFOUND, "no such current device");
 	if (rc)

@@ -134,6 +134,26 @@ read_setting(keys_req *r, sp_field f, uint8_t max, uint8_t *out, bool *set)
 	return SP_OK;
 }
 
+/* Writes the caller's settings when they changed (else only ends the transaction), then
+ * answers them. */
+static int
+finish(keys_req *r, MDB_txn *txn, const keys_privacy *p, bool changed)
+{
+	int rc;
+	if (!changed) {
+		keys_store_abort(txn);
+	} else {
+		if ((rc = settings_put(r->ctx->store, txn, r->user, p))) {
+			keys_store_abort(txn);
+			return rc;
+		}
+		if ((rc = keys_store_commit(txn)))
+			return rc;
+	}
+	reply_privacy(r, p);
+	return SP_OK;
+}
+
 int
 keys_settings_privacy(keys_req *r)
 {
@@ -160,16 +180,7 @@ keys_settings_privacy(keys_req *r)
 		p.online = on, changed = true;
 	if (set_ga && p.group_add != ga)
 		p.group_add = ga, changed = true;
-	if (!changed) {
-		keys_store_abort(txn);
-	} else {
-		if ((rc = settings_put(s, txn, r->user, &p)))
-			goto fail;
-		if ((rc = keys_store_commit(txn)))
-			return rc;
-	}
-	reply_privacy(r, &p);
-	return SP_OK;
+	return finish(r, txn, &p, changed);
 fail:
 	keys_store_abort(txn);
 	return rc;
@@ -223,16 +234,7 @@ keys_settings_contacts(keys_req *r)
 		p.ncontacts--;
 		changed = true;
 	}
-	if (!changed) {
-		keys_store_abort(txn);
-	} else {
-		if ((rc = settings_put(s, txn, r->user, &p)))
-			goto fail;
-		if ((rc = keys_store_commit(txn)))
-			return rc;
-	}
-	reply_privacy(r, &p);
-	return SP_OK;
+	return finish(r, txn, &p, changed);
 fail:
 	keys_store_abort(txn);
 	return rc;
