@@ -1,6 +1,8 @@
+#include <dirent.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,11 +199,45 @@ etcd_proc_restart(etcd_proc *p, long *down_ms)
 	return rc;
 }
 
+/* Whether every thread of pid is stopped (state T in /proc/<pid>/task/<tid>/stat). */
+static bool
+all_stopped(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	if (!d)
+		return true; /* gone: nothing runs */
+	bool stopped = true;
+	struct dirent *de;
+	while (stopped && (de = readdir(d))) {
+		if (de->d_name[0] == '.')
+			continue;
+		char stat[128], buf[256];
+		snprintf(stat, sizeof(stat), "%s/%.20s/stat", path, de->d_name);
+		FILE *f = fopen(stat, "r");
+		if (!f)
+			continue;
+		size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+		fclose(f);
+		buf[n] = '\0';
+		const char *rp = strrchr(buf, ')'); /* the state follows the command name */
+		stopped = rp && rp[1] == ' ' && (rp[2] == 'T' || rp[2] == 't');
+	}
+	closedir(d);
+	return stopped;
+}
+
 void
 etcd_proc_signal(etcd_proc *p, int sig)
 {
-	if (p->pid > 0)
-		kill(p->pid, sig);
+	if (p->pid <= 0)
+		return;
+	kill(p->pid, sig);
+	/* A stop is not immediate for every thread of a busy process: wait until it is (at
+	 * most 2 s), so that a test's next call meets a stalled etcd, not a slow one. */
+	for (int i = 0; sig == SIGSTOP && i < 200 && !all_stopped(p->pid); i++)
+		sleep_ms(10);
 }
 
 void

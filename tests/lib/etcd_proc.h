@@ -42,7 +42,8 @@ int etcd_proc_start_on(etcd_proc *p, const char *host);
  * stderr. *down_ms (if not NULL) gets the time from the kill until the new process
  * answered its first health check. */
 int etcd_proc_restart(etcd_proc *p, long *down_ms);
-/* Sends `sig` to the etcd process (SIGSTOP/SIGCONT for a stall). */
+/* Sends `sig` to the etcd process (SIGSTOP/SIGCONT for a stall); after SIGSTOP, returns once
+ * every thread of it is stopped (at most 2 s). */
 void etcd_proc_signal(etcd_proc *p, int sig);
 /* SIGTERM, then SIGKILL after 5 s; waits for it and removes its data dir. */
 void etcd_proc_stop(etcd_proc *p);
