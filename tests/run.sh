@@ -13,8 +13,10 @@ filter=${SP_TEST_FILTER:-}
 logdir=$SP_BUILD/test-logs
 mkdir -p "$logdir"
 
+# The longest programs first (scripts, then integration binaries, then unit tests), so
+# that with SP_TEST_JOBS > 1 the run does not end with one long test running alone.
 progs=()
-for t in "$SP_BUILD"/tests/*_test "$SP_BUILD"/tests/*_itest tests/integration/*.sh; do
+for t in tests/integration/*.sh "$SP_BUILD"/tests/*_itest "$SP_BUILD"/tests/*_test; do
 	[ -e "$t" ] || continue
 	[ -n "$filter" ] && [[ "$t" != *"$filter"* ]] && continue
 	progs+=("$t")

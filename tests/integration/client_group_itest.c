@@ -127,34 +127,8 @@ test_media(void)
 static void
 test_linked_device(void)
 {
-	char out[65536], code[16], b[64], cmd[2048], lout[512];
-	const char *bin = getenv("SP_BIN") ? getenv("SP_BIN") : "bin";
-	snprintf(lout, sizeof(lout), "%s/link.out", ct_cluster.dir);
-	snprintf(cmd, sizeof(cmd), ". %s/env; exec %s/sealpost --home %s/home-alice2 link --wait 30 > %s 2>&1",
-		 ct_cluster.dir, bin, ct_cluster.dir, lout);
-	pid_t pid = fork();
-	CHECK(pid >= 0);
-	if (pid == 0) {
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	code[0] = '\0';
-	for (int i = 0; i < 100 && !code[0]; i++) {
-		FILE *f = fopen(lout, "r");
-		char line[256];
-		if (f && fgets(line, sizeof(line), f) && strchr(line, '\n'))
-			ct_str(line, 0, "link_code", code, sizeof(code));
-		if (f)
-			fclose(f);
-		if (!code[0])
-			usleep(100000);
-	}
-	if (!code[0])
-		kill(pid, SIGKILL);
-	CHECK(strlen(code) == 8);
-	CHECK(ct_run("alice", out, sizeof(out), "link-confirm %s", code) == 0);
-	int st;
-	CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	char out[65536], b[64];
+	ct_link("alice", "alice2");
 	CHECK(ct_run("alice2", out, sizeof(out), "whoami") == 0);
 	CHECK(strcmp(ct_str(out, 0, "user", b, sizeof(b)), alice) == 0);
 	char dev2[32];

@@ -11,39 +11,6 @@
 
 #define TEXT_LEN 32768
 
-/* Links a new device `home` to bob's account (bob's primary confirms). */
-static void
-link_device(const char *home)
-{
-	char out[16384], code[16] = "", cmd[2048], lout[512];
-	const char *bin = getenv("SP_BIN") ? getenv("SP_BIN") : "bin";
-	snprintf(lout, sizeof(lout), "%s/%s.link", ct_cluster.dir, home);
-	snprintf(cmd, sizeof(cmd), ". %s/env; exec %s/sealpost --home %s/home-%s link --wait 60 > %s 2>&1",
-	    ct_cluster.dir, bin, ct_cluster.dir, home, lout);
-	pid_t pid = fork();
-	CHECK(pid >= 0);
-	if (pid == 0) {
-		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
-		_exit(127);
-	}
-	for (int i = 0; i < 200 && !code[0]; i++) {
-		FILE *f = fopen(lout, "r");
-		char line[256];
-		if (f && fgets(line, sizeof(line), f) && strchr(line, '\n'))
-			ct_str(line, 0, "link_code", code, sizeof(code));
-		if (f)
-			fclose(f);
-		if (!code[0])
-			usleep(100000);
-	}
-	if (!code[0])
-		kill(pid, SIGKILL);
-	CHECK(strlen(code) == 8);
-	CHECK(ct_run("bob", out, sizeof(out), "link-confirm %s", code) == 0);
-	int st;
-	CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
-}
-
 int
 main(void)
 {
@@ -57,7 +24,7 @@ main(void)
 	ct_register("bob", "+15550902", bob, sizeof(bob));
 	const char *homes[] = { "bob", "bob2", "bob3", "bob4", "bob5" };
 	for (int i = 1; i < 5; i++)
-		link_device(homes[i]);
+		ct_link("bob", homes[i]);
 	CHECK(ct_run("bob", out, sizeof(out), "devices") == 0);
 	CHECK(ct_nlines(out) == 5);
 	CHECK(ct_run("alice", out, sizeof(out), "contact add +15550902 %s", bob) == 0);

@@ -24,25 +24,8 @@ static char alice[32], bob[32], carol[32];
 static void
 link_second_device(void)
 {
-	char out[65536], code[16] = "", b[64];
-	pid_t pid = ct_spawn("bob2", "link.out", "", "link --wait 30");
-	for (int i = 0; i < 150 && !code[0]; i++) {
-		ct_read_out("link.out", out, sizeof(out));
-		ct_str(out, 0, "link_code", code, sizeof(code));
-		if (!code[0])
-			usleep(100000);
-	}
-	CHECK(strlen(code) == 8);
-	CHECK(ct_run("bob", out, sizeof(out), "link-confirm %s", code) == 0);
-	int linked = 0;
-	for (int i = 0; i < 150 && !linked; i++) {
-		ct_read_out("link.out", out, sizeof(out));
-		linked = ct_count(out, "status", "linked");
-		if (!linked)
-			usleep(100000);
-	}
-	ct_stop(pid);
-	CHECK(linked == 1);
+	char out[65536], b[64];
+	ct_link("bob", "bob2");
 	CHECK(ct_run("bob2", out, sizeof(out), "whoami") == 0);
 	CHECK(strcmp(ct_str(out, 0, "user", b, sizeof(b)), bob) == 0);
 }

@@ -233,4 +233,39 @@ ct_count(const char *out, const char *key, const char *val)
 	return n;
 }
 
+/* Links a new device `home` to the account of `primary` (`link` on the new device, then
+ * `link-confirm CODE` on the primary) and waits until `link` has exited 0. */
+static __attribute__((unused)) void
+ct_link(const char *primary, const char *home)
+{
+	char out[16384], code[16] = "", outname[128];
+	snprintf(outname, sizeof(outname), "%s.link", home);
+	pid_t pid = ct_spawn(home, outname, "", "link --wait 60");
+	for (int i = 0; i < 200 && !code[0]; i++) {
+		ct_read_out(outname, out, sizeof(out));
+		ct_str(out, 0, "link_code", code, sizeof(code));
+		if (!code[0])
+			usleep(100000);
+	}
+	if (strlen(code) != 8)
+		ct_stop(pid);
+	CHECK(strlen(code) == 8);
+	CHECK(ct_run(primary, out, sizeof(out), "link-confirm %s", code) == 0);
+	int st = 0;
+	pid_t w = 0;
+	for (int i = 0; i < 600 && w == 0; i++) {
+		w = waitpid(pid, &st, WNOHANG);
+		if (w == 0)
+			usleep(100000);
+	}
+	for (int i = 0; i < ct_nspawned; i++)
+		if (ct_spawned[i] == pid)
+			ct_spawned[i] = ct_spawned[--ct_nspawned];
+	if (w == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+	}
+	CHECK(w == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 #endif

@@ -1,6 +1,7 @@
-/* Binary fixtures of tests/fixtures/ (its README.md says what each one is and how it was
- * made). Paths are relative to the repository root: $SP_ROOT (set by tests/run.sh), else
- * the current directory. */
+/* Shared by the inbox unit tests: binary fixtures of tests/fixtures/ (its README.md says
+ * what each one is and how it was made; paths are relative to the repository root:
+ * $SP_ROOT, set by tests/run.sh, else the current directory) and a store in a temporary
+ * directory driven with an explicit clock. */
 #ifndef INBOX_FIXTURE_H
 #define INBOX_FIXTURE_H
 
@@ -8,6 +9,11 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "inboxsrv/store.h"
+#include "sp_error.h"
 
 /* The whole of fixture `name` (e.g. "inbox_malformed/junk.bin"), malloc'd (at least one
  * byte, so an empty fixture is not NULL); its length in *len. Fails the test if unreadable. */
@@ -29,6 +35,34 @@ fixture_read(const char *name, size_t *len)
 	fclose(f);
 	*len = (size_t)n;
 	return p;
+}
+
+/* A fresh directory /tmp/<name>.XXXXXX into dir (at least 64 bytes). */
+static inline void
+fixture_tmpdir(char *dir, const char *name)
+{
+	snprintf(dir, 64, "/tmp/%s.XXXXXX", name);
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+}
+
+/* Closes *st (set to NULL) and deletes its directory. */
+static inline void
+fixture_store_drop(inbox_store **st, const char *dir)
+{
+	char cmd[128];
+	inbox_store_close(*st);
+	*st = NULL;
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+/* Applies one op in its own committed transaction at `now`; returns the op's result. */
+static inline int
+fixture_apply1(inbox_store *st, inbox_op *op, uint64_t now)
+{
+	inbox_op *ops[1] = { op };
+	ck_assert_int_eq(inbox_store_write(st, ops, 1, now), SP_OK);
+	return op->rc;
 }
 
 #endif

@@ -13,6 +13,7 @@
 #include "inboxsrv/qindex.h"
 #include "inboxsrv/store.h"
 #include "sp_error.h"
+#include "tests/unit/inbox_fixture.h"
 #include "check_run.h"
 
 #define TTL_MS 10000
@@ -44,27 +45,14 @@ open_store(void)
 static void
 setup(void)
 {
-	strcpy(dir, "/tmp/inbox_qshare_test.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(dir));
+	fixture_tmpdir(dir, "inbox_qshare_test");
 	open_store();
 }
 
 static void
 teardown(void)
 {
-	char cmd[128];
-	inbox_store_close(st);
-	st = NULL;
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	ck_assert_int_eq(system(cmd), 0);
-}
-
-static int
-apply1(inbox_op *op, uint64_t now)
-{
-	inbox_op *ops[1] = { op };
-	ck_assert_int_eq(inbox_store_write(st, ops, 1, now), SP_OK);
-	return op->rc;
+	fixture_store_drop(&st, dir);
 }
 
 static uint64_t msg_counter;
@@ -85,7 +73,7 @@ append(uint64_t device, uint64_t from, uint64_t now)
 	op.append.body_len = 8;
 	op.append.targets = &t;
 	op.append.ntargets = 1;
-	return apply1(&op, now);
+	return fixture_apply1(st, &op, now);
 }
 
 static void
@@ -94,7 +82,7 @@ ack_upto(uint64_t device, uint64_t upto)
 	inbox_op op = { .kind = INBOX_OP_ACK };
 	op.ack.device = device;
 	op.ack.upto_seq = upto;
-	ck_assert_int_eq(apply1(&op, 1), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &op, 1), SP_OK);
 	inbox_op_fini(&op);
 }
 
@@ -174,7 +162,7 @@ START_TEST(share_shared_append_refuses_per_target)
 	op.append.shared = true;
 	op.append.targets = t;
 	op.append.ntargets = 2;
-	ck_assert_int_eq(apply1(&op, 100), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &op, 100), SP_OK);
 	ck_assert_int_eq(t[0].rc, SP_ELIMIT);
 	ck_assert_uint_eq(t[0].seq, 0);
 	ck_assert_int_eq(t[1].rc, SP_OK);
@@ -196,13 +184,13 @@ START_TEST(share_after_purge_sweep_and_rebuild)
 
 	inbox_op p = { .kind = INBOX_OP_PURGE };
 	p.purge.device = 1;
-	ck_assert_int_eq(apply1(&p, 300), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &p, 300), SP_OK);
 	ck_assert_int_eq(append(1, 7, 300), SP_OK);
 
 	/* The TTL sweep takes 7's entries of device 3 (stored at 100) off the queue. */
 	inbox_op sw = { .kind = INBOX_OP_SWEEP };
 	sw.sweep.limit = 100;
-	ck_assert_int_eq(apply1(&sw, 100 + TTL_MS + 1), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &sw, 100 + TTL_MS + 1), SP_OK);
 	ck_assert_uint_ge(sw.sweep.expired, 2);
 	ck_assert_int_eq(append(3, 7, 100 + TTL_MS + 2), SP_OK);
 	ck_assert_int_eq(append(3, 7, 100 + TTL_MS + 2), SP_OK);
@@ -245,7 +233,7 @@ blob_put(const uint8_t *id, const uint8_t *b, uint32_t len, uint64_t now)
 	op.blob_put.offset = 0;
 	op.blob_put.bytes = b;
 	op.blob_put.len = len;
-	return apply1(&op, now);
+	return fixture_apply1(st, &op, now);
 }
 
 static uint64_t
@@ -253,7 +241,7 @@ sweep_blobs(uint64_t now)
 {
 	inbox_op sw = { .kind = INBOX_OP_SWEEP };
 	sw.sweep.limit = 100;
-	ck_assert_int_eq(apply1(&sw, now), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &sw, now), SP_OK);
 	return sw.sweep.blobs;
 }
 
@@ -273,7 +261,7 @@ START_TEST(unfinished_upload_expires_at_upload_ttl)
 	memcpy(done.blob_done.sha256, sha, 32);
 	done.blob_done.devices = &dev;
 	done.blob_done.ndevices = 1;
-	ck_assert_int_eq(apply1(&done, t0 + 500), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &done, t0 + 500), SP_OK);
 
 	ck_assert_uint_eq(sweep_blobs(t0 + UPLOAD_TTL_MS - 1), 0);
 	ck_assert_uint_eq(sweep_blobs(t0 + UPLOAD_TTL_MS + 1), 1);

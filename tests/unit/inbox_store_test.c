@@ -43,8 +43,7 @@ open_store(uint64_t max_entries, uint64_t max_bytes)
 static void
 setup(void)
 {
-	strcpy(dir, "/tmp/inbox_store_test.XXXXXX");
-	ck_assert_ptr_nonnull(mkdtemp(dir));
+	fixture_tmpdir(dir, "inbox_store_test");
 	dedup_max = 0;
 	open_store(100, 1 << 20);
 }
@@ -52,11 +51,7 @@ setup(void)
 static void
 teardown(void)
 {
-	char cmd[128];
-	inbox_store_close(st);
-	st = NULL;
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	ck_assert_int_eq(system(cmd), 0);
+	fixture_store_drop(&st, dir);
 }
 
 static void
@@ -64,15 +59,6 @@ mid(uint8_t out[16], uint64_t n)
 {
 	memset(out, 0, 16);
 	memcpy(out, &n, 8);
-}
-
-/* Applies one op in its own committed transaction; returns the op's result. */
-static int
-apply1(inbox_op *op, uint64_t now)
-{
-	inbox_op *ops[1] = { op };
-	ck_assert_int_eq(inbox_store_write(st, ops, 1, now), SP_OK);
-	return op->rc;
 }
 
 static int
@@ -90,7 +76,7 @@ append(uint64_t device, uint64_t from_device, uint64_t msg, const char *env, uin
 	op.append.body_len = (uint32_t)strlen(env);
 	op.append.targets = &t;
 	op.append.ntargets = 1;
-	int rc = apply1(&op, now);
+	int rc = fixture_apply1(st, &op, now);
 	if (seq)
 		*seq = t.seq;
 	if (dup)
@@ -134,7 +120,7 @@ ack_upto(uint64_t device, uint64_t upto, inbox_ref *refs_out, uint32_t cap)
 	inbox_op op = { .kind = INBOX_OP_ACK };
 	op.ack.device = device;
 	op.ack.upto_seq = upto;
-	ck_assert_int_eq(apply1(&op, 1), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &op, 1), SP_OK);
 	uint32_t n = op.ack.nrefs;
 	if (refs_out)
 		memcpy(refs_out, op.ack.refs, sizeof(inbox_ref) * (n < cap ? n : cap));
@@ -223,7 +209,7 @@ START_TEST(dedup_by_device_sender_and_msg_id)
 	/* Once the TTL passed and the sweep ran, the id is new again. */
 	inbox_op sw = { .kind = INBOX_OP_SWEEP };
 	sw.sweep.limit = 100;
-	ck_assert_int_eq(apply1(&sw, 100 + TTL_MS + 1), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &sw, 100 + TTL_MS + 1), SP_OK);
 	ck_assert_uint_eq(sw.sweep.dedup_gone, 3);
 	ck_assert_int_eq(append(1, 7, 42, "x", 100 + TTL_MS + 2, &seq, &dup), SP_OK);
 	ck_assert_uint_eq(seq, 3);
@@ -403,7 +389,7 @@ START_TEST(seqs_never_restart)
 	ck_assert_uint_eq(ack_upto(4, 3, NULL, 0), 3);
 	inbox_op sw = { .kind = INBOX_OP_SWEEP };
 	sw.sweep.limit = 100;
-	ck_assert_int_eq(apply1(&sw, 100 + TTL_MS + 1), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &sw, 100 + TTL_MS + 1), SP_OK);
 	ck_assert_uint_eq(sw.sweep.dedup_gone, 3);
 	inbox_store_close(st);
 	open_store(100, 1 << 20);
@@ -425,7 +411,7 @@ START_TEST(ack_beyond_last_seq_deletes_nothing)
 	inbox_op op = { .kind = INBOX_OP_ACK };
 	op.ack.device = 4;
 	op.ack.upto_seq = 500;
-	ck_assert_int_eq(apply1(&op, 1), SP_ERANGE);
+	ck_assert_int_eq(fixture_apply1(st, &op, 1), SP_ERANGE);
 	inbox_op_fini(&op);
 	ck_assert_uint_eq(inbox_store_last_seq(st, 4), 3);
 	ck_assert_uint_eq(ack_upto(4, 2, NULL, 0), 2);
@@ -548,7 +534,7 @@ START_TEST(ack_upto_and_list_are_idempotent)
 	op.ack.device = 1;
 	op.ack.seqs = seqs;
 	op.ack.nseqs = 4;
-	ck_assert_int_eq(apply1(&op, 1), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &op, 1), SP_OK);
 	ck_assert_uint_eq(op.ack.nrefs, 2);
 	inbox_op_fini(&op);
 	int n = fetch(1, 0, 8, 1 << 20, e, &more, &txn);
@@ -584,7 +570,7 @@ START_TEST(batch_body_is_refcounted)
 	op.append.group = 77;
 	op.append.targets = t;
 	op.append.ntargets = 3;
-	ck_assert_int_eq(apply1(&op, 100), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &op, 100), SP_OK);
 	for (int i = 0; i < 3; i++) {
 		ck_assert_int_eq(t[i].rc, SP_OK);
 		ck_assert_uint_eq(t[i].seq, 1);
@@ -607,7 +593,7 @@ START_TEST(batch_body_is_refcounted)
 	op.append.body_id = 0;
 	op.lsn = 0;
 	op.ts = 0;
-	ck_assert_int_eq(apply1(&op, 100), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &op, 100), SP_OK);
 	ck_assert(t2[0].dup && t2[1].dup && t2[2].dup);
 	ck_assert_uint_eq(shard_stat().bodies, 1);
 
@@ -616,7 +602,7 @@ START_TEST(batch_body_is_refcounted)
 	ck_assert_uint_eq(shard_stat().bodies, 1);
 	inbox_op p = { .kind = INBOX_OP_PURGE };
 	p.purge.device = 3;
-	ck_assert_int_eq(apply1(&p, 100), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &p, 100), SP_OK);
 	ck_assert_uint_eq(p.purge.removed, 1);
 	ss = shard_stat();
 	ck_assert_uint_eq(ss.bodies, 0);
@@ -656,7 +642,7 @@ START_TEST(caps_refuse_without_dropping)
 	op.append.shared = true;
 	op.append.targets = t;
 	op.append.ntargets = 2;
-	ck_assert_int_eq(apply1(&op, 100), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &op, 100), SP_OK);
 	ck_assert_int_eq(t[0].rc, SP_EFULL);
 	ck_assert_uint_eq(t[0].seq, 0);
 	ck_assert_int_eq(t[1].rc, SP_OK);
@@ -673,11 +659,11 @@ START_TEST(purge_keeps_seqs_monotonic)
 	ck_assert_int_eq(append(2, 7, 1, "other", 100, NULL, NULL), SP_OK);
 	inbox_op p = { .kind = INBOX_OP_PURGE };
 	p.purge.device = 1;
-	ck_assert_int_eq(apply1(&p, 100), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &p, 100), SP_OK);
 	ck_assert_uint_eq(p.purge.removed, 4);
 	p.purge.removed = 99;
 	p.lsn = 0;
-	ck_assert_int_eq(apply1(&p, 100), SP_OK); /* again: harmless */
+	ck_assert_int_eq(fixture_apply1(st, &p, 100), SP_OK); /* again: harmless */
 	ck_assert_uint_eq(p.purge.removed, 0);
 	ck_assert_uint_eq(stat_of(1).depth, 0);
 	ck_assert_uint_eq(stat_of(2).depth, 1);
@@ -695,7 +681,7 @@ START_TEST(ttl_sweep_in_bounded_batches)
 
 	inbox_op sw = { .kind = INBOX_OP_SWEEP };
 	sw.sweep.limit = 4;
-	ck_assert_int_eq(apply1(&sw, 1000 + TTL_MS), SP_OK); /* nothing is older than the TTL */
+	ck_assert_int_eq(fixture_apply1(st, &sw, 1000 + TTL_MS), SP_OK); /* nothing is older than the TTL */
 	ck_assert_uint_eq(sw.sweep.expired + sw.sweep.dedup_gone, 0);
 	ck_assert(!sw.sweep.more);
 
@@ -703,7 +689,7 @@ START_TEST(ttl_sweep_in_bounded_batches)
 	memset(&sw, 0, sizeof(sw));
 	sw.kind = INBOX_OP_SWEEP;
 	sw.sweep.limit = 4;
-	ck_assert_int_eq(apply1(&sw, now), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &sw, now), SP_OK);
 	ck_assert(sw.sweep.more);
 	ck_assert_uint_eq(sw.sweep.dedup_gone, 4);
 	ck_assert_uint_eq(sw.sweep.expired, 2); /* seqs 1-2 were acked already */
@@ -712,7 +698,7 @@ START_TEST(ttl_sweep_in_bounded_batches)
 		memset(&sw, 0, sizeof(sw));
 		sw.kind = INBOX_OP_SWEEP;
 		sw.sweep.limit = 4;
-		ck_assert_int_eq(apply1(&sw, now), SP_OK);
+		ck_assert_int_eq(fixture_apply1(st, &sw, now), SP_OK);
 		expired += sw.sweep.expired;
 	} while (sw.sweep.more);
 	ck_assert_uint_eq(expired, 8);
@@ -733,7 +719,7 @@ blob_put(
 	op.blob_put.offset = off;
 	op.blob_put.bytes = b;
 	op.blob_put.len = len;
-	int rc = apply1(&op, now);
+	int rc = fixture_apply1(st, &op, now);
 	if (have)
 		*have = op.blob_put.have;
 	return rc;
@@ -748,7 +734,7 @@ blob_done(const uint8_t *id, uint64_t size, const uint8_t *sha, const uint64_t *
 	memcpy(op.blob_done.sha256, sha, 32);
 	op.blob_done.devices = devs;
 	op.blob_done.ndevices = n;
-	return apply1(&op, 1);
+	return fixture_apply1(st, &op, 1);
 }
 
 static int
@@ -757,7 +743,7 @@ blob_fetched(const uint8_t *id, uint64_t device, bool *deleted)
 	inbox_op op = { .kind = INBOX_OP_BLOB_FETCHED };
 	memcpy(op.blob_fetched.blob_id, id, 16);
 	op.blob_fetched.device = device;
-	int rc = apply1(&op, 1);
+	int rc = fixture_apply1(st, &op, 1);
 	*deleted = op.blob_fetched.deleted;
 	return rc;
 }
@@ -859,12 +845,12 @@ START_TEST(blob_ttl)
 	ck_assert_int_eq(blob_put(b, 0, (const uint8_t *)"yy", 2, 3000, NULL), SP_OK);
 	inbox_op sw = { .kind = INBOX_OP_SWEEP };
 	sw.sweep.limit = 10;
-	ck_assert_int_eq(apply1(&sw, 1000 + MEDIA_TTL_MS), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &sw, 1000 + MEDIA_TTL_MS), SP_OK);
 	ck_assert_uint_eq(sw.sweep.blobs, 0);
 	memset(&sw, 0, sizeof(sw));
 	sw.kind = INBOX_OP_SWEEP;
 	sw.sweep.limit = 10;
-	ck_assert_int_eq(apply1(&sw, 1001 + MEDIA_TTL_MS), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &sw, 1001 + MEDIA_TTL_MS), SP_OK);
 	ck_assert_uint_eq(sw.sweep.blobs, 1);
 	ck_assert_uint_eq(shard_stat().blobs, 1);
 }
@@ -884,7 +870,7 @@ START_TEST(lsn_counts_applied_ops_and_checks_replays)
 	op.append.body_len = 1;
 	op.append.targets = &t;
 	op.append.ntargets = 1;
-	ck_assert_int_eq(apply1(&op, 999), SP_OK);
+	ck_assert_int_eq(fixture_apply1(st, &op, 999), SP_OK);
 	ck_assert_uint_eq(t.seq, 2);
 	inbox_stat s = stat_of(1);
 	ck_assert_uint_eq(s.last_seq, 2);
@@ -894,9 +880,9 @@ START_TEST(lsn_counts_applied_ops_and_checks_replays)
 	bad.lsn = 4;
 	bad.append.targets = &t2;
 	mid(bad.append.msg_id, 3);
-	ck_assert_int_eq(apply1(&bad, 999), SP_EMISMATCH);
+	ck_assert_int_eq(fixture_apply1(st, &bad, 999), SP_EMISMATCH);
 	bad.lsn = 7;
-	ck_assert_int_eq(apply1(&bad, 999), SP_EMISMATCH);
+	ck_assert_int_eq(fixture_apply1(st, &bad, 999), SP_EMISMATCH);
 	ck_assert_uint_eq(shard_stat().lsn, 3);
 }
 END_TEST
