@@ -13,9 +13,12 @@ PKGS=(
   docker-compose # deploy_files_itest: `docker-compose config` checks deploy/compose (no daemon)
 )
 
+# One dpkg-query for all of them: the dev cluster runs this at every start.
+installed=" $(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${PKGS[@]}" 2>/dev/null |
+  awk '$2 == "installed" { printf "%s ", $1 }')"
 missing=()
 for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  [[ "$installed" == *" $p "* ]] || missing+=("$p")
 done
 # Node/npm serve only the crypto interop tests; an image may ship its own build
 # (nodesource's nodejs bundles npm and conflicts with Debian's npm package).

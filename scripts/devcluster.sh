@@ -149,6 +149,27 @@ make_internal_certs() {
 	$t "$c" bundle connsrv-inbox connsrv inbox # inbox request socket, connsrv pull
 }
 
+# Both sets of certificates. Tests start dozens of clusters: with
+# $SP_DEVCLUSTER_CERTS_CACHE (tests/run.sh sets it, fresh for each run) the certificates
+# made for the first cluster are copied for the next ones (the same member names and
+# loopback addresses; only the ports differ, and no certificate names a port).
+make_all_certs() {
+	local cache=${SP_DEVCLUSTER_CERTS_CACHE:-} tmp
+	local cached=$cache/copies-$copies
+	if [ -n "$cache" ] && [ ! -e "$dir/certs" ] && [ -f "$cached/done" ]; then
+		cp -a "$cached/certs" "$dir/certs"
+		return 0
+	fi
+	make_certs
+	make_internal_certs
+	[ -n "$cache" ] && [ ! -e "$cached" ] || return 0
+	mkdir -p "$cache"
+	tmp=$(mktemp -d "$cache/.tmp.XXXXXX")
+	cp -a "$dir/certs" "$tmp/certs" && touch "$tmp/done"
+	# Another cluster may have filled the cache meanwhile: then this copy goes.
+	mv -T "$tmp" "$cached" 2>/dev/null || rm -rf "$tmp"
+}
+
 # Internal TLS flags for member $1: --internal-ca DIAL (a bundle) and --internal-client-ca
 # CLIENTS (a bundle or a role CA).
 internal_tls() {
@@ -356,8 +377,7 @@ cmd_up() {
 	ensure_built
 	write_config
 	make_admin_token
-	make_certs
-	make_internal_certs
+	make_all_certs
 	make_redis_conf
 	start_one redis
 	wait_port 127.0.0.1 "$port_redis" 10 || die "redis did not start (see $dir/logs/redis.log)"

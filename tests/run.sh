@@ -12,6 +12,11 @@ export SP_ROOT=$PWD
 filter=${SP_TEST_FILTER:-}
 logdir=$SP_BUILD/test-logs
 mkdir -p "$logdir"
+# The integration tests' clusters share one set of dev certificates per run
+# (scripts/devcluster.sh make_all_certs): made by the first, copied by the others.
+case $SP_BUILD in /*) SP_DEVCLUSTER_CERTS_CACHE=$SP_BUILD/test-certs ;; *) SP_DEVCLUSTER_CERTS_CACHE=$PWD/$SP_BUILD/test-certs ;; esac
+export SP_DEVCLUSTER_CERTS_CACHE
+rm -rf "$SP_DEVCLUSTER_CERTS_CACHE"
 
 # The longest programs first (scripts, then integration binaries, then unit tests), so
 # that with SP_TEST_JOBS > 1 the run does not end with one long test running alone.
