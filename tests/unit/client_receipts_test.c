@@ -201,6 +201,26 @@ START_TEST(test_upto_marks_only_what_was_sent_to_the_reader)
 }
 END_TEST
 
+/* However many messages: one receipt marks 2000 (the id-list READ held 1024). */
+START_TEST(test_upto_one_receipt_many_messages)
+{
+	sealpost *sp = open_account();
+	ck_assert_int_eq(cl_begin(sp), SP_OK);
+	for (int i = 1; i <= 2000; i++) {
+		char mid[40];
+		snprintf(mid, sizeof(mid), "X'%032x'", 0x1000 + i);
+		own(sp, mid, "u:2", i, 1, 1000 + (uint64_t)i, "(2, 21)");
+	}
+	ck_assert_int_eq(cl_commit(sp), SP_OK);
+	uint64_t devs[] = {MYDEV}, upto[] = {1999};
+	deliver_upto(sp, 1, SP_ETYPE_RECEIPT_READ, BOB, BOB1, 0, devs, 1, upto, 1);
+	ck_assert_int_eq(reads(sp), 1999);
+	ck_assert_int_eq(sql_int(sp, "SELECT COUNT(*) FROM recipients r JOIN messages m ON m.msg_id = r.msg_id"
+				     " WHERE r.status = 1 AND m.conv_seq = 2000"), 1);
+	close_home(sp);
+}
+END_TEST
+
 /* READ_UPTO's arrays are bounded by the codec (64 pairs); the pairing is connsrv's. */
 START_TEST(test_read_upto_codec_bounds)
 {
@@ -300,6 +320,7 @@ main(void)
 	Suite *s = suite_create("client_receipts");
 	TCase *tc = tcase_create("receipts");
 	tcase_add_test(tc, test_upto_marks_only_what_was_sent_to_the_reader);
+	tcase_add_test(tc, test_upto_one_receipt_many_messages);
 	tcase_add_test(tc, test_read_upto_codec_bounds);
 	tcase_add_test(tc, test_expired_status);
 	suite_add_tcase(s, tc);
