@@ -136,7 +136,7 @@ on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
 
 /* Queues the packed receipt r (a RECEIPT or RECEIPT_UPTO) to every device of to_user. */
 static void
-receipt_queue_frame(cs_server *srv, uint64_t from_user, uint64_t to_user, unsigned etype, sp_frame *r,
+receipt_queue_frame(cs_server *srv, uint64_t from_user, uint64_t to_user, unsigned etype, const sp_frame *r,
 		    cs_receipts_done_fn done, void *arg)
 {
 	receipt_op *op = calloc(1, sizeof(*op));

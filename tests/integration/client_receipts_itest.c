@@ -6,7 +6,8 @@
  * are in connsrv_handlers_test.)
  *
  * "Read up to": a conversation of BULK messages turns read at alice with one READ_UPTO
- * frame (counted by both connsrvs' sp_connsrv_frames_in_by_type_total). A forged receipt
+ * frame (counted by both connsrvs' sp_connsrv_frames_in_by_type_total), and so do a
+ * group's (the frame names the group). A forged receipt
  * -- mallory's own device, logged in raw with the key from its home, claiming seq 2^63 --
  * marks read only what alice sent mallory before it, not what she sent bob nor what she
  * sends mallory after; unpaired arrays are refused (SP_EINVAL).
@@ -168,6 +169,20 @@ main(void)
 	/* Nothing left unread: no frame at all. */
 	CHECK(ct_run("bob", out, sizeof(out), "read +15550801") == 0);
 	CHECK(read_upto_frames() - frames == 1);
+
+	/* A group: bob's read names the group; alice's two messages there turn read. */
+	char g1[64], g2[64];
+	CHECK(ct_run("alice", out, sizeof(out), "group create club +15550802") == 0);
+	CHECK(ct_run("alice", out, sizeof(out), "send @club 'club one'") == 0);
+	ct_str(out, 0, "msg_id", g1, sizeof(g1));
+	CHECK(ct_run("alice", out, sizeof(out), "send @club 'club two'") == 0);
+	ct_str(out, 0, "msg_id", g2, sizeof(g2));
+	CHECK(ct_run("bob", out, sizeof(out), "recv") == 0);
+	CHECK(ct_count_text(out, "club ") == 2);
+	CHECK(ct_run("bob", out, sizeof(out), "read @club") == 0);
+	CHECK(read_upto_frames() - frames == 2);
+	CHECK(wait_status("alice", g2, "read"));
+	CHECK(status_is("alice", g1, "read"));
 
 	/* A forged "read up to 2^63" from mallory's device. */
 	char mallory[32], to_m[64], to_b[64], later[64], a_dev[32];
