@@ -27,6 +27,7 @@
 #define CHAT_TICKS 256              /* our latest messages whose ticks are followed */
 #define CHAT_BATCH 64               /* DELIVERs handled before the terminal gets a turn */
 #define CHAT_WAKE_MS 1000           /* the loop wakes at least this often (keepalive, timers) */
+#define CHAT_EXPIRY_MS 10000        /* how often sent ticks are checked for `expired` (no event says it) */
 #define CHAT_TYPING_EVERY_MS 3000   /* our "typing" is repeated this often while we type */
 #define CHAT_TYPING_IDLE_MS 5000    /* no key for this long: "stopped" */
 #define CHAT_TYPING_GAP_MS 1100     /* connsrv drops a second TYPING within a second */
@@ -61,6 +62,7 @@ typedef struct chat {
 	unsigned retries;
 	chat_tick ticks[CHAT_TICKS];
 	size_t nticks, tick_next;
+	uint64_t expiry_check_at;
 } chat;
 
 /* readline's line handler takes no argument. */
@@ -127,13 +129,14 @@ rank_of(const char *status)
 	       : strcmp(status, "delivered") == 0 ? 2
 	       : strcmp(status, "sent") == 0	  ? 1
 	       : strcmp(status, "failed") == 0	  ? -1
+	       : strcmp(status, "expired") == 0	  ? 4
 						  : 0;
 }
 
 static const char *
 tick_text(int rank)
 {
-	static const char *const names[] = {"[failed]", "[queued]", "[sent]", "[delivered]", "[read]"};
+	static const char *const names[] = {"[failed]", "[queued]", "[sent]", "[delivered]", "[read]", "[expired]"};
 	return names[rank + 1];
 }
 
@@ -182,6 +185,18 @@ ticks_refresh(chat *ch)
 {
 	for (size_t i = 0; i < ch->nticks; i++)
 		if (ch->ticks[i].rank == 0)
+			tick_update(ch, &ch->ticks[i]);
+}
+
+/* A sent message turns expired with time alone: looked at every CHAT_EXPIRY_MS. */
+static void
+ticks_expiry(chat *ch, uint64_t now)
+{
+	if (now < ch->expiry_check_at)
+		return;
+	ch->expiry_check_at = now + CHAT_EXPIRY_MS;
+	for (size_t i = 0; i < ch->nticks; i++)
+		if (ch->ticks[i].rank == 1)
 			tick_update(ch, &ch->ticks[i]);
 }
 
@@ -522,6 +537,7 @@ chat_loop(chat *ch)
 			sealpost_read(sp, ch->name);
 		}
 		typing_tick(ch, now);
+		ticks_expiry(ch, now);
 		if (ch->they_type && now >= ch->they_type_until) {
 			ch->they_type = false;
 			chat_prompt(ch);

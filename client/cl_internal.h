@@ -135,6 +135,10 @@ int cl_need_account(sealpost *sp);
 void cl_hex(const uint8_t *p, size_t n, char *out);
 int cl_unhex(const char *s, uint8_t *out, size_t n);
 void cl_peer_name(uint64_t user, uint64_t device, char out[48]);
+/* Remembers the server's clock (server_ts at login, against ours) and exp_after from
+ * AUTH_OK, for the `expired` status (cl_recv.c). Best effort: a store error only loses
+ * them until the next login. */
+void cl_expiry_learn(sealpost *sp, uint64_t server_ts, uint64_t exp_after);
 /* Resolves "+phone" or "#user" to a user id (SP_ENOTFOUND: unknown contact). */
 int cl_resolve_user(sealpost *sp, const char *name, uint64_t *user);
 /* Sends a frame that has no reply (ACK, TYPING) on the current connection. */

@@ -243,6 +243,9 @@ connect_once(sealpost *sp)
 	}
 	sp->logged_in = true;
 	sp->connects++;
+	uint64_t auth_ts, exp_after;
+	spc_conn_login_info(sp->conn, &auth_ts, &exp_after);
+	cl_expiry_learn(sp, auth_ts, exp_after);
 	/* What we stored before may not have reached the server as an ACK. */
 	if (sp->last_seq && (rc = cl_ack(sp, sp->last_seq)))
 		return rc;

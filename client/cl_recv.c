@@ -18,12 +18,14 @@
 #include "sp_error.h"
 #include "sp_time.h"
 
-enum { ST_FAILED = -1, ST_QUEUED = 0, ST_SENT = 1, ST_DELIVERED = 2, ST_READ = 3 };
+/* ST_EXPIRED is never stored: a recipient device still at ST_SENT past exp_after shows it. */
+enum { ST_FAILED = -1, ST_QUEUED = 0, ST_SENT = 1, ST_DELIVERED = 2, ST_READ = 3, ST_EXPIRED = 4 };
 
 static const char *
 status_name(int s)
 {
-	return s >= ST_READ	   ? "read"
+	return s == ST_EXPIRED	   ? "expired"
+	       : s >= ST_READ	   ? "read"
 	       : s == ST_DELIVERED ? "delivered"
 	       : s == ST_SENT	   ? "sent"
 	       : s == ST_FAILED	   ? "failed"
@@ -284,45 +286,145 @@ acked(sealpost *sp, const cl_deliver *d)
 	return cl_ack(sp, d->seq);
 }
 
+/* The receipt event for the nrep messages in hex whose status moved. */
+static void
+report_receipt(sealpost *sp, uint64_t fu, uint64_t fd, int status, char **hex, uint32_t nrep,
+	       sealpost_event_cb cb, void *arg)
+{
+	if (!cb || !nrep)
+		return;
+	char from[48];
+	cl_user_display(sp, fu, from, sizeof(from));
+	sealpost_event ev = {.type = SEALPOST_EV_RECEIPT, .from = from, .from_user = fu, .from_device = fd,
+			     .receipt_kind = status == ST_READ ? SEALPOST_RECEIPT_READ : SEALPOST_RECEIPT_DELIVERED,
+			     .msg_ids = (const char *const *)hex, .n_msg_ids = nrep, .msg_id = hex[0]};
+	cb(&ev, arg);
+}
+
+/* Sets (msg_id, user, device) to status unless it is there already, inside the caller's
+ * transaction; *moved says whether it changed. */
+static int
+raise_status(sealpost *sp, sqlite3_stmt *up, const uint8_t *msg_id, uint64_t fu, uint64_t fd, int status,
+	     bool *moved)
+{
+	sqlite3_reset(up);
+	sqlite3_bind_blob(up, 1, msg_id, 16, SQLITE_TRANSIENT);
+	sqlite3_bind_int64(up, 2, (sqlite3_int64)fu);
+	sqlite3_bind_int64(up, 3, (sqlite3_int64)fd);
+	sqlite3_bind_int(up, 4, status);
+	if (sqlite3_step(up) != SQLITE_DONE)
+		return cl_fail(sp, SP_ESTORE, SEALPOST_ERR_OTHER, "store: %s", sqlite3_errmsg(sp->db));
+	*moved = sqlite3_changes(sp->db) > 0;
+	return SP_OK;
+}
+
+/* Appends a message id's hex to the growing list *hex (n entries, *cap allocated). */
+static int
+hex_push(sealpost *sp, char ***hex, uint32_t *n, uint32_t *cap, const uint8_t *id)
+{
+	if (*n == *cap) {
+		uint32_t nc = *cap ? 2 * *cap : 64;
+		char **nh = realloc(*hex, nc * sizeof(char *));
+		if (!nh)
+			return cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
+		*hex = nh;
+		*cap = nc;
+	}
+	if (!((*hex)[*n] = malloc(33)))
+		return cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
+	cl_hex(id, 16, (*hex)[(*n)++]);
+	return SP_OK;
+}
+
+/*
+ * A RECEIPT_UPTO (reader fu on its device fd read every message of our device rd_devices[i]
+ * in the conversation up to that device's seq rd_seqs[i]): marks read only messages this
+ * device holds as sent to the reader in that conversation -- its own sends that the server
+ * took (SENT) with the reader among their recipients, or copies of what another of our
+ * devices sent in the 1:1 conversation with the reader or in a group the reader is a member
+ * of -- with a seq from 1 to the one given. Nothing is remembered for later messages, so a
+ * seq past what was sent (2^63) marks nothing more than what is already there.
+ */
+static int
+apply_upto(sealpost *sp, const sp_frame *f, char ***hex, uint32_t *nrep, uint32_t *cap)
+{
+	uint64_t fu = sp_frame_u64(f, SP_F_FROM_USER), fd = sp_frame_u64(f, SP_F_FROM_DEVICE);
+	uint64_t group = sp_frame_u64(f, SP_F_GROUP);
+	const sp_val *devs = sp_frame_get(f, SP_F_RD_DEVICES), *seqs = sp_frame_get(f, SP_F_RD_SEQS);
+	if (sp_frame_u64(f, SP_F_KIND) != SP_ETYPE_RECEIPT_READ || devs->us.n != seqs->us.n || fu == sp->user)
+		return SP_OK; /* not one we can apply: ACKed only */
+	char conv[48];
+	cl_conv_key(conv, sizeof(conv), group != 0, group ? group : fu);
+	sqlite3_stmt *sel = NULL, *up = NULL;
+	int rc;
+	if ((rc = cl_prep(sp, &sel, "SELECT m.msg_id FROM messages m WHERE m.conv = ?1 AND m.outgoing = 1"
+				    " AND m.from_user = ?2 AND m.from_device = ?3 AND m.conv_seq BETWEEN 1 AND ?4"
+				    " AND m.server_ts > 0 AND LENGTH(m.msg_id) = 16"
+				    " AND (CASE WHEN m.from_device = ?5 THEN"
+				    "  EXISTS (SELECT 1 FROM outbox o WHERE o.msg_id = m.msg_id AND o.state = 1) AND"
+				    "  EXISTS (SELECT 1 FROM recipients r WHERE r.msg_id = m.msg_id AND r.user = ?6)"
+				    " ELSE ?7 = 0 OR EXISTS (SELECT 1 FROM group_members g WHERE g.gid = ?7 AND g.user = ?6) END)"
+				    " ORDER BY m.conv_seq")) ||
+	    (rc = cl_prep(sp, &up, "INSERT INTO recipients(msg_id, user, device, status) VALUES(?1, ?2, ?3, ?4)"
+				   " ON CONFLICT(msg_id, user, device) DO UPDATE SET status = ?4 WHERE status < ?4")))
+		goto out;
+	for (uint32_t i = 0; i < devs->us.n && rc == SP_OK; i++) {
+		uint64_t upto = seqs->us.v[i] > INT64_MAX ? INT64_MAX : seqs->us.v[i];
+		sqlite3_reset(sel);
+		sqlite3_bind_text(sel, 1, conv, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(sel, 2, (sqlite3_int64)sp->user);
+		sqlite3_bind_int64(sel, 3, (sqlite3_int64)devs->us.v[i]);
+		sqlite3_bind_int64(sel, 4, (sqlite3_int64)upto);
+		sqlite3_bind_int64(sel, 5, (sqlite3_int64)sp->device);
+		sqlite3_bind_int64(sel, 6, (sqlite3_int64)fu);
+		sqlite3_bind_int64(sel, 7, (sqlite3_int64)group);
+		while (rc == SP_OK && sqlite3_step(sel) == SQLITE_ROW) {
+			bool moved = false;
+			const uint8_t *id = sqlite3_column_blob(sel, 0);
+			if ((rc = raise_status(sp, up, id, fu, fd, ST_READ, &moved)) == SP_OK && moved)
+				rc = hex_push(sp, hex, nrep, cap, id);
+		}
+	}
+out:
+	sqlite3_finalize(sel);
+	sqlite3_finalize(up);
+	return rc;
+}
+
 static int
 process_receipt(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg)
 {
 	sp_frame f;
 	int rc = sp_frame_decode(d->env, d->env_len, &f);
-	bool ok = rc == SP_OK && f.type == SP_T_RECEIPT;
-	int status = d->etype == CL_ET_RECEIPT_READ ? ST_READ : ST_DELIVERED;
-	const sp_val *ids = ok ? sp_frame_get(&f, SP_F_MSG_IDS) : NULL;
-	uint64_t fu = ok ? sp_frame_u64(&f, SP_F_FROM_USER) : 0, fd = ok ? sp_frame_u64(&f, SP_F_FROM_DEVICE) : 0;
-	if (rc == SP_OK && !ok)
+	bool ok = rc == SP_OK, upto = ok && f.type == SP_T_RECEIPT_UPTO;
+	if (ok && f.type != SP_T_RECEIPT && !upto) {
 		sp_frame_fini(&f);
+		ok = false;
+	}
+	int status = d->etype == CL_ET_RECEIPT_READ ? ST_READ : ST_DELIVERED;
+	const sp_val *ids = ok && !upto ? sp_frame_get(&f, SP_F_MSG_IDS) : NULL;
+	uint64_t fu = ok ? sp_frame_u64(&f, SP_F_FROM_USER) : 0, fd = ok ? sp_frame_u64(&f, SP_F_FROM_DEVICE) : 0;
 	sqlite3_stmt *up = NULL;
 	char **hex = NULL;
-	uint32_t n = ids ? ids->bs.n : 0, nrep = 0;
-	if (n && !(hex = calloc(n, sizeof(char *)))) {
-		sp_frame_fini(&f);
-		return cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
-	}
+	uint32_t n = ids ? ids->bs.n : 0, nrep = 0, cap = 0;
 	/* A receipt we cannot parse is only recorded and ACKed. */
-	if ((rc = cl_begin(sp)) ||
-	    (rc = cl_prep(sp, &up, "INSERT INTO recipients(msg_id, user, device, status)"
-				   " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM outbox WHERE msg_id = ?1)"
-				   " OR EXISTS (SELECT 1 FROM messages WHERE msg_id = ?1 AND outgoing = 1)"
-				   " ON CONFLICT(msg_id, user, device) DO UPDATE SET status = MAX(status, ?4)")))
+	if ((rc = cl_begin(sp)))
+		goto out;
+	if (upto && d->etype == CL_ET_RECEIPT_READ && (rc = apply_upto(sp, &f, &hex, &nrep, &cap)))
+		goto out;
+	if (n && (rc = cl_prep(sp, &up, "INSERT INTO recipients(msg_id, user, device, status)"
+					" SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM outbox WHERE msg_id = ?1)"
+					" OR EXISTS (SELECT 1 FROM messages WHERE msg_id = ?1 AND outgoing = 1)"
+					" ON CONFLICT(msg_id, user, device) DO UPDATE SET status = MAX(status, ?4)")))
 		goto out;
 	for (uint32_t i = 0; i < n && rc == SP_OK; i++) {
-		sqlite3_reset(up);
-		sqlite3_bind_blob(up, 1, ids->bs.v[i].p, 16, SQLITE_STATIC);
-		sqlite3_bind_int64(up, 2, (sqlite3_int64)fu);
-		sqlite3_bind_int64(up, 3, (sqlite3_int64)fd);
-		sqlite3_bind_int(up, 4, status);
-		if (sqlite3_step(up) != SQLITE_DONE)
-			rc = cl_fail(sp, SP_ESTORE, SEALPOST_ERR_OTHER, "store: %s", sqlite3_errmsg(sp->db));
+		bool moved = false;
 		/* Receipts for what this user sent -- from this device, or from another one
 		 * whose copy this device holds -- are recorded and reported, so every device of
 		 * the sender shows the same ticks; others (receipts for messages this device
 		 * never saw) are only ACKed. */
-		if (sqlite3_changes(sp->db) > 0 && (hex[nrep] = malloc(33)))
-			cl_hex(ids->bs.v[i].p, 16, hex[nrep++]);
+		if ((rc = raise_status(sp, up, ids->bs.v[i].p, fu, fd, status, &moved)) == SP_OK && moved)
+			rc = hex_push(sp, &hex, &nrep, &cap, ids->bs.v[i].p);
 	}
 	if (rc == SP_OK && (rc = record_seen(sp, d)) == SP_OK)
 		rc = cl_commit(sp);
@@ -332,15 +434,9 @@ out:
 		cl_rollback(sp);
 	if (rc == SP_OK)
 		rc = acked(sp, d);
-	if (rc == SP_OK && cb && nrep) {
-		char from[48];
-		cl_user_display(sp, fu, from, sizeof(from));
-		sealpost_event ev = {.type = SEALPOST_EV_RECEIPT, .from = from, .from_user = fu, .from_device = fd,
-				     .receipt_kind = status == ST_READ ? SEALPOST_RECEIPT_READ : SEALPOST_RECEIPT_DELIVERED,
-				     .msg_ids = (const char *const *)hex, .n_msg_ids = nrep, .msg_id = hex[0]};
-		cb(&ev, arg);
-	}
-	for (uint32_t i = 0; hex && i < n; i++)
+	if (rc == SP_OK)
+		report_receipt(sp, fu, fd, status, hex, nrep, cb, arg);
+	for (uint32_t i = 0; i < nrep; i++)
 		free(hex[i]);
 	free(hex);
 	if (ok)
@@ -747,6 +843,45 @@ conv_of(sealpost *sp, const char *name, char *conv, size_t cap)
 	return SP_OK;
 }
 
+/* Marks read_sent what one READ_UPTO covered: the rows from `to`'s devices up to their seqs,
+ * no newer than row `maxid` (what the reader had when the receipt was made). */
+static int
+mark_read_sent(sealpost *sp, const char *conv, uint64_t to, int64_t maxid, const uint64_t *devs,
+	       const uint64_t *seqs, uint32_t n)
+{
+	sqlite3_stmt *up;
+	int rc;
+	if ((rc = cl_begin(sp)) ||
+	    (rc = cl_prep(sp, &up, "UPDATE messages SET read_sent = 1 WHERE conv = ? AND outgoing = 0 AND from_user = ?"
+				   " AND from_device = ? AND IFNULL(conv_seq, 0) <= ? AND read_sent = 0 AND surfaced > 0"
+				   " AND id <= ?"))) {
+		cl_rollback(sp);
+		return rc;
+	}
+	for (uint32_t i = 0; i < n && rc == SP_OK; i++) {
+		sqlite3_reset(up);
+		sqlite3_bind_text(up, 1, conv, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(up, 2, (sqlite3_int64)to);
+		sqlite3_bind_int64(up, 3, (sqlite3_int64)devs[i]);
+		sqlite3_bind_int64(up, 4, (sqlite3_int64)seqs[i]);
+		sqlite3_bind_int64(up, 5, maxid);
+		if (sqlite3_step(up) != SQLITE_DONE)
+			rc = cl_fail(sp, SP_ESTORE, SEALPOST_ERR_OTHER, "store: %s", sqlite3_errmsg(sp->db));
+	}
+	sqlite3_finalize(up);
+	if (rc == SP_OK && (rc = cl_commit(sp)) == SP_OK)
+		return SP_OK;
+	cl_rollback(sp);
+	return rc;
+}
+
+/*
+ * One READ_UPTO per sender user per round, however many messages: for each of the
+ * sender's devices, the highest per-conversation seq (the one that device put in its
+ * envelopes) among the messages shown here and not yet reported read. Seqs are per sending
+ * device, so the receipt names each device's own; a message still missing here below that
+ * seq (a gap surfaced past after gap_hold_ms) counts as read, as in "read up to".
+ */
 int
 sealpost_read(sealpost *sp, const char *name)
 {
@@ -754,37 +889,44 @@ sealpost_read(sealpost *sp, const char *name)
 	int rc;
 	if ((rc = cl_need_account(sp)) || (rc = conv_of(sp, name, conv, sizeof(conv))))
 		return rc;
+	uint64_t group = conv[0] == 'g' ? strtoull(conv + 2, NULL, 10) : 0;
 	for (;;) {
 		sqlite3_stmt *st;
-		uint8_t ids[1024][16];
-		sp_bin bins[1024];
-		int64_t rows[1024];
-		uint64_t to = 0;
+		uint64_t to = 0, devs[64], seqs[64];
+		int64_t maxid = 0;
 		uint32_t n = 0;
-		if ((rc = cl_prep(sp, &st, "SELECT id, msg_id, from_user FROM messages WHERE conv = ? AND outgoing = 0"
-					   " AND read_sent = 0 AND surfaced > 0 ORDER BY id")))
+		if ((rc = cl_prep(sp, &st, "SELECT from_user, MAX(id) FROM messages WHERE conv = ? AND outgoing = 0"
+					   " AND read_sent = 0 AND surfaced > 0 GROUP BY from_user ORDER BY MIN(id) LIMIT 1")))
 			return rc;
 		sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
-		while (n < 1024 && sqlite3_step(st) == SQLITE_ROW) {
-			uint64_t fu = (uint64_t)sqlite3_column_int64(st, 2);
-			if (n && fu != to)
-				continue; /* one READ per sender: the others in the next round */
-			to = fu;
-			rows[n] = sqlite3_column_int64(st, 0);
-			memcpy(ids[n], sqlite3_column_blob(st, 1), 16);
-			bins[n].p = ids[n];
-			bins[n].len = 16;
-			n++;
+		if (sqlite3_step(st) == SQLITE_ROW) {
+			to = (uint64_t)sqlite3_column_int64(st, 0);
+			maxid = sqlite3_column_int64(st, 1);
 		}
 		sqlite3_finalize(st);
-		if (n == 0)
+		if (maxid == 0)
 			return SP_OK;
+		if ((rc = cl_prep(sp, &st, "SELECT from_device, MAX(IFNULL(conv_seq, 0)) FROM messages WHERE conv = ?"
+					   " AND outgoing = 0 AND from_user = ? AND read_sent = 0 AND surfaced > 0"
+					   " AND id <= ? GROUP BY from_device ORDER BY from_device LIMIT 64")))
+			return rc;
+		sqlite3_bind_text(st, 1, conv, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)to);
+		sqlite3_bind_int64(st, 3, maxid);
+		while (n < 64 && sqlite3_step(st) == SQLITE_ROW) {
+			devs[n] = (uint64_t)sqlite3_column_int64(st, 0);
+			seqs[n++] = (uint64_t)sqlite3_column_int64(st, 1);
+		}
+		sqlite3_finalize(st);
 		if ((rc = cl_online(sp, cl_attempts(sp))))
 			return rc;
 		sp_frame q, r;
-		sp_frame_init(&q, SP_T_READ, 0, false);
+		sp_frame_init(&q, SP_T_READ_UPTO, 0, false);
 		sp_frame_set_u64(&q, SP_F_TO_USER, to);
-		sp_frame_set_bins(&q, SP_F_MSG_IDS, bins, n);
+		if (group)
+			sp_frame_set_u64(&q, SP_F_GROUP, group);
+		sp_frame_set_u64s(&q, SP_F_RD_DEVICES, devs, n);
+		sp_frame_set_u64s(&q, SP_F_RD_SEQS, seqs, n);
 		/* OK: the receipt is stored for every device of the sender. No such user: it is
 		 * gone, and nothing will ever take it. Anything else: sent again next time. */
 		rc = cl_call_want(sp, &q, SP_T_OK, &r);
@@ -792,25 +934,36 @@ sealpost_read(sealpost *sp, const char *name)
 			sp_frame_fini(&r);
 		else if (rc != SP_ENOTFOUND)
 			return rc;
-		sqlite3_stmt *up;
-		if ((rc = cl_begin(sp)) || (rc = cl_prep(sp, &up, "UPDATE messages SET read_sent = 1 WHERE id = ?"))) {
-			cl_rollback(sp);
+		if ((rc = mark_read_sent(sp, conv, to, maxid, devs, seqs, n)))
 			return rc;
-		}
-		for (uint32_t i = 0; i < n; i++) {
-			sqlite3_reset(up);
-			sqlite3_bind_int64(up, 1, rows[i]);
-			sqlite3_step(up);
-		}
-		sqlite3_finalize(up);
-		if ((rc = cl_commit(sp))) {
-			cl_rollback(sp);
-			return rc;
-		}
 	}
 }
 
 /* ---- status and history ---- */
+
+void
+cl_expiry_learn(sealpost *sp, uint64_t server_ts, uint64_t exp_after)
+{
+	if (!server_ts)
+		return;
+	int64_t skew = (int64_t)server_ts - (int64_t)sp_time_ms();
+	/* A store error (reported by cl_meta_set_u64) only delays `expired` to a later login. */
+	if (cl_meta_set_u64(sp, "srv_skew", (uint64_t)skew) == SP_OK)
+		cl_meta_set_u64(sp, "exp_after", exp_after);
+}
+
+/* Whether a message sent at server_ts (the server's clock) is past the time the server
+ * said an undelivered message is gone for good: measured on the server's clock as last
+ * seen at login, so a wrong clock here does not turn anything expired early. */
+static bool
+past_expiry(sealpost *sp, uint64_t server_ts)
+{
+	uint64_t after = cl_meta_u64(sp, "exp_after");
+	if (!after || !server_ts)
+		return false;
+	int64_t now = (int64_t)sp_time_ms() + (int64_t)cl_meta_u64(sp, "srv_skew");
+	return now > 0 && (uint64_t)now >= server_ts + after;
+}
 
 /* Overall status: every recipient user (other than us) at least delivered/read on one
  * of its devices; a message only to our own devices uses those. */
@@ -823,10 +976,10 @@ status_of(sealpost *sp, const uint8_t msg_id[16], int *out, uint64_t *ts)
 		return rc;
 	sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
 	int state = -1;
+	uint64_t sent_ts = 0;
 	if (sqlite3_step(st) == SQLITE_ROW) {
 		state = sqlite3_column_int(st, 0);
-		if (ts)
-			*ts = (uint64_t)sqlite3_column_int64(st, 1);
+		sent_ts = (uint64_t)sqlite3_column_int64(st, 1);
 	}
 	sqlite3_finalize(st);
 	if (state < 0) {
@@ -837,13 +990,14 @@ status_of(sealpost *sp, const uint8_t msg_id[16], int *out, uint64_t *ts)
 		sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
 		if (sqlite3_step(st) == SQLITE_ROW) {
 			state = 1;
-			if (ts)
-				*ts = (uint64_t)sqlite3_column_int64(st, 0);
+			sent_ts = (uint64_t)sqlite3_column_int64(st, 0);
 		}
 		sqlite3_finalize(st);
 	}
 	if (state < 0)
 		return SP_ENOTFOUND;
+	if (ts)
+		*ts = sent_ts;
 	if (state != 1) {
 		*out = state == 2 ? ST_FAILED : ST_QUEUED;
 		return SP_OK;
@@ -857,6 +1011,18 @@ status_of(sealpost *sp, const uint8_t msg_id[16], int *out, uint64_t *ts)
 	*out = ST_SENT;
 	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL)
 		*out = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	if (*out != ST_SENT || !past_expiry(sp, sent_ts))
+		return SP_OK;
+	/* Expired: past exp_after and no recipient device (other than ours, as above) got it;
+	 * one that did keeps the message at sent for the others. */
+	if ((rc = cl_prep(sp, &st, "SELECT 1 FROM recipients WHERE msg_id = ?1 AND status > 1 AND (user != ?2 OR"
+				   " NOT EXISTS (SELECT 1 FROM recipients WHERE msg_id = ?1 AND user != ?2)) LIMIT 1")))
+		return rc;
+	sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)sp->user);
+	if (sqlite3_step(st) != SQLITE_ROW)
+		*out = ST_EXPIRED;
 	sqlite3_finalize(st);
 	return SP_OK;
 }
@@ -913,6 +1079,7 @@ sealpost_status_get(sealpost *sp, const char *msg_hex, int offline, sealpost_sta
 	}
 	sqlite3_bind_blob(st, 1, id, 16, SQLITE_STATIC);
 	size_t cap = 0;
+	bool past = past_expiry(sp, s->server_ts);
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		if (s->n_devices == cap) {
 			cap = cap ? 2 * cap : 8;
@@ -926,7 +1093,8 @@ sealpost_status_get(sealpost *sp, const char *msg_hex, int offline, sealpost_sta
 		sealpost_device_status *d = &s->devices[s->n_devices++];
 		d->user = (uint64_t)sqlite3_column_int64(st, 0);
 		d->device = (uint64_t)sqlite3_column_int64(st, 1);
-		d->status = status_name(sqlite3_column_int(st, 2));
+		int ds = sqlite3_column_int(st, 2);
+		d->status = status_name(ds == ST_SENT && past ? ST_EXPIRED : ds);
 	}
 	sqlite3_finalize(st);
 	if (rc) {

@@ -121,7 +121,7 @@ typedef struct sealpost_event {
 	const char *msg_id;     /* hex; for receipts the first id */
 	uint64_t conv_seq, server_ts;
 	int outgoing;           /* history: 1 for messages this account sent */
-	const char *status;     /* history of outgoing messages: queued|sent|delivered|read */
+	const char *status;     /* history of outgoing messages: as sealpost_status's */
 	const char *text;       /* NULL for media */
 	const char *media_path; /* saved file, NULL if not media or not saved */
 	const char *media_name, *media_mime;
@@ -182,16 +182,19 @@ int sealpost_send_file(sealpost *sp, const char *to, const char *path, sealpost_
  * collected by sealpost_status) are reported first. */
 int sealpost_recv(sealpost *sp, int wait_ms, int listen, sealpost_event_cb cb, void *arg);
 
-/* Sends READ receipts for every unread incoming message of conversation conv. */
+/* Marks every unread incoming message of conversation conv read: one READ_UPTO per sender
+ * user, naming each of its devices' highest per-conversation seq shown here (docs/CLIENT.md
+ * "Receipts"). */
 int sealpost_read(sealpost *sp, const char *conv);
 
 typedef struct sealpost_device_status {
 	uint64_t user, device;
-	const char *status; /* sent|delivered|read */
+	const char *status; /* sent|delivered|read|expired (sent, and past the server's exp_after) */
 } sealpost_device_status;
 
 typedef struct sealpost_status {
-	char status[16]; /* queued|sent|delivered|read|failed */
+	char status[16]; /* queued|sent|delivered|read|failed|expired (no recipient device got it
+			  * within the server's exp_after) */
 	uint64_t server_ts;
 	int error;        /* failed: the SP_E* code */
 	char reason[256]; /* failed: why */

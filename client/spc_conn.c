@@ -30,6 +30,7 @@ struct spc_conn {
 	SSL *ssl;
 	uint8_t *buf; /* received bytes; a frame handed out sits at the front */
 	size_t len, cap, handed; /* handed: bytes of the frame last returned (dropped next time) */
+	uint64_t auth_ts, exp_after; /* AUTH_OK's server_ts and exp_after (0: not said) */
 };
 
 /* One address: a non-blocking connect bounded by timeout_ms. */
@@ -275,8 +276,17 @@ spc_conn_login(spc_conn *c, uint64_t user, uint64_t device,
 		return rc;
 	if (conn_epoch)
 		*conn_epoch = sp_frame_u64(&f, SP_F_CONN_EPOCH);
+	c->auth_ts = sp_frame_u64(&f, SP_F_SERVER_TS);
+	c->exp_after = sp_frame_u64(&f, SP_F_EXP_AFTER);
 	sp_frame_fini(&f);
 	return SP_OK;
+}
+
+void
+spc_conn_login_info(const spc_conn *c, uint64_t *server_ts, uint64_t *exp_after)
+{
+	*server_ts = c->auth_ts;
+	*exp_after = c->exp_after;
 }
 
 int

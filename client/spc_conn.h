@@ -42,6 +42,8 @@ int spc_conn_fd(const spc_conn *c);
 int spc_conn_login(spc_conn *c, uint64_t user, uint64_t device,
 		   const uint8_t auth_sk[crypto_sign_SECRETKEYBYTES], uint64_t last_seq,
 		   uint64_t *conn_epoch);
+/* After a login: AUTH_OK's server_ts and exp_after (ms; 0 from a server that does not say). */
+void spc_conn_login_info(const spc_conn *c, uint64_t *server_ts, uint64_t *exp_after);
 
 /* A connsrv's client listener, as a router offers it. */
 typedef struct spc_server {

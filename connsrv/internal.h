@@ -67,6 +67,7 @@ typedef struct cs_cfg {
 	long long workers, worker; /* worker: index of this process */
 	long long max_conns;
 	long long idle_timeout_ms;
+	long long expire_after_s; /* told to clients in AUTH_OK: when an undelivered message is expired */
 	long long rpc_timeout_ms;
 	long long shard_retry_ms;   /* how long an inbox call is retried through a failover */
 	long long window;           /* DELIVERs written and not yet ACKed */

@@ -163,6 +163,7 @@ cs_limits_asks(const sp_frame *f, uint64_t user, const cs_admit_key *src, cs_lim
 		ASK(CS_LIM_SEND, CS_SCOPE_SOURCE, 0, 1);
 		break;
 	case SP_T_READ:
+	case SP_T_READ_UPTO:
 		ASK(CS_LIM_RECEIPT, CS_SCOPE_USER, user, 1);
 		break;
 	case SP_T_MEDIA_PUT:

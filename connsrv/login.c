@@ -99,6 +99,7 @@ on_auth_key(void *arg, int rc, const sp_frame *reply)
 	sp_frame_set_u64(&ok, SP_F_CONN_EPOCH, s->conn_epoch);
 	sp_frame_set_u64(&ok, SP_F_USER, s->user);
 	sp_frame_set_u64(&ok, SP_F_DEVICE, s->device);
+	sp_frame_set_u64(&ok, SP_F_EXP_AFTER, (uint64_t)s->srv->cfg.expire_after_s * 1000);
 	cs_session_send(s, &ok);
 
 	cs_session_call_begin(s);

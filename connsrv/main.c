@@ -69,6 +69,7 @@ static const sp_config_opt opts[] = {
 	{"workers", SP_CT_INT, &cfg.workers, "1", "worker processes sharing the port", 1, 64},
 	{"max-conns", SP_CT_INT, &cfg.max_conns, "200000", "connections per worker", 1, 10000000},
 	{"idle-timeout", SP_CT_INT, &cfg.idle_timeout_ms, "180000", "ms without a frame before a connection is closed", 1000, 86400000},
+	{"expire-after", SP_CT_INT, &cfg.expire_after_s, "2595600", "seconds after its send time that a message no device of a recipient received shows `expired` at its sender (AUTH_OK exp_after): the inbox shards' --msg-ttl plus their --sweep-interval plus clock skew", 1, 315360000},
 	{"rpc-timeout", SP_CT_INT, &cfg.rpc_timeout_ms, "5000", "ms a call to a shard or keysrv may take", 100, 600000},
 	{"shard-retry-ms", SP_CT_INT, &cfg.shard_retry_ms, "10000", "ms an inbox or keysrv call is retried on the (new) primary after a failover-like failure before the client is told to retry (0: never)", 0, 600000},
 	{"window", SP_CT_INT, &cfg.window, "256", "DELIVERs written and not yet ACKed per connection", 1, 4096},

@@ -134,15 +134,11 @@ on_receipt_devices(void *arg, int rc, const uint64_t *devs, size_t n)
 	receipt_release(op);
 }
 
-void
-cs_receipts_queue(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64_t to_user,
-		unsigned etype, const sp_bin *msg_ids, uint32_t n, cs_receipts_done_fn done, void *arg)
+/* Queues the packed receipt r (a RECEIPT or RECEIPT_UPTO) to every device of to_user. */
+static void
+receipt_queue_frame(cs_server *srv, uint64_t from_user, uint64_t to_user, unsigned etype, const sp_frame *r,
+		    cs_receipts_done_fn done, void *arg)
 {
-	if (n == 0) {
-		if (done)
-			done(arg, SP_OK);
-		return;
-	}
 	receipt_op *op = calloc(1, sizeof(*op));
 	if (!op) {
 		receipt_dropped(srv, to_user, 0, SP_ENOMEM);
@@ -158,13 +154,7 @@ cs_receipts_queue(cs_server *srv, uint64_t from_user, uint64_t from_device, uint
 	op->etype = etype;
 	op->server_ts = sp_time_ms();
 	msgpack_sbuffer_init(&op->env);
-	sp_frame r;
-	sp_frame_init(&r, SP_T_RECEIPT, 0, false);
-	sp_frame_set_u64(&r, SP_F_KIND, etype);
-	sp_frame_set_bins(&r, SP_F_MSG_IDS, msg_ids, n);
-	sp_frame_set_u64(&r, SP_F_FROM_USER, from_user);
-	sp_frame_set_u64(&r, SP_F_FROM_DEVICE, from_device);
-	int rc = sp_frame_pack(&r, &op->env);
+	int rc = sp_frame_pack(r, &op->env);
 	if (rc != SP_OK) {
 		receipt_dropped(srv, to_user, 0, rc);
 		receipt_finish(op, rc);
@@ -173,6 +163,24 @@ cs_receipts_queue(cs_server *srv, uint64_t from_user, uint64_t from_device, uint
 	/* A deterministic id: the same receipt made twice (an ACK retried) is stored once. */
 	crypto_generichash(op->msg_id, 16, (const uint8_t *)op->env.data, op->env.size, NULL, 0);
 	cs_devcache_get(srv, to_user, false, on_receipt_devices, op);
+}
+
+void
+cs_receipts_queue(cs_server *srv, uint64_t from_user, uint64_t from_device, uint64_t to_user,
+		unsigned etype, const sp_bin *msg_ids, uint32_t n, cs_receipts_done_fn done, void *arg)
+{
+	if (n == 0) {
+		if (done)
+			done(arg, SP_OK);
+		return;
+	}
+	sp_frame r;
+	sp_frame_init(&r, SP_T_RECEIPT, 0, false);
+	sp_frame_set_u64(&r, SP_F_KIND, etype);
+	sp_frame_set_bins(&r, SP_F_MSG_IDS, msg_ids, n);
+	sp_frame_set_u64(&r, SP_F_FROM_USER, from_user);
+	sp_frame_set_u64(&r, SP_F_FROM_DEVICE, from_device);
+	receipt_queue_frame(srv, from_user, to_user, etype, &r, done, arg);
 }
 
 /* A READ waiting for its receipt to be stored: the session is held (call_begin). */
@@ -220,6 +228,37 @@ cs_receipts_read(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t le
 	cs_session_call_begin(s);
 	cs_receipts_queue(s->srv, s->user, s->device, sp_frame_u64(f, SP_F_TO_USER),
 	    SP_ETYPE_RECEIPT_READ, ids->bs.v, ids->bs.n, on_read_stored, w);
+}
+
+void
+cs_receipts_read_upto(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	(void)raw;
+	(void)len;
+	const sp_val *devs = sp_frame_get(f, SP_F_RD_DEVICES), *seqs = sp_frame_get(f, SP_F_RD_SEQS);
+	/* The codec bounds each array; the pairing is ours to check. */
+	if (devs->us.n == 0 || devs->us.n != seqs->us.n) {
+		cs_session_error(s, f->id, f->has_id, SP_EINVAL, "rd_devices and rd_seqs must pair up", NULL);
+		return;
+	}
+	read_wait *w = malloc(sizeof(*w));
+	if (!w) {
+		cs_session_error(s, f->id, f->has_id, SP_ENOMEM, "out of memory", NULL);
+		return;
+	}
+	*w = (read_wait) { s, f->id, f->has_id };
+	cs_session_call_begin(s);
+	sp_frame r;
+	sp_frame_init(&r, SP_T_RECEIPT_UPTO, 0, false);
+	sp_frame_set_u64(&r, SP_F_KIND, SP_ETYPE_RECEIPT_READ);
+	sp_frame_set_u64(&r, SP_F_FROM_USER, s->user);
+	sp_frame_set_u64(&r, SP_F_FROM_DEVICE, s->device);
+	if (sp_frame_has(f, SP_F_GROUP))
+		sp_frame_set_u64(&r, SP_F_GROUP, sp_frame_u64(f, SP_F_GROUP));
+	sp_frame_set_u64s(&r, SP_F_RD_DEVICES, devs->us.v, devs->us.n);
+	sp_frame_set_u64s(&r, SP_F_RD_SEQS, seqs->us.v, seqs->us.n);
+	receipt_queue_frame(s->srv, s->user, sp_frame_u64(f, SP_F_TO_USER), SP_ETYPE_RECEIPT_READ, &r,
+	    on_read_stored, w);
 }
 
 void

@@ -16,6 +16,9 @@
 #include "connsrv/internal.h"
 
 void cs_receipts_read(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
+/* READ_UPTO: as READ (OK once stored for every device of to_user), the envelope a
+ * RECEIPT_UPTO. Unpaired rd_devices / rd_seqs (different counts, or none) are SP_EINVAL. */
+void cs_receipts_read_upto(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
 /* The ACKED reply `acked` (borrowed) of the session's ACK: one DELIVERED receipt per sender
  * user of the deleted entries (server-made entries are not acknowledged in turn). */
 void cs_receipts_acked(cs_session *s, const sp_frame *acked);
