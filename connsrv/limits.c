@@ -87,6 +87,8 @@ static const char *const kind_names[CS_LIM__N] = {
 	[CS_LIM_BUNDLE] = "bundle",
 	[CS_LIM_BUNDLE_TARGET] = "bundle_target",
 	[CS_LIM_LOOKUP] = "lookup",
+	[CS_LIM_PUSH_REGISTER] = "push_register",
+	[CS_LIM_PRESENCE] = "presence",
 };
 static const char *const scope_names[CS_SCOPE__N] = {"user", "source", "target"};
 
@@ -193,6 +195,15 @@ cs_limits_asks(const sp_frame *f, uint64_t user, const cs_admit_key *src, cs_lim
 	case SP_T_USER_LOOKUP:
 		ASK(CS_LIM_LOOKUP, CS_SCOPE_USER, user, 1);
 		ASK(CS_LIM_LOOKUP, CS_SCOPE_SOURCE, 0, 1);
+		break;
+	case SP_T_PUSH_REGISTER:
+		ASK(CS_LIM_PUSH_REGISTER, CS_SCOPE_USER, user, 1);
+		ASK(CS_LIM_PUSH_REGISTER, CS_SCOPE_SOURCE, 0, 1);
+		break;
+	case SP_T_PRESENCE_SUB:
+	case SP_T_PRESENCE_GET:
+		ASK(CS_LIM_PRESENCE, CS_SCOPE_USER, user, 1);
+		ASK(CS_LIM_PRESENCE, CS_SCOPE_SOURCE, 0, 1);
 		break;
 	default:
 		break;

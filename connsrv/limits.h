@@ -40,6 +40,8 @@ typedef enum {
 	CS_LIM_BUNDLE,        /* BUNDLE_GET, per requester */
 	CS_LIM_BUNDLE_TARGET, /* BUNDLE_GET, per target device (the target user without one) */
 	CS_LIM_LOOKUP,        /* USER_LOOKUP */
+	CS_LIM_PUSH_REGISTER, /* PUSH_REGISTER (a keysrv write each) */
+	CS_LIM_PRESENCE,      /* PRESENCE_SUB, PRESENCE_GET (a keysrv rules lookup each) */
 	CS_LIM__N
 } cs_limit_kind;
 
