@@ -29,6 +29,7 @@
 #include <event2/event.h>
 
 #include "connsrv/admit.h"
+#include "connsrv/routes.h"
 #include "sp_frame.h"
 
 typedef enum {
@@ -81,11 +82,12 @@ typedef struct cs_limit_ask {
 
 typedef struct cs_limits cs_limits;
 
-/* Redis at `addr` (host:port) with AUTH as in routes.h (user may be NULL; password "" or
- * NULL: none). The connection is made in the background and remade after a failure.
- * SP_OK, SP_ECONFIG (bad address, a user without a password) or SP_ENOMEM. */
-int cs_limits_new(struct event_base *base, const char *addr, const char *user,
-		  const char *password, const cs_limits_cfg *cfg, cs_limits **out);
+/* The buckets go to Redis on routes' connection (cs_routes_redis: one connection, one
+ * AUTH, one reconnect loop per worker); the script is loaded on each new connection.
+ * `routes` is borrowed: free it before `l` (its pending calls then end with no reply,
+ * which does not touch `l`). SP_OK or SP_ENOMEM. */
+int cs_limits_new(struct event_base *base, cs_routes *routes, const cs_limits_cfg *cfg,
+		  cs_limits **out);
 void cs_limits_free(cs_limits *l);
 
 /* The buckets a client frame takes from (at most 4 written to `out`), given the session's

@@ -299,8 +299,7 @@ run_worker(void)
 	if ((rc = cs_rpc_new(srv.base, (int)cfg.rpc_timeout_ms, &srv.rpc)) ||
 	    (rc = cs_routes_new(srv.base, cfg.redis, cfg.redis_user, redis_password,
 				(int)cfg.route_ttl_s, &srv.routes)) ||
-	    (rc = cs_limits_new(srv.base, cfg.redis, cfg.redis_user, redis_password, &limits_cfg,
-				&srv.limits)) ||
+	    (rc = cs_limits_new(srv.base, srv.routes, &limits_cfg, &srv.limits)) ||
 	    (rc = cs_devcache_new(&srv, &srv.devcache)) || (rc = cs_presence_new(&srv)) ||
 	    (rc = sp_cluster_start(cfg.router, cfg.router_pub, cfg.worker == 0 ? cfg.name : NULL,
 				   SP_ROLE_CONNSRV, &srv.cluster)) ||
@@ -360,7 +359,7 @@ out:
 	cs_rpc_free(srv.rpc); /* runs outstanding callbacks: sessions are released */
 	cs_shardcall_free(srv.shards); /* after: calls waiting for a retry are completed */
 	cs_appendq_free(srv.appendq); /* after both: appends their callbacks queued are failed */
-	cs_routes_free(srv.routes);
+	cs_routes_free(srv.routes); /* first: ends the limits' calls on its connection */
 	cs_limits_free(srv.limits);
 	sp_cluster_stop(srv.cluster);
 	cs_devcache_free(srv.devcache);

@@ -29,6 +29,7 @@ struct cs_routes {
 	int ttl_s;
 	char user[128];     /* ACL user ("" with a password: the default user) */
 	char password[256]; /* "" : no AUTH */
+	uint64_t generation; /* connections made ready */
 	struct event *retry;
 	sp_metric *latency;
 };
@@ -65,6 +66,7 @@ on_auth(redisAsyncContext *ac, void *reply, void *arg)
 		return;
 	}
 	r->connected = true;
+	r->generation++;
 	sp_info("redis %s:%d connected (as %s)", r->host, r->port, r->user[0] ? r->user : "default");
 }
 
@@ -90,6 +92,7 @@ on_connect(const redisAsyncContext *ac, int status)
 		return;
 	}
 	r->connected = true;
+	r->generation++;
 	sp_info("redis %s:%d connected", r->host, r->port);
 }
 
@@ -388,4 +391,10 @@ struct redisAsyncContext *
 cs_routes_redis(cs_routes *r)
 {
 	return r->connected ? r->ac : NULL;
+}
+
+uint64_t
+cs_routes_generation(const cs_routes *r)
+{
+	return r->generation;
 }

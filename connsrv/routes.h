@@ -64,5 +64,8 @@ int cs_routes_command(cs_routes *r, int argc, const char **argv, const size_t *l
  * run in order with the route commands. Pending callbacks run with a NULL reply when it
  * goes (cs_routes_free included). */
 struct redisAsyncContext *cs_routes_redis(cs_routes *r);
+/* Counts the connections made ready so far (0: none yet): a change means a new
+ * connection, maybe to a restarted Redis (per-connection set-up, e.g. a script, is due). */
+uint64_t cs_routes_generation(const cs_routes *r);
 
 #endif
