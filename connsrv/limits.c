@@ -228,7 +228,8 @@ on_script_loaded(redisAsyncContext *ac, void *reply, void *arg)
 }
 
 /* Routes' connection when the script is known to be on its server, else NULL (and the
- * script is sent once per connection: a restarted Redis answers NOSCRIPT, on_flushed). */
+ * script is sent once per connection, as soon as it is ready: on_routes_ready; a
+ * restarted Redis answers NOSCRIPT, on_flushed). */
 static redisAsyncContext *
 redis_ready(cs_limits *l)
 {
@@ -242,6 +243,14 @@ redis_ready(cs_limits *l)
 	    redisAsyncCommand(ac, on_script_loaded, l, "SCRIPT LOAD %s", take_script) == REDIS_OK)
 		l->loading_gen = gen;
 	return NULL;
+}
+
+/* A new connection: the script goes first, so that the first frames after it are
+ * decided by Redis's buckets, not a fresh local one. */
+static void
+on_routes_ready(void *arg)
+{
+	redis_ready(arg);
 }
 
 /* ---- local records ---- */
@@ -531,6 +540,8 @@ cs_limits_new(struct event_base *base, cs_routes *routes, const cs_limits_cfg *c
 		cs_limits_free(l);
 		return SP_ENOMEM;
 	}
+	cs_routes_on_ready(routes, on_routes_ready, l);
+	redis_ready(l); /* routes may be connected already */
 	*out = l;
 	return SP_OK;
 }

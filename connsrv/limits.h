@@ -83,7 +83,8 @@ typedef struct cs_limit_ask {
 typedef struct cs_limits cs_limits;
 
 /* The buckets go to Redis on routes' connection (cs_routes_redis: one connection, one
- * AUTH, one reconnect loop per worker); the script is loaded on each new connection.
+ * AUTH, one reconnect loop per worker); the script is loaded as each new connection
+ * becomes ready (cs_routes_on_ready: the limits take routes' one hook).
  * `routes` is borrowed: free it before `l` (its pending calls then end with no reply,
  * which does not touch `l`). SP_OK or SP_ENOMEM. */
 int cs_limits_new(struct event_base *base, cs_routes *routes, const cs_limits_cfg *cfg,
