@@ -77,6 +77,21 @@ START_TEST(frames_and_their_buckets)
 	ck_assert_uint_eq(cs_limits_asks(&f, 42, &src, a), 3);
 	ck_assert(a[2].id == 9 && a[2].target_user);
 
+	/* A keysrv write, a keysrv rules lookup: per user and per source. */
+	const unsigned kinds[][2] = {{SP_T_PUSH_REGISTER, CS_LIM_PUSH_REGISTER},
+				     {SP_T_PRESENCE_SUB, CS_LIM_PRESENCE},
+				     {SP_T_PRESENCE_GET, CS_LIM_PRESENCE}};
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		sp_frame_fini(&f);
+		sp_frame_init(&f, kinds[i][0], 1, true);
+		ck_assert_uint_eq(cs_limits_asks(&f, 42, &src, a), 2);
+		ck_assert(a[0].kind == (cs_limit_kind)kinds[i][1] && a[0].scope == CS_SCOPE_USER &&
+			  a[0].id == 42 && a[0].cost == 1);
+		ck_assert(a[1].kind == (cs_limit_kind)kinds[i][1] && a[1].scope == CS_SCOPE_SOURCE);
+	}
+	ck_assert_str_eq(cs_limit_kind_name(CS_LIM_PUSH_REGISTER), "push_register");
+	ck_assert_str_eq(cs_limit_kind_name(CS_LIM_PRESENCE), "presence");
+
 	sp_frame_fini(&f);
 	sp_frame_init(&f, SP_T_ACK, 1, true);
 	ck_assert_uint_eq(cs_limits_asks(&f, 42, &src, a), 0);
