@@ -216,7 +216,7 @@ on_script_loaded(redisAsyncContext *ac, void *reply, void *arg)
 	(void)ac;
 	redisReply *rep = reply;
 	if (!rep)
-		return; /* the connection went (l may be freed): the next take loads it again */
+		return; /* the connection went (l may be freed): the next one loads it again */
 	cs_limits *l = arg;
 	if (rep->type != REDIS_REPLY_STRING || strcmp(rep->str, l->sha) != 0) {
 		sp_warn_rl("redis: limits script not loaded: %s",

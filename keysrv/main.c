@@ -240,7 +240,9 @@ main(int argc, char **argv)
 		}
 	}
 	sp_info("keysrv ready listen=%s push-listen=%s data-dir=%s otp-sender=%s%s metrics-port=%d "
-		"workers=%lld", listen, push_listen ? push_listen : "-", data_dir, otp_sender, production ? " production" : "", mport, workers);
+		"workers=%lld",
+	    listen, push_listen ? push_listen : "-", data_dir, otp_sender,
+	    production ? " production" : "", mport, workers);
 
 	uint64_t next_sweep = sp_mono_ns() / 1000000000ULL;
 	for (;;) {
