@@ -844,6 +844,9 @@ internal(const listener *l)
 	/* The right role: every type the listener does not serve is refused. */
 	snprintf(kase, sizeof(kase), "%s: %s", l->name, l->right);
 	nng_socket s = probe_open(l->right, url, l->pull);
+	/* This one must be answered: give a slow handshake (a loaded machine, ASan) time. */
+	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 10000);
+	nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 10000);
 	int refused = 0, records = 0;
 	for (unsigned t = 0; t < 256; t++) {
 		const sp_frame_def *d = sp_frame_def_get(t);
@@ -863,10 +866,12 @@ internal(const listener *l)
 			continue;
 		}
 		nng_msg_free(m);
+		m = NULL;
 		sp_frame rep;
 		int rc = sp_nng_call(s, &q, &m, &rep);
-		CHECK(m && rep.type == SP_T_ERROR && rc == SP_EBADTYPE, "%s on %s: %s (%s)", d->name, kase,
-		    m ? sp_frame_type_name(rep.type) : "no reply", sp_strerror(rc));
+		CHECK(m, "%s on %s: no reply (%s)", d->name, kase, sp_strerror(rc));
+		CHECK(rep.type == SP_T_ERROR && rc == SP_EBADTYPE, "%s on %s: %s (%s)", d->name, kase,
+		    sp_frame_type_name(rep.type), sp_strerror(rc));
 		sp_frame_fini(&rep);
 		nng_msg_free(m);
 		refused++;
@@ -893,6 +898,7 @@ push_served(void)
 	char url[64];
 	snprintf(url, sizeof(url), "tls+tcp://127.0.0.1:%d", C.base + 70);
 	nng_socket s = probe_open("pushsrv", url, false);
+	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 10000);
 	sp_frame q, rep;
 	nng_msg *m = NULL;
 	sp_frame_init(&q, SP_T_PUSH_TOKEN_GET, 700, true);
