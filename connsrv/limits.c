@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/sha.h>
@@ -60,14 +59,11 @@ typedef struct lentry {
 
 struct cs_limits {
 	cs_limits_cfg cfg;
-	struct event_base *base;
-	redisAsyncContext *ac;
-	bool connected;
-	char host[256];
-	int port;
-	char user[128], password[256];
+	cs_routes *routes; /* its Redis connection is borrowed */
+	/* Connection generations (cs_routes_generation) the script was loaded on / sent on. */
+	uint64_t script_gen, loading_gen;
 	char sha[41];
-	struct event *retry, *flush_ev, *tidy_ev;
+	struct event *flush_ev, *tidy_ev;
 	lentry *entries;
 	size_t nentries;
 	lentry *batch; /* entries with a pending cost */
@@ -87,6 +83,8 @@ static const char *const kind_names[CS_LIM__N] = {
 	[CS_LIM_BUNDLE] = "bundle",
 	[CS_LIM_BUNDLE_TARGET] = "bundle_target",
 	[CS_LIM_LOOKUP] = "lookup",
+	[CS_LIM_PUSH_REGISTER] = "push_register",
+	[CS_LIM_PRESENCE] = "presence",
 };
 static const char *const scope_names[CS_SCOPE__N] = {"user", "source", "target"};
 
@@ -195,6 +193,15 @@ cs_limits_asks(const sp_frame *f, uint64_t user, const cs_admit_key *src, cs_lim
 		ASK(CS_LIM_LOOKUP, CS_SCOPE_USER, user, 1);
 		ASK(CS_LIM_LOOKUP, CS_SCOPE_SOURCE, 0, 1);
 		break;
+	case SP_T_PUSH_REGISTER:
+		ASK(CS_LIM_PUSH_REGISTER, CS_SCOPE_USER, user, 1);
+		ASK(CS_LIM_PUSH_REGISTER, CS_SCOPE_SOURCE, 0, 1);
+		break;
+	case SP_T_PRESENCE_SUB:
+	case SP_T_PRESENCE_GET:
+		ASK(CS_LIM_PRESENCE, CS_SCOPE_USER, user, 1);
+		ASK(CS_LIM_PRESENCE, CS_SCOPE_SOURCE, 0, 1);
+		break;
 	default:
 		break;
 	}
@@ -202,114 +209,49 @@ cs_limits_asks(const sp_frame *f, uint64_t user, const cs_admit_key *src, cs_lim
 	return n;
 }
 
-/* ---- Redis ---- */
-
-static void connect_now(cs_limits *l);
-
-static void
-on_retry(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	connect_now(arg);
-}
-
-static void
-schedule_retry(cs_limits *l)
-{
-	struct timeval tv = {0, 500 * 1000};
-	evtimer_add(l->retry, &tv);
-}
+/* ---- Redis: routes' connection (routes.h), with the script loaded on its server ---- */
 
 static void
 on_script_loaded(redisAsyncContext *ac, void *reply, void *arg)
 {
 	(void)ac;
-	cs_limits *l = arg;
 	redisReply *rep = reply;
 	if (!rep)
-		return;
+		return; /* the connection went (l may be freed): the next one loads it again */
+	cs_limits *l = arg;
 	if (rep->type != REDIS_REPLY_STRING || strcmp(rep->str, l->sha) != 0) {
-		sp_warn_rl("redis %s:%d: limits script not loaded: %s", l->host, l->port,
+		sp_warn_rl("redis: limits script not loaded: %s",
 			   rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
 		return;
 	}
-	l->connected = true;
-	sp_info("redis %s:%d: limits script loaded", l->host, l->port);
+	l->script_gen = l->loading_gen;
+	sp_info("redis: limits script loaded");
 }
 
-/* The script, on a connection ready for commands; the buckets go to Redis once it is in. */
-static void
-load_script(cs_limits *l)
+/* Routes' connection when the script is known to be on its server, else NULL (and the
+ * script is sent once per connection, as soon as it is ready: on_routes_ready; a
+ * restarted Redis answers NOSCRIPT, on_flushed). */
+static redisAsyncContext *
+redis_ready(cs_limits *l)
 {
-	if (redisAsyncCommand(l->ac, on_script_loaded, l, "SCRIPT LOAD %s", take_script) != REDIS_OK)
-		redisAsyncDisconnect(l->ac);
+	redisAsyncContext *ac = cs_routes_redis(l->routes);
+	uint64_t gen = cs_routes_generation(l->routes);
+	if (!ac)
+		return NULL;
+	if (l->script_gen == gen)
+		return ac;
+	if (l->loading_gen != gen &&
+	    redisAsyncCommand(ac, on_script_loaded, l, "SCRIPT LOAD %s", take_script) == REDIS_OK)
+		l->loading_gen = gen;
+	return NULL;
 }
 
+/* A new connection: the script goes first, so that the first frames after it are
+ * decided by Redis's buckets, not a fresh local one. */
 static void
-on_auth(redisAsyncContext *ac, void *reply, void *arg)
+on_routes_ready(void *arg)
 {
-	cs_limits *l = arg;
-	redisReply *rep = reply;
-	if (!rep)
-		return;
-	if (rep->type == REDIS_REPLY_ERROR) {
-		sp_warn_rl("redis %s:%d: AUTH as %s refused (limits): %s", l->host, l->port,
-			   l->user[0] ? l->user : "default", rep->str);
-		redisAsyncDisconnect(ac);
-		return;
-	}
-	load_script(l);
-}
-
-static void
-on_connect(const redisAsyncContext *ac, int status)
-{
-	cs_limits *l = ac->data;
-	if (status != REDIS_OK) {
-		sp_warn_rl("redis %s:%d: connect failed (limits): %s", l->host, l->port, ac->errstr);
-		l->ac = NULL; /* hiredis frees the context after this callback */
-		schedule_retry(l);
-		return;
-	}
-	if (!l->password[0]) {
-		load_script(l);
-		return;
-	}
-	int rc = l->user[0] ? redisAsyncCommand(l->ac, on_auth, l, "AUTH %s %s", l->user, l->password)
-			    : redisAsyncCommand(l->ac, on_auth, l, "AUTH %s", l->password);
-	if (rc != REDIS_OK)
-		redisAsyncDisconnect(l->ac);
-}
-
-static void
-on_disconnect(const redisAsyncContext *ac, int status)
-{
-	cs_limits *l = ac->data;
-	l->connected = false;
-	l->ac = NULL;
-	if (status != REDIS_OK)
-		sp_warn_rl("redis %s:%d: disconnected (limits): %s", l->host, l->port, ac->errstr);
-	if (l->retry)
-		schedule_retry(l);
-}
-
-static void
-connect_now(cs_limits *l)
-{
-	redisAsyncContext *ac = redisAsyncConnect(l->host, l->port);
-	if (!ac || ac->err) {
-		sp_warn_rl("redis %s:%d (limits): %s", l->host, l->port, ac ? ac->errstr : "out of memory");
-		if (ac)
-			redisAsyncFree(ac);
-		schedule_retry(l);
-		return;
-	}
-	ac->data = l;
-	redisLibeventAttach(ac, l->base);
-	redisAsyncSetConnectCallback(ac, on_connect);
-	redisAsyncSetDisconnectCallback(ac, on_disconnect);
-	l->ac = ac;
+	redis_ready(arg);
 }
 
 /* ---- local records ---- */
@@ -401,10 +343,10 @@ on_flushed(redisAsyncContext *ac, void *reply, void *arg)
 		sp_metric_inc(l->m.redis_errors);
 		if (rep->type == REDIS_REPLY_ERROR && !strncmp(rep->str, "NOSCRIPT", 8)) {
 			/* Redis restarted or was flushed: load it again; until then, local. */
-			l->connected = false;
-			load_script(l);
+			l->script_gen = l->loading_gen = 0;
+			redis_ready(l);
 		} else {
-			sp_warn_rl("redis %s:%d: limits script failed: %s", l->host, l->port,
+			sp_warn_rl("redis: limits script failed: %s",
 				   rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
 		}
 		free(op);
@@ -426,7 +368,7 @@ on_flushed(redisAsyncContext *ac, void *reply, void *arg)
 }
 
 static void
-send_batch(cs_limits *l, lentry **ents, size_t n)
+send_batch(cs_limits *l, redisAsyncContext *ac, lentry **ents, size_t n)
 {
 	const char *argv[3 + 4 * BATCH_MAX];
 	size_t lens[3 + 4 * BATCH_MAX];
@@ -455,7 +397,7 @@ send_batch(cs_limits *l, lentry **ents, size_t n)
 	}
 	for (size_t i = 0; i < 3 + 4 * n; i++)
 		lens[i] = strlen(argv[i]);
-	if (redisAsyncCommandArgv(l->ac, on_flushed, op, (int)(3 + 4 * n), argv, lens) != REDIS_OK) {
+	if (redisAsyncCommandArgv(ac, on_flushed, op, (int)(3 + 4 * n), argv, lens) != REDIS_OK) {
 		sp_metric_inc(l->m.redis_errors);
 		free(op);
 		return;
@@ -472,6 +414,7 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 	cs_limits *l = arg;
 	lentry *ents[BATCH_MAX];
 	size_t n = 0;
+	redisAsyncContext *ac = redis_ready(l);
 	while (l->batch) {
 		lentry *e = l->batch;
 		l->batch = e->bnext;
@@ -479,8 +422,8 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 		e->in_batch = false;
 		ents[n++] = e;
 		if (n == BATCH_MAX || !l->batch) {
-			if (l->connected && l->ac)
-				send_batch(l, ents, n);
+			if (ac)
+				send_batch(l, ac, ents, n);
 			for (size_t i = 0; i < n; i++)
 				ents[i]->pend = 0;
 			n = 0;
@@ -505,7 +448,7 @@ cs_limits_take(cs_limits *l, const cs_limit_ask *asks, size_t n, size_t *which)
 {
 	uint64_t now = sp_mono_ms();
 	lentry *ents[4] = {NULL, NULL, NULL, NULL};
-	bool redis = l->connected && l->ac;
+	bool redis = redis_ready(l) != NULL;
 	SP_ASSERT(n <= 4);
 	for (size_t i = 0; i < n; i++) {
 		const cs_limit_rate *r = &l->cfg.rate[asks[i].kind][asks[i].scope];
@@ -553,37 +496,22 @@ cs_limits_take(cs_limits *l, const cs_limit_ask *asks, size_t n, size_t *which)
 bool
 cs_limits_connected(const cs_limits *l)
 {
-	return l->connected;
+	return l->script_gen && l->script_gen == cs_routes_generation(l->routes) &&
+	       cs_routes_redis(l->routes);
 }
 
 /* ---- life cycle ---- */
 
 int
-cs_limits_new(struct event_base *base, const char *addr, const char *user, const char *password,
-	      const cs_limits_cfg *cfg, cs_limits **out)
+cs_limits_new(struct event_base *base, cs_routes *routes, const cs_limits_cfg *cfg, cs_limits **out)
 {
-	const char *colon = strrchr(addr, ':');
-	if (!colon)
-		return SP_ECONFIG;
 	cs_limits *l = calloc(1, sizeof(*l));
 	if (!l)
 		return SP_ENOMEM;
-	size_t n = (size_t)(colon - addr);
-	if (n >= sizeof(l->host) ||
-	    (size_t)snprintf(l->user, sizeof(l->user), "%s", user ? user : "") >= sizeof(l->user) ||
-	    (size_t)snprintf(l->password, sizeof(l->password), "%s", password ? password : "") >=
-		    sizeof(l->password) ||
-	    (l->user[0] && !l->password[0])) {
-		sodium_memzero(l->password, sizeof(l->password));
-		free(l);
-		return SP_ECONFIG;
-	}
-	memcpy(l->host, addr, n);
-	l->port = atoi(colon + 1);
+	l->routes = routes;
 	l->cfg = *cfg;
 	if (!l->cfg.max_entries)
 		l->cfg.max_entries = 1;
-	l->base = base;
 	unsigned char digest[SHA_DIGEST_LENGTH];
 	SHA1((const unsigned char *)take_script, strlen(take_script), digest);
 	sodium_bin2hex(l->sha, sizeof(l->sha), digest, sizeof(digest));
@@ -607,14 +535,14 @@ cs_limits_new(struct event_base *base, const char *addr, const char *user, const
 	l->m.latency = sp_metric_histogram("sp_connsrv_limit_redis_seconds",
 					   "limits script calls, request to reply");
 	struct timeval tidy_tv = {10, 0};
-	if (!(l->retry = evtimer_new(base, on_retry, l)) ||
-	    !(l->flush_ev = event_new(base, -1, 0, on_flush, l)) ||
+	if (!(l->flush_ev = event_new(base, -1, 0, on_flush, l)) ||
 	    !(l->tidy_ev = event_new(base, -1, EV_PERSIST, on_tidy, l)) ||
 	    event_add(l->tidy_ev, &tidy_tv) != 0) {
 		cs_limits_free(l);
 		return SP_ENOMEM;
 	}
-	connect_now(l);
+	cs_routes_on_ready(routes, on_routes_ready, l);
+	redis_ready(l); /* routes may be connected already */
 	*out = l;
 	return SP_OK;
 }
@@ -624,20 +552,14 @@ cs_limits_free(cs_limits *l)
 {
 	if (!l)
 		return;
-	if (l->retry)
-		event_free(l->retry);
-	l->retry = NULL;
 	if (l->flush_ev)
 		event_free(l->flush_ev);
 	if (l->tidy_ev)
 		event_free(l->tidy_ev);
-	if (l->ac)
-		redisAsyncFree(l->ac); /* pending callbacks run with a NULL reply */
 	lentry *e, *tmp;
 	HASH_ITER(hh, l->entries, e, tmp) {
 		HASH_DEL(l->entries, e);
 		free(e);
 	}
-	sodium_memzero(l->password, sizeof(l->password));
 	free(l);
 }

@@ -29,6 +29,7 @@
 #include <event2/event.h>
 
 #include "connsrv/admit.h"
+#include "connsrv/routes.h"
 #include "sp_frame.h"
 
 typedef enum {
@@ -40,6 +41,8 @@ typedef enum {
 	CS_LIM_BUNDLE,        /* BUNDLE_GET, per requester */
 	CS_LIM_BUNDLE_TARGET, /* BUNDLE_GET, per target device (the target user without one) */
 	CS_LIM_LOOKUP,        /* USER_LOOKUP */
+	CS_LIM_PUSH_REGISTER, /* PUSH_REGISTER (a keysrv write each) */
+	CS_LIM_PRESENCE,      /* PRESENCE_SUB, PRESENCE_GET (a keysrv rules lookup each) */
 	CS_LIM__N
 } cs_limit_kind;
 
@@ -79,11 +82,13 @@ typedef struct cs_limit_ask {
 
 typedef struct cs_limits cs_limits;
 
-/* Redis at `addr` (host:port) with AUTH as in routes.h (user may be NULL; password "" or
- * NULL: none). The connection is made in the background and remade after a failure.
- * SP_OK, SP_ECONFIG (bad address, a user without a password) or SP_ENOMEM. */
-int cs_limits_new(struct event_base *base, const char *addr, const char *user,
-		  const char *password, const cs_limits_cfg *cfg, cs_limits **out);
+/* The buckets go to Redis on routes' connection (cs_routes_redis: one connection, one
+ * AUTH, one reconnect loop per worker); the script is loaded as each new connection
+ * becomes ready (cs_routes_on_ready: the limits take routes' one hook).
+ * `routes` is borrowed: free it before `l` (its pending calls then end with no reply,
+ * which does not touch `l`). SP_OK or SP_ENOMEM. */
+int cs_limits_new(struct event_base *base, cs_routes *routes, const cs_limits_cfg *cfg,
+		  cs_limits **out);
 void cs_limits_free(cs_limits *l);
 
 /* The buckets a client frame takes from (at most 4 written to `out`), given the session's

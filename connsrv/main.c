@@ -89,6 +89,10 @@ static const sp_config_opt opts[] = {
 	{"limit-bundle-target", SP_CT_STR, &lim_spec[CS_LIM_BUNDLE_TARGET][CS_SCOPE_TARGET], "60/h,60", "BUNDLE_GET per target device (per target user when no device is named): bounds how fast one-time prekeys can be drained", 0, 0},
 	{"limit-lookup", SP_CT_STR, &lim_spec[CS_LIM_LOOKUP][CS_SCOPE_USER], "10/s,200", "USER_LOOKUP per user", 0, 0},
 	{"limit-lookup-source", SP_CT_STR, &lim_spec[CS_LIM_LOOKUP][CS_SCOPE_SOURCE], "100/s,2000", "USER_LOOKUP per source address", 0, 0},
+	{"limit-push-register", SP_CT_STR, &lim_spec[CS_LIM_PUSH_REGISTER][CS_SCOPE_USER], "120/h,60", "PUSH_REGISTER per user", 0, 0},
+	{"limit-push-register-source", SP_CT_STR, &lim_spec[CS_LIM_PUSH_REGISTER][CS_SCOPE_SOURCE], "1200/h,600", "PUSH_REGISTER per source address", 0, 0},
+	{"limit-presence", SP_CT_STR, &lim_spec[CS_LIM_PRESENCE][CS_SCOPE_USER], "2/s,120", "PRESENCE_SUB and PRESENCE_GET per user", 0, 0},
+	{"limit-presence-source", SP_CT_STR, &lim_spec[CS_LIM_PRESENCE][CS_SCOPE_SOURCE], "20/s,1200", "PRESENCE_SUB and PRESENCE_GET per source address", 0, 0},
 	{"limit-table-size", SP_CT_INT, &lim_table, "100000", "subjects (users, sources, targets) a worker tracks for the abuse limits", 16, 100000000},
 	{"prelogin-max-frame", SP_CT_SIZE, &cfg.prelogin_frame_max, "4K", "largest frame a connection may send before it has logged in (HELLO, AUTH, REGISTER, VERIFY, LINK_* are under 1 KiB)", 512, 1 << 20},
 	{"login-timeout", SP_CT_INT, &cfg.login_timeout_ms, "10000", "ms a connection has to log in (restarted by REGISTER/VERIFY/LINK_* frames, not by PING)", 1000, 600000},
@@ -296,8 +300,7 @@ run_worker(void)
 	if ((rc = cs_rpc_new(srv.base, (int)cfg.rpc_timeout_ms, &srv.rpc)) ||
 	    (rc = cs_routes_new(srv.base, cfg.redis, cfg.redis_user, redis_password,
 				(int)cfg.route_ttl_s, &srv.routes)) ||
-	    (rc = cs_limits_new(srv.base, cfg.redis, cfg.redis_user, redis_password, &limits_cfg,
-				&srv.limits)) ||
+	    (rc = cs_limits_new(srv.base, srv.routes, &limits_cfg, &srv.limits)) ||
 	    (rc = cs_devcache_new(&srv, &srv.devcache)) || (rc = cs_presence_new(&srv)) ||
 	    (rc = sp_cluster_start(cfg.router, cfg.router_pub, cfg.worker == 0 ? cfg.name : NULL,
 				   SP_ROLE_CONNSRV, &srv.cluster)) ||
@@ -357,7 +360,7 @@ out:
 	cs_rpc_free(srv.rpc); /* runs outstanding callbacks: sessions are released */
 	cs_shardcall_free(srv.shards); /* after: calls waiting for a retry are completed */
 	cs_appendq_free(srv.appendq); /* after both: appends their callbacks queued are failed */
-	cs_routes_free(srv.routes);
+	cs_routes_free(srv.routes); /* first: ends the limits' calls on its connection */
 	cs_limits_free(srv.limits);
 	sp_cluster_stop(srv.cluster);
 	cs_devcache_free(srv.devcache);

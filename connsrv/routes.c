@@ -29,6 +29,9 @@ struct cs_routes {
 	int ttl_s;
 	char user[128];     /* ACL user ("" with a password: the default user) */
 	char password[256]; /* "" : no AUTH */
+	uint64_t generation; /* connections made ready */
+	void (*on_ready)(void *arg);
+	void *on_ready_arg;
 	struct event *retry;
 	sp_metric *latency;
 };
@@ -65,7 +68,10 @@ on_auth(redisAsyncContext *ac, void *reply, void *arg)
 		return;
 	}
 	r->connected = true;
+	r->generation++;
 	sp_info("redis %s:%d connected (as %s)", r->host, r->port, r->user[0] ? r->user : "default");
+	if (r->on_ready)
+		r->on_ready(r->on_ready_arg);
 }
 
 static void
@@ -90,7 +96,10 @@ on_connect(const redisAsyncContext *ac, int status)
 		return;
 	}
 	r->connected = true;
+	r->generation++;
 	sp_info("redis %s:%d connected", r->host, r->port);
+	if (r->on_ready)
+		r->on_ready(r->on_ready_arg);
 }
 
 static void
@@ -388,4 +397,17 @@ struct redisAsyncContext *
 cs_routes_redis(cs_routes *r)
 {
 	return r->connected ? r->ac : NULL;
+}
+
+uint64_t
+cs_routes_generation(const cs_routes *r)
+{
+	return r->generation;
+}
+
+void
+cs_routes_on_ready(cs_routes *r, void (*cb)(void *arg), void *arg)
+{
+	r->on_ready = cb;
+	r->on_ready_arg = arg;
 }

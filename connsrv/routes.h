@@ -64,5 +64,12 @@ int cs_routes_command(cs_routes *r, int argc, const char **argv, const size_t *l
  * run in order with the route commands. Pending callbacks run with a NULL reply when it
  * goes (cs_routes_free included). */
 struct redisAsyncContext *cs_routes_redis(cs_routes *r);
+/* Counts the connections made ready so far (0: none yet): a change means a new
+ * connection, maybe to a restarted Redis (per-connection set-up, e.g. a script, is due). */
+uint64_t cs_routes_generation(const cs_routes *r);
+/* `cb(arg)` runs each time a connection becomes ready (after its AUTH), before any other
+ * callback on it, so that set-up commands sent from it go first. One hook; NULL clears it.
+ * `arg` must stay valid while the hook is set or until cs_routes_free. */
+void cs_routes_on_ready(cs_routes *r, void (*cb)(void *arg), void *arg);
 
 #endif

@@ -36,7 +36,7 @@ int
 main(int argc, char **argv)
 {
 	char *data_dir, *listen, *otp_sender, *otp_dir, *webhook_url, *metrics_addr, *log_level;
-	char *name, *router, *router_pub;
+	char *name, *router, *router_pub, *push_listen, *push_client_ca;
 	size_t map_size;
 	long long workers, otp_ttl, otp_attempts, link_ttl, low_water, metrics_port, webhook_timeout;
 	long long rp_burst, rp_rate, rs_burst, rs_rate, rb_burst, rb_rate, rl_burst, rl_rate, rl_keys;
@@ -46,6 +46,12 @@ main(int argc, char **argv)
 	const sp_config_opt tier_opts[] = {
 		{"data-dir", SP_CT_STR, &data_dir, "keysrv-data", "LMDB directory (created if missing)", 0, 0},
 		{"listen", SP_CT_STR, &listen, "tcp://127.0.0.1:7301", "NNG URL to serve requests on", 0, 0},
+		{"push-listen", SP_CT_STR, &push_listen, NULL,
+		    "NNG URL of the push listener: PUSH_TOKEN_GET and PUSH_DROP only, for pushsrv "
+		    "(docs/PUSH.md; unset: none)", 0, 0},
+		{"push-client-ca", SP_CT_STR, &push_client_ca, NULL,
+		    "PEM bundle of the role CAs that may connect to --push-listen (the push role's; "
+		    "required with a tls+tcp:// --push-listen)", 0, 0},
 		{"map-size", SP_CT_SIZE, &map_size, "1G", "LMDB map size (the store's maximum size)", 1 << 20,
 		    1LL << 40},
 		{"workers", SP_CT_INT, &workers, "4", "request worker threads", 1, 64},
@@ -114,7 +120,7 @@ main(int argc, char **argv)
 	};
 	char err[512], otp_default[4096];
 	keys_ctx *ctx = NULL;
-	keys_server *srv = NULL;
+	keys_server *srv = NULL, *push_srv = NULL;
 	sp_cluster *cluster = NULL;
 	int status = 1, rc;
 
@@ -183,7 +189,16 @@ main(int argc, char **argv)
 	};
 	repl_node_config rcfg;
 	repl_snap_boot_result boot = { 0 };
-	const char *urls[] = { listen, router, router_pub, NULL };
+	/* NULL-terminated: router (and router-pub) may be unset. */
+	const char *urls[] = { listen, push_listen ? push_listen : listen, router, router_pub, NULL };
+	/* The push listener must not fall back to --internal-client-ca: that is what lets
+	 * connsrv in, and pushsrv's role must not get past PUSH_TOKEN_GET/PUSH_DROP. */
+	if (push_listen && sp_nng_url_tls(push_listen) && !push_client_ca) {
+		sp_error("keysrv: a tls+tcp:// --push-listen needs --push-client-ca (the push role's CA)");
+		sp_config_free(opts);
+		free(opts);
+		return 2;
+	}
 	if ((rc = repl_opts_start(&ro, data_dir, name, urls, &rcfg))
 	    || (repl_opts_on(&ro)
 		&& (rc = repl_opts_bootstrap(&ro, data_dir, KEYS_REPL_GROUP, name, &keys_repl_files,
@@ -210,6 +225,8 @@ main(int argc, char **argv)
 	}
 	if ((rc = keys_server_start(&srv, ctx, listen, (unsigned)workers)))
 		goto out;
+	if (push_listen && (rc = keys_server_start_push(&push_srv, ctx, push_listen, push_client_ca, 1)))
+		goto out;
 	/* Optional: keysrv serves without the router; heartbeats only make its health
 	 * visible in the cluster map. */
 	if (router && *router) {
@@ -222,8 +239,10 @@ main(int argc, char **argv)
 			goto out;
 		}
 	}
-	sp_info("keysrv ready listen=%s data-dir=%s otp-sender=%s%s metrics-port=%d workers=%lld", listen,
-	    data_dir, otp_sender, production ? " production" : "", mport, workers);
+	sp_info("keysrv ready listen=%s push-listen=%s data-dir=%s otp-sender=%s%s metrics-port=%d "
+		"workers=%lld",
+	    listen, push_listen ? push_listen : "-", data_dir, otp_sender,
+	    production ? " production" : "", mport, workers);
 
 	uint64_t next_sweep = sp_mono_ns() / 1000000000ULL;
 	for (;;) {
@@ -246,6 +265,7 @@ out:
 	sp_cluster_stop(cluster);
 	/* A clean stop hands the leader key over at once. */
 	keys_repl_stop(repl, true);
+	keys_server_stop(push_srv);
 	keys_server_stop(srv);
 	bool again = keys_repl_restart_wanted(repl);
 	keys_repl_free(repl);

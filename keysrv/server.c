@@ -256,8 +256,18 @@ keys_req_fini(keys_req *r)
 	keys_arena_free(&r->arena);
 }
 
-nng_msg *
-keys_handle_msg(keys_ctx *ctx, nng_msg *in)
+static sp_metric *m_push_refused;
+
+/* The push listener's whole menu: a push-role peer reads and drops push tokens, nothing
+ * else (it cannot register, read keys or act for a device). */
+static bool
+push_serves(unsigned type)
+{
+	return type == SP_T_PUSH_TOKEN_GET || type == SP_T_PUSH_DROP;
+}
+
+static nng_msg *
+handle_msg(keys_ctx *ctx, nng_msg *in, bool push_only)
 {
 	sp_frame req;
 	keys_req r;
@@ -273,6 +283,15 @@ keys_handle_msg(keys_ctx *ctx, nng_msg *in)
 		sp_frame_set_str(&e, SP_F_REASON, sp_strerror(rc));
 		return sp_nng_msg_from_frame(&e, &out) == SP_OK ? out : NULL;
 	}
+	if (push_only && !push_serves(req.type)) {
+		sp_metric_inc(m_push_refused);
+		sp_warn_rl("keysrv: %s refused on the push listener", sp_frame_type_name(req.type));
+		if (sp_nng_error_msg(req.id, req.has_id, SP_EBADTYPE,
+			"not served on the push listener", &out) != SP_OK)
+			out = NULL;
+		sp_frame_fini(&req);
+		return out;
+	}
 	keys_call(ctx, &req, &r);
 	rc = sp_nng_msg_from_frame(&r.out, &out);
 	if (rc) {
@@ -287,6 +306,12 @@ keys_handle_msg(keys_ctx *ctx, nng_msg *in)
 	keys_req_fini(&r);
 	sp_frame_fini(&req);
 	return out;
+}
+
+nng_msg *
+keys_handle_msg(keys_ctx *ctx, nng_msg *in)
+{
+	return handle_msg(ctx, in, false);
 }
 
 /* ---- context ---- */
@@ -330,6 +355,8 @@ keys_ctx_open(keys_ctx **out, const keys_ctx_cfg *cfg)
 		m_requests[t] = sp_metric_counter(name, "keysrv requests by frame type");
 	}
 	m_errors = sp_metric_counter("keysrv_request_errors_total", "keysrv requests answered ERROR");
+	m_push_refused = sp_metric_counter("keysrv_push_listener_refused_total",
+	    "requests on the push listener of a type it does not serve");
 	keys_settings_init();
 	m_latency = sp_metric_histogram("keysrv_request_seconds", "keysrv request handling time");
 	ctx->m_low_events = sp_metric_counter("keysrv_prekey_low_total",
@@ -396,6 +423,7 @@ struct keys_server {
 	nng_socket sock;
 	unsigned nworkers;
 	worker *workers;
+	bool push_only; /* the push listener */
 	_Atomic bool stopping;
 };
 
@@ -423,7 +451,7 @@ worker_main(void *arg)
 		if (rv)
 			continue; /* cancelled by stop (seen above), or a transient error */
 		nng_msg *in = nng_aio_get_msg(w->aio);
-		nng_msg *out = keys_handle_msg(w->srv->ctx, in);
+		nng_msg *out = handle_msg(w->srv->ctx, in, w->srv->push_only);
 		nng_msg_free(in);
 		if (!out)
 			continue; /* out of memory: the requester times out and resends */
@@ -436,8 +464,9 @@ worker_main(void *arg)
 	return NULL;
 }
 
-int
-keys_server_start(keys_server **out, keys_ctx *ctx, const char *url, unsigned workers)
+static int
+server_start(keys_server **out, keys_ctx *ctx, const char *url, const char *peer_ca,
+    bool push_only, unsigned workers)
 {
 	keys_server *srv = calloc(1, sizeof(*srv));
 	int rc;
@@ -445,11 +474,12 @@ keys_server_start(keys_server **out, keys_ctx *ctx, const char *url, unsigned wo
 	if (!srv)
 		return SP_ENOMEM;
 	srv->ctx = ctx;
+	srv->push_only = push_only;
 	if (!(srv->workers = calloc(workers, sizeof(worker)))) {
 		free(srv);
 		return SP_ENOMEM;
 	}
-	if ((rc = sp_nng_rep_listen(&srv->sock, url))) {
+	if ((rc = sp_nng_rep_listen_ca(&srv->sock, url, peer_ca))) {
 		sp_error("keysrv: cannot listen on %s: %s", url, sp_strerror(rc));
 		free(srv->workers);
 		free(srv);
@@ -469,6 +499,19 @@ keys_server_start(keys_server **out, keys_ctx *ctx, const char *url, unsigned wo
 	}
 	*out = srv;
 	return SP_OK;
+}
+
+int
+keys_server_start(keys_server **out, keys_ctx *ctx, const char *url, unsigned workers)
+{
+	return server_start(out, ctx, url, NULL, false, workers);
+}
+
+int
+keys_server_start_push(keys_server **out, keys_ctx *ctx, const char *url, const char *peer_ca,
+    unsigned workers)
+{
+	return server_start(out, ctx, url, peer_ca, true, workers);
 }
 
 void

@@ -56,6 +56,13 @@ typedef struct keys_server keys_server;
 /* Listens on `url` and serves with `workers` threads. On SP_OK the caller owns *out. */
 int keys_server_start(keys_server **out, keys_ctx *ctx, const char *url, unsigned workers);
 
+/* The push listener (docs/PUSH.md): serves PUSH_TOKEN_GET and PUSH_DROP only (any other
+ * request: ERROR SP_EBADTYPE, keysrv_push_listener_refused_total), for pushsrv, whose
+ * role must not reach the rest of keysrv. On a tls+tcp:// URL a peer's certificate must
+ * chain to `peer_ca` (PEM bundle; NULL: the process's client CAs). */
+int keys_server_start_push(keys_server **out, keys_ctx *ctx, const char *url, const char *peer_ca,
+    unsigned workers);
+
 /* Closes the socket (requests in flight finish or fail) and joins the workers. */
 void keys_server_stop(keys_server *srv);
 

@@ -1,7 +1,9 @@
 /*
  * pushsrv's calls to the key store (docs/PUSH.md): a device's push token (PUSH_TOKEN_GET)
  * and dropping one its gateway called dead (PUSH_DROP), sent to the keysrv primary the
- * newest cluster map names (one REQ socket, opened again when the primary changes).
+ * newest cluster map names (one REQ socket, opened again when the primary changes), on
+ * that copy's push listener (keysrv --push-listen: those two requests only) when `push`
+ * names it, else on its member address.
  * Blocking; not thread-safe. The cluster is borrowed and must outlive this.
  */
 #ifndef PS_KEYS_H
@@ -18,7 +20,9 @@
 
 typedef struct ps_keys ps_keys;
 
-int ps_keys_new(sp_cluster *cluster, int timeout_ms, ps_keys **out);
+/* `push`: "NAME=URL[,NAME=URL...]", the push listener of each key store copy by member
+ * name, or NULL (dial member addresses). SP_ECONFIG: a malformed list. */
+int ps_keys_new(sp_cluster *cluster, const char *push, int timeout_ms, ps_keys **out);
 void ps_keys_free(ps_keys *k);
 
 /* The device's token: SP_OK with platform and token ("" for both when it has none, or one

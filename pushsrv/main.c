@@ -27,7 +27,7 @@
 #define BATCH_MAX 256
 
 static char *router, *router_pub, *redis, *redis_user, *redis_password_file, *fcm_url,
-	*apns_url, *gateway_ca, *gateway_token_file, *metrics_addr, *log_level;
+	*apns_url, *keysrv_push, *gateway_ca, *gateway_token_file, *metrics_addr, *log_level;
 static long long period_ms, retry_base_ms, retry_max_ms, attempts, poll_ms, batch,
 	gateway_timeout_ms, keysrv_timeout_ms, metrics_port;
 static bool log_json;
@@ -50,6 +50,7 @@ static const sp_config_opt opts[] = {
 	{"attempts", SP_CT_INT, &attempts, "6", "tries of one wake-up before it is given up", 1, 100},
 	{"poll", SP_CT_INT, &poll_ms, "500", "ms between looks at the due set when nothing was due", 10, 60000},
 	{"batch", SP_CT_INT, &batch, "64", "due wake-ups popped at once", 1, BATCH_MAX},
+	{"keysrv-push", SP_CT_STR, &keysrv_push, NULL, "NAME=URL[,...]: each key store copy's push listener (keysrv --push-listen), by member name; unset: dial the copies' member addresses (docs/PUSH.md)", 0, 0},
 	{"keysrv-timeout", SP_CT_INT, &keysrv_timeout_ms, "3000", "ms a key store call may take", 100, 600000},
 	{"metrics-addr", SP_CT_STR, &metrics_addr, "127.0.0.1", "metrics HTTP address", 0, 0},
 	{"metrics-port", SP_CT_INT, &metrics_port, "0", "metrics HTTP port (0: any free port, -1: off)", -1, 65535},
@@ -112,7 +113,7 @@ run(const sigset_t *sigs, char *redis_pw, char *bearer)
 	    (rc = ps_http_new(gateway_ca, bearer[0] ? bearer : NULL, (int)gateway_timeout_ms, &h)))
 		goto out;
 	if ((rc = sp_cluster_start(router, router_pub, NULL, 0, &cluster)) ||
-	    (rc = ps_keys_new(cluster, (int)keysrv_timeout_ms, &k)) ||
+	    (rc = ps_keys_new(cluster, keysrv_push, (int)keysrv_timeout_ms, &k)) ||
 	    (rc = ps_sender_new(&cfg, q, k, h, &s)))
 		goto out;
 	if (metrics_port >= 0 &&

@@ -52,6 +52,8 @@ keys_no() { echo $(($(printf '%d' "'${1#keysrv-}") - 97)); }
 keys_port() { echo $((base + 61 + $(keys_no "$1"))); }
 keys_repl() { echo $((base + 64 + $(keys_no "$1"))); }
 keys_metrics() { echo $((base + 67 + $(keys_no "$1"))); }
+# Its push listener (PUSH_TOKEN_GET/PUSH_DROP only, for pushsrv: docs/PUSH.md).
+keys_push() { echo $((base + 70 + $(keys_no "$1"))); }
 # Each router's admin listener (POST /drain, /undrain with the token in $dir/admin-token).
 router_admin() { case $1 in router-a) echo $((base + 9)) ;; *) echo $((base + 39)) ;; esac; }
 # Copy j (0..2) of shard i (0..2) is number 3i + j.
@@ -141,7 +143,8 @@ make_internal_certs() {
 	for n in connsrv-0 connsrv-1; do $t "$c" member connsrv "$n"; done
 	$t "$c" member push pushsrv
 	$t "$c" bundle members connsrv inbox keysrv push   # routers' listeners
-	$t "$c" bundle keysrv-clients connsrv push         # keysrv's request socket
+	$t "$c" bundle keysrv-clients connsrv              # keysrv's request socket
+	$t "$c" bundle keysrv-push-clients push            # keysrv's push listener
 	$t "$c" bundle push-dial router keysrv
 	$t "$c" bundle servers router keysrv inbox connsrv # what connsrv dials
 	$t "$c" bundle keysrv-dial router keysrv
@@ -255,6 +258,7 @@ ENV
 	for n in "${keys_names[@]}"; do
 		local v=${n#keysrv-}
 		echo "export SEALPOST_KEYSRV_${v^^}=tls+tcp://127.0.0.1:$(keys_port "$n")" >>"$dir/env"
+		echo "export SEALPOST_KEYSRV_PUSH_${v^^}=tls+tcp://127.0.0.1:$(keys_push "$n")" >>"$dir/env"
 	done
 }
 
@@ -269,13 +273,15 @@ cmdline() {
 	router-[ab]) echo "$bin/router --cluster-file $dir/cluster.ini --state-file $dir/data/$1.state --listen tls+tcp://127.0.0.1:$(router_rep "$1") --publish tls+tcp://127.0.0.1:$(router_pub "$1") $(internal_tls "$1" members members) --http-port $(router_http "$1") --admin-port $(router_admin "$1") --admin-token-file $dir/admin-token $(etcd_tls "$1") --etcd-cluster $etcd_cluster" ;;
 	# Every copy writes codes to one directory (only the primary sends them).
 	keysrv-[abc]) [[ " ${keys_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies key store copies"
-		echo "$bin/keysrv --data-dir $dir/data/$1 --otp-dir $dir/data/keysrv/otp --listen tls+tcp://127.0.0.1:$(keys_port "$1") $(internal_tls "$1" keysrv-dial keysrv-clients) --repl-peer-ca $dir/certs/internal/keysrv-ca.pem --metrics-port $(keys_metrics "$1") --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(keys_repl "$1") --min-copies $min_copies ${SP_KEYSRV_ARGS:-}" ;;
+		echo "$bin/keysrv --data-dir $dir/data/$1 --otp-dir $dir/data/keysrv/otp --listen tls+tcp://127.0.0.1:$(keys_port "$1") --push-listen tls+tcp://127.0.0.1:$(keys_push "$1") --push-client-ca $dir/certs/internal/keysrv-push-clients.pem $(internal_tls "$1" keysrv-dial keysrv-clients) --repl-peer-ca $dir/certs/internal/keysrv-ca.pem --metrics-port $(keys_metrics "$1") --rate-phone-burst 50 --rate-source-burst 1000 --rate-source-per-min 6000 $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(keys_repl "$1") --min-copies $min_copies ${SP_KEYSRV_ARGS:-}" ;;
 	inbox-[012][abc]) [[ " ${inbox_names[*]} " == *" $1 "* ]] || die "no copy '$1' with $copies copies per shard"
 		echo "$bin/inboxsrv --data-dir $dir/data/$1 --listen tls+tcp://127.0.0.1:$(inbox_port "$1") --shard ${1:6:1} --map-size 1G --metrics-port $(inbox_metrics "$1") $router --name $1 $(etcd_tls "$1") --etcd-cluster $etcd_cluster --repl-listen tls+tcp://127.0.0.1:$(inbox_repl "$1") $(internal_tls "$1" inbox-dial connsrv-inbox) --repl-peer-ca $dir/certs/internal/inbox-ca.pem --min-copies $min_copies ${SP_INBOX_ARGS:-}" ;;
 	connsrv-*) local i=${1#connsrv-}
 		echo "$bin/connsrv --name connsrv-$i --listen 127.0.0.1:$(conn_client $i) --cert $dir/certs/server.pem --key $dir/certs/server.key --pull tls+tcp://127.0.0.1:$(conn_pull $i) $(internal_tls "connsrv-$i" servers connsrv-inbox) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $(conn_metrics $i) --workers ${SP_CONNSRV_WORKERS:-1} $router ${SP_CONNSRV_ARGS:-}" ;;
 	pushsrv) push_on || die "pushsrv runs only with SEALPOST_PUSH_ARGS (its gateway options)"
-		echo "$bin/pushsrv $router $(internal_tls pushsrv push-dial push-dial) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $port_push_metrics $SEALPOST_PUSH_ARGS" ;;
+		local kp="" n
+		for n in "${keys_names[@]}"; do kp+="${kp:+,}$n=tls+tcp://127.0.0.1:$(keys_push "$n")"; done
+		echo "$bin/pushsrv $router --keysrv-push $kp $(internal_tls pushsrv push-dial push-dial) --redis 127.0.0.1:$port_redis --redis-user sealpost --redis-password-file $dir/redis-password --metrics-port $port_push_metrics $SEALPOST_PUSH_ARGS" ;;
 	*) die "unknown process '$1' (one of: ${names[*]} pushsrv)" ;;
 	esac
 }

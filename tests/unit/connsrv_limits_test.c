@@ -77,6 +77,21 @@ START_TEST(frames_and_their_buckets)
 	ck_assert_uint_eq(cs_limits_asks(&f, 42, &src, a), 3);
 	ck_assert(a[2].id == 9 && a[2].target_user);
 
+	/* A keysrv write, a keysrv rules lookup: per user and per source. */
+	const unsigned kinds[][2] = {{SP_T_PUSH_REGISTER, CS_LIM_PUSH_REGISTER},
+				     {SP_T_PRESENCE_SUB, CS_LIM_PRESENCE},
+				     {SP_T_PRESENCE_GET, CS_LIM_PRESENCE}};
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		sp_frame_fini(&f);
+		sp_frame_init(&f, kinds[i][0], 1, true);
+		ck_assert_uint_eq(cs_limits_asks(&f, 42, &src, a), 2);
+		ck_assert(a[0].kind == (cs_limit_kind)kinds[i][1] && a[0].scope == CS_SCOPE_USER &&
+			  a[0].id == 42 && a[0].cost == 1);
+		ck_assert(a[1].kind == (cs_limit_kind)kinds[i][1] && a[1].scope == CS_SCOPE_SOURCE);
+	}
+	ck_assert_str_eq(cs_limit_kind_name(CS_LIM_PUSH_REGISTER), "push_register");
+	ck_assert_str_eq(cs_limit_kind_name(CS_LIM_PRESENCE), "presence");
+
 	sp_frame_fini(&f);
 	sp_frame_init(&f, SP_T_ACK, 1, true);
 	ck_assert_uint_eq(cs_limits_asks(&f, 42, &src, a), 0);
@@ -94,8 +109,10 @@ START_TEST(local_buckets_without_redis)
 	cs_limits_cfg cfg = {.max_entries = 16};
 	ck_assert_int_eq(cs_limit_parse("1/h,3", &cfg.rate[CS_LIM_SEND][CS_SCOPE_USER]), SP_OK);
 	ck_assert_int_eq(cs_limit_parse("1/h,100", &cfg.rate[CS_LIM_SEND][CS_SCOPE_SOURCE]), SP_OK);
+	cs_routes *routes;
 	cs_limits *l;
-	ck_assert_int_eq(cs_limits_new(base, "127.0.0.1:1", NULL, NULL, &cfg, &l), SP_OK);
+	ck_assert_int_eq(cs_routes_new(base, "127.0.0.1:1", NULL, NULL, 90, &routes), SP_OK);
+	ck_assert_int_eq(cs_limits_new(base, routes, &cfg, &l), SP_OK);
 	ck_assert(!cs_limits_connected(l));
 	cs_admit_key src = {{4, 10, 0, 0, 1}};
 	cs_limit_ask a[4];
@@ -118,18 +135,19 @@ START_TEST(local_buckets_without_redis)
 	for (int i = 0; i < 10; i++)
 		ck_assert_uint_eq(cs_limits_take(l, a, n, &which), 0);
 	sp_frame_fini(&f);
+	cs_routes_free(routes);
 	cs_limits_free(l);
 	event_base_free(base);
 }
 END_TEST
 
+/* The limits borrow routes' connection: its address and credentials are checked there. */
 START_TEST(bad_address_or_credentials)
 {
 	struct event_base *base = event_base_new();
-	cs_limits_cfg cfg = {.max_entries = 16};
-	cs_limits *l;
-	ck_assert_int_eq(cs_limits_new(base, "no-port", NULL, NULL, &cfg, &l), SP_ECONFIG);
-	ck_assert_int_eq(cs_limits_new(base, "127.0.0.1:1", "user", "", &cfg, &l), SP_ECONFIG);
+	cs_routes *r;
+	ck_assert_int_eq(cs_routes_new(base, "no-port", NULL, NULL, 90, &r), SP_ECONFIG);
+	ck_assert_int_eq(cs_routes_new(base, "127.0.0.1:1", "user", "", 90, &r), SP_ECONFIG);
 	event_base_free(base);
 }
 END_TEST
