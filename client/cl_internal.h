@@ -219,6 +219,13 @@ int cl_encrypt_for(sealpost *sp, uint64_t user, uint64_t device, const uint8_t *
 #define CL_SK_DIST_KEEP 256
 int cl_sk_send(sealpost *sp, uint64_t gid, const uint64_t *users, const uint64_t *devs, size_t n, const uint8_t *pt,
 	       size_t ptlen, bool mark, bool *stored);
+/* Retry requests for a missing group key: asked again of one sender device after
+ * CL_SK_RETRY_MS, answered at most once per CL_SK_ANSWER_MS per requesting device; at
+ * most CL_SK_HELD_MAX undecryptable group messages held, each for CL_SK_HELD_MS. */
+#define CL_SK_RETRY_MS 60000
+#define CL_SK_ANSWER_MS 10000
+#define CL_SK_HELD_MAX 512
+#define CL_SK_HELD_MS (7 * 24 * 3600 * 1000ULL)
 /* Recipient status (recipients.status). */
 enum { CL_ST_FAILED = -1, CL_ST_QUEUED = 0, CL_ST_SENT = 1, CL_ST_DELIVERED = 2, CL_ST_READ = 3 };
 /* ---- groups (cl_group.c) ---- */

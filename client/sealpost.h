@@ -138,6 +138,9 @@ typedef struct sealpost_event {
 	int online;             /* SEALPOST_EV_PRESENCE: 1 online, 0 offline, -1 not shown */
 	uint64_t last_seen_ms;  /* SEALPOST_EV_PRESENCE: ms since the epoch; 0 not shown */
 	int recently;           /* SEALPOST_EV_PRESENCE: "last seen recently" (coarse) */
+	int held;               /* SEALPOST_EV_UNDECRYPTABLE: 1 for a group message kept while its
+				 * sender is asked for the key; it comes later as a message event
+				 * with the same msg_id */
 } sealpost_event;
 
 /* Strings in an event are valid during the callback only. */
