@@ -1143,8 +1143,8 @@ status_of(sealpost *sp, const uint8_t msg_id[16], int *out, uint64_t *ts)
 		return SP_OK;
 	}
 	if ((rc = cl_prep(sp, &st, "SELECT MIN(best) FROM (SELECT MAX(status) AS best FROM recipients WHERE msg_id = ?1"
-				   " AND (user != ?2 OR NOT EXISTS (SELECT 1 FROM recipients WHERE msg_id = ?1 AND user != ?2))"
-				   " GROUP BY user)")))
+				   " AND status >= 0 AND (user != ?2 OR NOT EXISTS (SELECT 1 FROM recipients WHERE msg_id = ?1"
+				   " AND user != ?2 AND status >= 0)) GROUP BY user)")))
 		return rc;
 	sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)sp->user);
@@ -1221,6 +1221,9 @@ sealpost_status_get(sealpost *sp, const char *msg_hex, int offline, sealpost_sta
 		d->user = (uint64_t)sqlite3_column_int64(st, 0);
 		d->device = (uint64_t)sqlite3_column_int64(st, 1);
 		d->status = status_name(sqlite3_column_int(st, 2));
+		/* Refused by the server for a full queue (SENT's grp_refused), the only failure
+		 * recorded per device. */
+		d->reason = sqlite3_column_int(st, 2) == ST_FAILED ? "queue full" : NULL;
 	}
 	sqlite3_finalize(st);
 	if (rc) {

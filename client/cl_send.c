@@ -872,6 +872,13 @@ result_of(sealpost *sp, const uint8_t msg_id[16], int flush_rc, sealpost_sent *o
 	if (state == 1) {
 		out->sent = 1;
 		out->error = 0;
+		if ((rc = cl_prep(sp, &st, "SELECT COUNT(*) FROM recipients WHERE msg_id = ? AND status = ?")))
+			return rc;
+		sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
+		sqlite3_bind_int(st, 2, CL_ST_FAILED);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			out->n_refused = (size_t)sqlite3_column_int64(st, 0);
+		sqlite3_finalize(st);
 		return SP_OK;
 	}
 	if (state == 2) {

@@ -160,6 +160,8 @@ typedef struct sealpost_sent {
 	int failed;         /* 1: failed for good (the call returns `error`) */
 	int error;          /* failed: the SP_E* code */
 	char reason[256];   /* failed: why */
+	size_t n_refused;   /* sent: recipient devices the server refused (queue full), marked
+			     * failed in sealpost_status_get; the others got it */
 } sealpost_sent;
 
 /* Writes the message to the outbox, then sends it (and anything queued before it).
@@ -190,7 +192,8 @@ int sealpost_read(sealpost *sp, const char *conv);
 
 typedef struct sealpost_device_status {
 	uint64_t user, device;
-	const char *status; /* sent|delivered|read */
+	const char *status; /* sent|delivered|read|failed */
+	const char *reason; /* failed: "queue full" (refused by the server); NULL otherwise */
 } sealpost_device_status;
 
 typedef struct sealpost_status {
