@@ -6,7 +6,8 @@
  *   next receives, and the held message then shows as a message with the same msg_id;
  * - a member that never drains fills its queue: the group send still goes to the
  *   others, and alice's send result and status name that device failed, "queue full";
- *   a 1:1 send to a user with one full device of two is SENT with that device refused.
+ *   a 1:1 send to a user with one full device of two is SENT with that device refused;
+ * - a device holding alice's key is removed: her next send rotates the key.
  */
 #include <sqlite3.h>
 
@@ -130,6 +131,49 @@ test_queue_full(void)
 	CHECK(ct_count(out, "text", "one of two") == 1);
 }
 
+/* Rows of a query on a home's store that yield 1 (e.g. "SELECT 1 FROM ..."). */
+static int
+store_count(const char *home, const char *sql)
+{
+	char path[512];
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	int n = 0;
+	snprintf(path, sizeof(path), "%s/home-%s/sealpost.db", ct_cluster.dir, home);
+	CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+	CHECK(sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK);
+	while (sqlite3_step(st) == SQLITE_ROW)
+		n++;
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return n;
+}
+
+/* Carol's second device holds alice's key, then is removed: alice's next send rotates
+ * (her record of who holds the key starts again without it) and the others still read. */
+static void
+test_device_removed(void)
+{
+	char out[65536], dev2[32], sql[160];
+	CHECK(ct_run("carol", out, sizeof(out), "recv") == 0);
+	CHECK(ct_run("carol2", out, sizeof(out), "recv") == 0);
+	device_of("carol2", dev2, sizeof(dev2));
+	CHECK(ct_run("alice", out, sizeof(out), "send @trio 'to all three and carol2'") == 0);
+	/* Ids are stored as signed 64-bit values. */
+	snprintf(sql, sizeof(sql), "SELECT 1 FROM sk_sent WHERE device = %lld", (long long)strtoull(dev2, NULL, 10));
+	CHECK(store_count("alice", sql) == 1);
+	CHECK(ct_run("carol2", out, sizeof(out), "recv") == 0);
+	CHECK(ct_count(out, "text", "to all three and carol2") == 1);
+	CHECK(ct_run("carol", out, sizeof(out), "devices remove %s", dev2) == 0);
+	CHECK(ct_run("alice", out, sizeof(out), "send @trio 'after carol2 left'") == 0);
+	CHECK(store_count("alice", sql) == 0);
+	CHECK(store_count("alice", "SELECT 1 FROM sk_sent") == 2);
+	CHECK(ct_run("bob", out, sizeof(out), "recv") == 0);
+	CHECK(ct_count(out, "text", "after carol2 left") == 1);
+	CHECK(ct_run("carol", out, sizeof(out), "recv") == 0);
+	CHECK(ct_count(out, "text", "after carol2 left") == 1);
+}
+
 int
 main(void)
 {
@@ -150,6 +194,7 @@ main(void)
 				CHECK(ct_run(homes[i], out, sizeof(out), "contact add %s %s", phones[k], ids[k]) == 0);
 	test_retry();
 	test_queue_full();
+	test_device_removed();
 	ct_down();
 	printf("group_recover_itest: all passed in %llu ms\n", (unsigned long long)(sp_time_ms() - t0));
 	return 0;
