@@ -46,7 +46,7 @@ cl_env_encode(const cl_env *e, uint8_t **out, size_t *outlen)
 	msgpack_sbuffer_init(&sb);
 	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 	size_t n = 3 + (e->to != 0) + (e->group != 0) + (e->phone_len != 0) + (e->gname_len != 0);
-	n += e->kind == CL_K_TEXT || e->kind == CL_K_MEDIA || e->kind == CL_K_SKDM;
+	n += e->kind == CL_K_TEXT || e->kind == CL_K_MEDIA || e->kind == CL_K_SKDM || e->kind == CL_K_SK_RETRY;
 	msgpack_pack_map(&pk, n);
 	pack_key(&pk, "v");
 	msgpack_pack_uint64(&pk, ENV_VERSION);
@@ -76,6 +76,9 @@ cl_env_encode(const cl_env *e, uint8_t **out, size_t *outlen)
 	} else if (e->kind == CL_K_SKDM) {
 		pack_key(&pk, "sk");
 		pack_bin(&pk, e->skdm, e->skdm_len);
+	} else if (e->kind == CL_K_SK_RETRY) {
+		pack_key(&pk, "rm");
+		pack_bin(&pk, e->retry_msg_id, 16);
 	} else if (e->kind == CL_K_MEDIA) {
 		const cl_media *m = &e->media;
 		pack_key(&pk, "m");
@@ -307,6 +310,12 @@ cl_env_decode(const uint8_t *in, size_t len, cl_env *e)
 		} else if (key_is(k, "sk")) {
 			if ((rc = get_raw(v, true, ENV_MAX_SKDM, in, len, &p, &e->skdm_len)) == SP_OK)
 				e->skdm = p;
+		} else if (key_is(k, "rm")) {
+			size_t n = 0;
+			if ((rc = get_raw(v, true, 16, in, len, &p, &n)) == SP_OK && n != 16)
+				rc = SP_EMALFORMED;
+			if (rc == SP_OK)
+				e->retry_msg_id = p;
 		} else if (key_is(k, "m")) {
 			rc = decode_media(v, &e->media, in, len);
 		}
@@ -318,7 +327,8 @@ cl_env_decode(const uint8_t *in, size_t len, cl_env *e)
 		e->kind = (unsigned)kind;
 		if ((kind == CL_K_TEXT && !e->text) || (kind == CL_K_SKDM && !e->skdm) ||
 		    (kind == CL_K_MEDIA && !e->media.size) ||
-		    (kind != CL_K_TEXT && kind != CL_K_MEDIA && kind != CL_K_SKDM))
+		    (kind == CL_K_SK_RETRY && (!e->retry_msg_id || !e->group)) ||
+		    (kind != CL_K_TEXT && kind != CL_K_MEDIA && kind != CL_K_SKDM && kind != CL_K_SK_RETRY))
 			rc = SP_EMALFORMED;
 	}
 out:

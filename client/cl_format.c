@@ -160,6 +160,8 @@ event_json(const sealpost_event *ev)
 		json_object_set_new(j, "device", cl_fmt_id(ev->from_device));
 		json_object_set_new(j, "msg_id", json_string(ev->msg_id));
 		json_object_set_new(j, "error", json_string(sp_errname(ev->error)));
+		if (ev->held)
+			json_object_set_new(j, "held", json_true());
 		return j;
 	default:
 		break;
@@ -266,8 +268,9 @@ cl_fmt_event_line(const sealpost_event *ev, char *out, size_t cap)
 		return;
 	}
 	case SEALPOST_EV_UNDECRYPTABLE:
-		snprintf(out, cap, "refused a message from %s (device %" PRIu64 "): %s, id %s", from, ev->from_device,
-			 sp_errname(ev->error), ev->msg_id ? ev->msg_id : "?");
+		snprintf(out, cap, "%s a message from %s (device %" PRIu64 "): %s, id %s%s",
+			 ev->held ? "cannot read yet" : "refused", from, ev->from_device, sp_errname(ev->error),
+			 ev->msg_id ? ev->msg_id : "?", ev->held ? " (held: the sender is asked for its key)" : "");
 		return;
 	default:
 		snprintf(out, cap, "event %d from %s", ev->type, from);
@@ -395,7 +398,11 @@ cl_fmt_sent(const sealpost_sent *s)
 			snprintf(line, sizeof(line), "failed %s: %s: %s", s->msg_id, sp_errname(s->error), reason);
 		} else if (s->sent) {
 			cl_fmt_clock(s->server_ts, clock);
-			snprintf(line, sizeof(line), "sent %s at %s", s->msg_id, clock);
+			if (s->n_refused)
+				snprintf(line, sizeof(line), "sent %s at %s; %zu devices refused it: queue full", s->msg_id,
+					 clock, s->n_refused);
+			else
+				snprintf(line, sizeof(line), "sent %s at %s", s->msg_id, clock);
 		} else {
 			snprintf(line, sizeof(line), "queued %s (offline: it goes out on the next connection)", s->msg_id);
 		}
@@ -410,6 +417,8 @@ cl_fmt_sent(const sealpost_sent *s)
 		json_object_set_new(j, "error", json_string(sp_errname(s->error)));
 		json_object_set_new(j, "reason", cl_fmt_str(s->reason));
 	}
+	if (s->n_refused)
+		json_object_set_new(j, "refused", json_integer((json_int_t)s->n_refused));
 	emit(j);
 }
 
@@ -428,8 +437,9 @@ cl_fmt_status(const char *msg_id, const sealpost_status *st)
 			snprintf(line, sizeof(line), "%s: %s", msg_id, st->status);
 		text_line(line);
 		for (size_t i = 0; i < st->n_devices; i++) {
-			snprintf(line, sizeof(line), "  user %" PRIu64 " device %" PRIu64 ": %s", st->devices[i].user,
-				 st->devices[i].device, st->devices[i].status);
+			snprintf(line, sizeof(line), "  user %" PRIu64 " device %" PRIu64 ": %s%s%s", st->devices[i].user,
+				 st->devices[i].device, st->devices[i].status, st->devices[i].reason ? ": " : "",
+				 st->devices[i].reason ? st->devices[i].reason : "");
 			text_line(line);
 		}
 		return;
@@ -447,6 +457,8 @@ cl_fmt_status(const char *msg_id, const sealpost_status *st)
 		json_object_set_new(d, "user", cl_fmt_id(st->devices[i].user));
 		json_object_set_new(d, "device", cl_fmt_id(st->devices[i].device));
 		json_object_set_new(d, "status", json_string(st->devices[i].status));
+		if (st->devices[i].reason)
+			json_object_set_new(d, "reason", json_string(st->devices[i].reason));
 		json_array_append_new(devs, d);
 	}
 	json_object_set_new(j, "devices", devs);

@@ -1,7 +1,8 @@
 /*
  * Groups: membership lives on keysrv (GROUP_*); this device keeps a copy (name, epoch,
- * members) to name groups locally and to notice removals, after which our Sender Key is
- * rotated (groups.sk_epoch = -2) so a removed member cannot read what follows.
+ * members) to name groups locally and to notice removals (of a member, or of a device
+ * that holds our key), after which our Sender Key is rotated (groups.sk_epoch = -2) so a
+ * removed member or device cannot read what follows.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -35,7 +36,42 @@ push(uint64_t **v, size_t *n, size_t *cap, uint64_t x)
 	return SP_OK;
 }
 
-/* Replaces the local copy; a member that is gone makes our Sender Key rotate. */
+static int
+cmp_u64(const void *x, const void *y)
+{
+	uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+	return a < b ? -1 : a > b;
+}
+
+/* Has a device that holds our key (sk_sent) left the group's device list (a member's
+ * device removed, or the member gone)? */
+static int
+key_holder_gone(sealpost *sp, const cl_group_info *gi, bool *gone)
+{
+	uint64_t *sorted = malloc((gi->ndevices ? gi->ndevices : 1) * sizeof(uint64_t));
+	sqlite3_stmt *st;
+	int rc;
+	if (!sorted)
+		return cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
+	if (gi->ndevices)
+		memcpy(sorted, gi->devices, gi->ndevices * sizeof(uint64_t));
+	qsort(sorted, gi->ndevices, sizeof(uint64_t), cmp_u64);
+	if ((rc = cl_prep(sp, &st, "SELECT device FROM sk_sent WHERE gid = ?"))) {
+		free(sorted);
+		return rc;
+	}
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)gi->gid);
+	while (!*gone && sqlite3_step(st) == SQLITE_ROW) {
+		uint64_t d = (uint64_t)sqlite3_column_int64(st, 0);
+		*gone = !bsearch(&d, sorted, gi->ndevices, sizeof(uint64_t), cmp_u64);
+	}
+	sqlite3_finalize(st);
+	free(sorted);
+	return SP_OK;
+}
+
+/* Replaces the local copy; a member that is gone, or a device holding our key that is no
+ * longer in the group's device list, makes our Sender Key rotate. */
 static int
 store_group(sealpost *sp, const cl_group_info *gi)
 {
@@ -52,6 +88,8 @@ store_group(sealpost *sp, const cl_group_info *gi)
 			found = gi->users[i] == u;
 		removed |= !found;
 	}
+	if (!removed && (rc = key_holder_gone(sp, gi, &removed)))
+		goto out;
 	if ((rc = cl_prep(sp, &up, "INSERT INTO groups(gid, name, epoch) VALUES(?1, ?2, ?3) ON CONFLICT(gid) DO UPDATE"
 				   " SET name = ?2, epoch = ?3, active = 1,"
 				   " sk_epoch = CASE WHEN ?4 AND sk_epoch >= 0 THEN -2 ELSE sk_epoch END")) ||

@@ -49,7 +49,7 @@ enum {
 	CL_ET_WHISPER = 1,  /* Signal SignalMessage */
 	CL_ET_PREKEY = 3,   /* Signal PreKeySignalMessage */
 	CL_ET_SENDERKEY = 7, /* group body: SenderKeyMessage */
-	CL_ET_SKDM = 8,     /* pairwise item of SEND_GROUP: type byte || Signal message */
+	CL_ET_SKDM = 8,     /* pairwise item of SEND_SK (SEND_GROUP before): type byte || Signal message */
 	CL_ET_RECEIPT_DELIVERED = SP_ETYPE_RECEIPT_DELIVERED, /* made by connsrv */
 	CL_ET_RECEIPT_READ = SP_ETYPE_RECEIPT_READ,
 };
@@ -213,6 +213,25 @@ int cl_devices_refresh(sealpost *sp, uint64_t user);
 int cl_encrypt_for(sealpost *sp, uint64_t user, uint64_t device, const uint8_t *pt, size_t len,
 		   uint8_t **out, size_t *outlen, int *etype);
 
+/* Pairwise pt to devices of group gid (users[i] owns devs[i]) in SEND_SK frames of at
+ * most CL_SK_CHUNK_ITEMS items / about CL_SK_CHUNK_BYTES, each acknowledged before the
+ * next; stored[i] (n entries, the caller's) says the server stored it for devs[i] (not
+ * refused for a full queue). mark: record those in sk_sent as they are acknowledged. */
+#define CL_SK_CHUNK_ITEMS 256
+#define CL_SK_CHUNK_BYTES (40 * 1024)
+/* Our key kept per group message sent, for retry answers: the newest this many a group. */
+#define CL_SK_DIST_KEEP 256
+int cl_sk_send(sealpost *sp, uint64_t gid, const uint64_t *users, const uint64_t *devs, size_t n, const uint8_t *pt,
+	       size_t ptlen, bool mark, bool *stored);
+/* Retry requests for a missing group key: asked again of one sender device after
+ * CL_SK_RETRY_MS, answered at most once per CL_SK_ANSWER_MS per requesting device; at
+ * most CL_SK_HELD_MAX undecryptable group messages held, each for CL_SK_HELD_MS. */
+#define CL_SK_RETRY_MS 60000
+#define CL_SK_ANSWER_MS 10000
+#define CL_SK_HELD_MAX 512
+#define CL_SK_HELD_MS (7 * 24 * 3600 * 1000ULL)
+/* Recipient status (recipients.status). */
+enum { CL_ST_FAILED = -1, CL_ST_QUEUED = 0, CL_ST_SENT = 1, CL_ST_DELIVERED = 2, CL_ST_READ = 3 };
 /* ---- groups (cl_group.c) ---- */
 typedef struct cl_group_info {
 	uint64_t gid, epoch;
@@ -251,7 +270,9 @@ int cl_media_upload(sealpost *sp, const char *enc_path, const cl_media *m, const
 int cl_media_download(sealpost *sp, const cl_media *m, const char *enc_path);
 
 /* ---- envelope (cl_env.c): the E2E plaintext container ---- */
-enum { CL_K_TEXT = 1, CL_K_MEDIA = 2, CL_K_SKDM = 3 };
+/* CL_K_SK_RETRY: "I cannot read your group message retry_msg_id: send me your key as it
+ * was for it" (pairwise, through SEND_SK, answered with a CL_K_SKDM). */
+enum { CL_K_TEXT = 1, CL_K_MEDIA = 2, CL_K_SKDM = 3, CL_K_SK_RETRY = 4 };
 typedef struct cl_env {
 	unsigned kind;
 	uint64_t seq;       /* sender's conversation sequence number */
@@ -265,6 +286,7 @@ typedef struct cl_env {
 	size_t text_len;
 	const uint8_t *skdm;
 	size_t skdm_len;
+	const uint8_t *retry_msg_id; /* CL_K_SK_RETRY: 16 bytes */
 	cl_media media;
 } cl_env;
 /* Encodes e; *out is the caller's (free). */

@@ -661,6 +661,295 @@ out:
 	return rc;
 }
 
+/* ---- sender keys: held messages, retry requests and answers ---- */
+
+static int
+sk_retry_set(sealpost *sp, uint64_t gid, uint64_t device, int dir, const uint8_t msg_id[16])
+{
+	sqlite3_stmt *st;
+	int rc = cl_prep(sp, &st, "INSERT OR REPLACE INTO sk_retry(gid, device, dir, ts, msg_id) VALUES(?, ?, ?, ?, ?)");
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)gid);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)device);
+	sqlite3_bind_int(st, 3, dir);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)sp_time_ms());
+	sqlite3_bind_blob(st, 5, msg_id, 16, SQLITE_STATIC);
+	return cl_step_done(sp, st);
+}
+
+/* The last time (ms) a retry was asked of / answered for (gid, device) in direction dir;
+ * 0: none outstanding. */
+static uint64_t
+sk_retry_at(sealpost *sp, uint64_t gid, uint64_t device, int dir)
+{
+	sqlite3_stmt *st;
+	uint64_t at = 0;
+	if (cl_prep(sp, &st, "SELECT ts FROM sk_retry WHERE gid = ? AND device = ? AND dir = ?"))
+		return 0;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)gid);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)device);
+	sqlite3_bind_int(st, 3, dir);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		at = (uint64_t)sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	return at;
+}
+
+/* Asks the sender device of a held group message for its key as it was for the oldest
+ * message held from it: at most one request outstanding per (group, sender device), asked
+ * again only after CL_SK_RETRY_MS. A failure is only logged in the error text: the next
+ * undecryptable message from it asks again. */
+static void
+sk_ask(sealpost *sp, uint64_t gid, uint64_t user, uint64_t device)
+{
+	uint64_t at = sk_retry_at(sp, gid, device, 0);
+	if (at && sp_time_ms() < at + CL_SK_RETRY_MS)
+		return;
+	sqlite3_stmt *st;
+	uint8_t msg_id[16];
+	bool found = false;
+	if (cl_prep(sp, &st, "SELECT msg_id FROM sk_held WHERE gid = ? AND from_user = ? AND from_device = ?"
+			     " ORDER BY id LIMIT 1"))
+		return;
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)gid);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)user);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)device);
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) == 16) {
+		memcpy(msg_id, sqlite3_column_blob(st, 0), 16);
+		found = true;
+	}
+	sqlite3_finalize(st);
+	if (!found)
+		return;
+	cl_env e = {.kind = CL_K_SK_RETRY, .group = gid, .retry_msg_id = msg_id};
+	uint8_t *pt = NULL;
+	size_t len = 0;
+	bool stored = false;
+	if (cl_env_encode(&e, &pt, &len) == SP_OK && cl_sk_send(sp, gid, &user, &device, 1, pt, len, false, &stored) == SP_OK &&
+	    stored)
+		sk_retry_set(sp, gid, device, 0, msg_id);
+	free(pt);
+}
+
+/* A group message we cannot decrypt (missed or lost key): kept (at most CL_SK_HELD_MAX,
+ * for CL_SK_HELD_MS; the oldest go first), recorded as seen, ACKed and reported
+ * undecryptable (held), then the sender is asked for its key. */
+static int
+hold(sealpost *sp, const cl_deliver *d, int why, sealpost_event_cb cb, void *arg)
+{
+	sqlite3_stmt *ins = NULL, *trim = NULL;
+	uint64_t now = sp_time_ms();
+	int rc;
+	if ((rc = cl_begin(sp)) ||
+	    (rc = cl_prep(sp, &ins, "INSERT INTO sk_held(gid, from_user, from_device, msg_id, server_ts, seq, env, ts)"
+				    " VALUES(?, ?, ?, ?, ?, ?, ?, ?)")) ||
+	    (rc = cl_prep(sp, &trim, "DELETE FROM sk_held WHERE ts < ?1 OR id NOT IN (SELECT id FROM sk_held"
+				     " ORDER BY id DESC LIMIT ?2)")))
+		goto out;
+	sqlite3_bind_int64(ins, 1, (sqlite3_int64)d->group);
+	sqlite3_bind_int64(ins, 2, (sqlite3_int64)d->from_user);
+	sqlite3_bind_int64(ins, 3, (sqlite3_int64)d->from_device);
+	sqlite3_bind_blob(ins, 4, d->msg_id, 16, SQLITE_STATIC);
+	sqlite3_bind_int64(ins, 5, (sqlite3_int64)d->server_ts);
+	sqlite3_bind_int64(ins, 6, (sqlite3_int64)d->seq);
+	sqlite3_bind_blob(ins, 7, d->env, (int)d->env_len, SQLITE_STATIC);
+	sqlite3_bind_int64(ins, 8, (sqlite3_int64)now);
+	sqlite3_bind_int64(trim, 1, (sqlite3_int64)(now > CL_SK_HELD_MS ? now - CL_SK_HELD_MS : 0));
+	sqlite3_bind_int(trim, 2, CL_SK_HELD_MAX);
+	if (sqlite3_step(ins) != SQLITE_DONE || sqlite3_step(trim) != SQLITE_DONE)
+		rc = cl_fail(sp, SP_ESTORE, SEALPOST_ERR_OTHER, "store: %s", sqlite3_errmsg(sp->db));
+	if (rc == SP_OK && (rc = record_seen(sp, d)) == SP_OK)
+		rc = cl_commit(sp);
+out:
+	sqlite3_finalize(ins);
+	sqlite3_finalize(trim);
+	if (rc) {
+		cl_rollback(sp);
+		return rc;
+	}
+	if ((rc = acked(sp, d)))
+		return rc;
+	if (cb) {
+		char from[48], hex[33];
+		cl_user_display(sp, d->from_user, from, sizeof(from));
+		cl_hex(d->msg_id, 16, hex);
+		sealpost_event ev = {.type = SEALPOST_EV_UNDECRYPTABLE, .from = from, .from_user = d->from_user,
+				     .from_device = d->from_device, .group = d->group, .msg_id = hex, .error = why,
+				     .server_ts = d->server_ts, .held = 1};
+		cb(&ev, arg);
+	}
+	sk_ask(sp, d->group, d->from_user, d->from_device);
+	return SP_OK;
+}
+
+/* The sender's key came: the messages held from it that now decrypt are stored and
+ * reported like any other (their msg_id is the one reported undecryptable before). */
+static int
+retry_held(sealpost *sp, uint64_t gid, uint64_t user, uint64_t device, sealpost_event_cb cb, void *arg)
+{
+	char gname[32], peer[48];
+	snprintf(gname, sizeof(gname), "g%" PRIu64, gid);
+	cl_peer_name(user, device, peer);
+	for (int64_t after = 0;;) {
+		sqlite3_stmt *st;
+		int rc = cl_prep(sp, &st, "SELECT id, msg_id, server_ts, env FROM sk_held WHERE gid = ? AND from_user = ?"
+					  " AND from_device = ? AND id > ? ORDER BY id LIMIT 1");
+		if (rc)
+			return rc;
+		sqlite3_bind_int64(st, 1, (sqlite3_int64)gid);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)user);
+		sqlite3_bind_int64(st, 3, (sqlite3_int64)device);
+		sqlite3_bind_int64(st, 4, after);
+		if (sqlite3_step(st) != SQLITE_ROW || sqlite3_column_bytes(st, 1) != 16) {
+			sqlite3_finalize(st);
+			return cl_report_pending(sp, cb, arg);
+		}
+		cl_deliver d = {.from_user = user, .from_device = device, .group = gid,
+				.server_ts = (uint64_t)sqlite3_column_int64(st, 2), .etype = CL_ET_SENDERKEY};
+		int64_t id = sqlite3_column_int64(st, 0);
+		memcpy(d.msg_id, sqlite3_column_blob(st, 1), 16);
+		uint8_t *pt = NULL;
+		size_t ptlen = 0;
+		rc = sig_store_sk_decrypt(sp->sig, gname, peer, sqlite3_column_blob(st, 3),
+					  (size_t)sqlite3_column_bytes(st, 3), &pt, &ptlen);
+		sqlite3_finalize(st);
+		after = id;
+		if (rc) {
+			cl_sig_reload(sp);
+			continue; /* still not: kept until its time or count is up */
+		}
+		cl_env e;
+		char conv[48], media_path[4096] = "";
+		int media_err = 0;
+		rc = cl_env_decode(pt, ptlen, &e);
+		if (rc == SP_OK && (e.group != gid || (e.kind != CL_K_TEXT && e.kind != CL_K_MEDIA)))
+			rc = SP_EMALFORMED;
+		cl_conv_key(conv, sizeof(conv), true, gid);
+		if (rc == SP_OK && e.kind == CL_K_MEDIA)
+			rc = fetch_media(sp, &d, &e.media, media_path, sizeof(media_path), &media_err);
+		if (rc == SP_OK)
+			rc = store_message(sp, &d, &e, conv, media_path, media_err);
+		sodium_memzero(pt, ptlen);
+		free(pt);
+		if (rc && sp->errclass == SEALPOST_ERR_NET) {
+			cl_sig_reload(sp);
+			return rc; /* held still: tried again with the next key or request */
+		}
+		if (rc)
+			cl_sig_reload(sp);
+		char sql[96];
+		snprintf(sql, sizeof(sql), "DELETE FROM sk_held WHERE id = %" PRId64, id);
+		if ((rc = cl_exec(sp, sql)))
+			return rc;
+	}
+}
+
+/* A retry request from a member device: answered with our key as it was for the message
+ * it names, only if that device is in the group's device list now and was a recipient of
+ * that message (never a key for messages sent before it joined), at most once per
+ * CL_SK_ANSWER_MS per (group, device). Network failures are returned (no ACK: asked again). */
+static int
+sk_answer(sealpost *sp, const cl_deliver *d, const cl_env *e)
+{
+	uint64_t at = sk_retry_at(sp, d->group, d->from_device, 1);
+	if (at && sp_time_ms() < at + CL_SK_ANSWER_MS)
+		return SP_OK;
+	sqlite3_stmt *st;
+	uint8_t skdm[1024];
+	int n = -1, rc;
+	if ((rc = cl_prep(sp, &st, "SELECT skdm FROM sk_dist WHERE msg_id = ?1 AND gid = ?2 AND EXISTS (SELECT 1 FROM"
+				   " recipients WHERE msg_id = ?1 AND user = ?3 AND device = ?4)")))
+		return rc;
+	sqlite3_bind_blob(st, 1, e->retry_msg_id, 16, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)d->group);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)d->from_user);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)d->from_device);
+	if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_bytes(st, 0) <= (int)sizeof(skdm)) {
+		n = sqlite3_column_bytes(st, 0);
+		memcpy(skdm, sqlite3_column_blob(st, 0), (size_t)n);
+	}
+	sqlite3_finalize(st);
+	if (n <= 0)
+		return SP_OK; /* not ours, too old, or not a recipient of it */
+	cl_group_info gi;
+	if ((rc = cl_group_fetch(sp, d->group, &gi)))
+		return sp->errclass == SEALPOST_ERR_NET ? rc : SP_OK;
+	bool member = false;
+	for (size_t i = 0; i < gi.ndevices && !member; i++)
+		member = gi.devices[i] == d->from_device && gi.owners[i] == d->from_user;
+	cl_env de = {.kind = CL_K_SKDM, .group = d->group, .phone = sp->phone, .phone_len = strlen(sp->phone),
+		     .gname = gi.name, .gname_len = strlen(gi.name), .skdm = skdm, .skdm_len = (size_t)n};
+	uint8_t *pt = NULL;
+	size_t len = 0;
+	bool stored = false;
+	if (member && (rc = cl_env_encode(&de, &pt, &len)) == SP_OK &&
+	    (rc = cl_sk_send(sp, d->group, &d->from_user, &d->from_device, 1, pt, len, false, &stored)) == SP_OK)
+		rc = sk_retry_set(sp, d->group, d->from_device, 1, e->retry_msg_id);
+	if (pt) {
+		sodium_memzero(pt, len);
+		free(pt);
+	}
+	sodium_memzero(skdm, sizeof(skdm));
+	cl_group_info_fini(&gi);
+	return rc && sp->errclass == SEALPOST_ERR_NET ? rc : SP_OK;
+}
+
+/* A SEND_SK item: our copy of a member's key (a distribution or a retry answer), or a
+ * member's retry request. */
+static int
+process_sk(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg)
+{
+	char peer[48], gname[32];
+	uint8_t *pt = NULL;
+	size_t ptlen = 0;
+	cl_env e;
+	int rc;
+	cl_peer_name(d->from_user, d->from_device, peer);
+	snprintf(gname, sizeof(gname), "g%" PRIu64, d->group);
+	if (d->env_len < 2 || (rc = decrypt_pairwise(sp, peer, d->env[0], d->env + 1, d->env_len - 1, &pt, &ptlen))) {
+		cl_sig_reload(sp);
+		return refuse(sp, d, SP_EMALFORMED, cb, arg);
+	}
+	rc = cl_env_decode(pt, ptlen, &e);
+	if (rc == SP_OK && (e.group != d->group || (e.kind != CL_K_SKDM && e.kind != CL_K_SK_RETRY)))
+		rc = SP_EMALFORMED;
+	if (rc == SP_OK && e.kind == CL_K_SKDM)
+		rc = sig_store_sk_process(sp->sig, gname, peer, e.skdm, e.skdm_len);
+	if (rc == SP_OK && e.kind == CL_K_SKDM && e.gname_len) {
+		char name[129];
+		memcpy(name, e.gname, e.gname_len);
+		name[e.gname_len] = '\0';
+		rc = cl_group_seen(sp, d->group, name);
+	}
+	if (rc) {
+		sodium_memzero(pt, ptlen);
+		free(pt);
+		cl_sig_reload(sp);
+		return refuse(sp, d, rc, cb, arg);
+	}
+	/* The answer goes before the ACK: lost on the way, the request comes again. */
+	if (e.kind == CL_K_SK_RETRY && (rc = sk_answer(sp, d, &e))) {
+		sodium_memzero(pt, ptlen);
+		free(pt);
+		cl_sig_reload(sp);
+		return rc;
+	}
+	sodium_memzero(pt, ptlen);
+	free(pt);
+	char sql[160];
+	snprintf(sql, sizeof(sql), "DELETE FROM sk_retry WHERE gid = %" PRId64 " AND device = %" PRId64 " AND dir = 0",
+		 (int64_t)d->group, (int64_t)d->from_device);
+	if ((rc = cl_begin(sp)) || (rc = cl_sig_save(sp)) || (rc = record_seen(sp, d)) ||
+	    (e.kind == CL_K_SKDM && (rc = cl_exec(sp, sql))) || (rc = cl_commit(sp))) {
+		cl_rollback(sp);
+		return rc;
+	}
+	if ((rc = acked(sp, d)))
+		return rc;
+	return e.kind == CL_K_SKDM ? retry_held(sp, d->group, d->from_user, d->from_device, cb, arg) : SP_OK;
+}
+
 int
 cl_recv_process(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *arg)
 {
@@ -680,12 +969,17 @@ cl_recv_process(sealpost *sp, const cl_deliver *d, sealpost_event_cb cb, void *a
 		return rc;
 	if (seen)
 		return acked(sp, d);
+	if (d->group && d->etype == CL_ET_SKDM)
+		return process_sk(sp, d, cb, arg);
 	uint8_t *pt = NULL;
 	size_t ptlen = 0;
 	sp->identity_changed = false;
 	if ((rc = decrypt(sp, d, &pt, &ptlen))) {
 		/* The Signal state is unchanged by a failed decrypt; drop anything else. */
 		cl_sig_reload(sp);
+		/* A group body without its sender's key: held until the key comes on request. */
+		if (d->group && d->etype == CL_ET_SENDERKEY)
+			return hold(sp, d, rc, cb, arg);
 		return refuse(sp, d, rc, cb, arg);
 	}
 	if (sp->identity_changed && cb) {
@@ -1003,8 +1297,8 @@ status_of(sealpost *sp, const uint8_t msg_id[16], int *out, uint64_t *ts)
 		return SP_OK;
 	}
 	if ((rc = cl_prep(sp, &st, "SELECT MIN(best) FROM (SELECT MAX(status) AS best FROM recipients WHERE msg_id = ?1"
-				   " AND (user != ?2 OR NOT EXISTS (SELECT 1 FROM recipients WHERE msg_id = ?1 AND user != ?2))"
-				   " GROUP BY user)")))
+				   " AND status >= 0 AND (user != ?2 OR NOT EXISTS (SELECT 1 FROM recipients WHERE msg_id = ?1"
+				   " AND user != ?2 AND status >= 0)) GROUP BY user)")))
 		return rc;
 	sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)sp->user);
@@ -1095,6 +1389,9 @@ sealpost_status_get(sealpost *sp, const char *msg_hex, int offline, sealpost_sta
 		d->device = (uint64_t)sqlite3_column_int64(st, 1);
 		int ds = sqlite3_column_int(st, 2);
 		d->status = status_name(ds == ST_SENT && past ? ST_EXPIRED : ds);
+		/* Refused by the server for a full queue (SENT's grp_refused), the only failure
+		 * recorded per device. */
+		d->reason = ds == ST_FAILED ? "queue full" : NULL;
 	}
 	sqlite3_finalize(st);
 	if (rc) {

@@ -158,15 +158,28 @@ typedef struct outbox_row {
 	bool uploaded;
 } outbox_row;
 
+static bool
+listed(const sp_val *v, uint64_t x)
+{
+	for (uint32_t i = 0; v && i < v->us.n; i++)
+		if (v->us.v[i] == x)
+			return true;
+	return false;
+}
+
+/* SENT: the outbox entry is sent; each recipient device is `sent`, or `failed` (queue
+ * full) when SENT's grp_refused names it. */
 static int
-mark_sent(sealpost *sp, const outbox_row *o, uint64_t server_ts, const uint64_t *users, const uint64_t *devs,
+mark_sent(sealpost *sp, const outbox_row *o, const sp_frame *sent, const uint64_t *users, const uint64_t *devs,
 	  size_t n)
 {
+	uint64_t server_ts = sp_frame_u64(sent, SP_F_SERVER_TS);
+	const sp_val *refused = sp_frame_get(sent, SP_F_GRP_REFUSED);
 	sqlite3_stmt *st = NULL, *rec = NULL, *msg = NULL;
 	int rc;
 	if ((rc = cl_begin(sp)) ||
 	    (rc = cl_prep(sp, &st, "UPDATE outbox SET state = 1, server_ts = ? WHERE seq = ?")) ||
-	    (rc = cl_prep(sp, &rec, "INSERT OR IGNORE INTO recipients(msg_id, user, device, status) VALUES(?, ?, ?, 1)")) ||
+	    (rc = cl_prep(sp, &rec, "INSERT OR IGNORE INTO recipients(msg_id, user, device, status) VALUES(?, ?, ?, ?)")) ||
 	    (rc = cl_prep(sp, &msg, "UPDATE messages SET server_ts = ? WHERE msg_id = ? AND outgoing = 1")))
 		goto out;
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)server_ts);
@@ -178,6 +191,7 @@ mark_sent(sealpost *sp, const outbox_row *o, uint64_t server_ts, const uint64_t 
 		sqlite3_bind_blob(rec, 1, o->msg_id, 16, SQLITE_STATIC);
 		sqlite3_bind_int64(rec, 2, (sqlite3_int64)users[i]);
 		sqlite3_bind_int64(rec, 3, (sqlite3_int64)devs[i]);
+		sqlite3_bind_int(rec, 4, listed(refused, devs[i]) ? CL_ST_FAILED : CL_ST_SENT);
 		if (sqlite3_step(rec) != SQLITE_DONE)
 			goto store_err;
 	}
@@ -336,9 +350,9 @@ send_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void *arg)
 			return rc;
 		}
 		if (r.type == SP_T_SENT) {
-			uint64_t ts = sp_frame_u64(&r, SP_F_SERVER_TS);
+			rc = mark_sent(sp, o, &r, users, devs, n);
 			sp_frame_fini(&r);
-			return mark_sent(sp, o, ts, users, devs, n);
+			return rc;
 		}
 		unsigned type = r.type;
 		sp_frame_fini(&r);
@@ -380,37 +394,180 @@ group_sender_key(sealpost *sp, uint64_t gid, const char *gname, uint64_t epoch, 
 	return SP_OK;
 }
 
+/* Devices whose SKDM the server stored (after each SEND_SK chunk). */
 static int
-sk_sent_has(sealpost *sp, uint64_t gid, uint64_t device, bool *has)
+sk_sent_mark(sealpost *sp, uint64_t gid, const uint64_t *devs, const bool *stored, size_t n)
 {
 	sqlite3_stmt *st;
-	int rc = cl_prep(sp, &st, "SELECT 1 FROM sk_sent WHERE gid = ? AND device = ?");
-	if (rc)
+	int rc;
+	if ((rc = cl_begin(sp)) || (rc = cl_prep(sp, &st, "INSERT OR IGNORE INTO sk_sent(gid, device) VALUES(?, ?)"))) {
+		cl_rollback(sp);
 		return rc;
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)gid);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)device);
-	*has = sqlite3_step(st) == SQLITE_ROW;
-	sqlite3_finalize(st);
-	return SP_OK;
-}
-
-static int
-sk_sent_mark(sealpost *sp, uint64_t gid, const sp_frame *items, size_t n)
-{
-	sqlite3_stmt *st;
-	int rc = cl_prep(sp, &st, "INSERT OR IGNORE INTO sk_sent(gid, device) VALUES(?, ?)");
-	if (rc)
-		return rc;
-	for (size_t i = 0; i < n; i++) {
+	}
+	for (size_t i = 0; i < n && rc == SP_OK; i++) {
+		if (!stored[i])
+			continue;
 		sqlite3_reset(st);
 		sqlite3_bind_int64(st, 1, (sqlite3_int64)gid);
-		sqlite3_bind_int64(st, 2, (sqlite3_int64)sp_frame_u64(&items[i], SP_F_DEVICE));
-		sqlite3_step(st);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)devs[i]);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			rc = cl_fail(sp, SP_ESTORE, SEALPOST_ERR_OTHER, "store: %s", sqlite3_errmsg(sp->db));
 	}
 	sqlite3_finalize(st);
+	if (rc == SP_OK)
+		rc = cl_commit(sp);
+	if (rc)
+		cl_rollback(sp);
+	return rc;
+}
+
+/* One SEND_SK of items[0..n) (devices devs): its SENT marks stored[i] for the devices not
+ * refused. The ratchet steps are saved first; on failure the caller reloads. */
+static int
+sk_send_chunk(sealpost *sp, uint64_t gid, sp_frame *items, const uint64_t *devs, size_t n, bool *stored)
+{
+	uint8_t msg_id[16];
+	sp_frame q, r;
+	int rc;
+	/* Its own id: the inbox dedups by msg_id, and the group body must not collide. */
+	randombytes_buf(msg_id, sizeof(msg_id));
+	sp_frame_init(&q, SP_T_SEND_SK, 0, false);
+	sp_frame_set_u64(&q, SP_F_GROUP, gid);
+	sp_frame_set_bin(&q, SP_F_MSG_ID, msg_id, 16);
+	sp_frame_set_recs(&q, SP_F_ITEMS, items, (uint32_t)n);
+	if ((rc = frame_fits(sp, &q, n)) || (rc = save_state(sp)) || (rc = cl_call_want(sp, &q, SP_T_SENT, &r)))
+		return rc;
+	const sp_val *refused = sp_frame_get(&r, SP_F_GRP_REFUSED);
+	for (size_t i = 0; i < n; i++)
+		stored[i] = !listed(refused, devs[i]);
+	sp_frame_fini(&r);
 	return SP_OK;
 }
 
+int
+cl_sk_send(sealpost *sp, uint64_t gid, const uint64_t *users, const uint64_t *devs, size_t n, const uint8_t *pt,
+	   size_t ptlen, bool mark, bool *stored)
+{
+	sp_frame *items = calloc(CL_SK_CHUNK_ITEMS, sizeof(sp_frame));
+	uint8_t **cts = calloc(CL_SK_CHUNK_ITEMS, sizeof(uint8_t *));
+	int rc = items && cts ? SP_OK : cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
+	memset(stored, 0, n * sizeof(bool));
+	for (size_t first = 0; first < n && rc == SP_OK;) {
+		size_t k = 0, bytes = 0;
+		/* A chunk stays well inside the small frame limit (frame_fits checks it). */
+		while (first + k < n && k < CL_SK_CHUNK_ITEMS && bytes < CL_SK_CHUNK_BYTES && rc == SP_OK) {
+			uint8_t *ct;
+			size_t len;
+			int et;
+			if ((rc = cl_encrypt_for(sp, users[first + k], devs[first + k], pt, ptlen, &ct, &len, &et)))
+				break;
+			/* DELIVER carries an item's ct without its etype: the Signal type goes first. */
+			if (!(cts[k] = malloc(len + 1))) {
+				free(ct);
+				rc = cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
+				break;
+			}
+			cts[k][0] = (uint8_t)et;
+			memcpy(cts[k] + 1, ct, len);
+			free(ct);
+			sp_frame_init(&items[k], SP_T_SEND_ITEM, 0, false);
+			sp_frame_set_u64(&items[k], SP_F_DEVICE, devs[first + k]);
+			sp_frame_set_u64(&items[k], SP_F_ETYPE, CL_ET_SKDM);
+			sp_frame_set_bin(&items[k], SP_F_CT, cts[k], len + 1);
+			bytes += len + 32;
+			k++;
+		}
+		if (rc == SP_OK)
+			rc = sk_send_chunk(sp, gid, items, devs + first, k, stored + first);
+		if (rc == SP_OK && mark)
+			rc = sk_sent_mark(sp, gid, devs + first, stored + first, k);
+		for (size_t i = 0; i < k; i++) {
+			free(cts[i]);
+			cts[i] = NULL;
+		}
+		first += k;
+	}
+	if (rc)
+		cl_sig_reload(sp); /* the steps of the failed chunk were never used */
+	free(items);
+	free(cts);
+	return rc;
+}
+
+/* Sends our current key to every device of the group that lacks it, in as many SEND_SK
+ * frames as it takes, each acknowledged before the next (sk_sent marks only what the
+ * server stored). Devices refused for a full queue stay unmarked: a later send or their
+ * retry request brings them the key. */
+static int
+distribute(sealpost *sp, uint64_t gid, const cl_group_info *gi, const uint8_t *skdm, size_t skdm_len)
+{
+	uint64_t *users = calloc(gi->ndevices ? gi->ndevices : 1, sizeof(uint64_t));
+	uint64_t *devs = calloc(gi->ndevices ? gi->ndevices : 1, sizeof(uint64_t));
+	bool *stored = calloc(gi->ndevices ? gi->ndevices : 1, sizeof(bool));
+	sqlite3_stmt *st = NULL;
+	size_t n = 0;
+	int rc = users && devs && stored ? SP_OK : cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
+	if (rc == SP_OK)
+		rc = cl_prep(sp, &st, "SELECT 1 FROM sk_sent WHERE gid = ? AND device = ?");
+	for (size_t i = 0; i < gi->ndevices && rc == SP_OK; i++) {
+		sqlite3_reset(st);
+		sqlite3_bind_int64(st, 1, (sqlite3_int64)gid);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)gi->devices[i]);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			continue;
+		users[n] = gi->owners[i];
+		devs[n++] = gi->devices[i];
+	}
+	sqlite3_finalize(st);
+	cl_env de = {.kind = CL_K_SKDM, .group = gid, .phone = sp->phone, .phone_len = strlen(sp->phone),
+		     .gname = gi->name, .gname_len = strlen(gi->name), .skdm = skdm, .skdm_len = skdm_len};
+	uint8_t *dpt = NULL;
+	size_t dlen = 0;
+	if (rc == SP_OK && n && (rc = cl_env_encode(&de, &dpt, &dlen)) == SP_OK)
+		rc = cl_sk_send(sp, gid, users, devs, n, dpt, dlen, true, stored);
+	if (dpt) {
+		sodium_memzero(dpt, dlen);
+		free(dpt);
+	}
+	free(users);
+	free(devs);
+	free(stored);
+	return rc;
+}
+
+/* Keeps our key as it was for a group message (a retry request for it is answered with
+ * this), bounded per group: the oldest beyond CL_SK_DIST_KEEP go. */
+static int
+sk_dist_keep(sealpost *sp, uint64_t gid, const uint8_t msg_id[16], const uint8_t *skdm, size_t len)
+{
+	sqlite3_stmt *ins = NULL, *trim = NULL;
+	int rc;
+	if ((rc = cl_begin(sp)) ||
+	    (rc = cl_prep(sp, &ins, "INSERT OR REPLACE INTO sk_dist(msg_id, gid, skdm, ts) VALUES(?, ?, ?, ?)")) ||
+	    (rc = cl_prep(sp, &trim, "DELETE FROM sk_dist WHERE gid = ?1 AND rowid NOT IN (SELECT rowid FROM sk_dist"
+				     " WHERE gid = ?1 ORDER BY rowid DESC LIMIT ?2)")))
+		goto out;
+	sqlite3_bind_blob(ins, 1, msg_id, 16, SQLITE_STATIC);
+	sqlite3_bind_int64(ins, 2, (sqlite3_int64)gid);
+	sqlite3_bind_blob(ins, 3, skdm, (int)len, SQLITE_STATIC);
+	sqlite3_bind_int64(ins, 4, (sqlite3_int64)sp_time_ms());
+	sqlite3_bind_int64(trim, 1, (sqlite3_int64)gid);
+	sqlite3_bind_int(trim, 2, CL_SK_DIST_KEEP);
+	if (sqlite3_step(ins) != SQLITE_DONE || sqlite3_step(trim) != SQLITE_DONE)
+		rc = cl_fail(sp, SP_ESTORE, SEALPOST_ERR_OTHER, "store: %s", sqlite3_errmsg(sp->db));
+	if (rc == SP_OK)
+		rc = cl_commit(sp);
+out:
+	sqlite3_finalize(ins);
+	sqlite3_finalize(trim);
+	if (rc)
+		cl_rollback(sp);
+	return rc;
+}
+
+/* A group message: the key to whoever lacks it (SEND_SK frames, acknowledged first: each
+ * device's queue is FIFO, so its SKDM is ahead of the body), then the body once
+ * (SEND_GROUP). */
 static int
 send_group_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void *arg)
 {
@@ -421,86 +578,36 @@ send_group_one(sealpost *sp, const outbox_row *o, sealpost_progress_cb cb, void 
 	for (int attempt = 0; attempt < SEND_TRIES; attempt++) {
 		cl_group_info gi;
 		uint8_t *skdm = NULL, *body = NULL;
-		size_t skdm_len = 0, body_len = 0, nitems = 0;
+		size_t skdm_len = 0, body_len = 0;
 		if ((rc = cl_group_fetch(sp, gid, &gi)))
 			return rc;
-		sp_frame *items = calloc(gi.ndevices ? gi.ndevices : 1, sizeof(sp_frame));
-		uint8_t **cts = calloc(gi.ndevices ? gi.ndevices : 1, sizeof(uint8_t *));
-		if (!items || !cts) {
-			rc = cl_fail(sp, SP_ENOMEM, SEALPOST_ERR_OTHER, "out of memory");
-			goto next;
-		}
 		if (gi.ndevices == 0) {
 			rc = cl_fail(sp, SP_ENOTFOUND, SEALPOST_ERR_USAGE, "the group has no other devices");
 			goto next;
 		}
-		if ((rc = upload_media(sp, o, gi.devices, gi.ndevices, cb, arg)))
+		if ((rc = upload_media(sp, o, gi.devices, gi.ndevices, cb, arg)) ||
+		    (rc = group_sender_key(sp, gid, gname, gi.epoch, &skdm, &skdm_len)) ||
+		    (rc = distribute(sp, gid, &gi, skdm, skdm_len)))
 			goto next;
-		if ((rc = group_sender_key(sp, gid, gname, gi.epoch, &skdm, &skdm_len)))
-			goto next;
-		cl_env de = {.kind = CL_K_SKDM, .group = gid, .phone = sp->phone, .phone_len = strlen(sp->phone),
-			     .gname = gi.name, .gname_len = strlen(gi.name), .skdm = skdm, .skdm_len = skdm_len};
-		uint8_t *dpt = NULL;
-		size_t dlen = 0;
-		if ((rc = cl_env_encode(&de, &dpt, &dlen)))
-			goto next;
-		for (size_t i = 0; i < gi.ndevices && rc == SP_OK; i++) {
-			bool has;
-			if ((rc = sk_sent_has(sp, gid, gi.devices[i], &has)) || has)
-				continue;
-			uint8_t *ct;
-			size_t len;
-			int et;
-			if ((rc = cl_encrypt_for(sp, gi.owners[i], gi.devices[i], dpt, dlen, &ct, &len, &et)))
-				break;
-			/* DELIVER carries an item's ct without its etype: the Signal type goes first. */
-			if (!(cts[nitems] = malloc(len + 1))) {
-				free(ct);
-				rc = SP_ENOMEM;
-				break;
-			}
-			cts[nitems][0] = (uint8_t)et;
-			memcpy(cts[nitems] + 1, ct, len);
-			free(ct);
-			sp_frame_init(&items[nitems], SP_T_SEND_ITEM, 0, false);
-			sp_frame_set_u64(&items[nitems], SP_F_DEVICE, gi.devices[i]);
-			sp_frame_set_u64(&items[nitems], SP_F_ETYPE, CL_ET_SKDM);
-			sp_frame_set_bin(&items[nitems], SP_F_CT, cts[nitems], len + 1);
-			nitems++;
-		}
-		if (dpt) {
-			sodium_memzero(dpt, dlen);
-			free(dpt);
-		}
-		if (rc == SP_OK && (rc = sig_store_sk_encrypt(sp->sig, gname, o->env, o->env_len, &body, &body_len)))
+		if ((rc = sig_store_sk_encrypt(sp->sig, gname, o->env, o->env_len, &body, &body_len))) {
 			cl_fail(sp, rc, SEALPOST_ERR_CRYPTO, "group encrypt: %s", sp_strerror(rc));
+			goto next;
+		}
 		sp_frame q, r;
-		if (rc == SP_OK) {
-			sp_frame_init(&q, SP_T_SEND_GROUP, 0, false);
-			sp_frame_set_u64(&q, SP_F_GROUP, gid);
-			sp_frame_set_bin(&q, SP_F_MSG_ID, o->msg_id, 16);
-			sp_frame_set_u64(&q, SP_F_ETYPE, CL_ET_SENDERKEY);
-			sp_frame_set_bin(&q, SP_F_BODY, body, body_len);
-			if (nitems)
-				sp_frame_set_recs(&q, SP_F_ITEMS, items, (uint32_t)nitems);
-			if ((rc = frame_fits(sp, &q, nitems + 1)) == SP_OK && (rc = save_state(sp)) == SP_OK)
-				rc = cl_call_want(sp, &q, SP_T_SENT, &r);
-		}
-		if (rc == SP_OK) {
-			uint64_t ts = sp_frame_u64(&r, SP_F_SERVER_TS);
-			sp_frame_fini(&r);
-			if ((rc = cl_begin(sp)) || (rc = sk_sent_mark(sp, gid, items, nitems)) || (rc = cl_commit(sp)))
-				cl_rollback(sp);
-			if (rc == SP_OK)
-				rc = mark_sent(sp, o, ts, gi.owners, gi.devices, gi.ndevices);
-		} else {
+		sp_frame_init(&q, SP_T_SEND_GROUP, 0, false);
+		sp_frame_set_u64(&q, SP_F_GROUP, gid);
+		sp_frame_set_bin(&q, SP_F_MSG_ID, o->msg_id, 16);
+		sp_frame_set_u64(&q, SP_F_ETYPE, CL_ET_SENDERKEY);
+		sp_frame_set_bin(&q, SP_F_BODY, body, body_len);
+		/* The key as it was for this body is kept before it goes (a retry answer). */
+		if ((rc = frame_fits(sp, &q, 1)) || (rc = sk_dist_keep(sp, gid, o->msg_id, skdm, skdm_len)) ||
+		    (rc = save_state(sp)) || (rc = cl_call_want(sp, &q, SP_T_SENT, &r))) {
 			cl_sig_reload(sp);
+			goto next;
 		}
+		rc = mark_sent(sp, o, &r, gi.owners, gi.devices, gi.ndevices);
+		sp_frame_fini(&r);
 	next:
-		for (size_t i = 0; cts && i < nitems; i++)
-			free(cts[i]);
-		free(cts);
-		free(items);
 		free(body);
 		if (skdm) {
 			sodium_memzero(skdm, skdm_len);
@@ -765,6 +872,13 @@ result_of(sealpost *sp, const uint8_t msg_id[16], int flush_rc, sealpost_sent *o
 	if (state == 1) {
 		out->sent = 1;
 		out->error = 0;
+		if ((rc = cl_prep(sp, &st, "SELECT COUNT(*) FROM recipients WHERE msg_id = ? AND status = ?")))
+			return rc;
+		sqlite3_bind_blob(st, 1, msg_id, 16, SQLITE_STATIC);
+		sqlite3_bind_int(st, 2, CL_ST_FAILED);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			out->n_refused = (size_t)sqlite3_column_int64(st, 0);
+		sqlite3_finalize(st);
 		return SP_OK;
 	}
 	if (state == 2) {

@@ -21,6 +21,14 @@ static const char schema[] =
 	" sk_epoch INTEGER DEFAULT -1, active INTEGER DEFAULT 1);"
 	"CREATE TABLE IF NOT EXISTS group_members(gid INTEGER, user INTEGER, PRIMARY KEY(gid, user));"
 	"CREATE TABLE IF NOT EXISTS sk_sent(gid INTEGER, device INTEGER, PRIMARY KEY(gid, device));"
+	/* Sender keys (docs/CLIENT.md "Groups"): our key as it was for each group message we
+	 * sent (answers to retry requests), group messages held for a missing key, and the
+	 * retry requests asked (dir 0) and answered (dir 1) per (group, device). */
+	"CREATE TABLE IF NOT EXISTS sk_dist(msg_id BLOB PRIMARY KEY, gid INTEGER, skdm BLOB, ts INTEGER);"
+	"CREATE TABLE IF NOT EXISTS sk_held(id INTEGER PRIMARY KEY AUTOINCREMENT, gid INTEGER, from_user INTEGER,"
+	" from_device INTEGER, msg_id BLOB, server_ts INTEGER, seq INTEGER, env BLOB, ts INTEGER);"
+	"CREATE TABLE IF NOT EXISTS sk_retry(gid INTEGER, device INTEGER, dir INTEGER, ts INTEGER, msg_id BLOB,"
+	" PRIMARY KEY(gid, device, dir));"
 	"CREATE TABLE IF NOT EXISTS conv_out(conv TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);"
 	"CREATE TABLE IF NOT EXISTS conv_in(conv TEXT, from_user INTEGER, from_device INTEGER,"
 	" next_seq INTEGER NOT NULL, PRIMARY KEY(conv, from_user, from_device));"

@@ -138,6 +138,9 @@ typedef struct sealpost_event {
 	int online;             /* SEALPOST_EV_PRESENCE: 1 online, 0 offline, -1 not shown */
 	uint64_t last_seen_ms;  /* SEALPOST_EV_PRESENCE: ms since the epoch; 0 not shown */
 	int recently;           /* SEALPOST_EV_PRESENCE: "last seen recently" (coarse) */
+	int held;               /* SEALPOST_EV_UNDECRYPTABLE: 1 for a group message kept while its
+				 * sender is asked for the key; it comes later as a message event
+				 * with the same msg_id */
 } sealpost_event;
 
 /* Strings in an event are valid during the callback only. */
@@ -157,6 +160,8 @@ typedef struct sealpost_sent {
 	int failed;         /* 1: failed for good (the call returns `error`) */
 	int error;          /* failed: the SP_E* code */
 	char reason[256];   /* failed: why */
+	size_t n_refused;   /* sent: recipient devices the server refused (queue full), marked
+			     * failed in sealpost_status_get; the others got it */
 } sealpost_sent;
 
 /* Writes the message to the outbox, then sends it (and anything queued before it).
@@ -189,7 +194,8 @@ int sealpost_read(sealpost *sp, const char *conv);
 
 typedef struct sealpost_device_status {
 	uint64_t user, device;
-	const char *status; /* sent|delivered|read|expired (sent, and past the server's exp_after) */
+	const char *status; /* sent|delivered|read|expired (sent, and past the server's exp_after)|failed */
+	const char *reason; /* failed: "queue full" (refused by the server); NULL otherwise */
 } sealpost_device_status;
 
 typedef struct sealpost_status {

@@ -157,6 +157,7 @@ cs_limits_asks(const sp_frame *f, uint64_t user, const cs_admit_key *src, cs_lim
 	switch (f->type) {
 	case SP_T_SEND:
 	case SP_T_SEND_GROUP:
+	case SP_T_SEND_SK:
 		ASK(CS_LIM_SEND, CS_SCOPE_USER, user, 1);
 		ASK(CS_LIM_SEND, CS_SCOPE_SOURCE, 0, 1);
 		break;

@@ -23,7 +23,8 @@ typedef struct send_op {
 	size_t n; /* targets */
 	uint64_t *devices, *seqs;
 	int pending, rc;
-	unsigned refused;
+	size_t refused; /* targets over their queue cap or the sender's share (seq 0) */
+	int refused_rc; /* SP_EFULL or SP_ELIMIT: why the last one was refused */
 } send_op;
 
 static void
@@ -76,7 +77,19 @@ answer_sent(send_op *op)
 	sp_frame_init(&ok, SP_T_SENT, op->id, op->has_id);
 	sp_frame_set_bin(&ok, SP_F_MSG_ID, op->msg_id, 16);
 	sp_frame_set_u64(&ok, SP_F_SERVER_TS, op->server_ts);
+	uint64_t *refused = NULL;
+	if (op->refused) {
+		/* The sender learns which devices did not get it (the client marks them failed). */
+		if ((refused = malloc(op->refused * sizeof(uint64_t)))) {
+			size_t k = 0;
+			for (size_t i = 0; i < op->n && k < op->refused; i++)
+				if (!op->seqs[i])
+					refused[k++] = op->devices[i];
+			sp_frame_set_u64s(&ok, SP_F_GRP_REFUSED, refused, (uint32_t)k);
+		}
+	}
 	cs_session_send(s, &ok);
+	free(refused);
 	sp_metric_inc(s->srv->m.sends);
 	sp_metric_observe(s->srv->m.sent_latency, (double)(sp_mono_ns() - op->t0) / 1e9);
 }
@@ -92,11 +105,13 @@ entry_for(const send_op *op, size_t i, sp_frame *d)
 	sp_frame_set_u64(d, SP_F_FROM_USER, s->user);
 	sp_frame_set_u64(d, SP_F_FROM_DEVICE, s->device);
 	sp_frame_set_u64(d, SP_F_SERVER_TS, op->server_ts);
-	if (op->type == SP_T_SEND) {
+	if (op->type != SP_T_SEND_GROUP) {
 		const sp_frame *it = &sp_frame_get(&op->f, SP_F_ITEMS)->rs.v[i];
 		sp_bin ct = sp_frame_bin(it, SP_F_CT);
 		sp_frame_set_u64(d, SP_F_ETYPE, sp_frame_u64(it, SP_F_ETYPE));
 		sp_frame_set_bin(d, SP_F_ENV, ct.p, ct.len);
+		if (op->group)
+			sp_frame_set_u64(d, SP_F_GROUP, op->group);
 		return;
 	}
 	sp_bin body = sp_frame_bin(&op->f, SP_F_BODY);
@@ -144,6 +159,10 @@ static void
 appends_done(send_op *op)
 {
 	cs_session *s = op->s;
+	/* Some targets refused for a full queue, the others stored: SENT names the refused
+	 * ones. All of a 1:1 send refused: the error, as before (the client retries later). */
+	if (!op->rc && op->type == SP_T_SEND && op->refused == op->n)
+		op->rc = op->refused_rc;
 	if (op->rc) {
 		op_fail(op, op->rc,
 			op->rc == SP_EFULL    ? "recipient queue full"
@@ -152,8 +171,8 @@ appends_done(send_op *op)
 		return;
 	}
 	if (op->refused)
-		sp_warn_rl("group message from device %llu: %u member devices refused (queue full or "
-			   "the sender's share of it)",
+		sp_warn_rl("message from device %llu: %zu devices refused (queue full or the sender's "
+			   "share of it), reported in SENT",
 			(unsigned long long)s->device, op->refused);
 	answer_sent(op);
 	notify_appended(op);
@@ -186,7 +205,10 @@ on_batch_appended(void *arg, int rc, const sp_frame *reply)
 		rc = SP_EPROTO;
 	for (size_t k = 0; rc == SP_OK && k < a->count; k++) {
 		op->seqs[a->first + k] = v->us.v[k];
-		op->refused += v->us.v[k] == 0;
+		if (v->us.v[k] == 0) {
+			op->refused++;
+			op->refused_rc = SP_EFULL;
+		}
 	}
 	free(a);
 	append_done(op, rc);
@@ -219,6 +241,12 @@ on_item_appended(void *arg, int rc, uint64_t seq)
 	send_op *op = a->op;
 	if (rc == SP_OK)
 		op->seqs[a->first] = seq;
+	if (rc == SP_EFULL || rc == SP_ELIMIT) {
+		/* One device over its cap: the others still get it (seq 0 marks it refused). */
+		op->refused++;
+		op->refused_rc = rc;
+		rc = SP_OK;
+	}
 	free(a);
 	append_done(op, rc);
 }
@@ -253,6 +281,8 @@ start_appends_one(send_op *op)
 		sp_frame_set_u64(&q, SP_F_SERVER_TS, op->server_ts);
 		sp_frame_set_u64(&q, SP_F_ETYPE, sp_frame_u64(it, SP_F_ETYPE));
 		sp_frame_set_bin(&q, SP_F_ENV, ct.p, ct.len);
+		if (op->group)
+			sp_frame_set_u64(&q, SP_F_GROUP, op->group);
 		const sp_cluster_member *shard = map ? sp_cluster_map_shard_for(map, op->devices[i]) : NULL;
 		append_ctx *a = malloc(sizeof(*a));
 		int rc = !a ? SP_ENOMEM : !shard ? SP_EUNAVAIL : SP_OK;
@@ -575,6 +605,82 @@ cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	sp_frame_set_u64(&q, SP_F_GROUP, op->group);
 	sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
 	int rc = cs_shardcall_keysrv(s->srv->shards, false, &q, on_group_devices, op);
+	if (rc)
+		op_fail(op, SP_EUNAVAIL, "group unavailable, retry");
+}
+
+/* ---- pairwise items to group devices (SEND_SK) ---- */
+
+static void
+on_sk_devices(void *arg, int rc, const sp_frame *reply)
+{
+	send_op *op = arg;
+	cs_session *s = op->s;
+	if (rc) {
+		op_fail(op, rc, rc == SP_EPERM ? "not a member of this group" : "group unavailable, retry");
+		return;
+	}
+	const sp_val *v = sp_frame_get(reply, SP_F_DEVICES);
+	size_t n = v ? v->us.n : 0;
+	uint64_t *devs = malloc((n ? n : 1) * sizeof(uint64_t));
+	if (!devs) {
+		op_fail(op, SP_ENOMEM, NULL);
+		return;
+	}
+	if (n)
+		memcpy(devs, v->us.v, n * sizeof(uint64_t));
+	qsort(devs, n, sizeof(uint64_t), cmp_u64);
+	const sp_val *items = sp_frame_get(&op->f, SP_F_ITEMS);
+	bool ok = true;
+	for (uint32_t k = 0; k < items->rs.n && ok; k++) {
+		uint64_t d = sp_frame_u64(&items->rs.v[k], SP_F_DEVICE);
+		ok = d != s->device && bsearch(&d, devs, n, sizeof(uint64_t), cmp_u64);
+	}
+	free(devs);
+	if (!ok) {
+		op_fail(op, SP_EMISMATCH, "an item names a device outside the group");
+		return;
+	}
+	start_appends_one(op);
+}
+
+void
+cs_send_sk(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	const sp_val *items = sp_frame_get(f, SP_F_ITEMS);
+	const uint8_t *msg_id = sp_frame_bin(f, SP_F_MSG_ID).p;
+	if (items->rs.n == 0) {
+		cs_session_error(s, f->id, f->has_id, SP_EFIELDLEN, "items: at least one device", msg_id);
+		return;
+	}
+	/* Sorted copy: a device named twice would be stored twice. O(n log n) on the loop. */
+	uint64_t *devs = malloc(items->rs.n * sizeof(uint64_t));
+	if (!devs) {
+		cs_session_error(s, f->id, f->has_id, SP_ENOMEM, NULL, msg_id);
+		return;
+	}
+	for (uint32_t i = 0; i < items->rs.n; i++)
+		devs[i] = sp_frame_u64(&items->rs.v[i], SP_F_DEVICE);
+	qsort(devs, items->rs.n, sizeof(uint64_t), cmp_u64);
+	bool dup = false;
+	for (uint32_t i = 1; i < items->rs.n && !dup; i++)
+		dup = devs[i] == devs[i - 1];
+	free(devs);
+	if (dup) {
+		cs_session_error(s, f->id, f->has_id, SP_EINVAL, "a device appears twice", msg_id);
+		return;
+	}
+	send_op *op = op_new(s, f, raw, len);
+	if (!op) {
+		cs_session_error(s, f->id, f->has_id, SP_ENOMEM, NULL, msg_id);
+		return;
+	}
+	op->group = sp_frame_u64(f, SP_F_GROUP);
+	sp_frame q;
+	sp_frame_init(&q, SP_T_GROUP_DEVICES, 0, false);
+	sp_frame_set_u64(&q, SP_F_GROUP, op->group);
+	sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
+	int rc = cs_shardcall_keysrv(s->srv->shards, false, &q, on_sk_devices, op);
 	if (rc)
 		op_fail(op, SP_EUNAVAIL, "group unavailable, retry");
 }

@@ -1,5 +1,5 @@
 /*
- * SEND (1:1) and SEND_GROUP. A SEND is answered SENT only when every per-device append is
+ * SEND (1:1), SEND_GROUP and SEND_SK. A SEND is answered SENT only when every per-device append is
  * durable on its shard; any failure is an ERROR for that msg_id and the client retries with
  * the same msg_id (the shard dedups). The sender is always the authenticated device: nothing
  * in the client's frame says who sends. Handlers called by session.c's dispatch table; the
@@ -15,5 +15,8 @@
 
 void cs_send_one(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
 void cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
+/* SEND_SK: pairwise items to devices of a group the sender is a member of (appended as 1:1
+ * entries carrying the group id); SENT lists the devices refused for a full queue. */
+void cs_send_sk(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len);
 
 #endif

@@ -418,6 +418,7 @@ static const cs_handler handlers[SP_T__MAX] = {
 	[SP_T_AUTH] = {cs_login_auth, CS_IN(CS_ST_CHALLENGED)},
 	[SP_T_SEND] = {cs_send_one, 0},
 	[SP_T_SEND_GROUP] = {cs_send_group, 0},
+	[SP_T_SEND_SK] = {cs_send_sk, 0},
 	[SP_T_READ] = {cs_receipts_read, 0},
 	[SP_T_READ_UPTO] = {cs_receipts_read_upto, 0},
 	[SP_T_ACK] = {cs_deliver_ack, 0},
