@@ -13,10 +13,11 @@ filter=${SP_TEST_FILTER:-}
 logdir=$SP_BUILD/test-logs
 mkdir -p "$logdir"
 # The integration tests' clusters share one set of dev certificates per run
-# (scripts/devcluster.sh make_all_certs): made by the first, copied by the others.
-case $SP_BUILD in /*) SP_DEVCLUSTER_CERTS_CACHE=$SP_BUILD/test-certs ;; *) SP_DEVCLUSTER_CERTS_CACHE=$PWD/$SP_BUILD/test-certs ;; esac
+# (scripts/devcluster.sh make_all_certs): made by the first, copied by the others. One
+# cache per run, so that runs side by side never see each other's.
+SP_DEVCLUSTER_CERTS_CACHE=$(mktemp -d /tmp/sp-test-certs-XXXXXX)
 export SP_DEVCLUSTER_CERTS_CACHE
-rm -rf "$SP_DEVCLUSTER_CERTS_CACHE"
+trap 'rm -rf "$SP_DEVCLUSTER_CERTS_CACHE"' EXIT
 
 # The longest programs first (scripts, then integration binaries, then unit tests), so
 # that with SP_TEST_JOBS > 1 the run does not end with one long test running alone.

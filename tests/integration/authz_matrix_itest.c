@@ -419,6 +419,25 @@ p_send_group(unsigned t)
 	expect_error(t, &q, (const int[]){SP_EPERM, SP_ENOTFOUND, 0}, "group A is not in");
 }
 
+/* SEND_SK (pairwise items to a group's devices) into B's group, naming B's device: A is
+ * not a member. */
+static void
+p_send_sk(unsigned t)
+{
+	sp_frame q, item;
+	uint8_t id[16];
+	itest_msg_id(id);
+	sp_frame_init(&q, t, 206, true);
+	sp_frame_set_u64(&q, SP_F_GROUP, group_g);
+	sp_frame_set_bin(&q, SP_F_MSG_ID, id, 16);
+	sp_frame_init(&item, SP_T_SEND_ITEM, 0, false);
+	sp_frame_set_u64(&item, SP_F_DEVICE, B.device);
+	sp_frame_set_u64(&item, SP_F_ETYPE, 8);
+	sp_frame_set_bin(&item, SP_F_CT, "x", 1);
+	sp_frame_set_recs(&q, SP_F_ITEMS, &item, 1);
+	expect_error(t, &q, (const int[]){SP_EPERM, SP_ENOTFOUND, 0}, "group A is not in");
+}
+
 static void
 p_ack(unsigned t)
 {
@@ -563,8 +582,10 @@ static const post_row post_rows[] = {
 	{SP_T_PONG, NULL, "no target"},
 	{SP_T_SEND, p_send, NULL},
 	{SP_T_SEND_GROUP, p_send_group, NULL},
+	{SP_T_SEND_SK, p_send_sk, NULL},
 	{SP_T_ACK, p_ack, NULL},
 	{SP_T_READ, NULL, "a receipt is a message to TO_USER (limited: receipt)"},
+	{SP_T_READ_UPTO, NULL, "a receipt is a message to TO_USER (limited: receipt); applied by the sender only to what it sent the reader"},
 	{SP_T_MEDIA_PUT, p_media_put, NULL},
 	{SP_T_MEDIA_DONE, p_media_done, NULL},
 	{SP_T_MEDIA_GET, p_media_get, NULL},
