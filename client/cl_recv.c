@@ -444,6 +444,21 @@ out:
 	return rc;
 }
 
+/* Reports a DELIVER that could not be read (held: kept until its key comes). */
+static void
+report_undecryptable(sealpost *sp, const cl_deliver *d, int why, bool held, sealpost_event_cb cb, void *arg)
+{
+	if (!cb)
+		return;
+	char from[48], hex[33];
+	cl_user_display(sp, d->from_user, from, sizeof(from));
+	cl_hex(d->msg_id, 16, hex);
+	sealpost_event ev = {.type = SEALPOST_EV_UNDECRYPTABLE, .from = from, .from_user = d->from_user,
+			     .from_device = d->from_device, .group = d->group, .msg_id = hex, .error = why,
+			     .server_ts = d->server_ts, .held = held};
+	cb(&ev, arg);
+}
+
 /* A DELIVER that cannot be read: remembered (so a redelivery is dropped), ACKed, reported. */
 static int
 refuse(sealpost *sp, const cl_deliver *d, int why, sealpost_event_cb cb, void *arg)
@@ -455,15 +470,7 @@ refuse(sealpost *sp, const cl_deliver *d, int why, sealpost_event_cb cb, void *a
 	}
 	if ((rc = acked(sp, d)))
 		return rc;
-	if (cb) {
-		char from[48], hex[33];
-		cl_user_display(sp, d->from_user, from, sizeof(from));
-		cl_hex(d->msg_id, 16, hex);
-		sealpost_event ev = {.type = SEALPOST_EV_UNDECRYPTABLE, .from = from, .from_user = d->from_user,
-				     .from_device = d->from_device, .group = d->group, .msg_id = hex, .error = why,
-				     .server_ts = d->server_ts};
-		cb(&ev, arg);
-	}
+	report_undecryptable(sp, d, why, false, cb, arg);
 	return SP_OK;
 }
 
@@ -770,15 +777,7 @@ out:
 	}
 	if ((rc = acked(sp, d)))
 		return rc;
-	if (cb) {
-		char from[48], hex[33];
-		cl_user_display(sp, d->from_user, from, sizeof(from));
-		cl_hex(d->msg_id, 16, hex);
-		sealpost_event ev = {.type = SEALPOST_EV_UNDECRYPTABLE, .from = from, .from_user = d->from_user,
-				     .from_device = d->from_device, .group = d->group, .msg_id = hex, .error = why,
-				     .server_ts = d->server_ts, .held = 1};
-		cb(&ev, arg);
-	}
+	report_undecryptable(sp, d, why, true, cb, arg);
 	sk_ask(sp, d->group, d->from_user, d->from_device);
 	return SP_OK;
 }

@@ -155,13 +155,33 @@ notify_appended(send_op *op)
 	}
 }
 
+/* Whether a 1:1 send reached none of the recipient's devices (only copies to the
+ * sender's own other devices stored, or nothing): then the message did not go. */
+static bool
+recipient_refused(const send_op *op)
+{
+	if (op->refused == op->n)
+		return true;
+	if (op->to_user == op->s->user)
+		return false;
+	for (size_t i = 0; i < op->n; i++) {
+		if (!op->seqs[i])
+			continue;
+		for (size_t k = 0; k < op->nto; k++)
+			if (op->to_devs[k] == op->devices[i])
+				return false;
+	}
+	return true;
+}
+
 static void
 appends_done(send_op *op)
 {
 	cs_session *s = op->s;
 	/* Some targets refused for a full queue, the others stored: SENT names the refused
-	 * ones. All of a 1:1 send refused: the error, as before (the client retries later). */
-	if (!op->rc && op->type == SP_T_SEND && op->refused == op->n)
+	 * ones. A 1:1 send none of whose recipient devices took it: the error, as before (the
+	 * client retries later; a copy stored on our other devices is deduplicated then). */
+	if (!op->rc && op->type == SP_T_SEND && op->refused && recipient_refused(op))
 		op->rc = op->refused_rc;
 	if (op->rc) {
 		op_fail(op, op->rc,
@@ -590,8 +610,11 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 		appends_done(op);
 }
 
-void
-cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+/* A group op (SEND_GROUP, SEND_SK): asks keysrv for the group's devices (the sender must
+ * be a member), then `done` goes on with the op. */
+static void
+ask_group_devices(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len,
+		  void (*done)(void *, int, const sp_frame *))
 {
 	const uint8_t *msg_id = sp_frame_bin(f, SP_F_MSG_ID).p;
 	send_op *op = op_new(s, f, raw, len);
@@ -604,9 +627,14 @@ cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 	sp_frame_init(&q, SP_T_GROUP_DEVICES, 0, false);
 	sp_frame_set_u64(&q, SP_F_GROUP, op->group);
 	sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
-	int rc = cs_shardcall_keysrv(s->srv->shards, false, &q, on_group_devices, op);
-	if (rc)
+	if (cs_shardcall_keysrv(s->srv->shards, false, &q, done, op))
 		op_fail(op, SP_EUNAVAIL, "group unavailable, retry");
+}
+
+void
+cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
+{
+	ask_group_devices(s, f, raw, len, on_group_devices);
 }
 
 /* ---- pairwise items to group devices (SEND_SK) ---- */
@@ -670,17 +698,5 @@ cs_send_sk(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 		cs_session_error(s, f->id, f->has_id, SP_EINVAL, "a device appears twice", msg_id);
 		return;
 	}
-	send_op *op = op_new(s, f, raw, len);
-	if (!op) {
-		cs_session_error(s, f->id, f->has_id, SP_ENOMEM, NULL, msg_id);
-		return;
-	}
-	op->group = sp_frame_u64(f, SP_F_GROUP);
-	sp_frame q;
-	sp_frame_init(&q, SP_T_GROUP_DEVICES, 0, false);
-	sp_frame_set_u64(&q, SP_F_GROUP, op->group);
-	sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
-	int rc = cs_shardcall_keysrv(s->srv->shards, false, &q, on_sk_devices, op);
-	if (rc)
-		op_fail(op, SP_EUNAVAIL, "group unavailable, retry");
+	ask_group_devices(s, f, raw, len, on_sk_devices);
 }

@@ -1228,14 +1228,18 @@ START_TEST(test_non_retryable_error_answered_at_once)
 {
 	setup();
 	login_as(ALICE, 11);
-	int m = owner_slot(21);
+	/* Every device of bob's full (a send that reaches some of them is SENT, naming the
+	 * others in grp_refused): the message did not go, and SP_EFULL is not retried. */
+	int m = owner_slot(21), m2 = owner_slot(22);
 	atomic_store(&fk.mode[m], MODE_FULL);
+	atomic_store(&fk.mode[m2], MODE_FULL);
 	send_msg(BOB, bob_and_alice12, 3, 0x4a);
 	ck_assert(run_until(got_error, 3000));
 	run_until(NULL, 200);
 	ck_assert_int_eq(sp_frame_i64(nth(SP_T_ERROR, 0), SP_F_CODE), SP_EFULL);
 	ck_assert_int_eq(count(SP_T_ERROR), 1);
 	ck_assert_int_eq(atomic_load(&fk.reqs[m]), 1);
+	ck_assert_int_eq(atomic_load(&fk.reqs[m2]), 1);
 	ck_assert_int_eq(counter("sp_connsrv_shard_retries_total"), 0);
 	ck_assert_int_eq(giveups(), 0);
 	teardown();
