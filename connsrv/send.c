@@ -25,6 +25,8 @@ typedef struct send_op {
 	int pending, rc;
 	size_t refused; /* targets over their queue cap or the sender's share (seq 0) */
 	int refused_rc; /* SP_EFULL or SP_ELIMIT: why the last one was refused */
+	/* SEND_GROUP, SEND_SK: goes on with the group's devices (ask_group_devices). */
+	void (*on_devices)(struct send_op *op, const uint64_t *devs, size_t n);
 } send_op;
 
 static void
@@ -493,16 +495,9 @@ cmp_shard_ref(const void *x, const void *y)
 }
 
 static void
-on_group_devices(void *arg, int rc, const sp_frame *reply)
+group_devices_fanout(send_op *op, const uint64_t *devs, size_t n)
 {
-	send_op *op = arg;
 	cs_session *s = op->s;
-	if (rc) {
-		op_fail(op, rc, rc == SP_EPERM ? "not a member of this group" : "group unavailable, retry");
-		return;
-	}
-	const sp_val *v = sp_frame_get(reply, SP_F_DEVICES);
-	size_t n = v ? v->us.n : 0;
 	op->devices = calloc(2 * (n ? n : 1), sizeof(uint64_t));
 	if (!op->devices) {
 		op_fail(op, SP_ENOMEM, NULL);
@@ -510,8 +505,8 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 	}
 	op->seqs = op->devices + (n ? n : 1);
 	for (size_t i = 0; i < n; i++)
-		if (v->us.v[i] != s->device)
-			op->devices[op->n++] = v->us.v[i];
+		if (devs[i] != s->device)
+			op->devices[op->n++] = devs[i];
 	/* Up to SP_MAX_FANOUT_DEVICES targets and items: everything below is sorted and
 	 * searched in O(n log n), never compared pairwise, on the loop thread. */
 	const sp_val *items = sp_frame_get(&op->f, SP_F_ITEMS);
@@ -610,11 +605,24 @@ on_group_devices(void *arg, int rc, const sp_frame *reply)
 		appends_done(op);
 }
 
+/* keysrv's GROUP_DEVICES answer: refused (not a member) or unavailable ends the op. */
+static void
+on_group_devices(void *arg, int rc, const sp_frame *reply)
+{
+	send_op *op = arg;
+	if (rc) {
+		op_fail(op, rc, rc == SP_EPERM ? "not a member of this group" : "group unavailable, retry");
+		return;
+	}
+	const sp_val *v = sp_frame_get(reply, SP_F_DEVICES);
+	op->on_devices(op, v ? v->us.v : NULL, v ? v->us.n : 0);
+}
+
 /* A group op (SEND_GROUP, SEND_SK): asks keysrv for the group's devices (the sender must
- * be a member), then `done` goes on with the op. */
+ * be a member), then `go` goes on with the op and them. */
 static void
 ask_group_devices(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len,
-		  void (*done)(void *, int, const sp_frame *))
+		  void (*go)(send_op *op, const uint64_t *devs, size_t n))
 {
 	const uint8_t *msg_id = sp_frame_bin(f, SP_F_MSG_ID).p;
 	send_op *op = op_new(s, f, raw, len);
@@ -623,40 +631,34 @@ ask_group_devices(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t l
 		return;
 	}
 	op->group = sp_frame_u64(f, SP_F_GROUP);
+	op->on_devices = go;
 	sp_frame q;
 	sp_frame_init(&q, SP_T_GROUP_DEVICES, 0, false);
 	sp_frame_set_u64(&q, SP_F_GROUP, op->group);
 	sp_frame_set_u64(&q, SP_F_AUTH_USER, s->user);
-	if (cs_shardcall_keysrv(s->srv->shards, false, &q, done, op))
+	if (cs_shardcall_keysrv(s->srv->shards, false, &q, on_group_devices, op))
 		op_fail(op, SP_EUNAVAIL, "group unavailable, retry");
 }
 
 void
 cs_send_group(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 {
-	ask_group_devices(s, f, raw, len, on_group_devices);
+	ask_group_devices(s, f, raw, len, group_devices_fanout);
 }
 
 /* ---- pairwise items to group devices (SEND_SK) ---- */
 
 static void
-on_sk_devices(void *arg, int rc, const sp_frame *reply)
+sk_check_devices(send_op *op, const uint64_t *group_devs, size_t n)
 {
-	send_op *op = arg;
 	cs_session *s = op->s;
-	if (rc) {
-		op_fail(op, rc, rc == SP_EPERM ? "not a member of this group" : "group unavailable, retry");
-		return;
-	}
-	const sp_val *v = sp_frame_get(reply, SP_F_DEVICES);
-	size_t n = v ? v->us.n : 0;
 	uint64_t *devs = malloc((n ? n : 1) * sizeof(uint64_t));
 	if (!devs) {
 		op_fail(op, SP_ENOMEM, NULL);
 		return;
 	}
 	if (n)
-		memcpy(devs, v->us.v, n * sizeof(uint64_t));
+		memcpy(devs, group_devs, n * sizeof(uint64_t));
 	qsort(devs, n, sizeof(uint64_t), cmp_u64);
 	const sp_val *items = sp_frame_get(&op->f, SP_F_ITEMS);
 	bool ok = true;
@@ -698,5 +700,5 @@ cs_send_sk(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 		cs_session_error(s, f->id, f->has_id, SP_EINVAL, "a device appears twice", msg_id);
 		return;
 	}
-	ask_group_devices(s, f, raw, len, on_sk_devices);
+	ask_group_devices(s, f, raw, len, sk_check_devices);
 }

@@ -23,14 +23,8 @@ cleanup() {
 	rm -rf "$dir"
 }
 trap cleanup EXIT
-for attempt in 1 2 3 4 5; do
-	export SP_PORT_BASE=$((10000 + (RANDOM % 220) * 100))
-	if "$dc" up >"$dir/up.log" 2>&1; then break; fi
-	"$dc" down >/dev/null 2>&1 || true
-	if [ $attempt = 5 ]; then
-		echo "FAIL: cluster did not start"; tail -n 20 "$dir/up.log"; exit 1
-	fi
-done
+. "$root/tests/lib/devcluster_up.sh"
+sp_devcluster_up "$dc"
 . "$dir/env"
 fails=0
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
