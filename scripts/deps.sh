@@ -13,8 +13,10 @@ PKGS=(
   docker-compose # deploy_files_itest: `docker-compose config` checks deploy/compose (no daemon)
 )
 
-# One dpkg-query for all of them: the dev cluster runs this at every start.
-installed=" $(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${PKGS[@]}" 2>/dev/null |
+# One dpkg-query for all of them: the dev cluster runs this at every start. It exits 1
+# when any package is unknown to dpkg (never installed): that is the case this script is
+# for, so its status is not an error here.
+installed=" $({ dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${PKGS[@]}" 2>/dev/null || true; } |
   awk '$2 == "installed" { printf "%s ", $1 }')"
 missing=()
 for p in "${PKGS[@]}"; do
