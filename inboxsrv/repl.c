@@ -210,6 +210,7 @@ inbox_repl_open(inbox_repl **out, const repl_node_config *cfg, uint64_t shard, i
 	nc.group = group;
 	nc.metric_prefix = "sp_inbox_repl";
 	nc.files = &inbox_repl_files;
+	nc.lazy_commit = true; /* an inbox replica serves no reads */
 	repl_node_sm sm = {
 		.arg = r,
 		.store_lsn = sm_store_lsn,

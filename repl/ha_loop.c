@@ -14,7 +14,7 @@
  * wakes every watcher of the group (the other copies, the routers, and through the map
  * every connsrv), and under load the LSNs change on every batch. Campaigns never wait
  * for it: without a leader, positions go out at once (repl_ha_choose compares them). */
-#define STATUS_EVERY_MS 1000
+#define STATUS_EVERY_MS 5000
 
 typedef struct loop_state {
 	repl_ha_view view;

@@ -32,6 +32,8 @@
 #define REPLY_SLACK 8192 /* room for a reply's own keys and each record's */
 #define SHIP_MAX_RECS 4096 /* records one REPL_RECORDS carries at most */
 #define APPLY_CHUNK (8u << 20) /* record bytes replayed per writer batch */
+#define APPLY_EVERY_MS 50 /* lazy_commit: a replica's apply step under load... */
+#define APPLY_MIN_RECS 4096 /* ...or as soon as this many committed records wait */
 #define TICK_MS 50 /* the manager's period */
 #define UNWRITABLE_FAIL_MS 100 /* then queued writes get SP_EUNAVAIL instead of waiting */
 #define FETCH_TIMEOUT_SLACK_MS 1000
@@ -44,6 +46,7 @@ typedef struct node_metrics {
 	sp_metric *shipped, *fetched, *applied_batches, *promotions, *fenced, *unavailable;
 	sp_metric *sync_changes, *diverged, *log_bytes, *log_first;
 	sp_metric *snap_made, *snap_sent, *snap_installed, *snap_install_bytes, *snap_install_ms;
+	sp_metric *log_sync_s, *commit_wait_s;
 } node_metrics;
 
 struct repl_node {
@@ -96,6 +99,7 @@ struct repl_node {
 
 	repl_snap_src *snap; /* snapshots this copy serves while it leads */
 	uint64_t trim_ms; /* the last retention pass (writer thread of the role) */
+	uint64_t apply_ms; /* a replica's last apply step (follower thread) */
 	_Atomic bool restart; /* the follower marked the data dir for a snapshot */
 
 	nng_socket rep;
@@ -366,12 +370,13 @@ repl_node_replicate(repl_node *r, repl_log_rec *recs, size_t n)
 		fatal("log append", rc);
 	if (rc)
 		return rc;
-	uint64_t last = prev.lsn + n;
+	uint64_t last = prev.lsn + n, t0 = sp_mono_ns();
 	pthread_mutex_lock(&r->lock);
 	pthread_cond_broadcast(&r->cond); /* fetches waiting for records */
 	pthread_mutex_unlock(&r->lock);
 	if ((rc = repl_log_sync(r->log)))
 		fatal("log fsync", rc);
+	sp_metric_observe(r->m.log_sync_s, (double)(sp_mono_ns() - t0) / 1e9);
 	sp_metric_set(r->m.flushed, (int64_t)last);
 
 	uint64_t unwritable_since = 0;
@@ -409,6 +414,7 @@ repl_node_replicate(repl_node *r, repl_log_rec *recs, size_t n)
 	}
 	uint64_t commit = r->sync ? repl_sync_commit_lsn(r->sync) : 0;
 	pthread_mutex_unlock(&r->lock);
+	sp_metric_observe(r->m.commit_wait_s, (double)(sp_mono_ns() - t0) / 1e9);
 	if (rc == SP_OK && !repl_ha_may_serve(r->ha, repl_ha_now_ms()))
 		rc = SP_ENOTPRIMARY; /* fenced while waiting: acknowledge nothing */
 	if (rc == SP_OK) {
@@ -537,8 +543,8 @@ serve_fetch(repl_node *r, const sp_frame *f)
 	/* Long-poll: until records or a newer commit LSN can be sent. */
 	struct timespec until;
 	deadline_in(&until, r->cfg.fetch_wait_ms);
-	while (!r->stopping && r->sync && r->epoch == my_epoch
-	    && repl_log_last(r->log).lsn <= last_lsn && repl_sync_commit_lsn(r->sync) <= known)
+	while (!r->stopping && r->sync && r->epoch == my_epoch && repl_log_last(r->log).lsn <= last_lsn
+	    && (r->cfg.lazy_commit || repl_sync_commit_lsn(r->sync) <= known))
 		if (pthread_cond_timedwait(&r->cond, &r->lock, &until) == ETIMEDOUT)
 			break;
 	uint64_t commit = r->sync && r->epoch == my_epoch ? repl_sync_commit_lsn(r->sync) : 0;
@@ -555,7 +561,8 @@ serve_fetch(repl_node *r, const sp_frame *f)
 	sc.budget = sp_frame_limit_large() - REPLY_SLACK;
 	/* Sized by what the log holds past the fetch (usually one batch): a frame is a few
 	 * hundred bytes, and a reply per batch per copy must not zero megabytes. */
-	uint64_t avail = repl_log_last(r->log).lsn > last_lsn ? repl_log_last(r->log).lsn - last_lsn : 0;
+	uint64_t log_end = repl_log_last(r->log).lsn;
+	uint64_t avail = log_end > last_lsn ? log_end - last_lsn : 0;
 	sc.cap = avail < SHIP_MAX_RECS ? (size_t)avail : SHIP_MAX_RECS;
 	sc.recs = calloc(sc.cap ? sc.cap : 1, sizeof(*sc.recs));
 	sc.bufs = calloc(sc.cap ? sc.cap : 1, sizeof(*sc.bufs));
@@ -575,6 +582,7 @@ serve_fetch(repl_node *r, const sp_frame *f)
 		sp_frame_set_u64(&rep, SP_F_EPOCH, (uint64_t)my_epoch);
 		sp_frame_set_u64(&rep, SP_F_COMMIT_LSN, commit);
 		sp_frame_set_recs(&rep, SP_F_REPL_RECS, sc.recs, (uint32_t)sc.n);
+		sp_frame_set_u64(&rep, SP_F_LAST_LSN, log_end);
 		if (vouch)
 			sp_frame_set_bool(&rep, SP_F_PRIMARY, true);
 		if ((rc = sp_nng_msg_from_frame(&rep, &m)))
@@ -669,8 +677,10 @@ repl_node_restart_wanted(repl_node *r)
 
 /* ---- the replica's follower ---- */
 
-/* Appends the records of one REPL_RECORDS reply, fsyncs, and applies what is committed. */
-static void
+/* Appends the records of one REPL_RECORDS reply, fsyncs, and applies what is committed
+ * (with lazy_commit in steps: see APPLY_EVERY_MS). True when this copy now holds the
+ * primary's whole log as it answered. */
+static bool
 take_records(repl_node *r, const sp_frame *rep, uint64_t sent_ms)
 {
 	uint64_t epoch = sp_frame_u64(rep, SP_F_EPOCH), commit = sp_frame_u64(rep, SP_F_COMMIT_LSN);
@@ -686,12 +696,12 @@ take_records(repl_node *r, const sp_frame *rep, uint64_t sent_ms)
 		sp_warn_rl("repl %s: ignoring a reply of epoch %" PRIu64
 			   " (a newer epoch was seen, or this copy no longer follows)",
 		    r->group, epoch);
-		return;
+		return false;
 	}
 	if (n) {
 		repl_log_rec *recs = calloc(n, sizeof(*recs));
 		if (!recs)
-			return;
+			return false;
 		for (uint32_t i = 0; i < n; i++) {
 			const sp_frame *f = &v->rs.v[i];
 			sp_bin d = sp_frame_bin(f, SP_F_REPL_DATA);
@@ -702,7 +712,7 @@ take_records(repl_node *r, const sp_frame *rep, uint64_t sent_ms)
 					   "primary's: reply ignored",
 				    r->group, recs[i].lsn);
 				free(recs);
-				return;
+				return false;
 			}
 		}
 		repl_log_pos prev = repl_log_last(r->log);
@@ -713,10 +723,12 @@ take_records(repl_node *r, const sp_frame *rep, uint64_t sent_ms)
 		if (rc) {
 			sp_warn_rl("repl %s: records from the primary refused (%s): fetching again",
 			    r->group, sp_strerror(rc));
-			return;
+			return false;
 		}
+		uint64_t t0 = sp_mono_ns();
 		if ((rc = repl_log_sync(r->log)))
 			fatal("log fsync", rc);
+		sp_metric_observe(r->m.log_sync_s, (double)(sp_mono_ns() - t0) / 1e9);
 		sp_metric_add(r->m.fetched, n);
 	}
 	maybe_trim(r);
@@ -728,14 +740,23 @@ take_records(repl_node *r, const sp_frame *rep, uint64_t sent_ms)
 		commit = last.lsn;
 	if (commit > repl_log_committed(r->log))
 		repl_log_set_committed(r->log, commit);
-	if (commit > atomic_load(&r->submitted))
+	/* Lazily, a replica applies when the primary is idle (an empty reply), every
+	 * APPLY_EVERY_MS, or once APPLY_MIN_RECS wait: one store commit (and its fsync) for
+	 * many of the primary's batches. The records are durable in the log meanwhile. */
+	uint64_t now = sp_mono_ms(), submitted = atomic_load(&r->submitted);
+	if (commit > submitted
+	    && (!r->cfg.lazy_commit || n == 0 || now - r->apply_ms >= APPLY_EVERY_MS
+		|| commit - submitted >= APPLY_MIN_RECS)) {
+		r->apply_ms = now;
 		apply_upto(r, commit, false);
+	}
 	if (sp_frame_u64(rep, SP_F_PRIMARY)) {
 		pthread_mutex_lock(&r->lock);
 		if (r->role == ROLE_REPLICA)
 			heard_reply(r, raw_commit, sent_ms);
 		pthread_mutex_unlock(&r->lock);
 	}
+	return n == 0 || last.lsn >= sp_frame_u64(rep, SP_F_LAST_LSN);
 }
 
 static void
@@ -869,9 +890,7 @@ follow_main(void *arg)
 		rc = follow_call(r, aio, sock, &req, &msg, &rep);
 		uint64_t pause = 0;
 		if (rc == SP_OK && rep.type == SP_T_REPL_RECORDS) {
-			take_records(r, &rep, sent_ms);
-			const sp_val *v = sp_frame_get(&rep, SP_F_REPL_RECS);
-			if (!v || v->rs.n == 0)
+			if (take_records(r, &rep, sent_ms))
 				caught_up_ms = sp_mono_ms();
 		} else if (rc == SP_OK && rep.type == SP_T_REPL_DIVERGED) {
 			take_diverged(r, &rep);
@@ -1218,11 +1237,12 @@ metrics_init(node_metrics *m, const char *prefix)
 {
 	static const struct {
 		size_t off;
-		bool gauge;
+		char kind; /* g(auge), c(ounter), h(istogram) */
 		const char *name, *help;
 	} defs[] = {
-#define G(f, n, h) { offsetof(node_metrics, f), true, n, h }
-#define C(f, n, h) { offsetof(node_metrics, f), false, n, h }
+#define G(f, n, h) { offsetof(node_metrics, f), 'g', n, h }
+#define C(f, n, h) { offsetof(node_metrics, f), 'c', n, h }
+#define H(f, n, h) { offsetof(node_metrics, f), 'h', n, h }
 		G(role, "role", "Replication role: 0 none (no etcd, or not yet decided), 1 replica, 2 promoting, 3 primary"),
 		G(epoch, "epoch", "The epoch this copy follows or leads"),
 		G(applied, "applied_lsn", "Last LSN applied to the store"),
@@ -1246,15 +1266,19 @@ metrics_init(node_metrics *m, const char *prefix)
 		C(snap_installed, "snapshots_installed_total", "Snapshots this copy downloaded and installed at start-up"),
 		G(snap_install_bytes, "snapshot_install_bytes", "Size of the last snapshot this copy installed"),
 		G(snap_install_ms, "snapshot_install_ms", "Duration of the last snapshot download and install, ms"),
+		H(log_sync_s, "log_sync_seconds", "fsync of the log after an append (primary: each batch; replica: each fetch's records)"),
+		H(commit_wait_s, "commit_wait_seconds", "Primary: from a batch's append to the log until the commit LSN covers it (the replicas' fetch, fsync and acknowledgement)"),
 #undef G
 #undef C
+#undef H
 	};
 	for (size_t i = 0; i < sizeof(defs) / sizeof(defs[0]); i++) {
 		char name[160];
 		snprintf(name, sizeof(name), "%s_%s", prefix, defs[i].name);
 		sp_metric **slot = (sp_metric **)((char *)m + defs[i].off);
-		*slot = defs[i].gauge ? sp_metric_gauge(name, defs[i].help)
-				      : sp_metric_counter(name, defs[i].help);
+		*slot = defs[i].kind == 'g'   ? sp_metric_gauge(name, defs[i].help)
+			: defs[i].kind == 'c' ? sp_metric_counter(name, defs[i].help)
+					      : sp_metric_histogram(name, defs[i].help);
 	}
 }
 
@@ -1400,7 +1424,8 @@ int
 repl_node_read_fresh(repl_node *r, uint64_t max_age_ms)
 {
 	pthread_mutex_lock(&r->lock);
-	bool fresh = r->role == ROLE_REPLICA && r->fresh_ms && sp_mono_ms() - r->fresh_ms <= max_age_ms;
+	bool fresh = !r->cfg.lazy_commit && r->role == ROLE_REPLICA && r->fresh_ms
+	    && sp_mono_ms() - r->fresh_ms <= max_age_ms;
 	pthread_mutex_unlock(&r->lock);
 	return fresh ? SP_OK : SP_ENOTPRIMARY;
 }

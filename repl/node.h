@@ -84,6 +84,12 @@ typedef struct repl_node_config {
 	uint32_t segment_bytes; /* log segment size (0: 64 MiB); retention drops whole ones */
 	uint64_t retain_bytes; /* log kept past what every copy applied, for late copies */
 	uint64_t snapshot_rate; /* snapshot bytes served per second (0: no limit) */
+	/* Replicas serve no reads (the inbox): a fetch's long-poll ends on new records only,
+	 * so the commit LSN rides on the next records (or the long-poll's end) instead of
+	 * costing each replica a round trip of its own per batch, and a replica applies to
+	 * its store in steps (APPLY_EVERY_MS), not once per fetch. repl_node_read_fresh is
+	 * then never SP_OK. */
+	bool lazy_commit;
 	const repl_snap_boot_result *boot; /* what the start-up's snapshot did (metrics) */
 } repl_node_config;
 

@@ -176,7 +176,8 @@ tail_is(const router_store *s, const sp_etcd_kv *kv, const char *tail)
  * they changed; tells whether this router holds the leader key, whether the base exists,
  * and whether the loop's content differs from etcd's. */
 static int
-read_keys(router_store *s, int64_t lease, bool *mine, bool *have_base, bool *differs)
+read_keys(router_store *s, int64_t lease, bool *mine, bool *have_leader, bool *have_base,
+	  bool *differs)
 {
 	sp_etcd_kvs kvs;
 	int rc = sp_etcd_get(s->cli, s->prefix, s->prefix_len, true, &kvs);
@@ -190,10 +191,11 @@ read_keys(router_store *s, int64_t lease, bool *mine, bool *have_base, bool *dif
 		sp_etcd_kvs_free(&kvs);
 		return SP_ENOMEM;
 	}
-	*mine = false;
+	*mine = *have_leader = false;
 	for (size_t i = 0; i < kvs.n; i++) {
 		const sp_etcd_kv *kv = &kvs.v[i];
 		if (tail_is(s, kv, "leader")) {
+			*have_leader = true;
 			*mine = lease && kv->lease == lease;
 		} else if (tail_is(s, kv, "epoch-base")) {
 			char *end;
@@ -260,8 +262,9 @@ store_main(void *arg)
 	while (!atomic_load(&s->stop)) {
 		int rc = SP_OK;
 		uint64_t now = sp_mono_ms();
-		bool mine = false, have_base = false, differs = false;
-		if (now >= start + GRACE_MS) {
+		bool mine = false, have_leader = false, have_base = false, differs = false;
+		bool may_lead = now >= start + GRACE_MS;
+		if (may_lead) {
 			if (lease && now >= renew_at) {
 				rc = sp_etcd_lease_keepalive(s->cli, lease, NULL);
 				if (rc == SP_ENOTFOUND) {
@@ -272,11 +275,17 @@ store_main(void *arg)
 			}
 			if (!lease && (rc = sp_etcd_lease_grant(s->cli, LEASE_TTL_S, &lease, NULL)) == SP_OK)
 				renew_at = now + RENEW_MS;
-			if (lease && rc == SP_OK)
-				rc = campaign(s, lease, &mine);
 		}
 		if (rc == SP_OK)
-			rc = read_keys(s, lease, &mine, &have_base, &differs);
+			rc = read_keys(s, lease, &mine, &have_leader, &have_base, &differs);
+		/* A campaign is an etcd write (a raft proposal and a WAL fsync, even when its
+		 * compare fails): only when the read found no leader, not on every poll. */
+		if (rc == SP_OK && may_lead && lease && !have_leader) {
+			if ((rc = campaign(s, lease, &mine)) == SP_OK && mine) {
+				set_leader(s, true);
+				continue; /* read the keys back as the writer */
+			}
+		}
 		set_leader(s, rc == SP_OK && mine);
 		if (rc == SP_OK && mine && !have_base) {
 			pthread_mutex_lock(&s->mu);
