@@ -152,7 +152,7 @@ chaos:
 		done; done; echo "chaos: all rounds passed"
 
 asan:
-	$(MAKE) BUILD=build-asan BIN=build-asan/bin \
+	SP_SANITIZED=1 $(MAKE) BUILD=build-asan BIN=build-asan/bin \
 		SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
 		OPT="-O1 -g" test
 

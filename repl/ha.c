@@ -486,9 +486,16 @@ repl_ha_renew(repl_ha *ha)
 	if (rc)
 		return rc;
 	ha->lease_until = sent + ttl * 1000;
-	if (atomic_load(&ha->leader_rev))
+	if (atomic_load(&ha->leader_rev) && !atomic_load(&ha->step_down))
 		atomic_store(&ha->serve_until, ha->lease_until - ha->margin_ms);
 	return SP_OK;
+}
+
+void
+repl_ha_step_down(repl_ha *ha)
+{
+	atomic_store(&ha->step_down, true);
+	atomic_store(&ha->serve_until, 0);
 }
 
 bool
@@ -665,6 +672,7 @@ repl_ha_campaign(repl_ha *ha, const repl_ha_view *view, repl_ha_pos mine, int64_
 		return held ? SP_EEXIST : SP_ESTATE;
 	}
 	int64_t e = max64(res.rev, counter);
+	atomic_store(&ha->step_down, false);
 	atomic_store(&ha->leader_rev, res.rev);
 	atomic_store(&ha->epoch, e);
 	atomic_store(&ha->serve_until, ha->lease_until - ha->margin_ms);

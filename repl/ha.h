@@ -186,6 +186,13 @@ int repl_ha_sync_set(repl_ha *ha, repl_ha_view *view, const repl_ha_id *members,
  * may_serve turns false before the request is sent. */
 int repl_ha_resign(repl_ha *ha);
 
+/* The primary cannot go on in this term (a batch was logged but not acknowledged when its
+ * fencing deadline passed, so its log holds a tail its store does not): may_serve turns
+ * false now and stays false even if the lease is renewed after all, and the HA loop
+ * fences (resigns) at its next turn, so that a new term settles the tail (the promotion
+ * re-replicates it). Any thread. */
+void repl_ha_step_down(repl_ha *ha);
+
 /* Waits until something under the group's prefix changes after view->rev, or max_ms.
  * SP_OK: *view is a fresh read (also after a compacted start revision: the watch could
  * not resume, so the state is read again). SP_ETIMEDOUT: nothing changed; *view is kept. */

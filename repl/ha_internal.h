@@ -31,6 +31,7 @@ struct repl_ha {
 	_Atomic int64_t serve_until; /* the fencing deadline while primary, else 0 */
 	_Atomic int64_t leader_rev;  /* create revision of our leader key, 0: not primary */
 	_Atomic int64_t epoch;       /* ours while primary, else 0 */
+	atomic_bool step_down;       /* repl_ha_step_down: this term ends at the loop's next turn */
 
 	/* The loop. */
 	pthread_t thread;

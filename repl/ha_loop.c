@@ -201,7 +201,9 @@ loop_main(void *arg)
 	while (!atomic_load(&ha->stop)) {
 		int64_t now = repl_ha_now_ms();
 		renew(ha, &s, now);
-		if (s.primary && !repl_ha_may_serve(ha, repl_ha_now_ms()))
+		if (s.primary && atomic_load(&ha->step_down))
+			fence(ha, &s, "a batch was left unacknowledged at the fencing deadline");
+		else if (s.primary && !repl_ha_may_serve(ha, repl_ha_now_ms()))
 			fence(ha, &s, "the lease could not be renewed in time");
 		publish(ha, &s);
 		if (!s.have_view) {

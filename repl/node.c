@@ -415,8 +415,14 @@ repl_node_replicate(repl_node *r, repl_log_rec *recs, size_t n)
 	uint64_t commit = r->sync ? repl_sync_commit_lsn(r->sync) : 0;
 	pthread_mutex_unlock(&r->lock);
 	sp_metric_observe(r->m.commit_wait_s, (double)(sp_mono_ns() - t0) / 1e9);
-	if (rc == SP_OK && !repl_ha_may_serve(r->ha, repl_ha_now_ms()))
-		rc = SP_ENOTPRIMARY; /* fenced while waiting: acknowledge nothing */
+	if (rc == SP_OK && !repl_ha_may_serve(r->ha, repl_ha_now_ms())) {
+		/* Past the fencing deadline while waiting: acknowledge nothing. The batch stays
+		 * in the log as an uncommitted tail the store does not hold, which only a new
+		 * term settles, so this one ends even if the lease can still be renewed (etcd
+		 * back just in time): the next batch would not follow the log otherwise. */
+		rc = SP_ENOTPRIMARY;
+		repl_ha_step_down(r->ha);
+	}
 	if (rc == SP_OK) {
 		repl_log_set_committed(r->log, last);
 		atomic_store(&r->submitted, last);

@@ -25,6 +25,9 @@
 
 #define COPIES 3
 #define THREADS 3 /* writer threads; the last sends 3-target batches */
+#ifndef LOAD_PACE_US
+#define LOAD_PACE_US 0 /* a writer's pause after each acknowledged message (0: none) */
+#endif
 #define SRC_PROBER THREADS /* message numbers of the prober thread */
 #define SRC_PROBE (THREADS + 1) /* message numbers of find_primary's probes */
 #define SOURCES (THREADS + 2)
@@ -171,6 +174,8 @@ worker_main(void *arg)
 		uint64_t msg = msg_number(idx, atomic_fetch_add(&sent[idx], 1));
 		for (;;) {
 			int rc = send_once(socks[at], at, idx, msg, idx == THREADS - 1);
+			if (rc == SP_OK && LOAD_PACE_US)
+				usleep(LOAD_PACE_US);
 			if (rc == SP_OK || atomic_load(&stop_load))
 				break;
 			at = (at + 1) % COPIES;

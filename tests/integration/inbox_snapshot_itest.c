@@ -23,6 +23,10 @@
 #include <sys/stat.h>
 
 #include "etcd_proc.h"
+/* The snapshots are sent at RATE: the load is paced (at most ~300 appends a second from
+ * the three writers) so that the store, hence every download, stays the same size however
+ * fast the copies commit. */
+#define LOAD_PACE_US 10000
 #include "tests/integration/inbox_load_util.h"
 
 #define SEGMENT "64K"

@@ -13,6 +13,10 @@ const { spawnSync } = require('child_process');
 
 const SP_SRC = process.env.SPSIGNAL || path.resolve(__dirname, '..', '..', 'bin', 'spsignal');
 const VERBOSE = !!process.env.VERBOSE;
+// Under the sanitizers (make asan) every spsignal run costs ~5x: the long loops run a
+// fifth of their rounds there; every case and every path still runs.
+const ROUNDS = process.env.SP_SANITIZED === '1' ? 0.2 : 1;
+const rounds = (k) => Math.max(4, Math.round(k * ROUNDS));
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'sp-interop-'));
 // Run a private copy: a concurrent `make` relinking bin/spsignal must not break the run.
 const SP = path.join(TMP, 'spsignal');
@@ -326,13 +330,13 @@ async function oneToOne(Lib, L) {
     });
     await tcase(`[${L}] 100 messages each way (${dir} first)`, async () => {
       const p = await pair(Lib, cInit);
-      for (let i = 0; i < 100; i++) await deliver(p.ini, p.res, `ini ${i} ` + 'x'.repeat(i));
-      for (let i = 0; i < 100; i++) await deliver(p.res, p.ini, `res ${i} ` + 'y'.repeat(i));
+      for (let i = 0; i < rounds(100); i++) await deliver(p.ini, p.res, `ini ${i} ` + 'x'.repeat(i));
+      for (let i = 0; i < rounds(100); i++) await deliver(p.res, p.ini, `res ${i} ` + 'y'.repeat(i));
       await deliver(p.ini, p.res, 'done', 'whisper');
     });
     await tcase(`[${L}] alternating 50 rounds (${dir} first)`, async () => {
       const p = await pair(Lib, cInit);
-      for (let i = 0; i < 50; i++) {
+      for (let i = 0; i < rounds(50); i++) {
         await deliver(p.res, p.ini, `r${i}`, 'whisper');
         await deliver(p.ini, p.res, `i${i}`, 'whisper');
       }
@@ -500,11 +504,11 @@ async function senderKeys() {
   }
   await tcase(`[${O}] sender keys: 100 messages C->official`, async () => {
     const { c, store } = await cToO();
-    for (let i = 0; i < 100; i++) eq(await oDec(store, c.skEncrypt('g', text(`g${i}`))), text(`g${i}`));
+    for (let i = 0; i < rounds(100); i++) eq(await oDec(store, c.skEncrypt('g', text(`g${i}`))), text(`g${i}`));
   });
   await tcase(`[${O}] sender keys: 100 messages official->C`, async () => {
     const { c, enc } = await oToC();
-    for (let i = 0; i < 100; i++) eq(c.skDecrypt('g', 'o', await enc(`g${i}`)), text(`g${i}`));
+    for (let i = 0; i < rounds(100); i++) eq(c.skDecrypt('g', 'o', await enc(`g${i}`)), text(`g${i}`));
   });
   await tcase(`[${O}] sender keys: out of order C->official`, async () => {
     const { c, store } = await cToO();
