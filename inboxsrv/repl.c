@@ -32,6 +32,7 @@ typedef struct replay {
 	inbox_oplog_rec rec;
 	uint8_t *data;
 	inbox_repl *r;
+	bool last; /* the last record of its sm_apply call: reports the applied LSN */
 } replay;
 
 static void
@@ -56,15 +57,19 @@ replay_done(inbox_req *req)
 		_exit(70);
 	}
 	uint64_t lsn = rp->rec.op.lsn;
+	bool last = rp->last;
 	replay_free(rp);
-	repl_node_applied(r->node, lsn);
+	/* Once per call, not per record: each report takes the node's lock and wakes its
+	 * waiters, which per record made the replica's threads contend on every batch. */
+	if (last)
+		repl_node_applied(r->node, lsn);
 }
 
 static int
 sm_apply(void *arg, repl_node *node, const repl_log_rec *recs, size_t n)
 {
 	inbox_repl *r = arg;
-	replay *head = NULL, **tail = &head;
+	replay *head = NULL, **tail = &head, *prev = NULL;
 	(void)node;
 	for (size_t i = 0; i < n; i++) {
 		replay *rp = calloc(1, sizeof(*rp));
@@ -93,7 +98,10 @@ sm_apply(void *arg, repl_node *node, const repl_log_rec *recs, size_t n)
 		rp->req.cost = recs[i].len;
 		*tail = rp;
 		tail = (replay **)&rp->req.next;
+		prev = rp;
 	}
+	if (prev)
+		prev->last = true;
 	if (head)
 		inbox_commit_submit_chain(r->commit, &head->req);
 	return SP_OK;

@@ -52,7 +52,8 @@ typedef struct repl_node_sm {
 	int (*store_sync)(void *arg);
 	/* A replica's (or a promoting primary's) committed records, contiguous and in order,
 	 * valid during the call: the store applies them, asynchronously, calling
-	 * repl_node_applied for each once it is in the store, in LSN order. An error is
+	 * repl_node_applied once they are in the store (for each, or for the last of the
+	 * call only: the applied LSN is a high-water mark), in LSN order. An error is
 	 * fatal (the copy exits and must be rebuilt). */
 	int (*apply)(void *arg, repl_node *node, const repl_log_rec *recs, size_t n);
 	/* The writer waits for a commit the sync set cannot give now: ops queued behind the
