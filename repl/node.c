@@ -546,7 +546,8 @@ serve_fetch(repl_node *r, const sp_frame *f)
 		}
 		pthread_cond_broadcast(&r->cond);
 	}
-	/* Long-poll: until records or a newer commit LSN can be sent. */
+	/* Long-poll: until records (or, without lazy_commit, a newer commit LSN) can be
+	 * sent. */
 	struct timespec until;
 	deadline_in(&until, r->cfg.fetch_wait_ms);
 	while (!r->stopping && r->sync && r->epoch == my_epoch && repl_log_last(r->log).lsn <= last_lsn

@@ -729,6 +729,45 @@ START_TEST(test_loop_fences_and_recovers)
 }
 END_TEST
 
+/* repl_ha_step_down (a batch left unacknowledged at the fencing deadline): may_serve turns
+ * false at once and a renewal that still succeeds does not bring it back; the loop fences
+ * at its next turn and, alone in the group, wins a new term. */
+START_TEST(test_step_down)
+{
+	repl_ha *a = mk("g-step", "a", "A");
+	win(a);
+	ck_assert(repl_ha_may_serve(a, repl_ha_now_ms()));
+	repl_ha_step_down(a);
+	ck_assert(!repl_ha_may_serve(a, repl_ha_now_ms()));
+	ck_assert_int_eq(repl_ha_renew(a), SP_OK); /* the lease itself is fine */
+	ck_assert(!repl_ha_may_serve(a, repl_ha_now_ms()));
+	repl_ha_resign(a);
+	repl_ha_free(a);
+
+	repl_ha *b = mk("g-step2", "b", "B");
+	events eb = {.mu = PTHREAD_MUTEX_INITIALIZER};
+	repl_ha_callbacks cb = {ev_status, ev_primary, ev_following, ev_fenced, &eb};
+	ck_assert_int_eq(repl_ha_loop_start(b, &cb), SP_OK);
+	for (int i = 0; i < 50 && count(&eb, 0) == 0; i++)
+		sleep_ms(100);
+	ck_assert_int_eq(count(&eb, 0), 1);
+	int64_t first = eb.epoch;
+	repl_ha_step_down(b);
+	ck_assert(!repl_ha_may_serve(b, repl_ha_now_ms()));
+	for (int i = 0; i < 50 && count(&eb, 2) == 0; i++)
+		sleep_ms(100);
+	ck_assert_int_eq(count(&eb, 2), 1);
+	for (int i = 0; i < 50 && count(&eb, 0) < 2; i++)
+		sleep_ms(100);
+	ck_assert_int_eq(count(&eb, 0), 2);
+	ck_assert_int_gt(eb.epoch, first);
+	ck_assert(repl_ha_may_serve(b, repl_ha_now_ms())); /* the new term serves */
+	repl_ha_loop_stop(b);
+	repl_ha_resign(b);
+	repl_ha_free(b);
+}
+END_TEST
+
 /* The loop defers to a more advanced live sync member that does not campaign, for
  * defer_max (TTL/2 here: 1 s), then campaigns anyway. */
 START_TEST(test_loop_defers_bounded)
@@ -782,6 +821,7 @@ main(void)
 	tcase_add_test(tc, test_loop_roles);
 	tcase_add_test(tc, test_loop_fences_and_recovers);
 	tcase_add_test(tc, test_loop_defers_bounded);
+	tcase_add_test(tc, test_step_down);
 	suite_add_tcase(s, tc);
 	int rc = check_run(s);
 	etcd_proc_stop(&etcd);
