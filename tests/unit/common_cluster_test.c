@@ -393,6 +393,9 @@ fake_start(void)
 {
 	ck_assert_int_eq(sp_nng_rep_listen(&fr.rep, fr.rep_url), SP_OK);
 	nng_socket_set_ms(fr.rep, NNG_OPT_RECVTIMEO, 50);
+	/* A reply that cannot be queued (the member gave up on it) must not keep the thread
+	 * from seeing fr.stop: fake_stop joins it. */
+	nng_socket_set_ms(fr.rep, NNG_OPT_SENDTIMEO, 50);
 	ck_assert_int_eq(nng_pub0_open(&fr.pub), 0);
 	ck_assert_int_eq(nng_listen(fr.pub, fr.pub_url, NULL, 0), 0);
 	atomic_store(&fr.stop, false);
