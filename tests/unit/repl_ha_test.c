@@ -653,21 +653,33 @@ count(events *e, int which)
 	return n;
 }
 
+/* Starts ha's loop with the event-counting callbacks (the loop copies them). */
+static void
+loop_start(repl_ha *ha, events *e)
+{
+	repl_ha_callbacks c = {ev_status, ev_primary, ev_following, ev_fenced, e};
+	ck_assert_int_eq(repl_ha_loop_start(ha, &c), SP_OK);
+}
+
+/* Polls every step_ms, at most `steps` times, until count(e, which) reaches n. */
+static void
+wait_count(events *e, int which, int n, int steps, int step_ms)
+{
+	for (int i = 0; i < steps && count(e, which) < n; i++)
+		sleep_ms(step_ms);
+}
+
 START_TEST(test_loop_roles)
 {
 	repl_ha *a = mk("g-loop", "a", "A"), *b = mk("g-loop", "b", "B");
 	events ea = {.mu = PTHREAD_MUTEX_INITIALIZER}, eb = {.mu = PTHREAD_MUTEX_INITIALIZER};
-	repl_ha_callbacks ca = {ev_status, ev_primary, ev_following, ev_fenced, &ea};
-	repl_ha_callbacks cb = {ev_status, ev_primary, ev_following, ev_fenced, &eb};
-	ck_assert_int_eq(repl_ha_loop_start(a, &ca), SP_OK);
-	for (int i = 0; i < 50 && count(&ea, 0) == 0; i++)
-		sleep_ms(100);
+	loop_start(a, &ea);
+	wait_count(&ea, 0, 1, 50, 100);
 	ck_assert_int_eq(count(&ea, 0), 1);
 	ck_assert(repl_ha_may_serve(a, repl_ha_now_ms()));
 	/* The primary adds b to the sync set from another thread than its loop's. */
-	ck_assert_int_eq(repl_ha_loop_start(b, &cb), SP_OK);
-	for (int i = 0; i < 50 && count(&eb, 1) == 0; i++)
-		sleep_ms(100);
+	loop_start(b, &eb);
+	wait_count(&eb, 1, 1, 50, 100);
 	ck_assert_int_eq(count(&eb, 1), 1);
 	repl_ha_view v;
 	ck_assert_int_eq(repl_ha_loop_view(a, &v), SP_OK);
@@ -681,8 +693,7 @@ START_TEST(test_loop_roles)
 	repl_ha_loop_stop(a);
 	int64_t t0 = repl_ha_now_ms();
 	ck_assert_int_eq(repl_ha_resign(a), SP_OK);
-	for (int i = 0; i < 50 && count(&eb, 0) == 0; i++)
-		sleep_ms(50);
+	wait_count(&eb, 0, 1, 50, 50);
 	ck_assert_int_eq(count(&eb, 0), 1);
 	ck_assert_int_lt(repl_ha_now_ms() - t0, 1500);
 	ck_assert_int_gt(eb.epoch, ea.epoch);
@@ -702,10 +713,8 @@ START_TEST(test_loop_fences_and_recovers)
 	sp_etcd *e = ctl();
 	int64_t lost = win(a); /* as if the loop had not heard the answer */
 	events ea = {.mu = PTHREAD_MUTEX_INITIALIZER};
-	repl_ha_callbacks ca = {ev_status, ev_primary, ev_following, ev_fenced, &ea};
-	ck_assert_int_eq(repl_ha_loop_start(a, &ca), SP_OK);
-	for (int i = 0; i < 50 && count(&ea, 0) == 0; i++)
-		sleep_ms(100);
+	loop_start(a, &ea);
+	wait_count(&ea, 0, 1, 50, 100);
 	ck_assert_int_eq(count(&ea, 0), 1);
 	ck_assert_int_eq(count(&ea, 1), 0); /* never followed itself */
 	ck_assert_int_gt(ea.epoch, lost);
@@ -713,12 +722,10 @@ START_TEST(test_loop_fences_and_recovers)
 
 	int64_t t0 = repl_ha_now_ms();
 	ck_assert_int_eq(sp_etcd_delete(e, "/sealpost/test/g-loop2/leader", 29, false, NULL), SP_OK);
-	for (int i = 0; i < 100 && count(&ea, 2) == 0; i++)
-		sleep_ms(10);
+	wait_count(&ea, 2, 1, 100, 10);
 	ck_assert_int_eq(count(&ea, 2), 1);
 	ck_assert_int_lt(repl_ha_now_ms() - t0, 500);
-	for (int i = 0; i < 50 && count(&ea, 0) < 2; i++)
-		sleep_ms(100);
+	wait_count(&ea, 0, 2, 50, 100);
 	ck_assert_int_eq(count(&ea, 0), 2);
 	ck_assert_int_gt(ea.epoch, first);
 	ck_assert(repl_ha_may_serve(a, repl_ha_now_ms()));
@@ -746,19 +753,15 @@ START_TEST(test_step_down)
 
 	repl_ha *b = mk("g-step2", "b", "B");
 	events eb = {.mu = PTHREAD_MUTEX_INITIALIZER};
-	repl_ha_callbacks cb = {ev_status, ev_primary, ev_following, ev_fenced, &eb};
-	ck_assert_int_eq(repl_ha_loop_start(b, &cb), SP_OK);
-	for (int i = 0; i < 50 && count(&eb, 0) == 0; i++)
-		sleep_ms(100);
+	loop_start(b, &eb);
+	wait_count(&eb, 0, 1, 50, 100);
 	ck_assert_int_eq(count(&eb, 0), 1);
 	int64_t first = eb.epoch;
 	repl_ha_step_down(b);
 	ck_assert(!repl_ha_may_serve(b, repl_ha_now_ms()));
-	for (int i = 0; i < 50 && count(&eb, 2) == 0; i++)
-		sleep_ms(100);
+	wait_count(&eb, 2, 1, 50, 100);
 	ck_assert_int_eq(count(&eb, 2), 1);
-	for (int i = 0; i < 50 && count(&eb, 0) < 2; i++)
-		sleep_ms(100);
+	wait_count(&eb, 0, 2, 50, 100);
 	ck_assert_int_eq(count(&eb, 0), 2);
 	ck_assert_int_gt(eb.epoch, first);
 	ck_assert(repl_ha_may_serve(b, repl_ha_now_ms())); /* the new term serves */
@@ -781,11 +784,9 @@ START_TEST(test_loop_defers_bounded)
 	publish(b, 1, 100); /* ahead of a (0, 0), alive, but never campaigns */
 
 	events ea = {.mu = PTHREAD_MUTEX_INITIALIZER};
-	repl_ha_callbacks ca = {ev_status, ev_primary, ev_following, ev_fenced, &ea};
 	int64_t t0 = repl_ha_now_ms();
-	ck_assert_int_eq(repl_ha_loop_start(a, &ca), SP_OK);
-	for (int i = 0; i < 100 && count(&ea, 0) == 0; i++)
-		sleep_ms(50);
+	loop_start(a, &ea);
+	wait_count(&ea, 0, 1, 100, 50);
 	int64_t took = repl_ha_now_ms() - t0;
 	ck_assert_int_eq(count(&ea, 0), 1);
 	ck_assert_int_ge(took, TTL_S * 1000 / 2);
