@@ -80,7 +80,11 @@ port_of() {
 }
 
 pidfile() { echo "$dir/pids/$1.pid"; }
-alive() { local f; f=$(pidfile "$1"); [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+# A pid that exists and has not exited. An exited server stays a zombie until its parent
+# (init, for these detached servers) reaps it, which some inits do only every second or
+# two; a zombie holds no port or file any more, so it counts as stopped.
+running() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; [ "${s%% *}" != Z ]; }
+alive() { local f; f=$(pidfile "$1"); [ -f "$f" ] && running "$(cat "$f")"; }
 
 ensure_built() {
 	"$root/scripts/deps.sh"
@@ -412,25 +416,42 @@ Admin (token in $dir/admin-token): scripts/devcluster.sh drain|undrain connsrv-N
 MSG
 }
 
-cmd_down() {
-	[ -d "$dir/pids" ] || { echo "devcluster: nothing running"; return 0; }
-	local name f pid
-	local order=(pushsrv connsrv-1 connsrv-0)
-	for ((k = ${#inbox_names[@]} - 1; k >= 0; k--)); do order+=("${inbox_names[$k]}"); done
-	# "router", "keysrv": the single router and keysrv of older layouts.
-	order+=("${keys_names[@]}" keysrv "${routers[@]}" router etcd redis)
-	# Stop every copy name there could be, whatever COPIES is now.
-	for name in "${order[@]}" inbox-{0,1,2}{a,b,c} keysrv-{a,b,c}; do
+# SIGTERM to each named process that runs, then up to 5 s for them all to exit; the ones
+# left get SIGKILL. Their pid files go.
+stop_tier() {
+	local name f pid pids=() left
+	for name in "$@"; do
 		f=$(pidfile "$name")
 		[ -f "$f" ] || continue
 		pid=$(cat "$f")
-		if kill -0 "$pid" 2>/dev/null; then
-			kill -TERM "$pid" 2>/dev/null || true
-			for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-			kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-		fi
+		running "$pid" && kill -TERM "$pid" 2>/dev/null && pids+=("$pid")
 		rm -f "$f"
 	done
+	for _ in $(seq 50); do
+		left=()
+		for pid in "${pids[@]}"; do running "$pid" && left+=("$pid"); done
+		pids=("${left[@]}")
+		[ ${#pids[@]} = 0 ] && return 0
+		sleep 0.1
+	done
+	kill -KILL "${pids[@]}" 2>/dev/null || true
+}
+
+cmd_down() {
+	[ -d "$dir/pids" ] || { echo "devcluster: nothing running"; return 0; }
+	local name s l
+	# Tier by tier, front to back (each process takes a second or two under the
+	# sanitizers). Every copy name there could be, whatever COPIES is now; "router",
+	# "keysrv": the single router and keysrv of older layouts.
+	stop_tier pushsrv connsrv-1 connsrv-0
+	# Within a group one copy at a time (a primary told to stop while its replicas stop
+	# too can wait on them until it is killed); the inbox shards side by side.
+	for s in 0 1 2; do (for l in c b a; do stop_tier "inbox-$s$l"; done) & done
+	wait
+	for name in keysrv-{a,b,c} keysrv; do stop_tier "$name"; done
+	stop_tier "${routers[@]}" router
+	stop_tier etcd
+	stop_tier redis
 	echo "devcluster: stopped"
 }
 
