@@ -71,4 +71,8 @@ int itest_ack(itest_user *u, uint64_t upto);
 /* A fresh random msg id. */
 void itest_msg_id(uint8_t id[16]);
 
+/* Whether the programs run under the sanitizers (make asan sets SP_SANITIZED=1), where
+ * each costs several times more: tests may do fewer rounds there. */
+bool itest_sanitized(void);
+
 #endif
