@@ -446,8 +446,9 @@ cmd_down() {
 	stop_tier pushsrv connsrv-1 connsrv-0
 	# Within a group one copy at a time (a primary told to stop while its replicas stop
 	# too can wait on them until it is killed); the inbox shards side by side.
-	for s in 0 1 2; do (for l in c b a; do stop_tier "inbox-$s$l"; done) & done
-	wait
+	local shards=()
+	for s in 0 1 2; do (for l in c b a; do stop_tier "inbox-$s$l"; done) & shards+=($!); done
+	wait "${shards[@]}"
 	for name in keysrv-{a,b,c} keysrv; do stop_tier "$name"; done
 	stop_tier "${routers[@]}" router
 	stop_tier etcd
