@@ -61,13 +61,6 @@ struct repl_node {
 
 	pthread_mutex_t lock; /* guards everything below */
 	pthread_cond_t cond; /* log appended, commit advanced, role changed, stopping */
-	/* The manager's tick: signalled only when stopping, so that the many broadcasts of
-	 * `cond` on the write path (several per batch) do not each run a manager pass. */
-	pthread_cond_t tick_cond;
-	/* Long-polling fetches wait on this: records appended, role, epoch or sync set
-	 * changed (set_role follows each), stopping; without lazy_commit also the commit LSN
-	 * moved. Not `cond`: its broadcasts for each replica's ack would wake every fetch. */
-	pthread_cond_t fetch_cond;
 	repl_role role;
 	int64_t epoch; /* led (PRIMARY, STARTING) or followed (REPLICA) */
 	int64_t highest_epoch; /* the highest epoch seen: older primaries are refused */
@@ -176,17 +169,6 @@ set_role(repl_node *r, repl_role role)
 	r->role = role;
 	sp_metric_set(r->m.role, (int64_t)role);
 	pthread_cond_broadcast(&r->cond);
-	pthread_cond_broadcast(&r->fetch_cond);
-}
-
-/* Under the lock: the commit LSN may have moved (the writer waits for it; without
- * lazy_commit the fetches send it). */
-static void
-commit_moved(repl_node *r)
-{
-	pthread_cond_broadcast(&r->cond);
-	if (!r->cfg.lazy_commit)
-		pthread_cond_broadcast(&r->fetch_cond);
 }
 
 /* ---- handing committed records to the store ---- */
@@ -390,7 +372,7 @@ repl_node_replicate(repl_node *r, repl_log_rec *recs, size_t n)
 		return rc;
 	uint64_t last = prev.lsn + n, t0 = sp_mono_ns();
 	pthread_mutex_lock(&r->lock);
-	pthread_cond_broadcast(&r->fetch_cond); /* fetches waiting for records */
+	pthread_cond_broadcast(&r->cond); /* fetches waiting for records */
 	pthread_mutex_unlock(&r->lock);
 	if ((rc = repl_log_sync(r->log)))
 		fatal("log fsync", rc);
@@ -401,7 +383,7 @@ repl_node_replicate(repl_node *r, repl_log_rec *recs, size_t n)
 	pthread_mutex_lock(&r->lock);
 	if (r->sync)
 		repl_sync_set_flushed(r->sync, last, (uint64_t)repl_ha_now_ms());
-	commit_moved(r);
+	pthread_cond_broadcast(&r->cond);
 	for (;;) {
 		if (r->role != ROLE_PRIMARY || r->epoch != epoch || r->stopping) {
 			rc = SP_ENOTPRIMARY;
@@ -562,7 +544,7 @@ serve_fetch(repl_node *r, const sp_frame *f)
 				repl_sync_ack(r->sync, name, inc.p, acked, now);
 			}
 		}
-		commit_moved(r);
+		pthread_cond_broadcast(&r->cond);
 	}
 	/* Long-poll: until records (or, without lazy_commit, a newer commit LSN) can be
 	 * sent. */
@@ -570,7 +552,7 @@ serve_fetch(repl_node *r, const sp_frame *f)
 	deadline_in(&until, r->cfg.fetch_wait_ms);
 	while (!r->stopping && r->sync && r->epoch == my_epoch && repl_log_last(r->log).lsn <= last_lsn
 	    && (r->cfg.lazy_commit || repl_sync_commit_lsn(r->sync) <= known))
-		if (pthread_cond_timedwait(&r->fetch_cond, &r->lock, &until) == ETIMEDOUT)
+		if (pthread_cond_timedwait(&r->cond, &r->lock, &until) == ETIMEDOUT)
 			break;
 	uint64_t commit = r->sync && r->epoch == my_epoch ? repl_sync_commit_lsn(r->sync) : 0;
 	leading = r->sync && r->epoch == my_epoch;
@@ -1191,7 +1173,7 @@ manage_sync(repl_node *r, int64_t epoch)
 			if (r->sync && r->epoch == epoch && repl_sync_remove(r->sync, lag[i].name) == SP_OK)
 				sp_warn("repl %s: %s dropped from the sync set (%s)", r->group,
 				    lag[i].name, copy_alive(view, &lag[i]) ? "silent too long" : "no live process");
-			commit_moved(r);
+			pthread_cond_broadcast(&r->cond);
 			pthread_mutex_unlock(&r->lock);
 		}
 		set_stalled(r, epoch, stalled);
@@ -1219,9 +1201,7 @@ manage_main(void *arg)
 	repl_node *r = arg;
 	pthread_mutex_lock(&r->lock);
 	while (!r->stopping) {
-		struct timespec ts;
-		deadline_in(&ts, TICK_MS);
-		pthread_cond_timedwait(&r->tick_cond, &r->lock, &ts);
+		wait_ms(r, TICK_MS);
 		if (r->stopping)
 			break;
 		repl_role role = r->role;
@@ -1334,8 +1314,6 @@ repl_node_open(repl_node **out, const repl_node_config *cfg, const repl_node_sm 
 	r->advertise = dup_or_null(cfg->advertise ? cfg->advertise : cfg->listen, &oom);
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_cond_init(&r->cond, NULL);
-	pthread_cond_init(&r->tick_cond, NULL);
-	pthread_cond_init(&r->fetch_cond, NULL);
 	if (oom) {
 		repl_node_free(r);
 		return SP_ENOMEM;
@@ -1480,7 +1458,6 @@ repl_node_stop(repl_node *r, bool resign)
 	}
 	pthread_mutex_lock(&r->lock);
 	r->stopping = true;
-	pthread_cond_broadcast(&r->tick_cond);
 	follow_abort(r);
 	repl_sync_free(r->sync);
 	r->sync = NULL;
@@ -1512,8 +1489,6 @@ repl_node_free(repl_node *r)
 	repl_sync_free(r->sync);
 	pthread_mutex_destroy(&r->lock);
 	pthread_cond_destroy(&r->cond);
-	pthread_cond_destroy(&r->tick_cond);
-	pthread_cond_destroy(&r->fetch_cond);
 	free(r->data_dir);
 	free(r->etcd);
 	free(r->cluster);
