@@ -14,6 +14,7 @@
 
 #include "etcd_proc.h"
 #include "test_net.h"
+#include "test_proc.h"
 
 static void
 sleep_ms(long ms)
@@ -213,16 +214,12 @@ all_stopped(pid_t pid)
 	while (stopped && (de = readdir(d))) {
 		if (de->d_name[0] == '.')
 			continue;
-		char stat[128], buf[256];
+		char stat[128];
 		snprintf(stat, sizeof(stat), "%s/%.20s/stat", path, de->d_name);
-		FILE *f = fopen(stat, "r");
-		if (!f)
+		char state = test_proc_state(stat);
+		if (state == '\0')
 			continue;
-		size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-		fclose(f);
-		buf[n] = '\0';
-		const char *rp = strrchr(buf, ')'); /* the state follows the command name */
-		stopped = rp && rp[1] == ' ' && (rp[2] == 'T' || rp[2] == 't');
+		stopped = state == 'T' || state == 't';
 	}
 	closedir(d);
 	return stopped;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "itest.h"
+#include "test_proc.h"
 #include "sp_error.h"
 
 static void
@@ -99,16 +100,10 @@ itest_cluster_down(itest_cluster *c)
 static bool
 running(int pid)
 {
-	char path[64], buf[512];
+	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return false;
-	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	const char *p = strrchr(buf, ')'); /* the state follows the command name */
-	return !p || p[1] != ' ' || p[2] != 'Z';
+	char state = test_proc_state(path);
+	return state != '\0' && state != 'Z';
 }
 
 void
