@@ -187,9 +187,15 @@ cs_deliver_writable(cs_session *s)
 
 /* ---- ACK ---- */
 
+/* A cumulative ACK (upto only: what clients send) is sent to the shard at most once at a
+ * time per session. ACKs the client sends meanwhile only raise s->ack_next, which leaves
+ * when the one in flight is answered: under load one INBOX_ACK (one NNG request, one
+ * replicated op) covers many client ACKs, and with no load none waits. An ACK naming
+ * single seqs is sent at once, as itself. */
 typedef struct ack_op {
 	cs_session *s;
 	uint64_t upto;
+	bool cumulative; /* the session's one cumulative ACK in flight (s->ack_sending) */
 } ack_op;
 
 /* Not deleted: the entries come again on the next login; the client dedups. */
@@ -200,39 +206,74 @@ ack_dropped(cs_session *s, int rc)
 	sp_warn_rl("ack for device %llu failed: %s", (unsigned long long)s->device, sp_strerror(rc));
 }
 
+static void on_acked(void *arg, int rc, const sp_frame *reply);
+
+/* Sends INBOX_ACK {upto, seqs} for the session's device; the call holds the session.
+ * *unsent (may be NULL) tells a failure before the call (no shard known, no memory) from
+ * the call's own. */
+static int
+send_ack(cs_session *s, uint64_t upto, const uint64_t *seqs, uint32_t nseqs, bool cumulative,
+	 bool *unsent)
+{
+	cs_server *srv = s->srv;
+	char url[256];
+	ack_op *op = malloc(sizeof(*op));
+	int rc = op ? cs_members_shard_url(srv, s->device, url, sizeof(url)) : SP_ENOMEM;
+	if (unsent)
+		*unsent = rc != SP_OK;
+	if (rc != SP_OK) {
+		free(op);
+		return rc;
+	}
+	op->s = s;
+	op->upto = upto;
+	op->cumulative = cumulative;
+	sp_frame q;
+	sp_frame_init(&q, SP_T_INBOX_ACK, 0, false);
+	sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
+	if (upto)
+		sp_frame_set_u64(&q, SP_F_UPTO_SEQ, upto);
+	if (nseqs)
+		sp_frame_set_u64s(&q, SP_F_SEQS, seqs, nseqs);
+	cs_session_call_begin(s);
+	if ((rc = cs_shardcall_devices(srv->shards, url, &s->device, 1, &q, on_acked, op)) != SP_OK) {
+		free(op);
+		cs_session_call_end(s);
+		return rc;
+	}
+	if (cumulative)
+		s->ack_sending = true;
+	return SP_OK;
+}
+
 static void
 on_acked(void *arg, int rc, const sp_frame *reply)
 {
 	ack_op *op = arg;
 	cs_session *s = op->s;
 	cs_server *srv = s->srv;
+	/* The shard deletes in bounded steps: with MORE, the rest is asked for again (not once
+	 * the session is closing: it comes again on the next login). */
+	bool more = false;
 	if (rc == SP_OK) {
 		srv->ops->acked(s, reply);
-		if (sp_frame_u64(reply, SP_F_MORE) && op->upto && !s->closing) {
-			/* The shard deletes in bounded steps: ask again for the rest. */
-			ack_op *again = malloc(sizeof(*again));
-			char url[256];
-			int arc = again ? cs_members_shard_url(srv, s->device, url, sizeof(url)) : SP_ENOMEM;
-			if (arc == SP_OK) {
-				*again = *op;
-				sp_frame q;
-				sp_frame_init(&q, SP_T_INBOX_ACK, 0, false);
-				sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
-				sp_frame_set_u64(&q, SP_F_UPTO_SEQ, op->upto);
-				cs_session_call_begin(s);
-				if ((arc = cs_shardcall_devices(srv->shards, url, &s->device, 1, &q, on_acked,
-								again)) != SP_OK) {
-					free(again);
-					cs_session_call_end(s);
-				}
-			} else {
-				free(again);
-			}
-			if (arc)
-				ack_dropped(s, arc);
-		}
+		more = sp_frame_u64(reply, SP_F_MORE) && op->upto && !s->closing;
 	} else {
 		ack_dropped(s, rc);
+	}
+	uint64_t again = more ? op->upto : 0;
+	if (op->cumulative) {
+		s->ack_sending = false;
+		/* What the client acknowledged meanwhile leaves now, even from a closing session:
+		 * the client has those entries. */
+		if (s->ack_next > again)
+			again = s->ack_next;
+		s->ack_next = 0;
+	}
+	if (again) {
+		int arc = send_ack(s, again, NULL, 0, op->cumulative, NULL);
+		if (arc != SP_OK)
+			ack_dropped(s, arc);
 	}
 	free(op);
 	cs_session_call_end(s);
@@ -308,30 +349,23 @@ cs_deliver_ack(cs_session *s, const sp_frame *f, const uint8_t *raw, size_t len)
 		free(keep);
 		return; /* nothing delivered here was named */
 	}
-	char url[256];
-	ack_op *op = malloc(sizeof(*op));
-	if (!op || cs_members_shard_url(srv, s->device, url, sizeof(url))) {
-		free(op);
+	bool cumulative = nkeep == 0;
+	if (cumulative && s->ack_sending) {
+		/* Leaves when the one in flight is answered (on_acked). */
+		if (upto > s->ack_next)
+			s->ack_next = upto;
+		sp_metric_inc(srv->m.acks_merged);
 		free(keep);
-		cs_session_error(s, f->id, f->has_id, SP_EUNAVAIL, NULL, NULL);
-		return;
-	}
-	op->s = s;
-	op->upto = upto;
-	sp_frame q;
-	sp_frame_init(&q, SP_T_INBOX_ACK, 0, false);
-	sp_frame_set_u64(&q, SP_F_DEVICE, s->device);
-	if (upto)
-		sp_frame_set_u64(&q, SP_F_UPTO_SEQ, upto);
-	if (nkeep)
-		sp_frame_set_u64s(&q, SP_F_SEQS, keep, nkeep);
-	cs_session_call_begin(s);
-	int rc = cs_shardcall_devices(srv->shards, url, &s->device, 1, &q, on_acked, op);
-	free(keep);
-	if (rc != SP_OK) {
-		free(op);
-		ack_dropped(s, rc);
-		cs_session_call_end(s);
+	} else {
+		bool unsent;
+		int rc = send_ack(s, upto, keep, nkeep, cumulative, &unsent);
+		free(keep);
+		if (unsent) {
+			cs_session_error(s, f->id, f->has_id, SP_EUNAVAIL, NULL, NULL);
+			return;
+		}
+		if (rc != SP_OK)
+			ack_dropped(s, rc);
 	}
 	if (top > s->acked_seq)
 		s->acked_seq = top;

@@ -121,6 +121,10 @@ typedef struct cs_session {
 	 * last_seq AUTH claimed (only tells a legitimate re-ACK from an out-of-range one). */
 	uint64_t sent_seq, acked_seq, claimed_seq;
 	bool fetching, refetch, queue_empty_sent, checking;
+	/* A cumulative INBOX_ACK is in flight; ack_next: the highest upto the client ACKed
+	 * since (0: none), sent when it is answered. */
+	bool ack_sending;
+	uint64_t ack_next;
 	/* Revocation (revoke.c): when the device was last seen in its user's device list
 	 * (monotonic ms; set at login), and whether a check is in flight. */
 	uint64_t verified_ms;
@@ -193,7 +197,7 @@ struct cs_server {
 			*frames_out, *sends, *sent_latency, *deliveries, *delivered_rt, *drains,
 			*gap_fetches, *checks, *errors, *acks, *receipts, *rpc_latency, *redis_latency,
 			*rate_limited, *malformed, *slow_pauses, *receipts_dropped, *fetches_dropped,
-			*acks_dropped, *pushes_dropped, *pushes_stale, *peer_dropped, *checks_failed,
+			*acks_dropped, *acks_merged, *pushes_dropped, *pushes_stale, *peer_dropped, *checks_failed,
 			*acks_refused, *acks_clamped;
 		/* sp_connsrv_prelogin_refused_total{reason}: admit verdicts, then frame size
 		 * and login deadline. */

@@ -144,6 +144,7 @@ register_metrics(cs_server *srv)
 	srv->m.receipts_dropped = sp_metric_counter("sp_connsrv_receipts_dropped_total", "receipts not stored (per recipient device, or whole when the device list failed)");
 	srv->m.fetches_dropped = sp_metric_counter("sp_connsrv_fetches_dropped_total", "inbox fetches not made or failed (the check retries)");
 	srv->m.acks_dropped = sp_metric_counter("sp_connsrv_acks_dropped_total", "ACKs not applied on the shard (entries come again)");
+	srv->m.acks_merged = sp_metric_counter("sp_connsrv_acks_merged_total", "cumulative ACKs sent to the shard inside a later one (one INBOX_ACK in flight per session)");
 	srv->m.checks_failed = sp_metric_counter("sp_connsrv_checks_failed_total", "lost-push checks (LAST_SEQS) that failed (the next tick retries)");
 	srv->m.pushes_dropped = sp_metric_counter("sp_connsrv_pushes_dropped_total", "DELIVER hints (the check repairs) and KICKs not sent to peers");
 	srv->m.pushes_stale = sp_metric_counter("sp_connsrv_pushes_stale_total", "DELIVER hints for a device no longer here (stale route)");

@@ -87,6 +87,43 @@ kick(cs_server *srv, const sp_frame *f)
 			why[0] ? why : NULL);
 }
 
+/* One peer frame (never a PEER_BATCH). */
+static void
+handle(cs_server *srv, const sp_frame *f)
+{
+	if (f->type == SP_T_DELIVER && sp_frame_has(f, SP_F_DEVICE))
+		srv->ops->push(srv, f);
+	else if (f->type == SP_T_KICK)
+		kick(srv, f);
+	else if (f->type == SP_T_TYPING_PUSH)
+		cs_typing_push(srv, f);
+	else if (f->type == SP_T_PRESENCE_PUSH)
+		cs_presence_push(srv, f);
+	else
+		peer_dropped(srv, sp_frame_type_name(f->type));
+}
+
+/* A PEER_BATCH: each element decoded and handled in order; one that does not decode, or
+ * is itself a batch, is dropped alone. */
+static void
+handle_batch(cs_server *srv, const sp_frame *b)
+{
+	const sp_val *v = sp_frame_get(b, SP_F_PEER_FRAMES);
+	for (uint32_t i = 0; v && i < v->bs.n; i++) {
+		sp_frame f;
+		int rc = sp_frame_decode(v->bs.v[i].p, v->bs.v[i].len, &f);
+		if (rc != SP_OK) {
+			peer_dropped(srv, sp_strerror(rc));
+			continue;
+		}
+		if (f.type == SP_T_PEER_BATCH)
+			peer_dropped(srv, "PEER_BATCH inside a PEER_BATCH");
+		else
+			handle(srv, &f);
+		sp_frame_fini(&f);
+	}
+}
+
 static void
 on_pull_ready(evutil_socket_t fd, short what, void *arg)
 {
@@ -103,16 +140,10 @@ on_pull_ready(evutil_socket_t fd, short what, void *arg)
 		sp_frame f;
 		int rc = sp_nng_msg_decode(p->m, &f);
 		if (rc == SP_OK) {
-			if (f.type == SP_T_DELIVER && sp_frame_has(&f, SP_F_DEVICE))
-				srv->ops->push(srv, &f);
-			else if (f.type == SP_T_KICK)
-				kick(srv, &f);
-			else if (f.type == SP_T_TYPING_PUSH)
-				cs_typing_push(srv, &f);
-			else if (f.type == SP_T_PRESENCE_PUSH)
-				cs_presence_push(srv, &f);
+			if (f.type == SP_T_PEER_BATCH)
+				handle_batch(srv, &f);
 			else
-				peer_dropped(srv, sp_frame_type_name(f.type));
+				handle(srv, &f);
 			sp_frame_fini(&f);
 		} else {
 			peer_dropped(srv, sp_strerror(rc));

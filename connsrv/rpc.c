@@ -11,10 +11,22 @@
 #include "sp_nng.h"
 #include "sp_time.h"
 
+/* A PEER_BATCH's bounds: the catalogue's count bound of its frames, and bytes well under
+ * the large-frame limit (a lone DELIVER is at most ~66 KiB). */
+#define PUSH_BATCH_MAX 256
+#define PUSH_BATCH_BYTES (256 * 1024)
+
 typedef struct peer {
 	char url[256];
 	nng_socket sock;
 	bool push;
+	/* A PUSH peer's frames of this loop pass, packed back to back; pend_end[i] is where
+	 * the i-th ends. In r->pending (by next_pending) from the first until the flush. */
+	msgpack_sbuffer pend;
+	uint32_t npend;
+	bool listed;
+	size_t pend_end[PUSH_BATCH_MAX];
+	struct peer *next_pending;
 	UT_hash_handle hh;
 } peer;
 
@@ -41,7 +53,9 @@ struct cs_rpc {
 	call *done_head, *done_tail; /* completed on NNG threads, waiting for the loop */
 	call *live;                  /* every call not yet handed back (loop thread only) */
 	unsigned inflight;
-	sp_metric *latency, *failures;
+	struct event *flush_ev; /* end of a pass that queued pushes */
+	peer *pending;          /* PUSH peers with frames queued, or listed since the flush */
+	sp_metric *latency, *failures, *push_msgs, *push_frames, *push_dropped;
 };
 
 static void
@@ -140,6 +154,8 @@ on_notify(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+static void on_flush(evutil_socket_t fd, short what, void *arg);
+
 int
 cs_rpc_new(struct event_base *base, int timeout_ms, cs_rpc **out)
 {
@@ -152,9 +168,19 @@ cs_rpc_new(struct event_base *base, int timeout_ms, cs_rpc **out)
 					 "calls to inbox shards and keysrv over NNG, request to reply");
 	r->failures = sp_metric_counter("sp_connsrv_call_failures_total",
 					"NNG calls that timed out or failed in transport");
+	r->push_msgs = sp_metric_counter("sp_connsrv_peer_messages_sent_total",
+					 "NNG messages pushed to other connsrvs (a lone frame or a PEER_BATCH)");
+	r->push_frames = sp_metric_counter("sp_connsrv_peer_frames_sent_total",
+					   "peer frames those messages carried");
+	r->push_dropped = sp_metric_counter("sp_connsrv_pushes_dropped_total",
+					    "DELIVER hints (the check repairs) and KICKs not sent to peers");
 	pthread_mutex_init(&r->lock, NULL);
 	r->notify = event_new(base, -1, 0, on_notify, r);
-	if (!r->notify) {
+	r->flush_ev = r->notify ? event_new(base, -1, 0, on_flush, r) : NULL;
+	if (!r->flush_ev) {
+		if (r->notify)
+			event_free(r->notify);
+		pthread_mutex_destroy(&r->lock);
 		free(r);
 		return SP_ENOMEM;
 	}
@@ -171,12 +197,15 @@ cs_rpc_free(cs_rpc *r)
 	for (call *c = r->live; c; c = c->next_live)
 		nng_aio_stop(c->aio);
 	on_notify(-1, 0, r);
+	on_flush(-1, 0, r); /* best effort, as every push */
 	peer *p, *tmp;
 	HASH_ITER(hh, r->peers, p, tmp) {
 		HASH_DEL(r->peers, p);
 		nng_close(p->sock);
+		msgpack_sbuffer_destroy(&p->pend);
 		free(p);
 	}
+	event_free(r->flush_ev);
 	event_free(r->notify);
 	pthread_mutex_destroy(&r->lock);
 	free(r);
@@ -193,6 +222,7 @@ get_peer(cs_rpc *r, const char *url, bool push)
 		return NULL;
 	strcpy(p->url, url);
 	p->push = push;
+	msgpack_sbuffer_init(&p->pend);
 	int rc = push ? sp_nng_push_open(&p->sock, url, 100)
 		      : sp_nng_req_open(&p->sock, url, r->timeout_ms, r->timeout_ms / 3 + 1);
 	if (rc) {
@@ -271,22 +301,94 @@ cs_rpc_cancel(cs_rpc *r, cs_rpc_cb cb, bool (*pick)(void *arg))
 			nng_aio_cancel(c->aio);
 }
 
+/* Sends what `p` has queued: a lone frame as itself, more as one PEER_BATCH. Non-blocking:
+ * a full queue or an absent peer drops them (counted; the lost-push check repairs hints). */
+static void
+flush_peer(cs_rpc *r, peer *p)
+{
+	uint32_t n = p->npend;
+	if (n == 0)
+		return;
+	nng_msg *m = NULL;
+	int rc;
+	if (n == 1) {
+		int rv = nng_msg_alloc(&m, 0);
+		if (!rv && (rv = nng_msg_append(m, p->pend.data, p->pend.size)))
+			nng_msg_free(m);
+		rc = sp_nng_err(rv);
+	} else {
+		sp_bin frames[PUSH_BATCH_MAX];
+		size_t start = 0;
+		for (uint32_t i = 0; i < n; i++) {
+			frames[i].p = (const uint8_t *)p->pend.data + start;
+			frames[i].len = (uint32_t)(p->pend_end[i] - start);
+			start = p->pend_end[i];
+		}
+		sp_frame b;
+		sp_frame_init(&b, SP_T_PEER_BATCH, 0, false);
+		sp_frame_set_bins(&b, SP_F_PEER_FRAMES, frames, n);
+		rc = sp_nng_msg_from_frame(&b, &m);
+	}
+	if (rc == SP_OK) {
+		int rv = nng_sendmsg(p->sock, m, NNG_FLAG_NONBLOCK);
+		if (rv) {
+			nng_msg_free(m);
+			rc = sp_nng_err(rv);
+		}
+	}
+	if (rc == SP_OK) {
+		sp_metric_inc(r->push_msgs);
+		sp_metric_add(r->push_frames, n);
+	} else {
+		sp_metric_add(r->push_dropped, n);
+		sp_warn_rl("%u peer frames to %s not sent: %s", n, p->url, sp_strerror(rc));
+	}
+	p->pend.size = 0;
+	p->npend = 0;
+}
+
+/* End of the loop pass in which pushes were queued. */
+static void
+on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	cs_rpc *r = arg;
+	peer *p = r->pending;
+	r->pending = NULL;
+	while (p) {
+		peer *next = p->next_pending;
+		p->listed = false;
+		p->next_pending = NULL;
+		flush_peer(r, p);
+		p = next;
+	}
+}
+
 int
 cs_rpc_push(cs_rpc *r, const char *url, const sp_frame *f)
 {
 	peer *p = get_peer(r, url, true);
 	if (!p)
 		return SP_EUNAVAIL;
-	nng_msg *m;
-	int rc = sp_nng_msg_from_frame(f, &m);
+	if (p->npend == PUSH_BATCH_MAX || p->pend.size >= PUSH_BATCH_BYTES)
+		flush_peer(r, p); /* full: this pass's next frames start another message */
+	size_t start = p->pend.size;
+	int rc = sp_frame_pack(f, &p->pend);
 	if (rc)
 		return rc;
-	/* Non-blocking: a full queue or absent peer drops the frame (gap repair fetches it). */
-	int rv = nng_sendmsg(p->sock, m, NNG_FLAG_NONBLOCK);
-	if (rv) {
-		nng_msg_free(m);
-		return sp_nng_err(rv);
+	if (p->pend.size - start > sp_field_def_get(SP_F_PEER_FRAMES)->max) {
+		p->pend.size = start;
+		return SP_ETOOBIG;
 	}
+	p->pend_end[p->npend++] = p->pend.size;
+	if (!p->listed) {
+		p->listed = true;
+		p->next_pending = r->pending;
+		r->pending = p;
+	}
+	/* Runs after the events already active in this pass, like appendq's flush. */
+	event_active(r->flush_ev, EV_READ, 0);
 	return SP_OK;
 }
 

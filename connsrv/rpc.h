@@ -45,9 +45,13 @@ int cs_rpc_call_packed(cs_rpc *r, const char *url, const void *req, size_t len, 
  * that learns the answers will not come from where its calls went. */
 void cs_rpc_cancel(cs_rpc *r, cs_rpc_cb cb, bool (*pick)(void *arg));
 
-/* Fire-and-forget push of `f` to the PULL peer at `url` (a PUSH socket per url). A peer
- * that is down makes the frame be dropped after a short send timeout; callers never rely on
- * a push arriving. */
+/* Fire-and-forget push of `f` to the PULL peer at `url` (a PUSH socket per url). `f` is
+ * packed before this returns; the frames pushed to one url during one pass of the loop
+ * leave together when the pass ends (a lone frame as itself, more as one PEER_BATCH of at
+ * most 256 frames and ~256 KiB: one NNG message, one wake-up of the peer), in order. A
+ * peer that is down or not keeping up makes them be dropped, counted in
+ * sp_connsrv_pushes_dropped_total; callers never rely on a push arriving. SP_OK: queued;
+ * an error: not queued (the caller counts it). */
 int cs_rpc_push(cs_rpc *r, const char *url, const sp_frame *f);
 
 /* Requests in flight (for drain and metrics). */

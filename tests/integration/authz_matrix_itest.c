@@ -898,13 +898,38 @@ internal(const listener *l)
 		refused++;
 	}
 	if (l->pull) {
+		/* A PEER_BATCH from the right role: each element stands alone, and a malformed
+		 * one, a batch inside the batch and a type the socket does not serve are each
+		 * dropped and counted. */
+		msgpack_sbuffer in, nest;
+		msgpack_sbuffer_init(&in);
+		msgpack_sbuffer_init(&nest);
+		static const uint8_t junk[3] = {0xc1, 0x00, 0x00};
+		sp_frame e, b;
+		fill(&e, SP_T_ERROR, 1);
+		CHECK(sp_frame_pack(&e, &in) == SP_OK, "pack ERROR");
+		sp_bin one = {junk, sizeof(junk)};
+		sp_frame_init(&b, SP_T_PEER_BATCH, 0, false);
+		sp_frame_set_bins(&b, SP_F_PEER_FRAMES, &one, 1);
+		CHECK(sp_frame_pack(&b, &nest) == SP_OK, "pack inner batch");
+		sp_bin els[3] = {{junk, sizeof(junk)}, {(const uint8_t *)nest.data, (uint32_t)nest.size},
+				 {(const uint8_t *)in.data, (uint32_t)in.size}};
+		sp_frame_init(&b, SP_T_PEER_BATCH, 0, false);
+		sp_frame_set_bins(&b, SP_F_PEER_FRAMES, els, 3);
+		nng_msg *m = NULL;
+		CHECK(sp_nng_msg_from_frame(&b, &m) == SP_OK, "pack PEER_BATCH");
+		CHECK(nng_sendmsg(s, m, 0) == 0, "push PEER_BATCH");
+		msgpack_sbuffer_destroy(&in);
+		msgpack_sbuffer_destroy(&nest);
+		refused += 3;
 		uint64_t deadline = sp_mono_ns() + 10000000000ULL;
 		while (pull_dropped(C.base + 90) < dropped0 + refused && sp_mono_ns() < deadline)
 			usleep(100000);
 		CHECK(pull_dropped(C.base + 90) == dropped0 + refused, "%s: %d frames it does not serve, "
 		    "%ld dropped", l->name, refused, pull_dropped(C.base + 90) - dropped0);
 		row("(every other type)", kase, "%d types read and dropped (%d records not encodable)",
-		    refused, records);
+		    refused - 3, records);
+		row("PEER_BATCH", kase, "malformed, nested and unserved elements dropped, each counted");
 	} else {
 		row("(every other type)", kase, "%d types: ERROR EBADTYPE (%d records not encodable)",
 		    refused, records);

@@ -92,6 +92,9 @@ static struct {
 	int fetches, devices_gets;
 	atomic_bool hold[2];     /* shard i holds its APPEND_MULTI replies */
 	atomic_bool fail_append; /* APPEND_MULTI answered ERROR{SP_EIO} */
+	_Atomic int ack_delay_ms; /* each INBOX_ACK answered this much later */
+	uint64_t ack_uptos[64];   /* upto of every INBOX_ACK received, in arrival order */
+	int nacks;
 	_Atomic int mode[NFAKES]; /* fake_mode of each fake shard */
 	_Atomic int reqs[NFAKES]; /* inbox requests each fake shard received */
 	/* The map the fake router serves: inbox member i's address, and the epoch. */
@@ -228,7 +231,12 @@ answer_ack(fake_srv *fs, const sp_frame *q)
 	sp_frame refs[MAX_ENTRIES], r;
 	entry gone[MAX_ENTRIES];
 	uint32_t n = 0;
+	if (fk.ack_delay_ms)
+		usleep((useconds_t)fk.ack_delay_ms * 1000);
 	pthread_mutex_lock(&lock);
+	if (fk.nacks < 64)
+		fk.ack_uptos[fk.nacks] = upto;
+	fk.nacks++;
 	for (int i = 0; i < fk.ninbox[dev]; i++) {
 		entry *e = &fk.inbox[dev][i];
 		bool hit = e->seq && e->seq <= upto;
@@ -777,6 +785,57 @@ client_ack(uint64_t upto)
 static int want_delivers;
 static bool got_delivers(void) { return count(SP_T_DELIVER) >= want_delivers; }
 static bool acked_all(void) { return sess->acked_seq == sess->sent_seq; }
+
+static bool
+inbox_empty_21(void)
+{
+	pthread_mutex_lock(&lock);
+	bool empty = true;
+	for (int i = 0; i < fk.ninbox[21]; i++)
+		empty &= fk.inbox[21][i].seq == 0;
+	pthread_mutex_unlock(&lock);
+	return empty && !sess->ack_sending;
+}
+
+/* One cumulative INBOX_ACK in flight per session: the client's ACKs meanwhile leave as one,
+ * the highest, when it is answered; nothing any of them named stays on the shard. */
+START_TEST(test_acks_merged_while_one_in_flight)
+{
+	setup();
+	srv.m.acks_merged = sp_metric_counter("test_acks_merged_total", "");
+	int64_t merged = sp_metric_value(srv.m.acks_merged);
+	fill_inbox(21, 10);
+	login_as(BOB, 21);
+	cs_session_logged_in(sess, 0);
+	want_delivers = 10;
+	ck_assert(run_until(got_delivers, 5000));
+	fk.ack_delay_ms = 300;
+	int before = fk.nacks;
+	client_ack(2);
+	run_until(NULL, 50);
+	client_ack(5);
+	client_ack(4); /* below the one waiting: adds nothing */
+	client_ack(8);
+	client_ack(10);
+	ck_assert(run_until(inbox_empty_21, 5000));
+	ck_assert_int_eq(fk.nacks - before, 2);
+	ck_assert_uint_eq(fk.ack_uptos[before], 2);
+	ck_assert_uint_eq(fk.ack_uptos[before + 1], 10);
+	ck_assert_int_eq(sp_metric_value(srv.m.acks_merged) - merged, 4);
+	ck_assert_uint_eq(sess->acked_seq, 10);
+	/* With nothing in flight an ACK leaves at once, as itself (the first one above, and
+	 * this one, which the fake answers at once). */
+	fk.ack_delay_ms = 0;
+	int64_t m2 = sp_metric_value(srv.m.acks_merged);
+	client_ack(10);
+	run_until(NULL, 100);
+	ck_assert(run_until(inbox_empty_21, 5000));
+	ck_assert_int_eq(fk.nacks - before, 3);
+	ck_assert_uint_eq(fk.ack_uptos[before + 2], 10);
+	ck_assert_int_eq(sp_metric_value(srv.m.acks_merged), m2);
+	teardown();
+}
+END_TEST
 
 START_TEST(test_delivery_window)
 {
@@ -1353,6 +1412,7 @@ main(void)
 	tcase_add_test(tc, test_send_failed_append_is_error);
 	tcase_add_test(tc, test_send_mismatched_devices);
 	tcase_add_test(tc, test_delivery_window);
+	tcase_add_test(tc, test_acks_merged_while_one_in_flight);
 	tcase_add_test(tc, test_delivered_receipt_after_ack);
 	tcase_add_test(tc, test_read_receipt);
 	tcase_add_test(tc, test_read_ok_only_when_stored);
