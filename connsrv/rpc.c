@@ -277,16 +277,28 @@ cs_rpc_call(cs_rpc *r, const char *url, const sp_frame *req, cs_rpc_cb cb, void 
 	return call_msg(r, url, m, cb, arg);
 }
 
+/* An NNG message holding a copy of `len` packed bytes. */
+static int
+msg_from_packed(const void *data, size_t len, nng_msg **out)
+{
+	nng_msg *m;
+	int rv = nng_msg_alloc(&m, 0);
+	if (!rv && (rv = nng_msg_append(m, data, len)))
+		nng_msg_free(m);
+	if (rv)
+		return sp_nng_err(rv);
+	*out = m;
+	return SP_OK;
+}
+
 int
 cs_rpc_call_packed(cs_rpc *r, const char *url, const void *req, size_t len, cs_rpc_cb cb,
 		   void *arg)
 {
 	nng_msg *m;
-	int rv = nng_msg_alloc(&m, 0);
-	if (!rv && (rv = nng_msg_append(m, req, len)))
-		nng_msg_free(m);
-	if (rv)
-		return sp_nng_err(rv);
+	int rc = msg_from_packed(req, len, &m);
+	if (rc)
+		return rc;
 	return call_msg(r, url, m, cb, arg);
 }
 
@@ -312,10 +324,7 @@ flush_peer(cs_rpc *r, peer *p)
 	nng_msg *m = NULL;
 	int rc;
 	if (n == 1) {
-		int rv = nng_msg_alloc(&m, 0);
-		if (!rv && (rv = nng_msg_append(m, p->pend.data, p->pend.size)))
-			nng_msg_free(m);
-		rc = sp_nng_err(rv);
+		rc = msg_from_packed(p->pend.data, p->pend.size, &m);
 	} else {
 		sp_bin frames[PUSH_BATCH_MAX];
 		size_t start = 0;
@@ -383,12 +392,14 @@ cs_rpc_push(cs_rpc *r, const char *url, const sp_frame *f)
 	}
 	p->pend_end[p->npend++] = p->pend.size;
 	if (!p->listed) {
+		/* The first of the pass arms the flush, which runs after the events already
+		 * active in this pass, like appendq's. */
+		if (!r->pending)
+			event_active(r->flush_ev, EV_READ, 0);
 		p->listed = true;
 		p->next_pending = r->pending;
 		r->pending = p;
 	}
-	/* Runs after the events already active in this pass, like appendq's flush. */
-	event_active(r->flush_ev, EV_READ, 0);
 	return SP_OK;
 }
 
