@@ -307,7 +307,9 @@ repl_ha_new(const repl_ha_cfg *cfg, repl_ha **out)
 	if (!ha)
 		return SP_ENOMEM;
 	ha->ttl_s = cfg->lease_ttl_s ? cfg->lease_ttl_s : 5;
-	ha->keepalive_ms = cfg->keepalive_ms ? cfg->keepalive_ms : ha->ttl_s * 1000 / 3;
+	/* TTL/5: a primary rides out an etcd outage of TTL - margin - interval (3 s of the
+	 * default 5 s lease), e.g. a single etcd's restart. */
+	ha->keepalive_ms = cfg->keepalive_ms ? cfg->keepalive_ms : ha->ttl_s * 1000 / 5;
 	ha->margin_ms = cfg->margin_ms ? cfg->margin_ms : 1000;
 	ha->defer_max_ms = cfg->defer_max_ms ? cfg->defer_max_ms : ha->ttl_s * 1000 / 2;
 	sp_etcd_cfg ecfg = cfg->etcd;

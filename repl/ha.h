@@ -47,7 +47,7 @@ typedef struct repl_ha_cfg {
 	size_t inc_len;       /* 1..REPL_HA_INC_MAX */
 	const char *url;      /* where replicas reach this copy when it is primary */
 	int64_t lease_ttl_s;  /* 0: 5 */
-	int64_t keepalive_ms; /* 0: TTL/3 */
+	int64_t keepalive_ms; /* 0: TTL/5 */
 	int64_t margin_ms;    /* fencing margin; 0: 1000 */
 	int64_t defer_max_ms; /* how long a candidate defers to a more advanced one; 0: TTL/2 */
 } repl_ha_cfg;

@@ -1370,7 +1370,7 @@ repl_node_open(repl_node **out, const repl_node_config *cfg, const repl_node_sm 
 
 	int64_t ttl_s = cfg->lease_ttl_s ? cfg->lease_ttl_s : 5;
 	repl_ha_cfg hc = {
-		/* keepalive (TTL/3) + one etcd call must end before TTL - margin: the fence. */
+		/* keepalive (TTL/5) + one etcd call must end before TTL - margin: the fence. */
 		.etcd = { .endpoints = r->etcd, .ca = cfg->etcd_ca, .cert = cfg->etcd_cert,
 			.key = cfg->etcd_key, .user = cfg->etcd_user, .password = cfg->etcd_password,
 			.timeout_ms = ttl_s * 1000 / 6 },

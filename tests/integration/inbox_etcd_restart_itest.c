@@ -4,12 +4,15 @@
  * at most 4 s after its last renewal), writers appending to whichever copy acknowledges,
  * every acknowledgement recorded with its copy and the test's monotonic send/answer times.
  *   1. etcd is SIGKILLed and started again at once on the same data dir and ports (it
- *      serves again after ~1.5 s, its own election timeout). The data path does not need
- *      etcd while the primary's lease holds, and etcd keeps the lease across its restart,
- *      so the shard keeps its leader: every append sent from 2 s before the kill to one
- *      lease after etcd is back is acknowledged by the same copy, its epoch does not
- *      change, it is never fenced, and appends go on while etcd is down (the number and
- *      the longest pause without an acknowledgement are printed).
+ *      serves again after ~0.5-1 s; tests/lib/etcd_proc.c gives the one member a 250 ms
+ *      election timeout). The data path does not need etcd while the primary's lease
+ *      holds, and etcd keeps the lease across its restart, so the shard keeps its leader:
+ *      every append sent from 2 s before the kill to one lease after etcd is back is
+ *      acknowledged by the same copy, its epoch does not change, it is never fenced, and
+ *      appends go on while etcd is down (the number and the longest pause without an
+ *      acknowledgement are printed). That holds for an outage shorter than TTL - margin -
+ *      keepalive interval - a retry (2.5 s); should etcd take longer to come back, the
+ *      run says so and checks only what holds for any outage (below).
  *   2. etcd SIGSTOPped for 4.5 s: past the fencing deadline, within the lease;
  *   3. etcd SIGSTOPped for 8 s, longer than the lease (it must expire: a new election);
  *   4. etcd SIGKILLed, down for 4.5 s, then restarted on its data.
@@ -27,6 +30,10 @@
 
 #define LEASE_TTL_MS 5000 /* inboxsrv's default --lease-ttl */
 #define FENCE_MARGIN_MS 1000 /* repl_ha's default fencing margin */
+#define KEEPALIVE_MS 1000 /* repl_ha's default keepalive interval, TTL/5 */
+/* The longest etcd outage a primary is sure to ride out whatever its keepalive's phase:
+ * less one retry (200 ms) and the renewal's own round trip. */
+#define RIDE_THROUGH_MS (LEASE_TTL_MS - FENCE_MARGIN_MS - KEEPALIVE_MS - 500)
 #define STALL_MS 8000
 #define RESUME_MAX_MS 15000
 
@@ -105,11 +112,6 @@ etcd_restart(int p)
 	 * fenced itself (TTL - margin after its last renewal) by then. */
 	usleep(LEASE_TTL_MS * 1000 + 500000);
 	uint64_t t_end = now_us();
-	size_t others = acks_by_others(p, t0 > 2000000 ? t0 - 2000000 : 0);
-	CHECK(others == 0, "%s: %zu appends were acknowledged by another copy than %s", phase,
-	    others, names[p]);
-	CHECK(last_ack_us(p, t_end - 500000) > 0, "%s: %s acknowledged nothing in the last 0.5 s",
-	    phase, names[p]);
 	uint64_t during = 0;
 	pthread_mutex_lock(&acks_lock);
 	for (size_t k = 0; k < nacks; k++)
@@ -117,17 +119,33 @@ etcd_restart(int p)
 	pthread_mutex_unlock(&acks_lock);
 	long long epoch1 = metric(p, "sp_inbox_repl_epoch");
 	long long fenced1 = metric(p, "sp_inbox_repl_fenced_total");
-	printf("%s: %s acknowledged every append from 2 s before the kill to %.1f s after it "
-	       "(%llu while etcd was down); longest pause %.1f ms; epoch %lld -> %lld\n",
-	    phase, names[p], ms_since(t0, t_end) / 1000, (unsigned long long)during,
-	    (double)longest_ack_gap_us(t0, t_end) / 1000, epoch0, epoch1);
-	CHECK(epoch1 == epoch0, "%s: the epoch changed (%lld -> %lld): a new election", phase,
-	    epoch0, epoch1);
-	CHECK(fenced1 == fenced0 && !log_since(p, mark, "no longer primary"), "%s: %s was fenced",
-	    phase, names[p]);
-	for (int i = 0; i < COPIES; i++)
-		CHECK(i == p || metric(i, "sp_inbox_repl_role") == 1, "%s: %s is not a replica",
-		    phase, names[i]);
+	printf("%s: from the kill to %.1f s after it %llu appends were acknowledged while etcd "
+	       "was down; longest pause %.1f ms; %s's epoch %lld -> %lld\n",
+	    phase, ms_since(t0, t_end) / 1000, (unsigned long long)during,
+	    (double)longest_ack_gap_us(t0, t_end) / 1000, names[p], epoch0, epoch1);
+	if (down_ms <= RIDE_THROUGH_MS) {
+		size_t others = acks_by_others(p, t0 > 2000000 ? t0 - 2000000 : 0);
+		CHECK(others == 0, "%s: %zu appends were acknowledged by another copy than %s",
+		    phase, others, names[p]);
+		CHECK(last_ack_us(p, t_end - 500000) > 0,
+		    "%s: %s acknowledged nothing in the last 0.5 s", phase, names[p]);
+		CHECK(epoch1 == epoch0, "%s: the epoch changed (%lld -> %lld): a new election",
+		    phase, epoch0, epoch1);
+		CHECK(fenced1 == fenced0 && !log_since(p, mark, "no longer primary"),
+		    "%s: %s was fenced", phase, names[p]);
+		for (int i = 0; i < COPIES; i++)
+			CHECK(i == p || metric(i, "sp_inbox_repl_role") == 1,
+			    "%s: %s is not a replica", phase, names[i]);
+	} else {
+		/* Past the ride-through a fence and a new election are right; what must hold
+		 * is what holds for any outage: appends resume, no two acknowledging windows
+		 * overlap, every acknowledged append is on the primary once. */
+		printf("%s: NOTE etcd took %ld ms to come back, longer than the %d ms a primary "
+		       "is sure to ride out: that the shard kept its leader was not checked "
+		       "(fenced_total %lld -> %lld)\n",
+		    phase, down_ms, RIDE_THROUGH_MS, fenced0, fenced1);
+		p = wait_ack_after(t_end, RESUME_MAX_MS, phase);
+	}
 	workers_stop();
 	check_tenures(phase);
 	verify(p, phase);

@@ -24,6 +24,35 @@
 
 static char bob[32], alice[32];
 
+/* "<what> of <name> at HH:MM:SS.mmm" (UTC, as the logs stamp their lines). */
+static void
+print_utc(const char *what, const char *name)
+{
+	struct timespec ts;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	printf("%s of %s at %02d:%02d:%02d.%03ldZ\n", what, name, tm.tm_hour, tm.tm_min, tm.tm_sec,
+	       ts.tv_nsec / 1000000);
+}
+
+/* On a failure (atexit, before the cluster goes down): the key store's story from the
+ * copies' and connsrvs' logs, short enough to stay within the lines a CI run shows. */
+static void
+tell_story(void)
+{
+	if (!ct_failures || !ct_up)
+		return;
+	fprintf(stderr, "---- keysrv copies and connsrv, last events ----\n");
+	fflush(stderr);
+	if (itest_sh(&ct_cluster,
+		"grep -h -E 'primary of|following|sync set|fenced|barrier|installed|given up|"
+		"refused|silent|campaign' %s/logs/keysrv-*.log %s/logs/connsrv-*.log | sort | "
+		"tail -n 24 | cut -c12-180 >&2",
+		ct_cluster.dir, ct_cluster.dir) != 0)
+		fprintf(stderr, "(no log lines)\n");
+}
+
 /* The keysrv copy router-a's map names primary into name ("" when none). */
 static void
 map_keys_primary(char *name, size_t cap)
@@ -107,6 +136,7 @@ main(void)
 		return 1;
 	uint64_t t0 = sp_time_ms();
 	ct_start();
+	atexit(tell_story); /* runs before ct_down */
 	char out[65536], home[32], phone[32], user[32], msg[64], primary[32], next[32];
 
 	ct_register("bob", "+15550401", bob, sizeof(bob));
@@ -136,6 +166,7 @@ main(void)
 	}
 	usleep(150000);
 	itest_signal(&ct_cluster, primary, SIGKILL);
+	print_utc("first kill", primary);
 	char code[32] = "", path[400];
 	snprintf(path, sizeof(path), "%s/+15550499", ct_cluster.otp_dir);
 	FILE *f = fopen(path, "r");
@@ -171,6 +202,7 @@ main(void)
 	/* The second primary dies: everything is on the copies left, the rebuilt one
 	 * included. Everyone logs in and sends again. */
 	itest_signal(&ct_cluster, next, SIGKILL);
+	print_utc("second kill", next);
 	uint64_t t_kill2 = sp_time_ms();
 	for (int i = 0; i < FIRST_CONTACTS; i++) {
 		snprintf(home, sizeof(home), "u%d", i);
@@ -178,6 +210,8 @@ main(void)
 		pids[i] = spawn(home, "sent", t_kill2, "send %s %s", "+15550401", msg);
 	}
 	reap(pids, FIRST_CONTACTS);
+	printf("every second send done %llu ms after the second kill\n",
+	       (unsigned long long)(sp_time_ms() - t_kill2));
 	CHECK(ct_run("newbie", out, sizeof(out), "contact add +15550401 %s", bob) == 0);
 	CHECK(ct_run("newbie", out, sizeof(out), "send +15550401 from-newbie") == 0);
 	CHECK(ct_run("alice", out, sizeof(out), "send +15550401 after") == 0);
