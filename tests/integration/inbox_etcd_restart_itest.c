@@ -119,9 +119,9 @@ etcd_restart(int p)
 	pthread_mutex_unlock(&acks_lock);
 	long long epoch1 = metric(p, "sp_inbox_repl_epoch");
 	long long fenced1 = metric(p, "sp_inbox_repl_fenced_total");
-	printf("%s: from the kill to %.1f s after it %llu appends were acknowledged while etcd "
-	       "was down; longest pause %.1f ms; %s's epoch %lld -> %lld\n",
-	    phase, ms_since(t0, t_end) / 1000, (unsigned long long)during,
+	printf("%s: %llu appends acknowledged while etcd was down; the longest pause from the "
+	       "kill to %.1f s after it %.1f ms; %s's epoch %lld -> %lld\n",
+	    phase, (unsigned long long)during, ms_since(t0, t_end) / 1000,
 	    (double)longest_ack_gap_us(t0, t_end) / 1000, names[p], epoch0, epoch1);
 	if (down_ms <= RIDE_THROUGH_MS) {
 		size_t others = acks_by_others(p, t0 > 2000000 ? t0 - 2000000 : 0);
