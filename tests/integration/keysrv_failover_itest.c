@@ -46,7 +46,7 @@ tell_story(void)
 	fprintf(stderr, "---- keysrv copies and connsrv, last events ----\n");
 	fflush(stderr);
 	if (itest_sh(&ct_cluster,
-		"grep -h -E 'primary of|following|sync set|fenced|barrier|installed|given up|"
+		"grep -h -E 'primary of|following|sync set|fenced|barrier|snapshot: installed|given up|"
 		"refused|silent|campaign' %s/logs/keysrv-*.log %s/logs/connsrv-*.log | sort | "
 		"tail -n 24 | cut -c12-180 >&2",
 		ct_cluster.dir, ct_cluster.dir) != 0)
