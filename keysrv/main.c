@@ -16,10 +16,12 @@
 #include "sp_log.h"
 #include "sp_metrics.h"
 #include "sp_nng.h"
+#include "sp_shutdown.h"
 #include "sp_time.h"
 
 #define SWEEP_INTERVAL_S 60
 #define SWEEP_MAX 10000
+#define SHUTDOWN_MAX_MS 4000 /* a clean stop takes < 1.5 s */
 
 static long long stale_read_ms;
 
@@ -250,6 +252,11 @@ main(int argc, char **argv)
 		int sig = sigtimedwait(&sigs, NULL, &ts);
 		if (sig == SIGTERM || sig == SIGINT) {
 			sp_info("keysrv: signal %d, shutting down", sig);
+			/* Within devcluster.sh's 5 s (systemd's 30 s) before SIGKILL; a restart
+			 * to install a snapshot still happens. */
+			if (sp_shutdown_bound(SHUTDOWN_MAX_MS, 0,
+				keys_repl_restart_wanted(repl) ? argv : NULL))
+				sp_warn("keysrv: no bound on the teardown");
 			break;
 		}
 		uint64_t now = sp_mono_ns() / 1000000000ULL;
