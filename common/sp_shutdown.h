@@ -6,6 +6,10 @@
 #ifndef SP_SHUTDOWN_H
 #define SP_SHUTDOWN_H
 
+/* The bound inboxsrv and keysrv use: a clean stop takes < 1.5 s, and this stays inside
+ * devcluster.sh's 5 s (systemd's 30 s) before SIGKILL. */
+#define SP_SHUTDOWN_MAX_MS 4000
+
 /* Starts a detached thread that ends the process if it is still running `ms` after the
  * call: it logs once, then execv("/proc/self/exe", reexec_argv) when reexec_argv is not
  * NULL (the restart the shutdown was for), else _exit(code). Call it once, when shutdown

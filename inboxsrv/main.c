@@ -27,7 +27,6 @@
 #include "sweep.h"
 
 #define DAY_S 86400LL
-#define SHUTDOWN_MAX_MS 4000 /* a clean stop takes < 1.5 s */
 
 static char *data_dir, *listen_url, *metrics_addr, *log_level, *name, *router, *router_pub;
 static repl_opts ro;
@@ -220,9 +219,9 @@ main(int argc, char **argv)
 	while (sigwait(&sigs, &sig) != 0)
 		;
 	sp_info("signal %d: shutting down", sig);
-	/* Within devcluster.sh's 5 s (systemd's 30 s) before SIGKILL, and on our terms: a
-	 * restart to install a snapshot still happens. */
-	if (sp_shutdown_bound(SHUTDOWN_MAX_MS, 0, inbox_repl_restart_wanted(repl) ? argv : NULL))
+	/* Ended on our terms before a supervisor's SIGKILL: a restart to install a snapshot
+	 * still happens. */
+	if (sp_shutdown_bound(SP_SHUTDOWN_MAX_MS, 0, inbox_repl_restart_wanted(repl) ? argv : NULL))
 		sp_warn("shutdown: no bound on the teardown");
 	status = 0;
 out:

@@ -21,7 +21,6 @@
 
 #define SWEEP_INTERVAL_S 60
 #define SWEEP_MAX 10000
-#define SHUTDOWN_MAX_MS 4000 /* a clean stop takes < 1.5 s */
 
 static long long stale_read_ms;
 
@@ -252,9 +251,9 @@ main(int argc, char **argv)
 		int sig = sigtimedwait(&sigs, NULL, &ts);
 		if (sig == SIGTERM || sig == SIGINT) {
 			sp_info("keysrv: signal %d, shutting down", sig);
-			/* Within devcluster.sh's 5 s (systemd's 30 s) before SIGKILL; a restart
-			 * to install a snapshot still happens. */
-			if (sp_shutdown_bound(SHUTDOWN_MAX_MS, 0,
+			/* Ended on our terms before a supervisor's SIGKILL: a restart to
+			 * install a snapshot still happens. */
+			if (sp_shutdown_bound(SP_SHUTDOWN_MAX_MS, 0,
 				keys_repl_restart_wanted(repl) ? argv : NULL))
 				sp_warn("keysrv: no bound on the teardown");
 			break;

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 
 #include "client_util.h"
+#include "sp_log.h"
 #include "sp_time.h"
 
 #define ROUTER_A_HTTP 1
@@ -23,18 +24,6 @@
 #define BOUND_MS 20000 /* the 10 s failover bound, plus a CLI process's start and login */
 
 static char bob[32], alice[32];
-
-/* "<what> of <name> at HH:MM:SS.mmm" (UTC, as the logs stamp their lines). */
-static void
-print_utc(const char *what, const char *name)
-{
-	struct timespec ts;
-	struct tm tm;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	gmtime_r(&ts.tv_sec, &tm);
-	printf("%s of %s at %02d:%02d:%02d.%03ldZ\n", what, name, tm.tm_hour, tm.tm_min, tm.tm_sec,
-	       ts.tv_nsec / 1000000);
-}
 
 /* On a failure (atexit, before the cluster goes down): the key store's story from the
  * copies' and connsrvs' logs, short enough to stay within the lines a CI run shows. */
@@ -166,7 +155,8 @@ main(void)
 	}
 	usleep(150000);
 	itest_signal(&ct_cluster, primary, SIGKILL);
-	print_utc("first kill", primary);
+	/* Logged, not printed: stamped like the servers' lines, to read beside them. */
+	sp_info("keysrv_failover: SIGKILL to %s (first failover)", primary);
 	char code[32] = "", path[400];
 	snprintf(path, sizeof(path), "%s/+15550499", ct_cluster.otp_dir);
 	FILE *f = fopen(path, "r");
@@ -202,7 +192,7 @@ main(void)
 	/* The second primary dies: everything is on the copies left, the rebuilt one
 	 * included. Everyone logs in and sends again. */
 	itest_signal(&ct_cluster, next, SIGKILL);
-	print_utc("second kill", next);
+	sp_info("keysrv_failover: SIGKILL to %s (second failover)", next);
 	uint64_t t_kill2 = sp_time_ms();
 	for (int i = 0; i < FIRST_CONTACTS; i++) {
 		snprintf(home, sizeof(home), "u%d", i);

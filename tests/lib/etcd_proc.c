@@ -67,19 +67,21 @@ spawn(etcd_proc *p)
 		(void)out;
 		/* One member hears no peers' heartbeats: a short election timeout only makes a
 		 * restarted etcd elect itself sooner (~0.5 s to serve instead of ~1.5 s). */
-		if (p->tls)
-			execlp("etcd", "etcd", "--data-dir", data, "--listen-client-urls", client,
-			       "--advertise-client-urls", client, "--listen-peer-urls", peer,
-			       "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster,
-			       "--cert-file", cert, "--key-file", key, "--trusted-ca-file", p->ca,
-			       "--client-cert-auth", "--heartbeat-interval", "50", "--election-timeout",
-			       "250", "--log-level", "warn", (char *)NULL);
-		else
-			execlp("etcd", "etcd", "--data-dir", data, "--listen-client-urls", client,
-			       "--advertise-client-urls", client, "--listen-peer-urls", peer,
-			       "--initial-advertise-peer-urls", peer, "--initial-cluster", cluster,
-			       "--heartbeat-interval", "50", "--election-timeout", "250", "--log-level",
-			       "warn", (char *)NULL);
+		char *args[] = { "etcd", "--data-dir", data, "--listen-client-urls", client,
+			"--advertise-client-urls", client, "--listen-peer-urls", peer,
+			"--initial-advertise-peer-urls", peer, "--initial-cluster", cluster,
+			"--heartbeat-interval", "50", "--election-timeout", "250", "--log-level",
+			"warn" };
+		char *tls_args[] = { "--cert-file", cert, "--key-file", key, "--trusted-ca-file",
+			p->ca, "--client-cert-auth" };
+		char *argv[sizeof(args) / sizeof(args[0]) + sizeof(tls_args) / sizeof(tls_args[0]) + 1];
+		size_t n = 0;
+		for (size_t i = 0; i < sizeof(args) / sizeof(args[0]); i++)
+			argv[n++] = args[i];
+		for (size_t i = 0; p->tls && i < sizeof(tls_args) / sizeof(tls_args[0]); i++)
+			argv[n++] = tls_args[i];
+		argv[n] = NULL;
+		execvp("etcd", argv);
 		_exit(127);
 	}
 	return 0;

@@ -4,28 +4,21 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "check_run.h"
 #include "sp_error.h"
 #include "sp_shutdown.h"
+#include "sp_time.h"
 
 #define REEXEC_FLAG "--as-restarted"
-
-static long
-ms_between(const struct timespec *a, const struct timespec *b)
-{
-	return (b->tv_sec - a->tv_sec) * 1000 + (b->tv_nsec - a->tv_nsec) / 1000000;
-}
 
 /* Forks a child that arms the bound and then hangs; returns its wait status and how long
  * it lived. */
 static int
 run_hanging_child(long ms, int code, char *const *argv, long *lived_ms)
 {
-	struct timespec t0, t1;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	uint64_t t0 = sp_mono_ms();
 	pid_t pid = fork();
 	ck_assert_int_ge(pid, 0);
 	if (pid == 0) {
@@ -38,8 +31,7 @@ run_hanging_child(long ms, int code, char *const *argv, long *lived_ms)
 	}
 	int st = 0;
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	*lived_ms = ms_between(&t0, &t1);
+	*lived_ms = (long)(sp_mono_ms() - t0);
 	return st;
 }
 
